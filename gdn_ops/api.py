@@ -1,0 +1,111 @@
+"""Public functions. Argument names and order follow SGLang's, so engine code switches by import."""
+
+from __future__ import annotations
+
+import torch
+
+from gdn_ops import _validate
+from gdn_ops import ops as _ops  # registers torch.ops.gdn_ops.*
+
+
+def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
+    if out is not None:
+        return out
+    return torch.empty(v.shape, dtype=_validate.resolve_out_dtype(v, out_dtype), device=v.device)
+
+
+def fused_sigmoid_gating_delta_rule_update(
+    A_log: torch.Tensor,
+    a: torch.Tensor,
+    dt_bias: torch.Tensor,
+    softplus_beta: float,
+    softplus_threshold: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    b: torch.Tensor,
+    initial_state_source: torch.Tensor,
+    initial_state_indices: torch.Tensor | None,
+    scale: float | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+    *,
+    state_layout: str = "vk",
+    out_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One Gated DeltaNet decode step with the gating fused in; updates the state pool in place.
+
+    Args:
+        A_log: ``[HV]`` per-head log decay rate.
+        a: ``[B, T, HV]`` decay input; ``g = -exp(A_log) * softplus(a + dt_bias)`` (fp32).
+        dt_bias: ``[HV]``.
+        softplus_beta, softplus_threshold: as in ``torch.nn.functional.softplus`` (1.0, 20.0 in Qwen3-Next).
+        q, k: ``[B, T, HK, K]``; v: ``[B, T, HV, V]`` with ``HV % HK == 0`` (value head ``hv`` reads key
+            head ``hv // (HV // HK)``). Any strides (slices of a packed projection are fine).
+        b: ``[B, T, HV]``; ``beta = sigmoid(b)``, kept in fp32.
+        initial_state_source: the state pool, ``[num_slots, HV, V, K]`` for ``state_layout="vk"`` (K
+            contiguous) or ``[num_slots, HV, K, V]`` for ``"kv"``; fp32, bf16 or fp16; the two inner dims
+            dense, slot and head strides free. Rows are read and written in place.
+        initial_state_indices: ``[B]`` int32/int64 slot of each row, distinct for live rows; an index
+            outside ``[0, num_slots)`` (e.g. -1) marks a padding row, which gets a zero output and never
+            touches the pool. ``None``: the pool has exactly ``B`` slots in batch order.
+        scale: query scale, ``K ** -0.5`` when ``None``.
+        use_qk_l2norm_in_kernel: L2-normalise q and k (``x / sqrt(sum(x*x) + 1e-6)``) before use.
+        state_layout: ``"vk"`` or ``"kv"`` (keyword-only).
+        out_dtype: output dtype, v's dtype by default; ``torch.float32`` avoids fp16 overflow.
+        out: optional ``[B, T, HV, V]`` buffer of ``out_dtype`` to write into (CUDA-graph reuse).
+
+    Returns:
+        ``o [B, T, HV, V]``: ``out`` when given. T tokens run in order; the final state is written once.
+    """
+    out = _make_out(v, out_dtype, out)
+    torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
+        A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
+        initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, out,
+    )
+    return out
+
+
+def recurrent_gated_delta_rule_update(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state_source: torch.Tensor,
+    initial_state_indices: torch.Tensor | None,
+    scale: float | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+    *,
+    state_layout: str = "vk",
+    out_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The decode step with precomputed gates ``g, beta [B, T, HV]`` (fp32 or activation dtype).
+
+    ``g`` is the log decay (the state is multiplied by ``exp(g)``), ``beta`` the delta-rule step size.
+    Everything else is as in :func:`fused_sigmoid_gating_delta_rule_update`: the pool is updated in
+    place, padding rows leave it untouched and get a zero output, and ``o [B, T, HV, V]`` is returned.
+    """
+    out = _make_out(v, out_dtype, out)
+    torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
+        q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
+        bool(use_qk_l2norm_in_kernel), state_layout, out,
+    )
+    return out
+
+
+def gdn_gating(
+    A_log: torch.Tensor,
+    a: torch.Tensor,
+    dt_bias: torch.Tensor,
+    b: torch.Tensor,
+    softplus_beta: float = 1.0,
+    softplus_threshold: float = 20.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gates of Gated DeltaNet in fp32: ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``.
+
+    ``A_log, dt_bias [HV]``; ``a, b [..., HV]`` (same shape). Returns ``g, beta`` of that shape,
+    fp32. Differentiable.
+    """
+    return torch.ops.gdn_ops.gdn_gating(A_log, a, dt_bias, b, float(softplus_beta), float(softplus_threshold))

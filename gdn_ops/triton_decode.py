@@ -1,0 +1,174 @@
+"""Triton decode kernel for Gated DeltaNet, and its launcher.
+
+One program owns one (batch row, value head, block of BV value rows) and keeps that
+``[BV, K]`` slice of the state in registers for all T tokens: the state is read once and written
+once, which is all but ~1% of the bytes. Per token (fp32 math whatever the storage dtype)::
+
+    S = S * exp(g);  u = beta * (v - S k);  S = S + u k^T;  o = S q
+
+The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
+tile choice is a pure function of shape, dtype and layout (no autotuning), so a launch inside a
+CUDA-graph capture is the same launch as the warm-up's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from gdn_ops.reference import L2NORM_EPS
+from gdn_ops.triton_gating import gdn_gates
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_ptr, v_ptr,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr,
+    state_ptr, indices_ptr, o_ptr,
+    T, num_slots, scale, softplus_beta, softplus_threshold,
+    s_qb, s_qt, s_qh, s_qk,
+    s_kb, s_kt, s_kh, s_kk,
+    s_vb, s_vt, s_vh, s_vv,
+    s_ab, s_at, s_ah,
+    s_bb, s_bt, s_bh,
+    s_slot, s_head,
+    s_ob, s_ot, s_oh, s_ov,
+    HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
+    HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
+):
+    NV: tl.constexpr = (V + BV - 1) // BV
+    pid = tl.program_id(0)
+    v_block = pid % NV
+    row_head = pid // NV
+    row = (row_head // HV).to(tl.int64)
+    hv = row_head % HV
+    h = hv // GROUP
+
+    offs_k = tl.arange(0, BK)
+    offs_v = v_block * BV + tl.arange(0, BV)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+
+    if HAS_INDICES:
+        slot = tl.load(indices_ptr + row).to(tl.int64)
+        # Out-of-range indices (-1 padding, a stale vLLM null slot past the pool) are padding rows:
+        # the pool is never read or written for them, and their output is zero.
+        valid = (slot >= 0) & (slot < num_slots)
+        slot = tl.where(valid, slot, 0)
+    else:
+        slot = row
+        valid = row >= 0
+
+    if STATE_VK:
+        tile = offs_v[:, None] * K + offs_k[None, :]
+    else:
+        tile = offs_k[None, :] * V + offs_v[:, None]
+    state_ptrs = state_ptr + slot * s_slot + hv.to(tl.int64) * s_head + tile
+    state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
+    # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
+    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+
+    if FUSED_GATING:
+        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv).to(tl.float32))
+        dt_bias = tl.load(dt_bias_ptr + hv).to(tl.float32)
+
+    for t in range(T):
+        q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
+        k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
+        gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
+        gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
+        if FUSED_GATING:
+            g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
+        else:
+            g = gate_a
+            beta = gate_b
+        if USE_L2NORM:
+            q = q / tl.sqrt(tl.sum(q * q, axis=0) + L2_EPS)
+            k = k / tl.sqrt(tl.sum(k * k, axis=0) + L2_EPS)
+        q = q * scale
+
+        S = S * tl.exp(g)
+        u = beta * (v - tl.sum(S * k[None, :], axis=1))
+        S = S + u[:, None] * k[None, :]
+        o = tl.sum(S * q[None, :], axis=1)
+        o = tl.where(valid, o, 0.0)
+        tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
+                 o.to(o_ptr.dtype.element_ty), mask=mask_v)
+
+    tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)
+
+
+class DecodeConfig(NamedTuple):
+    """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys."""
+
+    BV: int
+    BK: int
+    num_warps: int
+
+
+def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str) -> DecodeConfig:
+    """Deterministic tile choice from shape, dtype and layout alone (never autotuned).
+
+    Small batches split V finely so that enough programs keep enough loads in flight; large
+    batches use wider tiles to cut per-program overhead.
+    """
+    BK = triton.next_power_of_2(K)
+    BV = min(triton.next_power_of_2(V), 32)
+    # programs at BV=32: a few per SM are needed before the memory system saturates
+    while BV > 4 and rows_x_heads * triton.cdiv(V, BV) < 512:
+        BV //= 2
+    num_warps = max(1, min(8, BV * BK // 1024))
+    return DecodeConfig(BV=BV, BK=BK, num_warps=num_warps)
+
+
+def launch_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_a: torch.Tensor,
+    gate_b: torch.Tensor,
+    A_log: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    state: torch.Tensor,
+    indices: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    scale: float,
+    use_qk_l2norm_in_kernel: bool,
+    state_layout: str,
+    softplus_beta: float = 1.0,
+    softplus_threshold: float = 20.0,
+    config: DecodeConfig | None = None,
+) -> DecodeConfig:
+    """Launch the decode kernel on validated arguments; returns the configuration it launched.
+
+    ``gate_a, gate_b [B, T, HV]`` are ``a, b`` when ``A_log`` is given (gating fused in-kernel),
+    else precomputed ``g, beta``. ``state`` is the pool, updated in place; ``out [B, T, HV, V]``
+    receives the output (zeros for padding rows).
+    """
+    B, T, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    fused_gating = A_log is not None
+    if config is None:
+        config = decode_config(B * HV, K, V, state.dtype, state_layout)
+    grid = (B * HV * triton.cdiv(V, config.BV),)
+    _decode_kernel[grid](
+        q, k, v, gate_a, gate_b,
+        A_log if fused_gating else gate_a, dt_bias if fused_gating else gate_a,
+        state, indices if indices is not None else state, out,
+        T, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        *q.stride(), *k.stride(), *v.stride(), *gate_a.stride(), *gate_b.stride(),
+        state.stride(0), state.stride(1), *out.stride(),
+        HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
+        FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
+        STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
+        num_warps=config.num_warps,
+    )
+    return config

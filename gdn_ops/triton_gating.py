@@ -1,0 +1,61 @@
+"""Triton gating: ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``, fp32.
+
+:func:`gdn_gates` is the one Triton copy of the gating math; the decode kernel inlines it when it
+fuses gating, and :func:`launch_gating` runs it standalone for the ``gdn_gating`` op.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold):
+    """fp32 gates from raw ``a, b`` and the head's ``-exp(A_log)``, ``dt_bias``."""
+    x = (a + dt_bias) * softplus_beta
+    # softplus(x) = log(1 + exp(beta*x)) / beta, linear above the threshold like torch's F.softplus
+    softplus = tl.where(x <= softplus_threshold, tl.log(1.0 + tl.exp(tl.minimum(x, softplus_threshold))), x)
+    g = neg_exp_A * (softplus / softplus_beta)
+    # beta stays fp32: rounding it to the activation dtype compounds over tokens
+    beta = 1.0 / (1.0 + tl.exp(-b))
+    return g, beta
+
+
+@triton.jit
+def _gating_kernel(
+    A_log_ptr, a_ptr, dt_bias_ptr, b_ptr, g_ptr, beta_ptr,
+    n, softplus_beta, softplus_threshold,
+    HV: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    hv = offs % HV
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv, mask=mask, other=0.0).to(tl.float32))
+    dt_bias = tl.load(dt_bias_ptr + hv, mask=mask, other=0.0).to(tl.float32)
+    g, beta = gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
+    tl.store(g_ptr + offs, g, mask=mask)
+    tl.store(beta_ptr + offs, beta, mask=mask)
+
+
+def launch_gating(
+    A_log: torch.Tensor,
+    a: torch.Tensor,
+    dt_bias: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    softplus_beta: float,
+    softplus_threshold: float,
+) -> None:
+    """Write ``g, beta`` (contiguous fp32, shape of ``a``) from contiguous ``a, b [..., HV]``."""
+    n = a.numel()
+    HV = a.shape[-1]
+    BLOCK = 1024
+    _gating_kernel[(triton.cdiv(n, BLOCK),)](
+        A_log, a, dt_bias, b, g, beta, n, float(softplus_beta), float(softplus_threshold),
+        HV=HV, BLOCK=BLOCK, num_warps=4,
+    )
