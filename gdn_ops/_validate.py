@@ -81,8 +81,8 @@ def check_recurrence(
         raise TypeError(f"gdn_ops: arguments 'q', 'k', 'v' must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     for name, t in (("k", k), ("v", v)):
         _check_device(name, t, device)
-    if min(B, T, HK, K, HV, V) < 1:
-        _fail("q", "non-empty in every dim (B, T, heads, K, V >= 1)", f"q {list(q.shape)}, v {list(v.shape)}")
+    if min(T, HK, K, HV, V) < 1:  # B = 0 is a legal empty batch
+        _fail("q", "non-empty in T, heads, K and V", f"q {list(q.shape)}, v {list(v.shape)}")
     if HV % HK != 0:
         _fail("v", f"a multiple of q's {HK} key heads in dim 2 (GQA)", f"{HV} value heads")
     if K > MAX_HEAD_DIM_K:
@@ -98,8 +98,6 @@ def check_recurrence(
     if pool.dim() != 4 or tuple(pool.shape[1:]) != (HV, *inner):
         _fail("initial_state_source", f"of shape {dims} = [*, {HV}, {inner[0]}, {inner[1]}] (state_layout={state_layout!r})",
               list(pool.shape))
-    if pool.shape[0] < 1:
-        _fail("initial_state_source", "a pool with at least one slot", list(pool.shape))
     # Only the two inner dims must be dense; slot and head strides are free (page-strided pools).
     if (inner[1] > 1 and pool.stride(3) != 1) or (inner[0] > 1 and pool.stride(2) != inner[1]):
         _fail("initial_state_source", f"contiguous in its two inner dims (strides [.., .., {inner[1]}, 1])",

@@ -9,9 +9,12 @@ from gdn_ops import ops as _ops  # registers torch.ops.gdn_ops.*
 
 
 def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
-    if out is not None:
-        return out
-    return torch.empty(v.shape, dtype=_validate.resolve_out_dtype(v, out_dtype), device=v.device)
+    dtype = _validate.resolve_out_dtype(v, out_dtype)
+    if out is None:
+        return torch.empty(v.shape, dtype=dtype, device=v.device)
+    if out_dtype is not None and out.dtype != out_dtype:
+        raise TypeError(f"gdn_ops: argument 'out' must have dtype out_dtype={out_dtype}; got {out.dtype}")
+    return out
 
 
 def fused_sigmoid_gating_delta_rule_update(

@@ -159,6 +159,8 @@ def launch_decode(
     if config is None:
         config = decode_config(B * HV, K, V, state.dtype, state_layout)
     grid = (B * HV * triton.cdiv(V, config.BV),)
+    if grid[0] == 0:
+        return config
     _decode_kernel[grid](
         q, k, v, gate_a, gate_b,
         A_log if fused_gating else gate_a, dt_bias if fused_gating else gate_a,

@@ -1,0 +1,126 @@
+"""GPU timers: a copy-bandwidth probe, and a cold-L2 CUDA-graph replay timer.
+
+The replay timer captures N independent calls, each updating its own state pool in place, into
+one CUDA graph. With the pools together at least ``COLD_L2_FACTOR`` times the L2 size, every call
+finds its pool evicted by the calls before it, as a layer's decode step does in a real model
+(the other layers' states pass through L2 in between). Replaying a graph removes the host's
+launch overhead, which otherwise hides small-batch kernels. ``triton.testing.do_bench`` is not
+used: its L2 flush writes 256 MB of dirty lines whose write-back lands inside the timed kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+COLD_L2_FACTOR = 4
+
+
+def l2_cache_bytes(device: torch.device | int | None = None) -> int:
+    return int(torch.cuda.get_device_properties(device).L2_cache_size)
+
+
+def _event_ms(fn: Callable[[], None], iters: int) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for start, end in zip(starts, ends):
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def copy_bandwidth(nbytes: int = 2 << 30, iters: int = 10, device: str = "cuda") -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written (median)."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device, dtype=torch.float32)  # random data: never time zeros
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    ms = sorted(_event_ms(lambda: dst.copy_(src), iters))
+    if not torch.equal(dst[:: max(1, n // 4096)], src[:: max(1, n // 4096)]):
+        raise RuntimeError("copy-bandwidth probe: the copy is wrong")
+    del src, dst
+    torch.cuda.empty_cache()
+    median_ms = ms[len(ms) // 2]
+    return 2 * n * 4 / (median_ms * 1e-3)
+
+
+def pools_for_cold_l2(
+    bytes_per_call: int,
+    l2_bytes: int,
+    mem_budget_bytes: int,
+    *,
+    factor: int = COLD_L2_FACTOR,
+    min_pools: int = 2,
+    max_pools: int = 1024,
+) -> int:
+    """How many independent calls (each with its own pool) one graph rotates through.
+
+    Enough that the pools total ``factor`` x L2, no more than the memory budget allows, and never
+    fewer than ``min_pools`` (a single pool would be re-read warm from the replay before). At large
+    batch each pool alone exceeds L2 many times over, and the minimum rules.
+    """
+    wanted = math.ceil(factor * l2_bytes / max(1, bytes_per_call))
+    affordable = mem_budget_bytes // max(1, bytes_per_call)
+    return max(min_pools, min(wanted, affordable, max_pools))
+
+
+@dataclass
+class Timing:
+    """Per-call times in microseconds (one replay's time / calls per replay), over replays."""
+
+    p20_us: float
+    p50_us: float
+    p80_us: float
+    calls_per_replay: int
+    replays: int
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def time_graph_replay(calls: Sequence[Callable[[], object]], replays: int = 30, warmup: int = 2) -> Timing:
+    """Capture all ``calls`` into one CUDA graph and time its replays.
+
+    The calls run ``warmup`` times on a side stream first (Triton and Inductor compile there, and
+    the caching allocator settles), then once under capture; each replay is timed alone with CUDA
+    events, and its time is divided by ``len(calls)``.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()  # first replay uploads the graph
+    torch.cuda.synchronize()
+    try:
+        ms = sorted(_event_ms(graph.replay, replays))
+    finally:
+        del graph
+    per_call_us = [m * 1e3 / len(calls) for m in ms]
+    return Timing(
+        p20_us=_quantile(per_call_us, 0.2),
+        p50_us=_quantile(per_call_us, 0.5),
+        p80_us=_quantile(per_call_us, 0.8),
+        calls_per_replay=len(calls),
+        replays=replays,
+    )

@@ -1,0 +1,55 @@
+"""Hypothesis strategies for decode cases: geometry, dtypes, layouts, strides, padded indices."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from hypothesis import strategies as st
+
+from decode_case import DecodeCase
+
+HEAD_DIMS = (16, 64, 128, 96)  # 96: not a power of two, so tiles are masked
+ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+STATE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@st.composite
+def decode_cases(draw, small: bool = False, state_dtypes=STATE_DTYPES) -> DecodeCase:
+    """Any valid case. ``small`` bounds the program count for Triton's interpreter on CPU."""
+    if small:
+        B, T = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        HK, group = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    else:
+        B, T = draw(st.integers(1, 9)), draw(st.integers(1, 4))
+        HK, group = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    index_dtype = draw(st.sampled_from((torch.int32, torch.int64, None)))
+    padding_rows: tuple[int, ...] = ()
+    padding_value = -1
+    if index_dtype is not None:
+        padding_rows = tuple(sorted(draw(st.sets(st.integers(0, B - 1), max_size=B))))
+        # -1 is SGLang's pad; an index >= num_slots must be treated the same (never read or written)
+        padding_value = draw(st.sampled_from((-1, -7, "num_slots", "huge")))
+    case = DecodeCase(
+        B=B, T=T, HK=HK, group=group,
+        K=draw(st.sampled_from(HEAD_DIMS)), V=draw(st.sampled_from(HEAD_DIMS)),
+        state_layout=draw(st.sampled_from(("vk", "kv"))),
+        state_dtype=draw(st.sampled_from(state_dtypes)),
+        act_dtype=draw(st.sampled_from(ACT_DTYPES)),
+        fused_gating=draw(st.booleans()),
+        gate_dtype=draw(st.sampled_from((torch.float32, torch.bfloat16))),
+        l2norm=draw(st.booleans()),
+        qkv_layout=draw(st.sampled_from(("separate", "packed", "transposed"))),
+        index_dtype=index_dtype,
+        padding_rows=padding_rows,
+        spare_slots=draw(st.integers(0, 3)),
+        slot_pad=draw(st.sampled_from((0, 0, 5, 128))),
+        out_given=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+    out_dtype = draw(st.sampled_from((None, torch.float32, case.act_dtype)))
+    if padding_value == "num_slots":
+        padding_value = case.num_slots
+    elif padding_value == "huge":
+        padding_value = 2**31 - 1 if index_dtype == torch.int32 else 2**40
+    return dataclasses.replace(case, out_dtype=out_dtype, padding_value=padding_value)

@@ -1,0 +1,116 @@
+"""The decode kernels against the float64 reference: every dtype, layout, stride and padding case.
+
+On CPU the Triton kernel runs in Triton's interpreter (small shapes) and the op runs its PyTorch
+kernel; on a GPU the op runs the Triton kernel with the full ranges and the production tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import TRITON_INTERPRET
+from decode_case import DecodeCase, assert_close_to_reference, build, check, run_op, run_triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import decode_cases
+
+needs_interpreter = pytest.mark.skipif(not TRITON_INTERPRET, reason="Triton interpreter off (TRITON_INTERPRET!=1)")
+
+
+def _interpreter_config(case: DecodeCase):
+    """One block of V per program: the interpreter's cost grows with the number of programs."""
+    import triton
+
+    from gdn_ops.triton_decode import DecodeConfig
+
+    return DecodeConfig(BV=triton.next_power_of_2(case.V), BK=triton.next_power_of_2(case.K), num_warps=4)
+
+
+@needs_interpreter
+@given(decode_cases(small=True))
+def test_triton_kernel_matches_reference_in_interpreter(case):
+    check(build(case, "cpu"), lambda inp: run_triton(inp, _interpreter_config(case)))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize("BV", [8, 16, 32])
+def test_triton_partial_value_blocks_are_masked(layout, BV):
+    """V = 48 or 96 split into BV-row blocks: the last block is partial, and K = 96 pads the key tile."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = DecodeCase(B=2, T=2, HK=1, group=2, K=96, V=48 if BV != 32 else 96, state_layout=layout,
+                      padding_rows=(1,), slot_pad=3, out_given=True, seed=BV)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, DecodeConfig(BV=BV, BK=128, num_warps=2)))
+
+
+@needs_interpreter
+def test_triton_default_config_in_interpreter():
+    case = DecodeCase(B=1, T=1, HK=1, group=1, K=16, V=16, padding_rows=(), seed=3)
+    check(build(case, "cpu"), run_triton)
+
+
+@given(decode_cases())
+def test_cpu_op_matches_reference(case):
+    check(build(case, "cpu"), run_op)
+
+
+@pytest.mark.gpu
+@given(decode_cases())
+def test_cuda_op_matches_reference(case):
+    check(build(case, "cuda"), run_op)
+
+
+@pytest.mark.gpu
+@settings(max_examples=25)
+@given(
+    decode_cases(),
+    st.sampled_from([(16, 32), (4, 8), (2, 4)]),  # Qwen3-Next (HK, HV) at TP=1, 4, 8
+    st.sampled_from([1, 2, 33, 128, 257]),
+)
+def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
+    HK, HV = heads
+    pad = tuple(r for r in (0, batch // 2, batch - 1) if case.index_dtype is not None and r < batch)
+    case = dataclasses.replace(case, B=batch, T=min(case.T, 2), HK=HK, group=HV // HK, K=128, V=128,
+                               index_dtype=case.index_dtype or torch.int32, padding_rows=tuple(sorted(set(pad))),
+                               padding_value=-1, spare_slots=7)
+    check(build(case, "cuda"), run_op)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
+    """64-bit offsets: slot * slot_stride overflows int32 past ~4096 slots of the TP=1 shape."""
+    B, HK, HV, K, V = 8, 16, 32, 128, 128
+    num_slots = 4200
+    pool = torch.full((num_slots, HV, V, K), float("nan"), dtype=state_dtype, device="cuda")
+    indices = torch.tensor([4199, 4198, 4100, -1, 4097, 4096, 5000, 4150], dtype=torch.int32, device="cuda")
+    live = indices[(indices >= 0) & (indices < num_slots)].long()
+    pool[live] = torch.randn(len(live), HV, V, K, device="cuda").to(state_dtype)
+    # Canaries: every slot that aliases a live one modulo 2**32 bytes, and slot 0, stay NaN.
+    canaries = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 100, 200, 300, 1024], device="cuda")
+    q = torch.randn(B, 1, HK, K, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, 1, HK, K, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, 1, HV, V, device="cuda", dtype=torch.bfloat16)
+    a, b = torch.randn(B, 1, HV, device="cuda"), torch.randn(B, 1, HV, device="cuda")
+    A_log, dt_bias = torch.randn(HV, device="cuda"), torch.randn(HV, device="cuda")
+    import gdn_ops
+
+    before = pool[live].clone()
+    o = gdn_ops.fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, 1.0, 20.0, q, k, v, b, pool, indices,
+                                                      use_qk_l2norm_in_kernel=True)
+    torch.cuda.synchronize()
+    assert bool(torch.isnan(pool[canaries].float()).all()), "a slot below 4096 was written (32-bit offset overflow)"
+    untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
+    untouched[live] = False
+    assert bool(torch.isnan(pool[untouched].float()).all()), "a slot no live row addresses was written"
+    live_rows = ((indices >= 0) & (indices < num_slots)).nonzero().flatten()
+    ref_o, ref_states = gdn_ops.fused_sigmoid_gating_delta_rule_reference(
+        A_log, a[live_rows], dt_bias, 1.0, 20.0, q[live_rows], k[live_rows], v[live_rows], b[live_rows], before,
+        None, None, True, compute_dtype=torch.float64,
+    )
+    assert_close_to_reference("o", o[live_rows], ref_o, torch.bfloat16)
+    assert_close_to_reference("state", pool[live], ref_states, state_dtype)
+    assert bool((o[(indices < 0) | (indices >= num_slots)] == 0).all())

@@ -1,0 +1,105 @@
+"""The custom-op contract: opcheck, autograd refusal, gating op, torch.compile tracing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from decode_case import DecodeCase, build, check, run_op
+
+import gdn_ops
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _op_args(inp, fused: bool):
+    c = inp.case
+    out = torch.empty(inp.v.shape, dtype=c.result_dtype, device=inp.v.device)
+    if fused:
+        op = torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update.default
+        args = (inp.A_log, inp.a, inp.dt_bias, 1.0, 20.0, inp.q, inp.k, inp.v, inp.b, inp.pool.view, inp.indices,
+                None, c.l2norm, c.state_layout, out)
+    else:
+        op = torch.ops.gdn_ops.recurrent_gated_delta_rule_update.default
+        args = (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.pool.view, inp.indices, None, c.l2norm, c.state_layout, out)
+    return op, args
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
+def test_opcheck_recurrence_ops(device, fused, layout, padded):
+    case = DecodeCase(B=3, T=2, HK=2, group=2, K=32, V=16, state_layout=layout, fused_gating=fused,
+                      padding_rows=(1,) if padded else (), index_dtype=torch.int64 if padded else None, l2norm=padded)
+    inp = build(case, device)
+    # opcheck compares runs on copies, so unaddressed NaN slots are fine but make them finite for clarity
+    inp.pool.view.nan_to_num_(0.5)
+    op, args = _op_args(inp, fused)
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_gating_op(device):
+    HV = 6
+    args = (torch.randn(HV, device=device), torch.randn(4, 3, HV, device=device, dtype=torch.bfloat16),
+            torch.randn(HV, device=device), torch.randn(4, 3, HV, device=device, dtype=torch.bfloat16), 1.0, 20.0)
+    torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, args)
+    grad_args = tuple(a.float().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, grad_args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("threshold", [20.0, 1.0])
+def test_gating_matches_reference_and_its_gradients(device, threshold):
+    HV = 8
+    leaves64 = [torch.randn(HV, dtype=torch.float64), torch.randn(5, 2, HV, dtype=torch.float64) * 4,
+                torch.randn(HV, dtype=torch.float64), torch.randn(5, 2, HV, dtype=torch.float64) * 4]
+    leaves64 = [t.to(device).requires_grad_() for t in leaves64]
+    leaves32 = [t.detach().float().requires_grad_() for t in leaves64]
+    g, beta = gdn_ops.gdn_gating(*leaves32, 1.5, threshold)
+    assert g.dtype == beta.dtype == torch.float32
+    g_ref, beta_ref = gdn_ops.gdn_gating_reference(*leaves64, 1.5, threshold, compute_dtype=torch.float64)
+    torch.testing.assert_close(g.double(), g_ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(beta.double(), beta_ref, rtol=2e-6, atol=1e-7)
+    cot_g, cot_beta = torch.randn_like(g_ref), torch.randn_like(beta_ref)
+    grads = torch.autograd.grad((g, beta), leaves32, (cot_g.float(), cot_beta.float()))
+    grads_ref = torch.autograd.grad((g_ref, beta_ref), leaves64, (cot_g, cot_beta))
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_inplace_ops_refuse_inputs_that_require_grad(fused):
+    inp = build(DecodeCase(B=2, T=1, HK=1, group=1, K=16, V=16, fused_gating=fused), "cpu")
+    inp.q.requires_grad_()
+    with pytest.raises(RuntimeError, match="inference-only.*'q' requires grad"):
+        run_op(inp)
+    op, args = _op_args(inp, fused)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        op(*args)
+    with torch.no_grad():  # the same call is fine without autograd
+        check(inp, run_op)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_compiles_fullgraph_with_dynamic_batch_without_recompiling(device, fused):
+    torch._dynamo.reset()
+    calls = []
+
+    def step(inp):
+        return run_op(inp)
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=None)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    for B in range(2, 7):
+        inp = build(DecodeCase(B=B, T=1, HK=2, group=2, K=32, V=32, fused_gating=fused, padding_rows=(0,),
+                               seed=B), device)
+        for t in (inp.q, inp.k, inp.v, inp.a, inp.b, inp.g, inp.beta, inp.indices, inp.pool.view):
+            torch._dynamo.mark_dynamic(t, 0)
+        check(inp, compiled)
+        calls.append(B)
+    frames = counters["stats"]["unique_graphs"]
+    assert frames <= 2, f"recompiled for batch sizes: {frames} graphs for {calls}"

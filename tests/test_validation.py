@@ -1,0 +1,133 @@
+"""Bad input raises a clear exception naming the argument, before any kernel touches the pool."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gdn_ops
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+B, T, HK, HV, K, V = 3, 2, 2, 4, 32, 16
+
+
+def _fused_kwargs(device):
+    r = lambda *s, dtype=torch.bfloat16: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    return dict(
+        A_log=r(HV, dtype=torch.float32), a=r(B, T, HV), dt_bias=r(HV, dtype=torch.float32),
+        softplus_beta=1.0, softplus_threshold=20.0,
+        q=r(B, T, HK, K), k=r(B, T, HK, K), v=r(B, T, HV, V), b=r(B, T, HV),
+        initial_state_source=r(5, HV, V, K, dtype=torch.float32),
+        initial_state_indices=torch.tensor([4, -1, 0], dtype=torch.int32, device=device),
+    )
+
+
+def _unfused_kwargs(device):
+    kw = _fused_kwargs(device)
+    g, beta = gdn_ops.gdn_gating(kw.pop("A_log"), kw.pop("a"), kw.pop("dt_bias"), kw.pop("b"))
+    del kw["softplus_beta"], kw["softplus_threshold"]
+    return dict(kw, g=g, beta=beta)
+
+
+def _t(kw, name, fn):
+    return dict(kw, **{name: fn(kw[name])})
+
+
+# (argument named in the message, exception type, how to break the fused op's valid kwargs)
+FUSED_CASES = {
+    "q_not_4d": ("q", ValueError, lambda kw: _t(kw, "q", lambda x: x.flatten(2))),
+    "q_integer": ("q", TypeError, lambda kw: _t(kw, "q", lambda x: x.to(torch.int32))),
+    "k_shape": ("k", ValueError, lambda kw: _t(kw, "k", lambda x: x[..., :-1])),
+    "v_batch": ("v", ValueError, lambda kw: _t(kw, "v", lambda x: x[:-1])),
+    "qkv_dtypes_differ": ("'q', 'k', 'v'", TypeError, lambda kw: _t(kw, "v", lambda x: x.half())),
+    "k_device": ("k", ValueError, lambda kw: _t(kw, "k", lambda x: x.to("meta"))),
+    "gqa_not_multiple": ("v", ValueError, lambda kw: _t(
+        _t(kw, "v", lambda x: x[:, :, :3]), "initial_state_source", lambda x: x[:, :3])),
+    "head_dim_too_large": ("q", ValueError, lambda kw: dict(
+        kw, q=torch.randn(B, T, HK, 512, device=kw["q"].device), k=torch.randn(B, T, HK, 512, device=kw["q"].device),
+        v=kw["v"].float(), initial_state_source=torch.randn(5, HV, V, 512, device=kw["q"].device))),
+    "no_tokens": ("q", ValueError, lambda kw: {n: (x[:, :0] if n in "q k v a b" else x) for n, x in kw.items()}),
+    "layout_name": ("state_layout", ValueError, lambda kw: dict(kw, state_layout="KV")),
+    "pool_dtype": ("initial_state_source", TypeError, lambda kw: _t(kw, "initial_state_source", lambda x: x.double())),
+    "pool_shape_for_layout": ("initial_state_source", ValueError, lambda kw: dict(kw, state_layout="kv")),
+    "pool_heads": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: x[:, :2])),
+    "pool_inner_not_dense": ("initial_state_source", ValueError, lambda kw: _t(
+        kw, "initial_state_source", lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2))),
+    "no_indices_pool_not_batch": ("initial_state_source", ValueError, lambda kw: dict(kw, initial_state_indices=None)),
+    "indices_float": ("initial_state_indices", TypeError, lambda kw: _t(kw, "initial_state_indices", lambda x: x.float())),
+    "indices_shape": ("initial_state_indices", ValueError, lambda kw: _t(kw, "initial_state_indices", lambda x: x[:, None])),
+    "a_shape": ("a", ValueError, lambda kw: _t(kw, "a", lambda x: x[..., :1])),
+    "b_dtype": ("b", TypeError, lambda kw: _t(kw, "b", lambda x: x.to(torch.int64))),
+    "A_log_shape": ("A_log", ValueError, lambda kw: _t(kw, "A_log", lambda x: x[:1])),
+    "dt_bias_shape": ("dt_bias", ValueError, lambda kw: _t(kw, "dt_bias", lambda x: x[None])),
+    "scale_nan": ("scale", ValueError, lambda kw: dict(kw, scale=float("nan"))),
+    "softplus_beta_zero": ("softplus_beta", ValueError, lambda kw: dict(kw, softplus_beta=0.0)),
+    "softplus_threshold_inf": ("softplus_threshold", ValueError, lambda kw: dict(kw, softplus_threshold=float("inf"))),
+    "out_dtype_int": ("out_dtype", ValueError, lambda kw: dict(kw, out_dtype=torch.int8)),
+    "out_shape": ("out", ValueError, lambda kw: dict(kw, out=torch.empty(B, T, HV, V + 1, dtype=torch.bfloat16,
+                                                                         device=kw["q"].device))),
+    "out_dtype_mismatch": ("out", TypeError, lambda kw: dict(kw, out_dtype=torch.float32, out=torch.empty(
+        B, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device))),
+}
+
+UNFUSED_CASES = {
+    "g_shape": ("g", ValueError, lambda kw: _t(kw, "g", lambda x: x[:, :1])),
+    "beta_dtype": ("beta", TypeError, lambda kw: _t(kw, "beta", lambda x: x.double())),
+    "pool_shape": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: x[..., :8])),
+}
+
+
+def _assert_rejected(fn, kwargs, name, exc_type):
+    pool = kwargs["initial_state_source"]
+    before = pool.clone()
+    with pytest.raises(exc_type, match=f"argument.*{name}"):
+        fn(**kwargs)
+    if pool.device.type != "meta":
+        assert torch.equal(pool, before), "the pool changed although the call was rejected"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", FUSED_CASES, ids=list(FUSED_CASES))
+def test_fused_op_rejects_bad_argument(device, case):
+    name, exc_type, breaker = FUSED_CASES[case]
+    _assert_rejected(gdn_ops.fused_sigmoid_gating_delta_rule_update, breaker(_fused_kwargs(device)), name, exc_type)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", UNFUSED_CASES, ids=list(UNFUSED_CASES))
+def test_unfused_op_rejects_bad_argument(device, case):
+    name, exc_type, breaker = UNFUSED_CASES[case]
+    _assert_rejected(gdn_ops.recurrent_gated_delta_rule_update, breaker(_unfused_kwargs(device)), name, exc_type)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fake_kernels_run_the_same_checks(device):
+    """Under torch.compile the fake kernel sees the bad shape first: same exception, same message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    kw = FUSED_CASES["a_shape"][2](_fused_kwargs(device))
+    out = torch.empty(B, T, HV, V, dtype=torch.bfloat16, device=device)
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        fake = {n: mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for n, x in kw.items()}
+        with pytest.raises(ValueError, match="argument 'a'"):
+            torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
+                *[fake[n] for n in ("A_log", "a", "dt_bias", "softplus_beta", "softplus_threshold", "q", "k", "v",
+                                    "b", "initial_state_source", "initial_state_indices")],
+                None, False, "vk", mode.from_tensor(out))
+
+
+def test_gating_rejects_mismatched_a_and_b():
+    with pytest.raises(ValueError, match="argument 'b'"):
+        gdn_ops.gdn_gating(torch.randn(4), torch.randn(2, 4), torch.randn(4), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="argument 'A_log'"):
+        gdn_ops.gdn_gating(torch.randn(3), torch.randn(2, 4), torch.randn(4), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_is_a_no_op(device):
+    kw = {n: (x[:0] if n in ("q", "k", "v", "a", "b", "initial_state_indices") else x)
+          for n, x in _fused_kwargs(device).items()}
+    before = kw["initial_state_source"].clone()
+    o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**kw)
+    assert o.shape == (0, T, HV, V)
+    assert torch.equal(kw["initial_state_source"], before)
