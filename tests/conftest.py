@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
 settings.register_profile("ci", max_examples=20, **_common)
-settings.register_profile("gpu", max_examples=60, **_common)
+settings.register_profile("gpu", max_examples=40, **_common)
 settings.register_profile("dev", max_examples=5, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if HAS_CUDA else "ci"))
 

@@ -1,0 +1,122 @@
+"""Sweep the decode kernel's tile (BV value rows per program, warps) on the GPU at hand.
+
+For each batch size, state dtype and layout of the Qwen3-Next TP=1 shape it times every candidate
+tile under cold-L2 CUDA-graph replay (``benchmarks.timing``) after checking its output against the
+float64 reference, and prints the best tile per point next to what ``decode_config`` picks now.
+The table in ``gdn_ops/triton_decode.py`` is written from this script's JSON.
+
+    python -m benchmarks.tune_decode [--batches 1 8 64 512] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+import triton
+
+from benchmarks.providers import Config, check, load_providers, make_problem, reference
+from benchmarks.providers import Provider
+from benchmarks.timing import copy_bandwidth, l2_cache_bytes, pools_for_cold_l2, time_graph_replay
+from gdn_ops.triton_decode import DecodeConfig, decode_config, launch_decode
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BVS = (4, 8, 16, 32, 64)
+WARPS = (1, 2, 4, 8)
+
+
+def candidates(K: int, V: int) -> list[DecodeConfig]:
+    BK = triton.next_power_of_2(K)
+    out = []
+    for BV in BVS:
+        if BV > triton.next_power_of_2(V):
+            continue
+        for w in WARPS:
+            per_thread = BV * BK // (32 * w)
+            if 4 <= per_thread <= 256:
+                out.append(DecodeConfig(BV=BV, BK=BK, num_warps=w))
+    return out
+
+
+def tile_provider(tile: DecodeConfig) -> Provider:
+    def make(cfg: Config, pool, indices, x):
+        def step():
+            launch_decode(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
+                          scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=tile)
+            return x["out"]
+        return step
+
+    return Provider(f"BV{tile.BV}w{tile.num_warps}", make)
+
+
+def time_provider(cfg: Config, provider: Provider, budget: int) -> float:
+    n = pools_for_cold_l2(cfg.bytes_per_call(), l2_cache_bytes(), budget)
+    problems = [make_problem(cfg, "cuda") for _ in range(n)]
+    calls = [provider.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
+    t = time_graph_replay(calls, replays=15)
+    del problems, calls
+    return t.p50_us
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--layouts", nargs="*", default=["vk", "kv"])
+    ap.add_argument("--heads", default="16,32")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--mem-budget-gb", type=float, default=12.0)
+    args = ap.parse_args()
+    HK, HV = map(int, args.heads.split(","))
+    budget = int(args.mem_budget_gb * 2**30)
+    bw = copy_bandwidth()
+    peers, _ = load_providers(("sglang",))
+    records = []
+    for state in args.dtypes:
+        for layout in args.layouts:
+            for B in args.batches:
+                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
+                chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout)
+                problem = make_problem(cfg, "cuda")
+                ref = reference(cfg, problem)
+                row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
+                       "chosen": list(chosen), "tiles": {}}
+                for tile in candidates(cfg.K, cfg.V):
+                    prov = tile_provider(tile)
+                    result = check(cfg, prov, problem, ref)
+                    if not result.ok:
+                        row["tiles"][prov.name] = {"error": result.message}
+                        continue
+                    row["tiles"][prov.name] = {"us": time_provider(cfg, prov, budget), "BV": tile.BV,
+                                               "num_warps": tile.num_warps}
+                for name, peer in peers.items():
+                    if peer.supports(cfg) is None:
+                        row[name + "_us"] = time_provider(cfg, peer, budget)
+                timed = {n: t for n, t in row["tiles"].items() if "us" in t}
+                best = min(timed, key=lambda n: timed[n]["us"])
+                chosen_name = f"BV{chosen.BV}w{chosen.num_warps}"
+                row["best"] = best
+                pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw  # noqa: E731
+                print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
+                      f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:8s} "
+                      f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
+                      + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else ""),
+                      flush=True)
+                records.append(row)
+                del problem, ref
+                torch.cuda.empty_cache()
+    header = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "copy_bandwidth_Bps": bw, "host": platform.node()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_decode.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {out / 'tune_decode.json'}")
+
+
+if __name__ == "__main__":
+    main()
