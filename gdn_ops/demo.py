@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = torch.randn((num_slots, *inner), generator=gen).to(device=device, dtype=state_dtype)
     ref_pool = pool.double()
     indices = torch.randperm(num_slots, generator=gen)[:B].to(device=device, dtype=torch.int32)
-    indices[B // 2] = -1  # a padding row, as CUDA-graph padding produces
+    if B > 1:
+        indices[B // 2] = -1  # a padding row, as CUDA-graph padding produces
 
     # Several decode steps against the float64 reference, which carries its own state.
     worst_o = worst_state = 0.0
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             call()
         us = (time.perf_counter() - t0) * 1e6 / reps
         where = "CPU (PyTorch kernel)"
-    live = B - 1
+    live = B - 1 if B > 1 else 1
     state_bytes = 2 * live * HV * K * V * pool.element_size()
     print(f"gdn_ops decode demo on {where}: B={B} HK={HK} HV={HV} K=V={K} state={args.state_dtype} layout={args.layout}")
     print(f"  {args.steps} steps vs float64 reference: max rel. error o {worst_o:.2e}, state {worst_state:.2e} "

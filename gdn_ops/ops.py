@@ -38,7 +38,10 @@ def _forbid_autograd(op) -> None:
         with torch._C._AutoDispatchBelowAutograd():
             return overload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
-    _LIB.impl(overload._opname, autograd_kernel, "Autograd", with_keyset=True)
+    # Per-backend keys: a direct registration beats custom_op's own "Autograd" (alias) kernel, and
+    # torch < 2.13 refuses to override that alias registration itself.
+    for key in ("AutogradCPU", "AutogradCUDA"):
+        _LIB.impl(overload._opname, autograd_kernel, key, with_keyset=True)
 
 
 def _cpu_recurrence(q, k, v, g, beta, pool, indices, scale, use_l2norm, state_layout, out) -> None:

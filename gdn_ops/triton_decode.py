@@ -113,19 +113,23 @@ class DecodeConfig(NamedTuple):
     num_warps: int
 
 
-def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str) -> DecodeConfig:
-    """Deterministic tile choice from shape, dtype and layout alone (never autotuned).
+# Bytes of state one program owns. Tuned on an H200 (benchmarks/tune_decode.py, NOTES.md): one
+# warp over a ~4 KB tile beat wider tiles and more warps at every batch size, because the K
+# reductions stay inside the warp (shuffles, no shared memory) and many small programs keep more
+# independent loads in flight than a few large ones.
+TILE_BYTES = 4096
+# Below this many (row, head) pairs the grid is too small to fill the GPU: split V further.
+SMALL_GRID_ROW_HEADS = 64
 
-    Small batches split V finely so that enough programs keep enough loads in flight; large
-    batches use wider tiles to cut per-program overhead.
-    """
+
+def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str) -> DecodeConfig:
+    """Deterministic tile choice from shape, dtype and layout alone (never autotuned)."""
     BK = triton.next_power_of_2(K)
-    BV = min(triton.next_power_of_2(V), 32)
-    # programs at BV=32: a few per SM are needed before the memory system saturates
-    while BV > 4 and rows_x_heads * triton.cdiv(V, BV) < 512:
-        BV //= 2
-    num_warps = max(1, min(8, BV * BK // 1024))
-    return DecodeConfig(BV=BV, BK=BK, num_warps=num_warps)
+    BV = TILE_BYTES // (BK * state_dtype.itemsize)
+    if rows_x_heads <= SMALL_GRID_ROW_HEADS:
+        BV = 4
+    BV = max(1, min(triton.next_power_of_2(V), max(4, BV)))
+    return DecodeConfig(BV=BV, BK=BK, num_warps=1)
 
 
 def launch_decode(
