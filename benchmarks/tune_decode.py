@@ -21,12 +21,13 @@ import triton
 
 from benchmarks.providers import Config, check, load_providers, make_problem, reference
 from benchmarks.providers import Provider
+from benchmarks.variants import load_variant
 from benchmarks.timing import copy_bandwidth, l2_cache_bytes, pools_for_cold_l2, time_graph_replay
 from gdn_ops.triton_decode import DecodeConfig, decode_config, launch_decode
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BVS = (4, 8, 16, 32, 64)
-WARPS = (1, 2, 4, 8)
+WARPS = (1, 2, 4)
 
 
 def candidates(K: int, V: int) -> list[DecodeConfig]:
@@ -42,15 +43,15 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
     return out
 
 
-def tile_provider(tile: DecodeConfig) -> Provider:
+def tile_provider(tile: DecodeConfig | None, launch=launch_decode, name: str = "") -> Provider:
     def make(cfg: Config, pool, indices, x):
         def step():
-            launch_decode(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
+            launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
                           scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=tile)
             return x["out"]
         return step
 
-    return Provider(f"BV{tile.BV}w{tile.num_warps}", make)
+    return Provider(name or f"BV{tile.BV}w{tile.num_warps}", make)
 
 
 def time_provider(cfg: Config, provider: Provider, budget: int) -> float:
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--mem-budget-gb", type=float, default=12.0)
+    ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
+    ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
     args = ap.parse_args()
     HK, HV = map(int, args.heads.split(","))
     budget = int(args.mem_budget_gb * 2**30)
@@ -85,18 +88,19 @@ def main() -> None:
                 ref = reference(cfg, problem)
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "chosen": list(chosen), "tiles": {}}
-                for tile in candidates(cfg.K, cfg.V):
-                    prov = tile_provider(tile)
+                tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
+                providers = [tile_provider(t) for t in tiles]
+                providers += [tile_provider(None, load_variant(v).launch_decode, f"variant:{v}") for v in args.variants]
+                for prov in providers:
                     result = check(cfg, prov, problem, ref)
                     if not result.ok:
                         row["tiles"][prov.name] = {"error": result.message}
                         continue
-                    row["tiles"][prov.name] = {"us": time_provider(cfg, prov, budget), "BV": tile.BV,
-                                               "num_warps": tile.num_warps}
+                    row["tiles"][prov.name] = {"us": time_provider(cfg, prov, budget)}
                 for name, peer in peers.items():
                     if peer.supports(cfg) is None:
                         row[name + "_us"] = time_provider(cfg, peer, budget)
-                timed = {n: t for n, t in row["tiles"].items() if "us" in t}
+                timed = {n: t for n, t in row["tiles"].items() if "us" in t and not n.startswith("variant:")}
                 best = min(timed, key=lambda n: timed[n]["us"])
                 chosen_name = f"BV{chosen.BV}w{chosen.num_warps}"
                 row["best"] = best
@@ -104,7 +108,8 @@ def main() -> None:
                 print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
                       f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:8s} "
                       f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
-                      + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else ""),
+                      + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else "")
+                      + "".join(f"  {n} {t['us']:9.1f} us" for n, t in row["tiles"].items() if n.startswith("variant:")),
                       flush=True)
                 records.append(row)
                 del problem, ref

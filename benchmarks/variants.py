@@ -1,0 +1,42 @@
+"""Kernel experiments as source patches of gdn_ops/triton_decode.py, timed beside the shipped kernel.
+
+Each variant is a list of (old, new) text replacements; ``load_variant`` writes the patched file
+next to this one (Triton reads kernel source from a file) and imports it as its own module. A
+variant that wins is folded into the kernel and recorded in NOTES.md; this keeps the losers'
+exact code reproducible without a flag per experiment in the shipped kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import gdn_ops.triton_decode as shipped
+
+VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # State is streamed once: keep it from evicting q/k/v/gates that neighbouring programs re-read.
+    "evict": [
+        ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
+         "S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=\"evict_first\").to(tl.float32)"),
+        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)",
+         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")"),
+    ],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def load_variant(name: str) -> ModuleType:
+    source = Path(shipped.__file__).read_text()
+    for old, new in VARIANTS[name]:
+        if old not in source:
+            raise ValueError(f"variant {name!r}: pattern not found in triton_decode.py: {old!r}")
+        source = source.replace(old, new)
+    path = Path(tempfile.gettempdir()) / f"gdn_decode_variant_{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"gdn_decode_variant_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
