@@ -26,7 +26,7 @@ from benchmarks.timing import copy_bandwidth, l2_cache_bytes, pools_for_cold_l2,
 from gdn_ops.triton_decode import DecodeConfig, decode_config, launch_decode
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-BVS = (4, 8, 16, 32, 64)
+BVS = (4, 8, 16, 32, 64, 128)
 WARPS = (1, 2, 4)
 
 

@@ -24,6 +24,20 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)",
          "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")"),
     ],
+    "evict_load": [
+        ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
+         "S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=\"evict_first\").to(tl.float32)"),
+    ],
+    "cs_store": [
+        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)",
+         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")"),
+    ],
+    "evict_last_qk": [
+        ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
+         "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+        ("k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)",
+         "k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+    ],
 }
 
 

@@ -113,23 +113,31 @@ class DecodeConfig(NamedTuple):
     num_warps: int
 
 
-# Bytes of state one program owns. Tuned on an H200 (benchmarks/tune_decode.py, NOTES.md): one
-# warp over a ~4 KB tile beat wider tiles and more warps at every batch size, because the K
-# reductions stay inside the warp (shuffles, no shared memory) and many small programs keep more
-# independent loads in flight than a few large ones.
-TILE_BYTES = 4096
-# Below this many (row, head) pairs the grid is too small to fill the GPU: split V further.
+# Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
+# "vk" (K contiguous): one warp over ~4 KB of state won at every batch size. The K reductions stay
+# inside the warp (shuffles, no shared memory), and many small programs keep more independent
+# loads in flight than a few large ones. Below SMALL_GRID_ROW_HEADS (row, head) pairs the grid is
+# too small to fill the GPU, so V is split further.
+VK_TILE_BYTES = 4096
 SMALL_GRID_ROW_HEADS = 64
+# "kv" (V contiguous): the tile must be wide in V for coalesced rows, and the K reduction then
+# crosses threads; (max B*HV, BV, warps) by state element size, first row that fits wins.
+KV_TILES = {
+    4: ((128, 16, 1), (512, 32, 2), (None, 64, 4)),
+    2: ((32, 16, 1), (512, 32, 1), (None, 32, 2)),
+}
 
 
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str) -> DecodeConfig:
     """Deterministic tile choice from shape, dtype and layout alone (never autotuned)."""
     BK = triton.next_power_of_2(K)
-    BV = TILE_BYTES // (BK * state_dtype.itemsize)
-    if rows_x_heads <= SMALL_GRID_ROW_HEADS:
-        BV = 4
-    BV = max(1, min(triton.next_power_of_2(V), max(4, BV)))
-    return DecodeConfig(BV=BV, BK=BK, num_warps=1)
+    if state_layout == "kv":
+        table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
+        BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
+    else:
+        BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, VK_TILE_BYTES // (BK * state_dtype.itemsize))
+        num_warps = 1
+    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps)
 
 
 def launch_decode(
