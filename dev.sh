@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One entry point for a fresh machine:  ./dev.sh demo | ./dev.sh test [pytest args...]
+# One entry point for a fresh machine:  ./dev.sh demo | ./dev.sh test [pytest args...] | ./dev.sh gpu
 # Uses the python3 that already has torch (e.g. a GPU machine's image, offline); otherwise makes
 # .venv with a CPU build of torch and the test tools.
 set -euo pipefail
@@ -39,8 +39,13 @@ case "$cmd" in
         fi
         exec "$PY" -m pytest tests "$@"
         ;;
+    gpu)
+        # the whole GPU suite in one call (the lent GPU machines: torch, triton, pytest, hypothesis)
+        "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'dev.sh gpu: no CUDA device')"
+        exec "$PY" -m pytest tests -m gpu "$@"
+        ;;
     *)
-        echo "usage: ./dev.sh demo [demo args] | ./dev.sh test [pytest args]" >&2
+        echo "usage: ./dev.sh demo [demo args] | ./dev.sh test [pytest args] | ./dev.sh gpu [pytest args]" >&2
         exit 2
         ;;
 esac
