@@ -1,0 +1,102 @@
+"""Rewrite ``qk_l2norm``: a PyTorch q/k L2 norm in front of a decode op -> use_qk_l2norm_in_kernel=True."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gdn_ops
+from fx_models import (
+    FUSED,
+    L2NORM_ARG,
+    RECURRENT,
+    assert_close,
+    assert_state_written_only_by,
+    clone_inputs,
+    compile_and_run,
+    decode_inputs,
+    l2norm_div,
+    l2norm_fp32,
+    l2norm_rsqrt,
+    op_calls,
+)
+from fx_passes.patterns import torch_l2norm_into_decode_op as l2norm_module
+
+
+def run_both(fn, inputs):
+    eager_inputs = clone_inputs(inputs)
+    with torch.no_grad():
+        expected = fn(**eager_inputs)
+    actual, code, counts = compile_and_run(fn, **inputs)
+    return actual, expected, inputs, eager_inputs, code, counts
+
+
+@pytest.mark.parametrize(
+    "norm, dtype",
+    [
+        pytest.param(l2norm_rsqrt, torch.float32, id="x*rsqrt-fp32"),
+        pytest.param(l2norm_div, torch.float16, id="x/sqrt(pow)-fp16"),
+        pytest.param(l2norm_fp32, torch.bfloat16, id="fp32-norm-cast-back-bf16"),
+    ],
+)
+def test_pytorch_l2norm_folds_into_either_op(norm, dtype):
+    """Layer 1 calls the unfused op on precomputed gates, layer 2 the fused op."""
+    inputs = decode_inputs(dtype=dtype)
+    with torch.no_grad():
+        g, beta = gdn_ops.gdn_gating_reference(inputs["A_log"], inputs["a"], inputs["dt_bias"], inputs["b"])
+    inputs.update(g=g, beta=beta, pool2=inputs["pool"].clone() + 0.5)
+
+    def two_layers(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2):
+        o1 = gdn_ops.recurrent_gated_delta_rule_update(norm(q), norm(k), v, g, beta, pool, idx)
+        o2 = gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            A_log, a, dt_bias, 1.0, 20.0, norm(q), norm(k), o1, b, pool2, idx
+        )
+        return o2
+
+    actual, expected, comp, eager, code, counts = run_both(two_layers, inputs)
+    assert counts == {"qk_l2norm": 2 * l2norm_module.REWRITE.EXPECTED_MATCHES}
+    for op in (RECURRENT, FUSED):
+        (call,) = assert_state_written_only_by(code, op, expected_calls=1)
+        assert call[L2NORM_ARG[op]] == "True"
+    assert_close(actual, expected, dtype)
+    for name in ("pool", "pool2"):
+        assert_close(comp[name], eager[name], dtype)
+
+
+def test_norms_the_kernel_does_not_compute_are_left_alone():
+    """Another eps, F.normalize, a norm on q only, a norm over another dim, a norm in fp64."""
+    inputs = decode_inputs(dtype=torch.float32)
+
+    def normalize(x):
+        return F.normalize(x, dim=-1, eps=1e-6)
+
+    def other_dim(x):
+        return x * torch.rsqrt((x * x).sum(dim=-2, keepdim=True) + 1e-6)
+
+    def in_fp64(x):
+        return l2norm_rsqrt(x.double()).to(x.dtype)
+
+    cases = [
+        (lambda x: l2norm_rsqrt(x, eps=1e-5), lambda x: l2norm_rsqrt(x, eps=1e-5)),
+        (normalize, normalize),
+        (l2norm_rsqrt, lambda x: x),
+        (other_dim, other_dim),
+        (in_fp64, in_fp64),
+    ]
+
+    def five_calls(q, k, v, a, b, A_log, dt_bias, pool, idx):
+        out = 0
+        for qn, kn in cases:
+            out = out + gdn_ops.fused_sigmoid_gating_delta_rule_update(
+                A_log, a, dt_bias, 1.0, 20.0, qn(q), kn(k), v, b, pool, idx
+            )
+        return out
+
+    actual, expected, comp, eager, code, counts = run_both(five_calls, inputs)
+    assert counts == {}
+    calls = op_calls(code, FUSED)
+    assert len(calls) == len(cases)
+    assert all(call[L2NORM_ARG[FUSED]] == "False" for call in calls)
+    assert_close(actual, expected, torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)
