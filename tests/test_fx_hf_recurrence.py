@@ -1,0 +1,182 @@
+"""Rewrite ``hf_recurrence``: transformers' plain-PyTorch Qwen3-Next / Qwen3.5 decode step -> gdn-ops."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+import fx_passes
+from fx_models import (
+    DEVICE,
+    FUSED,
+    LAYOUT_ARG,
+    RECURRENT,
+    assert_close,
+    assert_state_written_only_by,
+    compile_and_run,
+    decode_inputs,
+    gating_hf,
+    op_calls,
+    pass_compile_context,
+)
+from fx_passes.patterns import hf_torch_recurrent_gated_delta_rule as hf_module
+
+transformers = pytest.importorskip("transformers")
+from transformers.models.qwen3_next import modeling_qwen3_next  # noqa: E402
+
+HF_STEP = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
+
+
+def hf_layer(write_back: bool = True):
+    """The decode part of Qwen3NextGatedDeltaNet.forward, then what the cache does with the state."""
+
+    def step(q, k, v, a, b, A_log, dt_bias, state):
+        g, beta = gating_hf(A_log, a, dt_bias, b)
+        o, last = HF_STEP(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                          use_qk_l2norm_in_kernel=True)
+        if write_back:
+            state.copy_(last)  # LinearAttentionLayer.update_recurrent_state
+            return o
+        return o, last
+
+    return step
+
+
+def hf_inputs(dtype, HK, HV, B=3):
+    x = decode_inputs(B=B, HK=HK, HV=HV, dtype=dtype, layout="kv", slots=B)
+    state = x.pop("pool")
+    x.pop("idx")
+    return {**x, "state": state}
+
+
+@pytest.mark.parametrize(
+    "dtype, HK, HV",
+    [
+        pytest.param(torch.float32, 2, 4, id="fp32-gqa"),
+        pytest.param(torch.bfloat16, 4, 4, id="bf16"),
+        pytest.param(torch.float16, 2, 4, id="fp16-gqa"),
+    ],
+)
+def test_transformers_decode_step_becomes_one_fused_call_on_the_cache_buffer(dtype, HK, HV):
+    inputs = hf_inputs(dtype, HK, HV)
+    eager = {k: v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        expected = hf_layer()(**eager)
+    actual, code, counts = compile_and_run(hf_layer(), **inputs)
+
+    assert counts == {"hf_recurrence": hf_module.REWRITE.EXPECTED_MATCHES, "gating": 1}
+    (call,) = assert_state_written_only_by(code, FUSED, expected_calls=1)
+    assert call[LAYOUT_ARG[FUSED]] == "'kv'"
+    assert op_calls(code, RECURRENT) == []
+    assert_close(actual, expected, dtype)
+    assert_close(inputs["state"], eager["state"], dtype)
+
+
+def test_a_state_that_is_not_written_back_is_not_mutated():
+    """With no copy back into the input, the op must run on a copy: the caller's tensor stays as it was."""
+    inputs = hf_inputs(torch.float32, 2, 4)
+    before = inputs["state"].clone()
+    with torch.no_grad():
+        o_e, last_e = hf_layer(write_back=False)(**{k: v.clone() for k, v in inputs.items()})
+    (o, last), code, counts = compile_and_run(hf_layer(write_back=False), **inputs)
+    assert counts == {"hf_recurrence": 1, "gating": 1}
+    assert len(op_calls(code, FUSED)) == 1
+    torch.testing.assert_close(inputs["state"], before, rtol=0, atol=0)
+    assert_close(o, o_e, torch.float32)
+    assert_close(last, last_e, torch.float32)
+
+
+def test_fp64_decode_step_is_left_alone():
+    inputs = hf_inputs(torch.float64, 2, 4)
+    inputs["state"] = inputs["state"].double()
+    eager = {k: v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        expected = hf_layer()(**eager)
+    actual, code, counts = compile_and_run(hf_layer(), **inputs)
+    assert counts == {}
+    assert "gdn_ops" not in code
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(inputs["state"], eager["state"])
+
+
+def test_missing_transformers_skips_the_pattern_with_a_debug_line(monkeypatch, caplog):
+    rewrite = hf_module.HFTorchRecurrentGatedDeltaRule()
+    monkeypatch.setattr(hf_module.importlib.util, "find_spec", lambda name, *a: None)
+    with caplog.at_level(logging.DEBUG, logger=fx_passes.LOGGER_NAME):
+        assert rewrite.setup() is False
+    assert any("transformers is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_function_that_does_not_trace_is_skipped_with_a_debug_line(monkeypatch, caplog):
+    def broken(query, key, value, g, beta, initial_state=None, output_final_state=False,
+               use_qk_l2norm_in_kernel=False, **kwargs):
+        raise RuntimeError("unsupported in this release")
+
+    rewrite = hf_module.HFTorchRecurrentGatedDeltaRule()
+    monkeypatch.setattr(hf_module, "imported_functions", lambda: [("some.transformers.module", broken)])
+    with caplog.at_level(logging.DEBUG, logger=fx_passes.LOGGER_NAME):
+        assert rewrite.setup() is True
+    assert rewrite.traced_modules == []
+    assert any("does not trace" in r.getMessage() for r in caplog.records)
+    graph = torch.fx.Graph()
+    graph.output(())
+    assert rewrite.apply(graph) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# a whole model
+# --------------------------------------------------------------------------------------------
+
+
+def tiny_qwen3_next():
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    config = Qwen3NextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+        num_experts=0, layer_types=["linear_attention", "linear_attention", "full_attention"],
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return config, Qwen3NextForCausalLM(config).eval().to(DEVICE)
+
+
+def test_tiny_qwen3_next_decodes_with_the_fused_kernel():
+    """Random weights, no download: prefill eagerly, then decode tokens eagerly and compiled."""
+    from transformers.cache_utils import StaticCache
+
+    config, model = tiny_qwen3_next()
+    n_linear = config.layer_types.count("linear_attention")
+    prompt = torch.randint(0, config.vocab_size, (2, 5), device=DEVICE)
+    with torch.no_grad():
+        cache_eager = StaticCache(config=config, max_cache_len=16)
+        logits = model(input_ids=prompt, past_key_values=cache_eager, use_cache=True).logits
+    cache_compiled = copy.deepcopy(cache_eager)
+    token = logits[:, -1:].argmax(-1)
+
+    compiled = torch.compile(model)
+    with pass_compile_context():
+        for step in range(3):
+            expected = model(input_ids=token, past_key_values=cache_eager, use_cache=True).logits
+            if step == 0:
+                out, codes = run_and_get_code(compiled, input_ids=token, past_key_values=cache_compiled, use_cache=True)
+                code = "\n".join(codes)
+                counts = fx_passes.total_counts()
+            else:
+                out = compiled(input_ids=token, past_key_values=cache_compiled, use_cache=True)
+            torch.testing.assert_close(out.logits, expected, atol=1e-4, rtol=1e-4)
+            token = expected[:, -1:].argmax(-1)  # both decode the same tokens
+
+    assert counts == {"hf_recurrence": n_linear, "gating": n_linear}
+    assert_state_written_only_by(code, FUSED, expected_calls=n_linear)
+    assert op_calls(code, RECURRENT) == []
+    for layer_e, layer_c in zip(cache_eager.layers, cache_compiled.layers):
+        states = getattr(layer_e, "recurrent_states", None)
+        if states:
+            torch.testing.assert_close(layer_c.recurrent_states[0], states[0], atol=1e-5, rtol=1e-5)
