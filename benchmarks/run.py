@@ -310,17 +310,17 @@ def format_table(head: dict, records: list[dict]) -> str:
                     else:
                         row.append(f"{'-':>10s}")
             lines.append(" ".join(row))
-    problems = [r for r in records if r["status"] in ("failed", "error")]
+    problems: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["status"] in ("failed", "error"):
+            problems.setdefault((r["provider"], r["status"]), []).append(r)
     if problems:
         lines.append("")
         lines.append("not timed:")
-        seen = set()
-        for r in problems:
-            key = (r["provider"], r["note"])
-            if key not in seen:
-                seen.add(key)
-                lines.append(f"  {r['provider']} {r['status']} (first at TP={r['tp']} B={r['B']} "
-                             f"{r['state_dtype']} {r['layout']}): {r['note']}")
+        for (name, status), recs in problems.items():
+            r = recs[0]
+            lines.append(f"  {name} {status} at {len(recs)} point(s); first at TP={r['tp']} B={r['B']} "
+                         f"{r['state_dtype']} {r['layout']}: {r['note']}")
     for name, why in head.get("skipped_providers", {}).items():
         lines.append(f"  {name} skipped: {why}")
     if not head.get("complete"):
@@ -346,28 +346,35 @@ def plot(path: Path, head: dict, records: list[dict]) -> str | None:
         return "nothing to plot"
     ncols = min(4, len(panels))
     nrows = (len(panels) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.6), squeeze=False, sharey=True)
+    colors = {n: f"C{i}" for i, n in enumerate(P.PROVIDER_NAMES)}  # one colour per provider in every panel
+    top = max([100.0] + [r["pct_of_copy_bw"] * 1.05 for r in records if r["status"] == "ok"])
     for ax, (tp, dt, layout) in zip(axes.flat, panels):
+        batches = sorted({r["B"] for r in records if (r["tp"], r["state_dtype"], r["layout"]) == (tp, dt, layout)})
         for name in P.PROVIDER_NAMES:
             pts = sorted((r["B"], r["pct_of_copy_bw"]) for r in records
                          if r["provider"] == name and r["status"] == "ok"
                          and (r["tp"], r["state_dtype"], r["layout"]) == (tp, dt, layout))
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", ms=3, lw=2.2 if name == "gdn_ops" else 1.2, label=name)
+                ax.plot(xs, ys, marker="o", ms=3, lw=2.2 if name == "gdn_ops" else 1.2, color=colors[name], label=name)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"TP={tp} state {dt} {layout}", fontsize=9)
+        ax.set_xticks(batches, [str(b) for b in batches], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title(f"TP={tp}  state {dt}  layout {layout}", fontsize=9)
         ax.set_xlabel("batch")
         ax.grid(True, alpha=0.3)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, top)
     for ax in axes[:, 0]:
         ax.set_ylabel("% of copy bandwidth")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="upper left")
+    shown = [n for n in P.PROVIDER_NAMES if any(r["provider"] == n and r["status"] == "ok" for r in records)]
+    handles = [plt.Line2D([], [], color=colors[n], marker="o", lw=2.2 if n == "gdn_ops" else 1.2) for n in shown]
+    fig.legend(handles, shown, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
     fig.suptitle(f"Gated DeltaNet decode step, {head['gpu']}, copy {head['copy_bandwidth_Bps'] / 1e12:.2f} TB/s",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
