@@ -1,0 +1,90 @@
+"""torch.compile(mode="reduce-overhead") with the gdn-ops pass: the fused kernel inside CUDA graphs.
+
+What users must do: mark the state pool as a static address (``torch._dynamo.mark_static_address``,
+or keep it as a registered buffer of the module) so that Inductor's CUDA graphs update it in place
+instead of skipping graphs for "mutated inputs".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+import fx_passes
+import gdn_ops
+from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
+
+pytestmark = pytest.mark.gpu
+
+HK, HV, K, V = 2, 4, 128, 128
+
+
+class GDNDecodeStep(torch.nn.Module):
+    """Gating written in PyTorch feeding the unfused op, the way model code computes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.A_log = torch.nn.Parameter(torch.randn(HV), requires_grad=False)
+        self.dt_bias = torch.nn.Parameter(torch.randn(HV), requires_grad=False)
+
+    def forward(self, q, k, v, a, b, pool, indices):
+        beta = b.sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
+        return gdn_ops.recurrent_gated_delta_rule_update(q, k, v, g, beta, pool, indices, use_qk_l2norm_in_kernel=True)
+
+
+def _step_inputs(gen, B, num_slots, live):
+    r = lambda *s: torch.randn(*s, generator=gen).to("cuda", torch.bfloat16)  # noqa: E731
+    idx = torch.full((B,), -1, dtype=torch.int32)
+    rows = torch.randperm(B, generator=gen)[:live]
+    idx[rows] = torch.randperm(num_slots, generator=gen)[:live].to(torch.int32)
+    return r(B, 1, HK, K), r(B, 1, HK, K), r(B, 1, HV, V), r(B, 1, HV), r(B, 1, HV), idx.cuda()
+
+
+@torch._inductor.config.patch(force_disable_caches=True)  # a cache hit would not run (or count) the pass
+def test_reduce_overhead_runs_the_fused_kernel_in_cuda_graphs_across_replays():
+    torch._dynamo.reset()
+    counters.clear()
+    gen = torch.Generator().manual_seed(0)
+    model = GDNDecodeStep().cuda()
+    num_slots = 40
+    pool = torch.randn(num_slots, HV, V, K, generator=gen).cuda()
+    torch._dynamo.mark_static_address(pool)
+    ref_pool = pool.double()
+    fx_passes.reset_counts()
+    step = torch.compile(model, mode="reduce-overhead", fullgraph=True,
+                         options=fx_passes.inductor_options())
+    batch_sizes = (4, 8)
+    with torch.no_grad():
+        for i in range(300):
+            B = batch_sizes[i % 2]
+            q, k, v, a, b, idx = _step_inputs(gen, B, num_slots, live=B - 1)
+            o = step(q, k, v, a, b, pool, idx).clone()  # graph outputs are overwritten on the next replay
+            o_ref, ref_pool = fused_sigmoid_gating_delta_rule_reference(
+                model.A_log, a, model.dt_bias, 1.0, 20.0, q, k, v, b, ref_pool, idx, None, True,
+                compute_dtype=torch.float64)
+            if i % 25 == 0 or i >= 298:
+                assert ((pool.double() - ref_pool).norm() / ref_pool.norm()).item() < 1e-5, f"replay {i}"
+                assert ((o.double() - o_ref).norm() / o_ref.norm()).item() < 1e-2, f"replay {i}"
+                assert bool((o[idx < 0] == 0).all())
+            ref_pool = pool.double()  # fp32 pool: compare one step at a time, not accumulated drift
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert sum(fx_passes.total_counts().values()) >= len(batch_sizes), fx_passes.total_counts()
+    # one compiled graph per batch size (the second size may be compiled dynamic: then one in all)
+    assert counters["stats"]["unique_graphs"] <= len(batch_sizes)
+
+
+def test_unmarked_pool_is_reported_as_the_reason_cudagraphs_are_skipped():
+    """The failure mode the docs warn about: without a static address Inductor skips the graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    gen = torch.Generator().manual_seed(1)
+    model = GDNDecodeStep().cuda()
+    pool = torch.randn(10, HV, V, K, generator=gen).cuda()  # not marked static
+    step = torch.compile(model, mode="reduce-overhead", fullgraph=True, options=fx_passes.inductor_options())
+    with torch.no_grad():
+        for _ in range(3):
+            step(*_step_inputs(gen, 4, 10, 3)[:5], pool, _step_inputs(gen, 4, 10, 3)[5])
+    assert counters["inductor"]["cudagraph_skips"] >= 1
