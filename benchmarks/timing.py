@@ -11,7 +11,7 @@ used: its L2 flush writes 256 MB of dirty lines whose write-back lands inside th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -80,6 +80,7 @@ class Timing:
     p80_us: float
     calls_per_replay: int
     replays: int
+    samples_us: list[float] = field(default_factory=list)  # per-call time of each replay, in replay order
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -90,12 +91,11 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def time_graph_replay(calls: Sequence[Callable[[], object]], replays: int = 30, warmup: int = 2) -> Timing:
-    """Capture all ``calls`` into one CUDA graph and time its replays.
+def capture_graph(calls: Sequence[Callable[[], object]], warmup: int = 2) -> torch.cuda.CUDAGraph:
+    """Run ``calls`` ``warmup`` times on a side stream, then capture them all into one CUDA graph.
 
-    The calls run ``warmup`` times on a side stream first (Triton and Inductor compile there, and
-    the caching allocator settles), then once under capture; each replay is timed alone with CUDA
-    events, and its time is divided by ``len(calls)``.
+    The side-stream passes are where Triton and Inductor compile and the caching allocator settles;
+    nothing may compile or synchronise under capture.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -110,17 +110,56 @@ def time_graph_replay(calls: Sequence[Callable[[], object]], replays: int = 30, 
     with torch.cuda.graph(graph):
         for call in calls:
             call()
-    graph.replay()  # first replay uploads the graph
+    graph.replay()  # the first replay uploads the graph
     torch.cuda.synchronize()
+    return graph
+
+
+def time_graphs_interleaved(
+    graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], replays: int = 30, settle_rounds: int = 3
+) -> dict[str, Timing]:
+    """Time several captured graphs (``name -> (graph, calls in it)``) in interleaved rounds.
+
+    Each round replays every graph once, starting one name further on than the round before, so a
+    drift of the card's state over the measurement (clocks, power, temperature) lands on every
+    implementation alike instead of on whichever is timed first. ``settle_rounds`` untimed rounds
+    go first. Each replay is timed alone with CUDA events.
+    """
+    names = list(graphs)
+    for _ in range(settle_rounds):
+        for name in names:
+            graphs[name][0].replay()
+    torch.cuda.synchronize()
+    events = {n: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(replays)] for n in names}
+    for r in range(replays):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start, end = events[name][r]
+            start.record()
+            graphs[name][0].replay()
+            end.record()
+    torch.cuda.synchronize()
+    out = {}
+    for name in names:
+        n_calls = graphs[name][1]
+        samples = [s.elapsed_time(e) * 1e3 / n_calls for s, e in events[name]]
+        ordered = sorted(samples)
+        out[name] = Timing(
+            p20_us=_quantile(ordered, 0.2),
+            p50_us=_quantile(ordered, 0.5),
+            p80_us=_quantile(ordered, 0.8),
+            calls_per_replay=n_calls,
+            replays=replays,
+            samples_us=samples,
+        )
+    return out
+
+
+def time_graph_replay(calls: Sequence[Callable[[], object]], replays: int = 30, warmup: int = 2) -> Timing:
+    """Capture all ``calls`` into one CUDA graph and time its replays (per call: replay time / len(calls))."""
+    graph = capture_graph(calls, warmup)
     try:
-        ms = sorted(_event_ms(graph.replay, replays))
+        return time_graphs_interleaved({"graph": (graph, len(calls))}, replays)["graph"]
     finally:
         del graph
-    per_call_us = [m * 1e3 / len(calls) for m in ms]
-    return Timing(
-        p20_us=_quantile(per_call_us, 0.2),
-        p50_us=_quantile(per_call_us, 0.5),
-        p80_us=_quantile(per_call_us, 0.8),
-        calls_per_replay=len(calls),
-        replays=replays,
-    )
