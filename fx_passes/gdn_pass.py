@@ -188,7 +188,10 @@ class GDNFusionPass(_Base):
         self.previous = previous
 
     def previous_passes(self) -> tuple:
-        return _cgp.get_custom_graph_passes(self.previous)
+        p = self.previous
+        if p is None:
+            return ()
+        return tuple(p) if isinstance(p, (list, tuple)) else (p,)
 
     def __call__(self, graph: torch.fx.Graph, is_inference: bool = True) -> None:
         for p in self.previous_passes():

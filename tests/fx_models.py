@@ -128,12 +128,27 @@ def compile_and_run(fn: Callable, *args, **kwargs) -> tuple[Any, str, dict]:
     return result, "\n".join(codes), fx_passes.total_counts()
 
 
+def _split_args(text: str) -> list[str]:
+    """Split a call's argument text at the commas outside brackets."""
+    args, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            args.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        args.append(current.strip())
+    return args
+
+
 def op_calls(code: str, op: str) -> list[list[str]]:
     """Argument lists (as source text) of every call of ``torch.ops.gdn_ops.<op>`` in the code."""
-    calls = []
-    for m in re.finditer(rf"torch\.ops\.gdn_ops\.{op}\.default\((.*)\)", code):
-        calls.append([a.strip() for a in m.group(1).split(",")])
-    return calls
+    return [_split_args(m.group(1)) for m in re.finditer(rf"torch\.ops\.gdn_ops\.{op}\.default\((.*)\)", code)]
 
 
 def lines_touching(code: str, name: str) -> list[str]:

@@ -30,6 +30,9 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.qwen3_next import modeling_qwen3_next  # noqa: E402
 
 HF_STEP = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
+# Releases before ~5.20 repeat the key heads for GQA in the module's forward, later ones inside
+# the function: the test layer does what the installed release's module does.
+HF_STEP_REPEATS_HEADS = "repeat_interleave" in inspect.getsource(HF_STEP)
 
 
 def hf_layer(write_back: bool = True):
@@ -37,6 +40,9 @@ def hf_layer(write_back: bool = True):
 
     def step(q, k, v, a, b, A_log, dt_bias, state):
         g, beta = gating_hf(A_log, a, dt_bias, b)
+        groups = v.shape[2] // q.shape[2]
+        if groups > 1 and not HF_STEP_REPEATS_HEADS:
+            q, k = q.repeat_interleave(groups, dim=2), k.repeat_interleave(groups, dim=2)
         o, last = HF_STEP(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
                           use_qk_l2norm_in_kernel=True)
         if write_back:
@@ -155,11 +161,29 @@ def test_tiny_qwen3_next_decodes_with_the_fused_kernel():
     n_linear = config.layer_types.count("linear_attention")
     prompt = torch.randint(0, config.vocab_size, (2, 5), device=DEVICE)
     with torch.no_grad():
-        cache_eager = StaticCache(config=config, max_cache_len=16)
-        logits = model(input_ids=prompt, past_key_values=cache_eager, use_cache=True).logits
+        try:
+            cache_eager = StaticCache(config=config, max_cache_len=16)
+            logits = model(input_ids=prompt, past_key_values=cache_eager, use_cache=True).logits
+        except (AttributeError, TypeError, ValueError):
+            # early 5.x releases have no static cache for this hybrid model: use the model's own
+            # (its attention cache grows, so the decode step compiles again once, dynamically)
+            out = model(input_ids=prompt, use_cache=True)
+            logits, cache_eager = out.logits, out.past_key_values
     cache_compiled = copy.deepcopy(cache_eager)
     token = logits[:, -1:].argmax(-1)
 
+    def states(cache):
+        """The linear-attention layers' recurrent states (the cache classes changed across releases)."""
+        found = []
+        for layer in getattr(cache, "layers", []):
+            rs = getattr(layer, "recurrent_states", None)
+            rs = rs.get(0) if isinstance(rs, dict) else rs
+            rs = rs[0] if isinstance(rs, (list, tuple)) and rs else rs
+            if isinstance(rs, torch.Tensor):
+                found.append(rs)
+        return found
+
+    before = states(cache_compiled)
     compiled = torch.compile(model)
     with pass_compile_context():
         for step in range(3):
@@ -174,9 +198,13 @@ def test_tiny_qwen3_next_decodes_with_the_fused_kernel():
             token = expected[:, -1:].argmax(-1)  # both decode the same tokens
 
     assert counts == {"hf_recurrence": n_linear, "gating": n_linear}
-    assert_state_written_only_by(code, FUSED, expected_calls=n_linear)
     assert op_calls(code, RECURRENT) == []
-    for layer_e, layer_c in zip(cache_eager.layers, cache_compiled.layers):
-        states = getattr(layer_e, "recurrent_states", None)
-        if states:
-            torch.testing.assert_close(layer_c.recurrent_states[0], states[0], atol=1e-5, rtol=1e-5)
+    if before and all(a is b for a, b in zip(before, states(cache_compiled))):
+        # the cache updates its state tensors in place (transformers >= ~5.20): the op must
+        # update them directly, with no copy
+        assert_state_written_only_by(code, FUSED, expected_calls=n_linear)
+    else:
+        # the cache replaces its tensors: the graph must not mutate its inputs, the op runs on a copy
+        assert len(op_calls(code, FUSED)) == n_linear
+    for state_c, state_e in zip(states(cache_compiled), states(cache_eager)):
+        torch.testing.assert_close(state_c, state_e, atol=1e-5, rtol=1e-5)

@@ -5,8 +5,10 @@ When flash-linear-attention is not installed, Qwen3-Next and Qwen3.5 decode one 
 output_final_state=True, use_qk_l2norm_in_kernel=True)``: GQA head repeat, fp32 casts, optional
 L2 norm, the delta-rule update of an fp32 K-major state ``[B, HV, K, V]``, the output cast back.
 The search functions call the functions of the *installed* transformers (they moved between
-releases), for each model module that defines one, with and without GQA, fp32 and half
-activations, with and without the L2 norm.
+releases: where GQA heads are repeated, where the L2 norm runs relative to the fp32 cast,
+``.contiguous()`` or not), for each model module that defines one, with and without GQA, fp32
+and half activations, q/k/v contiguous or slices of a packed projection; always with the L2 norm
+on, as the models call it.
 
 The replacement is the unfused op on that state as a pool of exactly B slots in ``"kv"`` layout,
 written as an explicit ``auto_functionalized`` call so that Inductor's reinplacing runs the op
@@ -23,9 +25,11 @@ dense inner dims, or inputs whose dtype or shape the op refuses (e.g. fp64).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import itertools
+import logging
 import sys
 
 import torch
@@ -88,6 +92,27 @@ def _replace(use_l2norm: bool):
         return res[2], res[1]
 
     return replace
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _qkv(B, HK, HV, K, V, dtype, packed):
+    if not packed:
+        return (torch.randn(B, 1, HK, K, dtype=dtype), torch.randn(B, 1, HK, K, dtype=dtype),
+                torch.randn(B, 1, HV, V, dtype=dtype))
+    # slices of one [B, 1, 2*HK*K + HV*V] projection, as the model's split produces
+    qkv = torch.randn(B, 1, 2 * HK * K + HV * V, dtype=dtype)
+    q, k, v = torch.split(qkv, [HK * K, HK * K, HV * V], dim=-1)
+    return q.reshape(B, 1, HK, K), k.reshape(B, 1, HK, K), v.reshape(B, 1, HV, V)
 
 
 def _supported(match: pm.Match) -> str | None:
@@ -170,36 +195,38 @@ class HFTorchRecurrentGatedDeltaRule(Rewrite):
             return
         B, K, V = 2, 8, 16
         registered = 0
-        for use_l2norm, (HK, HV), dtype in itertools.product(
+        # transformers always decodes with the L2 norm on. Layout matters: releases that call
+        # .contiguous() trace a clone for a value that is a slice of the packed qkv projection
+        # (what a model passes) and none for a contiguous one (what a synthetic caller passes).
+        for packed, (HK, HV), dtype in itertools.product(
             (True, False), ((2, 4), (2, 2)), (torch.float32, torch.bfloat16)
         ):
             # bf16 stands for fp16 too: dtypes are ignored by the first, coarse match, and every
-            # match is re-traced with the user's shapes and dtypes before it is accepted.
-            inputs = [
-                torch.randn(B, 1, HK, K, dtype=dtype),
-                torch.randn(B, 1, HK, K, dtype=dtype),
-                torch.randn(B, 1, HV, V, dtype=dtype),
-                -torch.rand(B, 1, HV),
-                torch.rand(B, 1, HV, dtype=dtype),
-                torch.randn(B, HV, K, V),
-            ]
+            # match is re-traced with the user's shapes, strides and dtypes before it is accepted.
+            q, k, v = _qkv(B, HK, HV, K, V, dtype, packed)
+            inputs = [q, k, v, -torch.rand(B, 1, HV), torch.rand(B, 1, HV, dtype=dtype), torch.randn(B, HV, K, V)]
             try:
-                ok = pm.register_replacement(
-                    _search(fn, use_l2norm), _replace(use_l2norm), inputs, trace, self.pass_,
-                    extra_check=_extra_check, skip_duplicates=True,
-                )
+                with _quiet("torch._subclasses.fake_tensor"):  # it logs the failure below as an error
+                    ok = pm.register_replacement(
+                        _search(fn, True), _replace(True), inputs, trace, self.pass_,
+                        extra_check=_extra_check, skip_duplicates=True,
+                    )
             except Exception as e:  # noqa: BLE001 - transformers code we do not control
-                log.debug("hf_recurrence: %s.%s does not trace (%s: %s); skipped",
-                          module, HF_FUNCTION, type(e).__name__, e)
-                return
+                # e.g. older releases repeat GQA heads in the module, not in this function:
+                # their function only traces with as many key heads as value heads
+                log.debug("hf_recurrence: %s.%s does not trace with HK=%d HV=%d %s (%s: %s); variant skipped",
+                          module, HF_FUNCTION, HK, HV, dtype, type(e).__name__, e)
+                continue
             registered += bool(ok)
-        self._sources.add(source)
-        self.traced_modules.append(module)
-        log.debug("hf_recurrence: registered %d patterns from %s.%s", registered, module, HF_FUNCTION)
+        if registered:
+            self._sources.add(source)
+            self.traced_modules.append(module)
+        log.debug("hf_recurrence: %d patterns from %s.%s", registered, module, HF_FUNCTION)
 
     def apply(self, graph: torch.fx.Graph) -> int:
         self._register_imported()
-        if not self.traced_modules:
+        if not self.traced_modules or graph.owning_module is None:
+            # (Inductor always passes a GraphModule's graph; the matcher needs the module)
             return 0
         return self.pass_.apply(graph)
 
