@@ -294,7 +294,7 @@ return [n3]""")
         text = self.capture(hf_layer(), **hf_inputs(torch.float32, 2, 4, B=2))
         self.assertExpectedInline(text, """\
 n0 = aten.empty_strided.default([2, 1, 4, 8], [32, 8, 8, 1], dtype=float32)
-n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=in1, a=in2, dt_bias=in3, softplus_beta=1, softplus_threshold=20, q=in4, k=in5, v=in6, initial_state_indices=None, scale=0.353553, use_qk_l2norm_in_kernel=True, state_layout='kv', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[in7, n0], b=in0)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=in1, a=in2, dt_bias=in3, softplus_beta=1, softplus_threshold=20, q=in5, k=in6, v=in4, initial_state_indices=None, scale=0.353553, use_qk_l2norm_in_kernel=True, state_layout='kv', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[in7, n0], b=in0)
 n2 = getitem(n1, 1)
 n3 = getitem(n1, 2)
 n4 = aten.copy_.default(in7, n2)
