@@ -24,7 +24,7 @@ aten = torch.ops.aten
 # The types fx_to_pattern treats as "any value" in a coarse pattern. Floats and dtypes stay exact
 # in the small sub-patterns of this package (eps, casts); values we must read back are captured
 # through ``scalar_workaround`` instead.
-_SHAPE_TYPES = (torch.device,)
+_IGNORED_TYPES = (torch.device,)
 
 
 def _has_mutation(gm: torch.fx.GraphModule) -> bool:
@@ -113,7 +113,7 @@ def sub_pattern(
     gm = trace(fn, example_args)
     pattern = pm.fx_to_pattern(
         gm,
-        ignore_types=_SHAPE_TYPES,
+        ignore_types=_IGNORED_TYPES,
         argnames=argnames,
         scalar_workaround=scalar_workaround,
     )

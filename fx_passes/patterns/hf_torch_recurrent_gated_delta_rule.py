@@ -11,16 +11,17 @@ and half activations, q/k/v contiguous or slices of a packed projection; always 
 on, as the models call it.
 
 The replacement is the unfused op on that state as a pool of exactly B slots in ``"kv"`` layout,
-written as an explicit ``auto_functionalized`` call so that Inductor's reinplacing runs the op
-on the cache's own buffer: transformers copies the new state back into the cache tensor, and
+written as an explicit ``auto_functionalized_v2`` call (the form Inductor's own functionalization
+produces) so that Inductor's reinplacing runs the op on the cache's own buffer: transformers copies the new state back into the cache tensor, and
 that copy disappears (the state is read once and written once). The gating that transformers
 computes in the module's forward is then fused by the ``gating`` rewrite, which runs next.
 
 Patterns are registered for the model modules already imported when a graph is compiled (a
 graph can only hold this code if its module was imported). Unavailable (skipped, with a debug
 log) when transformers is not installed, defines no such function, or its function does not
-trace. Left alone: T != 1, a state that is not fp32 with
-dense inner dims, or inputs whose dtype or shape the op refuses (e.g. fp64).
+trace. Left alone: T != 1, a state that is not fp32 with dense inner dims, or inputs whose dtype
+or shape the op refuses (e.g. fp64). Where a release repeats the key heads in the module (before
+the function), the op receives the repeated q/k (HK == HV): correct, a little more q/k traffic.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ from torch._inductor import pattern_matcher as pm
 from fx_passes.counters import log
 from fx_passes.patterns._common import RECURRENT_OP, Rewrite, is_activation, known_equal, val
 
-#: transformers modules whose ``torch_recurrent_gated_delta_rule`` the pattern traces
+#: transformers modules whose ``torch_recurrent_gated_delta_rule`` the pattern traces (the
+#: later ones carry a copy of Qwen3-Next's function; identical copies are traced once)
 HF_MODULES = (
     "transformers.models.qwen3_next.modeling_qwen3_next",
     "transformers.models.qwen3_5.modeling_qwen3_5",
     "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
+    "transformers.models.qwen4_exp.modeling_qwen4_exp",
+    "transformers.models.olmo_hybrid.modeling_olmo_hybrid",
+    "transformers.models.lara_mini.modeling_lara_mini",
 )
 HF_FUNCTION = "torch_recurrent_gated_delta_rule"
 
