@@ -16,7 +16,7 @@ from torch._inductor import custom_graph_pass as _cgp
 from fx_passes import counters
 from fx_passes.counters import log
 
-# Inductor passes ``is_inference`` to passes of this kind (torch >= 2.12); older releases call
+# Inductor passes ``is_inference`` to passes of this kind (recent torch); older releases call
 # plain CustomGraphPass objects with the graph alone.
 _Base: type = getattr(_cgp, "CustomInferenceAwareGraphPass", _cgp.CustomGraphPass)
 _INFERENCE_AWARE = _Base is not _cgp.CustomGraphPass

@@ -91,7 +91,8 @@ def _allow_extra_users(pattern: pm.PatternExpr) -> None:
         if isinstance(p, pm._TargetExpr):
             p.users = pm.MULTIPLE
         if isinstance(p, pm._TargetArgsExpr):
-            stack.extend(x for x in p.flat_args_kwargs[0] if isinstance(x, pm.PatternExpr))
+            children = getattr(p, "flat_args_kwargs", ((*p.args, *p.kwargs.values()), None))[0]
+            stack.extend(x for x in children if isinstance(x, pm.PatternExpr))
 
 
 def sub_pattern(
