@@ -37,6 +37,7 @@ def _decode_kernel(
     s_bb, s_bt, s_bh,
     s_slot, s_head,
     s_ob, s_ot, s_oh, s_ov,
+    s_A, s_dt,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
@@ -75,8 +76,8 @@ def _decode_kernel(
     S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
     if FUSED_GATING:
-        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv).to(tl.float32))
-        dt_bias = tl.load(dt_bias_ptr + hv).to(tl.float32)
+        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
+        dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
 
     for t in range(T):
         q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
@@ -180,6 +181,7 @@ def launch_decode(
         T, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         *q.stride(), *k.stride(), *v.stride(), *gate_a.stride(), *gate_b.stride(),
         state.stride(0), state.stride(1), *out.stride(),
+        A_log.stride(0) if fused_gating else 0, dt_bias.stride(0) if fused_gating else 0,
         HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,

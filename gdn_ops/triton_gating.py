@@ -26,7 +26,7 @@ def gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold):
 @triton.jit
 def _gating_kernel(
     A_log_ptr, a_ptr, dt_bias_ptr, b_ptr, g_ptr, beta_ptr,
-    n, softplus_beta, softplus_threshold,
+    n, softplus_beta, softplus_threshold, s_A, s_dt,
     HV: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -34,8 +34,8 @@ def _gating_kernel(
     hv = offs % HV
     a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv, mask=mask, other=0.0).to(tl.float32))
-    dt_bias = tl.load(dt_bias_ptr + hv, mask=mask, other=0.0).to(tl.float32)
+    neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, mask=mask, other=0.0).to(tl.float32))
+    dt_bias = tl.load(dt_bias_ptr + hv * s_dt, mask=mask, other=0.0).to(tl.float32)
     g, beta = gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
     tl.store(g_ptr + offs, g, mask=mask)
     tl.store(beta_ptr + offs, beta, mask=mask)
@@ -57,5 +57,6 @@ def launch_gating(
     BLOCK = 1024
     _gating_kernel[(triton.cdiv(n, BLOCK),)](
         A_log, a, dt_bias, b, g, beta, n, float(softplus_beta), float(softplus_threshold),
+        A_log.stride(0), dt_bias.stride(0),
         HV=HV, BLOCK=BLOCK, num_warps=4,
     )

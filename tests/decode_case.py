@@ -147,8 +147,10 @@ def build(case: DecodeCase, device) -> DecodeInputs:
         v = randn(B, T, HV, V, dtype=case.act_dtype)
         a = randn(B, T, HV, dtype=case.act_dtype)
         b = randn(B, T, HV, dtype=case.act_dtype)
-    A_log = randn(HV, std=0.5)
-    dt_bias = randn(HV, std=0.5)
+    # per-head parameters as strided views in the packed/transposed cases (slices of a bigger tensor)
+    head_stride = 1 if case.qkv_layout == "separate" else 3
+    A_log = randn(HV * head_stride, std=0.5)[::head_stride]
+    dt_bias = randn(HV * head_stride, std=0.5)[::head_stride]
     g, beta = gdn_gating_reference(A_log, a, dt_bias, b)
     g, beta = g.to(case.gate_dtype), beta.to(case.gate_dtype)
 

@@ -103,3 +103,14 @@ def test_compiles_fullgraph_with_dynamic_batch_without_recompiling(device, fused
         calls.append(B)
     frames = counters["stats"]["unique_graphs"]
     assert frames <= 2, f"recompiled for batch sizes: {frames} graphs for {calls}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gating_reads_strided_head_parameters(device):
+    HV = 5
+    wide_A, wide_dt = torch.randn(3 * HV, device=device), torch.randn(3 * HV, device=device)
+    a, b = torch.randn(4, HV, device=device), torch.randn(4, HV, device=device)
+    g, beta = gdn_ops.gdn_gating(wide_A[::3], a, wide_dt[::3], b)
+    g_ref, beta_ref = gdn_ops.gdn_gating_reference(wide_A[::3].contiguous(), a, wide_dt[::3].contiguous(), b)
+    torch.testing.assert_close(g, g_ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(beta, beta_ref, rtol=2e-6, atol=1e-7)
