@@ -11,6 +11,7 @@ or for one compile::
         out = compiled(*args)
 
     compiled = torch.compile(model, options=fx_passes.inductor_options())
+    # with CUDA graphs (what mode="reduce-overhead" does): inductor_options(cudagraphs=True)
 
 What it rewrites (see :mod:`fx_passes.patterns`): transformers' plain-PyTorch Qwen3-Next /
 Qwen3.5 decode step, PyTorch q/k L2 norms in front of a decode op, and PyTorch gating in front
@@ -89,16 +90,18 @@ def uninstall() -> bool:
     return True
 
 
-def inductor_options() -> dict[str, Any]:
+def inductor_options(cudagraphs: bool = False) -> dict[str, Any]:
     """Options for ``torch.compile(..., options=fx_passes.inductor_options())``.
 
     Scopes the pass to that one compiled function; any pass configured when this is called is
-    chained as in :func:`install`.
+    chained as in :func:`install`. ``torch.compile`` takes ``mode`` or ``options``, not both:
+    ``cudagraphs=True`` adds what ``mode="reduce-overhead"`` sets (Inductor's CUDA graphs).
     """
     current = inductor_config.post_grad_custom_post_pass
+    options: dict[str, Any] = {"triton.cudagraphs": True} if cudagraphs else {}
     if _contains_ours(current):
-        return {"post_grad_custom_post_pass": current}
-    return {"post_grad_custom_post_pass": GDNFusionPass(previous=current)}
+        return {**options, "post_grad_custom_post_pass": current}
+    return {**options, "post_grad_custom_post_pass": GDNFusionPass(previous=current)}
 
 
 @contextlib.contextmanager

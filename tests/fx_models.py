@@ -249,3 +249,18 @@ def format_graph(graph: torch.fx.Graph) -> str:
         args += [f"{k}={fmt(v)}" for k, v in node.kwargs.items() if k not in ("layout", "pin_memory", "device")]
         lines.append(f"{names[node]} = {_target_name(node.target)}({', '.join(args)})")
     return "\n".join(lines)
+
+
+def tiny_qwen3_next():
+    """A 3-layer Qwen3-Next (2 linear-attention layers, 1 full) with random weights: no download."""
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    config = Qwen3NextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+        num_experts=0, layer_types=["linear_attention", "linear_attention", "full_attention"],
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return config, Qwen3NextForCausalLM(config).eval().to(DEVICE)

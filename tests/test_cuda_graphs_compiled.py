@@ -54,8 +54,7 @@ def test_reduce_overhead_runs_the_fused_kernel_in_cuda_graphs_across_replays():
     torch._dynamo.mark_static_address(pool)
     ref_pool = pool.double()
     fx_passes.reset_counts()
-    step = torch.compile(model, mode="reduce-overhead", fullgraph=True,
-                         options=fx_passes.inductor_options())
+    step = torch.compile(model, fullgraph=True, options=fx_passes.inductor_options(cudagraphs=True))
     batch_sizes = (4, 8)
     with torch.no_grad():
         for i in range(300):
@@ -83,8 +82,45 @@ def test_unmarked_pool_is_reported_as_the_reason_cudagraphs_are_skipped():
     gen = torch.Generator().manual_seed(1)
     model = GDNDecodeStep().cuda()
     pool = torch.randn(10, HV, V, K, generator=gen).cuda()  # not marked static
-    step = torch.compile(model, mode="reduce-overhead", fullgraph=True, options=fx_passes.inductor_options())
+    step = torch.compile(model, fullgraph=True, options=fx_passes.inductor_options(cudagraphs=True))
     with torch.no_grad():
         for _ in range(3):
             step(*_step_inputs(gen, 4, 10, 3)[:5], pool, _step_inputs(gen, 4, 10, 3)[5])
     assert counters["inductor"]["cudagraph_skips"] >= 1
+
+
+@torch._inductor.config.patch(force_disable_caches=True)
+def test_transformers_qwen3_next_static_cache_reduce_overhead_decodes_32_tokens_fused():
+    """A tiny random Qwen3-Next from transformers, its StaticCache, mode="reduce-overhead", the pass on:
+    the fused kernel runs inside the CUDA graphs and the logits follow eager for 32 tokens."""
+    pytest.importorskip("transformers")
+    import copy
+
+    from fx_models import tiny_qwen3_next
+    from transformers.cache_utils import StaticCache
+
+    torch._dynamo.reset()
+    counters.clear()
+    fx_passes.reset_counts()
+    config, model = tiny_qwen3_next()
+    model = model.to(torch.bfloat16)
+    n_linear = config.layer_types.count("linear_attention")
+    prompt = torch.randint(0, config.vocab_size, (2, 5), device="cuda")
+    with torch.no_grad():
+        cache_eager = StaticCache(config=config, max_cache_len=48)
+        logits = model(input_ids=prompt, past_key_values=cache_eager, use_cache=True).logits
+        cache_compiled = copy.deepcopy(cache_eager)
+        token = logits[:, -1:].argmax(-1)
+        compiled = torch.compile(model, options=fx_passes.inductor_options(cudagraphs=True))
+        worst = 0.0
+        for step in range(32):
+            position = torch.tensor([prompt.shape[1] + step], device="cuda")
+            expected = model(input_ids=token, past_key_values=cache_eager, use_cache=True,
+                             cache_position=position).logits
+            got = compiled(input_ids=token, past_key_values=cache_compiled, use_cache=True,
+                           cache_position=position).logits.clone()
+            worst = max(worst, (got.float() - expected.float()).abs().max().item())
+            torch.testing.assert_close(got, expected, atol=5e-2, rtol=5e-2)
+            token = expected[:, -1:].argmax(-1)  # both decode the same tokens
+    assert fx_passes.total_counts().get("hf_recurrence", 0) >= n_linear, fx_passes.total_counts()
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])

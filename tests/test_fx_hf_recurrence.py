@@ -23,6 +23,7 @@ from fx_models import (
     gating_hf,
     op_calls,
     pass_compile_context,
+    tiny_qwen3_next,
 )
 from fx_passes.patterns import hf_torch_recurrent_gated_delta_rule as hf_module
 
@@ -137,20 +138,6 @@ def test_a_function_that_does_not_trace_is_skipped_with_a_debug_line(monkeypatch
 # --------------------------------------------------------------------------------------------
 # a whole model
 # --------------------------------------------------------------------------------------------
-
-
-def tiny_qwen3_next():
-    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
-
-    config = Qwen3NextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
-        num_experts=0, layer_types=["linear_attention", "linear_attention", "full_attention"],
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return config, Qwen3NextForCausalLM(config).eval().to(DEVICE)
 
 
 def test_tiny_qwen3_next_decodes_with_the_fused_kernel():
