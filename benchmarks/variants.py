@@ -18,19 +18,14 @@ import gdn_ops.triton_decode as shipped
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     # State is streamed once: keep it from evicting q/k/v/gates that neighbouring programs re-read.
-    "evict": [
-        ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
-         "S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=\"evict_first\").to(tl.float32)"),
-        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)",
-         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")"),
-    ],
     "evict_load": [
         ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
          "S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=\"evict_first\").to(tl.float32)"),
     ],
-    "cs_store": [
-        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)",
-         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")"),
+    # the .cs state store is shipped (2026-11-27); this restores the plain store for comparison
+    "plain_store": [
+        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
+         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)"),
     ],
     "evict_last_qk": [
         ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",

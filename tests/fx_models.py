@@ -213,9 +213,28 @@ def _target_name(target: Any) -> str:
     return getattr(target, "__name__", str(target))
 
 
+def _placeholder_roles(graph: torch.fx.Graph) -> dict[torch.fx.Node, str]:
+    """Name graph inputs by the op argument they feed (``A_log``, ``initial_state_source``...).
+
+    Torch releases order a graph's placeholders differently (2.11 and 2.13 differ), so names by
+    position would make the snapshots version-dependent.
+    """
+    roles: dict[torch.fx.Node, str] = {}
+    for node in graph.nodes:
+        bases = node.kwargs.get("_all_bases")
+        for key, val in node.kwargs.items():
+            if isinstance(val, torch.fx.Node) and val.op == "placeholder":
+                roles.setdefault(val, key)
+            elif key.startswith("_") and key.endswith("_base_index") and bases is not None and isinstance(val, int):
+                base = bases[val]
+                if isinstance(base, torch.fx.Node) and base.op == "placeholder":
+                    roles.setdefault(base, key[1:-len("_base_index")])
+    return roles
+
+
 def format_graph(graph: torch.fx.Graph) -> str:
-    """Nodes renamed in order (in0.., n0..), devices and layouts dropped: the structure only."""
-    names: dict[torch.fx.Node, str] = {}
+    """Inputs named by role (else in0..), nodes renamed in order (n0..), devices and layouts dropped."""
+    names: dict[torch.fx.Node, str] = dict(_placeholder_roles(graph))
     lines = []
 
     def fmt(a: Any) -> str:
@@ -237,8 +256,9 @@ def format_graph(graph: torch.fx.Graph) -> str:
     n_in = n_op = 0
     for node in graph.nodes:
         if node.op == "placeholder":
-            names[node] = f"in{n_in}"
-            n_in += 1
+            if node not in names:
+                names[node] = f"in{n_in}"
+                n_in += 1
             continue
         if node.op == "output":
             lines.append(f"return {fmt(node.args[0])}")

@@ -281,10 +281,10 @@ class TestPostPassGraph(_SnapshotCase):
         text = self.capture(gated_decode, **decode_inputs(B=2, dtype=torch.bfloat16))
         self.assertExpectedInline(text, """\
 n0 = aten.empty.memory_format([2, 1, 4, 8], dtype=bfloat16)
-n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=in1, a=in2, dt_bias=in3, softplus_beta=1, softplus_threshold=20, q=in4, k=in5, v=in6, initial_state_indices=in8, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[in7, n0], b=in0)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0], b=b)
 n2 = getitem(n1, 1)
 n3 = getitem(n1, 2)
-n4 = aten.copy_.default(in7, n2)
+n4 = aten.copy_.default(initial_state_source, n2)
 return [n3]""")
 
     def test_transformers_decode_step(self):
@@ -294,8 +294,8 @@ return [n3]""")
         text = self.capture(hf_layer(), **hf_inputs(torch.float32, 2, 4, B=2))
         self.assertExpectedInline(text, """\
 n0 = aten.empty_strided.default([2, 1, 4, 8], [32, 8, 8, 1], dtype=float32)
-n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=in1, a=in2, dt_bias=in3, softplus_beta=1, softplus_threshold=20, q=in5, k=in6, v=in4, initial_state_indices=None, scale=0.353553, use_qk_l2norm_in_kernel=True, state_layout='kv', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[in7, n0], b=in0)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, initial_state_indices=None, scale=0.353553, use_qk_l2norm_in_kernel=True, state_layout='kv', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0], b=b)
 n2 = getitem(n1, 1)
 n3 = getitem(n1, 2)
-n4 = aten.copy_.default(in7, n2)
+n4 = aten.copy_.default(initial_state_source, n2)
 return [n3]""")
