@@ -10,6 +10,7 @@ used: its L2 flush writes 256 MB of dirty lines whose write-back lands inside th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -42,7 +43,7 @@ def copy_bandwidth(nbytes: int = 2 << 30, iters: int = 10, device: str = "cuda")
     for _ in range(3):
         dst.copy_(src)
     torch.cuda.synchronize()
-    ms = sorted(_event_ms(lambda: dst.copy_(src), iters))
+    ms = sorted(_event_ms(functools.partial(dst.copy_, src), iters))
     if not torch.equal(dst[:: max(1, n // 4096)], src[:: max(1, n // 4096)]):
         raise RuntimeError("copy-bandwidth probe: the copy is wrong")
     del src, dst

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdn_ops import _validate
-from gdn_ops import ops as _ops  # registers torch.ops.gdn_ops.*
+from gdn_ops import ops as _ops  # noqa: F401  (registers torch.ops.gdn_ops.*)
 
 
 def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:

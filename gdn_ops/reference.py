@@ -61,7 +61,7 @@ def delta_rule_step_reference(
     Returns ``o [B, T, HV, V]`` and the final state (same layout), both in ``compute_dtype``.
     """
     B, T, HK, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
+    HV = v.shape[2]
     if scale is None:
         scale = K**-0.5
     q, k, v = (x.to(compute_dtype) for x in (q, k, v))

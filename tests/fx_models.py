@@ -128,6 +128,15 @@ def compile_and_run(fn: Callable, *args, **kwargs) -> tuple[Any, str, dict]:
     return result, "\n".join(codes), fx_passes.total_counts()
 
 
+def run_both(fn, inputs):
+    """Eager on cloned inputs, then compiled with the pass: (actual, expected, inputs, eager_inputs, code, counts)."""
+    eager_inputs = clone_inputs(inputs)
+    with torch.no_grad():
+        expected = fn(**eager_inputs)
+    actual, code, counts = compile_and_run(fn, **inputs)
+    return actual, expected, inputs, eager_inputs, code, counts
+
+
 def _split_args(text: str) -> list[str]:
     """Split a call's argument text at the commas outside brackets."""
     args, depth, current = [], 0, ""

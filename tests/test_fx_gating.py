@@ -8,12 +8,11 @@ import torch
 import gdn_ops
 from fx_passes.patterns import torch_gating_into_recurrent_op as gating_module
 from fx_models import (
+    run_both,
     FUSED,
     RECURRENT,
     assert_close,
     assert_state_written_only_by,
-    clone_inputs,
-    compile_and_run,
     decode_inputs,
     gating_hf,
     gating_op,
@@ -30,14 +29,6 @@ def decode_step(gating, layout="vk"):
         return gdn_ops.recurrent_gated_delta_rule_update(q, k, v, g, beta, pool, idx, state_layout=layout)
 
     return step
-
-
-def run_both(fn, inputs):
-    eager_inputs = clone_inputs(inputs)
-    with torch.no_grad():
-        expected = fn(**eager_inputs)
-    actual, code, counts = compile_and_run(fn, **inputs)
-    return actual, expected, inputs, eager_inputs, code, counts
 
 
 @pytest.mark.parametrize(

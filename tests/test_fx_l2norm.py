@@ -8,13 +8,12 @@ import torch.nn.functional as F
 
 import gdn_ops
 from fx_models import (
+    run_both,
     FUSED,
     L2NORM_ARG,
     RECURRENT,
     assert_close,
     assert_state_written_only_by,
-    clone_inputs,
-    compile_and_run,
     decode_inputs,
     l2norm_div,
     l2norm_fp32,
@@ -22,14 +21,6 @@ from fx_models import (
     op_calls,
 )
 from fx_passes.patterns import torch_l2norm_into_decode_op as l2norm_module
-
-
-def run_both(fn, inputs):
-    eager_inputs = clone_inputs(inputs)
-    with torch.no_grad():
-        expected = fn(**eager_inputs)
-    actual, code, counts = compile_and_run(fn, **inputs)
-    return actual, expected, inputs, eager_inputs, code, counts
 
 
 @pytest.mark.parametrize(

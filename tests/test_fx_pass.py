@@ -21,16 +21,12 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 import fx_passes
 import gdn_ops
 from fx_models import (
-    DEVICE,
-    FUSED,
     CapturePostPassGraph,
     assert_close,
-    assert_state_written_only_by,
     clone_inputs,
     decode_inputs,
     gating_hf,
     l2norm_fp32,
-    op_calls,
 )
 from fx_passes import gdn_pass
 
