@@ -104,7 +104,8 @@ def _decode_kernel(
                  o.to(o_ptr.dtype.element_ty), mask=mask_v)
 
     # Streaming store (.cs): the written state is not re-read by this launch, so it should not
-    # displace lines other programs still need. Worth ~0.4 us at B=1, neutral at large B (NOTES.md).
+    # displace lines other programs still need. ~0.2 us at small B with a bf16 state, neutral
+    # elsewhere in the interleaved sweep (NOTES.md).
     tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=".cs")
 
 

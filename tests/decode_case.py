@@ -173,6 +173,14 @@ def build(case: DecodeCase, device) -> DecodeInputs:
     return DecodeInputs(case, q, k, v, a, b, A_log, dt_bias, g, beta, pool, indices, out, live_slots)
 
 
+def padded_indices(gen: torch.Generator, B: int, live: int, num_slots: int) -> torch.Tensor:
+    """int32 ``[B]``: ``live`` random rows get distinct random slots, the others are -1 padding (CPU)."""
+    idx = torch.full((B,), -1, dtype=torch.int32)
+    rows = torch.randperm(B, generator=gen)[:live]
+    idx[rows] = torch.randperm(num_slots, generator=gen)[:live].to(torch.int32)
+    return idx
+
+
 Runner = Callable[[DecodeInputs], torch.Tensor]
 
 

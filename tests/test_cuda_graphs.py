@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decode_case import padded_indices
 
 import gdn_ops
 from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
@@ -58,24 +59,17 @@ def _capture(fn) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def _padded_indices(gen: torch.Generator, B: int, live: int, num_slots: int) -> torch.Tensor:
-    idx = torch.full((B,), -1, dtype=torch.int32)
-    rows = torch.randperm(B, generator=gen)[:live]
-    idx[rows] = torch.randperm(num_slots, generator=gen)[:live].to(torch.int32)
-    return idx
-
-
 def test_manual_capture_replays_match_eager_step_for_step():
     gen = torch.Generator().manual_seed(0)
     B, num_slots = 8, 20
     slots = DecodeSlots(B)
     pool = torch.randn(num_slots, HV, V, K, generator=gen).cuda()
-    slots.fill(gen, _padded_indices(gen, B, 5, num_slots))
+    slots.fill(gen, padded_indices(gen, B, 5, num_slots))
     eager_pool = pool.clone()
     graph = _capture(lambda: slots.step(pool))
     pool.copy_(eager_pool)  # the warm-up and capture ran the step once: start over
     for _ in range(20):
-        inputs = slots.fill(gen, _padded_indices(gen, B, int(torch.randint(0, B + 1, (1,), generator=gen)), num_slots))
+        inputs = slots.fill(gen, padded_indices(gen, B, int(torch.randint(0, B + 1, (1,), generator=gen)), num_slots))
         graph.replay()
         o_eager = gdn_ops.fused_sigmoid_gating_delta_rule_update(
             slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
@@ -99,7 +93,7 @@ def test_capture_launches_the_kernel_compiled_at_warm_up():
     gen = torch.Generator().manual_seed(1)
     slots = DecodeSlots(16)
     pool = torch.randn(40, HV, V, K, generator=gen).cuda()
-    slots.fill(gen, _padded_indices(gen, 16, 9, 40))
+    slots.fill(gen, padded_indices(gen, 16, 9, 40))
     previous = knobs.runtime.jit_post_compile_hook
     knobs.runtime.jit_post_compile_hook = on_compile
     try:
@@ -130,7 +124,7 @@ def test_ops_never_synchronise_the_host(fused):
     gen = torch.Generator().manual_seed(2)
     slots = DecodeSlots(4)
     pool = torch.randn(9, HV, V, K, generator=gen).cuda()
-    slots.fill(gen, _padded_indices(gen, 4, 3, 9))
+    slots.fill(gen, padded_indices(gen, 4, 3, 9))
     g, beta = gdn_ops.gdn_gating(slots.A_log, slots.a, slots.dt_bias, slots.b)
     call = (lambda: slots.step(pool)) if fused else (lambda: gdn_ops.recurrent_gated_delta_rule_update(
         slots.q, slots.k, slots.v, g, beta, pool, slots.indices, out=slots.out))

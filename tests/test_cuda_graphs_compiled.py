@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from decode_case import padded_indices
 from torch._dynamo.utils import counters
 
 import fx_passes
@@ -37,9 +38,7 @@ class GDNDecodeStep(torch.nn.Module):
 
 def _step_inputs(gen, B, num_slots, live):
     r = lambda *s: torch.randn(*s, generator=gen).to("cuda", torch.bfloat16)  # noqa: E731
-    idx = torch.full((B,), -1, dtype=torch.int32)
-    rows = torch.randperm(B, generator=gen)[:live]
-    idx[rows] = torch.randperm(num_slots, generator=gen)[:live].to(torch.int32)
+    idx = padded_indices(gen, B, num_slots=num_slots, live=live)
     return r(B, 1, HK, K), r(B, 1, HK, K), r(B, 1, HV, V), r(B, 1, HV), r(B, 1, HV), idx.cuda()
 
 
@@ -85,7 +84,8 @@ def test_unmarked_pool_is_reported_as_the_reason_cudagraphs_are_skipped():
     step = torch.compile(model, fullgraph=True, options=fx_passes.inductor_options(cudagraphs=True))
     with torch.no_grad():
         for _ in range(3):
-            step(*_step_inputs(gen, 4, 10, 3)[:5], pool, _step_inputs(gen, 4, 10, 3)[5])
+            q, k, v, a, b, idx = _step_inputs(gen, 4, 10, 3)
+            step(q, k, v, a, b, pool, idx)
     assert counters["inductor"]["cudagraph_skips"] >= 1
 
 
