@@ -295,3 +295,10 @@ n2 = getitem(n1, 1)
 n3 = getitem(n1, 2)
 n4 = aten.copy_.default(initial_state_source, n2)
 return [n3]""")
+
+
+def test_inductor_options_with_cudagraphs_is_reduce_overhead_plus_the_pass():
+    plain, graphs = fx_passes.inductor_options(), fx_passes.inductor_options(cudagraphs=True)
+    assert "triton.cudagraphs" not in plain
+    assert graphs["triton.cudagraphs"] is True
+    assert isinstance(graphs["post_grad_custom_post_pass"], fx_passes.GDNFusionPass)
