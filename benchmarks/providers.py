@@ -139,6 +139,7 @@ class Provider:
     make: Factory  # make(cfg, pool, indices, inputs) -> callable
     layouts: tuple[str, ...] = ("vk", "kv")
     source: str = ""  # where the implementation came from (version, file, hash)
+    yardstick: bool = False  # a bandwidth reference, not a decode step: timed, never checked
 
     def supports(self, cfg: Config) -> str | None:
         """None when the provider can run ``cfg``, else why not."""
@@ -340,8 +341,29 @@ def _eager_provider() -> Provider:
     return Provider("eager", _plain_factory(False), source=f"eager PyTorch {torch.__version__}")
 
 
-PROVIDER_NAMES = ("gdn_ops", "sglang", "fla", "torch_compile", "eager")
+def _make_copy(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
+    # As many bytes as the step moves: half read, half written, in one device-to-device copy.
+    # Buffers of its own per call keep the cold-L2 rotation; random bytes, never zeros.
+    # fp32 elements through PyTorch's elementwise kernel on the SMs: inside a CUDA graph,
+    # ``copy_`` becomes a memcpy node, which ran at ~65% of the probe's bandwidth on an H200.
+    n = cfg.bytes_per_call() // 8
+    src = torch.randn(n, dtype=torch.float32, device=pool.device)
+    dst = torch.empty_like(src)
+
+    def step() -> torch.Tensor:
+        torch.add(src, 0.0, out=dst)
+        return inputs["out"]
+
+    return step
+
+
+def _copy_provider() -> Provider:
+    return Provider("copy", _make_copy, source=f"torch.Tensor.copy_ {torch.__version__}", yardstick=True)
+
+
+PROVIDER_NAMES = ("gdn_ops", "sglang", "fla", "torch_compile", "eager", "copy")
 _LOADERS = {
+    "copy": _copy_provider,
     "gdn_ops": _gdn_ops_provider,
     "sglang": _sglang_provider,
     "fla": _fla_provider,

@@ -19,10 +19,23 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.providers import Config, check, load_providers, make_problem, reference
-from benchmarks.providers import Provider
+from benchmarks.providers import (
+    Config,
+    Provider,
+    check,
+    load_providers,
+    make_problem,
+    reference,
+)
+from benchmarks.staged_decode import StagedConfig, launch_staged
+from benchmarks.timing import (
+    capture_graph,
+    copy_bandwidth,
+    l2_cache_bytes,
+    pools_for_cold_l2,
+    time_graphs_interleaved,
+)
 from benchmarks.variants import load_variant
-from benchmarks.timing import copy_bandwidth, l2_cache_bytes, pools_for_cold_l2, time_graph_replay
 from gdn_ops.triton_decode import DecodeConfig, decode_config, launch_decode
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -43,24 +56,49 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
     return out
 
 
-def tile_provider(tile: DecodeConfig | None, launch=launch_decode, name: str = "") -> Provider:
+def parse_tile(spec: str, BK: int) -> DecodeConfig:
+    """``"BV:WARPS"`` or ``"BV:WARPS:MAXNREG"``."""
+    BV, warps, *cap = map(int, spec.split(":"))
+    return DecodeConfig(BV=BV, BK=BK, num_warps=warps, maxnreg=cap[0] if cap else None)
+
+
+def tile_provider(tile: DecodeConfig | None, launch=launch_decode, name: str = "", pdl: bool = False) -> Provider:
     def make(cfg: Config, pool, indices, x):
         def step():
             launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
-                          scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=tile)
+                   scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=tile, pdl=pdl)
             return x["out"]
         return step
 
-    return Provider(name or f"BV{tile.BV}w{tile.num_warps}", make)
+    label = name or f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
+    return Provider(label + ("+pdl" if pdl else ""), make)
 
 
-def time_provider(cfg: Config, provider: Provider, budget: int) -> float:
-    n = pools_for_cold_l2(cfg.bytes_per_call(), l2_cache_bytes(), budget)
-    problems = [make_problem(cfg, "cuda") for _ in range(n)]
-    calls = [provider.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
-    t = time_graph_replay(calls, replays=15)
-    del problems, calls
-    return t.p50_us
+def staged_provider(config: StagedConfig) -> Provider:
+    def make(cfg: Config, pool, indices, x):
+        def step():
+            launch_staged(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
+                          scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=config)
+            return x["out"]
+        return step
+
+    return Provider(config.name, make)
+
+
+def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dict[str, float]:
+    """Median per-call time of each provider, all captured first and then replayed interleaved
+    (timing one provider after another let the first one timed at a point read ~10% slow)."""
+    graphs, keep = {}, []
+    footprint = cfg.bytes_per_call() - cfg.state_bytes  # distinct bytes: the state is updated in place
+    n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget // max(1, len(providers)))
+    for prov in providers:
+        problems = [make_problem(cfg, "cuda") for _ in range(n)]
+        calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
+        graphs[prov.name] = (capture_graph(calls), len(calls))
+        keep.append(problems)
+    timings = time_graphs_interleaved(graphs, replays=15)
+    del graphs, keep
+    return {name: t.p50_us for name, t in timings.items()}
 
 
 def main() -> None:
@@ -70,9 +108,16 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="*", default=["vk", "kv"])
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--mem-budget-gb", type=float, default=12.0)
+    ap.add_argument("--tag", default="tune_decode", help="output file stem")
+    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point, all providers")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
+    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG]",
+                    help="tiles to time beside the sweep or the chosen one")
+    ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
+    ap.add_argument("--staged", nargs="*", default=[], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM",
+                    help="persistent pipelined kernels from benchmarks/staged_decode.py (T=1)")
+    ap.add_argument("--staged-min-rows", type=int, default=0, help="time staged kernels only when B*HV*V >= this")
     args = ap.parse_args()
     HK, HV = map(int, args.heads.split(","))
     budget = int(args.mem_budget_gb * 2**30)
@@ -89,27 +134,37 @@ def main() -> None:
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "chosen": list(chosen), "tiles": {}}
                 tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
-                providers = [tile_provider(t) for t in tiles]
-                providers += [tile_provider(None, load_variant(v).launch_decode, f"variant:{v}") for v in args.variants]
+                pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+                tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
+                providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
+                providers += [tile_provider(None, load_variant(v).launch_decode, f"variant:{v}", pdl=True)
+                              for v in args.variants]
+                if B * HV * cfg.V >= args.staged_min_rows:
+                    providers += [staged_provider(StagedConfig(*map(int, c.split(":")))) for c in args.staged]
+                runnable = []
                 for prov in providers:
                     result = check(cfg, prov, problem, ref)
-                    if not result.ok:
+                    if result.ok:
+                        runnable.append(prov)
+                    else:
                         row["tiles"][prov.name] = {"error": result.message}
-                        continue
-                    row["tiles"][prov.name] = {"us": time_provider(cfg, prov, budget)}
-                for name, peer in peers.items():
-                    if peer.supports(cfg) is None:
-                        row[name + "_us"] = time_provider(cfg, peer, budget)
-                timed = {n: t for n, t in row["tiles"].items() if "us" in t and not n.startswith("variant:")}
+                peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
+                times = time_interleaved(cfg, runnable + peers_here, budget)
+                for prov in runnable:
+                    row["tiles"][prov.name] = {"us": times[prov.name]}
+                for peer in peers_here:
+                    row[peer.name + "_us"] = times[peer.name]
+                timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
                 best = min(timed, key=lambda n: timed[n]["us"])
                 chosen_name = f"BV{chosen.BV}w{chosen.num_warps}"
                 row["best"] = best
-                pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw  # noqa: E731
+                pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw
                 print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
                       f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:8s} "
                       f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
                       + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else "")
-                      + "".join(f"  {n} {t['us']:9.1f} us" for n, t in row["tiles"].items() if n.startswith("variant:")),
+                      + "".join(f"  {n} {t['us']:.1f} us ({pct(t['us']):.1f}%)" for n, t in row["tiles"].items()
+                                if "us" in t and (":" in n or "+pdl" in n)),
                       flush=True)
                 records.append(row)
                 del problem, ref
@@ -119,8 +174,8 @@ def main() -> None:
               "copy_bandwidth_Bps": bw, "host": platform.node()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tune_decode.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
-    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {out / 'tune_decode.json'}")
+    (out / f"{args.tag}.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {out / (args.tag + '.json')}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,34 @@ from types import ModuleType
 import gdn_ops.triton_decode as shipped
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # PDL without the early L2 prefetch of the state tile (launch overlap alone)
+    "pdl_no_prefetch": [
+        ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = -1"),
+    ],
+    # trigger the next launch before this kernel's own wait (the first PDL version): early
+    # launches then pile up several kernels ahead
+    "trigger_at_start": [
+        ("    if PREFETCH:\n", "    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n    if PREFETCH:\n"),
+        ("        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n", "        tl.extra.cuda.gdc_wait()\n"),
+    ],
+    # PDL with an early L2 prefetch of the slot index when the state is not prefetched
+    "index_prefetch": [
+        ("    if PDL:\n        # Launched beside",
+         ("    elif PDL and HAS_INDICES:\n        _prefetch_l2(indices_ptr + row + tl.zeros([1], tl.int64))\n"
+          "    if PDL:\n        # Launched beside")),
+    ],
+    # A deliberate bug, for tests/test_pdl.py to show it catches one: every read (slot, state,
+    # q/k/v) happens before gdc_wait(), i.e. possibly before the previous kernel has written it.
+    "mutant_read_before_wait": [
+        ("        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n",
+         "        tl.extra.cuda.gdc_launch_dependents()\n"),
+        ("        o = tl.where(valid, o, 0.0)\n",
+         "        o = tl.where(valid, o, 0.0)\n        if PDL:\n            tl.extra.cuda.gdc_wait()\n"),
+    ],
+    # PDL with the L2 prefetch at every size
+    "prefetch_always": [
+        ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
+    ],
     # State is streamed once: keep it from evicting q/k/v/gates that neighbouring programs re-read.
     "evict_load": [
         ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
@@ -36,7 +64,7 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_variant(name: str) -> ModuleType:
     source = Path(shipped.__file__).read_text()
     for old, new in VARIANTS[name]:

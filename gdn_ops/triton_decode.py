@@ -13,6 +13,8 @@ CUDA-graph capture is the same launch as the warm-up's.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import NamedTuple
 
 import torch
@@ -21,6 +23,20 @@ import triton.language as tl
 
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_gating import gdn_gates
+
+# Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
+PDL_ENABLED = os.environ.get("GDN_OPS_PDL", "1") != "0"
+# Under PDL the state tile is prefetched into L2 before the wait only when the whole call's state
+# is this small: a larger prefetch is evicted again by the previous kernel's own traffic before
+# it is used (measured on an H200: B=1 gains, B=8 loses; NOTES.md).
+PREFETCH_MAX_STATE_BYTES = 4 << 20
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 for the lines under ``ptrs``: no registers, no ordering, cannot fault the kernel."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -42,6 +58,7 @@ def _decode_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -56,6 +73,40 @@ def _decode_kernel(
     mask_k = offs_k < K
     mask_v = offs_v < V
 
+    if STATE_VK:
+        tile = offs_v[:, None] * K + offs_k[None, :]
+    else:
+        tile = offs_k[None, :] * V + offs_v[:, None]
+    head_offset = hv.to(tl.int64) * s_head
+
+    if PREFETCH:
+        # Until gdc_wait() returns, what the previous kernel writes (indices, pool, q/k/v) may
+        # still change, so nothing read here is used except as a prefetch address. L2 is coherent,
+        # so a prefetched line is never stale; the ".cg" load keeps the early index out of L1,
+        # where the read after the wait could otherwise find it.
+        if HAS_INDICES:
+            early_slot = tl.load(indices_ptr + row, cache_modifier=".cg").to(tl.int64)
+        else:
+            early_slot = row
+        if (early_slot >= 0) & (early_slot < num_slots):
+            # one pointer per line of LINE elements (128 bytes, or the tile's width if narrower)
+            if STATE_VK:
+                offs_line = tl.arange(0, BK // LINE) * LINE
+                line_tile = offs_v[:, None] * K + offs_line[None, :]
+                line_mask = mask_v[:, None] & (offs_line < K)[None, :]
+            else:
+                offs_line = v_block * BV + tl.arange(0, BV // LINE) * LINE
+                line_tile = offs_k[None, :] * V + offs_line[:, None]
+                line_mask = (offs_line < V)[:, None] & mask_k[None, :]
+            head_ptr = state_ptr + early_slot * s_slot + head_offset
+            _prefetch_l2(tl.where(line_mask, head_ptr + line_tile, head_ptr))
+    if PDL:
+        # Launched beside the previous kernel's last programs, this waits for it to finish; then
+        # the next kernel may launch beside this one. Triggering before the wait instead let a
+        # chain of launches pile up ahead: ~1 us more per call at B=1 in the kv layout (NOTES.md).
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
     if HAS_INDICES:
         slot = tl.load(indices_ptr + row).to(tl.int64)
         # Out-of-range indices (-1 padding, a stale vLLM null slot past the pool) are padding rows:
@@ -66,11 +117,7 @@ def _decode_kernel(
         slot = row
         valid = row >= 0
 
-    if STATE_VK:
-        tile = offs_v[:, None] * K + offs_k[None, :]
-    else:
-        tile = offs_k[None, :] * V + offs_v[:, None]
-    state_ptrs = state_ptr + slot * s_slot + hv.to(tl.int64) * s_head + tile
+    state_ptrs = state_ptr + slot * s_slot + head_offset + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
     S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
@@ -110,11 +157,16 @@ def _decode_kernel(
 
 
 class DecodeConfig(NamedTuple):
-    """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys."""
+    """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys.
+
+    ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``): fewer registers, more programs
+    resident per SM, more state bytes in flight.
+    """
 
     BV: int
     BK: int
     num_warps: int
+    maxnreg: int | None = None
 
 
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
@@ -124,6 +176,12 @@ class DecodeConfig(NamedTuple):
 # too small to fill the GPU, so V is split further.
 VK_TILE_BYTES = 4096
 SMALL_GRID_ROW_HEADS = 64
+# Except for a 2-byte state in a large grid: there 8 KB tiles (BV=32 at K=128) ran ~2.5% faster
+# at B=128 and 512 (H200, under PDL). A bf16 tile widened to fp32 needs twice the registers per
+# byte, so the register file, not the 32-programs-per-SM limit, caps the bytes in flight, and a
+# larger tile keeps more of them in flight per register.
+VK_LARGE_GRID_ROW_HEADS = 4096
+VK_LARGE_GRID_TILE_BYTES_2B = 8192
 # "kv" (V contiguous): the tile must be wide in V for coalesced rows, and the K reduction then
 # crosses threads; (max B*HV, BV, warps) by state element size, first row that fits wins.
 KV_TILES = {
@@ -139,7 +197,10 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
         BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
     else:
-        BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, VK_TILE_BYTES // (BK * state_dtype.itemsize))
+        tile_bytes = VK_TILE_BYTES
+        if state_dtype.itemsize == 2 and rows_x_heads >= VK_LARGE_GRID_ROW_HEADS:
+            tile_bytes = VK_LARGE_GRID_TILE_BYTES_2B
+        BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
         num_warps = 1
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps)
 
@@ -162,12 +223,17 @@ def launch_decode(
     softplus_beta: float = 1.0,
     softplus_threshold: float = 20.0,
     config: DecodeConfig | None = None,
+    pdl: bool | None = None,
 ) -> DecodeConfig:
     """Launch the decode kernel on validated arguments; returns the configuration it launched.
 
     ``gate_a, gate_b [B, T, HV]`` are ``a, b`` when ``A_log`` is given (gating fused in-kernel),
     else precomputed ``g, beta``. ``state`` is the pool, updated in place; ``out [B, T, HV, V]``
     receives the output (zeros for padding rows).
+
+    ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
+    dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
+    tile into L2, and reads nothing that kernel may write until the previous kernel has finished.
     """
     B, T, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
@@ -177,6 +243,11 @@ def launch_decode(
     grid = (B * HV * triton.cdiv(V, config.BV),)
     if grid[0] == 0:
         return config
+    if pdl is None:
+        pdl = PDL_ENABLED and _supports_pdl(state.device)
+    launch_options = {"launch_pdl": True} if pdl else {}
+    if config.maxnreg is not None:
+        launch_options["maxnreg"] = config.maxnreg
     _decode_kernel[grid](
         q, k, v, gate_a, gate_b,
         A_log if fused_gating else gate_a, dt_bias if fused_gating else gate_a,
@@ -188,6 +259,16 @@ def launch_decode(
         HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
-        num_warps=config.num_warps,
+        PDL=bool(pdl), PREFETCH=bool(pdl) and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
+        LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
+        num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+@functools.cache
+def _supports_pdl(device: torch.device) -> bool:
+    """Programmatic dependent launch needs sm_90+ (and a real GPU, not Triton's interpreter)."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9

@@ -1,0 +1,46 @@
+"""Launch the decode op a few times at one benchmark point, for Nsight Compute to profile.
+
+    ncu --clock-control none --kernel-name regex:_decode_kernel --launch-skip 2 --launch-count 1 \\
+        --section SpeedOfLight --section Occupancy --section WarpStateStats \\
+        python -m benchmarks.profile_decode --batch 512 --state-dtype bf16 --layout vk
+
+The first launches compile and warm up; ncu's default cache control flushes L2 before the
+profiled launch, so it sees the cold-L2 case the benchmark times. ``--no-pdl`` launches without
+programmatic dependent launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.providers import Config, make_problem
+from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
+from gdn_ops.triton_decode import launch_decode
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_decode", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--state-dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--layout", choices=("vk", "kv"), default="vk")
+    ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
+    ap.add_argument("--launches", type=int, default=3)
+    ap.add_argument("--no-pdl", action="store_true")
+    args = ap.parse_args(argv)
+    HK, HV = GEOMETRY[args.tp]
+    cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
+                 state_dtype=DTYPES[args.state_dtype], layout=args.layout)
+    p = make_problem(cfg, "cuda")
+    x = p.inputs
+    for _ in range(args.launches):
+        config = launch_decode(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], p.pool, p.indices,
+                               x["out"], scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout,
+                               pdl=False if args.no_pdl else None)
+    torch.cuda.synchronize()
+    print(f"{cfg.label()}: {args.launches} launches of {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Programmatic dependent launch: the kernel may start while the kernel before it still runs, so
+it must read nothing that kernel writes (state pool, slot indices, q/k/v) until ``gdc_wait``.
+
+The kernel before ours here is a deliberately slow writer that lets its dependent launch at
+once (``gdc_launch_dependents`` first, then ~tens of microseconds of busy work, then the writes),
+so a decode kernel that read early would see the old values. The last test runs a mutant that
+does read early and checks that these tests catch it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from decode_case import assert_close_to_reference
+
+from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
+from gdn_ops.triton_decode import _supports_pdl, launch_decode
+
+pytestmark = pytest.mark.gpu
+
+HK, HV, K, V = 2, 4, 128, 128
+SPIN = 20_000  # busy-loop steps of the writer: tens of microseconds
+
+
+@triton.jit
+def _slow_writer(src_ptr, dst_ptr, scratch_ptr, n, spin, BLOCK: tl.constexpr):
+    """``dst[:n] = src[:n]`` (int32 words), written only after ``spin`` steps of busy work."""
+    tl.extra.cuda.gdc_launch_dependents()  # the next (PDL-launched) kernel may start right away
+    pid = tl.program_id(0)
+    acc = pid
+    for _ in range(spin):
+        acc = acc * 1664525 + 1013904223
+    tl.store(scratch_ptr + pid, acc)  # keeps the loop alive
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+def slow_write(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy ``src`` into ``dst`` (same shape, contiguous) from a kernel that writes late."""
+    d, s = dst.view(-1).view(torch.int32), src.reshape(-1).view(torch.int32)
+    block = 1024
+    grid = (triton.cdiv(d.numel(), block),)
+    scratch = torch.empty(grid[0], dtype=torch.int32, device=dst.device)
+    _slow_writer[grid](s, d, scratch, d.numel(), SPIN, BLOCK=block, num_warps=4)
+
+
+def _step_inputs(B: int, layout: str, gen: torch.Generator) -> dict:
+    inner = (HV, V, K) if layout == "vk" else (HV, K, V)
+    num_slots = B + 3
+
+    def randn(*shape, dtype=torch.float32, std=1.0):
+        return (torch.randn(shape, generator=gen) * std).to(dtype=dtype, device="cuda")
+
+    return {
+        "q": randn(B, 1, HK, K, dtype=torch.bfloat16, std=2.0), "k": randn(B, 1, HK, K, dtype=torch.bfloat16, std=2.0),
+        "v": randn(B, 1, HV, V, dtype=torch.bfloat16), "a": randn(B, 1, HV, dtype=torch.bfloat16),
+        "b": randn(B, 1, HV, dtype=torch.bfloat16), "A_log": randn(HV, std=0.5), "dt_bias": randn(HV, std=0.5),
+        "pool": randn(num_slots, *inner),
+        "indices": torch.randperm(num_slots, generator=gen)[:B].to(device="cuda", dtype=torch.int32),
+    }
+
+
+def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode, steps: int = 4) -> None:
+    """Each step: the slow writer puts new values into ``target`` just before the decode kernel."""
+    gen = torch.Generator().manual_seed(B * 7 + len(target))
+    live = _step_inputs(B, layout, gen)
+    for _ in range(steps):
+        new = _step_inputs(B, layout, gen)
+        for name in ("q", "k", "v", "a", "b", "pool", "indices"):
+            if name != target:
+                live[name].copy_(new[name])
+        expected_o, expected_pool = fused_sigmoid_gating_delta_rule_reference(
+            new["A_log"], new["a"], new["dt_bias"], 1.0, 20.0, new["q"], new["k"], new["v"], new["b"],
+            new["pool"], new["indices"], None, True, state_layout=layout, compute_dtype=torch.float64)
+        live["A_log"], live["dt_bias"] = new["A_log"], new["dt_bias"]
+        out = torch.full((B, 1, HV, V), float("nan"), dtype=torch.bfloat16, device="cuda")
+        slow_write(live[target], new[target])
+        launch(live["q"], live["k"], live["v"], live["a"], live["b"], live["A_log"], live["dt_bias"], live["pool"],
+               live["indices"], out, scale=K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=layout, pdl=True)
+        torch.cuda.synchronize()
+        assert_close_to_reference("o", out, expected_o, torch.bfloat16)
+        assert_close_to_reference("pool", live["pool"], expected_pool, torch.float32)
+
+
+needs_pdl = pytest.mark.skipif(not torch.cuda.is_available() or not _supports_pdl(torch.device("cuda")),
+                               reason="programmatic dependent launch needs sm_90+")
+
+
+# B=1: the state is small enough to be prefetched into L2 before the wait; B=48: it is not.
+@needs_pdl
+@pytest.mark.parametrize("target", ["pool", "indices", "q", "v"])
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize("B", [1, 48])
+def test_reads_wait_for_the_kernel_before(B, layout, target):
+    run_after_slow_writer(B, layout, target)
+
+
+@needs_pdl
+@pytest.mark.parametrize("target", ["pool", "q"])
+def test_a_kernel_that_reads_before_the_wait_is_caught(target):
+    from benchmarks.variants import load_variant
+
+    mutant = load_variant("mutant_read_before_wait").launch_decode
+    with pytest.raises(AssertionError):
+        run_after_slow_writer(1, "vk", target, launch=mutant)
