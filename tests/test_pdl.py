@@ -2,7 +2,7 @@
 it must read nothing that kernel writes (state pool, slot indices, q/k/v) until ``gdc_wait``.
 
 The kernel before ours here is a deliberately slow writer that lets its dependent launch at
-once (``gdc_launch_dependents`` first, then ~tens of microseconds of busy work, then the writes),
+once (``gdc_launch_dependents`` first, then milliseconds of busy work, then the writes),
 so a decode kernel that read early would see the old values. The last test runs a mutant that
 does read early and checks that these tests catch it.
 """
@@ -21,7 +21,10 @@ from gdn_ops.triton_decode import _supports_pdl, launch_decode
 pytestmark = pytest.mark.gpu
 
 HK, HV, K, V = 2, 4, 128, 128
-SPIN = 20_000  # busy-loop steps of the writer: tens of microseconds
+# Busy-loop steps of the writer: a few milliseconds, far longer than the host takes to launch the
+# decode kernel after it (with ~20k steps the writer was done before that launch, and a mutant
+# reading early went unnoticed).
+SPIN = 1_000_000
 
 
 @triton.jit
@@ -62,7 +65,7 @@ def _step_inputs(B: int, layout: str, gen: torch.Generator) -> dict:
     }
 
 
-def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode, steps: int = 4) -> None:
+def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode, steps: int = 3) -> None:
     """Each step: the slow writer puts new values into ``target`` just before the decode kernel."""
     gen = torch.Generator().manual_seed(B * 7 + len(target))
     live = _step_inputs(B, layout, gen)
