@@ -112,12 +112,15 @@ def _git(*cmd: str) -> str | None:
 
 
 def gdn_ops_commit() -> str:
-    """HEAD (+ "-dirty" when gdn_ops/ has changes), else $GDN_OPS_COMMIT (the device copy has no .git)."""
+    """$GDN_OPS_COMMIT when set (a copied tree may carry a stale .git), else HEAD (+ "-dirty" when
+    gdn_ops/ has changes)."""
+    if os.environ.get("GDN_OPS_COMMIT"):
+        return os.environ["GDN_OPS_COMMIT"]
     head = _git("rev-parse", "HEAD")
     if head:
         dirty = _git("status", "--porcelain", "--", "gdn_ops")
         return head + ("-dirty" if dirty else "")
-    return os.environ.get("GDN_OPS_COMMIT", "unknown")
+    return "unknown"
 
 
 def header(args, copy_bw: float, provider_sources: dict, notes: dict) -> dict:
