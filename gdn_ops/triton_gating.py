@@ -53,6 +53,8 @@ def launch_gating(
 ) -> None:
     """Write ``g, beta`` (contiguous fp32, shape of ``a``) from contiguous ``a, b [..., HV]``."""
     n = a.numel()
+    if n == 0:  # an empty batch: nothing to write, and a zero-sized grid is an invalid launch
+        return
     HV = a.shape[-1]
     BLOCK = 1024
     _gating_kernel[(triton.cdiv(n, BLOCK),)](

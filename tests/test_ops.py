@@ -114,3 +114,12 @@ def test_gating_reads_strided_head_parameters(device):
     g_ref, beta_ref = gdn_ops.gdn_gating_reference(wide_A[::3].contiguous(), a, wide_dt[::3].contiguous(), b)
     torch.testing.assert_close(g, g_ref, rtol=2e-6, atol=1e-6)
     torch.testing.assert_close(beta, beta_ref, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gating_of_an_empty_batch(device):
+    HV = 4
+    A_log, dt_bias = torch.randn(HV, device=device), torch.randn(HV, device=device)
+    a = b = torch.randn(0, 1, HV, device=device, dtype=torch.bfloat16)
+    g, beta = gdn_ops.gdn_gating(A_log, a, dt_bias, b)
+    assert g.shape == beta.shape == (0, 1, HV) and g.dtype == beta.dtype == torch.float32
