@@ -137,8 +137,12 @@ def main() -> None:
                 pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
                 tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
                 providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
-                providers += [tile_provider(None, load_variant(v).launch_decode, f"variant:{v}", pdl=True)
-                              for v in args.variants]
+                extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
+                for v in args.variants:
+                    launch = load_variant(v).launch_decode
+                    providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
+                    providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
+                                  for t in extra]
                 if B * HV * cfg.V >= args.staged_min_rows:
                     providers += [staged_provider(StagedConfig(*map(int, c.split(":")))) for c in args.staged]
                 runnable = []
