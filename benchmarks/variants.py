@@ -41,10 +41,6 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("        o = tl.where(valid, o, 0.0)\n",
          "        o = tl.where(valid, o, 0.0)\n        if PDL:\n            tl.extra.cuda.gdc_wait()\n"),
     ],
-    # the K reductions of a one-token bf16-state step on tensor cores
-    "mma_reduce": [
-        ("MMA_REDUCE_BF16 = False", "MMA_REDUCE_BF16 = True"),
-    ],
     # PDL with the L2 prefetch at every size
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),

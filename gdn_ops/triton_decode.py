@@ -30,8 +30,6 @@ PDL_ENABLED = os.environ.get("GDN_OPS_PDL", "1") != "0"
 # is this small: a larger prefetch is evicted again by the previous kernel's own traffic before
 # it is used (measured on an H200: B=1 gains, B=8 loses; NOTES.md).
 PREFETCH_MAX_STATE_BYTES = 4 << 20
-# Experiment (NOTES.md): the K reductions of a one-token step with a bf16 state on tensor cores.
-MMA_REDUCE_BF16 = False
 
 
 @triton.jit
@@ -39,37 +37,6 @@ def _prefetch_l2(ptrs):
     """Ask L2 for the lines under ``ptrs``: no registers, no ordering, cannot fault the kernel."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32,
                               is_pure=False, pack=1)
-
-
-@triton.jit
-def _token_inputs(
-    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, row, t, h, hv, offs_k, mask_k, offs_v, mask_v,
-    s_qb, s_qt, s_qh, s_qk, s_kb, s_kt, s_kh, s_kk, s_vb, s_vt, s_vh, s_vv, s_ab, s_at, s_ah, s_bb, s_bt, s_bh,
-    neg_exp_A, dt_bias, scale, softplus_beta, softplus_threshold,
-    FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
-):
-    """fp32 ``q`` (normalised and scaled), ``k`` (normalised) ``[BK]``, ``v [BV]``, and the gates of token t."""
-    q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
-    gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
-    gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
-    if FUSED_GATING:
-        g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
-    else:
-        g = gate_a
-        beta = gate_b
-    if USE_L2NORM:
-        q = q / tl.sqrt(tl.sum(q * q, axis=0) + L2_EPS)
-        k = k / tl.sqrt(tl.sum(k * k, axis=0) + L2_EPS)
-    return q * scale, k, v, g, beta
-
-
-@triton.jit
-def _split_bf16(x):
-    """``x`` (fp32) as ``hi + lo``, both bf16: the pair carries ~16 bits of x's mantissa."""
-    hi = x.to(tl.bfloat16)
-    return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
 
 
 @triton.jit
@@ -91,7 +58,7 @@ def _decode_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, MMA_REDUCE: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -153,50 +120,35 @@ def _decode_kernel(
     state_ptrs = state_ptr + slot * s_slot + head_offset + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
-    S = tl.load(state_ptrs, mask=state_mask, other=0.0)
+    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
-    neg_exp_A = 0.0
-    dt_bias = 0.0
     if FUSED_GATING:
         neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
         dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
 
-    if MMA_REDUCE:
-        # One token, bf16 state: both K reductions on the tensor cores. S is exactly bf16; k and q
-        # enter as hi + lo bf16 pairs (columns 0-1 and 2-3 of W), so S k and S q keep ~16 bits.
-        # o = S' q with S' = d*S + u k^T is d*(S q) + u*(k.q): both reductions read the old S.
-        q, k, v, g, beta = _token_inputs(
-            q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, row, 0, h, hv, offs_k, mask_k, offs_v, mask_v,
-            s_qb, s_qt, s_qh, s_qk, s_kb, s_kt, s_kh, s_kk, s_vb, s_vt, s_vh, s_vv, s_ab, s_at, s_ah, s_bb, s_bt, s_bh,
-            neg_exp_A, dt_bias, scale, softplus_beta, softplus_threshold, FUSED_GATING, USE_L2NORM, L2_EPS)
-        k_hi, k_lo = _split_bf16(k)
-        q_hi, q_lo = _split_bf16(q)
-        col = tl.arange(0, 16)[None, :]
-        W = tl.where(col == 0, k_hi[:, None], tl.where(col == 1, k_lo[:, None], tl.where(
-            col == 2, q_hi[:, None], tl.where(col == 3, q_lo[:, None], tl.zeros_like(k_hi)[:, None]))))
-        R = tl.dot(S, W, out_dtype=tl.float32)
-        sk = tl.sum(tl.where(col < 2, R, 0.0), axis=1)
-        sq = tl.sum(tl.where((col >= 2) & (col < 4), R, 0.0), axis=1)
-        decay = tl.exp(g)
-        u = beta * (v - decay * sk)
-        o = tl.where(valid, decay * sq + u * tl.sum(k * q, axis=0), 0.0)
-        tl.store(o_ptr + row * s_ob + hv * s_oh + offs_v * s_ov, o.to(o_ptr.dtype.element_ty), mask=mask_v)
-        S = S.to(tl.float32) * decay + u[:, None] * k[None, :]
-    else:
-        S = S.to(tl.float32)
-        for t in range(T):
-            q, k, v, g, beta = _token_inputs(
-                q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, row, t, h, hv, offs_k, mask_k, offs_v, mask_v,
-                s_qb, s_qt, s_qh, s_qk, s_kb, s_kt, s_kh, s_kk, s_vb, s_vt, s_vh, s_vv, s_ab, s_at, s_ah,
-                s_bb, s_bt, s_bh, neg_exp_A, dt_bias, scale, softplus_beta, softplus_threshold,
-                FUSED_GATING, USE_L2NORM, L2_EPS)
-            S = S * tl.exp(g)
-            u = beta * (v - tl.sum(S * k[None, :], axis=1))
-            S = S + u[:, None] * k[None, :]
-            o = tl.sum(S * q[None, :], axis=1)
-            o = tl.where(valid, o, 0.0)
-            tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
-                     o.to(o_ptr.dtype.element_ty), mask=mask_v)
+    for t in range(T):
+        q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
+        k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
+        gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
+        gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
+        if FUSED_GATING:
+            g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
+        else:
+            g = gate_a
+            beta = gate_b
+        if USE_L2NORM:
+            q = q / tl.sqrt(tl.sum(q * q, axis=0) + L2_EPS)
+            k = k / tl.sqrt(tl.sum(k * k, axis=0) + L2_EPS)
+        q = q * scale
+
+        S = S * tl.exp(g)
+        u = beta * (v - tl.sum(S * k[None, :], axis=1))
+        S = S + u[:, None] * k[None, :]
+        o = tl.sum(S * q[None, :], axis=1)
+        o = tl.where(valid, o, 0.0)
+        tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
+                 o.to(o_ptr.dtype.element_ty), mask=mask_v)
 
     # Streaming store (.cs): the written state is not re-read by this launch, so it should not
     # displace lines other programs still need. ~0.2 us at small B with a bf16 state, neutral
@@ -307,7 +259,6 @@ def launch_decode(
         HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
-        MMA_REDUCE=MMA_REDUCE_BF16 and T == 1 and state.dtype == torch.bfloat16 and config.BV >= 16 and config.BK >= 16,
         PDL=bool(pdl), PREFETCH=bool(pdl) and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
         num_warps=config.num_warps, **launch_options,
