@@ -172,10 +172,11 @@ class DecodeConfig(NamedTuple):
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
 # "vk" (K contiguous): one warp over ~4 KB of state won at every batch size. The K reductions stay
 # inside the warp (shuffles, no shared memory), and many small programs keep more independent
-# loads in flight than a few large ones. Below SMALL_GRID_ROW_HEADS (row, head) pairs the grid is
-# too small to fill the GPU, so V is split further.
+# loads in flight than a few large ones. Up to SMALL_GRID_ROW_HEADS (row, head) pairs the grid is
+# too small to fill the GPU, so V is split further (BV=4). Under PDL that pays only at B*HV = 32:
+# at 64 the 4 KB tile was 4% (fp32) and 21% (bf16) faster (NOTES.md).
 VK_TILE_BYTES = 4096
-SMALL_GRID_ROW_HEADS = 64
+SMALL_GRID_ROW_HEADS = 32
 # Except for a 2-byte state in a large grid: there 8 KB tiles (BV=32 at K=128) ran ~2.5% faster
 # at B=128 and 512 (H200, under PDL). A bf16 tile widened to fp32 needs twice the registers per
 # byte, so the register file, not the 32-programs-per-SM limit, caps the bytes in flight, and a
