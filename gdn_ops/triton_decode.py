@@ -27,8 +27,8 @@ from gdn_ops.triton_gating import gdn_gates
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
 PDL_ENABLED = os.environ.get("GDN_OPS_PDL", "1") != "0"
 # Under PDL the state tile is prefetched into L2 before the wait only when the whole call's state
-# is this small: a larger prefetch is evicted again by the previous kernel's own traffic before
-# it is used (measured on an H200: B=1 gains, B=8 loses; NOTES.md).
+# is this small: measured on an H200, the prefetch gains up to 4 MiB (B <= 2 fp32, B <= 4 bf16 at
+# TP=1) and loses from 8 MiB (NOTES.md). Why it loses is not established.
 PREFETCH_MAX_STATE_BYTES = 4 << 20
 
 
@@ -159,8 +159,8 @@ def _decode_kernel(
 class DecodeConfig(NamedTuple):
     """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys.
 
-    ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``): fewer registers, more programs
-    resident per SM, more state bytes in flight.
+    ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for tuning experiments: the tables
+    below leave it unset, as capped kernels measured slower (NOTES.md).
     """
 
     BV: int
@@ -234,7 +234,8 @@ def launch_decode(
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
-    tile into L2, and reads nothing that kernel may write until the previous kernel has finished.
+    tile into L2 when the call's state is at most ``PREFETCH_MAX_STATE_BYTES``, and reads nothing
+    that kernel may write until the previous kernel has finished.
     """
     B, T, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
