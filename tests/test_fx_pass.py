@@ -302,3 +302,39 @@ def test_inductor_options_with_cudagraphs_is_reduce_overhead_plus_the_pass():
     assert "triton.cudagraphs" not in plain
     assert graphs["triton.cudagraphs"] is True
     assert isinstance(graphs["post_grad_custom_post_pass"], fx_passes.GDNFusionPass)
+
+
+def _copy_back_graph(read_after: str | None) -> tuple[torch.fx.Graph, torch.fx.Node]:
+    """``x.copy_(y * 2)`` into a graph input, then ``y + 1``, optionally after reading ``x`` again."""
+    aten = torch.ops.aten
+    x_val, y_val = torch.randn(4), torch.randn(4)
+    g = torch.fx.Graph()
+    x, y = g.placeholder("x"), g.placeholder("y")
+    x.meta["val"], y.meta["val"] = x_val, y_val
+    new = g.call_function(aten.mul.Tensor, (y, 2))
+    new.meta["val"] = y_val * 2
+    copy = g.call_function(aten.copy_.default, (x, new))
+    copy.meta["val"] = x_val
+    outs = [g.call_function(aten.add.Tensor, (y, 1))]
+    outs[0].meta["val"] = y_val + 1
+    if read_after == "input":
+        outs.append(g.call_function(aten.add.Tensor, (x, 1)))
+        outs[-1].meta["val"] = x_val + 1
+    elif read_after == "view":
+        outs.append(g.call_function(aten.view.default, (x, [2, 2])))
+        outs[-1].meta["val"] = x_val.view(2, 2)
+    g.output(tuple(outs))
+    return g, copy
+
+
+@pytest.mark.parametrize("read_after", [None, "input", "view"])
+def test_sink_input_copies_moves_a_write_back_only_when_nothing_later_reads_the_input(read_after):
+    from fx_passes.gdn_pass import sink_input_copies
+
+    g, copy = _copy_back_graph(read_after)
+    moved = sink_input_copies(g)
+    g.lint()
+    if read_after is None:
+        assert moved == 1 and copy.next.op == "output"
+    else:
+        assert moved == 0 and copy.next.op != "output"
