@@ -15,9 +15,9 @@ import argparse
 
 import torch
 
-from benchmarks.providers import Config, make_problem
+from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
-from gdn_ops.triton_decode import launch_decode
+from gdn_ops.triton_decode import decode_config
 
 
 def main(argv=None) -> None:
@@ -33,11 +33,10 @@ def main(argv=None) -> None:
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
     p = make_problem(cfg, "cuda")
-    x = p.inputs
+    step = launcher_provider("gdn_ops", pdl=False if args.no_pdl else None).make(cfg, p.pool, p.indices, p.inputs)
     for _ in range(args.launches):
-        config = launch_decode(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], p.pool, p.indices,
-                               x["out"], scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout,
-                               pdl=False if args.no_pdl else None)
+        step()
+    config = decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout)
     torch.cuda.synchronize()
     print(f"{cfg.label()}: {args.launches} launches of {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
 

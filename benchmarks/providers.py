@@ -166,18 +166,24 @@ def _make_gdn_ops(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs
     return step
 
 
-def _make_gdn_ops_no_pdl(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
-    from gdn_ops.triton_decode import launch_decode
+def launcher_provider(name: str, launch=None, config=None, pdl: bool | None = None) -> Provider:
+    """``gdn_ops.triton_decode.launch_decode`` (or a variant's ``launch``) called directly, with a
+    fixed tile ``config`` and PDL setting (None: the shipped defaults)."""
+    if launch is None:
+        from gdn_ops.triton_decode import launch_decode as launch
 
-    x = inputs
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
+        x = inputs
 
-    def step() -> torch.Tensor:
-        launch_decode(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
-                      scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=USE_QK_L2NORM, state_layout=cfg.layout,
-                      softplus_beta=SOFTPLUS_BETA, softplus_threshold=SOFTPLUS_THRESHOLD, pdl=False)
-        return x["out"]
+        def step() -> torch.Tensor:
+            launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
+                   scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=USE_QK_L2NORM, state_layout=cfg.layout,
+                   softplus_beta=SOFTPLUS_BETA, softplus_threshold=SOFTPLUS_THRESHOLD, config=config, pdl=pdl)
+            return x["out"]
 
-    return step
+        return step
+
+    return Provider(name, make)
 
 
 def _gdn_ops_no_pdl_provider() -> Provider:
@@ -186,7 +192,9 @@ def _gdn_ops_no_pdl_provider() -> Provider:
     decode calls overlapping each other)."""
     import gdn_ops
 
-    return Provider("gdn_ops_no_pdl", _make_gdn_ops_no_pdl, source=f"gdn_ops {gdn_ops.__version__} ({source_digest()})")
+    provider = launcher_provider("gdn_ops_no_pdl", pdl=False)
+    provider.source = f"gdn_ops {gdn_ops.__version__} ({source_digest()})"
+    return provider
 
 
 def _gdn_ops_provider() -> Provider:

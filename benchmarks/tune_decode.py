@@ -23,11 +23,11 @@ from benchmarks.providers import (
     Config,
     Provider,
     check,
+    launcher_provider,
     load_providers,
     make_problem,
     reference,
 )
-from benchmarks.staged_decode import StagedConfig, launch_staged
 from benchmarks.timing import (
     capture_graph,
     copy_bandwidth,
@@ -36,7 +36,7 @@ from benchmarks.timing import (
     time_graphs_interleaved,
 )
 from benchmarks.variants import load_variant
-from gdn_ops.triton_decode import DecodeConfig, decode_config, launch_decode
+from gdn_ops.triton_decode import DecodeConfig, decode_config
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BVS = (4, 8, 16, 32, 64, 128)
@@ -62,27 +62,9 @@ def parse_tile(spec: str, BK: int) -> DecodeConfig:
     return DecodeConfig(BV=BV, BK=BK, num_warps=warps, maxnreg=cap[0] if cap else None)
 
 
-def tile_provider(tile: DecodeConfig | None, launch=launch_decode, name: str = "", pdl: bool = False) -> Provider:
-    def make(cfg: Config, pool, indices, x):
-        def step():
-            launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
-                   scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=tile, pdl=pdl)
-            return x["out"]
-        return step
-
+def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False) -> Provider:
     label = name or f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
-    return Provider(label + ("+pdl" if pdl else ""), make)
-
-
-def staged_provider(config: StagedConfig) -> Provider:
-    def make(cfg: Config, pool, indices, x):
-        def step():
-            launch_staged(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
-                          scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=cfg.layout, config=config)
-            return x["out"]
-        return step
-
-    return Provider(config.name, make)
+    return launcher_provider(label + ("+pdl" if pdl else ""), launch, tile, pdl)
 
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dict[str, float]:
@@ -115,9 +97,6 @@ def main() -> None:
     ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
-    ap.add_argument("--staged", nargs="*", default=[], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM",
-                    help="persistent pipelined kernels from benchmarks/staged_decode.py (T=1)")
-    ap.add_argument("--staged-min-rows", type=int, default=0, help="time staged kernels only when B*HV*V >= this")
     args = ap.parse_args()
     HK, HV = map(int, args.heads.split(","))
     budget = int(args.mem_budget_gb * 2**30)
@@ -143,8 +122,6 @@ def main() -> None:
                     providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
                     providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
                                   for t in extra]
-                if B * HV * cfg.V >= args.staged_min_rows:
-                    providers += [staged_provider(StagedConfig(*map(int, c.split(":")))) for c in args.staged]
                 runnable = []
                 for prov in providers:
                     result = check(cfg, prov, problem, ref)
