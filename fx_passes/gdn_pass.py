@@ -134,17 +134,24 @@ def sink_input_copies(graph: torch.fx.Graph) -> int:
     aten = torch.ops.aten
     output = next(iter(reversed(graph.nodes)))
     order = {n: i for i, n in enumerate(graph.nodes)}
+    # The last node (in the original order) that reads or produces each storage: one pass over the
+    # graph, so the pass stays linear in its size.
+    last_touch: dict[Any, int] = {}
+    for n, i in order.items():
+        if n is output:
+            continue
+        for a in (*n.all_input_nodes, n):
+            storage = _storage(a)
+            if storage is not None:
+                last_touch[storage] = i
     moved = 0
     for node in list(graph.find_nodes(op="call_function", target=aten.copy_.default)):
         dst = node.args[0]
         if not (isinstance(dst, torch.fx.Node) and dst.op == "placeholder") or node.next is output:
             continue
         storage = _storage(dst)
-        if storage is None:
-            continue
-        later = [n for n in graph.nodes if order[n] > order[node] and n is not output]
-        if any(_storage(a) == storage for n in later for a in (*n.all_input_nodes, n)):
-            continue
+        if storage is None or last_touch.get(storage, -1) > order[node]:
+            continue  # no storage to reason about, or a later node reads or writes it
         output.prepend(node)
         moved += 1
     return moved
