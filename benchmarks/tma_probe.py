@@ -1,6 +1,6 @@
 """EXPERIMENT: the persistent TMA kernel (gdn_ops/triton_decode_tma.py) beside the shipped kernel.
 
-python -m benchmarks.tma_probe --batches 128 512 --specs 32:4:3:4 ...  (BV:warps:stages:programs/SM)
+python -m benchmarks.tma_probe --batches 128 512 --specs 32:4:3:4 ...  (BV:warps:stages:programs/SM[:p pointer inputs][:s pointer store])
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def main() -> None:
                 chosen = decode_config(B * 32, 128, 128, cfg.state_dtype, layout)
                 provs = [launcher_provider("shipped+pdl", config=chosen, pdl=True)] if device == "cuda" else []
                 for spec in args.specs:
-                    bv, w, st, pps = map(int, spec.split(":"))
-                    launch = functools.partial(launch_decode_tma, num_stages=st, programs_per_sm=pps)
+                    bv, w, st, pps, *flags = spec.split(":")
+                    launch = functools.partial(launch_decode_tma, num_stages=int(st), programs_per_sm=int(pps),
+                                               input_tma="p" not in flags, tma_store="s" not in flags)
+                    bv, w = int(bv), int(w)
                     provs.append(launcher_provider(f"tma{spec}", launch, DecodeConfig(bv, 128, w), pdl=device == "cuda"))
                 row = {"B": B, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "res": {}}
                 ok = []
@@ -61,6 +63,7 @@ def main() -> None:
                 print(state, layout, B, json.dumps(row["res"]), flush=True)
                 records.append(row)
     header = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "date": __import__("datetime").datetime.now(__import__("datetime").timezone.utc).isoformat(timespec="seconds"),
               "triton": __import__("triton").__version__, "copy_bandwidth_Bps": bw}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, args.tag + ".json"), "w") as f:

@@ -23,12 +23,13 @@ def _decode_tma_kernel(
     gate_a_ptr, gate_b_ptr,
     A_log_ptr, dt_bias_ptr,
     state_desc, indices_ptr, o_ptr,
+    q_desc, k_desc, v_desc, a_desc, b_desc, state_ptr, s_slot, s_head,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr, NUM_STAGES: tl.constexpr,
-    TMA_STORE: tl.constexpr, PDL: tl.constexpr,
+    TMA_STORE: tl.constexpr, PDL: tl.constexpr, INPUT_TMA: tl.constexpr,
 ):
     NV: tl.constexpr = V // BV
     offs_k = tl.arange(0, K)
@@ -55,11 +56,20 @@ def _decode_tma_kernel(
         else:
             S = tl.trans(state_desc.load([slot, hv, 0, v0]).reshape(K, BV)).to(tl.float32)
 
-        q = tl.load(q_ptr + row * s_qb + h * s_qh + offs_k).to(tl.float32)
-        k = tl.load(k_ptr + row * s_kb + h * s_kh + offs_k).to(tl.float32)
-        v = tl.load(v_ptr + row * s_vb + hv * s_vh + v0 + offs_bv).to(tl.float32)
-        gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
-        gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
+        if INPUT_TMA:
+            row32 = row.to(tl.int32)
+            q = q_desc.load([row32, h, 0]).reshape(K).to(tl.float32)
+            k = k_desc.load([row32, h, 0]).reshape(K).to(tl.float32)
+            v = v_desc.load([row32, hv, v0]).reshape(BV).to(tl.float32)
+            pick = tl.arange(0, HV) == hv
+            gate_a = tl.sum(tl.where(pick, a_desc.load([row32, 0]).reshape(HV).to(tl.float32), 0.0), axis=0)
+            gate_b = tl.sum(tl.where(pick, b_desc.load([row32, 0]).reshape(HV).to(tl.float32), 0.0), axis=0)
+        else:
+            q = tl.load(q_ptr + row * s_qb + h * s_qh + offs_k).to(tl.float32)
+            k = tl.load(k_ptr + row * s_kb + h * s_kh + offs_k).to(tl.float32)
+            v = tl.load(v_ptr + row * s_vb + hv * s_vh + v0 + offs_bv).to(tl.float32)
+            gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
+            gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
         if FUSED_GATING:
             neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
             dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
@@ -79,10 +89,18 @@ def _decode_tma_kernel(
         o = tl.where(valid, o, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + v0 + offs_bv, o.to(o_ptr.dtype.element_ty))
         S_out = S.to(state_desc.dtype)
-        if STATE_VK:
-            state_desc.store([slot, hv, v0, 0], S_out.reshape(1, 1, BV, K))
+        if TMA_STORE:
+            if STATE_VK:
+                state_desc.store([slot, hv, v0, 0], S_out.reshape(1, 1, BV, K))
+            else:
+                state_desc.store([slot, hv, 0, v0], tl.trans(S_out).reshape(1, 1, K, BV))
         else:
-            state_desc.store([slot, hv, 0, v0], tl.trans(S_out).reshape(1, 1, K, BV))
+            if STATE_VK:
+                tile_offs = (v0 + offs_bv)[:, None] * K + offs_k[None, :]
+            else:
+                tile_offs = offs_k[None, :] * V + (v0 + offs_bv)[:, None]
+            ptrs = state_ptr + slot.to(tl.int64) * s_slot + hv.to(tl.int64) * s_head + tile_offs
+            tl.store(ptrs, S_out, mask=(offs_bv < BV)[:, None] & valid, cache_modifier=".cs")
 
 
 def launch_decode_tma(
@@ -90,6 +108,7 @@ def launch_decode_tma(
     scale: float, use_qk_l2norm_in_kernel: bool, state_layout: str,
     softplus_beta: float = 1.0, softplus_threshold: float = 20.0,
     config=None, pdl: bool | None = None, num_stages: int = 3, programs_per_sm: int = 4,
+    input_tma: bool = True, tma_store: bool = True,
 ):
     """Same contract as ``triton_decode.launch_decode`` for T == 1 (EXPERIMENT)."""
     import torch
@@ -112,6 +131,14 @@ def launch_decode_tma(
     else:
         sms = 2
     grid = (min(num_tiles, programs_per_sm * sms),)
+    if input_tma:
+        def view(x, block):  # [B, 1, H, D] -> [B, H, D], or [B, 1, H] -> [B, H]
+            x = x[:, 0]
+            return TensorDescriptor(x, list(x.shape), list(x.stride()), block)
+        input_descs = (view(q, [1, 1, K]), view(k, [1, 1, K]), view(v, [1, 1, BV]),
+                       view(gate_a, [1, HV]), view(gate_b, [1, HV]))
+    else:
+        input_descs = (desc,) * 5
     if pdl is None:
         pdl = PDL_ENABLED and _supports_pdl(state.device)
     fused = A_log is not None
@@ -119,13 +146,14 @@ def launch_decode_tma(
         q, k, v, gate_a, gate_b,
         A_log if fused else gate_a, dt_bias if fused else gate_a,
         desc, indices if indices is not None else state, out,
+        *input_descs, state, state.stride(0), state.stride(1),
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
         gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
         A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV,
         FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), STATE_VK=state_layout == "vk",
-        HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS, NUM_STAGES=num_stages, TMA_STORE=True,
+        HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS, NUM_STAGES=num_stages, TMA_STORE=tma_store, INPUT_TMA=input_tma,
         PDL=bool(pdl), num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
     )
     return config
