@@ -1,6 +1,6 @@
 """EXPERIMENT: the persistent TMA kernel (gdn_ops/triton_decode_tma.py) beside the shipped kernel.
 
-python -m benchmarks.tma_probe --batches 128 512 --specs 32:4:3:4 ...  (BV:warps:stages:programs/SM[:p pointer inputs][:s pointer store])
+python -m benchmarks.tma_probe --batches 128 512 --specs 32:4:3:4 ...  (BV:warps:stages:programs/SM[:iN inputs through TMA, 0-3][:s pointer store])
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main() -> None:
                 for spec in args.specs:
                     bv, w, st, pps, *flags = spec.split(":")
                     launch = functools.partial(launch_decode_tma, num_stages=int(st), programs_per_sm=int(pps),
-                                               input_tma="p" not in flags, tma_store="s" not in flags)
+                                               input_tma=next((int(f[1:]) for f in flags if f[0] == "i"), 3),
+                                               tma_store="s" not in flags)
                     bv, w = int(bv), int(w)
                     provs.append(launcher_provider(f"tma{spec}", launch, DecodeConfig(bv, 128, w), pdl=device == "cuda"))
                 row = {"B": B, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "res": {}}

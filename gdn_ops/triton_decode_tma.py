@@ -56,18 +56,23 @@ def _decode_tma_kernel(
         else:
             S = tl.trans(state_desc.load([slot, hv, 0, v0]).reshape(K, BV)).to(tl.float32)
 
-        if INPUT_TMA:
-            row32 = row.to(tl.int32)
+        # INPUT_TMA: 0 pointer loads, 1 q/k through TMA, 2 also v, 3 also the gates
+        row32 = row.to(tl.int32)
+        if INPUT_TMA >= 1:
             q = q_desc.load([row32, h, 0]).reshape(K).to(tl.float32)
             k = k_desc.load([row32, h, 0]).reshape(K).to(tl.float32)
+        else:
+            q = tl.load(q_ptr + row * s_qb + h * s_qh + offs_k).to(tl.float32)
+            k = tl.load(k_ptr + row * s_kb + h * s_kh + offs_k).to(tl.float32)
+        if INPUT_TMA >= 2:
             v = v_desc.load([row32, hv, v0]).reshape(BV).to(tl.float32)
+        else:
+            v = tl.load(v_ptr + row * s_vb + hv * s_vh + v0 + offs_bv).to(tl.float32)
+        if INPUT_TMA >= 3:
             pick = tl.arange(0, HV) == hv
             gate_a = tl.sum(tl.where(pick, a_desc.load([row32, 0]).reshape(HV).to(tl.float32), 0.0), axis=0)
             gate_b = tl.sum(tl.where(pick, b_desc.load([row32, 0]).reshape(HV).to(tl.float32), 0.0), axis=0)
         else:
-            q = tl.load(q_ptr + row * s_qb + h * s_qh + offs_k).to(tl.float32)
-            k = tl.load(k_ptr + row * s_kb + h * s_kh + offs_k).to(tl.float32)
-            v = tl.load(v_ptr + row * s_vb + hv * s_vh + v0 + offs_bv).to(tl.float32)
             gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
             gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
         if FUSED_GATING:
@@ -108,7 +113,7 @@ def launch_decode_tma(
     scale: float, use_qk_l2norm_in_kernel: bool, state_layout: str,
     softplus_beta: float = 1.0, softplus_threshold: float = 20.0,
     config=None, pdl: bool | None = None, num_stages: int = 3, programs_per_sm: int = 4,
-    input_tma: bool = True, tma_store: bool = True,
+    input_tma: int = 3, tma_store: bool = True,
 ):
     """Same contract as ``triton_decode.launch_decode`` for T == 1 (EXPERIMENT)."""
     import torch
@@ -131,7 +136,7 @@ def launch_decode_tma(
     else:
         sms = 2
     grid = (min(num_tiles, programs_per_sm * sms),)
-    if input_tma:
+    if input_tma > 0:
         def view(x, block):  # [B, 1, H, D] -> [B, H, D], or [B, 1, H] -> [B, H]
             x = x[:, 0]
             return TensorDescriptor(x, list(x.shape), list(x.stride()), block)
