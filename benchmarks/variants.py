@@ -55,20 +55,6 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
          "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)"),
     ],
-    # Both K reductions on the state before the update (o = d*(S q) + u*(k.q), then S = d*S + u k^T):
-    # the two shuffle chains are independent, so they overlap instead of running one after the other.
-    "one_pass": [
-        ("        S = S * tl.exp(g)\n"
-         "        u = beta * (v - tl.sum(S * k[None, :], axis=1))\n"
-         "        S = S + u[:, None] * k[None, :]\n"
-         "        o = tl.sum(S * q[None, :], axis=1)\n",
-         "        decay = tl.exp(g)\n"
-         "        sk = tl.sum(S * k[None, :], axis=1)\n"
-         "        sq = tl.sum(S * q[None, :], axis=1)\n"
-         "        u = beta * (v - decay * sk)\n"
-         "        o = decay * sq + u * tl.sum(k * q, axis=0)\n"
-         "        S = S * decay + u[:, None] * k[None, :]\n"),
-    ],
     "evict_last_qk": [
         ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
          "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),

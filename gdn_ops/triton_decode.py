@@ -7,8 +7,10 @@ once, which is all but ~1% of the bytes. Per token (fp32 math whatever the stora
     S = S * exp(g);  u = beta * (v - S k);  S = S + u k^T;  o = S q
 
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
-tile choice is a pure function of shape, dtype and layout (no autotuning), so a launch inside a
-CUDA-graph capture is the same launch as the warm-up's.
+kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
+autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. For a
+2-byte state in the kv layout at large batch it hands over to the persistent TMA kernel in
+``triton_decode_tma.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import triton
 import triton.language as tl
 
 from gdn_ops.reference import L2NORM_EPS
+from gdn_ops.triton_decode_tma import PersistentConfig, launch_decode_kv_tma, persistent_config
 from gdn_ops.triton_gating import gdn_gates
+from gdn_ops.triton_step import delta_rule_step
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
 PDL_ENABLED = os.environ.get("GDN_OPS_PDL", "1") != "0"
@@ -137,15 +141,7 @@ def _decode_kernel(
         else:
             g = gate_a
             beta = gate_b
-        if USE_L2NORM:
-            q = q / tl.sqrt(tl.sum(q * q, axis=0) + L2_EPS)
-            k = k / tl.sqrt(tl.sum(k * k, axis=0) + L2_EPS)
-        q = q * scale
-
-        S = S * tl.exp(g)
-        u = beta * (v - tl.sum(S * k[None, :], axis=1))
-        S = S + u[:, None] * k[None, :]
-        o = tl.sum(S * q[None, :], axis=1)
+        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
         o = tl.where(valid, o, 0.0)
         tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
                  o.to(o_ptr.dtype.element_ty), mask=mask_v)
@@ -223,14 +219,19 @@ def launch_decode(
     state_layout: str,
     softplus_beta: float = 1.0,
     softplus_threshold: float = 20.0,
-    config: DecodeConfig | None = None,
+    config: DecodeConfig | PersistentConfig | None = None,
     pdl: bool | None = None,
-) -> DecodeConfig:
+) -> DecodeConfig | PersistentConfig:
     """Launch the decode kernel on validated arguments; returns the configuration it launched.
 
     ``gate_a, gate_b [B, T, HV]`` are ``a, b`` when ``A_log`` is given (gating fused in-kernel),
     else precomputed ``g, beta``. ``state`` is the pool, updated in place; ``out [B, T, HV, V]``
     receives the output (zeros for padding rows).
+
+    ``config`` picks the kernel: a :class:`DecodeConfig` the per-tile kernel, a
+    :class:`~gdn_ops.triton_decode_tma.PersistentConfig` the persistent TMA kernel (kv layout,
+    T == 1, TMA-addressable operands); by default :func:`persistent_config` decides, then
+    :func:`decode_config`.
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
@@ -240,13 +241,20 @@ def launch_decode(
     B, T, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     fused_gating = A_log is not None
+    if pdl is None:
+        pdl = PDL_ENABLED and _supports_pdl(state.device)
     if config is None:
-        config = decode_config(B * HV, K, V, state.dtype, state_layout)
+        config = (persistent_config(q, k, state, state_layout, B * HV)
+                  or decode_config(B * HV, K, V, state.dtype, state_layout))
+    if isinstance(config, PersistentConfig):
+        return launch_decode_kv_tma(
+            q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+            softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS,
+        )
     grid = (B * HV * triton.cdiv(V, config.BV),)
     if grid[0] == 0:
         return config
-    if pdl is None:
-        pdl = PDL_ENABLED and _supports_pdl(state.device)
     launch_options = {"launch_pdl": True} if pdl else {}
     if config.maxnreg is not None:
         launch_options["maxnreg"] = config.maxnreg

@@ -49,6 +49,7 @@ class DecodeCase:
     padding_value: int = -1
     spare_slots: int = 2
     slot_pad: int = 0  # extra elements between slots (page-strided pool)
+    pool_guard: int = 37  # NaN elements before the pool; a multiple of 8 keeps it 16-byte aligned (TMA)
     out_given: bool = False
     seed: int = 0
 
@@ -155,7 +156,7 @@ def build(case: DecodeCase, device) -> DecodeInputs:
     g, beta = g.to(case.gate_dtype), beta.to(case.gate_dtype)
 
     inner = (HV, V, K) if case.state_layout == "vk" else (HV, K, V)
-    pool = guarded((case.num_slots, *inner), case.state_dtype, device, pad_dim0=case.slot_pad)
+    pool = guarded((case.num_slots, *inner), case.state_dtype, device, pad_dim0=case.slot_pad, guard=case.pool_guard)
     if case.index_dtype is None:
         slots = torch.arange(B)
         indices = None
@@ -201,19 +202,22 @@ def run_op(inp: DecodeInputs) -> torch.Tensor:
     )
 
 
-def run_triton(inp: DecodeInputs, config=None) -> torch.Tensor:
-    """The Triton launcher directly (in the interpreter on CPU tensors), optionally with a fixed tile."""
+def run_triton(inp: DecodeInputs, config=None, launched: list | None = None) -> torch.Tensor:
+    """The Triton launcher directly (in the interpreter on CPU tensors), optionally with a fixed
+    configuration; appends the configuration it launched to ``launched``."""
     from gdn_ops.triton_decode import launch_decode
 
     c = inp.case
     out = inp.out.view if inp.out is not None else torch.empty(inp.v.shape, dtype=c.result_dtype, device=inp.v.device)
     scale = c.K**-0.5 if inp.scale is None else inp.scale
     gate_a, gate_b = (inp.a, inp.b) if c.fused_gating else (inp.g, inp.beta)
-    launch_decode(
+    config = launch_decode(
         inp.q, inp.k, inp.v, gate_a, gate_b, inp.A_log if c.fused_gating else None,
         inp.dt_bias if c.fused_gating else None, inp.pool.view, inp.indices, out,
         scale=scale, use_qk_l2norm_in_kernel=c.l2norm, state_layout=c.state_layout, config=config,
     )
+    if launched is not None:
+        launched.append(config)
     return out
 
 

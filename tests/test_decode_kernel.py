@@ -52,6 +52,36 @@ def test_triton_default_config_in_interpreter():
     check(build(case, "cpu"), run_triton)
 
 
+def _persistent_config():
+    from gdn_ops.triton_decode_tma import PersistentConfig
+
+    return PersistentConfig(BV=32, num_warps=4, num_stages=2, programs_per_sm=4)
+
+
+# The persistent TMA kernel (kv layout, one token): TMA needs 16-byte aligned bases and strides,
+# hence pool_guard=64 and slot_pad=8 (a page-strided pool that stays aligned).
+PERSISTENT_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
+                             padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("variant", ["fused", "unfused", "l2norm-packed", "no-indices", "past-pool-int64"])
+def test_persistent_kernel_matches_reference_in_interpreter(state_dtype, variant):
+    """Each program walks two tiles; padding rows (-1, or a slot past the pool) leave the pool untouched."""
+    changes = {
+        "fused": {},
+        "unfused": {"fused_gating": False},
+        "l2norm-packed": {"l2norm": True, "qkv_layout": "packed"},
+        "no-indices": {"index_dtype": None, "padding_rows": ()},
+        "past-pool-int64": {"index_dtype": torch.int64, "padding_value": 1000},
+    }[variant]
+    case = dataclasses.replace(PERSISTENT_CASE, state_dtype=state_dtype, seed=len(variant), **changes)
+    launched = []
+    check(build(case, "cpu"), lambda inp: run_triton(inp, _persistent_config(), launched))
+    assert launched == [_persistent_config()]
+
+
 @given(decode_cases())
 def test_cpu_op_matches_reference(case):
     check(build(case, "cpu"), run_op)
@@ -114,3 +144,31 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
     assert_close_to_reference("o", o[live_rows], ref_o, torch.bfloat16)
     assert_close_to_reference("state", pool[live], ref_states, state_dtype)
     assert bool((o[(indices < 0) | (indices >= num_slots)] == 0).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, "PersistentConfig"),
+        ({"qkv_layout": "packed", "l2norm": True, "index_dtype": torch.int64}, "PersistentConfig"),
+        ({"fused_gating": False, "padding_value": 10_000}, "PersistentConfig"),
+        ({"slot_pad": 3}, "DecodeConfig"),  # slot stride not 16-byte aligned: no TMA
+        ({"pool_guard": 37}, "DecodeConfig"),  # pool base not 16-byte aligned
+        ({"qkv_layout": "transposed"}, "DecodeConfig"),  # q, k not contiguous in K
+        ({"T": 2}, "DecodeConfig"),
+        ({"state_dtype": torch.float32}, "DecodeConfig"),
+        ({"state_layout": "vk"}, "DecodeConfig"),
+        ({"B": 127}, "DecodeConfig"),  # below MIN_ROW_HEADS
+    ],
+)
+def test_large_batch_kernel_choice_and_result(changes, expected):
+    """B*HV >= 4096 with a bf16 kv state takes the persistent TMA kernel only when TMA can address
+    every operand; every case matches the reference with guards and padding rows."""
+    case = DecodeCase(B=130, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
+                      padding_rows=(0, 64, 129), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True, seed=11)
+    case = dataclasses.replace(case, **changes)
+    case = dataclasses.replace(case, padding_rows=tuple(r for r in case.padding_rows if r < case.B))
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
+    assert [type(c).__name__ for c in launched] == [expected]

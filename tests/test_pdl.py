@@ -49,7 +49,7 @@ def slow_write(dst: torch.Tensor, src: torch.Tensor) -> None:
     _slow_writer[grid](s, d, scratch, d.numel(), SPIN, BLOCK=block, num_warps=4)
 
 
-def _step_inputs(B: int, layout: str, gen: torch.Generator) -> dict:
+def _step_inputs(B: int, layout: str, gen: torch.Generator, state_dtype: torch.dtype) -> dict:
     inner = (HV, V, K) if layout == "vk" else (HV, K, V)
     num_slots = B + 3
 
@@ -60,17 +60,20 @@ def _step_inputs(B: int, layout: str, gen: torch.Generator) -> dict:
         "q": randn(B, 1, HK, K, dtype=torch.bfloat16, std=2.0), "k": randn(B, 1, HK, K, dtype=torch.bfloat16, std=2.0),
         "v": randn(B, 1, HV, V, dtype=torch.bfloat16), "a": randn(B, 1, HV, dtype=torch.bfloat16),
         "b": randn(B, 1, HV, dtype=torch.bfloat16), "A_log": randn(HV, std=0.5), "dt_bias": randn(HV, std=0.5),
-        "pool": randn(num_slots, *inner),
+        "pool": randn(num_slots, *inner, dtype=state_dtype),
         "indices": torch.randperm(num_slots, generator=gen)[:B].to(device="cuda", dtype=torch.int32),
     }
 
 
-def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode, steps: int = 3) -> None:
-    """Each step: the slow writer puts new values into ``target`` just before the decode kernel."""
+def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode, steps: int = 3,
+                          state_dtype: torch.dtype = torch.float32) -> list:
+    """Each step: the slow writer puts new values into ``target`` just before the decode kernel.
+    Returns the configurations launched."""
     gen = torch.Generator().manual_seed(B * 7 + len(target))
-    live = _step_inputs(B, layout, gen)
+    live = _step_inputs(B, layout, gen, state_dtype)
+    launched = []
     for _ in range(steps):
-        new = _step_inputs(B, layout, gen)
+        new = _step_inputs(B, layout, gen, state_dtype)
         for name in ("q", "k", "v", "a", "b", "pool", "indices"):
             if name != target:
                 live[name].copy_(new[name])
@@ -80,11 +83,13 @@ def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode
         live["A_log"], live["dt_bias"] = new["A_log"], new["dt_bias"]
         out = torch.full((B, 1, HV, V), float("nan"), dtype=torch.bfloat16, device="cuda")
         slow_write(live[target], new[target])
-        launch(live["q"], live["k"], live["v"], live["a"], live["b"], live["A_log"], live["dt_bias"], live["pool"],
-               live["indices"], out, scale=K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=layout, pdl=True)
+        launched.append(launch(live["q"], live["k"], live["v"], live["a"], live["b"], live["A_log"], live["dt_bias"],
+                               live["pool"], live["indices"], out, scale=K**-0.5, use_qk_l2norm_in_kernel=True,
+                               state_layout=layout, pdl=True))
         torch.cuda.synchronize()
         assert_close_to_reference("o", out, expected_o, torch.bfloat16)
-        assert_close_to_reference("pool", live["pool"], expected_pool, torch.float32)
+        assert_close_to_reference("pool", live["pool"], expected_pool, state_dtype)
+    return launched
 
 
 needs_pdl = pytest.mark.skipif(not torch.cuda.is_available() or not _supports_pdl(torch.device("cuda")),
@@ -98,6 +103,16 @@ needs_pdl = pytest.mark.skipif(not torch.cuda.is_available() or not _supports_pd
 @pytest.mark.parametrize("B", [1, 48])
 def test_reads_wait_for_the_kernel_before(B, layout, target):
     run_after_slow_writer(B, layout, target)
+
+
+@needs_pdl
+@pytest.mark.parametrize("target", ["pool", "indices", "q", "v"])
+def test_persistent_kernel_reads_wait_for_the_kernel_before(target):
+    """A bf16 kv pool at B*HV = 4096 takes the persistent TMA kernel."""
+    from gdn_ops.triton_decode_tma import PersistentConfig
+
+    launched = run_after_slow_writer(1024, "kv", target, steps=2, state_dtype=torch.bfloat16)
+    assert all(isinstance(c, PersistentConfig) for c in launched)
 
 
 @needs_pdl

@@ -1,0 +1,81 @@
+"""Tune the persistent TMA kernel (gdn_ops/triton_decode_tma.py) beside the per-tile kernel.
+
+    python -m benchmarks.tune_tma --batches 32 128 512 1024 --specs 64:4:3:4 32:2:3:8
+
+Each spec is ``BV:warps:stages:programs_per_sm``. Every configuration is checked against the
+float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
+``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
+``launch_decode`` picks by itself. Writes ``<out>/<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import torch
+import triton
+
+from benchmarks.providers import Config, check, launcher_provider, make_problem, reference
+from benchmarks.timing import copy_bandwidth
+from benchmarks.tune_decode import time_interleaved
+from gdn_ops.triton_decode import decode_config
+from gdn_ops.triton_decode_tma import PersistentConfig
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="*", default=[32, 128, 512, 1024])
+    ap.add_argument("--dtypes", nargs="*", default=["bfloat16"])
+    ap.add_argument("--layouts", nargs="*", default=["kv"])
+    ap.add_argument("--heads", default="16,32")
+    ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default="tune_tma")
+    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point, all configurations")
+    args = ap.parse_args()
+    HK, HV = map(int, args.heads.split(","))
+    bw = copy_bandwidth()
+    records = []
+    for state in args.dtypes:
+        for layout in args.layouts:
+            for B in args.batches:
+                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
+                problem = make_problem(cfg, "cuda")
+                ref = reference(cfg, problem)
+                per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout)
+                providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default")]
+                providers += [launcher_provider(spec, config=PersistentConfig(*map(int, spec.split(":"))))
+                              for spec in args.specs]
+                row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
+                       "per_tile": list(per_tile), "results": {}}
+                runnable = []
+                for prov in providers:
+                    result = check(cfg, prov, problem, ref)
+                    if result.ok:
+                        runnable.append(prov)
+                    else:
+                        row["results"][prov.name] = {"error": result.message}
+                times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
+                for prov in runnable:
+                    us = times[prov.name]
+                    row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
+                summary = "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)" if "us" in r else f"{n} {r['error']}"
+                                    for n, r in row["results"].items())
+                print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
+                records.append(row)
+    header = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "copy_bandwidth_Bps": bw,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.tag}.json"
+    path.write_text(json.dumps({"header": header, "records": records}, indent=1))
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
