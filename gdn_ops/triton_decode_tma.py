@@ -96,9 +96,12 @@ class PersistentConfig(NamedTuple):
 # Tuned on an H200 (benchmarks/tune_tma.py, results/h200/tma_probe*.json): a 16 KB bf16 tile,
 # 3 stages, 4 programs of 4 warps per SM (128 registers and ~50 KB of shared memory each).
 KV_2B_CONFIG = PersistentConfig(BV=64, num_warps=4, num_stages=3, programs_per_sm=4)
-# From this many (row, head) pairs (B >= 128 at TP=1) the persistent kernel ran 8-12% faster than
-# the per-tile kernel; at B*HV = 1024 it was 10% slower (too few tiles per program to pipeline).
-MIN_ROW_HEADS = 4096
+# (row, head) pairs from which the persistent kernel is used, by GPU name. H200: 8-12% faster than
+# the per-tile kernel from 4096 (B >= 128 at TP=1), 10% slower at 1024 (too few tiles per program
+# to fill the pipeline). H100 (one run): a tie from 16384, 1-2.5% slower at 4096; its lower
+# bandwidth leaves the per-tile kernel less starved of bytes in flight. Other GPUs: as the H100.
+MIN_ROW_HEADS_BY_GPU = {"H200": 4096}
+MIN_ROW_HEADS_DEFAULT = 16384
 
 
 def _tma_ready(t: torch.Tensor, dims: int) -> bool:
@@ -115,14 +118,22 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     B, T, HK, K = q.shape
     V = state.shape[-1]
     config = KV_2B_CONFIG
-    if (state_layout != "kv" or state.element_size() != 2 or T != 1 or rows_x_heads < MIN_ROW_HEADS
-            or state.device.type != "cuda" or torch.cuda.get_device_capability(state.device)[0] < 9):
+    if (state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda"
+            or torch.cuda.get_device_capability(state.device)[0] < 9
+            or rows_x_heads < min_row_heads(state.device.index or 0)):
         return None
     if K not in (16, 32, 64, 128, 256) or V % config.BV or state.shape[0] >= 2**31 - 1 or B >= 2**31:
         return None
     if not (_tma_ready(state, 4) and _tma_ready(q[:, 0], 3) and _tma_ready(k[:, 0], 3)):
         return None
     return config
+
+
+@functools.cache
+def min_row_heads(device_index: int) -> int:
+    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU."""
+    name = torch.cuda.get_device_name(device_index)
+    return next((n for gpu, n in MIN_ROW_HEADS_BY_GPU.items() if gpu in name), MIN_ROW_HEADS_DEFAULT)
 
 
 @functools.cache

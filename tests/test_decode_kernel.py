@@ -159,14 +159,19 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
         ({"T": 2}, "DecodeConfig"),
         ({"state_dtype": torch.float32}, "DecodeConfig"),
         ({"state_layout": "vk"}, "DecodeConfig"),
-        ({"B": 127}, "DecodeConfig"),  # below MIN_ROW_HEADS
+        ({"B": -1}, "DecodeConfig"),  # one row fewer than the GPU's threshold
     ],
 )
 def test_large_batch_kernel_choice_and_result(changes, expected):
-    """B*HV >= 4096 with a bf16 kv state takes the persistent TMA kernel only when TMA can address
-    every operand; every case matches the reference with guards and padding rows."""
-    case = DecodeCase(B=130, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
-                      padding_rows=(0, 64, 129), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True, seed=11)
+    """From the GPU's B*HV threshold a bf16 kv state takes the persistent TMA kernel, but only when
+    TMA can address every operand; every case matches the reference with guards and padding rows."""
+    from gdn_ops.triton_decode_tma import min_row_heads
+
+    B = min_row_heads(torch.cuda.current_device()) // 32 + 2
+    changes = {**changes, "B": B - 3} if changes.get("B") == -1 else changes
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
+                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
+                      seed=11)
     case = dataclasses.replace(case, **changes)
     case = dataclasses.replace(case, padding_rows=tuple(r for r in case.padding_rows if r < case.B))
     launched = []

@@ -108,10 +108,11 @@ def test_reads_wait_for_the_kernel_before(B, layout, target):
 @needs_pdl
 @pytest.mark.parametrize("target", ["pool", "indices", "q", "v"])
 def test_persistent_kernel_reads_wait_for_the_kernel_before(target):
-    """A bf16 kv pool at B*HV = 4096 takes the persistent TMA kernel."""
-    from gdn_ops.triton_decode_tma import PersistentConfig
+    """A bf16 kv pool at the GPU's B*HV threshold takes the persistent TMA kernel."""
+    from gdn_ops.triton_decode_tma import PersistentConfig, min_row_heads
 
-    launched = run_after_slow_writer(1024, "kv", target, steps=2, state_dtype=torch.bfloat16)
+    B = min_row_heads(torch.cuda.current_device()) // HV
+    launched = run_after_slow_writer(B, "kv", target, steps=2, state_dtype=torch.bfloat16)
     assert all(isinstance(c, PersistentConfig) for c in launched)
 
 
