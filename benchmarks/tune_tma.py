@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.providers import Config, check, launcher_provider, make_problem, reference
+from benchmarks.providers import (
+    Config,
+    check,
+    launcher_provider,
+    make_problem,
+    reference,
+)
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from gdn_ops.triton_decode import decode_config

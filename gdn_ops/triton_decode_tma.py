@@ -115,7 +115,7 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
                       rows_x_heads: int) -> PersistentConfig | None:
     """The persistent kernel's configuration when it is the faster kernel and TMA can address every
     operand; ``None`` otherwise. Reads metadata only (legal during CUDA-graph capture)."""
-    B, T, HK, K = q.shape
+    B, T, _, K = q.shape
     V = state.shape[-1]
     config = KV_2B_CONFIG
     if (state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda"
@@ -152,7 +152,7 @@ def launch_decode_kv_tma(
     (:func:`persistent_config`). Off the GPU (Triton's interpreter) the grid is one program per
     two tiles, so that each program still walks more than one tile.
     """
-    B, T, HK, K = q.shape
+    B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     BV = config.BV
     num_tiles = B * HV * (V // BV)
