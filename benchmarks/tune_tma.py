@@ -5,7 +5,9 @@
 Each spec is ``BV:warps:stages:programs_per_sm``. Every configuration is checked against the
 float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
-``launch_decode`` picks by itself. Writes ``<out>/<tag>.json``.
+``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
+copies of the persistent kernel (``TMA_VARIANTS`` in ``benchmarks/variants.py``) at each spec.
+Writes ``<out>/<tag>.json``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,26 @@ from benchmarks.providers import (
 )
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
-from gdn_ops.triton_decode import decode_config
+from benchmarks.variants import load_variant
+from gdn_ops.reference import L2NORM_EPS
+from gdn_ops.triton_decode import PDL_ENABLED, _supports_pdl, decode_config
 from gdn_ops.triton_decode_tma import PersistentConfig
+
+
+def variant_launch(name: str):
+    """``launch_decode``'s signature over a patched copy of the persistent kernel (benchmarks/variants.py)."""
+    module = load_variant(name)
+
+    def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
+               state_layout, softplus_beta, softplus_threshold, config, pdl):
+        assert state_layout == "kv"
+        pdl = PDL_ENABLED and _supports_pdl(state.device) if pdl is None else pdl
+        return module.launch_decode_kv_tma(
+            q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+            softplus_threshold=softplus_threshold, config=module.PersistentConfig(*config), pdl=pdl, l2_eps=L2NORM_EPS)
+
+    return launch
 
 
 def main() -> None:
@@ -38,6 +58,7 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="*", default=["kv"])
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM")
+    ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS of benchmarks/variants.py, at each spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point, all configurations")
@@ -52,9 +73,13 @@ def main() -> None:
                 problem = make_problem(cfg, "cuda")
                 ref = reference(cfg, problem)
                 per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout)
-                providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default")]
-                providers += [launcher_provider(spec, config=PersistentConfig(*map(int, spec.split(":"))))
-                              for spec in args.specs]
+                providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
+                             launcher_provider("default_no_pdl", pdl=False)]
+                for spec in args.specs:
+                    config = PersistentConfig(*map(int, spec.split(":")))
+                    providers.append(launcher_provider(spec, config=config))
+                    providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
+                                  for v in args.variants]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 runnable = []

@@ -1,4 +1,4 @@
-"""Kernel experiments as source patches of gdn_ops/triton_decode.py, timed beside the shipped kernel.
+"""Kernel experiments as source patches of the decode kernels, timed beside the shipped kernel.
 
 Each variant is a list of (old, new) text replacements; ``load_variant`` writes the patched file
 next to this one (Triton reads kernel source from a file) and imports it as its own module. A
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import gdn_ops.triton_decode as shipped
+import gdn_ops.triton_decode_tma as shipped_tma
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     # PDL without the early L2 prefetch of the state tile (launch overlap alone)
@@ -64,12 +65,27 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
+TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # Let the next kernel launch only after this program's last tile, not right after the wait:
+    # a grid that fills the GPU otherwise hands SM slots to the next kernel while it still works.
+    "trigger_after_loop": [
+        ("        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n",
+         "        tl.extra.cuda.gdc_wait()\n"),
+        ('                 cache_modifier=".cs")\n',
+         '                 cache_modifier=".cs")\n    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n'),
+    ],
+}
+
+
 @functools.cache
 def load_variant(name: str) -> ModuleType:
-    source = Path(shipped.__file__).read_text()
-    for old, new in VARIANTS[name]:
+    """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for TMA_VARIANTS."""
+    target = shipped if name in VARIANTS else shipped_tma
+    source = Path(target.__file__).read_text()
+    for old, new in (VARIANTS | TMA_VARIANTS)[name]:
         if old not in source:
-            raise ValueError(f"variant {name!r}: pattern not found in triton_decode.py: {old!r}")
+            raise ValueError(f"variant {name!r}: pattern not found in {Path(target.__file__).name}: {old!r}")
         source = source.replace(old, new)
     path = Path(tempfile.gettempdir()) / f"gdn_decode_variant_{name}.py"
     path.write_text(source)
