@@ -67,13 +67,11 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
 
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
 TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    # Let the next kernel launch only after this program's last tile, not right after the wait:
-    # a grid that fills the GPU otherwise hands SM slots to the next kernel while it still works.
-    "trigger_after_loop": [
-        ("        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n",
-         "        tl.extra.cuda.gdc_wait()\n"),
-        ('                 cache_modifier=".cs")\n',
-         '                 cache_modifier=".cs")\n    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n'),
+    # The first shipped order (until 2026-11-28): the next kernel may launch right after the wait.
+    "tma_trigger_at_start": [
+        ("        tl.extra.cuda.gdc_wait()\n", "        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n"),
+        ('                 cache_modifier=".cs")\n    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n',
+         '                 cache_modifier=".cs")\n'),
     ],
 }
 

@@ -41,9 +41,10 @@ def _decode_kv_tma_kernel(
     offs_k = tl.arange(0, K)
     offs_bv = tl.arange(0, BV)
     if PDL:
-        # Nothing is read before the previous kernel has finished.
+        # Nothing is read before the previous kernel has finished; the next kernel may launch only
+        # after this program's last tile (below): this grid fills the GPU, and letting the next
+        # kernel in at the start cost 1-2% at B >= 512 (NOTES.md).
         tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         v0 = (tile % NV) * BV
         row_head = tile // NV
@@ -81,6 +82,8 @@ def _decode_kv_tma_kernel(
         state_ptrs = state_ptr + slot.to(tl.int64) * s_slot + hv.to(tl.int64) * s_head + tile_offs
         tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_bv < BV)[:, None] & valid,
                  cache_modifier=".cs")
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 class PersistentConfig(NamedTuple):
