@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from decode_case import padded_indices
+from decode_case import assert_close_to_reference, padded_indices
 
 import gdn_ops
 from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
@@ -79,6 +79,40 @@ def test_manual_capture_replays_match_eager_step_for_step():
         assert torch.equal(pool, eager_pool)
         padded = inputs["indices"] < 0
         assert bool((slots.out[padded] == 0).all())
+
+
+def test_persistent_kernel_replays_match_reference():
+    """A bf16 kv pool at the GPU's threshold runs the persistent TMA kernel: its descriptors are
+    captured by value, and every replay must still read that step's inputs and slot indices."""
+    from gdn_ops.triton_decode_tma import min_row_heads, persistent_config
+
+    gen = torch.Generator().manual_seed(7)
+    B = min_row_heads(torch.cuda.current_device()) // HV
+    num_slots = B + 16
+    slots = DecodeSlots(B)
+    pool = torch.randn(num_slots, HV, K, V, generator=gen).to(torch.bfloat16).cuda()
+    assert persistent_config(slots.q, slots.k, pool, "kv", B * HV) is not None
+
+    def step():
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            slots.A_log, slots.a, slots.dt_bias, 1.0, 20.0, slots.q, slots.k, slots.v, slots.b, pool, slots.indices,
+            use_qk_l2norm_in_kernel=True, state_layout="kv", out=slots.out)
+
+    slots.fill(gen, padded_indices(gen, B, B - 5, num_slots))
+    graph = _capture(step)
+    for live in (B - 7, B, B // 2):
+        inputs = slots.fill(gen, padded_indices(gen, B, live, num_slots))
+        before = pool.clone()
+        ref_o, ref_pool = fused_sigmoid_gating_delta_rule_reference(
+            slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
+            before, inputs["indices"], None, True, state_layout="kv", compute_dtype=torch.float64)
+        graph.replay()
+        assert_close_to_reference("o", slots.out, ref_o, torch.bfloat16)
+        assert_close_to_reference("pool", pool, ref_pool, torch.bfloat16)
+        untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
+        untouched[inputs["indices"][inputs["indices"] >= 0].long()] = False
+        assert torch.equal(pool[untouched], before[untouched]), "a slot no live row addresses was written"
+        assert bool((slots.out[inputs["indices"] < 0] == 0).all())
 
 
 def test_capture_launches_the_kernel_compiled_at_warm_up():
