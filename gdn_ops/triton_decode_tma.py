@@ -101,7 +101,7 @@ class PersistentConfig(NamedTuple):
 KV_2B_CONFIG = PersistentConfig(BV=64, num_warps=4, num_stages=3, programs_per_sm=4)
 # (row, head) pairs from which the persistent kernel is used, by GPU name. H200: 8-12% faster than
 # the per-tile kernel from 4096 (B >= 128 at TP=1), 10% slower at 1024 (too few tiles per program
-# to fill the pipeline). H100 (one run): a tie from 16384, 1-2.5% slower at 4096; its lower
+# to fill the pipeline). H100 (two runs): 1-2% faster from 16384, 1-2.5% slower at 4096; its lower
 # bandwidth leaves the per-tile kernel less starved of bytes in flight. Other GPUs: as the H100.
 MIN_ROW_HEADS_BY_GPU = {"H200": 4096}
 MIN_ROW_HEADS_DEFAULT = 16384
@@ -118,14 +118,17 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
                       rows_x_heads: int) -> PersistentConfig | None:
     """The persistent kernel's configuration when it is the faster kernel and TMA can address every
     operand; ``None`` otherwise. Reads metadata only (legal during CUDA-graph capture)."""
-    B, T, _, K = q.shape
+    _, T, _, K = q.shape
     V = state.shape[-1]
     config = KV_2B_CONFIG
     if (state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda"
             or torch.cuda.get_device_capability(state.device)[0] < 9
             or rows_x_heads < min_row_heads(state.device.index or 0)):
         return None
-    if K not in (16, 32, 64, 128, 256) or V % config.BV or state.shape[0] >= 2**31 - 1 or B >= 2**31:
+    # tile and row indices and TMA coordinates are 32-bit in the kernel
+    if K not in (16, 32, 64, 128, 256) or V % config.BV or state.shape[0] >= 2**31 - 1:
+        return None
+    if rows_x_heads * (V // config.BV) >= 2**31:
         return None
     if not (_tma_ready(state, 4) and _tma_ready(q[:, 0], 3) and _tma_ready(k[:, 0], 3)):
         return None
