@@ -25,7 +25,7 @@ import triton.language as tl
 
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import PersistentConfig, launch_decode_kv_tma, persistent_config
-from gdn_ops.triton_gating import gdn_gates
+from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_step import delta_rule_step
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
@@ -126,9 +126,7 @@ def _decode_kernel(
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
     S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
-    if FUSED_GATING:
-        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
-        dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
+    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
 
     for t in range(T):
         q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
@@ -136,11 +134,7 @@ def _decode_kernel(
         v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
         gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
         gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
-        if FUSED_GATING:
-            g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
-        else:
-            g = gate_a
-            beta = gate_b
+        g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
         S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
         o = tl.where(valid, o, 0.0)
         tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,

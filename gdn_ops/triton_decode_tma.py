@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from gdn_ops.triton_gating import gdn_gates
+from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_step import delta_rule_step
 
 
@@ -66,13 +66,8 @@ def _decode_kv_tma_kernel(
         v = tl.load(v_ptr + row64 * s_vb + hv * s_vh + (v0 + offs_bv) * s_vv).to(tl.float32)
         gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)
         gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)
-        if FUSED_GATING:
-            neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
-            dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
-            g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
-        else:
-            g = gate_a
-            beta = gate_b
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+        g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
 
         S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
         o = tl.where(valid, o, 0.0)

@@ -1,7 +1,8 @@
 """Triton gating: ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``, fp32.
 
-:func:`gdn_gates` is the one Triton copy of the gating math; the decode kernel inlines it when it
-fuses gating, and :func:`launch_gating` runs it standalone for the ``gdn_gating`` op.
+:func:`gdn_gates` is the one Triton copy of the gating math; both decode kernels inline it through
+:func:`head_gate_params` and :func:`decode_gates` when they fuse gating, and :func:`launch_gating` runs it standalone for the
+``gdn_gating`` op.
 """
 
 from __future__ import annotations
@@ -20,6 +21,30 @@ def gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold):
     g = neg_exp_A * (softplus / softplus_beta)
     # beta stays fp32: rounding it to the activation dtype compounds over tokens
     beta = 1.0 / (1.0 + tl.exp(-b))
+    return g, beta
+
+
+@triton.jit
+def head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING: tl.constexpr):
+    """``(-exp(A_log[hv]), dt_bias[hv])`` in fp32 for a decode kernel that fuses gating; unused zeros otherwise."""
+    if FUSED_GATING:
+        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
+        dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
+    else:
+        neg_exp_A = 0.0
+        dt_bias = 0.0
+    return neg_exp_A, dt_bias
+
+
+@triton.jit
+def decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING: tl.constexpr):
+    """fp32 ``g, beta`` for one token of a decode kernel: from ``a, b`` and :func:`head_gate_params` when
+    gating is fused, else ``gate_a, gate_b`` already are ``g, beta``."""
+    if FUSED_GATING:
+        g, beta = gdn_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold)
+    else:
+        g = gate_a
+        beta = gate_b
     return g, beta
 
 
