@@ -28,9 +28,9 @@ import hashlib
 import importlib.util
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -482,6 +482,18 @@ def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> 
     ok = err_o <= OUT_TOL and err_state <= state_tol  # NaN compares False
     msg = "" if ok else f"rel err o {err_o:.2e} (tol {OUT_TOL:.0e}), state {err_state:.2e} (tol {state_tol:.0e})"
     return CheckResult(ok, err_o, err_state, msg)
+
+
+def passing(cfg: Config, providers: list[Provider], problem: Problem, ref: Reference) -> tuple[list[Provider], dict[str, str]]:
+    """:func:`check` each provider: those that pass, and the failure message of each that does not."""
+    passed, failed = [], {}
+    for provider in providers:
+        result = check(cfg, provider, problem, ref)
+        if result.ok:
+            passed.append(provider)
+        else:
+            failed[provider.name] = result.message
+    return passed, failed
 
 
 def _cpu_self_check() -> int:

@@ -22,10 +22,10 @@ import triton
 from benchmarks.providers import (
     Config,
     Provider,
-    check,
     launcher_provider,
     load_providers,
     make_problem,
+    passing,
     reference,
 )
 from benchmarks.timing import (
@@ -122,13 +122,8 @@ def main() -> None:
                     providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
                     providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
                                   for t in extra]
-                runnable = []
-                for prov in providers:
-                    result = check(cfg, prov, problem, ref)
-                    if result.ok:
-                        runnable.append(prov)
-                    else:
-                        row["tiles"][prov.name] = {"error": result.message}
+                runnable, failed = passing(cfg, providers, problem, ref)
+                row["tiles"].update({name: {"error": message} for name, message in failed.items()})
                 peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
                 times = time_interleaved(cfg, runnable + peers_here, budget)
                 for prov in runnable:

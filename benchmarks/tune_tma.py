@@ -22,9 +22,9 @@ import triton
 
 from benchmarks.providers import (
     Config,
-    check,
     launcher_provider,
     make_problem,
+    passing,
     reference,
 )
 from benchmarks.timing import copy_bandwidth
@@ -82,13 +82,8 @@ def main() -> None:
                                   for v in args.variants]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
-                runnable = []
-                for prov in providers:
-                    result = check(cfg, prov, problem, ref)
-                    if result.ok:
-                        runnable.append(prov)
-                    else:
-                        row["results"][prov.name] = {"error": result.message}
+                runnable, failed = passing(cfg, providers, problem, ref)
+                row["results"].update({name: {"error": message} for name, message in failed.items()})
                 times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
                 for prov in runnable:
                     us = times[prov.name]
