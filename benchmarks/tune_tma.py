@@ -31,7 +31,7 @@ from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.variants import load_variant
 from gdn_ops.reference import L2NORM_EPS
-from gdn_ops.triton_decode import PDL_ENABLED, _supports_pdl, decode_config
+from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
@@ -42,7 +42,7 @@ def variant_launch(name: str):
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl):
         assert state_layout == "kv"
-        pdl = PDL_ENABLED and _supports_pdl(state.device) if pdl is None else pdl
+        pdl = default_pdl(state.device) if pdl is None else pdl
         return module.launch_decode_kv_tma(
             q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,

@@ -24,7 +24,11 @@ import triton
 import triton.language as tl
 
 from gdn_ops.reference import L2NORM_EPS
-from gdn_ops.triton_decode_tma import PersistentConfig, launch_decode_kv_tma, persistent_config
+from gdn_ops.triton_decode_tma import (
+    PersistentConfig,
+    launch_decode_kv_tma,
+    persistent_config,
+)
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_step import delta_rule_step
 
@@ -236,7 +240,7 @@ def launch_decode(
     HV, V = v.shape[2], v.shape[3]
     fused_gating = A_log is not None
     if pdl is None:
-        pdl = PDL_ENABLED and _supports_pdl(state.device)
+        pdl = default_pdl(state.device)
     if config is None:
         config = (persistent_config(q, k, state, state_layout, B * HV)
                   or decode_config(B * HV, K, V, state.dtype, state_layout))
@@ -268,6 +272,11 @@ def launch_decode(
         num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+def default_pdl(device: torch.device) -> bool:
+    """Whether a launch on ``device`` uses programmatic dependent launch unless told otherwise."""
+    return PDL_ENABLED and _supports_pdl(device)
 
 
 @functools.cache

@@ -116,9 +116,10 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     _, T, _, K = q.shape
     V = state.shape[-1]
     config = KV_2B_CONFIG
-    if (state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda"
-            or torch.cuda.get_device_capability(state.device)[0] < 9
-            or rows_x_heads < min_row_heads(state.device.index or 0)):
+    if state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda":
+        return None
+    threshold = min_row_heads(state.device.index or 0)
+    if threshold is None or rows_x_heads < threshold:
         return None
     # tile and row indices and TMA coordinates are 32-bit in the kernel
     if K not in (16, 32, 64, 128, 256) or V % config.BV or state.shape[0] >= 2**31 - 1:
@@ -131,8 +132,11 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
 
 
 @functools.cache
-def min_row_heads(device_index: int) -> int:
-    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU."""
+def min_row_heads(device_index: int) -> int | None:
+    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU; ``None``
+    before sm_90 (no TMA). Cached: the launcher asks on every call."""
+    if torch.cuda.get_device_capability(device_index)[0] < 9:
+        return None
     name = torch.cuda.get_device_name(device_index)
     return next((n for gpu, n in MIN_ROW_HEADS_BY_GPU.items() if gpu in name), MIN_ROW_HEADS_DEFAULT)
 
