@@ -28,6 +28,7 @@ from gdn_ops.triton_decode_tma import (
     PersistentConfig,
     launch_decode_kv_tma,
     persistent_config,
+    unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_step import delta_rule_step
@@ -245,6 +246,9 @@ def launch_decode(
         config = (persistent_config(q, k, state, state_layout, B * HV)
                   or decode_config(B * HV, K, V, state.dtype, state_layout))
     if isinstance(config, PersistentConfig):
+        reason = unsupported_reason(q, k, state, state_layout, config)
+        if reason is not None:
+            raise ValueError(f"launch_decode: config={config} needs {reason}")
         return launch_decode_kv_tma(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,

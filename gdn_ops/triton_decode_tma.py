@@ -109,26 +109,37 @@ def _tma_ready(t: torch.Tensor, dims: int) -> bool:
     return all(t.stride(d) * t.element_size() % 16 == 0 for d in range(t.dim() - dims, t.dim() - 1))
 
 
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
+                       config: PersistentConfig) -> str | None:
+    """Why the persistent kernel with ``config`` cannot run these operands, or ``None`` if it can.
+    Reads metadata only (legal during CUDA-graph capture)."""
+    B, T, _, K = q.shape
+    V = state.shape[-1]
+    if state_layout != "kv":
+        return f"state_layout='kv' (got {state_layout!r})"
+    if T != 1:
+        return f"one token per call (got T={T})"
+    if K not in (16, 32, 64, 128, 256) or V % config.BV:
+        return f"K a power of two in 16..256 and V a multiple of BV={config.BV} (got K={K}, V={V})"
+    # tile and row indices and TMA coordinates are 32-bit in the kernel
+    if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // config.BV) >= 2**31:
+        return "fewer than 2**31 slots and tiles"
+    for name, t, dims in (("initial_state_source", state, 4), ("q", q[:, 0], 3), ("k", k[:, 0], 3)):
+        if not _tma_ready(t, dims):
+            return f"{name} with a 16-byte aligned base and strides and a unit inner stride (TMA)"
+    return None
+
+
 def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
                       rows_x_heads: int) -> PersistentConfig | None:
-    """The persistent kernel's configuration when it is the faster kernel and TMA can address every
-    operand; ``None`` otherwise. Reads metadata only (legal during CUDA-graph capture)."""
-    _, T, _, K = q.shape
-    V = state.shape[-1]
-    config = KV_2B_CONFIG
-    if state_layout != "kv" or state.element_size() != 2 or T != 1 or state.device.type != "cuda":
+    """The persistent kernel's configuration when it is the faster kernel on this GPU and it can run
+    these operands (:func:`unsupported_reason`); ``None`` otherwise."""
+    if state.element_size() != 2 or state.device.type != "cuda":
         return None
     threshold = min_row_heads(state.device.index or 0)
     if threshold is None or rows_x_heads < threshold:
         return None
-    # tile and row indices and TMA coordinates are 32-bit in the kernel
-    if K not in (16, 32, 64, 128, 256) or V % config.BV or state.shape[0] >= 2**31 - 1:
-        return None
-    if rows_x_heads * (V // config.BV) >= 2**31:
-        return None
-    if not (_tma_ready(state, 4) and _tma_ready(q[:, 0], 3) and _tma_ready(k[:, 0], 3)):
-        return None
-    return config
+    return None if unsupported_reason(q, k, state, state_layout, KV_2B_CONFIG) else KV_2B_CONFIG
 
 
 @functools.cache

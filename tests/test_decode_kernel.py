@@ -177,3 +177,21 @@ def test_large_batch_kernel_choice_and_result(changes, expected):
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     assert [type(c).__name__ for c in launched] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("changes", "needs"),
+    [
+        ({"state_layout": "vk"}, "state_layout='kv'"),
+        ({"T": 2}, "one token per call"),
+        ({"pool_guard": 37}, "initial_state_source with a 16-byte aligned base"),
+        ({"slot_pad": 3}, "initial_state_source with a 16-byte aligned base"),
+        ({"qkv_layout": "transposed"}, "q with a 16-byte aligned base"),
+        ({"V": 48}, "V a multiple of BV=32"),
+    ],
+)
+def test_persistent_config_refuses_operands_it_cannot_run(changes, needs):
+    """An explicit PersistentConfig is checked before any launch: a clear error, never a wrong result."""
+    case = dataclasses.replace(PERSISTENT_CASE, **changes)
+    with pytest.raises(ValueError, match=needs):
+        run_triton(build(case, "cpu"), _persistent_config())
