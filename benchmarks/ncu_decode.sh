@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nsight Compute on the decode kernel at benchmark points, one report per point.
+# Nsight Compute on the decode kernel (per-tile or persistent) at benchmark points, one report per point.
 #   benchmarks/ncu_decode.sh OUT_DIR "512 bf16 vk" "32 fp32 vk" ...
 # Clocks are left alone (--clock-control none); L2 is flushed before the profiled launch.
 set -u
@@ -8,9 +8,10 @@ mkdir -p "$out"
 for point in "$@"; do
     read -r batch dtype layout <<<"$point"
     name="ncu_B${batch}_${dtype}_${layout}"
-    ncu --clock-control none --kernel-name regex:_decode_kernel --launch-skip 2 --launch-count 1 \
+    ncu --clock-control none --kernel-name regex:_decode_ --launch-skip 2 --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section MemoryWorkloadAnalysis \
+        --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
         python3 -m benchmarks.profile_decode --batch "$batch" --state-dtype "$dtype" --layout "$layout" \
         >"$out/$name.txt" 2>&1
     echo "== $point (rc $?)"

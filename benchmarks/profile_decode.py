@@ -1,6 +1,6 @@
 """Launch the decode op a few times at one benchmark point, for Nsight Compute to profile.
 
-    ncu --clock-control none --kernel-name regex:_decode_kernel --launch-skip 2 --launch-count 1 \\
+    ncu --clock-control none --kernel-name regex:_decode_ --launch-skip 2 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         python -m benchmarks.profile_decode --batch 512 --state-dtype bf16 --layout vk
 
@@ -18,6 +18,7 @@ import torch
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from gdn_ops.triton_decode import decode_config
+from gdn_ops.triton_decode_tma import persistent_config
 
 
 def main(argv=None) -> None:
@@ -36,7 +37,8 @@ def main(argv=None) -> None:
     step = launcher_provider("gdn_ops", pdl=False if args.no_pdl else None).make(cfg, p.pool, p.indices, p.inputs)
     for _ in range(args.launches):
         step()
-    config = decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout)
+    config = (persistent_config(p.inputs["q"], p.inputs["k"], p.pool, cfg.layout, cfg.B * cfg.HV)
+              or decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout))
     torch.cuda.synchronize()
     print(f"{cfg.label()}: {args.launches} launches of {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
 
