@@ -18,7 +18,7 @@ import torch
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from gdn_ops.triton_decode import decode_config
-from gdn_ops.triton_decode_tma import persistent_config
+from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig, persistent_config
 
 
 def main(argv=None) -> None:
@@ -29,18 +29,26 @@ def main(argv=None) -> None:
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--launches", type=int, default=3)
     ap.add_argument("--no-pdl", action="store_true")
+    ap.add_argument("--tma-variant", help="profile this TMA_VARIANTS entry of benchmarks/variants.py instead")
     args = ap.parse_args(argv)
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
     p = make_problem(cfg, "cuda")
-    step = launcher_provider("gdn_ops", pdl=False if args.no_pdl else None).make(cfg, p.pool, p.indices, p.inputs)
-    for _ in range(args.launches):
-        step()
     config = (persistent_config(p.inputs["q"], p.inputs["k"], p.pool, cfg.layout, cfg.B * cfg.HV)
               or decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout))
+    launch = None
+    if args.tma_variant:
+        from benchmarks.tune_tma import variant_launch
+
+        launch = variant_launch(args.tma_variant)
+        config = config if isinstance(config, PersistentConfig) else KV_2B_CONFIG
+    provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
+    step = provider.make(cfg, p.pool, p.indices, p.inputs)
+    for _ in range(args.launches):
+        step()
     torch.cuda.synchronize()
-    print(f"{cfg.label()}: {args.launches} launches of {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
+    print(f"{cfg.label()}: {args.launches} launches of {args.tma_variant or ''} {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
 
 
 if __name__ == "__main__":

@@ -73,16 +73,47 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
         ('                 cache_modifier=".cs")\n    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n',
          '                 cache_modifier=".cs")\n'),
     ],
+    # The gates of the next tile loaded one iteration ahead into registers: 2-byte scalars cannot go
+    # through cp.async, so the pipeliner leaves them as two serial global loads on every tile's
+    # critical path (seen in the sm_90 SASS; ncu: long-scoreboard stalls 2.2 cycles per instruction).
+    "tma_gate_prefetch": [
+        ("    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):\n",
+         ("    first = tl.program_id(0) // NV\n"
+         "    gate_a_next = tl.load(gate_a_ptr + (first // HV).to(tl.int64) * s_ab + (first % HV) * s_ah)\n"
+         "    gate_b_next = tl.load(gate_b_ptr + (first // HV).to(tl.int64) * s_bb + (first % HV) * s_bh)\n"
+         "    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):\n")),
+        (("        gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)\n"
+         "        gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)\n"),
+         ("        gate_a = gate_a_next.to(tl.float32)\n"
+         "        gate_b = gate_b_next.to(tl.float32)\n"
+         "        nxt = tile + tl.num_programs(0)\n"
+         "        nxt_rh = nxt // NV\n"
+         "        gate_a_next = tl.load(gate_a_ptr + (nxt_rh // HV).to(tl.int64) * s_ab + (nxt_rh % HV) * s_ah,\n"
+         "                              mask=nxt < num_tiles, other=0.0)\n"
+         "        gate_b_next = tl.load(gate_b_ptr + (nxt_rh // HV).to(tl.int64) * s_bb + (nxt_rh % HV) * s_bh,\n"
+         "                              mask=nxt < num_tiles, other=0.0)\n")),
+    ],
+    # The q and k norms in one two-operand reduction (one cross-warp round trip instead of two).
+    "tma_norms_together": [
+        ("@triton.jit\ndef _decode_kv_tma_kernel(",
+         "@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n@triton.jit\ndef _decode_kv_tma_kernel("),
+        ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
+         ("        if USE_L2NORM:\n"
+         "            qq, kk = tl.reduce((q * q, k * k), 0, _add2)\n"
+         "            q = q / tl.sqrt(qq + L2_EPS)\n"
+         "            k = k / tl.sqrt(kk + L2_EPS)\n"
+         "        S, o = delta_rule_step(S, q, k, v, g, beta, scale, False, L2_EPS)\n")),
+    ],
     # Both K products of the old state in one two-operand reduction, and the q/k norms and k.q in
     # one three-operand reduction: with 4 warps split along K each reduction crosses warps through
     # shared memory and a barrier, so 2 round trips per tile instead of 4 (o = d*(S q) + u*(k.q)).
     "tma_one_pass": [
         ("@triton.jit\ndef _decode_kv_tma_kernel(",
-         "@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n"
+         ("@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n"
          "@triton.jit\ndef _add3(a0, b0, c0, a1, b1, c1):\n    return a0 + a1, b0 + b1, c0 + c1\n\n\n"
-         "@triton.jit\ndef _decode_kv_tma_kernel("),
+         "@triton.jit\ndef _decode_kv_tma_kernel(")),
         ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-         "        qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)\n"
+         ("        qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)\n"
          "        if USE_L2NORM:\n"
          "            rq = 1.0 / tl.sqrt(qq + L2_EPS)\n"
          "            rk = 1.0 / tl.sqrt(kk + L2_EPS)\n"
@@ -96,9 +127,26 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
          "        Sk, Sq = tl.reduce((S * k[None, :], S * q[None, :]), 1, _add2)\n"
          "        u = beta * (v - decay * Sk)\n"
          "        o = decay * Sq + u * kq\n"
-         "        S = S * decay + u[:, None] * k[None, :]\n"),
+         "        S = S * decay + u[:, None] * k[None, :]\n")),
     ],
 }
+
+TMA_VARIANTS["tma_gate_prefetch_norms"] = TMA_VARIANTS["tma_gate_prefetch"] + TMA_VARIANTS["tma_norms_together"]
+# As tma_gate_prefetch, but the next tile's gates are loaded after this tile's state store.
+TMA_VARIANTS["tma_gate_prefetch_late"] = TMA_VARIANTS["tma_gate_prefetch"][:1] + [
+    (("        gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)\n"
+     "        gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)\n"),
+     ("        gate_a = gate_a_next.to(tl.float32)\n"
+     "        gate_b = gate_b_next.to(tl.float32)\n")),
+    ('                 cache_modifier=".cs")\n',
+     ('                 cache_modifier=".cs")\n'
+     "        nxt = tile + tl.num_programs(0)\n"
+     "        nxt_rh = nxt // NV\n"
+     "        gate_a_next = tl.load(gate_a_ptr + (nxt_rh // HV).to(tl.int64) * s_ab + (nxt_rh % HV) * s_ah,\n"
+     "                              mask=nxt < num_tiles, other=0.0)\n"
+     "        gate_b_next = tl.load(gate_b_ptr + (nxt_rh // HV).to(tl.int64) * s_bb + (nxt_rh % HV) * s_bh,\n"
+     "                              mask=nxt < num_tiles, other=0.0)\n")),
+]
 
 
 @functools.cache
