@@ -2,7 +2,7 @@
 
     python -m benchmarks.tune_tma --batches 32 128 512 1024 --specs 64:4:3:4 32:2:3:8
 
-Each spec is ``BV:warps:stages:programs_per_sm``. Every configuration is checked against the
+Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1). Every configuration is checked against the
 float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="*", default=["bfloat16"])
     ap.add_argument("--layouts", nargs="*", default=["kv"])
     ap.add_argument("--heads", default="16,32")
-    ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM")
+    ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM[:PREFETCH_GATES]")
     ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS of benchmarks/variants.py, at each spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
@@ -76,7 +76,7 @@ def main() -> None:
                 providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                              launcher_provider("default_no_pdl", pdl=False)]
                 for spec in args.specs:
-                    config = PersistentConfig(*map(int, spec.split(":")))
+                    config = PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
                                   for v in args.variants]

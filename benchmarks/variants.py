@@ -70,28 +70,7 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # The first shipped order (until 2026-11-28): the next kernel may launch right after the wait.
     "tma_trigger_at_start": [
         ("        tl.extra.cuda.gdc_wait()\n", "        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n"),
-        ('                 cache_modifier=".cs")\n    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n',
-         '                 cache_modifier=".cs")\n'),
-    ],
-    # The gates of the next tile loaded one iteration ahead into registers: 2-byte scalars cannot go
-    # through cp.async, so the pipeliner leaves them as two serial global loads on every tile's
-    # critical path (seen in the sm_90 SASS; ncu: long-scoreboard stalls 2.2 cycles per instruction).
-    "tma_gate_prefetch": [
-        ("    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):\n",
-         ("    first = tl.program_id(0) // NV\n"
-         "    gate_a_next = tl.load(gate_a_ptr + (first // HV).to(tl.int64) * s_ab + (first % HV) * s_ah)\n"
-         "    gate_b_next = tl.load(gate_b_ptr + (first // HV).to(tl.int64) * s_bb + (first % HV) * s_bh)\n"
-         "    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):\n")),
-        (("        gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)\n"
-         "        gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)\n"),
-         ("        gate_a = gate_a_next.to(tl.float32)\n"
-         "        gate_b = gate_b_next.to(tl.float32)\n"
-         "        nxt = tile + tl.num_programs(0)\n"
-         "        nxt_rh = nxt // NV\n"
-         "        gate_a_next = tl.load(gate_a_ptr + (nxt_rh // HV).to(tl.int64) * s_ab + (nxt_rh % HV) * s_ah,\n"
-         "                              mask=nxt < num_tiles, other=0.0)\n"
-         "        gate_b_next = tl.load(gate_b_ptr + (nxt_rh // HV).to(tl.int64) * s_bb + (nxt_rh % HV) * s_bh,\n"
-         "                              mask=nxt < num_tiles, other=0.0)\n")),
+        ("    if PDL:\n        tl.extra.cuda.gdc_launch_dependents()\n", ""),
     ],
     # The q and k norms in one two-operand reduction (one cross-warp round trip instead of two).
     "tma_norms_together": [
@@ -130,24 +109,6 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
          "        S = S * decay + u[:, None] * k[None, :]\n")),
     ],
 }
-
-TMA_VARIANTS["tma_gate_prefetch_norms"] = TMA_VARIANTS["tma_gate_prefetch"] + TMA_VARIANTS["tma_norms_together"]
-# As tma_gate_prefetch, but the next tile's gates are loaded after this tile's state store.
-TMA_VARIANTS["tma_gate_prefetch_late"] = TMA_VARIANTS["tma_gate_prefetch"][:1] + [
-    (("        gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)\n"
-     "        gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)\n"),
-     ("        gate_a = gate_a_next.to(tl.float32)\n"
-     "        gate_b = gate_b_next.to(tl.float32)\n")),
-    ('                 cache_modifier=".cs")\n',
-     ('                 cache_modifier=".cs")\n'
-     "        nxt = tile + tl.num_programs(0)\n"
-     "        nxt_rh = nxt // NV\n"
-     "        gate_a_next = tl.load(gate_a_ptr + (nxt_rh // HV).to(tl.int64) * s_ab + (nxt_rh % HV) * s_ah,\n"
-     "                              mask=nxt < num_tiles, other=0.0)\n"
-     "        gate_b_next = tl.load(gate_b_ptr + (nxt_rh // HV).to(tl.int64) * s_bb + (nxt_rh % HV) * s_bh,\n"
-     "                              mask=nxt < num_tiles, other=0.0)\n")),
-]
-
 
 @functools.cache
 def load_variant(name: str) -> ModuleType:

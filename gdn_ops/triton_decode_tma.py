@@ -26,6 +26,18 @@ from gdn_ops.triton_step import delta_rule_step
 
 
 @triton.jit
+def _tile_gates(gate_a_ptr, gate_b_ptr, tile, num_tiles, s_ab, s_ah, s_bb, s_bh, NV: tl.constexpr, HV: tl.constexpr):
+    """The gate inputs (a, b or g, beta) of ``tile``'s row and head, as stored; zero past the last tile."""
+    row_head = tile // NV
+    row = (row_head // HV).to(tl.int64)
+    hv = row_head % HV
+    live = tile < num_tiles
+    gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah, mask=live, other=0.0)
+    gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh, mask=live, other=0.0)
+    return gate_a, gate_b
+
+
+@triton.jit
 def _decode_kv_tma_kernel(
     q_desc, k_desc, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -35,7 +47,7 @@ def _decode_kv_tma_kernel(
     s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_slot, s_head, s_ob, s_oh, s_ov, s_A, s_dt,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr,
-    L2_EPS: tl.constexpr, NUM_STAGES: tl.constexpr, PDL: tl.constexpr,
+    L2_EPS: tl.constexpr, NUM_STAGES: tl.constexpr, PREFETCH_GATES: tl.constexpr, PDL: tl.constexpr,
 ):
     NV: tl.constexpr = V // BV
     offs_k = tl.arange(0, K)
@@ -45,6 +57,11 @@ def _decode_kv_tma_kernel(
         # after this program's last tile (below): this grid fills the GPU, and letting the next
         # kernel in at the start cost 1-2% at B >= 512 (NOTES.md).
         tl.extra.cuda.gdc_wait()
+    if PREFETCH_GATES:
+        # 2-byte scalars cannot go through the pipeliner's cp.async, so loaded in the loop they are
+        # two serial global loads on each tile's critical path; here they come one tile ahead.
+        gate_a_next, gate_b_next = _tile_gates(gate_a_ptr, gate_b_ptr, tl.program_id(0), num_tiles,
+                                               s_ab, s_ah, s_bb, s_bh, NV, HV)
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         v0 = (tile % NV) * BV
         row_head = tile // NV
@@ -64,8 +81,12 @@ def _decode_kv_tma_kernel(
         k = k_desc.load([row, h, 0]).reshape(K).to(tl.float32)
         row64 = row.to(tl.int64)
         v = tl.load(v_ptr + row64 * s_vb + hv * s_vh + (v0 + offs_bv) * s_vv).to(tl.float32)
-        gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)
-        gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)
+        if PREFETCH_GATES:
+            gate_a = gate_a_next.to(tl.float32)
+            gate_b = gate_b_next.to(tl.float32)
+        else:
+            gate_a = tl.load(gate_a_ptr + row64 * s_ab + hv * s_ah).to(tl.float32)
+            gate_b = tl.load(gate_b_ptr + row64 * s_bb + hv * s_bh).to(tl.float32)
         neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
         g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
 
@@ -77,28 +98,38 @@ def _decode_kv_tma_kernel(
         state_ptrs = state_ptr + slot.to(tl.int64) * s_slot + hv.to(tl.int64) * s_head + tile_offs
         tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_bv < BV)[:, None] & valid,
                  cache_modifier=".cs")
+        if PREFETCH_GATES:
+            # after the store: measured faster than before the reductions at B >= 512 (NOTES.md)
+            gate_a_next, gate_b_next = _tile_gates(gate_a_ptr, gate_b_ptr, tile + tl.num_programs(0), num_tiles,
+                                                   s_ab, s_ah, s_bb, s_bh, NV, HV)
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
 
 
 class PersistentConfig(NamedTuple):
     """``BV`` value columns per tile (all K keys), ``num_stages`` tiles in the TMA pipeline,
-    ``programs_per_sm`` resident programs per SM (the grid is that times the SM count)."""
+    ``programs_per_sm`` resident programs per SM (the grid is that times the SM count);
+    ``prefetch_gates`` loads each tile's gate inputs one tile ahead."""
 
     BV: int
     num_warps: int
     num_stages: int
     programs_per_sm: int
+    prefetch_gates: bool = True
 
 
 # Tuned on an H200 (benchmarks/tune_tma.py, results/h200/tma_probe*.json): a 16 KB bf16 tile,
 # 3 stages, 4 programs of 4 warps per SM (128 registers and ~50 KB of shared memory each).
 KV_2B_CONFIG = PersistentConfig(BV=64, num_warps=4, num_stages=3, programs_per_sm=4)
-# (row, head) pairs from which the persistent kernel is used, by GPU name. H200: 8-12% faster than
-# the per-tile kernel from 4096 (B >= 128 at TP=1), 10% slower at 1024 (too few tiles per program
-# to fill the pipeline). H100 (two runs): 1-2% faster from 16384, 1-2.5% slower at 4096; its lower
+# Loading the gates a tile ahead gained 7-16% at B*HV = 2048-4096 on an H200 but lost 0-1.5% from
+# 16384 (results/h200/tune_tma_gate_prefetch_h200*.json); why it stops paying is not established.
+KV_2B_LARGE_CONFIG = KV_2B_CONFIG._replace(prefetch_gates=False)
+GATE_PREFETCH_MAX_ROW_HEADS = 16384
+# (row, head) pairs from which the persistent kernel is used, by GPU name. H200: with the gate
+# prefetch 10-11% faster than the per-tile kernel at 2048 (B = 64 at TP=1; two runs). H100 (two
+# runs, before the gate prefetch): 1-2% faster from 16384, 1-2.5% slower at 4096; its lower
 # bandwidth leaves the per-tile kernel less starved of bytes in flight. Other GPUs: as the H100.
-MIN_ROW_HEADS_BY_GPU = {"H200": 4096}
+MIN_ROW_HEADS_BY_GPU = {"H200": 2048}
 MIN_ROW_HEADS_DEFAULT = 16384
 
 
@@ -139,7 +170,8 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     threshold = min_row_heads(state.device.index or 0)
     if threshold is None or rows_x_heads < threshold:
         return None
-    return None if unsupported_reason(q, k, state, state_layout, KV_2B_CONFIG) else KV_2B_CONFIG
+    config = KV_2B_CONFIG if rows_x_heads < GATE_PREFETCH_MAX_ROW_HEADS else KV_2B_LARGE_CONFIG
+    return None if unsupported_reason(q, k, state, state_layout, config) else config
 
 
 @functools.cache
@@ -190,7 +222,7 @@ def launch_decode_kv_tma(
         A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV,
         FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
-        L2_EPS=l2_eps, NUM_STAGES=config.num_stages, PDL=bool(pdl),
+        L2_EPS=l2_eps, NUM_STAGES=config.num_stages, PREFETCH_GATES=bool(config.prefetch_gates), PDL=bool(pdl),
         num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -52,10 +52,10 @@ def test_triton_default_config_in_interpreter():
     check(build(case, "cpu"), run_triton)
 
 
-def _persistent_config():
+def _persistent_config(prefetch_gates: bool = True):
     from gdn_ops.triton_decode_tma import PersistentConfig
 
-    return PersistentConfig(BV=32, num_warps=4, num_stages=2, programs_per_sm=4)
+    return PersistentConfig(BV=32, num_warps=4, num_stages=2, programs_per_sm=4, prefetch_gates=prefetch_gates)
 
 
 # The persistent TMA kernel (kv layout, one token): TMA needs 16-byte aligned bases and strides,
@@ -65,10 +65,12 @@ PERSISTENT_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="
 
 
 @needs_interpreter
+@pytest.mark.parametrize("prefetch_gates", [True, False], ids=["gates-ahead", "gates-in-loop"])
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("variant", ["fused", "unfused", "l2norm-packed", "no-indices", "past-pool-int64"])
-def test_persistent_kernel_matches_reference_in_interpreter(state_dtype, variant):
-    """Each program walks two tiles; padding rows (-1, or a slot past the pool) leave the pool untouched."""
+def test_persistent_kernel_matches_reference_in_interpreter(state_dtype, variant, prefetch_gates):
+    """Each program walks two tiles; padding rows (-1, or a slot past the pool) leave the pool
+    untouched. With the gates loaded a tile ahead, the last tile's look-ahead reads nothing."""
     changes = {
         "fused": {},
         "unfused": {"fused_gating": False},
@@ -78,8 +80,9 @@ def test_persistent_kernel_matches_reference_in_interpreter(state_dtype, variant
     }[variant]
     case = dataclasses.replace(PERSISTENT_CASE, state_dtype=state_dtype, seed=len(variant), **changes)
     launched = []
-    check(build(case, "cpu"), lambda inp: run_triton(inp, _persistent_config(), launched))
-    assert launched == [_persistent_config()]
+    config = _persistent_config(prefetch_gates)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config, launched))
+    assert launched == [config]
 
 
 @given(decode_cases())
@@ -160,15 +163,19 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
         ({"state_dtype": torch.float32}, "DecodeConfig"),
         ({"state_layout": "vk"}, "DecodeConfig"),
         ({"B": -1}, "DecodeConfig"),  # one row fewer than the GPU's threshold
+        ({"B": "gates-in-loop"}, "PersistentConfig"),  # past GATE_PREFETCH_MAX_ROW_HEADS
     ],
 )
 def test_large_batch_kernel_choice_and_result(changes, expected):
     """From the GPU's B*HV threshold a bf16 kv state takes the persistent TMA kernel, but only when
     TMA can address every operand; every case matches the reference with guards and padding rows."""
-    from gdn_ops.triton_decode_tma import min_row_heads
+    from gdn_ops.triton_decode_tma import GATE_PREFETCH_MAX_ROW_HEADS, min_row_heads
 
     B = min_row_heads(torch.cuda.current_device()) // 32 + 2
-    changes = {**changes, "B": B - 3} if changes.get("B") == -1 else changes
+    if changes.get("B") == -1:
+        changes = {**changes, "B": B - 3}
+    elif changes.get("B") == "gates-in-loop":
+        changes = {**changes, "B": max(B, GATE_PREFETCH_MAX_ROW_HEADS // 32 + 2)}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
                       padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
                       seed=11)
@@ -177,6 +184,8 @@ def test_large_batch_kernel_choice_and_result(changes, expected):
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     assert [type(c).__name__ for c in launched] == [expected]
+    if expected == "PersistentConfig":
+        assert launched[0].prefetch_gates == (case.B * 32 < GATE_PREFETCH_MAX_ROW_HEADS)
 
 
 @pytest.mark.parametrize(
