@@ -125,11 +125,12 @@ KV_2B_CONFIG = PersistentConfig(BV=64, num_warps=4, num_stages=3, programs_per_s
 # 16384 (results/h200/tune_tma_gate_prefetch_h200*.json); why it stops paying is not established.
 KV_2B_LARGE_CONFIG = KV_2B_CONFIG._replace(prefetch_gates=False)
 GATE_PREFETCH_MAX_ROW_HEADS = 16384
-# (row, head) pairs from which the persistent kernel is used, by GPU name. H200: with the gate
-# prefetch 10-11% faster than the per-tile kernel at 2048 (B = 64 at TP=1; two runs). H100 (two
+# (row, head) pairs from which the persistent kernel is used, by GPU name. H200, with the gate
+# prefetch: 5-7% faster than the per-tile kernel at 1024 (B = 32 at TP=1, B = 128 at TP=4), 10% at
+# 2048 (results/h200/tune_tma_confirm_tp*_h200.json); fewer row-heads not measured. H100 (two
 # runs, before the gate prefetch): 1-2% faster from 16384, 1-2.5% slower at 4096; its lower
 # bandwidth leaves the per-tile kernel less starved of bytes in flight. Other GPUs: as the H100.
-MIN_ROW_HEADS_BY_GPU = {"H200": 2048}
+MIN_ROW_HEADS_BY_GPU = {"H200": 1024}
 MIN_ROW_HEADS_DEFAULT = 16384
 
 
