@@ -99,7 +99,7 @@ def _decode_kv_tma_kernel(
         tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_bv < BV)[:, None] & valid,
                  cache_modifier=".cs")
         if PREFETCH_GATES:
-            # after the store: measured faster than before the reductions at B >= 512 (NOTES.md)
+            # after the store: measured faster than before the reductions at B >= 512 on an H200
             gate_a_next, gate_b_next = _tile_gates(gate_a_ptr, gate_b_ptr, tile + tl.num_programs(0), num_tiles,
                                                    s_ab, s_ah, s_bb, s_bh, NV, HV)
     if PDL:
@@ -121,17 +121,28 @@ class PersistentConfig(NamedTuple):
 # Tuned on an H200 (benchmarks/tune_tma.py, results/h200/tma_probe*.json): a 16 KB bf16 tile,
 # 3 stages, 4 programs of 4 warps per SM (128 registers and ~50 KB of shared memory each).
 KV_2B_CONFIG = PersistentConfig(BV=64, num_warps=4, num_stages=3, programs_per_sm=4)
-# Loading the gates a tile ahead gained 7-16% at B*HV = 2048-4096 on an H200 but lost 0-1.5% from
-# 16384 (results/h200/tune_tma_gate_prefetch_h200*.json); why it stops paying is not established.
 KV_2B_LARGE_CONFIG = KV_2B_CONFIG._replace(prefetch_gates=False)
-GATE_PREFETCH_MAX_ROW_HEADS = 16384
-# (row, head) pairs from which the persistent kernel is used, by GPU name. H200, with the gate
-# prefetch: 5-7% faster than the per-tile kernel at 1024 (B = 32 at TP=1, B = 128 at TP=4), 10% at
-# 2048 (results/h200/tune_tma_confirm_tp*_h200.json); fewer row-heads not measured. H100 (two
-# runs, before the gate prefetch): 1-2% faster from 16384, 1-2.5% slower at 4096; its lower
-# bandwidth leaves the per-tile kernel less starved of bytes in flight. Other GPUs: as the H100.
-MIN_ROW_HEADS_BY_GPU = {"H200": 1024}
-MIN_ROW_HEADS_DEFAULT = 16384
+
+
+class PersistentRule(NamedTuple):
+    """When :func:`persistent_config` picks the persistent kernel on one kind of GPU."""
+
+    min_row_heads: int  # B*HV from which the persistent kernel runs
+    gates_in_loop_from: int | None  # B*HV from which it loads the gates in the loop (None: never)
+
+
+# By GPU name; measured with benchmarks/tune_tma.py against the per-tile kernel.
+PERSISTENT_RULES = {
+    # results/h200/tune_tma_confirm_tp*_h200.json: with the gates a tile ahead 5-7% faster than the
+    # per-tile kernel at B*HV = 1024 (B=32 at TP=1, B=128 at TP=4), 10% at 2048; fewer row-heads not
+    # measured. The prefetch itself lost 0-3% from 16384 in three runs; why is not established.
+    "H200": PersistentRule(min_row_heads=1024, gates_in_loop_from=16384),
+    # results/h100/tune_tma_confirm_tp1_h100.json (one run): 3-5% faster than the per-tile kernel
+    # from 1024 to 8192, and the prefetch ~1% faster at 16384 and 32768 too.
+    "H100": PersistentRule(min_row_heads=1024, gates_in_loop_from=None),
+}
+# Other sm_90+ GPUs (not measured): the rule the H100 had before the gate prefetch (two runs).
+PERSISTENT_RULE_DEFAULT = PersistentRule(min_row_heads=16384, gates_in_loop_from=None)
 
 
 def _tma_ready(t: torch.Tensor, dims: int) -> bool:
@@ -168,21 +179,29 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     these operands (:func:`unsupported_reason`); ``None`` otherwise."""
     if state.element_size() != 2 or state.device.type != "cuda":
         return None
-    threshold = min_row_heads(state.device.index or 0)
-    if threshold is None or rows_x_heads < threshold:
+    rule = persistent_rule(state.device.index or 0)
+    if rule is None or rows_x_heads < rule.min_row_heads:
         return None
-    config = KV_2B_CONFIG if rows_x_heads < GATE_PREFETCH_MAX_ROW_HEADS else KV_2B_LARGE_CONFIG
+    in_loop = rule.gates_in_loop_from is not None and rows_x_heads >= rule.gates_in_loop_from
+    config = KV_2B_LARGE_CONFIG if in_loop else KV_2B_CONFIG
     return None if unsupported_reason(q, k, state, state_layout, config) else config
 
 
 @functools.cache
-def min_row_heads(device_index: int) -> int | None:
-    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU; ``None``
-    before sm_90 (no TMA). Cached: the launcher asks on every call."""
+def persistent_rule(device_index: int) -> PersistentRule | None:
+    """This GPU's :class:`PersistentRule`; ``None`` before sm_90 (no TMA). Cached: the launcher
+    asks on every call."""
     if torch.cuda.get_device_capability(device_index)[0] < 9:
         return None
     name = torch.cuda.get_device_name(device_index)
-    return next((n for gpu, n in MIN_ROW_HEADS_BY_GPU.items() if gpu in name), MIN_ROW_HEADS_DEFAULT)
+    return next((rule for gpu, rule in PERSISTENT_RULES.items() if gpu in name), PERSISTENT_RULE_DEFAULT)
+
+
+def min_row_heads(device_index: int) -> int | None:
+    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU; ``None``
+    before sm_90."""
+    rule = persistent_rule(device_index)
+    return None if rule is None else rule.min_row_heads
 
 
 @functools.cache

@@ -163,19 +163,20 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
         ({"state_dtype": torch.float32}, "DecodeConfig"),
         ({"state_layout": "vk"}, "DecodeConfig"),
         ({"B": -1}, "DecodeConfig"),  # one row fewer than the GPU's threshold
-        ({"B": "gates-in-loop"}, "PersistentConfig"),  # past GATE_PREFETCH_MAX_ROW_HEADS
+        ({"B": "large"}, "PersistentConfig"),  # 16384 row-heads: gates in the loop on an H200
     ],
 )
 def test_large_batch_kernel_choice_and_result(changes, expected):
     """From the GPU's B*HV threshold a bf16 kv state takes the persistent TMA kernel, but only when
     TMA can address every operand; every case matches the reference with guards and padding rows."""
-    from gdn_ops.triton_decode_tma import GATE_PREFETCH_MAX_ROW_HEADS, min_row_heads
+    from gdn_ops.triton_decode_tma import persistent_rule
 
-    B = min_row_heads(torch.cuda.current_device()) // 32 + 2
+    rule = persistent_rule(torch.cuda.current_device())
+    B = rule.min_row_heads // 32 + 2
     if changes.get("B") == -1:
         changes = {**changes, "B": B - 3}
-    elif changes.get("B") == "gates-in-loop":
-        changes = {**changes, "B": max(B, GATE_PREFETCH_MAX_ROW_HEADS // 32 + 2)}
+    elif changes.get("B") == "large":
+        changes = {**changes, "B": max(B, 16384 // 32 + 2)}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
                       padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
                       seed=11)
@@ -185,7 +186,8 @@ def test_large_batch_kernel_choice_and_result(changes, expected):
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     assert [type(c).__name__ for c in launched] == [expected]
     if expected == "PersistentConfig":
-        assert launched[0].prefetch_gates == (case.B * 32 < GATE_PREFETCH_MAX_ROW_HEADS)
+        in_loop = rule.gates_in_loop_from is not None and case.B * 32 >= rule.gates_in_loop_from
+        assert launched[0].prefetch_gates == (not in_loop)
 
 
 @pytest.mark.parametrize(
