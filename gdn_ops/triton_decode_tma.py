@@ -137,8 +137,8 @@ PERSISTENT_RULES = {
     # per-tile kernel at B*HV = 1024 (B=32 at TP=1, B=128 at TP=4), 10% at 2048; fewer row-heads not
     # measured. The prefetch itself lost 0-3% from 16384 in three runs; why is not established.
     "H200": PersistentRule(min_row_heads=1024, gates_in_loop_from=16384),
-    # results/h100/tune_tma_confirm_tp1_h100.json (one run): 3-5% faster than the per-tile kernel
-    # from 1024 to 8192, and the prefetch ~1% faster at 16384 and 32768 too.
+    # results/h100/tune_tma_confirm_tp1_h100*.json (two runs): 3-5% faster than the per-tile kernel
+    # from 1024 to 8192, and the prefetch 1-1.5% faster at 16384 and 32768 too.
     "H100": PersistentRule(min_row_heads=1024, gates_in_loop_from=None),
 }
 # Other sm_90+ GPUs (not measured): the rule the H100 had before the gate prefetch (two runs).
