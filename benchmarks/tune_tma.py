@@ -36,12 +36,12 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 
 def variant_launch(name: str):
-    """``launch_decode``'s signature over a patched copy of the persistent kernel (benchmarks/variants.py)."""
+    """``launch_decode``'s signature over a patched copy of the persistent kernel (benchmarks/variants.py);
+    the variant decides which state layout it serves."""
     module = load_variant(name)
 
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl):
-        assert state_layout == "kv"
         pdl = default_pdl(state.device) if pdl is None else pdl
         return module.launch_decode_kv_tma(
             q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,

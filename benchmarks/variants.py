@@ -88,6 +88,15 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "tma_maxnreg96": [
         ("        num_warps=config.num_warps,", "        num_warps=config.num_warps, maxnreg=96,"),
     ],
+    # The persistent kernel on a vk pool ([slots, HV, V, K]): [BV, K] boxes, K contiguous. It lost
+    # to the per-tile kernel before the gates came a tile ahead (tma_probe_bf16.json).
+    "tma_vk": [
+        ("        S = tl.trans(state_desc.load([slot, hv, 0, v0]).reshape(K, BV)).to(tl.float32)\n",
+         "        S = state_desc.load([slot, hv, v0, 0]).reshape(BV, K).to(tl.float32)\n"),
+        ("        tile_offs = offs_k[None, :] * V + (v0 + offs_bv)[:, None]\n",
+         "        tile_offs = offs_k[None, :] + (v0 + offs_bv)[:, None] * K\n"),
+        ("list(state.stride()), [1, 1, K, BV])", "list(state.stride()), [1, 1, BV, K])"),
+    ],
     # Both K products of the old state in one two-operand reduction, and the q/k norms and k.q in
     # one three-operand reduction: with 4 warps split along K each reduction crosses warps through
     # shared memory and a barrier, so 2 round trips per tile instead of 4 (o = d*(S q) + u*(k.q)).
