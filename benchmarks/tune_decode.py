@@ -69,17 +69,21 @@ def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: b
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
-    (timing one provider after another let the first one timed at a point read ~10% slow)."""
-    graphs, keep = {}, []
+    (timing one provider after another let the first one timed at a point read ~10% slow).
+
+    Every provider's graph rotates through the same pools (each updated in place by whichever
+    provider runs): the pools alone total the cold-L2 multiple, so sharing them keeps each call
+    cold while the memory no longer grows with the number of providers (per-provider pools ran
+    an 80 GB card out of memory with every tile at B=1024)."""
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # distinct bytes: the state is updated in place
-    n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget // max(1, len(providers)))
+    n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget)
+    problems = [make_problem(cfg, "cuda") for _ in range(n)]
+    graphs = {}
     for prov in providers:
-        problems = [make_problem(cfg, "cuda") for _ in range(n)]
         calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
         graphs[prov.name] = (capture_graph(calls), len(calls))
-        keep.append(problems)
     timings = time_graphs_interleaved(graphs, replays=15)
-    del graphs, keep
+    del graphs, problems
     return {name: t.p50_us for name, t in timings.items()}
 
 
@@ -91,7 +95,7 @@ def main() -> None:
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="tune_decode", help="output file stem")
-    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point, all providers")
+    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
     ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG]",

@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS of benchmarks/variants.py, at each spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
-    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point, all configurations")
+    ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
     args = ap.parse_args()
     HK, HV = map(int, args.heads.split(","))
     bw = copy_bandwidth()
