@@ -36,7 +36,7 @@ def main(argv=None) -> None:
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
     p = make_problem(cfg, "cuda")
     config = (persistent_config(p.inputs["q"], p.inputs["k"], p.pool, cfg.layout, cfg.B * cfg.HV)
-              or decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout))
+              or decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout, torch.cuda.get_device_name()))
     launch = None
     if args.tma_variant:
         from benchmarks.tune_tma import variant_launch

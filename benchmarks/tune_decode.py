@@ -111,7 +111,7 @@ def main() -> None:
         for layout in args.layouts:
             for B in args.batches:
                 cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
-                chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout)
+                chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
                 problem = make_problem(cfg, "cuda")
                 ref = reference(cfg, problem)
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
@@ -136,11 +136,11 @@ def main() -> None:
                     row[peer.name + "_us"] = times[peer.name]
                 timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
                 best = min(timed, key=lambda n: timed[n]["us"])
-                chosen_name = f"BV{chosen.BV}w{chosen.num_warps}"
+                chosen_name = f"BV{chosen.BV}w{chosen.num_warps}" + ("+pdl" if args.pdl == "on" else "")
                 row["best"] = best
                 pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw
                 print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
-                      f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:8s} "
+                      f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:12s} "
                       f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
                       + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else "")
                       + "".join(f"  {n} {t['us']:.1f} us ({pct(t['us']):.1f}%)" for n, t in row["tiles"].items()

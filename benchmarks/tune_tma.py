@@ -72,7 +72,7 @@ def main() -> None:
                 cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
                 problem = make_problem(cfg, "cuda")
                 ref = reference(cfg, problem)
-                per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout)
+                per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
                 providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                              launcher_provider("default_no_pdl", pdl=False)]
                 for spec in args.specs:

@@ -178,6 +178,11 @@ SMALL_GRID_ROW_HEADS = 32
 # larger tile keeps more of them in flight per register.
 VK_LARGE_GRID_ROW_HEADS = 4096
 VK_LARGE_GRID_TILE_BYTES_2B = 8192
+# Per-GPU exceptions for a large vk grid: {GPU name part: {state element size: (from B*HV, tile
+# bytes, warps)}}. H100 (80GB HBM3; results/h100/tune_tiles_fp32_vk_h100*.json, two runs): for an
+# fp32 state 16 KB tiles of 2 warps (BV=32) ran 1-1.4% faster than the 4 KB tile from B*HV = 8192
+# (B=256 at TP=1), level with SGLang's kernel there, both at ~98% of copy bandwidth.
+VK_LARGE_GRID_TILES_BY_GPU = {"H100": {4: (8192, 16384, 2)}}
 # "kv" (V contiguous): the tile must be wide in V for coalesced rows, and the K reduction then
 # crosses threads; (max B*HV, BV, warps) by state element size, first row that fits wins.
 KV_TILES = {
@@ -186,18 +191,23 @@ KV_TILES = {
 }
 
 
-def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str) -> DecodeConfig:
-    """Deterministic tile choice from shape, dtype and layout alone (never autotuned)."""
+def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
+                  gpu: str = "") -> DecodeConfig:
+    """Deterministic tile choice from shape, dtype, layout and GPU name (``gpu``, e.g.
+    ``torch.cuda.get_device_name()``; empty: the default tables); never autotuned."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
         BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
     else:
-        tile_bytes = VK_TILE_BYTES
+        tile_bytes, num_warps = VK_TILE_BYTES, 1
         if state_dtype.itemsize == 2 and rows_x_heads >= VK_LARGE_GRID_ROW_HEADS:
             tile_bytes = VK_LARGE_GRID_TILE_BYTES_2B
+        for name, tiles in VK_LARGE_GRID_TILES_BY_GPU.items():
+            start, bytes_, warps = tiles.get(state_dtype.itemsize, (None, 0, 0))
+            if name in gpu and start is not None and rows_x_heads >= start:
+                tile_bytes, num_warps = bytes_, warps
         BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
-        num_warps = 1
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps)
 
 
@@ -244,7 +254,7 @@ def launch_decode(
         pdl = default_pdl(state.device)
     if config is None:
         config = (persistent_config(q, k, state, state_layout, B * HV)
-                  or decode_config(B * HV, K, V, state.dtype, state_layout))
+                  or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
     if isinstance(config, PersistentConfig):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is not None:
@@ -276,6 +286,13 @@ def launch_decode(
         num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+@functools.cache
+def gpu_name(device: torch.device) -> str:
+    """The CUDA device's name, which the tile tables are keyed by; empty off the GPU. Cached: the
+    launcher asks on every call."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
 
 
 def default_pdl(device: torch.device) -> bool:

@@ -46,6 +46,37 @@ def test_triton_partial_value_blocks_are_masked(layout, BV):
     check(build(case, "cpu"), lambda inp: run_triton(inp, DecodeConfig(BV=BV, BK=128, num_warps=2)))
 
 
+@pytest.mark.parametrize(
+    ("rows_x_heads", "dtype", "gpu", "expected"),
+    [
+        (8192, torch.float32, "NVIDIA H100 80GB HBM3", (32, 2)),  # the H100's own large-grid tile
+        (8191, torch.float32, "NVIDIA H100 80GB HBM3", (8, 1)),
+        (8192, torch.float32, "NVIDIA H200", (8, 1)),
+        (8192, torch.float32, "", (8, 1)),
+        (8192, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),  # 8 KB bf16 tiles, every GPU
+        (32, torch.float32, "NVIDIA H100 80GB HBM3", (4, 1)),  # small grid
+    ],
+)
+def test_vk_tile_table_by_gpu(rows_x_heads, dtype, gpu, expected):
+    from gdn_ops.triton_decode import decode_config
+
+    config = decode_config(rows_x_heads, 128, 128, dtype, "vk", gpu)
+    assert (config.BV, config.num_warps) == expected
+
+
+@pytest.mark.gpu
+def test_default_tile_at_large_vk_grid_matches_reference():
+    """B*HV = 8192 with an fp32 vk state: the tile this GPU's table picks (BV=32 with 2 warps on an
+    H100), against the reference with guards and padding rows."""
+    case = DecodeCase(B=256, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      padding_rows=(0, 77, 255), spare_slots=5, slot_pad=4, out_given=True, seed=21)
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
+    from gdn_ops.triton_decode import decode_config, gpu_name
+
+    assert launched == [decode_config(256 * 32, 128, 128, torch.float32, "vk", gpu_name(torch.device("cuda")))]
+
+
 @needs_interpreter
 def test_triton_default_config_in_interpreter():
     case = DecodeCase(B=1, T=1, HK=1, group=1, K=16, V=16, padding_rows=(), seed=3)
