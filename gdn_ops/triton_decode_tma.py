@@ -1,11 +1,13 @@
-"""Persistent Triton decode kernel for a 2-byte state in the "kv" layout at large batch.
+"""Persistent Triton decode kernel for a 2-byte state in the "kv" layout, from B*HV = 1024.
 
 The one-tile-per-program kernel (``triton_decode.py``) holds its state tile in registers from the
 load to the store, so the register file caps the bytes in flight; with a bf16 state in the kv
 layout it reached only ~70% of copy bandwidth on an H200. Here each program walks many tiles, and
 Triton's pipeliner issues the TMA copies of the next ``num_stages - 1`` tiles (and their q, k)
 into shared memory while the current one is computed: the bytes in flight are bounded by shared
-memory instead (NOTES.md has the measurements, and the cases where this lost).
+memory instead. The 2-byte gate inputs cannot take that path (cp.async moves 4 bytes at least), so
+they are loaded one tile ahead in registers. When it runs is a per-GPU rule (``PERSISTENT_RULES``);
+NOTES.md has the measurements, and the cases where this lost (the vk layout, fp32 states).
 
 One token per call (T == 1). Rows whose slot index is padding (negative, or past the pool) read
 slot ``num_slots``, one past the pool: TMA zero-fills that load, and the state store is masked.

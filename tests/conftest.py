@@ -14,7 +14,7 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
 settings.register_profile("ci", max_examples=20, **_common)

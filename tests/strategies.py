@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from hypothesis import strategies as st
-
 from decode_case import DecodeCase
+from hypothesis import strategies as st
 
 HEAD_DIMS = (16, 64, 128, 96)  # 96: not a power of two, so tiles are masked
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

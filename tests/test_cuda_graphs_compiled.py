@@ -37,7 +37,7 @@ class GDNDecodeStep(torch.nn.Module):
 
 
 def _step_inputs(gen, B, num_slots, live):
-    r = lambda *s: torch.randn(*s, generator=gen).to("cuda", torch.bfloat16)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen).to("cuda", torch.bfloat16)
     idx = padded_indices(gen, B, num_slots=num_slots, live=live)
     return r(B, 1, HK, K), r(B, 1, HK, K), r(B, 1, HV, V), r(B, 1, HV), r(B, 1, HV), idx.cuda()
 

@@ -11,7 +11,14 @@ import dataclasses
 import pytest
 import torch
 from conftest import TRITON_INTERPRET
-from decode_case import DecodeCase, assert_close_to_reference, build, check, run_op, run_triton
+from decode_case import (
+    DecodeCase,
+    assert_close_to_reference,
+    build,
+    check,
+    run_op,
+    run_triton,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import decode_cases

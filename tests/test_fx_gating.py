@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import gdn_ops
-from fx_passes.patterns import torch_gating_into_recurrent_op as gating_module
 from fx_models import (
-    run_both,
     FUSED,
     RECURRENT,
     assert_close,
@@ -20,7 +16,11 @@ from fx_models import (
     gating_same_dtype,
     gating_scaled_commuted,
     op_calls,
+    run_both,
 )
+
+import gdn_ops
+from fx_passes.patterns import torch_gating_into_recurrent_op as gating_module
 
 
 def decode_step(gating, layout="vk"):

@@ -8,9 +8,6 @@ import logging
 
 import pytest
 import torch
-from torch._inductor.utils import run_and_get_code
-
-import fx_passes
 from fx_models import (
     DEVICE,
     FUSED,
@@ -25,10 +22,13 @@ from fx_models import (
     pass_compile_context,
     tiny_qwen3_next,
 )
+from torch._inductor.utils import run_and_get_code
+
+import fx_passes
 from fx_passes.patterns import hf_torch_recurrent_gated_delta_rule as hf_module
 
 transformers = pytest.importorskip("transformers")
-from transformers.models.qwen3_next import modeling_qwen3_next  # noqa: E402
+from transformers.models.qwen3_next import modeling_qwen3_next
 
 HF_STEP = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
 # Releases before ~5.20 repeat the key heads for GQA in the module's forward, later ones inside

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-import gdn_ops
 from fx_models import (
-    run_both,
     FUSED,
     L2NORM_ARG,
     RECURRENT,
@@ -19,7 +16,10 @@ from fx_models import (
     l2norm_fp32,
     l2norm_rsqrt,
     op_calls,
+    run_both,
 )
+
+import gdn_ops
 from fx_passes.patterns import torch_l2norm_into_decode_op as l2norm_module
 
 

@@ -16,10 +16,6 @@ import unittest
 import pytest
 import torch
 import torch._inductor.config as inductor_config
-from torch._inductor.custom_graph_pass import CustomGraphPass
-
-import fx_passes
-import gdn_ops
 from fx_models import (
     CapturePostPassGraph,
     assert_close,
@@ -28,6 +24,10 @@ from fx_models import (
     gating_hf,
     l2norm_fp32,
 )
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import fx_passes
+import gdn_ops
 from fx_passes import gdn_pass
 
 try:

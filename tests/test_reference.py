@@ -18,8 +18,8 @@ f64 = torch.float64
 def _inputs(seed, B=3, T=3, HK=2, group=2, K=8, V=6):
     gen = torch.Generator().manual_seed(seed)
     HV = HK * group
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=f64)  # noqa: E731
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=f64)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)
     q, k = unit(r(B, T, HK, K)), unit(r(B, T, HK, K))
     g, beta = -torch.rand(B, T, HV, generator=gen, dtype=f64), torch.rand(B, T, HV, generator=gen, dtype=f64)
     return q, k, r(B, T, HK * group, V), g, beta, r(B, HV, V, K)
@@ -49,7 +49,7 @@ def test_kv_layout_is_the_transpose_of_vk(seed):
 def test_gqa_equals_explicitly_repeated_key_heads(seed, group):
     q, k, v, g, beta, S = _inputs(seed, group=group)
     o, S1 = delta_rule_step_reference(q, k, v, g, beta, S, compute_dtype=f64)
-    rep = lambda x: x.repeat_interleave(group, dim=2)  # noqa: E731
+    rep = lambda x: x.repeat_interleave(group, dim=2)
     o_rep, S_rep = delta_rule_step_reference(rep(q), rep(k), v, g, beta, S, compute_dtype=f64)
     torch.testing.assert_close(o, o_rep)
     torch.testing.assert_close(S1, S_rep)

@@ -12,7 +12,7 @@ B, T, HK, HV, K, V = 3, 2, 2, 4, 32, 16
 
 
 def _fused_kwargs(device):
-    r = lambda *s, dtype=torch.bfloat16: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    r = lambda *s, dtype=torch.bfloat16: torch.randn(*s, device=device, dtype=dtype)
     return dict(
         A_log=r(HV, dtype=torch.float32), a=r(B, T, HV), dt_bias=r(HV, dtype=torch.float32),
         softplus_beta=1.0, softplus_threshold=20.0,
