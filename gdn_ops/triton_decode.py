@@ -172,17 +172,19 @@ class DecodeConfig(NamedTuple):
 # at 64 the 4 KB tile was 4% (fp32) and 21% (bf16) faster (NOTES.md).
 VK_TILE_BYTES = 4096
 SMALL_GRID_ROW_HEADS = 32
-# Except for a 2-byte state in a large grid: there 8 KB tiles (BV=32 at K=128) ran ~2.5% faster
-# at B=128 and 512 (H200, under PDL). A bf16 tile widened to fp32 needs twice the registers per
-# byte, so the register file, not the 32-programs-per-SM limit, caps the bytes in flight, and a
-# larger tile keeps more of them in flight per register.
-VK_LARGE_GRID_ROW_HEADS = 4096
-VK_LARGE_GRID_TILE_BYTES_2B = 8192
-# Per-GPU exceptions for a large vk grid: {GPU name part: {state element size: (from B*HV, tile
-# bytes, warps)}}. H100 (80GB HBM3; results/h100/tune_tiles_fp32_vk_h100*.json, two runs): for an
-# fp32 state 16 KB tiles of 2 warps (BV=32) ran 1-1.4% faster than the 4 KB tile from B*HV = 8192
-# (B=256 at TP=1), level with SGLang's kernel there, both at ~98% of copy bandwidth.
-VK_LARGE_GRID_TILES_BY_GPU = {"H100": {4: (8192, 16384, 2)}}
+# Large vk grids: (GPU name part, state element size) -> (from B*HV, tile bytes, warps). "" is
+# every GPU; a later entry that also matches wins.
+VK_LARGE_GRID_TILES = {
+    # 8 KB tiles (BV=32 at K=128) ran ~2.5% faster at B=128 and 512 (H200, under PDL). A bf16 tile
+    # widened to fp32 needs twice the registers per byte, so the register file, not the
+    # 32-programs-per-SM limit, caps the bytes in flight, and a larger tile keeps more of them in
+    # flight per register.
+    ("", 2): (4096, 8192, 1),
+    # H100 (80GB HBM3; results/h100/tune_tiles_fp32_vk_h100*.json, two runs): 16 KB tiles of 2
+    # warps (BV=32) ran 1-1.4% faster than the 4 KB tile from B*HV = 8192 (B=256 at TP=1), level
+    # with SGLang's kernel there, both at ~98% of copy bandwidth.
+    ("H100", 4): (8192, 16384, 2),
+}
 # "kv" (V contiguous): the tile must be wide in V for coalesced rows, and the K reduction then
 # crosses threads; (max B*HV, BV, warps) by state element size, first row that fits wins.
 KV_TILES = {
@@ -191,21 +193,20 @@ KV_TILES = {
 }
 
 
+@functools.cache
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
                   gpu: str = "") -> DecodeConfig:
     """Deterministic tile choice from shape, dtype, layout and GPU name (``gpu``, e.g.
-    ``torch.cuda.get_device_name()``; empty: the default tables); never autotuned."""
+    ``torch.cuda.get_device_name()``; empty: the default tables); never autotuned. Cached: the
+    launcher asks on every call."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
         BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
     else:
         tile_bytes, num_warps = VK_TILE_BYTES, 1
-        if state_dtype.itemsize == 2 and rows_x_heads >= VK_LARGE_GRID_ROW_HEADS:
-            tile_bytes = VK_LARGE_GRID_TILE_BYTES_2B
-        for name, tiles in VK_LARGE_GRID_TILES_BY_GPU.items():
-            start, bytes_, warps = tiles.get(state_dtype.itemsize, (None, 0, 0))
-            if name in gpu and start is not None and rows_x_heads >= start:
+        for (name, itemsize), (start, bytes_, warps) in VK_LARGE_GRID_TILES.items():
+            if name in gpu and itemsize == state_dtype.itemsize and rows_x_heads >= start:
                 tile_bytes, num_warps = bytes_, warps
         BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps)
@@ -253,12 +254,14 @@ def launch_decode(
     if pdl is None:
         pdl = default_pdl(state.device)
     if config is None:
+        # persistent_config only returns a configuration these operands pass
         config = (persistent_config(q, k, state, state_layout, B * HV)
                   or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
-    if isinstance(config, PersistentConfig):
+    elif isinstance(config, PersistentConfig):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
+    if isinstance(config, PersistentConfig):
         return launch_decode_kv_tma(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
