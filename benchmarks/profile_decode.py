@@ -17,8 +17,8 @@ import torch
 
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
-from gdn_ops.triton_decode import decode_config
-from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig, persistent_config
+from gdn_ops.triton_decode import default_config
+from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig
 
 
 def main(argv=None) -> None:
@@ -35,8 +35,8 @@ def main(argv=None) -> None:
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
     p = make_problem(cfg, "cuda")
-    config = (persistent_config(p.inputs["q"], p.inputs["k"], p.pool, cfg.layout, cfg.B * cfg.HV)
-              or decode_config(cfg.B * cfg.HV, cfg.K, cfg.V, cfg.state_dtype, cfg.layout, torch.cuda.get_device_name()))
+    x = p.inputs
+    config = default_config(x["q"], x["k"], x["v"], p.pool, cfg.layout)
     launch = None
     if args.tma_variant:
         from benchmarks.tune_tma import variant_launch

@@ -240,8 +240,7 @@ def launch_decode(
 
     ``config`` picks the kernel: a :class:`DecodeConfig` the per-tile kernel, a
     :class:`~gdn_ops.triton_decode_tma.PersistentConfig` the persistent TMA kernel (kv layout,
-    T == 1, TMA-addressable operands); by default :func:`persistent_config` decides, then
-    :func:`decode_config`.
+    T == 1, TMA-addressable operands); by default :func:`default_config` decides.
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
@@ -254,9 +253,7 @@ def launch_decode(
     if pdl is None:
         pdl = default_pdl(state.device)
     if config is None:
-        # persistent_config only returns a configuration these operands pass
-        config = (persistent_config(q, k, state, state_layout, B * HV)
-                  or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
+        config = default_config(q, k, v, state, state_layout)
     elif isinstance(config, PersistentConfig):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is not None:
@@ -289,6 +286,17 @@ def launch_decode(
         num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
+                   state_layout: str) -> DecodeConfig | PersistentConfig:
+    """What :func:`launch_decode` launches when given no ``config``: :func:`persistent_config`
+    (which only returns a configuration these operands can run), else :func:`decode_config`.
+    Reads shapes, strides and the device only."""
+    B, _, _, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    return (persistent_config(q, k, state, state_layout, B * HV)
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
 
 
 @functools.cache

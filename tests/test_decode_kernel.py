@@ -90,6 +90,23 @@ def test_triton_default_config_in_interpreter():
     check(build(case, "cpu"), run_triton)
 
 
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_default_config_is_what_the_launcher_launches(layout):
+    """``default_config`` names the launch ``launch_decode`` makes when given no configuration
+    (off the GPU: the per-tile table's tile, never the persistent kernel)."""
+    from gdn_ops.triton_decode import decode_config, default_config
+
+    case = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=32, state_layout=layout, state_dtype=torch.bfloat16,
+                      padding_rows=(1,), seed=5)
+    inp = build(case, "cpu")
+    expected = default_config(inp.q, inp.k, inp.v, inp.pool.view, layout)
+    assert expected == decode_config(3 * 4, 32, 32, torch.bfloat16, layout)
+    launched = []
+    check(inp, lambda i: run_triton(i, None, launched))
+    assert launched == [expected]
+
+
 def _persistent_config(prefetch_gates: bool = True):
     from gdn_ops.triton_decode_tma import PersistentConfig
 
