@@ -2,7 +2,8 @@
 
     python -m benchmarks.tune_tma --batches 32 128 512 1024 --specs 64:4:3:4 32:2:3:8
 
-Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1). Every configuration is checked against the
+Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1),
+or ``gBV:warps:buffers:programs_per_sm[:vec]`` for the Gluon kernel (gdn_ops/gluon_decode_kv.py). Every configuration is checked against the
 float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -30,6 +31,7 @@ from benchmarks.providers import (
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.variants import load_variant
+from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
@@ -76,10 +78,13 @@ def main() -> None:
                 providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                              launcher_provider("default_no_pdl", pdl=False)]
                 for spec in args.specs:
-                    config = PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
+                    if spec.startswith("g"):
+                        config = GluonKVConfig(*map(int, spec[1:].split(":")))
+                    else:
+                        config = PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
-                                  for v in args.variants]
+                                  for v in args.variants if isinstance(config, PersistentConfig)]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 runnable, failed = passing(cfg, providers, problem, ref)

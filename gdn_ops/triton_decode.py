@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn_ops.gluon_decode_kv import GluonKVConfig, gluon_layout_reason, launch_decode_kv_gluon
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,
@@ -229,9 +230,9 @@ def launch_decode(
     state_layout: str,
     softplus_beta: float = 1.0,
     softplus_threshold: float = 20.0,
-    config: DecodeConfig | PersistentConfig | None = None,
+    config: DecodeConfig | PersistentConfig | GluonKVConfig | None = None,
     pdl: bool | None = None,
-) -> DecodeConfig | PersistentConfig:
+) -> DecodeConfig | PersistentConfig | GluonKVConfig:
     """Launch the decode kernel on validated arguments; returns the configuration it launched.
 
     ``gate_a, gate_b [B, T, HV]`` are ``a, b`` when ``A_log`` is given (gating fused in-kernel),
@@ -240,7 +241,8 @@ def launch_decode(
 
     ``config`` picks the kernel: a :class:`DecodeConfig` the per-tile kernel, a
     :class:`~gdn_ops.triton_decode_tma.PersistentConfig` the persistent TMA kernel (kv layout,
-    T == 1, TMA-addressable operands); by default :func:`default_config` decides.
+    T == 1, TMA-addressable operands), a :class:`~gdn_ops.gluon_decode_kv.GluonKVConfig` the
+    persistent Gluon kernel (the same operands, sm_90+ only); by default :func:`default_config` decides.
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
@@ -254,10 +256,18 @@ def launch_decode(
         pdl = default_pdl(state.device)
     if config is None:
         config = default_config(q, k, v, state, state_layout)
-    elif isinstance(config, PersistentConfig):
+    elif isinstance(config, (PersistentConfig, GluonKVConfig)):
         reason = unsupported_reason(q, k, state, state_layout, config)
+        if reason is None and isinstance(config, GluonKVConfig):
+            reason = gluon_layout_reason(K, config) or (None if _supports_pdl(state.device) else "an sm_90+ GPU")
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
+    if isinstance(config, GluonKVConfig):
+        return launch_decode_kv_gluon(
+            q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+            softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS,
+        )
     if isinstance(config, PersistentConfig):
         return launch_decode_kv_tma(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,

@@ -16,7 +16,7 @@ slot ``num_slots``, one past the pool: TMA zero-fills that load, and the state s
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import triton
@@ -25,6 +25,9 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_step import delta_rule_step
+
+if TYPE_CHECKING:
+    from gdn_ops.gluon_decode_kv import GluonKVConfig
 
 
 @triton.jit
@@ -155,8 +158,8 @@ def _tma_ready(t: torch.Tensor, dims: int) -> bool:
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
-                       config: PersistentConfig) -> str | None:
-    """Why the persistent kernel with ``config`` cannot run these operands, or ``None`` if it can.
+                       config: PersistentConfig | GluonKVConfig) -> str | None:
+    """Why a persistent kernel (TMA, T == 1) with ``config`` cannot run these operands, or ``None`` if it can.
     Reads metadata only (legal during CUDA-graph capture)."""
     B, T, _, K = q.shape
     V = state.shape[-1]
@@ -166,6 +169,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, st
         return f"one token per call (got T={T})"
     if K not in (16, 32, 64, 128, 256) or V % config.BV:
         return f"K a power of two in 16..256 and V a multiple of BV={config.BV} (got K={K}, V={V})"
+    if config.BV * state.element_size() < 16:
+        return f"BV={config.BV} columns of at least 16 bytes (a TMA box row)"
     # tile and row indices and TMA coordinates are 32-bit in the kernel
     if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // config.BV) >= 2**31:
         return "fewer than 2**31 slots and tiles"
@@ -207,7 +212,8 @@ def min_row_heads(device_index: int) -> int | None:
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
+def sm_count(device_index: int) -> int:
+    """The GPU's SM count (cached)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -228,7 +234,7 @@ def launch_decode_kv_tma(
     num_tiles = B * HV * (V // BV)
     if num_tiles == 0:
         return config
-    programs = config.programs_per_sm * _sm_count(state.device.index or 0) if state.is_cuda else (num_tiles + 1) // 2
+    programs = config.programs_per_sm * sm_count(state.device.index or 0) if state.is_cuda else (num_tiles + 1) // 2
     q3, k3 = q[:, 0], k[:, 0]
     fused = A_log is not None
     _decode_kv_tma_kernel[(min(num_tiles, programs),)](

@@ -1,0 +1,251 @@
+"""Persistent Gluon decode kernel for a 2-byte state in the "kv" layout: warps along the value columns.
+
+In the kv layout a head's state is ``[K, V]`` with the values contiguous, and both products of the
+step sum over the keys (the rows). Triton lays a ``[K, BV]`` tile out with its warps along the
+keys, so every key sum of the Triton kernels (``triton_decode_tma.py``) crosses warps through
+shared memory and a barrier; Nsight Compute put short-scoreboard and barrier stalls first. Gluon
+lets the layout be chosen: here each warp owns ``BV / WARPS`` columns and all K keys, its lanes
+split 8 along the keys and 4 along the values, so a key sum is 16 in-register adds and 3 shuffles.
+
+The loop is the same persistent walk as the Triton kernel, with the pipeline written out: each
+program keeps ``NUM_BUF`` tiles (with their q, k) in flight through TMA, refilling a buffer as soon
+as every warp has read it; v, the gates and the slot index of the next tile come one tile ahead
+in registers. One token per call (T == 1). A padded row reads slot ``num_slots``, one past the
+pool: TMA zero-fills it, and the state store is masked.
+
+Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
+(``tests/test_gluon_decode_kv.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+from gdn_ops.triton_decode_tma import sm_count
+from gdn_ops.triton_gating import decode_gates, head_gate_params
+
+# Gluon is experimental and renamed the CTA barrier between Triton 3.6 (the GPU image) and 3.7 (CI).
+_cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
+
+
+@gluon.jit
+def _gdc_wait():
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _gdc_launch_dependents():
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl.constexpr,
+               HAS_INDICES: gl.constexpr):
+    """The pool slot ``tile`` reads and writes: ``num_slots`` (one past the pool) for padding."""
+    row = tile // NV // HV
+    if HAS_INDICES:
+        slot = gl.load(indices_ptr + row, mask=tile < num_tiles, other=-1)
+        slot = gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
+    else:
+        slot = row
+    return slot
+
+
+@gluon.jit
+def _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_buf, k_buf, bar,
+                NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, BV: gl.constexpr):
+    """Start the TMA copies of ``tile``'s state, q and k into one pipeline buffer (nothing past the last tile)."""
+    live = tile < num_tiles
+    row_head = tile // NV
+    row = row_head // HV
+    hv = row_head % HV
+    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes)
+    mbarrier.expect(bar, nbytes, pred=live)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, (tile % NV) * BV], bar, tile_buf, pred=live)
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bar, q_buf, pred=live)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bar, k_buf, pred=live)
+
+
+@gluon.jit
+def _tile_inputs(tile, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh,
+                 NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, cols_layout: gl.constexpr):
+    """``tile``'s v columns and gate inputs, as stored (loaded one tile ahead)."""
+    row_head = tile // NV
+    row = (row_head // HV).to(gl.int64)
+    hv = row_head % HV
+    live = tile < num_tiles
+    cols = (tile % NV) * BV + gl.arange(0, BV, layout=cols_layout)
+    v = gl.load(v_ptr + row * s_vb + hv * s_vh + cols * s_vv, mask=(cols >= 0) & live, other=0.0)
+    gate_a = gl.load(gate_a_ptr + row * s_ab + hv * s_ah, mask=live, other=0.0)
+    gate_b = gl.load(gate_b_ptr + row * s_bb + hv * s_bh, mask=live, other=0.0)
+    return v, gate_a, gate_b
+
+
+@gluon.jit
+def _decode_kv_gluon_kernel(
+    q_desc, k_desc, state_desc, v_ptr,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr,
+    state_ptr, indices_ptr, o_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_slot, s_head, s_ob, s_oh, s_ov, s_A, s_dt,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    WARPS: gl.constexpr, VEC: gl.constexpr, LANES_V: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, NUM_BUF: gl.constexpr, PDL: gl.constexpr,
+):
+    NV: gl.constexpr = V // BV
+    # [K, BV]: each lane VEC contiguous values of every (32 / LANES_V)-th key, warps side by side
+    # along the values, so no key sum leaves a warp. Lanes of one load instruction read 32 / LANES_V
+    # consecutive keys, which the 128-byte TMA swizzle puts in distinct banks.
+    tile_layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [1, WARPS], [1, 0])
+    keys_layout: gl.constexpr = gl.SliceLayout(1, tile_layout)
+    cols_layout: gl.constexpr = gl.SliceLayout(0, tile_layout)
+
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_BUF, 1, 1, K, BV], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_BUF, 1, 1, K], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_BUF, 1, 1, K], k_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.init(bars.index(i), count=1)
+
+    pid = gl.program_id(0)
+    step = gl.num_programs(0)
+    if PDL:
+        # nothing is read before the previous kernel has finished (the next one may start after
+        # this program's last tile, below, as in the Triton kernel)
+        _gdc_wait()
+    for i in gl.static_range(NUM_BUF):
+        tile = pid + i * step
+        slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+        _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i), q_smem.index(i),
+                    k_smem.index(i), bars.index(i), NV, HV, GROUP, BV)
+    # the slot of the tile issued next, and the inputs of the tile computed next, one step ahead
+    issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+    slot = _tile_slot(pid, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+    v_in, gate_a_in, gate_b_in = _tile_inputs(pid, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr,
+                                              s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, NV, HV, BV, cols_layout)
+    offs_k = gl.arange(0, K, layout=keys_layout)
+    offs_bv = gl.arange(0, BV, layout=cols_layout)
+
+    i = 0
+    for tile in range(pid, num_tiles, step):
+        buf = i % NUM_BUF
+        mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)
+        S = tile_smem.index(buf).reshape([K, BV]).load(tile_layout).to(gl.float32)
+        q = q_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
+        k = k_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
+        # every warp has read this buffer: refill it with the tile NUM_BUF steps ahead
+        fence_async_shared()
+        _cta_barrier()
+        next_tile = tile + NUM_BUF * step
+        _issue_tile(next_tile, issue_slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf),
+                    q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, BV)
+        issue_slot = _tile_slot(next_tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+
+        row_head = tile // NV
+        row = row_head // HV
+        hv = row_head % HV
+        v0 = (tile % NV) * BV
+        valid = slot < num_slots
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+        g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A, dt_bias,
+                               softplus_beta, softplus_threshold, FUSED_GATING)
+        v = v_in.to(gl.float32)
+
+        # the step of triton_step.delta_rule_step, on a [K, BV] tile (keys by values)
+        if USE_L2NORM:
+            q = q / gl.sqrt(gl.sum(q * q, axis=0) + L2_EPS)
+            k = k / gl.sqrt(gl.sum(k * k, axis=0) + L2_EPS)
+        q = q * scale
+        S = S * gl.exp(g)
+        u = beta * (v - gl.sum(S * k[:, None], axis=0))
+        S = S + k[:, None] * u[None, :]
+        o = gl.sum(S * q[:, None], axis=0)
+
+        o = gl.where(valid, o, 0.0)
+        row64 = row.to(gl.int64)
+        gl.store(o_ptr + row64 * s_ob + hv * s_oh + (v0 + offs_bv) * s_ov, o.to(o_ptr.dtype.element_ty))
+        state_ptrs = (state_ptr + slot.to(gl.int64) * s_slot + hv.to(gl.int64) * s_head
+                      + offs_k[:, None] * V + (v0 + offs_bv)[None, :])
+        gl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_k[:, None] < K) & valid,
+                 cache_modifier=".cs")
+
+        slot = _tile_slot(tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+        v_in, gate_a_in, gate_b_in = _tile_inputs(tile + step, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr,
+                                                  s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, NV, HV, BV, cols_layout)
+        i += 1
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.invalidate(bars.index(i))
+    if PDL:
+        _gdc_launch_dependents()
+
+
+class GluonKVConfig(NamedTuple):
+    """``BV`` value columns per tile (all K keys) split over ``num_warps`` warps, each lane ``vec``
+    contiguous values; ``num_buf`` tiles in flight per program; ``programs_per_sm`` resident programs."""
+
+    BV: int
+    num_warps: int
+    num_buf: int
+    programs_per_sm: int
+    vec: int = 4
+
+
+# Not yet the launcher's default anywhere: benchmarks/tune_tma.py times it against the Triton kernels.
+KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=3, programs_per_sm=4)
+
+
+def gluon_layout_reason(K: int, config: GluonKVConfig) -> str | None:
+    """Why ``config``'s register layout cannot cover a ``[K, BV]`` tile, or ``None`` if it can."""
+    lanes_v, rest = divmod(config.BV, config.num_warps * config.vec)
+    if rest or lanes_v not in (1, 2, 4, 8, 16, 32) or K % (32 // lanes_v):
+        return (f"BV={config.BV} a multiple of num_warps*vec={config.num_warps * config.vec} by a power of two "
+                f"that leaves K={K} a multiple of the lanes along the keys")
+    return None
+
+
+def launch_decode_kv_gluon(
+    q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
+    scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
+    config: GluonKVConfig, pdl: bool, l2_eps: float,
+) -> GluonKVConfig:
+    """Launch the Gluon kernel on validated arguments that TMA can address (the checks of
+    ``triton_decode_tma.unsupported_reason`` and :func:`gluon_layout_reason`): ``state [slots, HV, K, V]``
+    of a 2-byte dtype in the kv layout, T == 1; sm_90+ only (no interpreter)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, _, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    BV = config.BV
+    num_tiles = B * HV * (V // BV)
+    if num_tiles == 0:
+        return config
+    q3, k3 = q[:, 0], k[:, 0]
+    fused = A_log is not None
+
+    def descriptor(t, block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, str(t.dtype).split(".")[-1]))
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+    _decode_kv_gluon_kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
+        descriptor(q3, [1, 1, K]), descriptor(k3, [1, 1, K]), descriptor(state, [1, 1, K, BV]),
+        v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
+        state, indices if indices is not None else state, out,
+        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
+        state.stride(0), state.stride(1), out.stride(0), out.stride(2), out.stride(3),
+        A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, WARPS=config.num_warps, VEC=config.vec,
+        LANES_V=BV // (config.num_warps * config.vec),
+        FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
+        L2_EPS=l2_eps, NUM_BUF=config.num_buf, PDL=bool(pdl),
+        num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+    )
+    return config

@@ -1,0 +1,135 @@
+"""The persistent Gluon kv kernel: against the float64 reference on the GPU, compiled for sm_90 on CPU.
+
+Gluon has no interpreter, so CI (no GPU) only compiles the kernel; what it checks there is the
+design the kernel exists for: its shared memory is the pipeline's buffers and barriers and nothing
+more, i.e. no key sum goes through shared memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from decode_case import DecodeCase, build, check, run_triton
+
+from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, GluonKVConfig, _decode_kv_gluon_kernel
+
+# K = 32 takes 8 lanes along the keys; 2 warps of 4 lanes x 4 values cover BV = 32.
+SMALL_CONFIG = GluonKVConfig(BV=32, num_warps=2, num_buf=2, programs_per_sm=1)
+# TMA needs 16-byte aligned bases and strides: pool_guard=64 and slot_pad=8 keep a page-strided pool aligned.
+SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
+                        padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+VARIANTS = {
+    "fused": {},
+    "unfused": {"fused_gating": False},
+    "l2norm-packed": {"l2norm": True, "qkv_layout": "packed"},
+    "no-indices": {"index_dtype": None, "padding_rows": ()},
+    "past-pool-int64": {"index_dtype": torch.int64, "padding_value": 1000},
+    "fp16-state": {"state_dtype": torch.float16},
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_small_shape_matches_reference(variant):
+    case = dataclasses.replace(SMALL_CASE, seed=len(variant), **VARIANTS[variant])
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIG, launched))
+    assert launched == [SMALL_CONFIG]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
+@pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64"])
+@pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, KV_2B_GLUON_CONFIG._replace(num_buf=2, programs_per_sm=1)],
+                         ids=["shipped", "two-buffers-one-per-sm"])
+def test_model_shape_matches_reference(heads, variant, config):
+    """Enough rows that every program walks several tiles and wraps its buffers more than once."""
+    HK, HV = heads
+    B = 8 * torch.cuda.get_device_properties(0).multi_processor_count * config.programs_per_sm // HV + 5
+    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
+                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
+                      seed=3)
+    changes = dict(VARIANTS[variant])
+    changes.pop("padding_rows", None)
+    case = dataclasses.replace(case, **changes)
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, config, launched))
+    assert launched == [config]
+
+
+@pytest.mark.parametrize(
+    ("changes", "config", "needs"),
+    [
+        ({"state_layout": "vk"}, SMALL_CONFIG, "state_layout='kv'"),
+        ({"T": 2}, SMALL_CONFIG, "one token per call"),
+        ({"slot_pad": 3}, SMALL_CONFIG, "initial_state_source with a 16-byte aligned base"),
+        ({}, SMALL_CONFIG._replace(BV=4), "BV=4 columns of at least 16 bytes"),
+        ({}, SMALL_CONFIG._replace(vec=3), r"BV=32 a multiple of num_warps\*vec=6"),
+        ({"K": 16}, SMALL_CONFIG._replace(BV=8), "leaves K=16 a multiple of the lanes"),
+    ],
+)
+def test_refuses_operands_it_cannot_run(changes, config, needs):
+    """Checked before any launch, on metadata only: a clear error naming what is needed."""
+    case = dataclasses.replace(SMALL_CASE, **changes)
+    with pytest.raises(ValueError, match=needs):
+        run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="off the GPU only: a GPU compiles it by running it")
+def test_refuses_to_run_off_the_gpu():
+    with pytest.raises(ValueError, match="an sm_90"):
+        run_triton(build(SMALL_CASE, "cpu"), SMALL_CONFIG)
+
+
+def compiled_shared_bytes() -> int:
+    """Shared memory of the shipped configuration's kernel compiled for sm_90, without a GPU (ptxas
+    ships with Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    config, K, V, HV = KV_2B_GLUON_CONFIG, 128, 128, 32
+    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV], gl.bfloat16)
+    qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
+    constexprs = dict(HV=HV, GROUP=2, K=K, V=V, BV=config.BV, WARPS=config.num_warps, VEC=config.vec,
+                      LANES_V=config.BV // (config.num_warps * config.vec), FUSED_GATING=True, USE_L2NORM=True,
+                      HAS_INDICES=True, L2_EPS=1e-6, NUM_BUF=config.num_buf, PDL=True)
+    pointer_types = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
+
+    def arg_type(name: str) -> str:
+        if name in constexprs:
+            return "constexpr"
+        if name.endswith("_ptr"):
+            return pointer_types.get(name, "*bf16")
+        if name == "state_desc":
+            return f"tensordesc<bf16[1, 1, {K}, {config.BV}],{state_layout!r}>"
+        if name in ("q_desc", "k_desc"):
+            return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
+        return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
+
+    signature = {name: arg_type(name) for name in inspect.signature(_decode_kv_gluon_kernel.fn).parameters}
+    compiled = triton.compile(GluonASTSource(_decode_kv_gluon_kernel, signature, constexprs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
+    return compiled.metadata.shared
+
+
+def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory():
+    """A key sum that crossed warps would add reduction scratch to the shared memory beyond the
+    tile, q and k buffers and the barriers."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    script = "import test_gluon_decode_kv as t; print(t.compiled_shared_bytes())"
+    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config, K = KV_2B_GLUON_CONFIG, 128
+    buffers = config.num_buf * (K * config.BV + 2 * K) * 2
+    barriers = config.num_buf * 8
+    assert int(run.stdout.split()[-1]) == buffers + barriers
