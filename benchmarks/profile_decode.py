@@ -17,6 +17,9 @@ import torch
 
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
+from benchmarks.tune_tma import parse_spec, variant_launch
+from benchmarks.variants import GLUON_VARIANTS
+from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, GluonKVConfig
 from gdn_ops.triton_decode import default_config
 from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig
 
@@ -29,7 +32,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--launches", type=int, default=3)
     ap.add_argument("--no-pdl", action="store_true")
-    ap.add_argument("--tma-variant", help="profile this TMA_VARIANTS entry of benchmarks/variants.py instead")
+    ap.add_argument("--spec", help="a persistent configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:3:4)")
+    ap.add_argument("--variant", help="profile this TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
     args = ap.parse_args(argv)
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
@@ -38,17 +42,20 @@ def main(argv=None) -> None:
     x = p.inputs
     config = default_config(x["q"], x["k"], x["v"], p.pool, cfg.layout)
     launch = None
-    if args.tma_variant:
-        from benchmarks.tune_tma import variant_launch
-
-        launch = variant_launch(args.tma_variant)
-        config = config if isinstance(config, PersistentConfig) else KV_2B_CONFIG
+    if args.spec:
+        config = parse_spec(args.spec)
+    if args.variant:
+        launch = variant_launch(args.variant)
+        if args.variant in GLUON_VARIANTS and not isinstance(config, GluonKVConfig):
+            config = KV_2B_GLUON_CONFIG
+        elif args.variant not in GLUON_VARIANTS and not isinstance(config, PersistentConfig):
+            config = KV_2B_CONFIG
     provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
     step = provider.make(cfg, p.pool, p.indices, p.inputs)
     for _ in range(args.launches):
         step()
     torch.cuda.synchronize()
-    print(f"{cfg.label()}: {args.launches} launches of {args.tma_variant or ''} {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
+    print(f"{cfg.label()}: {args.launches} launches of {args.variant or ''} {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ or ``gBV:warps:buffers:programs_per_sm[:vec]`` for the Gluon kernel (gdn_ops/glu
 float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
-copies of the persistent kernel (``TMA_VARIANTS`` in ``benchmarks/variants.py``) at each spec.
+copies of the persistent kernels (``TMA_VARIANTS`` at each Triton spec, ``GLUON_VARIANTS`` at each
+Gluon spec, in ``benchmarks/variants.py``).
 Writes ``<out>/<tag>.json``.
 """
 
@@ -30,25 +31,35 @@ from benchmarks.providers import (
 )
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
-from benchmarks.variants import load_variant
+from benchmarks.variants import GLUON_VARIANTS, load_variant
 from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
+def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig:
+    """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton) or ``gBV:warps:buffers:programs_per_sm[:vec]`` (Gluon)."""
+    if spec.startswith("g"):
+        return GluonKVConfig(*map(int, spec[1:].split(":")))
+    return PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
+
+
 def variant_launch(name: str):
-    """``launch_decode``'s signature over a patched copy of the persistent kernel (benchmarks/variants.py);
-    the variant decides which state layout it serves."""
+    """``launch_decode``'s signature over a patched copy of a persistent kernel (benchmarks/variants.py:
+    TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the Gluon one); the variant decides which
+    state layout it serves."""
     module = load_variant(name)
+    gluon = name in GLUON_VARIANTS
 
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl):
         pdl = default_pdl(state.device) if pdl is None else pdl
-        return module.launch_decode_kv_tma(
-            q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
-            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-            softplus_threshold=softplus_threshold, config=module.PersistentConfig(*config), pdl=pdl, l2_eps=L2NORM_EPS)
+        kernel = module.launch_decode_kv_gluon if gluon else module.launch_decode_kv_tma
+        config = (module.GluonKVConfig if gluon else module.PersistentConfig)(*config)
+        return kernel(q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
+                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+                      softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS)
 
     return launch
 
@@ -60,7 +71,7 @@ def main() -> None:
     ap.add_argument("--layouts", nargs="*", default=["kv"])
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM[:PREFETCH_GATES]")
-    ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS of benchmarks/variants.py, at each spec")
+    ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS / GLUON_VARIANTS of benchmarks/variants.py, at each spec of their kernel")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
@@ -78,13 +89,11 @@ def main() -> None:
                 providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                              launcher_provider("default_no_pdl", pdl=False)]
                 for spec in args.specs:
-                    if spec.startswith("g"):
-                        config = GluonKVConfig(*map(int, spec[1:].split(":")))
-                    else:
-                        config = PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
+                    config = parse_spec(spec)
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
-                                  for v in args.variants if isinstance(config, PersistentConfig)]
+                                  for v in args.variants
+                                  if (v in GLUON_VARIANTS) == isinstance(config, GluonKVConfig)]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 runnable, failed = passing(cfg, providers, problem, ref)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+import gdn_ops.gluon_decode_kv as shipped_gluon
 import gdn_ops.triton_decode as shipped
 import gdn_ops.triton_decode_tma as shipped_tma
 
@@ -124,12 +125,40 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # The state leaves through a TMA store from shared memory instead of 16 register stores of 8
+    # bytes per lane (each warp writes 32 of a row's 128 bytes): one bulk copy of whole rows per
+    # tile. One more tile buffer per program; the previous tile's store must have read it first.
+    "gluon_tma_store": [
+        ("    bars = gl.allocate_shared_memory(",
+         "    out_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV], state_desc.layout)\n"
+         "    bars = gl.allocate_shared_memory("),
+        ("        state_ptrs = (state_ptr + slot.to(gl.int64) * s_slot + hv.to(gl.int64) * s_head\n"
+         "                      + offs_k[:, None] * V + (v0 + offs_bv)[None, :])\n"
+         "        gl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_k[:, None] < K) & valid,\n"
+         "                 cache_modifier=\".cs\")\n",
+         "        tma.store_wait(0)\n"
+         "        _cta_barrier()\n"
+         "        out_smem.reshape([K, BV]).store(S.to(state_desc.dtype))\n"
+         "        fence_async_shared()\n"
+         "        _cta_barrier()\n"
+         "        # a padded row's slot is past the pool: TMA drops out-of-bounds writes\n"
+         "        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)\n"),
+        ("    for i in gl.static_range(NUM_BUF):\n        mbarrier.invalidate",
+         "    tma.store_wait(0)\n    for i in gl.static_range(NUM_BUF):\n        mbarrier.invalidate"),
+    ],
+}
+
+ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS
+
+
 @functools.cache
 def load_variant(name: str) -> ModuleType:
-    """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for TMA_VARIANTS."""
-    target = shipped if name in VARIANTS else shipped_tma
+    """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for
+    TMA_VARIANTS, ``gdn_ops.gluon_decode_kv`` for GLUON_VARIANTS."""
+    target = shipped if name in VARIANTS else shipped_tma if name in TMA_VARIANTS else shipped_gluon
     source = Path(target.__file__).read_text()
-    for old, new in (VARIANTS | TMA_VARIANTS)[name]:
+    for old, new in ALL_VARIANTS[name]:
         if old not in source:
             raise ValueError(f"variant {name!r}: pattern not found in {Path(target.__file__).name}: {old!r}")
         source = source.replace(old, new)
