@@ -125,27 +125,20 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+_GLUON_NEXT_INPUTS = (
+    "        next_inputs = _tile_inputs(\n"
+    "            tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,\n"
+    "            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)\n"
+)
+
 GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    # The state leaves through a TMA store from shared memory instead of 16 register stores of 8
-    # bytes per lane (each warp writes 32 of a row's 128 bytes): one bulk copy of whole rows per
-    # tile. One more tile buffer per program; the previous tile's store must have read it first.
-    "gluon_tma_store": [
-        ("    bars = gl.allocate_shared_memory(",
-         "    out_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV], state_desc.layout)\n"
-         "    bars = gl.allocate_shared_memory("),
-        ("        state_ptrs = (state_ptr + slot.to(gl.int64) * s_slot + hv.to(gl.int64) * s_head\n"
-         "                      + offs_k[:, None] * V + (v0 + offs_bv)[None, :])\n"
-         "        gl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_k[:, None] < K) & valid,\n"
-         "                 cache_modifier=\".cs\")\n",
-         "        tma.store_wait(0)\n"
-         "        _cta_barrier()\n"
-         "        out_smem.reshape([K, BV]).store(S.to(state_desc.dtype))\n"
-         "        fence_async_shared()\n"
-         "        _cta_barrier()\n"
-         "        # a padded row's slot is past the pool: TMA drops out-of-bounds writes\n"
-         "        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)\n"),
-        ("    for i in gl.static_range(NUM_BUF):\n        mbarrier.invalidate",
-         "    tma.store_wait(0)\n    for i in gl.static_range(NUM_BUF):\n        mbarrier.invalidate"),
+    # The next tile's small inputs (slot, v, gates) loaded at the end of the current tile, as in the
+    # first version, instead of at its start: their latency is then exposed at the next tile's start.
+    "gluon_inputs_late": [
+        ("        # The next tile's small inputs first, so that their latency hides behind this tile's work.\n"
+         + _GLUON_NEXT_INPUTS, ""),
+        ("        slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs\n",
+         _GLUON_NEXT_INPUTS + "        slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs\n"),
     ],
 }
 

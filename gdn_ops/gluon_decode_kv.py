@@ -9,9 +9,10 @@ split 8 along the keys and 4 along the values, so a key sum is 16 in-register ad
 
 The loop is the same persistent walk as the Triton kernel, with the pipeline written out: each
 program keeps ``NUM_BUF`` tiles (with their q, k) in flight through TMA, refilling a buffer as soon
-as every warp has read it; v, the gates and the slot index of the next tile come one tile ahead
-in registers. One token per call (T == 1). A padded row reads slot ``num_slots``, one past the
-pool: TMA zero-fills it, and the state store is masked.
+as every warp has read it; v, the gates and the slot index of the next tile are loaded into
+registers at the start of the current one. The updated tile leaves through a TMA store. One token
+per call (T == 1). A padded row reads and writes slot ``num_slots``, one past the pool: TMA
+zero-fills that load and drops that store.
 
 Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
 (``tests/test_gluon_decode_kv.py``).
@@ -27,7 +28,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from gdn_ops.triton_decode_tma import sm_count
-from gdn_ops.triton_gating import decode_gates, head_gate_params
+from gdn_ops.triton_gating import decode_gates
 
 # Gluon is experimental and renamed the CTA barrier between Triton 3.6 (the GPU image) and 3.7 (CI).
 _cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
@@ -73,28 +74,37 @@ def _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_b
 
 
 @gluon.jit
-def _tile_inputs(tile, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh,
-                 NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, cols_layout: gl.constexpr):
-    """``tile``'s v columns and gate inputs, as stored (loaded one tile ahead)."""
+def _tile_inputs(tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+                 NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, HAS_INDICES: gl.constexpr,
+                 FUSED_GATING: gl.constexpr, cols_layout: gl.constexpr):
+    """``tile``'s slot, v columns, gate inputs and (fused gating) its head's ``A_log, dt_bias``, as
+    stored: loads only, issued a tile ahead of their use (zeros past the last tile)."""
     row_head = tile // NV
     row = (row_head // HV).to(gl.int64)
     hv = row_head % HV
     live = tile < num_tiles
+    slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     cols = (tile % NV) * BV + gl.arange(0, BV, layout=cols_layout)
     v = gl.load(v_ptr + row * s_vb + hv * s_vh + cols * s_vv, mask=(cols >= 0) & live, other=0.0)
     gate_a = gl.load(gate_a_ptr + row * s_ab + hv * s_ah, mask=live, other=0.0)
     gate_b = gl.load(gate_b_ptr + row * s_bb + hv * s_bh, mask=live, other=0.0)
-    return v, gate_a, gate_b
+    if FUSED_GATING:
+        A_log = gl.load(A_log_ptr + hv * s_A, mask=live, other=0.0)
+        dt_bias = gl.load(dt_bias_ptr + hv * s_dt, mask=live, other=0.0)
+    else:
+        A_log = 0.0
+        dt_bias = 0.0
+    return slot, v, gate_a, gate_b, A_log, dt_bias
 
 
 @gluon.jit
 def _decode_kv_gluon_kernel(
     q_desc, k_desc, state_desc, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
-    A_log_ptr, dt_bias_ptr,
-    state_ptr, indices_ptr, o_ptr,
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_slot, s_head, s_ob, s_oh, s_ov, s_A, s_dt,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     WARPS: gl.constexpr, VEC: gl.constexpr, LANES_V: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
@@ -102,8 +112,8 @@ def _decode_kv_gluon_kernel(
 ):
     NV: gl.constexpr = V // BV
     # [K, BV]: each lane VEC contiguous values of every (32 / LANES_V)-th key, warps side by side
-    # along the values, so no key sum leaves a warp. Lanes of one load instruction read 32 / LANES_V
-    # consecutive keys, which the 128-byte TMA swizzle puts in distinct banks.
+    # along the values, so no key sum leaves a warp. Lanes of one shared-memory access touch
+    # 32 / LANES_V consecutive keys, which the 128-byte TMA swizzle puts in distinct banks.
     tile_layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [1, WARPS], [1, 0])
     keys_layout: gl.constexpr = gl.SliceLayout(1, tile_layout)
     cols_layout: gl.constexpr = gl.SliceLayout(0, tile_layout)
@@ -111,6 +121,9 @@ def _decode_kv_gluon_kernel(
     tile_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_BUF, 1, 1, K, BV], state_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_BUF, 1, 1, K], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_BUF, 1, 1, K], k_desc.layout)
+    # The updated tile leaves by a TMA store of whole rows: measured faster than register stores,
+    # where each warp writes its columns' share of every row (NOTES.md).
+    out_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV], state_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(bars.index(i), count=1)
@@ -126,22 +139,26 @@ def _decode_kv_gluon_kernel(
         slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
         _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i), q_smem.index(i),
                     k_smem.index(i), bars.index(i), NV, HV, GROUP, BV)
-    # the slot of the tile issued next, and the inputs of the tile computed next, one step ahead
     issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-    slot = _tile_slot(pid, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-    v_in, gate_a_in, gate_b_in = _tile_inputs(pid, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr,
-                                              s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, NV, HV, BV, cols_layout)
-    offs_k = gl.arange(0, K, layout=keys_layout)
+    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
+        pid, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
     offs_bv = gl.arange(0, BV, layout=cols_layout)
 
     i = 0
     for tile in range(pid, num_tiles, step):
+        # The next tile's small inputs first, so that their latency hides behind this tile's work.
+        next_inputs = _tile_inputs(
+            tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
         buf = i % NUM_BUF
         mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)
         S = tile_smem.index(buf).reshape([K, BV]).load(tile_layout).to(gl.float32)
         q = q_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
         k = k_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
-        # every warp has read this buffer: refill it with the tile NUM_BUF steps ahead
+        # One barrier for two things: every warp has read this buffer (refill it with the tile
+        # NUM_BUF steps ahead), and the previous tile's store has read the output buffer.
+        tma.store_wait(0)
         fence_async_shared()
         _cta_barrier()
         next_tile = tile + NUM_BUF * step
@@ -153,10 +170,9 @@ def _decode_kv_gluon_kernel(
         row = row_head // HV
         hv = row_head % HV
         v0 = (tile % NV) * BV
-        valid = slot < num_slots
-        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
-        g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A, dt_bias,
-                               softplus_beta, softplus_threshold, FUSED_GATING)
+        neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
+        g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
+                               dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
         v = v_in.to(gl.float32)
 
         # the step of triton_step.delta_rule_step, on a [K, BV] tile (keys by values)
@@ -169,18 +185,17 @@ def _decode_kv_gluon_kernel(
         S = S + k[:, None] * u[None, :]
         o = gl.sum(S * q[:, None], axis=0)
 
-        o = gl.where(valid, o, 0.0)
-        row64 = row.to(gl.int64)
-        gl.store(o_ptr + row64 * s_ob + hv * s_oh + (v0 + offs_bv) * s_ov, o.to(o_ptr.dtype.element_ty))
-        state_ptrs = (state_ptr + slot.to(gl.int64) * s_slot + hv.to(gl.int64) * s_head
-                      + offs_k[:, None] * V + (v0 + offs_bv)[None, :])
-        gl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=(offs_k[:, None] < K) & valid,
-                 cache_modifier=".cs")
+        o = gl.where(slot < num_slots, o, 0.0)
+        gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + (v0 + offs_bv) * s_ov, o.to(o_ptr.dtype.element_ty))
+        out_smem.reshape([K, BV]).store(S.to(state_desc.dtype))
+        fence_async_shared()
+        _cta_barrier()
+        # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
+        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)
 
-        slot = _tile_slot(tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-        v_in, gate_a_in, gate_b_in = _tile_inputs(tile + step, num_tiles, v_ptr, gate_a_ptr, gate_b_ptr,
-                                                  s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, NV, HV, BV, cols_layout)
+        slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs
         i += 1
+    tma.store_wait(0)
     for i in gl.static_range(NUM_BUF):
         mbarrier.invalidate(bars.index(i))
     if PDL:
@@ -197,9 +212,16 @@ class GluonKVConfig(NamedTuple):
     programs_per_sm: int
     vec: int = 4
 
+    @property
+    def maxnreg(self) -> int:
+        """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers:
+        left alone, ptxas gave 8 warps 227 and so one program per SM."""
+        return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+
 
 # Not yet the launcher's default anywhere: benchmarks/tune_tma.py times it against the Triton kernels.
-KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=3, programs_per_sm=4)
+# 32 KB tiles of 8 warps, 2 in flight, 2 programs per SM (~97 KB of shared memory each).
+KV_2B_GLUON_CONFIG = GluonKVConfig(BV=128, num_warps=8, num_buf=2, programs_per_sm=2)
 
 
 def gluon_layout_reason(K: int, config: GluonKVConfig) -> str | None:
@@ -237,15 +259,14 @@ def launch_decode_kv_gluon(
     _decode_kv_gluon_kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
         descriptor(q3, [1, 1, K]), descriptor(k3, [1, 1, K]), descriptor(state, [1, 1, K, BV]),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
-        state, indices if indices is not None else state, out,
+        indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
-        state.stride(0), state.stride(1), out.stride(0), out.stride(2), out.stride(3),
-        A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+        out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, WARPS=config.num_warps, VEC=config.vec,
         LANES_V=BV // (config.num_warps * config.vec),
         FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
         L2_EPS=l2_eps, NUM_BUF=config.num_buf, PDL=bool(pdl),
-        num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+        num_warps=config.num_warps, maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config
