@@ -20,14 +20,19 @@ Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+)
 
-from gdn_ops.triton_decode_tma import sm_count
+from gdn_ops.triton_decode_tma import sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 
 # Gluon is experimental and renamed the CTA barrier between Triton 3.6 (the GPU image) and 3.7 (CI).
@@ -194,7 +199,7 @@ def _decode_kv_gluon_kernel(
         tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)
 
         slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs
-        i += 1
+        i += 1  # noqa: SIM113 (Gluon loops have no enumerate)
     tma.store_wait(0)
     for i in gl.static_range(NUM_BUF):
         mbarrier.invalidate(bars.index(i))
@@ -219,9 +224,52 @@ class GluonKVConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
-# Not yet the launcher's default anywhere: benchmarks/tune_tma.py times it against the Triton kernels.
-# 32 KB tiles of 8 warps, 2 in flight, 2 programs per SM (~97 KB of shared memory each).
-KV_2B_GLUON_CONFIG = GluonKVConfig(BV=128, num_warps=8, num_buf=2, programs_per_sm=2)
+# Tuned with benchmarks/tune_tma.py on an H200 and an H100 (results/h200/tune_gluon_bf16_h200.json,
+# results/h100/tune_gluon_prefetch_h100.json): 16 KB tiles of 4 warps, 4 programs per SM, while a
+# program walks few tiles; 32 KB tiles of 8 warps, 2 per SM, from B*HV = 4096. ~97 KB of shared
+# memory per program either way (2 tiles in flight and the output tile).
+KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=2, programs_per_sm=4)
+KV_2B_GLUON_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=8, num_buf=2, programs_per_sm=2)
+
+
+class GluonRule(NamedTuple):
+    """When :func:`gluon_config` picks the Gluon kernel on one kind of GPU."""
+
+    min_row_heads: int  # B*HV from which the Gluon kernel runs
+    large_from: int  # B*HV from which it takes KV_2B_GLUON_LARGE_CONFIG
+
+
+# By GPU name; GPUs not named here keep the Triton kernels (not measured). Below 1024 row-heads a
+# program walks at most two tiles and the per-tile kernel is faster (H200: B=8 6.4 against 8.3 us).
+GLUON_RULES = {
+    "H200": GluonRule(min_row_heads=1024, large_from=4096),
+    "H100": GluonRule(min_row_heads=1024, large_from=4096),
+}
+
+
+@functools.cache
+def gluon_rule(device_index: int) -> GluonRule | None:
+    """This GPU's :class:`GluonRule`, ``None`` where the Gluon kernel is not used. Cached: the
+    launcher asks on every call."""
+    if torch.cuda.get_device_capability(device_index)[0] < 9:
+        return None
+    name = torch.cuda.get_device_name(device_index)
+    return next((rule for gpu, rule in GLUON_RULES.items() if gpu in name), None)
+
+
+def gluon_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
+                 rows_x_heads: int) -> GluonKVConfig | None:
+    """The Gluon kernel's configuration when this GPU's rule picks it and it can run these operands
+    (2-byte kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
+    if state.element_size() != 2 or state.device.type != "cuda":
+        return None
+    rule = gluon_rule(state.device.index or 0)
+    if rule is None or rows_x_heads < rule.min_row_heads:
+        return None
+    config = KV_2B_GLUON_LARGE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_GLUON_CONFIG
+    if unsupported_reason(q, k, state, state_layout, config) or gluon_layout_reason(q.shape[-1], config):
+        return None
+    return config
 
 
 def gluon_layout_reason(K: int, config: GluonKVConfig) -> str | None:

@@ -9,8 +9,9 @@ once, which is all but ~1% of the bytes. Per token (fp32 math whatever the stora
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
 kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
 autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. For a
-2-byte state in the kv layout at large batch it hands over to the persistent TMA kernel in
-``triton_decode_tma.py``.
+2-byte state in the kv layout from B*HV = 1024 it hands over to a persistent kernel: the Gluon one
+(``gluon_decode_kv.py``) on the GPUs it was measured on, else the Triton one
+(``triton_decode_tma.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_ops.gluon_decode_kv import GluonKVConfig, gluon_layout_reason, launch_decode_kv_gluon
+from gdn_ops.gluon_decode_kv import (
+    GluonKVConfig,
+    gluon_config,
+    gluon_layout_reason,
+    launch_decode_kv_gluon,
+)
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,
@@ -299,13 +305,14 @@ def launch_decode(
 
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
-                   state_layout: str) -> DecodeConfig | PersistentConfig:
-    """What :func:`launch_decode` launches when given no ``config``: :func:`persistent_config`
-    (which only returns a configuration these operands can run), else :func:`decode_config`.
-    Reads shapes, strides and the device only."""
+                   state_layout: str) -> DecodeConfig | PersistentConfig | GluonKVConfig:
+    """What :func:`launch_decode` launches when given no ``config``: :func:`gluon_config`, else
+    :func:`persistent_config` (each returns only a configuration these operands can run on this
+    GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    return (persistent_config(q, k, state, state_layout, B * HV)
+    return (gluon_config(q, k, state, state_layout, B * HV)
+            or persistent_config(q, k, state, state_layout, B * HV)
             or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
 
 

@@ -81,17 +81,23 @@ def test_manual_capture_replays_match_eager_step_for_step():
         assert bool((slots.out[padded] == 0).all())
 
 
-def test_persistent_kernel_replays_match_reference():
-    """A bf16 kv pool at the GPU's threshold runs the persistent TMA kernel: its descriptors are
-    captured by value, and every replay must still read that step's inputs and slot indices."""
-    from gdn_ops.triton_decode_tma import min_row_heads, persistent_config
+@pytest.mark.parametrize("B", [1024 // HV, 4160 // HV], ids=["small-tile", "large-tile"])
+def test_persistent_kernel_replays_match_reference(B):
+    """A bf16 kv pool from B*HV = 1024 runs a persistent TMA kernel (on an H100 or H200 the Gluon
+    one, with its two tiles at these B): its descriptors are captured by value, and every replay
+    must still read that step's inputs and slot indices."""
+    from gdn_ops.gluon_decode_kv import GluonKVConfig
+    from gdn_ops.triton_decode import default_config
+    from gdn_ops.triton_decode_tma import PersistentConfig
 
     gen = torch.Generator().manual_seed(7)
-    B = min_row_heads(torch.cuda.current_device()) // HV
     num_slots = B + 16
     slots = DecodeSlots(B)
     pool = torch.randn(num_slots, HV, K, V, generator=gen).to(torch.bfloat16).cuda()
-    assert persistent_config(slots.q, slots.k, pool, "kv", B * HV) is not None
+    config = default_config(slots.q, slots.k, slots.v, pool, "kv")
+    if B * HV < 16384 and not isinstance(config, GluonKVConfig):
+        pytest.skip(f"B*HV = {B * HV} is below this GPU's persistent-kernel threshold ({config})")
+    assert isinstance(config, (PersistentConfig, GluonKVConfig))
 
     def step():
         gdn_ops.fused_sigmoid_gating_delta_rule_update(

@@ -206,28 +206,36 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    ("changes", "expected"),
+    ("changes", "persistent"),
     [
-        ({}, "PersistentConfig"),
-        ({"qkv_layout": "packed", "l2norm": True, "index_dtype": torch.int64}, "PersistentConfig"),
-        ({"fused_gating": False, "padding_value": 10_000}, "PersistentConfig"),
-        ({"slot_pad": 3}, "DecodeConfig"),  # slot stride not 16-byte aligned: no TMA
-        ({"pool_guard": 37}, "DecodeConfig"),  # pool base not 16-byte aligned
-        ({"qkv_layout": "transposed"}, "DecodeConfig"),  # q, k not contiguous in K
-        ({"T": 2}, "DecodeConfig"),
-        ({"state_dtype": torch.float32}, "DecodeConfig"),
-        ({"state_layout": "vk"}, "DecodeConfig"),
-        ({"B": -1}, "DecodeConfig"),  # one row fewer than the GPU's threshold
-        ({"B": "large"}, "PersistentConfig"),  # 16384 row-heads: gates in the loop on an H200
+        ({}, True),
+        ({"qkv_layout": "packed", "l2norm": True, "index_dtype": torch.int64}, True),
+        ({"fused_gating": False, "padding_value": 10_000}, True),
+        ({"B": "large"}, True),  # 16384 row-heads: the large tile, or the gates in the loop
+        ({"state_dtype": torch.float16}, True),
+        ({"slot_pad": 3}, False),  # slot stride not 16-byte aligned: no TMA
+        ({"pool_guard": 37}, False),  # pool base not 16-byte aligned
+        ({"qkv_layout": "transposed"}, False),  # q, k not contiguous in K
+        ({"T": 2}, False),
+        ({"state_dtype": torch.float32}, False),
+        ({"state_layout": "vk"}, False),
+        ({"B": -1}, False),  # one row fewer than the GPU's threshold
     ],
 )
-def test_large_batch_kernel_choice_and_result(changes, expected):
-    """From the GPU's B*HV threshold a bf16 kv state takes the persistent TMA kernel, but only when
-    TMA can address every operand; every case matches the reference with guards and padding rows."""
+def test_large_batch_kernel_choice_and_result(changes, persistent):
+    """From the GPU's B*HV threshold a 2-byte kv state takes a persistent kernel (the Gluon one where
+    this GPU has a rule for it, else the Triton one) but only when TMA can address every operand;
+    every case matches the reference with guards and padding rows."""
+    from gdn_ops.gluon_decode_kv import (
+        KV_2B_GLUON_CONFIG,
+        KV_2B_GLUON_LARGE_CONFIG,
+        gluon_rule,
+    )
     from gdn_ops.triton_decode_tma import persistent_rule
 
-    rule = persistent_rule(torch.cuda.current_device())
-    B = rule.min_row_heads // 32 + 2
+    device = torch.cuda.current_device()
+    gluon, triton_rule = gluon_rule(device), persistent_rule(device)
+    B = (gluon or triton_rule).min_row_heads // 32 + 2
     if changes.get("B") == -1:
         changes = {**changes, "B": B - 3}
     elif changes.get("B") == "large":
@@ -239,9 +247,14 @@ def test_large_batch_kernel_choice_and_result(changes, expected):
     case = dataclasses.replace(case, padding_rows=tuple(r for r in case.padding_rows if r < case.B))
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
-    assert [type(c).__name__ for c in launched] == [expected]
-    if expected == "PersistentConfig":
-        in_loop = rule.gates_in_loop_from is not None and case.B * 32 >= rule.gates_in_loop_from
+    row_heads = case.B * 32
+    if not persistent:
+        assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
+    elif gluon is not None:
+        assert launched == [KV_2B_GLUON_LARGE_CONFIG if row_heads >= gluon.large_from else KV_2B_GLUON_CONFIG]
+    else:
+        in_loop = triton_rule.gates_in_loop_from is not None and row_heads >= triton_rule.gates_in_loop_from
+        assert [type(c).__name__ for c in launched] == ["PersistentConfig"]
         assert launched[0].prefetch_gates == (not in_loop)
 
 

@@ -9,6 +9,8 @@ does read early and checks that these tests catch it.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import triton
@@ -106,14 +108,17 @@ def test_reads_wait_for_the_kernel_before(B, layout, target):
 
 
 @needs_pdl
+@pytest.mark.parametrize("kernel", ["triton", "gluon-small", "gluon-large"])
 @pytest.mark.parametrize("target", ["pool", "indices", "q", "v"])
-def test_persistent_kernel_reads_wait_for_the_kernel_before(target):
-    """A bf16 kv pool at the GPU's B*HV threshold takes the persistent TMA kernel."""
-    from gdn_ops.triton_decode_tma import PersistentConfig, min_row_heads
+def test_persistent_kernel_reads_wait_for_the_kernel_before(target, kernel):
+    """A bf16 kv pool at B*HV = 1024, through each persistent kernel and tile."""
+    from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG
+    from gdn_ops.triton_decode_tma import KV_2B_CONFIG
 
-    B = min_row_heads(torch.cuda.current_device()) // HV
-    launched = run_after_slow_writer(B, "kv", target, steps=2, state_dtype=torch.bfloat16)
-    assert all(isinstance(c, PersistentConfig) for c in launched)
+    config = {"triton": KV_2B_CONFIG, "gluon-small": KV_2B_GLUON_CONFIG, "gluon-large": KV_2B_GLUON_LARGE_CONFIG}[kernel]
+    launched = run_after_slow_writer(1024 // HV, "kv", target, launch=functools.partial(launch_decode, config=config),
+                                     steps=2, state_dtype=torch.bfloat16)
+    assert launched == [config, config]
 
 
 @needs_pdl
