@@ -226,11 +226,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     """From the GPU's B*HV threshold a 2-byte kv state takes a persistent kernel (the Gluon one where
     this GPU has a rule for it, else the Triton one) but only when TMA can address every operand;
     every case matches the reference with guards and padding rows."""
-    from gdn_ops.gluon_decode_kv import (
-        KV_2B_GLUON_CONFIG,
-        KV_2B_GLUON_LARGE_CONFIG,
-        gluon_rule,
-    )
+    from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, gluon_rule
     from gdn_ops.triton_decode_tma import persistent_rule
 
     device = torch.cuda.current_device()
@@ -251,7 +247,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
     elif gluon is not None:
-        assert launched == [KV_2B_GLUON_LARGE_CONFIG if row_heads >= gluon.large_from else KV_2B_GLUON_CONFIG]
+        assert launched == [gluon.large_config if row_heads >= gluon.large_from else KV_2B_GLUON_CONFIG]
     else:
         in_loop = triton_rule.gates_in_loop_from is not None and row_heads >= triton_rule.gates_in_loop_from
         assert [type(c).__name__ for c in launched] == ["PersistentConfig"]

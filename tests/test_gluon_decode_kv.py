@@ -51,8 +51,12 @@ def test_small_shape_matches_reference(variant):
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64"])
-@pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, KV_2B_GLUON_CONFIG._replace(num_buf=2, programs_per_sm=1)],
-                         ids=["shipped", "two-buffers-one-per-sm"])
+@pytest.mark.parametrize(
+    "config",
+    [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG, KV_2B_GLUON_H200_LARGE_CONFIG,
+     KV_2B_GLUON_CONFIG._replace(programs_per_sm=1)],
+    ids=["small", "large", "h200-large", "one-per-sm"],
+)
 def test_model_shape_matches_reference(heads, variant, config):
     """Enough rows that every program walks several tiles and wraps its buffers more than once."""
     HK, HV = heads
