@@ -20,6 +20,8 @@ from decode_case import DecodeCase, build, check, run_triton
 
 from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_CONFIG,
+    KV_2B_GLUON_H200_LARGE_CONFIG,
+    KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
     _decode_kv_gluon_kernel,
 )
