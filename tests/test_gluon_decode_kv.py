@@ -135,9 +135,12 @@ def compiled_shared_bytes() -> int:
 def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory():
     """A key sum that crossed warps would add reduction scratch to the shared memory beyond the
     tile, q and k buffers, the output tile and the barriers."""
+    tests = Path(__file__).parent
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    # pytest puts the repository and tests/ on sys.path; a child process needs them spelled out
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
     script = "import test_gluon_decode_kv as t; print(t.compiled_shared_bytes())"
-    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=Path(__file__).parent, env=env,
+    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     config, K = KV_2B_GLUON_CONFIG, 128
