@@ -5,7 +5,8 @@ step sum over the keys (the rows). Triton lays a ``[K, BV]`` tile out with its w
 keys, so every key sum of the Triton kernels (``triton_decode_tma.py``) crosses warps through
 shared memory and a barrier; Nsight Compute put short-scoreboard and barrier stalls first. Gluon
 lets the layout be chosen: here each warp owns ``BV / WARPS`` columns and all K keys, its lanes
-split 8 along the keys and 4 along the values, so a key sum is 16 in-register adds and 3 shuffles.
+split between the keys and the values, so a key sum never leaves the warp (with 8 lanes along the
+128 keys, as in the 4- and 8-warp tiles: 15 in-register adds and 3 shuffles).
 
 The loop is the same persistent walk as the Triton kernel, with the pipeline written out: each
 program keeps ``NUM_BUF`` tiles (with their q, k) in flight through TMA, refilling a buffer as soon
