@@ -272,17 +272,29 @@ def gluon_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_la
     if rule is None or rows_x_heads < rule.min_row_heads:
         return None
     config = rule.large_config if rows_x_heads >= rule.large_from else KV_2B_GLUON_CONFIG
-    if unsupported_reason(q, k, state, state_layout, config) or gluon_layout_reason(q.shape[-1], config):
+    if unsupported_reason(q, k, state, state_layout, config) or gluon_reason(q, state, config):
         return None
     return config
 
 
-def gluon_layout_reason(K: int, config: GluonKVConfig) -> str | None:
-    """Why ``config``'s register layout cannot cover a ``[K, BV]`` tile, or ``None`` if it can."""
+# sm_90's shared memory per program (227 KB)
+MAX_SHARED_BYTES = 232448
+
+
+def gluon_reason(q: torch.Tensor, state: torch.Tensor, config: GluonKVConfig) -> str | None:
+    """Why ``config`` cannot run the Gluon kernel on these operands beyond TMA's needs
+    (``triton_decode_tma.unsupported_reason``), or ``None`` if it can: its register layout must
+    cover a ``[K, BV]`` tile, and its buffers fit in shared memory. Metadata only."""
+    K = q.shape[-1]
     lanes_v, rest = divmod(config.BV, config.num_warps * config.vec)
     if rest or lanes_v not in (1, 2, 4, 8, 16, 32) or K % (32 // lanes_v):
         return (f"BV={config.BV} a multiple of num_warps*vec={config.num_warps * config.vec} by a power of two "
                 f"that leaves K={K} a multiple of the lanes along the keys")
+    tile = K * config.BV * state.element_size()
+    shared = config.num_buf * (tile + 2 * K * q.element_size() + 8) + tile
+    if shared > MAX_SHARED_BYTES:
+        return (f"its buffers ({config.num_buf} tiles of {tile} bytes with q, k, and the output tile: {shared} bytes) "
+                f"within {MAX_SHARED_BYTES} bytes of shared memory")
     return None
 
 
@@ -292,7 +304,7 @@ def launch_decode_kv_gluon(
     config: GluonKVConfig, pdl: bool, l2_eps: float,
 ) -> GluonKVConfig:
     """Launch the Gluon kernel on validated arguments that TMA can address (the checks of
-    ``triton_decode_tma.unsupported_reason`` and :func:`gluon_layout_reason`): ``state [slots, HV, K, V]``
+    ``triton_decode_tma.unsupported_reason`` and :func:`gluon_reason`): ``state [slots, HV, K, V]``
     of a 2-byte dtype in the kv layout, T == 1; sm_90+ only (no interpreter)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 

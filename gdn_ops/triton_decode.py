@@ -27,7 +27,7 @@ import triton.language as tl
 from gdn_ops.gluon_decode_kv import (
     GluonKVConfig,
     gluon_config,
-    gluon_layout_reason,
+    gluon_reason,
     launch_decode_kv_gluon,
 )
 from gdn_ops.reference import L2NORM_EPS
@@ -265,7 +265,7 @@ def launch_decode(
     elif isinstance(config, (PersistentConfig, GluonKVConfig)):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is None and isinstance(config, GluonKVConfig):
-            reason = gluon_layout_reason(K, config) or (None if _supports_pdl(state.device) else "an sm_90+ GPU")
+            reason = gluon_reason(q, state, config) or (None if _supports_pdl(state.device) else "an sm_90+ GPU")
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
     if isinstance(config, GluonKVConfig):

@@ -83,6 +83,7 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIG._replace(BV=4), "BV=4 columns of at least 16 bytes"),
         ({}, SMALL_CONFIG._replace(vec=3), r"BV=32 a multiple of num_warps\*vec=6"),
         ({"K": 16}, SMALL_CONFIG._replace(BV=8), "leaves K=16 a multiple of the lanes"),
+        ({"K": 256, "V": 128}, KV_2B_GLUON_H200_LARGE_CONFIG, "within 232448 bytes of shared memory"),
     ],
 )
 def test_refuses_operands_it_cannot_run(changes, config, needs):
