@@ -227,12 +227,13 @@ class GluonKVConfig(NamedTuple):
 
 # Tuned with benchmarks/tune_tma.py on an H200 and an H100 (results/h200/tune_gluon_bf16_h200.json,
 # results/h100/tune_gluon_prefetch_h100.json): 16 KB tiles of 4 warps, 4 programs per SM, while a
-# program walks few tiles; 32 KB tiles of 8 warps, 2 per SM, from B*HV = 4096. ~97 KB of shared
-# memory per program either way (2 tiles in flight and the output tile).
+# program walks few tiles; 32 KB tiles of 8 warps, 2 per SM, from B*HV = 4096. Shared memory:
+# 2 tiles in flight and the output tile, 50 KB and 97 KB per program (~200 KB per SM).
 KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=2, programs_per_sm=4)
 KV_2B_GLUON_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=8, num_buf=2, programs_per_sm=2)
 # H200: one program of 16 warps per SM with 3 tiles in flight (~130 KB), 1-2% faster than the above
-# from B*HV = 8192 in two runs (results/h200/tune_gluon_16warps_h200*.json); not measured on an H100.
+# from B*HV = 8192 in two runs and level at 4096 (results/h200/tune_gluon_16warps_h200*.json); not
+# measured on an H100.
 KV_2B_GLUON_H200_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=16, num_buf=3, programs_per_sm=1)
 
 
