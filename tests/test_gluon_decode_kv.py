@@ -19,11 +19,13 @@ import torch
 from decode_case import DecodeCase, build, check, run_triton
 
 from gdn_ops.gluon_decode_kv import (
+    GLUON_RULES,
     KV_2B_GLUON_CONFIG,
     KV_2B_GLUON_H200_LARGE_CONFIG,
     KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
     _decode_kv_gluon_kernel,
+    gluon_reason,
 )
 
 # K = 32 takes 8 lanes along the keys; 2 warps of 4 lanes x 4 values cover BV = 32.
@@ -148,3 +150,15 @@ def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory():
     buffers = (config.num_buf * (K * config.BV + 2 * K) + K * config.BV) * 2
     barriers = config.num_buf * 8
     assert int(run.stdout.split()[-1]) == buffers + barriers
+
+
+@pytest.mark.parametrize("config", sorted({KV_2B_GLUON_CONFIG, *(rule.large_config for rule in GLUON_RULES.values())}))
+def test_shipped_configurations_fit_the_model_shape(config):
+    """Every configuration a GPU rule can pick covers Qwen3-Next's [128, 128] bf16 head and fits
+    sm_90's shared memory and register file at its programs per SM."""
+    q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
+    state = torch.empty(1, 32, 128, 128, dtype=torch.bfloat16, device="meta")
+    assert gluon_reason(q, state, config) is None
+    assert 128 % config.BV == 0
+    assert config.maxnreg * config.num_warps * 32 * config.programs_per_sm <= 65536
+    assert config.maxnreg >= 128  # what the sm_90 compiles without spills used; fewer were not tried
