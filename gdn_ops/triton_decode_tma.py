@@ -204,13 +204,6 @@ def persistent_rule(device_index: int) -> PersistentRule | None:
     return next((rule for gpu, rule in PERSISTENT_RULES.items() if gpu in name), PERSISTENT_RULE_DEFAULT)
 
 
-def min_row_heads(device_index: int) -> int | None:
-    """B*HV from which :func:`persistent_config` picks the persistent kernel on this GPU; ``None``
-    before sm_90."""
-    rule = persistent_rule(device_index)
-    return None if rule is None else rule.min_row_heads
-
-
 @functools.cache
 def sm_count(device_index: int) -> int:
     """The GPU's SM count (cached)."""

@@ -120,6 +120,20 @@ class DecodeInputs:
         )
 
 
+# A small case for the persistent kernels (kv layout, one token): TMA needs 16-byte aligned bases
+# and strides, hence pool_guard=64 and slot_pad=8 (a page-strided pool that stays aligned).
+PERSISTENT_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
+                             padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+# Changes to PERSISTENT_CASE that each persistent kernel is checked under.
+PERSISTENT_VARIANTS = {
+    "fused": {},
+    "unfused": {"fused_gating": False},
+    "l2norm-packed": {"l2norm": True, "qkv_layout": "packed"},
+    "no-indices": {"index_dtype": None, "padding_rows": ()},
+    "past-pool-int64": {"index_dtype": torch.int64, "padding_value": 1000},
+}
+
+
 def build(case: DecodeCase, device) -> DecodeInputs:
     gen = torch.Generator(device="cpu").manual_seed(case.seed)
 

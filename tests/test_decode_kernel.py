@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import TRITON_INTERPRET
 from decode_case import (
+    PERSISTENT_CASE,
+    PERSISTENT_VARIANTS,
     DecodeCase,
     assert_close_to_reference,
     build,
@@ -113,27 +115,15 @@ def _persistent_config(prefetch_gates: bool = True):
     return PersistentConfig(BV=32, num_warps=4, num_stages=2, programs_per_sm=4, prefetch_gates=prefetch_gates)
 
 
-# The persistent TMA kernel (kv layout, one token): TMA needs 16-byte aligned bases and strides,
-# hence pool_guard=64 and slot_pad=8 (a page-strided pool that stays aligned).
-PERSISTENT_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
-                             padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
-
-
 @needs_interpreter
 @pytest.mark.parametrize("prefetch_gates", [True, False], ids=["gates-ahead", "gates-in-loop"])
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("variant", ["fused", "unfused", "l2norm-packed", "no-indices", "past-pool-int64"])
+@pytest.mark.parametrize("variant", list(PERSISTENT_VARIANTS))
 def test_persistent_kernel_matches_reference_in_interpreter(state_dtype, variant, prefetch_gates):
     """Each program walks two tiles; padding rows (-1, or a slot past the pool) leave the pool
     untouched. With the gates loaded a tile ahead, the last tile's look-ahead reads nothing."""
-    changes = {
-        "fused": {},
-        "unfused": {"fused_gating": False},
-        "l2norm-packed": {"l2norm": True, "qkv_layout": "packed"},
-        "no-indices": {"index_dtype": None, "padding_rows": ()},
-        "past-pool-int64": {"index_dtype": torch.int64, "padding_value": 1000},
-    }[variant]
-    case = dataclasses.replace(PERSISTENT_CASE, state_dtype=state_dtype, seed=len(variant), **changes)
+    case = dataclasses.replace(PERSISTENT_CASE, state_dtype=state_dtype, seed=len(variant),
+                               **PERSISTENT_VARIANTS[variant])
     launched = []
     config = _persistent_config(prefetch_gates)
     check(build(case, "cpu"), lambda inp: run_triton(inp, config, launched))

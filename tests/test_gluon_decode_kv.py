@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from decode_case import DecodeCase, build, check, run_triton
+from decode_case import (
+    PERSISTENT_CASE,
+    PERSISTENT_VARIANTS,
+    DecodeCase,
+    build,
+    check,
+    run_triton,
+)
 
 from gdn_ops.gluon_decode_kv import (
     GLUON_RULES,
@@ -30,23 +37,13 @@ from gdn_ops.gluon_decode_kv import (
 
 # K = 32 takes 8 lanes along the keys; 2 warps of 4 lanes x 4 values cover BV = 32.
 SMALL_CONFIG = GluonKVConfig(BV=32, num_warps=2, num_buf=2, programs_per_sm=1)
-# TMA needs 16-byte aligned bases and strides: pool_guard=64 and slot_pad=8 keep a page-strided pool aligned.
-SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
-                        padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
-VARIANTS = {
-    "fused": {},
-    "unfused": {"fused_gating": False},
-    "l2norm-packed": {"l2norm": True, "qkv_layout": "packed"},
-    "no-indices": {"index_dtype": None, "padding_rows": ()},
-    "past-pool-int64": {"index_dtype": torch.int64, "padding_value": 1000},
-    "fp16-state": {"state_dtype": torch.float16},
-}
+VARIANTS = {**PERSISTENT_VARIANTS, "fp16-state": {"state_dtype": torch.float16}}
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_small_shape_matches_reference(variant):
-    case = dataclasses.replace(SMALL_CASE, seed=len(variant), **VARIANTS[variant])
+    case = dataclasses.replace(PERSISTENT_CASE, seed=len(variant), **VARIANTS[variant])
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIG, launched))
     assert launched == [SMALL_CONFIG]
@@ -90,7 +87,7 @@ def test_model_shape_matches_reference(heads, variant, config):
 )
 def test_refuses_operands_it_cannot_run(changes, config, needs):
     """Checked before any launch, on metadata only: a clear error naming what is needed."""
-    case = dataclasses.replace(SMALL_CASE, **changes)
+    case = dataclasses.replace(PERSISTENT_CASE, **changes)
     with pytest.raises(ValueError, match=needs):
         run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
 
@@ -98,7 +95,7 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="off the GPU only: a GPU compiles it by running it")
 def test_refuses_to_run_off_the_gpu():
     with pytest.raises(ValueError, match="an sm_90"):
-        run_triton(build(SMALL_CASE, "cpu"), SMALL_CONFIG)
+        run_triton(build(PERSISTENT_CASE, "cpu"), SMALL_CONFIG)
 
 
 def compiled_shared_bytes() -> int:
