@@ -40,9 +40,15 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton) or ``gBV:warps:buffers:programs_per_sm[:vec]`` (Gluon)."""
-    if spec.startswith("g"):
-        return GluonKVConfig(*map(int, spec[1:].split(":")))
-    return PersistentConfig(*map(int, spec.split(":")))  # prefetch_gates as 0 or 1
+    gluon = spec.startswith("g")
+    fields = spec[1:].split(":") if gluon else spec.split(":")
+    if len(fields) not in (4, 5) or not all(f.isdigit() for f in fields):
+        raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates] "
+                         "or gBV:warps:buffers:programs_per_sm[:vec], in integers")
+    values = list(map(int, fields))
+    if gluon:
+        return GluonKVConfig(*values)
+    return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
 def variant_launch(name: str):
