@@ -39,15 +39,16 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig:
-    """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton) or ``gBV:warps:buffers:programs_per_sm[:vec]`` (Gluon)."""
-    gluon = spec.startswith("g")
+    """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
+    (Gluon) or ``wBV:...`` (the warp-specialised Gluon kernel; ``warps`` counts the compute warps)."""
+    gluon = spec[:1] in ("g", "w")
     fields = spec[1:].split(":") if gluon else spec.split(":")
     if len(fields) not in (4, 5) or not all(f.isdigit() for f in fields):
         raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates] "
-                         "or gBV:warps:buffers:programs_per_sm[:vec], in integers")
+                         "or gBV:warps:buffers:programs_per_sm[:vec] (wBV:... warp-specialised), in integers")
     values = list(map(int, fields))
     if gluon:
-        return GluonKVConfig(*values)
+        return GluonKVConfig(*values, specialized=spec[0] == "w")
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
