@@ -208,166 +208,6 @@ def _decode_kv_gluon_kernel(
         _gdc_launch_dependents()
 
 
-# --- Warp-specialised form: one warp issues the loads, one the stores, WARPS compute ------------------
-
-
-@gluon.jit
-def _ws_load_partition(q_desc, k_desc, state_desc, indices_ptr, tile_smem, q_smem, k_smem, ready, empty,
-                       num_tiles, num_slots, HV: gl.constexpr, GROUP: gl.constexpr, NV: gl.constexpr,
-                       BV: gl.constexpr, HAS_INDICES: gl.constexpr, NUM_BUF: gl.constexpr, PDL: gl.constexpr):
-    """One warp: refill each buffer with the tile NUM_BUF steps ahead as soon as the compute warps
-    have released it."""
-    pid = gl.program_id(0)
-    step = gl.num_programs(0)
-    if PDL:
-        _gdc_wait()
-    slot = _tile_slot(pid, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-    i = 0
-    for tile in range(pid, num_tiles, step):
-        next_slot = _tile_slot(tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-        buf = i % NUM_BUF
-        # a fresh barrier's "previous phase" counts as complete: the first NUM_BUF waits pass
-        mbarrier.wait(empty.index(buf), ((i // NUM_BUF) & 1) ^ 1)
-        _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf), q_smem.index(buf),
-                    k_smem.index(buf), ready.index(buf), NV, HV, GROUP, BV)
-        slot = next_slot
-        i += 1  # noqa: SIM113 (Gluon loops have no enumerate)
-
-
-@gluon.jit
-def _ws_store_partition(state_desc, indices_ptr, out_smem, out_full, out_empty, num_tiles, num_slots,
-                        HV: gl.constexpr, NV: gl.constexpr, BV: gl.constexpr, HAS_INDICES: gl.constexpr,
-                        NUM_OUT: gl.constexpr, PDL: gl.constexpr):
-    """One warp: write each updated tile back by TMA once the compute warps have filled its buffer."""
-    pid = gl.program_id(0)
-    step = gl.num_programs(0)
-    if PDL:
-        _gdc_wait()
-    slot = _tile_slot(pid, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-    i = 0
-    for tile in range(pid, num_tiles, step):
-        next_slot = _tile_slot(tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-        ob = i % NUM_OUT
-        mbarrier.wait(out_full.index(ob), (i // NUM_OUT) & 1)
-        # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
-        tma.async_copy_shared_to_global(state_desc, [slot, (tile // NV) % HV, 0, (tile % NV) * BV], out_smem.index(ob))
-        tma.store_wait(0)
-        mbarrier.arrive(out_empty.index(ob))
-        slot = next_slot
-        i += 1  # noqa: SIM113
-    tma.store_wait(0)
-
-
-@gluon.jit
-def _ws_compute_partition(
-    tile_smem, q_smem, k_smem, out_smem, ready, empty, out_full, out_empty,
-    v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
-    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
-    HV: gl.constexpr, K: gl.constexpr, BV: gl.constexpr, NV: gl.constexpr, WARPS: gl.constexpr,
-    VEC: gl.constexpr, LANES_V: gl.constexpr, FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr,
-    HAS_INDICES: gl.constexpr, L2_EPS: gl.constexpr, NUM_BUF: gl.constexpr, NUM_OUT: gl.constexpr,
-    PDL: gl.constexpr, state_dtype: gl.constexpr,
-):
-    """WARPS warps: the step on each tile, between the load and store warps' buffers."""
-    tile_layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [1, WARPS], [1, 0])
-    keys_layout: gl.constexpr = gl.SliceLayout(1, tile_layout)
-    cols_layout: gl.constexpr = gl.SliceLayout(0, tile_layout)
-    pid = gl.program_id(0)
-    step = gl.num_programs(0)
-    if PDL:
-        _gdc_wait()
-    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
-        pid, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
-    offs_bv = gl.arange(0, BV, layout=cols_layout)
-    i = 0
-    for tile in range(pid, num_tiles, step):
-        next_inputs = _tile_inputs(
-            tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
-        buf = i % NUM_BUF
-        mbarrier.wait(ready.index(buf), (i // NUM_BUF) & 1)
-        S = tile_smem.index(buf).reshape([K, BV]).load(tile_layout).to(gl.float32)
-        q = q_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
-        k = k_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
-        mbarrier.arrive(empty.index(buf))
-
-        row_head = tile // NV
-        row = row_head // HV
-        hv = row_head % HV
-        v0 = (tile % NV) * BV
-        neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
-        g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
-                               dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
-        v = v_in.to(gl.float32)
-        if USE_L2NORM:
-            q = q / gl.sqrt(gl.sum(q * q, axis=0) + L2_EPS)
-            k = k / gl.sqrt(gl.sum(k * k, axis=0) + L2_EPS)
-        q = q * scale
-        S = S * gl.exp(g)
-        u = beta * (v - gl.sum(S * k[:, None], axis=0))
-        S = S + k[:, None] * u[None, :]
-        o = gl.sum(S * q[:, None], axis=0)
-        o = gl.where(slot < num_slots, o, 0.0)
-        gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + (v0 + offs_bv) * s_ov, o.to(o_ptr.dtype.element_ty))
-
-        ob = i % NUM_OUT
-        mbarrier.wait(out_empty.index(ob), ((i // NUM_OUT) & 1) ^ 1)
-        out_smem.index(ob).reshape([K, BV]).store(S.to(state_dtype))
-        fence_async_shared()
-        mbarrier.arrive(out_full.index(ob))
-
-        slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs
-        i += 1  # noqa: SIM113
-
-
-@gluon.jit
-def _decode_kv_gluon_ws_kernel(
-    q_desc, k_desc, state_desc, v_ptr,
-    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
-    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
-    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
-    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    WARPS: gl.constexpr, VEC: gl.constexpr, LANES_V: gl.constexpr,
-    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, NUM_BUF: gl.constexpr, PDL: gl.constexpr,
-):
-    NV: gl.constexpr = V // BV
-    NUM_OUT: gl.constexpr = 2
-    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_BUF, 1, 1, K, BV], state_desc.layout)
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_BUF, 1, 1, K], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_BUF, 1, 1, K], k_desc.layout)
-    out_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_OUT, 1, 1, K, BV], state_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    out_full = gl.allocate_shared_memory(gl.int64, [NUM_OUT, 1], mbarrier.MBarrierLayout())
-    out_empty = gl.allocate_shared_memory(gl.int64, [NUM_OUT, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_BUF):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    for i in gl.static_range(NUM_OUT):
-        mbarrier.init(out_full.index(i), count=1)
-        mbarrier.init(out_empty.index(i), count=1)
-
-    gl.warp_specialize([
-        (_ws_compute_partition, (
-            tile_smem, q_smem, k_smem, out_smem, ready, empty, out_full, out_empty,
-            v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
-            num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
-            HV, K, BV, NV, WARPS, VEC, LANES_V, FUSED_GATING, USE_L2NORM, HAS_INDICES, L2_EPS, NUM_BUF,
-            NUM_OUT, PDL, state_desc.dtype)),
-        (_ws_load_partition, (q_desc, k_desc, state_desc, indices_ptr, tile_smem, q_smem, k_smem, ready, empty,
-                              num_tiles, num_slots, HV, GROUP, NV, BV, HAS_INDICES, NUM_BUF, PDL)),
-        (_ws_store_partition, (state_desc, indices_ptr, out_smem, out_full, out_empty, num_tiles, num_slots,
-                               HV, NV, BV, HAS_INDICES, NUM_OUT, PDL)),
-    ], [1, 1], [40, 40])
-    if PDL:
-        _gdc_launch_dependents()
-
-
 class GluonKVConfig(NamedTuple):
     """``BV`` value columns per tile (all K keys) split over ``num_warps`` warps, each lane ``vec``
     contiguous values; ``num_buf`` tiles in flight per program; ``programs_per_sm`` resident programs."""
@@ -377,19 +217,12 @@ class GluonKVConfig(NamedTuple):
     num_buf: int
     programs_per_sm: int
     vec: int = 4
-    specialized: bool = False  # one warp issues the loads and one the stores (the warp-specialised kernel)
-
-    @property
-    def total_warps(self) -> int:
-        """Warps per program: the warp-specialised kernel adds a warpgroup for its two TMA warps
-        (Triton pads worker warps to a whole warpgroup, for ``setmaxnreg``)."""
-        return self.num_warps + (4 if self.specialized else 0)
 
     @property
     def maxnreg(self) -> int:
         """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers:
         left alone, ptxas gave 8 warps 227 and so one program per SM."""
-        return min(255, 65536 // (self.programs_per_sm * self.total_warps * 32)) // 8 * 8
+        return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
 # Tuned with benchmarks/tune_tma.py on an H200 and an H100 (results/h200/tune_gluon_bf16_h200.json,
@@ -461,14 +294,9 @@ def gluon_reason(q: torch.Tensor, state: torch.Tensor, config: GluonKVConfig) ->
         return (f"BV={config.BV} a multiple of num_warps*vec={config.num_warps * config.vec} by a power of two "
                 f"that leaves K={K} a multiple of the lanes along the keys")
     tile = K * config.BV * state.element_size()
-    if config.specialized:
-        # two output tiles; the barriers and the arguments Triton passes to the worker warps stay under 1 KB
-        out_tiles, extra = 2, 1024
-    else:
-        out_tiles, extra = 1, 8 * config.num_buf
-    shared = config.num_buf * (tile + 2 * K * q.element_size()) + out_tiles * tile + extra
+    shared = config.num_buf * (tile + 2 * K * q.element_size() + 8) + tile
     if shared > MAX_SHARED_BYTES:
-        return (f"its buffers ({config.num_buf} tiles of {tile} bytes with q, k, and {out_tiles} output tile(s): {shared} bytes) "
+        return (f"its buffers ({config.num_buf} tiles of {tile} bytes with q, k, and the output tile: {shared} bytes) "
                 f"within {MAX_SHARED_BYTES} bytes of shared memory")
     if config.programs_per_sm * (shared + 1024) > SM_SHARED_BYTES:
         # more would not be resident together: the persistent grid's last programs would start late
@@ -500,8 +328,7 @@ def launch_decode_kv_gluon(
         layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, str(t.dtype).split(".")[-1]))
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
-    kernel = _decode_kv_gluon_ws_kernel if config.specialized else _decode_kv_gluon_kernel
-    kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
+    _decode_kv_gluon_kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
         descriptor(q3, [1, 1, K]), descriptor(k3, [1, 1, K]), descriptor(state, [1, 1, K, BV]),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,

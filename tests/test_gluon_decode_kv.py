@@ -32,26 +32,21 @@ from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
     _decode_kv_gluon_kernel,
-    _decode_kv_gluon_ws_kernel,
     gluon_reason,
 )
 
 # K = 32 takes 8 lanes along the keys; 2 warps of 4 lanes x 4 values cover BV = 32.
 SMALL_CONFIG = GluonKVConfig(BV=32, num_warps=2, num_buf=2, programs_per_sm=1)
 VARIANTS = {**PERSISTENT_VARIANTS, "fp16-state": {"state_dtype": torch.float16}}
-# the warp-specialised kernel at the model shape, tiles of 64 and 128 columns
-SPECIALIZED_CONFIGS = [GluonKVConfig(64, 8, 3, 2, specialized=True), GluonKVConfig(128, 16, 3, 1, specialized=True)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("specialized", [False, True], ids=["plain", "specialized"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_small_shape_matches_reference(variant, specialized):
+def test_small_shape_matches_reference(variant):
     case = dataclasses.replace(PERSISTENT_CASE, seed=len(variant), **VARIANTS[variant])
-    config = SMALL_CONFIG._replace(specialized=specialized)
     launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, config, launched))
-    assert launched == [config]
+    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIG, launched))
+    assert launched == [SMALL_CONFIG]
 
 
 @pytest.mark.gpu
@@ -60,8 +55,8 @@ def test_small_shape_matches_reference(variant, specialized):
 @pytest.mark.parametrize(
     "config",
     [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG, KV_2B_GLUON_H200_LARGE_CONFIG,
-     KV_2B_GLUON_CONFIG._replace(programs_per_sm=1), *SPECIALIZED_CONFIGS],
-    ids=["small", "large", "h200-large", "one-per-sm", "specialized-64", "specialized-128"],
+     KV_2B_GLUON_CONFIG._replace(programs_per_sm=1)],
+    ids=["small", "large", "h200-large", "one-per-sm"],
 )
 def test_model_shape_matches_reference(heads, variant, config):
     """Enough rows that every program walks several tiles and wraps its buffers more than once."""
@@ -88,7 +83,7 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIG._replace(vec=3), r"BV=32 a multiple of num_warps\*vec=6"),
         ({"K": 16}, SMALL_CONFIG._replace(BV=8), "leaves K=16 a multiple of the lanes"),
         ({"K": 256, "V": 128}, KV_2B_GLUON_H200_LARGE_CONFIG, "within 232448 bytes of shared memory"),
-        ({"K": 128, "V": 128}, GluonKVConfig(128, 8, 2, 2, specialized=True), "within an SM's 233472 bytes"),
+        ({"K": 128, "V": 128}, KV_2B_GLUON_LARGE_CONFIG._replace(programs_per_sm=3), "within an SM's 233472 bytes"),
     ],
 )
 def test_refuses_operands_it_cannot_run(changes, config, needs):
@@ -104,16 +99,15 @@ def test_refuses_to_run_off_the_gpu():
         run_triton(build(PERSISTENT_CASE, "cpu"), SMALL_CONFIG)
 
 
-def compiled_shared_bytes(config: GluonKVConfig) -> int:
-    """Shared memory of ``config``'s kernel compiled for sm_90, without a GPU (ptxas ships with
-    Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
+def compiled_shared_bytes() -> int:
+    """Shared memory of the shipped configuration's kernel compiled for sm_90, without a GPU (ptxas
+    ships with Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    K, V, HV = 128, 128, 32
-    kernel = _decode_kv_gluon_ws_kernel if config.specialized else _decode_kv_gluon_kernel
+    config, K, V, HV = KV_2B_GLUON_CONFIG, 128, 128, 32
     state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV], gl.bfloat16)
     qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "WARPS": config.num_warps,
@@ -132,35 +126,28 @@ def compiled_shared_bytes(config: GluonKVConfig) -> int:
             return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
         return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
 
-    signature = {name: arg_type(name) for name in inspect.signature(kernel.fn).parameters}
-    compiled = triton.compile(GluonASTSource(kernel, signature, constexprs),
+    signature = {name: arg_type(name) for name in inspect.signature(_decode_kv_gluon_kernel.fn).parameters}
+    compiled = triton.compile(GluonASTSource(_decode_kv_gluon_kernel, signature, constexprs),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": config.num_warps, "maxnreg": config.maxnreg})
     return compiled.metadata.shared
 
 
-@pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, SPECIALIZED_CONFIGS[1]], ids=["plain", "specialized"])
-def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory(config):
-    """A key sum that crossed warps would add reduction scratch (4 bytes per column, at least) to
-    the shared memory beyond the tile, q and k buffers, the output tiles and the barriers. The
-    warp-specialised kernel also passes its worker warps their arguments through shared memory."""
+def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory():
+    """A key sum that crossed warps would add reduction scratch to the shared memory beyond the
+    tile, q and k buffers, the output tile and the barriers."""
     tests = Path(__file__).parent
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     # pytest puts the repository and tests/ on sys.path; a child process needs them spelled out
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
-    script = f"import test_gluon_decode_kv as t; print(t.compiled_shared_bytes(t.{config!r}))"
+    script = "import test_gluon_decode_kv as t; print(t.compiled_shared_bytes())"
     run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    K, out_tiles = 128, 1 + config.specialized
-    buffers = (config.num_buf * (K * config.BV + 2 * K) + out_tiles * K * config.BV) * 2
-    # a full and an empty barrier per buffer and output tile in the warp-specialised kernel
-    barriers = 16 * (config.num_buf + out_tiles) if config.specialized else 8 * config.num_buf
-    shared = int(run.stdout.split()[-1])
-    if config.specialized:
-        assert buffers + barriers <= shared < buffers + barriers + 4 * config.BV
-    else:
-        assert shared == buffers + barriers
+    config, K = KV_2B_GLUON_CONFIG, 128
+    buffers = (config.num_buf * (K * config.BV + 2 * K) + K * config.BV) * 2
+    barriers = config.num_buf * 8
+    assert int(run.stdout.split()[-1]) == buffers + barriers
 
 
 @pytest.mark.parametrize("config", sorted({KV_2B_GLUON_CONFIG, *(rule.large_config for rule in GLUON_RULES.values())}))

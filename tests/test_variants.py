@@ -25,7 +25,6 @@ def test_tune_tma_specs_name_either_persistent_kernel():
     assert parse_spec("64:4:3:4") == PersistentConfig(64, 4, 3, 4, prefetch_gates=True)
     assert parse_spec("g128:8:2:2") == GluonKVConfig(128, 8, 2, 2)
     assert parse_spec("g64:4:2:4:8") == GluonKVConfig(64, 4, 2, 4, vec=8)
-    assert parse_spec("w128:16:3:1") == GluonKVConfig(128, 16, 3, 1, specialized=True)
     for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
