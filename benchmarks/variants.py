@@ -131,6 +131,19 @@ _GLUON_NEXT_INPUTS = (
     "            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)\n"
 )
 
+# the step's arithmetic on the tile, replaced by an o that needs no tile
+_GLUON_STEP_ARITHMETIC = (
+    ("        S = S * gl.exp(g)\n"
+     "        u = beta * (v - gl.sum(S * k[:, None], axis=0))\n"
+     "        S = S + k[:, None] * u[None, :]\n"
+     "        o = gl.sum(S * q[:, None], axis=0)\n"),
+    "        o = v\n",
+)
+_GLUON_UNSWIZZLED_STATE = (
+    "descriptor(state, [1, 1, K, BV])",
+    "TensorDescriptor(state, list(state.shape), list(state.stride()), [1, 1, K, BV], gl.NVMMASharedLayout(0, 16, rank=4))",
+)
+
 GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # The next tile's small inputs (slot, v, gates) loaded at the end of the current tile, as in the
     # first version, instead of at its start: their latency is then exposed at the next tile's start.
@@ -142,18 +155,31 @@ GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
     # A ceiling, not a decode step: the same pipeline (TMA loads, the tile through registers, TMA
     # store) with the step's arithmetic taken out, so the tile is written back unchanged.
-    "gluon_copy_only": [
-        (("        S = S * gl.exp(g)\n"
-          "        u = beta * (v - gl.sum(S * k[:, None], axis=0))\n"
-          "        S = S + k[:, None] * u[None, :]\n"
-          "        o = gl.sum(S * q[:, None], axis=0)\n"),
-         "        o = v\n"),
+    "gluon_copy_only": [_GLUON_STEP_ARITHMETIC],
+    # A ceiling below that one: no register round trip, each tile leaves by a TMA store straight
+    # from the buffer it arrived in (before the buffer is refilled), the o output as above.
+    "gluon_dma_only": [
+        _GLUON_STEP_ARITHMETIC,
+        ("        mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)\n",
+         ("        mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)\n"
+          "        tma.async_copy_shared_to_global(state_desc, [slot, (tile // NV) % HV, 0, (tile % NV) * BV],\n"
+          "                                        tile_smem.index(buf))\n")),
+        (("        out_smem.reshape([K, BV]).store(S.to(state_desc.dtype))\n"
+          "        fence_async_shared()\n"
+          "        _cta_barrier()\n"
+          "        # a padded row's slot is one past the pool: TMA drops out-of-bounds writes\n"
+          "        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)\n"), ""),
     ],
+    # The state tile in shared memory without the 128-byte swizzle: one TMA copy of whole 256-byte
+    # rows per tile instead of two of 128-byte half rows (at the price of bank conflicts in the
+    # tile's loads and stores by the registers).
+    "gluon_unswizzled": [_GLUON_UNSWIZZLED_STATE],
+    "gluon_copy_only_unswizzled": [_GLUON_STEP_ARITHMETIC, _GLUON_UNSWIZZLED_STATE],
 }
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS
 # Variants whose output is not the decode step's: timed without the check against the reference.
-CEILING_VARIANTS = {"gluon_copy_only"}
+CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "gluon_copy_only_unswizzled"}
 
 
 @functools.cache
