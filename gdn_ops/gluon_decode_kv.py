@@ -66,7 +66,7 @@ def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl
 
 @gluon.jit
 def _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_buf, k_buf, bar,
-                NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, BV: gl.constexpr):
+                NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr):
     """Start the TMA copies of ``tile``'s state, q and k into one pipeline buffer (nothing past the last tile)."""
     live = tile < num_tiles
     row_head = tile // NV
@@ -74,16 +74,24 @@ def _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_b
     hv = row_head % HV
     nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes)
     mbarrier.expect(bar, nbytes, pred=live)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, (tile % NV) * BV], bar, tile_buf, pred=live)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], bar, tile_buf, pred=live)
     tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bar, q_buf, pred=live)
     tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bar, k_buf, pred=live)
 
 
 @gluon.jit
+def _tile_columns(BV: gl.constexpr, C: gl.constexpr, cols_layout: gl.constexpr):
+    """Column offsets ``[BV // C, C]`` within a tile held as chunks of C columns."""
+    chunk = gl.arange(0, BV // C, layout=gl.SliceLayout(1, cols_layout))
+    col = gl.arange(0, C, layout=gl.SliceLayout(0, cols_layout))
+    return chunk[:, None] * C + col[None, :]
+
+
+@gluon.jit
 def _tile_inputs(tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
                  s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
-                 NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, HAS_INDICES: gl.constexpr,
-                 FUSED_GATING: gl.constexpr, cols_layout: gl.constexpr):
+                 NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, C: gl.constexpr,
+                 HAS_INDICES: gl.constexpr, FUSED_GATING: gl.constexpr, cols_layout: gl.constexpr):
     """``tile``'s slot, v columns, gate inputs and (fused gating) its head's ``A_log, dt_bias``, as
     stored: loads only, issued a tile ahead of their use (zeros past the last tile)."""
     row_head = tile // NV
@@ -91,7 +99,7 @@ def _tile_inputs(tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gat
     hv = row_head % HV
     live = tile < num_tiles
     slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-    cols = (tile % NV) * BV + gl.arange(0, BV, layout=cols_layout)
+    cols = (tile % NV) * BV + _tile_columns(BV, C, cols_layout)
     v = gl.load(v_ptr + row * s_vb + hv * s_vh + cols * s_vv, mask=(cols >= 0) & live, other=0.0)
     gate_a = gl.load(gate_a_ptr + row * s_ab + hv * s_ah, mask=live, other=0.0)
     gate_b = gl.load(gate_b_ptr + row * s_bb + hv * s_bh, mask=live, other=0.0)
@@ -112,24 +120,29 @@ def _decode_kv_gluon_kernel(
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
     s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    WARPS: gl.constexpr, VEC: gl.constexpr, LANES_V: gl.constexpr,
+    C: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, NUM_BUF: gl.constexpr, PDL: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
-    # [K, BV]: each lane VEC contiguous values of every (32 / LANES_V)-th key, warps side by side
-    # along the values, so no key sum leaves a warp. Lanes of one shared-memory access touch
-    # 32 / LANES_V consecutive keys, which the 128-byte TMA swizzle puts in distinct banks.
-    tile_layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [1, WARPS], [1, 0])
-    keys_layout: gl.constexpr = gl.SliceLayout(1, tile_layout)
+    NC: gl.constexpr = BV // C
+    # A [K, BV] tile is held as [K, NC, C]: each key row cut into NC chunks of C columns (128 bytes),
+    # so that TMA moves a whole-head tile as one copy of consecutive 128-byte rows (two copies of
+    # half rows were slower) with the 128-byte swizzle. Each lane holds VEC contiguous values of
+    # every LANES_K-th key; warps sit side by side along the chunk columns, so no key sum leaves a
+    # warp. The lanes of one shared-memory access cover consecutive chunk rows, which the swizzle
+    # puts in distinct banks.
+    tile_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NC * LANES_C), NC, LANES_C], [1, 1, WARPS],
+                                                 [2, 1, 0])
+    keys_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, tile_layout))
     cols_layout: gl.constexpr = gl.SliceLayout(0, tile_layout)
 
-    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_BUF, 1, 1, K, BV], state_desc.layout)
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [NUM_BUF, 1, 1, K, NC, C], state_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_BUF, 1, 1, K], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_BUF, 1, 1, K], k_desc.layout)
     # The updated tile leaves by a TMA store of whole rows: measured faster than register stores,
     # where each warp writes its columns' share of every row (NOTES.md).
-    out_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV], state_desc.layout)
+    out_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, NC, C], state_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(bars.index(i), count=1)
@@ -144,22 +157,22 @@ def _decode_kv_gluon_kernel(
         tile = pid + i * step
         slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
         _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i), q_smem.index(i),
-                    k_smem.index(i), bars.index(i), NV, HV, GROUP, BV)
+                    k_smem.index(i), bars.index(i), NV, HV, GROUP, NC)
     issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
         pid, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
-    offs_bv = gl.arange(0, BV, layout=cols_layout)
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+    offs_bv = _tile_columns(BV, C, cols_layout)
 
     i = 0
     for tile in range(pid, num_tiles, step):
         # The next tile's small inputs first, so that their latency hides behind this tile's work.
         next_inputs = _tile_inputs(
             tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, HAS_INDICES, FUSED_GATING, cols_layout)
+            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
         buf = i % NUM_BUF
         mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)
-        S = tile_smem.index(buf).reshape([K, BV]).load(tile_layout).to(gl.float32)
+        S = tile_smem.index(buf).reshape([K, NC, C]).load(tile_layout).to(gl.float32)
         q = q_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
         k = k_smem.index(buf).reshape([K]).load(keys_layout).to(gl.float32)
         # One barrier for two things: every warp has read this buffer (refill it with the tile
@@ -169,7 +182,7 @@ def _decode_kv_gluon_kernel(
         _cta_barrier()
         next_tile = tile + NUM_BUF * step
         _issue_tile(next_tile, issue_slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf),
-                    q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, BV)
+                    q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, NC)
         issue_slot = _tile_slot(next_tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
 
         row_head = tile // NV
@@ -181,23 +194,23 @@ def _decode_kv_gluon_kernel(
                                dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
         v = v_in.to(gl.float32)
 
-        # the step of triton_step.delta_rule_step, on a [K, BV] tile (keys by values)
+        # the step of triton_step.delta_rule_step, on a [K, NC, C] tile (keys by values)
         if USE_L2NORM:
             q = q / gl.sqrt(gl.sum(q * q, axis=0) + L2_EPS)
             k = k / gl.sqrt(gl.sum(k * k, axis=0) + L2_EPS)
         q = q * scale
         S = S * gl.exp(g)
-        u = beta * (v - gl.sum(S * k[:, None], axis=0))
-        S = S + k[:, None] * u[None, :]
-        o = gl.sum(S * q[:, None], axis=0)
+        u = beta * (v - gl.sum(S * k[:, None, None], axis=0))
+        S = S + k[:, None, None] * u[None, :, :]
+        o = gl.sum(S * q[:, None, None], axis=0)
 
         o = gl.where(slot < num_slots, o, 0.0)
         gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + (v0 + offs_bv) * s_ov, o.to(o_ptr.dtype.element_ty))
-        out_smem.reshape([K, BV]).store(S.to(state_desc.dtype))
+        out_smem.reshape([K, NC, C]).store(S.to(state_desc.dtype))
         fence_async_shared()
         _cta_barrier()
         # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
-        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, v0], out_smem)
+        tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], out_smem)
 
         slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = next_inputs
         i += 1  # noqa: SIM113 (Gluon loops have no enumerate)
@@ -278,6 +291,12 @@ def gluon_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_la
     return config
 
 
+def chunk_columns(BV: int, itemsize: int) -> int:
+    """Columns per chunk of a key row in the kernel's view of a tile: 128 bytes (the TMA swizzle's
+    width), or the whole tile row when that is shorter."""
+    return min(BV, 128 // itemsize)
+
+
 # sm_90's shared memory per program (227 KB), and per SM (228 KB, of which each resident program reserves 1 KB)
 MAX_SHARED_BYTES = 232448
 SM_SHARED_BYTES = 233472
@@ -289,10 +308,13 @@ def gluon_reason(q: torch.Tensor, state: torch.Tensor, config: GluonKVConfig) ->
     cover a ``[K, BV]`` tile, and its buffers fit in shared memory, ``programs_per_sm`` of them
     in one SM's. Metadata only."""
     K = q.shape[-1]
-    lanes_v, rest = divmod(config.BV, config.num_warps * config.vec)
-    if rest or lanes_v not in (1, 2, 4, 8, 16, 32) or K % (32 // lanes_v):
-        return (f"BV={config.BV} a multiple of num_warps*vec={config.num_warps * config.vec} by a power of two "
-                f"that leaves K={K} a multiple of the lanes along the keys")
+    C = chunk_columns(config.BV, state.element_size())
+    lanes_c, rest = divmod(C, config.num_warps * config.vec)
+    lanes_c_and_chunks = lanes_c * (config.BV // C)
+    if rest or lanes_c_and_chunks not in (1, 2, 4, 8, 16, 32) or K % (32 // lanes_c_and_chunks):
+        return (f"BV={config.BV} in chunks of C={C} columns, C a multiple of num_warps*vec="
+                f"{config.num_warps * config.vec} by a power of two that leaves K={K} a multiple of the lanes "
+                "along the keys")
     tile = K * config.BV * state.element_size()
     shared = config.num_buf * (tile + 2 * K * q.element_size() + 8) + tile
     if shared > MAX_SHARED_BYTES:
@@ -324,19 +346,26 @@ def launch_decode_kv_gluon(
     q3, k3 = q[:, 0], k[:, 0]
     fused = A_log is not None
 
-    def descriptor(t, block):
+    def descriptor(t, shape, strides, block):
         layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, str(t.dtype).split(".")[-1]))
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+        return TensorDescriptor(t, shape, strides, block, layout)
+
+    # the pool seen as [slots, HV, K, V // C, C]: key rows cut into chunks of C columns (see the kernel)
+    C = chunk_columns(BV, state.element_size())
+    pool_shape = [*state.shape[:3], V // C, C]
+    pool_strides = [*state.stride()[:3], C, 1]
 
     _decode_kv_gluon_kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
-        descriptor(q3, [1, 1, K]), descriptor(k3, [1, 1, K]), descriptor(state, [1, 1, K, BV]),
+        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
+        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
+        descriptor(state, pool_shape, pool_strides, [1, 1, K, BV // C, C]),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
         out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
-        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, WARPS=config.num_warps, VEC=config.vec,
-        LANES_V=BV // (config.num_warps * config.vec),
+        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, C=C, WARPS=config.num_warps, VEC=config.vec,
+        LANES_C=C // (config.num_warps * config.vec),
         FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
         L2_EPS=l2_eps, NUM_BUF=config.num_buf, PDL=bool(pdl),
         num_warps=config.num_warps, maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),

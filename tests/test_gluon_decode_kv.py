@@ -32,6 +32,7 @@ from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
     _decode_kv_gluon_kernel,
+    chunk_columns,
     gluon_reason,
 )
 
@@ -80,7 +81,7 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({"T": 2}, SMALL_CONFIG, "one token per call"),
         ({"slot_pad": 3}, SMALL_CONFIG, "initial_state_source with a 16-byte aligned base"),
         ({}, SMALL_CONFIG._replace(BV=4), "BV=4 columns of at least 16 bytes"),
-        ({}, SMALL_CONFIG._replace(vec=3), r"BV=32 a multiple of num_warps\*vec=6"),
+        ({}, SMALL_CONFIG._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),
         ({"K": 16}, SMALL_CONFIG._replace(BV=8), "leaves K=16 a multiple of the lanes"),
         ({"K": 256, "V": 128}, KV_2B_GLUON_H200_LARGE_CONFIG, "within 232448 bytes of shared memory"),
         ({"K": 128, "V": 128}, KV_2B_GLUON_LARGE_CONFIG._replace(programs_per_sm=3), "within an SM's 233472 bytes"),
@@ -99,19 +100,20 @@ def test_refuses_to_run_off_the_gpu():
         run_triton(build(PERSISTENT_CASE, "cpu"), SMALL_CONFIG)
 
 
-def compiled_shared_bytes() -> int:
-    """Shared memory of the shipped configuration's kernel compiled for sm_90, without a GPU (ptxas
-    ships with Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
+def compiled_shared_bytes(config: GluonKVConfig) -> int:
+    """Shared memory of ``config``'s kernel compiled for sm_90, without a GPU (ptxas ships with
+    Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    config, K, V, HV = KV_2B_GLUON_CONFIG, 128, 128, 32
-    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV], gl.bfloat16)
+    K, V, HV = 128, 128, 32
+    C = chunk_columns(config.BV, 2)
+    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV // C, C], gl.bfloat16)
     qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
-    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "WARPS": config.num_warps,
-                  "VEC": config.vec, "LANES_V": config.BV // (config.num_warps * config.vec), "FUSED_GATING": True,
+    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "WARPS": config.num_warps,
+                  "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec), "FUSED_GATING": True,
                   "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "NUM_BUF": config.num_buf, "PDL": True}
     pointer_types = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
 
@@ -121,7 +123,7 @@ def compiled_shared_bytes() -> int:
         if name.endswith("_ptr"):
             return pointer_types.get(name, "*bf16")
         if name == "state_desc":
-            return f"tensordesc<bf16[1, 1, {K}, {config.BV}],{state_layout!r}>"
+            return f"tensordesc<bf16[1, 1, {K}, {config.BV // C}, {C}],{state_layout!r}>"
         if name in ("q_desc", "k_desc"):
             return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
         return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
@@ -133,18 +135,20 @@ def compiled_shared_bytes() -> int:
     return compiled.metadata.shared
 
 
-def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory():
+@pytest.mark.parametrize("config", sorted({KV_2B_GLUON_CONFIG, *(rule.large_config for rule in GLUON_RULES.values())}))
+def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory(config):
     """A key sum that crossed warps would add reduction scratch to the shared memory beyond the
-    tile, q and k buffers, the output tile and the barriers."""
+    tile, q and k buffers, the output tile and the barriers. Half-head and whole-head tiles (one
+    and two 128-byte chunks per key row)."""
     tests = Path(__file__).parent
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     # pytest puts the repository and tests/ on sys.path; a child process needs them spelled out
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
-    script = "import test_gluon_decode_kv as t; print(t.compiled_shared_bytes())"
+    script = f"import test_gluon_decode_kv as t; print(t.compiled_shared_bytes(t.{config!r}))"
     run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    config, K = KV_2B_GLUON_CONFIG, 128
+    K = 128
     buffers = (config.num_buf * (K * config.BV + 2 * K) + K * config.BV) * 2
     barriers = config.num_buf * 8
     assert int(run.stdout.split()[-1]) == buffers + barriers
