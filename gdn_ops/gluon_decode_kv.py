@@ -238,16 +238,13 @@ class GluonKVConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
-# Tuned with benchmarks/tune_tma.py on an H200 and an H100 (results/h200/tune_gluon_bf16_h200.json,
-# results/h100/tune_gluon_prefetch_h100.json): 16 KB tiles of 4 warps, 4 programs per SM, while a
-# program walks few tiles; 32 KB tiles of 8 warps, 2 per SM, from B*HV = 4096. Shared memory:
-# 2 tiles in flight and the output tile, 50 KB and 97 KB per program (~200 KB per SM).
+# Tuned with benchmarks/tune_tma.py (results/h200/tune_chunks2_h200.json): half-head tiles (64
+# columns, 16 KB) of 4 warps, 4 programs per SM, while a program walks few tiles; whole-head tiles
+# (32 KB, one TMA copy each) of 4 warps, 2 programs per SM, from B*HV = 2048. Shared memory: 2 tiles
+# in flight and the output tile, 50 KB and 97 KB per program (~200 KB per SM). The whole-head tile
+# holds 128 values per thread: 246 registers, no spills, in the sm_90 compile.
 KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=2, programs_per_sm=4)
-KV_2B_GLUON_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=8, num_buf=2, programs_per_sm=2)
-# H200: one program of 16 warps per SM with 3 tiles in flight (~130 KB), 1-2% faster than the above
-# from B*HV = 8192 in two runs and level at 4096 (results/h200/tune_gluon_16warps_h200*.json); not
-# measured on an H100.
-KV_2B_GLUON_H200_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=16, num_buf=3, programs_per_sm=1)
+KV_2B_GLUON_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=4, num_buf=2, programs_per_sm=2)
 
 
 class GluonRule(NamedTuple):
@@ -261,8 +258,8 @@ class GluonRule(NamedTuple):
 # By GPU name; GPUs not named here keep the Triton kernels (not measured). Below 1024 row-heads a
 # program walks at most two tiles and the per-tile kernel is faster (H200: B=8 6.4 against 8.3 us).
 GLUON_RULES = {
-    "H200": GluonRule(min_row_heads=1024, large_from=4096, large_config=KV_2B_GLUON_H200_LARGE_CONFIG),
-    "H100": GluonRule(min_row_heads=1024, large_from=4096),
+    "H200": GluonRule(min_row_heads=1024, large_from=2048),
+    "H100": GluonRule(min_row_heads=1024, large_from=2048),
 }
 
 

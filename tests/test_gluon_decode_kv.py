@@ -28,7 +28,6 @@ from decode_case import (
 from gdn_ops.gluon_decode_kv import (
     GLUON_RULES,
     KV_2B_GLUON_CONFIG,
-    KV_2B_GLUON_H200_LARGE_CONFIG,
     KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
     _decode_kv_gluon_kernel,
@@ -55,9 +54,9 @@ def test_small_shape_matches_reference(variant):
 @pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64"])
 @pytest.mark.parametrize(
     "config",
-    [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG, KV_2B_GLUON_H200_LARGE_CONFIG,
+    [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG, GluonKVConfig(128, 8, 3, 1, vec=2),
      KV_2B_GLUON_CONFIG._replace(programs_per_sm=1)],
-    ids=["small", "large", "h200-large", "one-per-sm"],
+    ids=["small", "large", "8-warps-vec2", "one-per-sm"],
 )
 def test_model_shape_matches_reference(heads, variant, config):
     """Enough rows that every program walks several tiles and wraps its buffers more than once."""
@@ -83,7 +82,7 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIG._replace(BV=4), "BV=4 columns of at least 16 bytes"),
         ({}, SMALL_CONFIG._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),
         ({"K": 16}, SMALL_CONFIG._replace(BV=8), "leaves K=16 a multiple of the lanes"),
-        ({"K": 256, "V": 128}, KV_2B_GLUON_H200_LARGE_CONFIG, "within 232448 bytes of shared memory"),
+        ({"K": 256, "V": 128}, GluonKVConfig(128, 16, 3, 1), "within 232448 bytes of shared memory"),
         ({"K": 128, "V": 128}, KV_2B_GLUON_LARGE_CONFIG._replace(programs_per_sm=3), "within an SM's 233472 bytes"),
     ],
 )

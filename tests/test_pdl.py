@@ -108,15 +108,15 @@ def test_reads_wait_for_the_kernel_before(B, layout, target):
 
 
 @needs_pdl
-@pytest.mark.parametrize("kernel", ["triton", "gluon-small", "gluon-large", "gluon-h200-large"])
+@pytest.mark.parametrize("kernel", ["triton", "gluon-small", "gluon-large"])
 @pytest.mark.parametrize("target", ["pool", "indices", "q", "v"])
 def test_persistent_kernel_reads_wait_for_the_kernel_before(target, kernel):
     """A bf16 kv pool at B*HV = 1024, through each persistent kernel and tile."""
     from gdn_ops import gluon_decode_kv as gluon
     from gdn_ops.triton_decode_tma import KV_2B_CONFIG
 
-    config = {"triton": KV_2B_CONFIG, "gluon-small": gluon.KV_2B_GLUON_CONFIG, "gluon-large": gluon.KV_2B_GLUON_LARGE_CONFIG,
-              "gluon-h200-large": gluon.KV_2B_GLUON_H200_LARGE_CONFIG}[kernel]
+    config = {"triton": KV_2B_CONFIG, "gluon-small": gluon.KV_2B_GLUON_CONFIG,
+              "gluon-large": gluon.KV_2B_GLUON_LARGE_CONFIG}[kernel]
     launched = run_after_slow_writer(1024 // HV, "kv", target, launch=functools.partial(launch_decode, config=config),
                                      steps=2, state_dtype=torch.bfloat16)
     assert launched == [config, config]
