@@ -324,6 +324,12 @@ def gluon_reason(q: torch.Tensor, state: torch.Tensor, config: GluonKVConfig) ->
     return None
 
 
+@functools.cache
+def _shared_layout(block: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """The TMA-swizzled shared layout of a ``block`` of ``dtype`` (cached: asked on every launch)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, str(dtype).split(".")[-1]))
+
+
 def launch_decode_kv_gluon(
     q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
     scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
@@ -344,8 +350,7 @@ def launch_decode_kv_gluon(
     fused = A_log is not None
 
     def descriptor(t, shape, strides, block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, str(t.dtype).split(".")[-1]))
-        return TensorDescriptor(t, shape, strides, block, layout)
+        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
 
     # the pool seen as [slots, HV, K, V // C, C]: key rows cut into chunks of C columns (see the kernel)
     C = chunk_columns(BV, state.element_size())

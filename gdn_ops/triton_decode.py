@@ -265,7 +265,7 @@ def launch_decode(
     elif isinstance(config, (PersistentConfig, GluonKVConfig)):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is None and isinstance(config, GluonKVConfig):
-            reason = gluon_reason(q, state, config) or (None if _supports_pdl(state.device) else "an sm_90+ GPU")
+            reason = gluon_reason(q, state, config) or (None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
     if isinstance(config, GluonKVConfig):
@@ -325,12 +325,13 @@ def gpu_name(device: torch.device) -> str:
 
 def default_pdl(device: torch.device) -> bool:
     """Whether a launch on ``device`` uses programmatic dependent launch unless told otherwise."""
-    return PDL_ENABLED and _supports_pdl(device)
+    return PDL_ENABLED and is_sm90_gpu(device)
 
 
 @functools.cache
-def _supports_pdl(device: torch.device) -> bool:
-    """Programmatic dependent launch needs sm_90+ (and a real GPU, not Triton's interpreter)."""
+def is_sm90_gpu(device: torch.device) -> bool:
+    """A real sm_90+ GPU (not Triton's interpreter): what programmatic dependent launch and the
+    Gluon kernel need."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9

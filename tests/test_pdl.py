@@ -18,7 +18,7 @@ import triton.language as tl
 from decode_case import assert_close_to_reference
 
 from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
-from gdn_ops.triton_decode import _supports_pdl, launch_decode
+from gdn_ops.triton_decode import is_sm90_gpu, launch_decode
 
 pytestmark = pytest.mark.gpu
 
@@ -94,7 +94,7 @@ def run_after_slow_writer(B: int, layout: str, target: str, launch=launch_decode
     return launched
 
 
-needs_pdl = pytest.mark.skipif(not torch.cuda.is_available() or not _supports_pdl(torch.device("cuda")),
+needs_pdl = pytest.mark.skipif(not torch.cuda.is_available() or not is_sm90_gpu(torch.device("cuda")),
                                reason="programmatic dependent launch needs sm_90+")
 
 
