@@ -133,8 +133,8 @@ def _decode_kv_gluon_kernel(
     # A [K, BV] tile is held as [K, NC, C]: each key row cut into NC chunks of C columns (128 bytes),
     # so that TMA moves a whole-head tile as one copy of consecutive 128-byte rows (two copies of
     # half rows were slower) with the 128-byte swizzle. Each lane holds VEC contiguous values of
-    # every LANES_K-th key; warps sit side by side along the chunk columns, so no key sum leaves a
-    # warp. The lanes of one shared-memory access cover consecutive chunk rows, which the swizzle
+    # every (32 // (NC * LANES_C))-th key; warps sit side by side along the chunk columns, so no key
+    # sum leaves a warp. The lanes of one shared-memory access cover consecutive chunk rows, which the swizzle
     # puts in distinct banks.
     tile_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NC * LANES_C), NC, LANES_C], [1, 1, WARPS],
                                                  [2, 1, 0])

@@ -153,6 +153,13 @@ def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory(config):
     assert int(run.stdout.split()[-1]) == buffers + barriers
 
 
+@pytest.mark.parametrize(("BV", "itemsize", "columns"), [(128, 2, 64), (64, 2, 64), (32, 2, 32), (64, 4, 32), (8, 2, 8)])
+def test_chunks_are_128_bytes_or_the_whole_tile_row(BV, itemsize, columns):
+    """A whole-head bf16 tile (BV=128) is two 128-byte chunks per key row: one TMA copy of
+    consecutive rows under the 128-byte swizzle, not two copies of half rows."""
+    assert chunk_columns(BV, itemsize) == columns
+
+
 @pytest.mark.parametrize("config", sorted({KV_2B_GLUON_CONFIG, *(rule.large_config for rule in GLUON_RULES.values())}))
 def test_shipped_configurations_fit_the_model_shape(config):
     """Every configuration a GPU rule can pick covers Qwen3-Next's [128, 128] bf16 head and fits
