@@ -1,0 +1,195 @@
+"""Data-movement ceilings of the ways a decode kernel can stream a 2-byte kv pool (no arithmetic).
+
+The bf16 kv decode kernel runs within 0.5% of a copy through its own TMA pipeline (the
+``gluon_dma_only`` ceiling, NOTES.md), 6-11% short of the device copy. This probe times, in one
+run and beside the copy, streams that differ only in how the bytes move, each through every
+addressed head of the pool, in place, through the shuffled slot indices:
+
+* ``tma:h{H}:b{N}:p{P}:lag{L}[:oop]``: a persistent Gluon kernel, ``P`` programs per SM, each a
+  ring of ``N`` shared-memory buffers; a buffer takes ``H`` whole heads per TMA copy (one box of
+  ``[1, H, K, V // C, C]`` in the chunked view of ``gluon_decode_kv``) and leaves by a TMA store
+  straight from that buffer; up to ``L`` stores stay in flight before a buffer is refilled.
+  ``oop`` writes to a second pool instead of in place.
+* ``reg:w{W}``: one Triton program per head, ``W`` warps, the head loaded into registers in 16-byte
+  vectors and stored back (times one, so the store is not of the loaded registers verbatim).
+* ``decode``: the shipped decode step (``launch_decode`` with its defaults), for scale.
+
+Each stream is checked to leave the pool (or copy it) unchanged before timing. Timing is that of
+``tune_decode``: cold-L2 CUDA-graph replays, all providers interleaved.
+
+    python -m benchmarks.probe_stream --batches 256 1024 --tag probe_stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+
+from benchmarks.providers import Config, Provider, launcher_provider, load_providers
+from benchmarks.timing import copy_bandwidth
+from benchmarks.tune_decode import time_interleaved
+from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
+from gdn_ops.triton_decode_tma import sm_count
+
+
+@gluon.jit
+def _tma_stream_kernel(src_desc, dst_desc, indices_ptr, num_tiles, HV_BOXES: gl.constexpr,
+                       HEADS: gl.constexpr, K: gl.constexpr, NC: gl.constexpr, C: gl.constexpr,
+                       NUM_BUF: gl.constexpr, LAG: gl.constexpr):
+    """Tile n of a program (its n-th box of HEADS heads) fills buffer n % NUM_BUF; after its store
+    is issued, at most LAG stores stay unread, and the buffer whose store was just read is
+    refilled with the tile NUM_BUF - LAG further on."""
+    bufs = gl.allocate_shared_memory(src_desc.dtype, [NUM_BUF, 1, HEADS, K, NC, C], src_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    for j in gl.static_range(NUM_BUF):
+        mbarrier.init(bars.index(j), count=1)
+    pid = gl.program_id(0)
+    step = gl.num_programs(0)
+    for j in gl.static_range(NUM_BUF):
+        _issue_box(pid + j * step, num_tiles, src_desc, indices_ptr, bufs.index(j), bars.index(j), HV_BOXES, HEADS)
+    i = 0
+    for tile in range(pid, num_tiles, step):
+        buf = i % NUM_BUF
+        mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)
+        slot = gl.load(indices_ptr + tile // HV_BOXES)
+        tma.async_copy_shared_to_global(dst_desc, [slot, (tile % HV_BOXES) * HEADS, 0, 0, 0], bufs.index(buf))
+        tma.store_wait(LAG)
+        _cta_barrier()
+        free = i - LAG  # the tile whose store has now been read out of its buffer
+        refill = pid + (free + NUM_BUF) * step
+        _issue_box(gl.where(free >= 0, refill, num_tiles), num_tiles, src_desc, indices_ptr,
+                   bufs.index((i + NUM_BUF - LAG) % NUM_BUF), bars.index((i + NUM_BUF - LAG) % NUM_BUF),
+                   HV_BOXES, HEADS)
+        i += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+    tma.store_wait(0)
+    for j in gl.static_range(NUM_BUF):
+        mbarrier.invalidate(bars.index(j))
+
+
+@gluon.jit
+def _issue_box(tile, num_tiles, src_desc, indices_ptr, buf, bar, HV_BOXES: gl.constexpr, HEADS: gl.constexpr):
+    live = tile < num_tiles
+    slot = gl.load(indices_ptr + tile // HV_BOXES, mask=live, other=0)
+    mbarrier.expect(bar, src_desc.block_type.nbytes, pred=live)
+    tma.async_copy_global_to_shared(src_desc, [slot, (tile % HV_BOXES) * HEADS, 0, 0, 0], bar, buf, pred=live)
+
+
+@triton.jit
+def _reg_stream_kernel(pool_ptr, indices_ptr, scale, HV: tl.constexpr, TILE: tl.constexpr):
+    head = tl.program_id(0)
+    slot = tl.load(indices_ptr + head // HV).to(tl.int64)
+    base = pool_ptr + (slot * HV + head % HV) * TILE
+    offs = tl.arange(0, TILE)
+    x = tl.load(base + offs)
+    tl.store(base + offs, (x.to(tl.float32) * scale).to(x.dtype))
+
+
+def tma_provider(heads: int, num_buf: int, programs_per_sm: int, lag: int, out_of_place: bool) -> Provider:
+    name = f"tma:h{heads}:b{num_buf}:p{programs_per_sm}:lag{lag}" + (":oop" if out_of_place else "")
+
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        slots, HV, K, V = pool.shape
+        C = chunk_columns(V, pool.element_size())
+        block = [1, heads, K, V // C, C]
+        layout = _shared_layout(tuple(block), pool.dtype)
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        def descriptor(t):
+            return TensorDescriptor(t, [slots, HV, K, V // C, C], [*t.stride()[:3], C, 1], block, layout)
+
+        dst = torch.empty_like(pool) if out_of_place else pool
+        src_desc, dst_desc = descriptor(pool), descriptor(dst)
+        num_tiles = cfg.B * HV // heads
+        grid = (min(num_tiles, programs_per_sm * sm_count(pool.device.index or 0)),)
+
+        def step():
+            _tma_stream_kernel[grid](src_desc, dst_desc, indices, num_tiles, HV_BOXES=HV // heads, HEADS=heads,
+                                     K=K, NC=V // C, C=C, NUM_BUF=num_buf, LAG=lag, num_warps=1)
+            return dst
+
+        return step
+
+    return Provider(name, make, layouts=("kv",), yardstick=True)
+
+
+def reg_provider(num_warps: int) -> Provider:
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        _, HV, K, V = pool.shape
+
+        def step():
+            _reg_stream_kernel[(cfg.B * HV,)](pool, indices, 1.0, HV=HV, TILE=K * V, num_warps=num_warps)
+            return pool
+
+        return step
+
+    return Provider(f"reg:w{num_warps}", make, yardstick=True)
+
+
+def check_stream(cfg: Config, provider: Provider) -> str | None:
+    """None if one call leaves the addressed heads' bytes where they belong (unchanged in place, or
+    copied to the second pool), else what went wrong."""
+    pool = torch.randn((cfg.B + 3, *cfg.slot_shape), device="cuda").to(cfg.state_dtype)
+    indices = torch.randperm(cfg.B + 3, device="cuda")[: cfg.B].to(torch.int32)
+    before = pool.clone()
+    out = provider.make(cfg, pool, indices, {})()
+    torch.cuda.synchronize()
+    if not torch.equal(pool, before):
+        return "the pool changed"
+    if not torch.equal(out[indices.long()], before[indices.long()]):
+        return "the addressed heads were not written back"
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="*", default=[256, 1024])
+    ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
+                                                 "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop"],
+                    metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop]")
+    ap.add_argument("--reg-warps", type=int, nargs="*", default=[4, 8, 16])
+    ap.add_argument("--no-decode", action="store_true", help="leave out the shipped decode step")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default="probe_stream")
+    ap.add_argument("--mem-budget-gb", type=float, default=24.0)
+    args = ap.parse_args()
+    bw = copy_bandwidth()
+    peers, _ = load_providers(("copy",))
+    streams = [tma_provider(*map(int, s.split(":")[:4]), s.endswith(":oop")) for s in args.tma]
+    streams += [reg_provider(w) for w in args.reg_warps]
+    records = []
+    for B in args.batches:
+        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=torch.bfloat16, layout="kv")
+        errors = {p.name: check_stream(cfg, p) for p in streams}
+        runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
+        if not args.no_decode:
+            runnable.append(launcher_provider("decode"))
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
+        row = {"B": B, "bytes": cfg.bytes_per_call(), "state_bytes": 2 * cfg.state_bytes,
+               "errors": {n: e for n, e in errors.items() if e}, "results": {}}
+        for name, us in times.items():
+            moved = 2 * cfg.state_bytes if name != "decode" and name != "copy" else cfg.bytes_per_call()
+            row["results"][name] = {"us": us, "pct_of_copy": 100 * moved / (us * 1e-6) / bw}
+        print(f"B={B:5d}  " + "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)"
+                                        for n, r in row["results"].items()), row["errors"] or "", flush=True)
+        records.append(row)
+    header = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "triton_path": triton.__file__,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "copy_bandwidth_Bps": bw}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.tag}.json"
+    path.write_text(json.dumps({"header": header, "records": records}, indent=1))
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
