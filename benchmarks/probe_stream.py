@@ -35,7 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
-from benchmarks.timing import copy_bandwidth
+from benchmarks.timing import capture_graph, copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
@@ -140,7 +140,11 @@ def check_stream(cfg: Config, provider: Provider) -> str | None:
     pool = torch.randn((cfg.B + 3, *cfg.slot_shape), device="cuda").to(cfg.state_dtype)
     indices = torch.randperm(cfg.B + 3, device="cuda")[: cfg.B].to(torch.int32)
     before = pool.clone()
-    out = provider.make(cfg, pool, indices, {})()
+    step = provider.make(cfg, pool, indices, {})
+    out = step()
+    torch.cuda.synchronize()
+    # and replayed from a CUDA graph, as it is timed
+    capture_graph([step, step]).replay()
     torch.cuda.synchronize()
     if not torch.equal(pool, before):
         return "the pool changed"
@@ -168,7 +172,10 @@ def main() -> None:
     records = []
     for B in args.batches:
         cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=torch.bfloat16, layout="kv")
-        errors = {p.name: check_stream(cfg, p) for p in streams}
+        errors = {}
+        for p in streams:
+            print(f"checking {p.name}", flush=True)
+            errors[p.name] = check_stream(cfg, p)
         runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
         if not args.no_decode:
             runnable.append(launcher_provider("decode"))
