@@ -78,12 +78,14 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dic
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # distinct bytes: the state is updated in place
     n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget)
     problems = [make_problem(cfg, "cuda") for _ in range(n)]
-    graphs = {}
+    graphs, keep = {}, []
     for prov in providers:
         calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
         graphs[prov.name] = (capture_graph(calls), len(calls))
+        # a graph replays raw addresses: whatever a call allocated for itself must outlive the replays
+        keep.append(calls)
     timings = time_graphs_interleaved(graphs, replays=15)
-    del graphs, problems
+    del graphs, problems, keep
     return {name: t.p50_us for name, t in timings.items()}
 
 
