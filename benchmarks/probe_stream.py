@@ -5,11 +5,12 @@ The bf16 kv decode kernel runs within 0.5% of a copy through its own TMA pipelin
 run and beside the copy, streams that differ only in how the bytes move, each through every
 addressed head of the pool, in place, through the shuffled slot indices:
 
-* ``tma:h{H}:b{N}:p{P}:lag{L}[:oop]``: a persistent Gluon kernel, ``P`` programs per SM, each a
+* ``tma:h{H}:b{N}:p{P}:lag{L}[:oop][:seq]``: a persistent Gluon kernel, ``P`` programs per SM, each a
   ring of ``N`` shared-memory buffers; a buffer takes ``H`` whole heads per TMA copy (one box of
   ``[1, H, K, V // C, C]`` in the chunked view of ``gluon_decode_kv``) and leaves by a TMA store
   straight from that buffer; up to ``L`` stores stay in flight before a buffer is refilled.
-  ``oop`` writes to a second pool instead of in place.
+  ``oop`` writes to a second pool instead of in place; ``seq`` (here and for ``reg``) takes the
+  slots in ascending order instead of the shuffled indices.
 * ``reg:w{W}``: one Triton program per head, ``W`` warps, the head loaded into registers in 16-byte
   vectors and stored back (times one, so the store is not of the loaded registers verbatim).
 * ``decode``: the shipped decode step (``launch_decode`` with its defaults), for scale.
@@ -93,10 +94,18 @@ def _reg_stream_kernel(pool_ptr, indices_ptr, scale, HV: tl.constexpr, TILE: tl.
     tl.store(base + offs, (x.to(tl.float32) * scale).to(x.dtype))
 
 
-def tma_provider(heads: int, num_buf: int, programs_per_sm: int, lag: int, out_of_place: bool) -> Provider:
-    name = f"tma:h{heads}:b{num_buf}:p{programs_per_sm}:lag{lag}" + (":oop" if out_of_place else "")
+def in_order(indices: torch.Tensor) -> torch.Tensor:
+    """Slots in ascending order instead of shuffled: each row's heads follow the previous row's."""
+    return torch.arange(indices.numel(), device=indices.device, dtype=indices.dtype)
+
+
+def tma_provider(heads: int, num_buf: int, programs_per_sm: int, lag: int, options: tuple[str, ...] = ()) -> Provider:
+    name = ":".join([f"tma:h{heads}:b{num_buf}:p{programs_per_sm}:lag{lag}", *options])
+    out_of_place = "oop" in options
 
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        if "seq" in options:
+            indices = in_order(indices)
         slots, HV, K, V = pool.shape
         C = chunk_columns(V, pool.element_size())
         block = [1, heads, K, V // C, C]
@@ -121,8 +130,10 @@ def tma_provider(heads: int, num_buf: int, programs_per_sm: int, lag: int, out_o
     return Provider(name, make, layouts=("kv",), yardstick=True)
 
 
-def reg_provider(num_warps: int) -> Provider:
+def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        if "seq" in options:
+            indices = in_order(indices)
         _, HV, K, V = pool.shape
 
         def step():
@@ -131,7 +142,7 @@ def reg_provider(num_warps: int) -> Provider:
 
         return step
 
-    return Provider(f"reg:w{num_warps}", make, yardstick=True)
+    return Provider(":".join([f"reg:w{num_warps}", *options]), make, yardstick=True)
 
 
 def check_stream(cfg: Config, provider: Provider) -> str | None:
@@ -157,9 +168,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="*", default=[256, 1024])
     ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
-                                                 "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop"],
-                    metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop]")
-    ap.add_argument("--reg-warps", type=int, nargs="*", default=[4, 8, 16])
+                                                 "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop", "1:2:2:0:seq"],
+                    metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop][:seq]")
+    ap.add_argument("--reg", nargs="*", default=["4", "8", "16", "8:seq"], metavar="WARPS[:seq]")
     ap.add_argument("--no-decode", action="store_true", help="leave out the shipped decode step")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
@@ -167,8 +178,8 @@ def main() -> None:
     args = ap.parse_args()
     bw = copy_bandwidth()
     peers, _ = load_providers(("copy",))
-    streams = [tma_provider(*map(int, s.split(":")[:4]), s.endswith(":oop")) for s in args.tma]
-    streams += [reg_provider(w) for w in args.reg_warps]
+    streams = [tma_provider(*map(int, s.split(":")[:4]), tuple(s.split(":")[4:])) for s in args.tma]
+    streams += [reg_provider(int(s.split(":")[0]), tuple(s.split(":")[1:])) for s in args.reg]
     records = []
     for B in args.batches:
         cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=torch.bfloat16, layout="kv")
