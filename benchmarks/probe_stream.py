@@ -11,6 +11,9 @@ addressed head of the pool, in place, through the shuffled slot indices:
   straight from that buffer; up to ``L`` stores stay in flight before a buffer is refilled.
   ``oop`` writes to a second pool instead of in place; ``seq`` (here and for ``reg``) takes the
   slots in ascending order instead of the shuffled indices.
+* ``async:w{W}:b{N}:p{P}``: a persistent Gluon kernel, ``P`` programs of ``W`` warps per SM, each
+  head through cp.async (16 bytes per thread, like a plain load) into a ring of ``N`` buffers,
+  then to registers and out by plain 16-byte stores: the data movement of a register-path decode.
 * ``reg:w{W}``: one Triton program per head, ``W`` warps, the head loaded into registers in 16-byte
   vectors and stored back (times one, so the store is not of the loaded registers verbatim).
 * ``decode``: the shipped decode step (``launch_decode`` with its defaults), for scale.
@@ -33,6 +36,7 @@ import triton
 import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
@@ -84,6 +88,47 @@ def _issue_box(tile, num_tiles, src_desc, indices_ptr, buf, bar, HV_BOXES: gl.co
     tma.async_copy_global_to_shared(src_desc, [slot, (tile % HV_BOXES) * HEADS, 0, 0, 0], bar, buf, pred=live)
 
 
+@gluon.jit
+def _async_stream_kernel(pool_ptr, indices_ptr, num_tiles, HV: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
+                         WARPS: gl.constexpr, NUM_BUF: gl.constexpr):
+    """Each head through cp.async into a ring of NUM_BUF shared-memory buffers, back to registers and
+    out by plain 16-byte stores. Every thread copies and reads back exactly its own bytes (one layout
+    for both), so no barrier is needed: each thread runs its own pipeline."""
+    VEC: gl.constexpr = 16 // pool_ptr.dtype.element_ty.primitive_bitwidth * 8
+    LANES_V: gl.constexpr = V // VEC
+    layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [WARPS, 1], [1, 0])
+    smem_layout: gl.constexpr = gl.SwizzledSharedLayout(VEC, 1, 1, [1, 0])
+    bufs = gl.allocate_shared_memory(pool_ptr.dtype.element_ty, [NUM_BUF, K, V], smem_layout)
+    rows = gl.arange(0, K, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, V, layout=gl.SliceLayout(0, layout))
+    offs = rows[:, None] * V + cols[None, :]
+    pid = gl.program_id(0)
+    step = gl.num_programs(0)
+    for j in gl.static_range(NUM_BUF - 1):
+        _async_issue(pid + j * step, num_tiles, pool_ptr, indices_ptr, offs, bufs.index(j), HV, K, V)
+    i = 0
+    for tile in range(pid, num_tiles, step):
+        _async_issue(tile + (NUM_BUF - 1) * step, num_tiles, pool_ptr, indices_ptr, offs,
+                     bufs.index((i + NUM_BUF - 1) % NUM_BUF), HV, K, V)
+        async_copy.wait_group(NUM_BUF - 1)
+        x = bufs.index(i % NUM_BUF).load(layout)
+        slot = gl.load(indices_ptr + tile // HV).to(gl.int64)
+        gl.store(pool_ptr + (slot * HV + tile % HV) * (K * V) + offs, x)
+        i += 1  # noqa: SIM113 (Gluon loops have no enumerate)
+    async_copy.wait_group(0)
+
+
+@gluon.jit
+def _async_issue(tile, num_tiles, pool_ptr, indices_ptr, offs, buf, HV: gl.constexpr, K: gl.constexpr,
+                 V: gl.constexpr):
+    """cp.async of ``tile``'s head into ``buf``, as one commit group (empty past the last tile)."""
+    live = tile < num_tiles
+    slot = gl.load(indices_ptr + tile // HV, mask=live, other=0).to(gl.int64)
+    async_copy.async_copy_global_to_shared(buf, pool_ptr + (slot * HV + tile % HV) * (K * V) + offs,
+                                           mask=(offs >= 0) & live)
+    async_copy.commit_group()
+
+
 @triton.jit
 def _reg_stream_kernel(pool_ptr, indices_ptr, scale, HV: tl.constexpr, TILE: tl.constexpr):
     head = tl.program_id(0)
@@ -130,6 +175,24 @@ def tma_provider(heads: int, num_buf: int, programs_per_sm: int, lag: int, optio
     return Provider(name, make, layouts=("kv",), yardstick=True)
 
 
+def async_provider(num_warps: int, num_buf: int, programs_per_sm: int, options: tuple[str, ...] = ()) -> Provider:
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        if "seq" in options:
+            indices = in_order(indices)
+        _, HV, K, V = pool.shape
+        num_tiles = cfg.B * HV
+        grid = (min(num_tiles, programs_per_sm * sm_count(pool.device.index or 0)),)
+
+        def step():
+            _async_stream_kernel[grid](pool, indices, num_tiles, HV=HV, K=K, V=V, WARPS=num_warps, NUM_BUF=num_buf,
+                                       num_warps=num_warps)
+            return pool
+
+        return step
+
+    return Provider(":".join([f"async:w{num_warps}:b{num_buf}:p{programs_per_sm}", *options]), make, yardstick=True)
+
+
 def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
         if "seq" in options:
@@ -170,7 +233,10 @@ def main() -> None:
     ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
                                                  "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop", "1:2:2:0:seq"],
                     metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop][:seq]")
-    ap.add_argument("--reg", nargs="*", default=["4", "8", "16", "8:seq"], metavar="WARPS[:seq]")
+    ap.add_argument("--reg", nargs="*", default=["2", "4", "8", "4:seq"], metavar="WARPS[:seq]")
+    ap.add_argument("--async", dest="async_", nargs="*", default=["4:2:3", "4:3:2", "8:2:3", "4:4:1", "8:3:2"],
+                    metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
+    ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")
     ap.add_argument("--no-decode", action="store_true", help="leave out the shipped decode step")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
@@ -179,10 +245,11 @@ def main() -> None:
     bw = copy_bandwidth()
     peers, _ = load_providers(("copy",))
     streams = [tma_provider(*map(int, s.split(":")[:4]), tuple(s.split(":")[4:])) for s in args.tma]
+    streams += [async_provider(*map(int, s.split(":")[:3]), tuple(s.split(":")[3:])) for s in args.async_]
     streams += [reg_provider(int(s.split(":")[0]), tuple(s.split(":")[1:])) for s in args.reg]
     records = []
     for B in args.batches:
-        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=torch.bfloat16, layout="kv")
+        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype), layout="kv")
         errors = {}
         for p in streams:
             print(f"checking {p.name}", flush=True)
