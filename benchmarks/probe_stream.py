@@ -1,4 +1,4 @@
-"""Data-movement ceilings of the ways a decode kernel can stream a 2-byte kv pool (no arithmetic).
+"""Data-movement ceilings of the ways a decode kernel can stream a kv pool (no arithmetic).
 
 The bf16 kv decode kernel runs within 0.5% of a copy through its own TMA pipeline (the
 ``gluon_dma_only`` ceiling, NOTES.md), 6-11% short of the device copy. This probe times, in one
@@ -94,7 +94,7 @@ def _async_stream_kernel(pool_ptr, indices_ptr, num_tiles, HV: gl.constexpr, K: 
     """Each head through cp.async into a ring of NUM_BUF shared-memory buffers, back to registers and
     out by plain 16-byte stores. Every thread copies and reads back exactly its own bytes (one layout
     for both), so no barrier is needed: each thread runs its own pipeline."""
-    VEC: gl.constexpr = 16 // pool_ptr.dtype.element_ty.primitive_bitwidth * 8
+    VEC: gl.constexpr = 128 // pool_ptr.dtype.element_ty.primitive_bitwidth
     LANES_V: gl.constexpr = V // VEC
     layout: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // LANES_V, LANES_V], [WARPS, 1], [1, 0])
     smem_layout: gl.constexpr = gl.SwizzledSharedLayout(VEC, 1, 1, [1, 0])
