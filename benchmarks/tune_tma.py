@@ -3,7 +3,9 @@
     python -m benchmarks.tune_tma --batches 32 128 512 1024 --specs 64:4:3:4 32:2:3:8
 
 Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1),
-or ``gBV:warps:buffers:programs_per_sm[:vec]`` for the Gluon kernel (gdn_ops/gluon_decode_kv.py). Every configuration is checked against the
+``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
+or ``tBV:warps:rows:programs_per_sm[:vec]`` for the Gluon kernel of one program per tile
+(gdn_ops/gluon_decode_kv_tile.py). Every configuration is checked against the
 float64 reference first, then all are timed interleaved in CUDA graphs with cold L2 (the method of
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -34,21 +36,25 @@ from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.variants import CEILING_VARIANTS, GLUON_VARIANTS, load_variant
 from gdn_ops.gluon_decode_kv import GluonKVConfig
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
-def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig:
-    """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton) or ``gBV:warps:buffers:programs_per_sm[:vec]`` (Gluon)."""
-    gluon = spec.startswith("g")
-    fields = spec[1:].split(":") if gluon else spec.split(":")
+def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
+    """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
+    (persistent Gluon) or ``tBV:warps:rows:programs_per_sm[:vec]`` (Gluon, one program per tile)."""
+    kind = spec[0] if spec[:1] in ("g", "t") else ""
+    fields = spec[len(kind):].split(":")
     if len(fields) not in (4, 5) or not all(f.isdigit() for f in fields):
-        raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates] "
-                         "or gBV:warps:buffers:programs_per_sm[:vec], in integers")
+        raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates], "
+                         "gBV:warps:buffers:programs_per_sm[:vec] or tBV:warps:rows:programs_per_sm[:vec], in integers")
     values = list(map(int, fields))
-    if gluon:
+    if kind == "g":
         return GluonKVConfig(*values)
+    if kind == "t":
+        return GluonTileConfig(*values)
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
@@ -100,7 +106,8 @@ def main() -> None:
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
                                   for v in args.variants
-                                  if (v in GLUON_VARIANTS) == isinstance(config, GluonKVConfig)]
+                                  if not isinstance(config, GluonTileConfig)
+                                  and (v in GLUON_VARIANTS) == isinstance(config, GluonKVConfig)]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON

@@ -30,6 +30,11 @@ from gdn_ops.gluon_decode_kv import (
     gluon_reason,
     launch_decode_kv_gluon,
 )
+from gdn_ops.gluon_decode_kv_tile import (
+    GluonTileConfig,
+    launch_decode_kv_tile,
+    tile_reason,
+)
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,
@@ -236,9 +241,9 @@ def launch_decode(
     state_layout: str,
     softplus_beta: float = 1.0,
     softplus_threshold: float = 20.0,
-    config: DecodeConfig | PersistentConfig | GluonKVConfig | None = None,
+    config: DecodeConfig | PersistentConfig | GluonKVConfig | GluonTileConfig | None = None,
     pdl: bool | None = None,
-) -> DecodeConfig | PersistentConfig | GluonKVConfig:
+) -> DecodeConfig | PersistentConfig | GluonKVConfig | GluonTileConfig:
     """Launch the decode kernel on validated arguments; returns the configuration it launched.
 
     ``gate_a, gate_b [B, T, HV]`` are ``a, b`` when ``A_log`` is given (gating fused in-kernel),
@@ -248,7 +253,9 @@ def launch_decode(
     ``config`` picks the kernel: a :class:`DecodeConfig` the per-tile kernel, a
     :class:`~gdn_ops.triton_decode_tma.PersistentConfig` the persistent TMA kernel (kv layout,
     T == 1, TMA-addressable operands), a :class:`~gdn_ops.gluon_decode_kv.GluonKVConfig` the
-    persistent Gluon kernel (the same operands, sm_90+ only); by default :func:`default_config` decides.
+    persistent Gluon kernel (the same operands, sm_90+ only), a
+    :class:`~gdn_ops.gluon_decode_kv_tile.GluonTileConfig` the Gluon kernel of one program per tile
+    (the same operands); by default :func:`default_config` decides.
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
@@ -262,12 +269,19 @@ def launch_decode(
         pdl = default_pdl(state.device)
     if config is None:
         config = default_config(q, k, v, state, state_layout)
-    elif isinstance(config, (PersistentConfig, GluonKVConfig)):
+    elif isinstance(config, (PersistentConfig, GluonKVConfig, GluonTileConfig)):
         reason = unsupported_reason(q, k, state, state_layout, config)
-        if reason is None and isinstance(config, GluonKVConfig):
-            reason = gluon_reason(q, state, config) or (None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
+        if reason is None and isinstance(config, (GluonKVConfig, GluonTileConfig)):
+            check = gluon_reason if isinstance(config, GluonKVConfig) else tile_reason
+            reason = check(q, state, config) or (None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
+    if isinstance(config, GluonTileConfig):
+        return launch_decode_kv_tile(
+            q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+            softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS,
+        )
     if isinstance(config, GluonKVConfig):
         return launch_decode_kv_gluon(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,

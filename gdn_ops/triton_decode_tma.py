@@ -28,6 +28,7 @@ from gdn_ops.triton_step import delta_rule_step
 
 if TYPE_CHECKING:
     from gdn_ops.gluon_decode_kv import GluonKVConfig
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 
 
 @triton.jit
@@ -158,7 +159,7 @@ def _tma_ready(t: torch.Tensor, dims: int) -> bool:
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
-                       config: PersistentConfig | GluonKVConfig) -> str | None:
+                       config: PersistentConfig | GluonKVConfig | GluonTileConfig) -> str | None:
     """Why a persistent kernel (TMA, T == 1) with ``config`` cannot run these operands, or ``None`` if it can.
     Reads metadata only (legal during CUDA-graph capture)."""
     B, T, _, K = q.shape

@@ -16,15 +16,18 @@ def test_variant_patches_the_current_source(name):
     assert callable(getattr(module, launcher))
 
 
-def test_tune_tma_specs_name_either_persistent_kernel():
+def test_tune_tma_specs_name_each_tma_kernel():
     from benchmarks.tune_tma import parse_spec
     from gdn_ops.gluon_decode_kv import GluonKVConfig
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
     from gdn_ops.triton_decode_tma import PersistentConfig
 
     assert parse_spec("64:4:3:4:0") == PersistentConfig(64, 4, 3, 4, prefetch_gates=False)
     assert parse_spec("64:4:3:4") == PersistentConfig(64, 4, 3, 4, prefetch_gates=True)
     assert parse_spec("g128:8:2:2") == GluonKVConfig(128, 8, 2, 2)
     assert parse_spec("g64:4:2:4:8") == GluonKVConfig(64, 4, 2, 4, vec=8)
-    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4"):
+    assert parse_spec("t128:4:16:6") == GluonTileConfig(128, 4, 16, 6)
+    assert parse_spec("t128:4:8:6:8") == GluonTileConfig(128, 4, 8, 6, vec=8)
+    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)

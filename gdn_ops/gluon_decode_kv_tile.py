@@ -1,0 +1,225 @@
+"""Gluon decode kernel for the "kv" layout, one short-lived program per tile (not persistent).
+
+The persistent kernel (``gluon_decode_kv.py``) streams tiles through a ring of shared-memory
+buffers. Moving the same bytes with one program per head, many of them resident per SM, ran
+1.5-2.5% faster on the H100 and the H200 (``benchmarks/probe_stream.py``, NOTES.md). This kernel
+is that structure with the step in it. Each program:
+
+1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by one TMA copy;
+2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``. Every thread
+   accumulates only its own elements, and one in-warp reduction at the end finishes both sums;
+3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
+   (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
+4. reads the rows again and writes ``d S + k u^T`` back in place;
+5. sends the tile home by a TMA store.
+
+Only a few rows are in registers at a time, so the register file does not limit how many
+programs share an SM: shared memory does, about 6 whole bf16 heads.
+
+A thread reads and writes exactly the elements it owns (one layout for every pass), so the passes
+need no barrier between them. Warps sit side by side along the columns, so no key sum leaves a
+warp. The pool is seen in 128-byte chunks of columns as in ``gluon_decode_kv`` (one TMA copy of
+consecutive rows per tile). A padded row reads and writes slot ``num_slots``, one past the pool:
+TMA zero-fills that load and drops that store.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+)
+
+from gdn_ops.gluon_decode_kv import (
+    MAX_SHARED_BYTES,
+    SM_SHARED_BYTES,
+    _cta_barrier,
+    _gdc_launch_dependents,
+    _gdc_wait,
+    _issue_tile,
+    _shared_layout,
+    _tile_columns,
+    _tile_inputs,
+    chunk_columns,
+)
+from gdn_ops.triton_gating import decode_gates
+
+
+@gluon.jit
+def _decode_kv_tile_kernel(
+    q_desc, k_desc, state_desc, v_ptr,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr,
+):
+    NV: gl.constexpr = V // BV
+    NC: gl.constexpr = BV // C
+    STEPS: gl.constexpr = K // ROWS
+    # [ROWS, NC, C] rows of the tile: the layout of gluon_decode_kv's whole tile, on fewer rows
+    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NC * LANES_C), NC, LANES_C], [1, 1, WARPS],
+                                                 [2, 1, 0])
+    keys_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, rows_layout))
+    cols_layout: gl.constexpr = gl.SliceLayout(0, rows_layout)
+    # every warp holds all of q and k, so their sums stay in the warp
+    flat_layout: gl.constexpr = gl.BlockedLayout([max(1, K // 32)], [32], [WARPS], [0])
+
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, NC, C], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+
+    tile = gl.program_id(0)
+    if PDL:
+        # nothing is read before the previous kernel has finished
+        _gdc_wait()
+    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
+        tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+    _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar, NV, HV, GROUP, NC)
+
+    row_head = tile // NV
+    row = row_head // HV
+    hv = row_head % HV
+    neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
+    g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
+                           dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
+    decay = gl.exp(g)
+    mbarrier.wait(bar, 0)
+
+    # q and k enter the sums as raw values; their norms and the scale are factors applied after
+    q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    k_all = k_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    if USE_L2NORM:
+        q_factor = scale / gl.sqrt(gl.sum(q_all * q_all, axis=0) + L2_EPS)
+        k_factor = 1.0 / gl.sqrt(gl.sum(k_all * k_all, axis=0) + L2_EPS)
+    else:
+        q_factor = scale
+        k_factor = 1.0
+    kq = gl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+
+    rows_smem = tile_smem.reshape([K, NC, C])
+    q_keys = q_smem.reshape([K])
+    k_keys = k_smem.reshape([K])
+    sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    for i in gl.static_range(STEPS):
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+        sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+    Sk = gl.sum(sk, axis=0) * k_factor
+    Sq = gl.sum(sq, axis=0) * q_factor
+    u = beta * (v_in.to(gl.float32) - decay * Sk)
+    o = decay * Sq + u * kq
+    for i in gl.static_range(STEPS):
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor
+        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))
+
+    o = gl.where(slot < num_slots, o, 0.0)
+    cols = (tile % NV) * BV + _tile_columns(BV, C, cols_layout)
+    gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + cols * s_ov, o.to(o_ptr.dtype.element_ty))
+    fence_async_shared()
+    _cta_barrier()
+    # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
+    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)
+    tma.store_wait(0)
+    mbarrier.invalidate(bar)
+    if PDL:
+        _gdc_launch_dependents()
+
+
+class GluonTileConfig(NamedTuple):
+    """``BV`` value columns per program (all K keys), read ``rows`` key rows at a time by
+    ``num_warps`` warps, each lane ``vec`` contiguous values; ``programs_per_sm`` resident
+    programs sets the register cap."""
+
+    BV: int
+    num_warps: int
+    rows: int
+    programs_per_sm: int
+    vec: int = 4
+
+    @property
+    def maxnreg(self) -> int:
+        """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers."""
+        return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+
+
+def tile_reason(q: torch.Tensor, state: torch.Tensor, config: GluonTileConfig) -> str | None:
+    """Why ``config`` cannot run this kernel on these operands beyond TMA's needs
+    (``triton_decode_tma.unsupported_reason``), or ``None`` if it can: its layout must cover
+    ``[rows, BV]`` row steps that divide K and whole swizzle periods, and ``programs_per_sm``
+    programs must fit one SM's shared memory. Metadata only."""
+    K = q.shape[-1]
+    C = chunk_columns(config.BV, state.element_size())
+    lanes_c, rest = divmod(C, config.num_warps * config.vec)
+    lanes_c_and_chunks = lanes_c * (config.BV // C)
+    if rest or lanes_c_and_chunks not in (1, 2, 4, 8, 16, 32):
+        return (f"BV={config.BV} in chunks of C={C} columns, C a multiple of num_warps*vec="
+                f"{config.num_warps * config.vec} by a power of two")
+    lanes_k = 32 // lanes_c_and_chunks
+    # a step of rows must start on a whole period of the 128-byte swizzle (8 rows of 128 bytes)
+    period_rows = max(1, 1024 // (config.BV * state.element_size()))
+    if K % config.rows or config.rows % lanes_k or config.rows % period_rows:
+        return (f"rows={config.rows} dividing K={K}, a multiple of the {lanes_k} lanes along the keys and "
+                f"of {period_rows} rows (the swizzle's period)")
+    shared = K * config.BV * state.element_size() + 2 * K * q.element_size() + 8
+    if shared > MAX_SHARED_BYTES:
+        return f"a tile with q and k ({shared} bytes) within {MAX_SHARED_BYTES} bytes of shared memory"
+    if config.programs_per_sm * (shared + 1024) > SM_SHARED_BYTES:
+        return (f"programs_per_sm={config.programs_per_sm} programs of {shared} bytes of shared memory "
+                f"(and 1024 reserved each) within an SM's {SM_SHARED_BYTES} bytes")
+    return None
+
+
+def launch_decode_kv_tile(
+    q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
+    scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
+    config: GluonTileConfig, pdl: bool, l2_eps: float,
+) -> GluonTileConfig:
+    """Launch the kernel on validated arguments that TMA can address (the checks of
+    ``triton_decode_tma.unsupported_reason`` and :func:`tile_reason`): ``state [slots, HV, K, V]``
+    in the kv layout, T == 1; sm_90+ only (no interpreter)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, _, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    BV = config.BV
+    num_tiles = B * HV * (V // BV)
+    if num_tiles == 0:
+        return config
+    q3, k3 = q[:, 0], k[:, 0]
+    fused = A_log is not None
+
+    def descriptor(t, shape, strides, block):
+        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
+
+    C = chunk_columns(BV, state.element_size())
+    _decode_kv_tile_kernel[(num_tiles,)](
+        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
+        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
+        descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
+        v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
+        indices if indices is not None else state, out,
+        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
+        out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, C=C, ROWS=config.rows, WARPS=config.num_warps, VEC=config.vec,
+        LANES_C=C // (config.num_warps * config.vec),
+        FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
+        L2_EPS=l2_eps, PDL=bool(pdl),
+        num_warps=config.num_warps, maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
+    )
+    return config

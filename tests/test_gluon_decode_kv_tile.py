@@ -1,0 +1,159 @@
+"""The Gluon kv kernel of one program per tile: against the float64 reference on the GPU, compiled
+for sm_90 on CPU (Gluon has no interpreter).
+
+On CPU the compile checks the design: shared memory holds the tile, q, k and the barrier and
+nothing more (no key sum through shared memory), and the register cap that lets
+``programs_per_sm`` programs share an SM holds without spills.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from decode_case import (
+    PERSISTENT_CASE,
+    PERSISTENT_VARIANTS,
+    DecodeCase,
+    build,
+    check,
+    run_triton,
+)
+
+from gdn_ops.gluon_decode_kv import chunk_columns
+from gdn_ops.gluon_decode_kv_tile import (
+    GluonTileConfig,
+    _decode_kv_tile_kernel,
+    tile_reason,
+)
+
+# K = 32: 8 lanes along the keys, steps of 16 rows (the swizzle's period for 64-byte rows)
+SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4),
+                 "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4)}
+MODEL_CONFIGS = {"head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
+                 "head-vec8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
+                 "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12)}
+VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", list(SMALL_CONFIGS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_small_shape_matches_reference(variant, config):
+    case = dataclasses.replace(PERSISTENT_CASE, seed=len(variant), **VARIANTS[variant])
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIGS[config], launched))
+    assert launched == [SMALL_CONFIGS[config]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
+@pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state"])
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS))
+def test_model_shape_matches_reference(heads, variant, config):
+    """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
+    HK, HV = heads
+    B = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 // HV + 5
+    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
+                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
+                      seed=5)
+    changes = dict(VARIANTS[variant])
+    changes.pop("padding_rows", None)
+    case = dataclasses.replace(case, **changes)
+    chosen = MODEL_CONFIGS[config]
+    if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
+        chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2)
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, chosen, launched))
+    assert launched == [chosen]
+
+
+@pytest.mark.parametrize(
+    ("changes", "config", "needs"),
+    [
+        ({"state_layout": "vk"}, SMALL_CONFIGS["half-rows"], "state_layout='kv'"),
+        ({"T": 2}, SMALL_CONFIGS["half-rows"], "one token per call"),
+        ({"slot_pad": 3}, SMALL_CONFIGS["half-rows"], "initial_state_source with a 16-byte aligned base"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(rows=4), "rows=4 dividing K=32, a multiple of the 8 lanes"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(rows=8), "and of 16 rows"),
+        ({"K": 128, "V": 128}, MODEL_CONFIGS["head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
+        ({"K": 256, "V": 256, "state_dtype": torch.float32}, GluonTileConfig(256, 16, 16, 1, vec=2),
+         "within 232448 bytes of shared memory"),
+    ],
+)
+def test_refuses_operands_it_cannot_run(changes, config, needs):
+    """Checked before any launch, on metadata only: a clear error naming what is needed."""
+    case = dataclasses.replace(PERSISTENT_CASE, **changes)
+    with pytest.raises(ValueError, match=needs):
+        run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
+
+
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
+def test_model_configurations_fit(config):
+    q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
+    state = torch.empty(1, 32, 128, 128, dtype=torch.bfloat16, device="meta")
+    assert tile_reason(q, state, config) is None
+
+
+def compiled(config: GluonTileConfig) -> tuple[int, str]:
+    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a bf16
+    Qwen3-Next head, without a GPU (ptxas ships with Triton)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    K, V, HV = 128, 128, 32
+    C = chunk_columns(config.BV, 2)
+    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV // C, C], gl.bfloat16)
+    qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
+    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
+                  "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec),
+                  "FUSED_GATING": True, "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True}
+    pointer_types = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
+
+    def arg_type(name: str) -> str:
+        if name in constexprs:
+            return "constexpr"
+        if name.endswith("_ptr"):
+            return pointer_types.get(name, "*bf16")
+        if name == "state_desc":
+            return f"tensordesc<bf16[1, 1, {K}, {config.BV // C}, {C}],{state_layout!r}>"
+        if name in ("q_desc", "k_desc"):
+            return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
+        return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
+
+    signature = {name: arg_type(name) for name in inspect.signature(_decode_kv_tile_kernel.fn).parameters}
+    kernel = triton.compile(GluonASTSource(_decode_kv_tile_kernel, signature, constexprs),
+                            target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": config.num_warps, "maxnreg": config.maxnreg})
+    ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_tile_{os.getpid()}.ptx"
+    ptx.write_text(kernel.asm["ptx"])
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
+                            check=True, capture_output=True, text=True).stderr
+    return kernel.metadata.shared, report
+
+
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
+def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config):
+    tests = Path(__file__).parent
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
+    script = f"import test_gluon_decode_kv_tile as t; s, r = t.compiled(t.{config!r}); print(s); print(r)"
+    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared, report = run.stdout.split("\n", 1)
+    K = 128
+    assert int(shared) == (K * config.BV + 2 * K) * 2 + 8
+    spills = re.findall(r"(\d+) bytes spill stores", report)
+    assert spills and all(int(n) == 0 for n in spills), report
