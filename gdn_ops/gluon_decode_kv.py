@@ -37,7 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     tma,
 )
 
-from gdn_ops.triton_decode_tma import sm_count, unsupported_reason
+from gdn_ops.triton_decode_tma import sm_count
 from gdn_ops.triton_gating import decode_gates
 
 # Gluon is experimental and renamed the CTA barrier between Triton 3.6 (the GPU image) and 3.7 (CI).
@@ -242,54 +242,15 @@ class GluonKVConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
-# Tuned with benchmarks/tune_tma.py (results/h200/tune_chunks2_h200.json): half-head tiles (64
-# columns, 16 KB) of 4 warps, 4 programs per SM, while a program walks few tiles; whole-head tiles
-# (32 KB, one TMA copy each) of 4 warps, 2 programs per SM, from B*HV = 2048. Shared memory: 2 tiles
-# in flight and the output tile, 50 KB and 97 KB per program (~200 KB per SM). The whole-head tile
-# holds 128 values per thread: 246 registers, no spills, in the sm_90 compile.
+# The default for a 2-byte kv state on the H100 and H200 until the kernel of one program per tile
+# (gluon_decode_kv_tile.py) beat it at every B*HV (NOTES.md); kept as explicit configurations for
+# tuning. Tuned with benchmarks/tune_tma.py (results/h200/tune_chunks2_h200.json): half-head tiles
+# (64 columns, 16 KB) of 4 warps, 4 programs per SM, while a program walks few tiles; whole-head
+# tiles (32 KB, one TMA copy each) of 4 warps, 2 programs per SM, from B*HV = 2048. Shared memory: 2
+# tiles in flight and the output tile, 50 KB and 97 KB per program (~200 KB per SM). The whole-head
+# tile holds 128 values per thread: 246 registers, no spills, in the sm_90 compile.
 KV_2B_GLUON_CONFIG = GluonKVConfig(BV=64, num_warps=4, num_buf=2, programs_per_sm=4)
 KV_2B_GLUON_LARGE_CONFIG = GluonKVConfig(BV=128, num_warps=4, num_buf=2, programs_per_sm=2)
-
-
-class GluonRule(NamedTuple):
-    """When :func:`gluon_config` picks the Gluon kernel on one kind of GPU."""
-
-    min_row_heads: int  # B*HV from which the Gluon kernel runs, with KV_2B_GLUON_CONFIG
-    large_from: int  # B*HV from which it takes large_config
-    large_config: GluonKVConfig = KV_2B_GLUON_LARGE_CONFIG
-
-
-# By GPU name; GPUs not named here keep the Triton kernels (not measured). Below 1024 row-heads a
-# program walks at most two tiles and the per-tile kernel is faster (H200: B=8 6.4 against 8.3 us).
-GLUON_RULES = {
-    "H200": GluonRule(min_row_heads=1024, large_from=2048),
-    "H100": GluonRule(min_row_heads=1024, large_from=2048),
-}
-
-
-@functools.cache
-def gluon_rule(device_index: int) -> GluonRule | None:
-    """This GPU's :class:`GluonRule`, ``None`` where the Gluon kernel is not used. Cached: the
-    launcher asks on every call."""
-    if torch.cuda.get_device_capability(device_index)[0] < 9:
-        return None
-    name = torch.cuda.get_device_name(device_index)
-    return next((rule for gpu, rule in GLUON_RULES.items() if gpu in name), None)
-
-
-def gluon_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
-                 rows_x_heads: int) -> GluonKVConfig | None:
-    """The Gluon kernel's configuration when this GPU's rule picks it and it can run these operands
-    (2-byte kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
-    if state.element_size() != 2 or state.device.type != "cuda":
-        return None
-    rule = gluon_rule(state.device.index or 0)
-    if rule is None or rows_x_heads < rule.min_row_heads:
-        return None
-    config = rule.large_config if rows_x_heads >= rule.large_from else KV_2B_GLUON_CONFIG
-    if unsupported_reason(q, k, state, state_layout, config) or gluon_reason(q, state, config):
-        return None
-    return config
 
 
 def chunk_columns(BV: int, itemsize: int) -> int:

@@ -25,6 +25,7 @@ TMA zero-fills that load and drops that store.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -48,6 +49,7 @@ from gdn_ops.gluon_decode_kv import (
     _tile_inputs,
     chunk_columns,
 )
+from gdn_ops.triton_decode_tma import unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 
 
@@ -155,6 +157,54 @@ class GluonTileConfig(NamedTuple):
     def maxnreg(self) -> int:
         """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers."""
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+
+
+# Tuned with benchmarks/tune_tma.py (results/h200/tune_tile_h200.json, tune_tile_small_h200.json,
+# tune_tile_tp4_h200.json; results/h100/tune_tile_h100.json): whole-head tiles (32 KB) of 4 warps
+# reading 8 rows at a time in 16-byte vectors, 6 programs per SM, from B*HV = 1024; quarter-head
+# tiles (32 columns, 8 KB) of 2 warps from 512, where whole heads leave SMs idle. Below that the
+# Triton per-tile kernel is faster (H200 B=8: 6.5 against 6.8 us).
+KV_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8)
+KV_2B_TILE_SMALL_CONFIG = GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=12)
+
+
+class TileRule(NamedTuple):
+    """From which B*HV :func:`tile_config` picks this kernel on one kind of GPU."""
+
+    small_from: int  # KV_2B_TILE_SMALL_CONFIG from here
+    large_from: int  # KV_2B_TILE_CONFIG from here
+
+
+# By GPU name; other GPUs keep the Triton kernels (not measured there).
+TILE_RULES = {
+    "H200": TileRule(small_from=512, large_from=1024),
+    "H100": TileRule(small_from=512, large_from=1024),
+}
+
+
+@functools.cache
+def tile_rule(device_index: int) -> TileRule | None:
+    """This GPU's :class:`TileRule`, ``None`` where the kernel is not used. Cached: the launcher
+    asks on every call."""
+    if torch.cuda.get_device_capability(device_index)[0] < 9:
+        return None
+    name = torch.cuda.get_device_name(device_index)
+    return next((rule for gpu, rule in TILE_RULES.items() if gpu in name), None)
+
+
+def tile_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
+                rows_x_heads: int) -> GluonTileConfig | None:
+    """This kernel's configuration when this GPU's rule picks it and it can run these operands
+    (2-byte kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
+    if state.element_size() != 2 or state.device.type != "cuda":
+        return None
+    rule = tile_rule(state.device.index or 0)
+    if rule is None or rows_x_heads < rule.small_from:
+        return None
+    config = KV_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_TILE_SMALL_CONFIG
+    if unsupported_reason(q, k, state, state_layout, config) or tile_reason(q, state, config):
+        return None
+    return config
 
 
 def tile_reason(q: torch.Tensor, state: torch.Tensor, config: GluonTileConfig) -> str | None:

@@ -9,9 +9,10 @@ once, which is all but ~1% of the bytes. Per token (fp32 math whatever the stora
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
 kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
 autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. For a
-2-byte state in the kv layout from B*HV = 1024 it hands over to a persistent kernel: the Gluon one
-(``gluon_decode_kv.py``) on the GPUs it was measured on, else the Triton one
-(``triton_decode_tma.py``).
+2-byte state in the kv layout it hands over, on the GPUs they were measured on, to the Gluon kernel
+of one program per tile (``gluon_decode_kv_tile.py``, from B*HV = 512), and on other sm_90+ GPUs
+to the persistent Triton kernel (``triton_decode_tma.py``, from B*HV = 16384). The persistent Gluon
+kernel (``gluon_decode_kv.py``) runs when its configuration is passed.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import triton.language as tl
 
 from gdn_ops.gluon_decode_kv import (
     GluonKVConfig,
-    gluon_config,
     gluon_reason,
     launch_decode_kv_gluon,
 )
 from gdn_ops.gluon_decode_kv_tile import (
     GluonTileConfig,
     launch_decode_kv_tile,
+    tile_config,
     tile_reason,
 )
 from gdn_ops.reference import L2NORM_EPS
@@ -319,13 +320,13 @@ def launch_decode(
 
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
-                   state_layout: str) -> DecodeConfig | PersistentConfig | GluonKVConfig:
-    """What :func:`launch_decode` launches when given no ``config``: :func:`gluon_config`, else
+                   state_layout: str) -> DecodeConfig | PersistentConfig | GluonTileConfig:
+    """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config`, else
     :func:`persistent_config` (each returns only a configuration these operands can run on this
     GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    return (gluon_config(q, k, state, state_layout, B * HV)
+    return (tile_config(q, k, state, state_layout, B * HV)
             or persistent_config(q, k, state, state_layout, B * HV)
             or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
 

@@ -213,15 +213,19 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
     ],
 )
 def test_large_batch_kernel_choice_and_result(changes, persistent):
-    """From the GPU's B*HV threshold a 2-byte kv state takes a persistent kernel (the Gluon one where
-    this GPU has a rule for it, else the Triton one) but only when TMA can address every operand;
-    every case matches the reference with guards and padding rows."""
-    from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, gluon_rule
+    """From the GPU's B*HV threshold a 2-byte kv state takes a TMA kernel (the Gluon one of one
+    program per tile where this GPU has a rule for it, else the persistent Triton one) but only when
+    TMA can address every operand; every case matches the reference with guards and padding rows."""
+    from gdn_ops.gluon_decode_kv_tile import (
+        KV_2B_TILE_CONFIG,
+        KV_2B_TILE_SMALL_CONFIG,
+        tile_rule,
+    )
     from gdn_ops.triton_decode_tma import persistent_rule
 
     device = torch.cuda.current_device()
-    gluon, triton_rule = gluon_rule(device), persistent_rule(device)
-    B = (gluon or triton_rule).min_row_heads // 32 + 2
+    gluon, triton_rule = tile_rule(device), persistent_rule(device)
+    B = (gluon.small_from if gluon else triton_rule.min_row_heads) // 32 + 2
     if changes.get("B") == -1:
         changes = {**changes, "B": B - 3}
     elif changes.get("B") == "large":
@@ -237,7 +241,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
     elif gluon is not None:
-        assert launched == [gluon.large_config if row_heads >= gluon.large_from else KV_2B_GLUON_CONFIG]
+        assert launched == [KV_2B_TILE_CONFIG if row_heads >= gluon.large_from else KV_2B_TILE_SMALL_CONFIG]
     else:
         in_loop = triton_rule.gates_in_loop_from is not None and row_heads >= triton_rule.gates_in_loop_from
         assert [type(c).__name__ for c in launched] == ["PersistentConfig"]

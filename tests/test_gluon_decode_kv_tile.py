@@ -29,6 +29,9 @@ from decode_case import (
 
 from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import (
+    KV_2B_TILE_CONFIG,
+    KV_2B_TILE_SMALL_CONFIG,
+    TILE_RULES,
     GluonTileConfig,
     _decode_kv_tile_kernel,
     tile_reason,
@@ -37,8 +40,9 @@ from gdn_ops.gluon_decode_kv_tile import (
 # K = 32: 8 lanes along the keys, steps of 16 rows (the swizzle's period for 64-byte rows)
 SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4),
                  "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4)}
-MODEL_CONFIGS = {"head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
-                 "head-vec8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
+MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
+                 "shipped-small": KV_2B_TILE_SMALL_CONFIG,
+                 "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
 
@@ -84,7 +88,7 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIGS["half-rows"]._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(rows=4), "rows=4 dividing K=32, a multiple of the 8 lanes"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(rows=8), "and of 16 rows"),
-        ({"K": 128, "V": 128}, MODEL_CONFIGS["head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
+        ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
         ({"K": 256, "V": 256, "state_dtype": torch.float32}, GluonTileConfig(256, 16, 16, 1, vec=2),
          "within 232448 bytes of shared memory"),
     ],
@@ -94,6 +98,10 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
     case = dataclasses.replace(PERSISTENT_CASE, **changes)
     with pytest.raises(ValueError, match=needs):
         run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
+
+
+def test_rules_switch_from_the_small_to_the_whole_head_tiles():
+    assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
 
 
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
