@@ -83,10 +83,10 @@ def test_manual_capture_replays_match_eager_step_for_step():
 
 @pytest.mark.parametrize("B", [1024 // HV, 4160 // HV], ids=["small-tile", "large-tile"])
 def test_persistent_kernel_replays_match_reference(B):
-    """A bf16 kv pool from B*HV = 1024 runs a persistent TMA kernel (on an H100 or H200 the Gluon
-    one, with its two tiles at these B): its descriptors are captured by value, and every replay
+    """A large bf16 kv pool runs a TMA kernel (on an H100 or H200 the Gluon kernel of one program per
+    tile, else the persistent Triton one): its descriptors are captured by value, and every replay
     must still read that step's inputs and slot indices."""
-    from gdn_ops.gluon_decode_kv import GluonKVConfig
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
     from gdn_ops.triton_decode import default_config
     from gdn_ops.triton_decode_tma import PersistentConfig
 
@@ -95,9 +95,9 @@ def test_persistent_kernel_replays_match_reference(B):
     slots = DecodeSlots(B)
     pool = torch.randn(num_slots, HV, K, V, generator=gen).to(torch.bfloat16).cuda()
     config = default_config(slots.q, slots.k, slots.v, pool, "kv")
-    if B * HV < 16384 and not isinstance(config, GluonKVConfig):
-        pytest.skip(f"B*HV = {B * HV} is below this GPU's persistent-kernel threshold ({config})")
-    assert isinstance(config, (PersistentConfig, GluonKVConfig))
+    if B * HV < 16384 and not isinstance(config, GluonTileConfig):
+        pytest.skip(f"B*HV = {B * HV} is below this GPU's TMA-kernel threshold ({config})")
+    assert isinstance(config, (PersistentConfig, GluonTileConfig))
 
     def step():
         gdn_ops.fused_sigmoid_gating_delta_rule_update(
