@@ -17,7 +17,8 @@ Only a few rows are in registers at a time, so the register file does not limit 
 programs share an SM: shared memory does, about 6 whole bf16 heads.
 
 A thread reads and writes exactly the elements it owns (one layout for every pass), so the passes
-need no barrier between them. Warps sit side by side along the columns, so no key sum leaves a
+need no barrier between them for correctness (Triton's membar pass still puts one on each side of
+every second-pass store, since the steps are views of one buffer). Warps sit side by side along the columns, so no key sum leaves a
 warp. The pool is seen in 128-byte chunks of columns as in ``gluon_decode_kv`` (one TMA copy of
 consecutive rows per tile). A padded row reads and writes slot ``num_slots``, one past the pool:
 TMA zero-fills that load and drops that store.
@@ -220,11 +221,12 @@ def tile_reason(q: torch.Tensor, state: torch.Tensor, config: GluonTileConfig) -
         return (f"BV={config.BV} in chunks of C={C} columns, C a multiple of num_warps*vec="
                 f"{config.num_warps * config.vec} by a power of two")
     lanes_k = 32 // lanes_c_and_chunks
-    # a step of rows must start on a whole period of the 128-byte swizzle (8 rows of 128 bytes)
+    # a step of rows must cover whole 1024-byte swizzle blocks (8 rows of 128 bytes; narrower tiles
+    # swizzle over fewer bytes, so this is the safe side for them)
     period_rows = max(1, 1024 // (config.BV * state.element_size()))
     if K % config.rows or config.rows % lanes_k or config.rows % period_rows:
         return (f"rows={config.rows} dividing K={K}, a multiple of the {lanes_k} lanes along the keys and "
-                f"of {period_rows} rows (the swizzle's period)")
+                f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
     shared = K * config.BV * state.element_size() + 2 * K * q.element_size() + 8
     if shared > MAX_SHARED_BYTES:
         return f"a tile with q and k ({shared} bytes) within {MAX_SHARED_BYTES} bytes of shared memory"
