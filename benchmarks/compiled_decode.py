@@ -26,11 +26,11 @@ import fx_passes
 def build(layers: int, device: str, tiny: bool):
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
-    dims = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
-                linear_num_value_heads=4) if tiny else dict(
-        hidden_size=2048, intermediate_size=5120, num_attention_heads=16, num_key_value_heads=2, head_dim=256,
-        linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16, linear_num_value_heads=32)
+    dims = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+                "linear_num_value_heads": 4} if tiny else {
+        "hidden_size": 2048, "intermediate_size": 5120, "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,
+        "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32}
     config = Qwen3NextConfig(
         vocab_size=4096, num_hidden_layers=layers, num_experts=0, max_position_embeddings=4096,
         layer_types=["linear_attention"] * (layers - 1) + ["full_attention"], **dims)
@@ -84,7 +84,7 @@ def main() -> None:
             fx_passes.reset_counts()
             cache = copy.deepcopy(base)
             step = make()
-            warm, first = decode_times(step, cache, token, 8, 5, device)
+            _, first = decode_times(step, cache, token, 8, 5, device)
             times, _ = decode_times(step, cache, token, 8 + 5, args.steps, device)
             if reference is None:
                 reference = first

@@ -105,7 +105,8 @@ def make_config(layout: str, tp: int, dtype: str, B: int) -> P.Config:
 
 def _git(*cmd: str) -> str | None:
     try:
-        res = subprocess.run(["git", "-C", str(P.REPO_ROOT), *cmd], capture_output=True, text=True, timeout=10)
+        res = subprocess.run(["git", "-C", str(P.REPO_ROOT), *cmd], check=False, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() if res.returncode == 0 else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 log = logging.getLogger("gdn_ops.fx_passes")
 

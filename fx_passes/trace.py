@@ -13,7 +13,8 @@ or its pattern never lines up with the graph:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch._inductor.config as inductor_config
@@ -29,9 +30,9 @@ _IGNORED_TYPES = (torch.device,)
 
 def _has_mutation(gm: torch.fx.GraphModule) -> bool:
     for node in gm.graph.nodes:
-        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-            if node.target._schema.is_mutable:
-                return True
+        if (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+                and node.target._schema.is_mutable):
+            return True
     return False
 
 

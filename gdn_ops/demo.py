@@ -18,10 +18,10 @@ def _inputs(B: int, HK: int, HV: int, K: int, V: int, act: torch.dtype, device: 
     def r(*shape, std=1.0):
         return (torch.randn(shape, generator=gen) * std).to(device=device, dtype=act)
 
-    return dict(
-        A_log=torch.randn(HV, generator=gen).to(device), a=r(B, 1, HV), dt_bias=torch.randn(HV, generator=gen).to(device),
-        softplus_beta=1.0, softplus_threshold=20.0, q=r(B, 1, HK, K), k=r(B, 1, HK, K), v=r(B, 1, HV, V), b=r(B, 1, HV),
-    )
+    return {
+        "A_log": torch.randn(HV, generator=gen).to(device), "a": r(B, 1, HV), "dt_bias": torch.randn(HV, generator=gen).to(device),
+        "softplus_beta": 1.0, "softplus_threshold": 20.0, "q": r(B, 1, HK, K), "k": r(B, 1, HK, K), "v": r(B, 1, HV, V), "b": r(B, 1, HV),
+    }
 
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

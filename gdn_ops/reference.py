@@ -60,7 +60,7 @@ def delta_rule_step_reference(
     ``state [B, HV, V, K]`` ("vk") or ``[B, HV, K, V]`` ("kv"), one state per batch row.
     Returns ``o [B, T, HV, V]`` and the final state (same layout), both in ``compute_dtype``.
     """
-    B, T, HK, K = q.shape
+    _, T, HK, K = q.shape
     HV = v.shape[2]
     if scale is None:
         scale = K**-0.5

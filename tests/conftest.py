@@ -16,7 +16,7 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 from hypothesis import HealthCheck, settings
 
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
+_common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large], "derandomize": False}
 settings.register_profile("ci", max_examples=20, **_common)
 settings.register_profile("gpu", max_examples=40, **_common)
 settings.register_profile("dev", max_examples=5, **_common)

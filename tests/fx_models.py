@@ -27,9 +27,9 @@ LAYOUT_ARG = {FUSED: 13, RECURRENT: 9}
 # compiled vs eager: the fused kernel keeps the gates in fp32 where the unfused PyTorch code may
 # round them to the activation dtype, so half-precision cases get half-precision tolerances.
 TOL = {
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
-    torch.float16: dict(atol=5e-3, rtol=5e-3),
+    torch.float32: {"atol": 2e-5, "rtol": 2e-5},
+    torch.bfloat16: {"atol": 3e-2, "rtol": 3e-2},
+    torch.float16: {"atol": 5e-3, "rtol": 5e-3},
 }
 
 
@@ -46,17 +46,17 @@ def decode_inputs(B=3, T=1, HK=2, HV=4, K=8, V=8, dtype=torch.bfloat16, layout="
         return (torch.randn(*shape, generator=gen) * scale).to(dt).to(DEVICE)
 
     inner = (V, K) if layout == "vk" else (K, V)
-    return dict(
-        q=rnd(B, T, HK, K),
-        k=rnd(B, T, HK, K),
-        v=rnd(B, T, HV, V),
-        a=rnd(B, T, HV),
-        b=rnd(B, T, HV),
-        A_log=rnd(HV, scale=0.5),
-        dt_bias=rnd(HV, scale=0.5),
-        pool=rnd(slots, HV, *inner, dt=torch.float32, scale=0.1),
-        idx=torch.randperm(slots, generator=gen)[:B].to(torch.int32).to(DEVICE),
-    )
+    return {
+        "q": rnd(B, T, HK, K),
+        "k": rnd(B, T, HK, K),
+        "v": rnd(B, T, HV, V),
+        "a": rnd(B, T, HV),
+        "b": rnd(B, T, HV),
+        "A_log": rnd(HV, scale=0.5),
+        "dt_bias": rnd(HV, scale=0.5),
+        "pool": rnd(slots, HV, *inner, dt=torch.float32, scale=0.1),
+        "idx": torch.randperm(slots, generator=gen)[:B].to(torch.int32).to(DEVICE),
+    }
 
 
 def clone_inputs(inputs: dict) -> dict:
@@ -172,7 +172,7 @@ def lines_touching(code: str, name: str) -> list[str]:
             continue
         if re.match(r"^(\w+\s*,\s*)*\w+\s*=\s*args$", s):
             continue
-        if "rand_strided" in s or s.startswith("return [") or s.startswith("def "):
+        if "rand_strided" in s or s.startswith(("return [", "def ")):
             continue
         out.append(s)
     return out

@@ -64,7 +64,7 @@ def test_each_layer_gets_one_fused_call():
         o = step(q, k, v, a, b, A_log, dt_bias, pool, idx)
         return step(o[:, :, :2].contiguous(), k, v, a2, b2, A_log2, dt_bias2, pool2, idx)
 
-    extra = dict(a2=second["a"], b2=second["b"], A_log2=second["A_log"], dt_bias2=second["dt_bias"], pool2=second["pool"])
+    extra = {"a2": second["a"], "b2": second["b"], "A_log2": second["A_log"], "dt_bias2": second["dt_bias"], "pool2": second["pool"]}
     args = {**inputs, **extra}
     actual, expected, comp, eager, code, counts = run_both(two_layers, args)
     assert counts == {"gating": 2}

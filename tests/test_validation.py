@@ -13,13 +13,13 @@ B, T, HK, HV, K, V = 3, 2, 2, 4, 32, 16
 
 def _fused_kwargs(device):
     r = lambda *s, dtype=torch.bfloat16: torch.randn(*s, device=device, dtype=dtype)
-    return dict(
-        A_log=r(HV, dtype=torch.float32), a=r(B, T, HV), dt_bias=r(HV, dtype=torch.float32),
-        softplus_beta=1.0, softplus_threshold=20.0,
-        q=r(B, T, HK, K), k=r(B, T, HK, K), v=r(B, T, HV, V), b=r(B, T, HV),
-        initial_state_source=r(5, HV, V, K, dtype=torch.float32),
-        initial_state_indices=torch.tensor([4, -1, 0], dtype=torch.int32, device=device),
-    )
+    return {
+        "A_log": r(HV, dtype=torch.float32), "a": r(B, T, HV), "dt_bias": r(HV, dtype=torch.float32),
+        "softplus_beta": 1.0, "softplus_threshold": 20.0,
+        "q": r(B, T, HK, K), "k": r(B, T, HK, K), "v": r(B, T, HV, V), "b": r(B, T, HV),
+        "initial_state_source": r(5, HV, V, K, dtype=torch.float32),
+        "initial_state_indices": torch.tensor([4, -1, 0], dtype=torch.int32, device=device),
+    }
 
 
 def _unfused_kwargs(device):

@@ -5,10 +5,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torch._higher_order_ops.auto_functionalize import auto_functionalized, auto_functionalized_v2
+from torch._higher_order_ops.auto_functionalize import (
+    auto_functionalized,
+    auto_functionalized_v2,
+)
 from torch._inductor import pattern_matcher as pm
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 

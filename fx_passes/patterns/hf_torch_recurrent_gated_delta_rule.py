@@ -38,7 +38,13 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized_v2
 from torch._inductor import pattern_matcher as pm
 
 from fx_passes.counters import log
-from fx_passes.patterns._common import RECURRENT_OP, Rewrite, is_activation, known_equal, val
+from fx_passes.patterns._common import (
+    RECURRENT_OP,
+    Rewrite,
+    is_activation,
+    known_equal,
+    val,
+)
 
 #: transformers modules whose ``torch_recurrent_gated_delta_rule`` the pattern traces (the
 #: later ones carry a copy of Qwen3-Next's function; identical copies are traced once)
@@ -84,7 +90,7 @@ def _replace(use_l2norm: bool):
         # transformers returns o.transpose(1, 2).contiguous(): for T == 1 the transpose of
         # [B, HV, 1, V] is already contiguous and keeps its strides. Allocating the same strides
         # spares Inductor a restriding copy of the output.
-        B, T, HV, V = value.shape
+        _, T, HV, V = value.shape
         out = torch.empty_strided(value.shape, (HV * T * V, V, T * V, 1), dtype=query.dtype, device=value.device)
         res = auto_functionalized_v2(
             RECURRENT_OP,
