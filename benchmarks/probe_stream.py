@@ -1,9 +1,11 @@
 """Data-movement ceilings of the ways a decode kernel can stream a kv pool (no arithmetic).
 
-The bf16 kv decode kernel runs within 0.5% of a copy through its own TMA pipeline (the
-``gluon_dma_only`` ceiling, NOTES.md), 6-11% short of the device copy. This probe times, in one
-run and beside the copy, streams that differ only in how the bytes move, each through every
-addressed head of the pool, in place, through the shuffled slot indices:
+Written when the persistent bf16 kv kernel (``gluon_decode_kv``) ran within 0.5% of a copy through
+its own TMA pipeline and 6-11% short of the device copy. What it found (one short-lived program per
+head moves the bytes 1.5-2.5% faster than any persistent ring, NOTES.md) became the kernel of one
+program per tile (``gluon_decode_kv_tile``). It times, in one run and beside the copy, streams that
+differ only in how the bytes move, each through every addressed head of the pool, in place,
+through the shuffled slot indices:
 
 * ``tma:h{H}:b{N}:p{P}:lag{L}[:oop][:seq]``: a persistent Gluon kernel, ``P`` programs per SM, each a
   ring of ``N`` shared-memory buffers; a buffer takes ``H`` whole heads per TMA copy (one box of
