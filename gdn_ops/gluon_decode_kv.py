@@ -26,7 +26,7 @@ Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from triton.experimental import gluon
@@ -38,6 +38,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from gdn_ops.triton_decode_tma import sm_count
+
+if TYPE_CHECKING:
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_gating import decode_gates
 
 # Gluon is experimental and renamed the CTA barrier between Triton 3.6 (the GPU image) and 3.7 (CI).
@@ -264,35 +267,90 @@ MAX_SHARED_BYTES = 232448
 SM_SHARED_BYTES = 233472
 
 
+def lanes_along_keys(BV: int, itemsize: int, num_warps: int, vec: int) -> int | None:
+    """Lanes of a warp along the keys in the kv kernels' ``[K, BV // C, C]`` register layout (each
+    lane ``vec`` values, warps side by side along the columns), or ``None`` where that layout
+    cannot cover a ``BV``-column tile row. Shared by both Gluon kv kernels' checks."""
+    C = chunk_columns(BV, itemsize)
+    lanes_c, rest = divmod(C, num_warps * vec)
+    lanes_c_and_chunks = lanes_c * (BV // C)
+    if rest or lanes_c_and_chunks not in (1, 2, 4, 8, 16, 32):
+        return None
+    return 32 // lanes_c_and_chunks
+
+
+def shared_memory_reason(shared: int, programs_per_sm: int, what: str) -> str | None:
+    """Why ``programs_per_sm`` programs of ``shared`` bytes each (``what`` they hold) do not fit
+    sm_90's shared memory, per program and together on one SM; ``None`` if they do."""
+    if shared > MAX_SHARED_BYTES:
+        return f"{what} ({shared} bytes) within {MAX_SHARED_BYTES} bytes of shared memory"
+    if programs_per_sm * (shared + 1024) > SM_SHARED_BYTES:
+        # more would not be resident together: the grid's last programs would start late
+        return (f"programs_per_sm={programs_per_sm} programs of {shared} bytes of shared memory "
+                f"(and 1024 reserved each) within an SM's {SM_SHARED_BYTES} bytes")
+    return None
+
+
 def gluon_reason(q: torch.Tensor, state: torch.Tensor, config: GluonKVConfig) -> str | None:
     """Why ``config`` cannot run the Gluon kernel on these operands beyond TMA's needs
     (``triton_decode_tma.unsupported_reason``), or ``None`` if it can: its register layout must
     cover a ``[K, BV]`` tile, and its buffers fit in shared memory, ``programs_per_sm`` of them
     in one SM's. Metadata only."""
     K = q.shape[-1]
-    C = chunk_columns(config.BV, state.element_size())
-    lanes_c, rest = divmod(C, config.num_warps * config.vec)
-    lanes_c_and_chunks = lanes_c * (config.BV // C)
-    if rest or lanes_c_and_chunks not in (1, 2, 4, 8, 16, 32) or K % (32 // lanes_c_and_chunks):
-        return (f"BV={config.BV} in chunks of C={C} columns, C a multiple of num_warps*vec="
-                f"{config.num_warps * config.vec} by a power of two that leaves K={K} a multiple of the lanes "
-                "along the keys")
+    lanes_k = lanes_along_keys(config.BV, state.element_size(), config.num_warps, config.vec)
+    if lanes_k is None or K % lanes_k:
+        return (f"BV={config.BV} in chunks of C={chunk_columns(config.BV, state.element_size())} columns, C a "
+                f"multiple of num_warps*vec={config.num_warps * config.vec} by a power of two that leaves K={K} a "
+                "multiple of the lanes along the keys")
     tile = K * config.BV * state.element_size()
     shared = config.num_buf * (tile + 2 * K * q.element_size() + 8) + tile
-    if shared > MAX_SHARED_BYTES:
-        return (f"its buffers ({config.num_buf} tiles of {tile} bytes with q, k, and the output tile: {shared} bytes) "
-                f"within {MAX_SHARED_BYTES} bytes of shared memory")
-    if config.programs_per_sm * (shared + 1024) > SM_SHARED_BYTES:
-        # more would not be resident together: the persistent grid's last programs would start late
-        return (f"programs_per_sm={config.programs_per_sm} programs of {shared} bytes of shared memory "
-                f"(and 1024 reserved each) within an SM's {SM_SHARED_BYTES} bytes")
-    return None
+    return shared_memory_reason(shared, config.programs_per_sm,
+                                f"its buffers: {config.num_buf} tiles of {tile} bytes with q, k, and the output tile")
 
 
 @functools.cache
 def _shared_layout(block: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
     """The TMA-swizzled shared layout of a ``block`` of ``dtype`` (cached: asked on every launch)."""
     return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, str(dtype).split(".")[-1]))
+
+
+def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles: int, *,
+                   config: GluonKVConfig | GluonTileConfig, scale: float, use_qk_l2norm_in_kernel: bool,
+                   softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float) -> tuple[list, dict]:
+    """Positional and keyword launch arguments that both Gluon kv kernels take (this one and
+    ``gluon_decode_kv_tile``'s), for ``config``'s ``BV``, warps and ``vec``: TMA descriptors of q,
+    k and the pool seen as ``[slots, HV, K, V // C, C]`` (key rows cut into chunks of C columns),
+    the other operands and their strides, the shared constexprs, register cap and PDL launch."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    _, _, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    BV = config.BV
+    q3, k3 = q[:, 0], k[:, 0]
+    fused = A_log is not None
+
+    def descriptor(t, shape, strides, block):
+        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
+
+    C = chunk_columns(BV, state.element_size())
+    args = [
+        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
+        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
+        descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
+        v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
+        indices if indices is not None else state, out,
+        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
+        out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+    ]
+    kwargs = {
+        "HV": HV, "GROUP": HV // HK, "K": K, "V": V, "BV": BV, "C": C, "WARPS": config.num_warps, "VEC": config.vec,
+        "LANES_C": C // (config.num_warps * config.vec), "FUSED_GATING": fused,
+        "USE_L2NORM": bool(use_qk_l2norm_in_kernel), "HAS_INDICES": indices is not None, "L2_EPS": l2_eps,
+        "PDL": bool(pdl), "num_warps": config.num_warps, "maxnreg": config.maxnreg,
+        **({"launch_pdl": True} if pdl else {}),
+    }
+    return args, kwargs
 
 
 def launch_decode_kv_gluon(
@@ -303,38 +361,13 @@ def launch_decode_kv_gluon(
     """Launch the Gluon kernel on validated arguments that TMA can address (the checks of
     ``triton_decode_tma.unsupported_reason`` and :func:`gluon_reason`): ``state [slots, HV, K, V]``
     of a 2-byte dtype in the kv layout, T == 1; sm_90+ only (no interpreter)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    B, _, HK, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
-    BV = config.BV
-    num_tiles = B * HV * (V // BV)
+    num_tiles = q.shape[0] * v.shape[2] * (v.shape[3] // config.BV)
     if num_tiles == 0:
         return config
-    q3, k3 = q[:, 0], k[:, 0]
-    fused = A_log is not None
-
-    def descriptor(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
-
-    # the pool seen as [slots, HV, K, V // C, C]: key rows cut into chunks of C columns (see the kernel)
-    C = chunk_columns(BV, state.element_size())
-    pool_shape = [*state.shape[:3], V // C, C]
-    pool_strides = [*state.stride()[:3], C, 1]
-
-    _decode_kv_gluon_kernel[(min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)](
-        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
-        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        descriptor(state, pool_shape, pool_strides, [1, 1, K, BV // C, C]),
-        v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
-        indices if indices is not None else state, out,
-        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
-        v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
-        out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
-        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, C=C, WARPS=config.num_warps, VEC=config.vec,
-        LANES_C=C // (config.num_warps * config.vec),
-        FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
-        L2_EPS=l2_eps, NUM_BUF=config.num_buf, PDL=bool(pdl),
-        num_warps=config.num_warps, maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
-    )
+    args, kwargs = kv_launch_args(
+        q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps)
+    grid = (min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)
+    _decode_kv_gluon_kernel[grid](*args, NUM_BUF=config.num_buf, **kwargs)
     return config

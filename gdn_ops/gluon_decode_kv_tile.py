@@ -39,16 +39,16 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from gdn_ops.gluon_decode_kv import (
-    MAX_SHARED_BYTES,
-    SM_SHARED_BYTES,
     _cta_barrier,
     _gdc_launch_dependents,
     _gdc_wait,
     _issue_tile,
-    _shared_layout,
     _tile_columns,
     _tile_inputs,
     chunk_columns,
+    kv_launch_args,
+    lanes_along_keys,
+    shared_memory_reason,
 )
 from gdn_ops.triton_decode_tma import unsupported_reason
 from gdn_ops.triton_gating import decode_gates
@@ -213,27 +213,24 @@ def tile_reason(q: torch.Tensor, state: torch.Tensor, config: GluonTileConfig) -
     (``triton_decode_tma.unsupported_reason``), or ``None`` if it can: its layout must cover
     ``[rows, BV]`` row steps that divide K and whole swizzle periods, and ``programs_per_sm``
     programs must fit one SM's shared memory. Metadata only."""
-    K = q.shape[-1]
-    C = chunk_columns(config.BV, state.element_size())
-    lanes_c, rest = divmod(C, config.num_warps * config.vec)
-    lanes_c_and_chunks = lanes_c * (config.BV // C)
-    if rest or lanes_c_and_chunks not in (1, 2, 4, 8, 16, 32):
-        return (f"BV={config.BV} in chunks of C={C} columns, C a multiple of num_warps*vec="
-                f"{config.num_warps * config.vec} by a power of two")
-    lanes_k = 32 // lanes_c_and_chunks
+    return _tile_reason(q.shape[-1], state.element_size(), q.element_size(), config)
+
+
+@functools.cache
+def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfig) -> str | None:
+    """:func:`tile_reason` on the metadata it reads (cached: the launcher asks on every call)."""
+    lanes_k = lanes_along_keys(config.BV, itemsize, config.num_warps, config.vec)
+    if lanes_k is None:
+        return (f"BV={config.BV} in chunks of C={chunk_columns(config.BV, itemsize)} columns, C a multiple of "
+                f"num_warps*vec={config.num_warps * config.vec} by a power of two")
     # a step of rows must cover whole 1024-byte swizzle blocks (8 rows of 128 bytes; narrower tiles
     # swizzle over fewer bytes, so this is the safe side for them)
-    period_rows = max(1, 1024 // (config.BV * state.element_size()))
+    period_rows = max(1, 1024 // (config.BV * itemsize))
     if K % config.rows or config.rows % lanes_k or config.rows % period_rows:
         return (f"rows={config.rows} dividing K={K}, a multiple of the {lanes_k} lanes along the keys and "
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
-    shared = K * config.BV * state.element_size() + 2 * K * q.element_size() + 8
-    if shared > MAX_SHARED_BYTES:
-        return f"a tile with q and k ({shared} bytes) within {MAX_SHARED_BYTES} bytes of shared memory"
-    if config.programs_per_sm * (shared + 1024) > SM_SHARED_BYTES:
-        return (f"programs_per_sm={config.programs_per_sm} programs of {shared} bytes of shared memory "
-                f"(and 1024 reserved each) within an SM's {SM_SHARED_BYTES} bytes")
-    return None
+    shared = K * config.BV * itemsize + 2 * K * qk_itemsize + 8
+    return shared_memory_reason(shared, config.programs_per_sm, "a tile with q and k")
 
 
 def launch_decode_kv_tile(
@@ -244,34 +241,12 @@ def launch_decode_kv_tile(
     """Launch the kernel on validated arguments that TMA can address (the checks of
     ``triton_decode_tma.unsupported_reason`` and :func:`tile_reason`): ``state [slots, HV, K, V]``
     in the kv layout, T == 1; sm_90+ only (no interpreter)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    B, _, HK, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
-    BV = config.BV
-    num_tiles = B * HV * (V // BV)
+    num_tiles = q.shape[0] * v.shape[2] * (v.shape[3] // config.BV)
     if num_tiles == 0:
         return config
-    q3, k3 = q[:, 0], k[:, 0]
-    fused = A_log is not None
-
-    def descriptor(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
-
-    C = chunk_columns(BV, state.element_size())
-    _decode_kv_tile_kernel[(num_tiles,)](
-        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
-        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
-        v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
-        indices if indices is not None else state, out,
-        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
-        v.stride(0), v.stride(2), v.stride(3), gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2),
-        out.stride(0), out.stride(2), out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
-        HV=HV, GROUP=HV // HK, K=K, V=V, BV=BV, C=C, ROWS=config.rows, WARPS=config.num_warps, VEC=config.vec,
-        LANES_C=C // (config.num_warps * config.vec),
-        FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None,
-        L2_EPS=l2_eps, PDL=bool(pdl),
-        num_warps=config.num_warps, maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
-    )
+    args, kwargs = kv_launch_args(
+        q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps)
+    _decode_kv_tile_kernel[(num_tiles,)](*args, ROWS=config.rows, **kwargs)
     return config
