@@ -50,7 +50,7 @@ from gdn_ops.gluon_decode_kv import (
     lanes_along_keys,
     shared_memory_reason,
 )
-from gdn_ops.triton_decode_tma import unsupported_reason
+from gdn_ops.triton_decode_tma import sm90_gpu_rule, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 
 
@@ -187,10 +187,7 @@ TILE_RULES = {
 def tile_rule(device_index: int) -> TileRule | None:
     """This GPU's :class:`TileRule`, ``None`` where the kernel is not used. Cached: the launcher
     asks on every call."""
-    if torch.cuda.get_device_capability(device_index)[0] < 9:
-        return None
-    name = torch.cuda.get_device_name(device_index)
-    return next((rule for gpu, rule in TILE_RULES.items() if gpu in name), None)
+    return sm90_gpu_rule(TILE_RULES, device_index)
 
 
 def tile_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,

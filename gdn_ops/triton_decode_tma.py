@@ -16,7 +16,7 @@ slot ``num_slots``, one past the pool: TMA zero-fills that load, and the state s
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 import triton
@@ -151,6 +151,9 @@ PERSISTENT_RULES = {
 PERSISTENT_RULE_DEFAULT = PersistentRule(min_row_heads=16384, gates_in_loop_from=None)
 
 
+Rule = TypeVar("Rule")
+
+
 def _tma_ready(t: torch.Tensor, dims: int) -> bool:
     """A TMA descriptor over the last ``dims`` dims of ``t``: 16-byte aligned base and strides, unit inner stride."""
     if t.data_ptr() % 16 or t.stride(-1) != 1:
@@ -195,14 +198,20 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     return None if unsupported_reason(q, k, state, state_layout, config) else config
 
 
+def sm90_gpu_rule(rules: dict[str, Rule], device_index: int, default: Rule | None = None) -> Rule | None:
+    """The entry of ``rules`` (keyed by a part of the GPU's name) for this GPU, else ``default``;
+    ``None`` before sm_90 (no TMA). Shared by the TMA kernels' per-GPU rules."""
+    if torch.cuda.get_device_capability(device_index)[0] < 9:
+        return None
+    name = torch.cuda.get_device_name(device_index)
+    return next((rule for gpu, rule in rules.items() if gpu in name), default)
+
+
 @functools.cache
 def persistent_rule(device_index: int) -> PersistentRule | None:
     """This GPU's :class:`PersistentRule`; ``None`` before sm_90 (no TMA). Cached: the launcher
     asks on every call."""
-    if torch.cuda.get_device_capability(device_index)[0] < 9:
-        return None
-    name = torch.cuda.get_device_name(device_index)
-    return next((rule for gpu, rule in PERSISTENT_RULES.items() if gpu in name), PERSISTENT_RULE_DEFAULT)
+    return sm90_gpu_rule(PERSISTENT_RULES, device_index, PERSISTENT_RULE_DEFAULT)
 
 
 @functools.cache

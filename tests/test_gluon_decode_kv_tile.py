@@ -104,6 +104,20 @@ def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
 
 
+@pytest.mark.parametrize(("capability", "name", "expected"), [
+    ((9, 0), "NVIDIA H100 80GB HBM3", "h100"),
+    ((9, 0), "NVIDIA H200", "h200"),
+    ((9, 0), "NVIDIA H20", "default"),
+    ((8, 0), "NVIDIA A100-SXM4-80GB", None),
+])
+def test_gpu_rules_are_found_by_name_from_sm90(monkeypatch, capability, name, expected):
+    from gdn_ops.triton_decode_tma import sm90_gpu_rule
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: name)
+    assert sm90_gpu_rule({"H200": "h200", "H100": "h100"}, 0, "default") == expected
+
+
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
 def test_model_configurations_fit(config):
     q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
