@@ -8,11 +8,6 @@ more, i.e. no key sum goes through shared memory.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +19,7 @@ from decode_case import (
     check,
     run_triton,
 )
+from sm90_compile import compile_sm90, decode_signature, run_in_child
 
 from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_CONFIG,
@@ -99,38 +95,15 @@ def test_refuses_to_run_off_the_gpu():
 
 
 def compiled_shared_bytes(config: GluonKVConfig) -> int:
-    """Shared memory of ``config``'s kernel compiled for sm_90, without a GPU (ptxas ships with
-    Triton). Run outside the interpreter: Gluon cannot call interpreted helpers."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+    """Shared memory of ``config``'s kernel compiled for sm_90 on a bf16 Qwen3-Next head."""
     K, V, HV = 128, 128, 32
     C = chunk_columns(config.BV, 2)
-    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV // C, C], gl.bfloat16)
-    qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "WARPS": config.num_warps,
                   "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec), "FUSED_GATING": True,
                   "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "NUM_BUF": config.num_buf, "PDL": True}
-    pointer_types = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
-
-    def arg_type(name: str) -> str:
-        if name in constexprs:
-            return "constexpr"
-        if name.endswith("_ptr"):
-            return pointer_types.get(name, "*bf16")
-        if name == "state_desc":
-            return f"tensordesc<bf16[1, 1, {K}, {config.BV // C}, {C}],{state_layout!r}>"
-        if name in ("q_desc", "k_desc"):
-            return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
-        return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
-
-    signature = {name: arg_type(name) for name in inspect.signature(_decode_kv_gluon_kernel.fn).parameters}
-    compiled = triton.compile(GluonASTSource(_decode_kv_gluon_kernel, signature, constexprs),
-                              target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": config.num_warps, "maxnreg": config.maxnreg})
-    return compiled.metadata.shared
+    descriptors = {"state_desc": [1, 1, K, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
+    signature = decode_signature(_decode_kv_gluon_kernel, constexprs, descriptors)
+    return compile_sm90(_decode_kv_gluon_kernel, signature, constexprs, config.num_warps, config.maxnreg)[0]
 
 
 @pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG])
@@ -138,18 +111,11 @@ def test_compiles_for_sm90_with_only_the_pipeline_in_shared_memory(config):
     """A key sum that crossed warps would add reduction scratch to the shared memory beyond the
     tile, q and k buffers, the output tile and the barriers. Half-head and whole-head tiles (one
     and two 128-byte chunks per key row)."""
-    tests = Path(__file__).parent
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    # pytest puts the repository and tests/ on sys.path; a child process needs them spelled out
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
-    script = f"import test_gluon_decode_kv as t; print(t.compiled_shared_bytes(t.{config!r}))"
-    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    stdout = run_in_child("test_gluon_decode_kv", f"t.compiled_shared_bytes(t.{config!r})")
     K = 128
     buffers = (config.num_buf * (K * config.BV + 2 * K) + K * config.BV) * 2
     barriers = config.num_buf * 8
-    assert int(run.stdout.split()[-1]) == buffers + barriers
+    assert int(stdout.split()[-1]) == buffers + barriers
 
 
 @pytest.mark.parametrize(("BV", "itemsize", "columns"), [(128, 2, 64), (64, 2, 64), (32, 2, 32), (64, 4, 32), (8, 2, 8)])

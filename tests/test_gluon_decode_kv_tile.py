@@ -9,12 +9,7 @@ nothing more (no key sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +21,7 @@ from decode_case import (
     check,
     run_triton,
 )
+from sm90_compile import compile_sm90, decode_signature, run_in_child
 
 from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import (
@@ -127,54 +123,21 @@ def test_model_configurations_fit(config):
 
 def compiled(config: GluonTileConfig) -> tuple[int, str]:
     """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a bf16
-    Qwen3-Next head, without a GPU (ptxas ships with Triton)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+    Qwen3-Next head."""
     K, V, HV = 128, 128, 32
     C = chunk_columns(config.BV, 2)
-    state_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, config.BV // C, C], gl.bfloat16)
-    qk_layout = gl.NVMMASharedLayout.get_default_for([1, 1, K], gl.bfloat16)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec),
                   "FUSED_GATING": True, "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True}
-    pointer_types = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
-
-    def arg_type(name: str) -> str:
-        if name in constexprs:
-            return "constexpr"
-        if name.endswith("_ptr"):
-            return pointer_types.get(name, "*bf16")
-        if name == "state_desc":
-            return f"tensordesc<bf16[1, 1, {K}, {config.BV // C}, {C}],{state_layout!r}>"
-        if name in ("q_desc", "k_desc"):
-            return f"tensordesc<bf16[1, 1, {K}],{qk_layout!r}>"
-        return "fp32" if name in ("scale", "softplus_beta", "softplus_threshold") else "i32"
-
-    signature = {name: arg_type(name) for name in inspect.signature(_decode_kv_tile_kernel.fn).parameters}
-    kernel = triton.compile(GluonASTSource(_decode_kv_tile_kernel, signature, constexprs),
-                            target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": config.num_warps, "maxnreg": config.maxnreg})
-    ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_tile_{os.getpid()}.ptx"
-    ptx.write_text(kernel.asm["ptx"])
-    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
-                            check=True, capture_output=True, text=True).stderr
-    return kernel.metadata.shared, report
+    descriptors = {"state_desc": [1, 1, K, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
+    signature = decode_signature(_decode_kv_tile_kernel, constexprs, descriptors)
+    return compile_sm90(_decode_kv_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 
 
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config):
-    tests = Path(__file__).parent
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tests.parent), str(tests), env.get("PYTHONPATH")]))
-    script = f"import test_gluon_decode_kv_tile as t; s, r = t.compiled(t.{config!r}); print(s); print(r)"
-    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=tests, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    shared, report = run.stdout.split("\n", 1)
+    stdout = run_in_child("test_gluon_decode_kv_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r})))")
+    shared, report = stdout.split("\n", 1)
     K = 128
     assert int(shared) == (K * config.BV + 2 * K) * 2 + 8
     spills = re.findall(r"(\d+) bytes spill stores", report)

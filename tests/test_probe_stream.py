@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from sm90_compile import compile_sm90, descriptor_type, run_in_child
 
 
 def test_specs_name_the_streams():
@@ -23,20 +19,14 @@ def test_specs_name_the_streams():
 
 def compiled_shared_bytes(kind: str, num_buf: int) -> int:
     """Shared memory of a stream kernel compiled for sm_90 on a bf16 Qwen3-Next pool, without a GPU."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from benchmarks.probe_stream import _async_stream_kernel, _tma_stream_kernel
 
     K, NC, C = 128, 2, 64
     if kind == "tma":
-        layout = gl.NVMMASharedLayout.get_default_for([1, 1, K, NC, C], gl.bfloat16)
-        desc = f"tensordesc<bf16[1, 1, {K}, {NC}, {C}],{layout!r}>"
+        desc = descriptor_type([1, 1, K, NC, C])
         constexprs = {"HV_BOXES": 32, "HEADS": 1, "K": K, "NC": NC, "C": C, "NUM_BUF": num_buf, "LAG": 1}
         signature = {"src_desc": desc, "dst_desc": desc, "indices_ptr": "*i32", "num_tiles": "i32"}
-        kernel, warps, attrs = _tma_stream_kernel, 1, {}
+        kernel, warps, attrs = _tma_stream_kernel, 1, None
     else:
         constexprs = {"HV": 32, "K": K, "V": NC * C, "WARPS": 4, "NUM_BUF": num_buf}
         signature = {"pool_ptr": "*bf16", "indices_ptr": "*i32", "num_tiles": "i32"}
@@ -44,19 +34,11 @@ def compiled_shared_bytes(kind: str, num_buf: int) -> int:
         # a launch specialises 16-byte aligned pointers, which the 16-byte cp.async needs
         attrs = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
     signature |= dict.fromkeys(constexprs, "constexpr")
-    compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": warps})
-    return compiled.metadata.shared
+    return compile_sm90(kernel, signature, constexprs, warps, attrs=attrs)[0]
 
 
 @pytest.mark.parametrize("kind", ["tma", "async"])
 def test_gluon_streams_compile_for_sm90_with_their_buffers(kind):
-    root = Path(__file__).parent.parent
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "tests"), env.get("PYTHONPATH")]))
-    script = f"import test_probe_stream as t; print(t.compiled_shared_bytes({kind!r}, 3))"
-    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    stdout = run_in_child("test_probe_stream", f"t.compiled_shared_bytes({kind!r}, 3)")
     head = 128 * 128 * 2
-    assert int(run.stdout.split()[-1]) >= 3 * head  # three whole bf16 heads in flight
+    assert int(stdout.split()[-1]) >= 3 * head  # three whole bf16 heads in flight

@@ -1,0 +1,75 @@
+"""Gluon kernels compiled for sm_90 without a GPU (ptxas ships with Triton): what the CPU tests of
+the Gluon kernels check, since Gluon has no interpreter.
+
+Compiling must happen outside Triton's interpreter (Gluon cannot call interpreted helpers), so a
+test runs its compile in a child process through :func:`run_in_child`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+# pointer arguments of the decode kernels that are not bf16
+DECODE_POINTER_TYPES = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
+DECODE_FLOAT_ARGS = ("scale", "softplus_beta", "softplus_threshold")
+
+
+def descriptor_type(block: list[int]) -> str:
+    """The signature type of a TMA descriptor over a bf16 ``block`` in its default swizzled layout."""
+    from triton.experimental.gluon import language as gl
+
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+    return f"tensordesc<bf16[{', '.join(map(str, block))}],{layout!r}>"
+
+
+def decode_signature(kernel, constexprs: dict, descriptors: dict[str, list[int]]) -> dict[str, str]:
+    """Argument types of a Gluon decode kernel: its constexprs, bf16 TMA descriptors over the
+    given blocks, bf16 pointers (but the slot indices and per-head gate parameters), fp32 scalars,
+    and i32 for the rest (sizes and strides)."""
+
+    def arg_type(name: str) -> str:
+        if name in constexprs:
+            return "constexpr"
+        if name in descriptors:
+            return descriptor_type(descriptors[name])
+        if name.endswith("_ptr"):
+            return DECODE_POINTER_TYPES.get(name, "*bf16")
+        return "fp32" if name in DECODE_FLOAT_ARGS else "i32"
+
+    return {name: arg_type(name) for name in inspect.signature(kernel.fn).parameters}
+
+
+def compile_sm90(kernel, signature: dict[str, str], constexprs: dict, num_warps: int, maxnreg: int | None = None,
+                 attrs: dict | None = None) -> tuple[int, str]:
+    """Shared memory in bytes and the ``ptxas -v`` report of ``kernel`` compiled for sm_90."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs),
+                              target=GPUTarget("cuda", 90, 32), options=options)
+    ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_sm90_{os.getpid()}.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
+                            check=True, capture_output=True, text=True).stderr
+    return compiled.metadata.shared, report
+
+
+def run_in_child(module: str, expression: str) -> str:
+    """Standard output of printing ``expression`` (over ``module`` imported as ``t``) in a child
+    process outside the interpreter; the test fails with the child's error if it fails."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    # pytest puts the repository and tests/ on sys.path; a child process needs them spelled out
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS.parent), str(TESTS), env.get("PYTHONPATH")]))
+    script = f"import {module} as t; print({expression})"
+    run = subprocess.run([sys.executable, "-c", script], check=False, cwd=TESTS, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
