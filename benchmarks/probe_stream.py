@@ -29,8 +29,6 @@ Each stream is checked to leave the pool (or copy it) unchanged before timing. T
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 from pathlib import Path
 
 import torch
@@ -44,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
 from benchmarks.timing import capture_graph, copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
+from benchmarks.tuning_results import write_results
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
 
@@ -268,14 +267,7 @@ def main() -> None:
         print(f"B={B:5d}  " + "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)"
                                         for n, r in row["results"].items()), row["errors"] or "", flush=True)
         records.append(row)
-    header = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "triton_path": triton.__file__,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "copy_bandwidth_Bps": bw}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag}.json"
-    path.write_text(json.dumps({"header": header, "records": records}, indent=1))
-    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {path}")
+    write_results(args.out, args.tag, records, bw, triton_path=triton.__file__)
 
 
 if __name__ == "__main__":

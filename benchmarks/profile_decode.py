@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--launches", type=int, default=3)
     ap.add_argument("--no-pdl", action="store_true")
-    ap.add_argument("--spec", help="a persistent configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:3:4)")
+    ap.add_argument("--spec", help="a TMA-kernel configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:2:4, t128:4:8:6:8)")
     ap.add_argument("--variant", help="profile this TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
     args = ap.parse_args(argv)
     HK, HV = GEOMETRY[args.tp]

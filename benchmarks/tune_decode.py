@@ -11,8 +11,6 @@ The table in ``gdn_ops/triton_decode.py`` is written from this script's JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import platform
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from benchmarks.timing import (
     pools_for_cold_l2,
     time_graphs_interleaved,
 )
+from benchmarks.tuning_results import write_results
 from benchmarks.variants import load_variant
 from gdn_ops.triton_decode import DecodeConfig, decode_config
 
@@ -151,13 +150,7 @@ def main() -> None:
                 records.append(row)
                 del problem, ref
                 torch.cuda.empty_cache()
-    header = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "copy_bandwidth_Bps": bw, "host": platform.node()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.tag}.json").write_text(json.dumps({"header": header, "records": records}, indent=1))
-    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {out / (args.tag + '.json')}")
+    write_results(Path(args.out), args.tag, records, bw, host=platform.node())
 
 
 if __name__ == "__main__":

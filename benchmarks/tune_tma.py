@@ -18,12 +18,9 @@ Writes ``<out>/<tag>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 from pathlib import Path
 
 import torch
-import triton
 
 from benchmarks.providers import (
     Config,
@@ -34,6 +31,7 @@ from benchmarks.providers import (
 )
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
+from benchmarks.tuning_results import write_results
 from benchmarks.variants import CEILING_VARIANTS, GLUON_VARIANTS, load_variant
 from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
@@ -124,15 +122,7 @@ def main() -> None:
                                     for n, r in row["results"].items())
                 print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
                 records.append(row)
-    header = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "copy_bandwidth_Bps": bw,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag}.json"
-    path.write_text(json.dumps({"header": header, "records": records}, indent=1))
-    print(f"copy bandwidth {bw / 1e12:.3f} TB/s on {header['device']}; wrote {path}")
+    write_results(args.out, args.tag, records, bw)
 
 
 if __name__ == "__main__":

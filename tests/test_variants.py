@@ -31,3 +31,21 @@ def test_tune_tma_specs_name_each_tma_kernel():
     for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
+
+
+def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    import triton
+
+    from benchmarks.tuning_results import write_results
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    path = write_results(tmp_path / "out", "tune", [{"B": 8}], 4.25e12, host="node")
+    assert path == tmp_path / "out" / "tune.json"
+    written = json.loads(path.read_text())
+    assert written["records"] == [{"B": 8}]
+    header = written["header"]
+    assert (header["device"], header["torch"], header["triton"]) == ("NVIDIA H200", torch.__version__, triton.__version__)
+    assert header["copy_bandwidth_Bps"] == 4.25e12 and header["host"] == "node" and header["date"].startswith("20")
