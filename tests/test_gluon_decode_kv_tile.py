@@ -9,6 +9,7 @@ nothing more (no key sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 
 import pytest
@@ -142,3 +143,40 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     assert int(shared) == (K * config.BV + 2 * K) * 2 + 8
     spills = re.findall(r"(\d+) bytes spill stores", report)
     assert spills and all(int(n) == 0 for n in spills), report
+
+
+@pytest.mark.parametrize("launcher", ["persistent", "tile"])
+def test_launch_arguments_match_the_kernel_parameters(monkeypatch, launcher):
+    """Both Gluon kv launchers build their common arguments in ``kv_launch_args``: each positional
+    argument lands on the kernel parameter of its kind (descriptor, pointer, scalar) and the
+    keywords are exactly the kernel's constexprs. Recorded on CPU with the kernel replaced."""
+    import gdn_ops.gluon_decode_kv as persistent
+    import gdn_ops.gluon_decode_kv_tile as tile
+
+    module, name, config = {"persistent": (persistent, "_decode_kv_gluon_kernel", persistent.KV_2B_GLUON_CONFIG),
+                            "tile": (tile, "_decode_kv_tile_kernel", KV_2B_TILE_CONFIG)}[launcher]
+    kernel, calls = getattr(module, name), []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    monkeypatch.setattr(module, name, Recorder())
+    monkeypatch.setattr(persistent, "sm_count", lambda index: 132)
+    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
+                      padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+    inp = build(case, "cpu")
+    getattr(module, "launch_decode_kv_gluon" if launcher == "persistent" else "launch_decode_kv_tile")(
+        inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+        scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
+        pdl=True, l2_eps=1e-6)
+    (grid, args, kwargs), = calls
+    params = list(inspect.signature(kernel.fn).parameters)
+    positional, constexprs = params[:len(args)], params[len(args):]
+    for param, arg in zip(positional, args):
+        kind = "desc" if param.endswith("_desc") else "ptr" if param.endswith("_ptr") else "scalar"
+        assert kind == ("desc" if hasattr(arg, "block_shape") else "ptr" if isinstance(arg, torch.Tensor) else "scalar"), param
+    assert set(kwargs) - {"num_warps", "maxnreg", "launch_pdl"} == set(constexprs)
+    num_tiles = 3 * 32 * (128 // config.BV)
+    assert args[positional.index("num_tiles")] == num_tiles
+    assert grid[0] == (num_tiles if launcher == "tile" else min(num_tiles, 132 * config.programs_per_sm))
