@@ -36,6 +36,7 @@ from gdn_ops.gluon_decode_kv_tile import (
     tile_config,
     tile_reason,
 )
+from gdn_ops.gluon_decode_vk_tile import launch_decode_vk_tile, vk_tile_reason
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,
@@ -255,8 +256,10 @@ def launch_decode(
     :class:`~gdn_ops.triton_decode_tma.PersistentConfig` the persistent TMA kernel (kv layout,
     T == 1, TMA-addressable operands), a :class:`~gdn_ops.gluon_decode_kv.GluonKVConfig` the
     persistent Gluon kernel (the same operands, sm_90+ only), a
-    :class:`~gdn_ops.gluon_decode_kv_tile.GluonTileConfig` the Gluon kernel of one program per tile
-    (the same operands); by default :func:`default_config` decides.
+    :class:`~gdn_ops.gluon_decode_kv_tile.GluonTileConfig` a Gluon kernel of one program per tile
+    (the same operands in the kv layout, ``gluon_decode_kv_tile``; in the vk layout
+    ``gluon_decode_vk_tile``, which also needs a TMA-addressable v); by default
+    :func:`default_config` decides.
 
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
@@ -270,6 +273,11 @@ def launch_decode(
         pdl = default_pdl(state.device)
     if config is None:
         config = default_config(q, k, v, state, state_layout)
+    elif isinstance(config, GluonTileConfig) and state_layout == "vk":
+        reason = vk_tile_reason(q, k, v, state, state_layout, config) or (
+            None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
+        if reason is not None:
+            raise ValueError(f"launch_decode: config={config} needs {reason}")
     elif isinstance(config, (PersistentConfig, GluonKVConfig, GluonTileConfig)):
         reason = unsupported_reason(q, k, state, state_layout, config)
         if reason is None and isinstance(config, (GluonKVConfig, GluonTileConfig)):
@@ -278,7 +286,8 @@ def launch_decode(
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
     if isinstance(config, GluonTileConfig):
-        return launch_decode_kv_tile(
+        launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile
+        return launch(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
             softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS,

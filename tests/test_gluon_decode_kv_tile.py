@@ -79,7 +79,6 @@ def test_model_shape_matches_reference(heads, variant, config):
 @pytest.mark.parametrize(
     ("changes", "config", "needs"),
     [
-        ({"state_layout": "vk"}, SMALL_CONFIGS["half-rows"], "state_layout='kv'"),
         ({"T": 2}, SMALL_CONFIGS["half-rows"], "one token per call"),
         ({"slot_pad": 3}, SMALL_CONFIGS["half-rows"], "initial_state_source with a 16-byte aligned base"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),

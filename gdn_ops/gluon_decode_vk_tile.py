@@ -1,0 +1,239 @@
+"""Gluon decode kernel for the "vk" layout, one short-lived program per tile (not persistent).
+
+In the vk layout a head's state is ``[V, K]`` with the keys contiguous, so every sum of the step
+runs along one value row: ``S k`` and ``S q`` per row, then the row's update ``d S_v + u_v k``.
+A row needs nothing from any other row, and the whole step is one pass over the rows.
+
+The Triton per-tile kernel (``triton_decode.py``) already works one short-lived program per tile,
+but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
+the memory system, caps the bytes in flight per SM. Here the tile waits in shared memory, and only a
+step of rows is in registers. Each program:
+
+1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
+2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
+   takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
+   ``triton_step.delta_rule_step``, ``o`` from the old state), writes ``d S + u k^T`` back over the
+   rows it read and stores the step's ``o``;
+3. sends the tile home by a TMA store.
+
+A thread writes exactly the elements it read, so the pass needs no barrier between steps. Value
+rows are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key
+rows), so a tile moves as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A
+padded row reads and writes slot ``num_slots``, one past the pool: TMA zero-fills that load and
+drops that store.
+
+Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
+(``tests/test_gluon_decode_vk_tile.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+)
+
+from gdn_ops.gluon_decode_kv import (
+    _cta_barrier,
+    _gdc_launch_dependents,
+    _gdc_wait,
+    _shared_layout,
+    _tile_slot,
+    chunk_columns,
+    shared_memory_reason,
+)
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+from gdn_ops.triton_decode_tma import _tma_ready
+from gdn_ops.triton_gating import decode_gates
+
+
+@gluon.jit
+def _decode_vk_tile_kernel(
+    q_desc, k_desc, v_desc, state_desc,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr,
+):
+    NV: gl.constexpr = V // BV
+    NK: gl.constexpr = K // C
+    STEPS: gl.constexpr = BV // ROWS
+    # [ROWS, NK, C]: a step of value rows, each cut into NK chunks of C keys. Each lane holds VEC
+    # contiguous keys; the lanes of a warp cover whole rows, so a row's sums stay in the warp, and
+    # warps sit one above the other along the rows.
+    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NK * LANES_C), NK, LANES_C], [WARPS, 1, 1],
+                                                 [2, 1, 0])
+    values_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, rows_layout))  # [ROWS]
+    keys_layout: gl.constexpr = gl.SliceLayout(0, rows_layout)  # [NK, C]
+
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, NK, C], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, NK, C], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+
+    tile = gl.program_id(0)
+    row_head = tile // NV
+    row = row_head // HV
+    hv = row_head % HV
+    v0 = (tile % NV) * BV
+    if PDL:
+        # nothing is read before the previous kernel has finished
+        _gdc_wait()
+    slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
+                            + v_desc.block_type.nbytes)
+    mbarrier.expect(bar, nbytes)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)
+
+    gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)
+    gate_b = gl.load(gate_b_ptr + row.to(gl.int64) * s_bb + hv * s_bh).to(gl.float32)
+    if FUSED_GATING:
+        neg_exp_A = -gl.exp(gl.load(A_log_ptr + hv * s_A).to(gl.float32))
+        dt_bias = gl.load(dt_bias_ptr + hv * s_dt).to(gl.float32)
+    else:
+        neg_exp_A = 0.0
+        dt_bias = 0.0
+    g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+    decay = gl.exp(g)
+    mbarrier.wait(bar, 0)
+
+    # every warp holds all of q and k, laid out as the keys of a row
+    q = q_smem.reshape([NK, C]).load(keys_layout).to(gl.float32)
+    k = k_smem.reshape([NK, C]).load(keys_layout).to(gl.float32)
+    if USE_L2NORM:
+        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))
+        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)
+    else:
+        q = q * scale
+    kq = gl.sum(gl.sum(k * q, axis=1), axis=0)
+
+    rows_smem = tile_smem.reshape([BV, NK, C])
+    values = v_smem.reshape([BV])
+    o_row = o_ptr + row.to(gl.int64) * s_ob + hv * s_oh
+    live = slot < num_slots
+    for i in gl.static_range(STEPS):
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        Sk = gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)
+        Sq = gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)
+        u = beta * (values.slice(i * ROWS, ROWS).load(values_layout).to(gl.float32) - decay * Sk)
+        rows_smem.slice(i * ROWS, ROWS).store((S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype))
+        o = gl.where(live, decay * Sq + u * kq, 0.0)
+        offs = v0 + i * ROWS + gl.arange(0, ROWS, layout=values_layout)
+        gl.store(o_row + offs * s_ov, o.to(o_ptr.dtype.element_ty))
+
+    fence_async_shared()
+    _cta_barrier()
+    # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
+    tma.async_copy_shared_to_global(state_desc, [slot, hv, v0, 0, 0], tile_smem)
+    tma.store_wait(0)
+    mbarrier.invalidate(bar)
+    if PDL:
+        _gdc_launch_dependents()
+
+
+def lanes_along_values(K: int, itemsize: int, vec: int) -> int | None:
+    """Value rows one warp covers in the kernel's ``[ROWS, K // C, C]`` register layout (each lane
+    ``vec`` contiguous keys), or ``None`` where that layout cannot cover a K-key row."""
+    C = chunk_columns(K, itemsize)
+    lanes_c, rest = divmod(C, vec)
+    lanes_per_row = lanes_c * (K // C)
+    if rest or lanes_per_row not in (1, 2, 4, 8, 16, 32):
+        return None
+    return 32 // lanes_per_row
+
+
+def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
+                   config: GluonTileConfig) -> str | None:
+    """Why ``config`` cannot run this kernel on these operands, or ``None`` if it can: a vk pool and
+    T == 1, TMA-addressable q, k, v and pool, steps of ``rows`` value rows that the warps cover
+    and that divide ``BV``, and ``programs_per_sm`` programs that fit one SM's shared memory.
+    Reads metadata only (legal during CUDA-graph capture)."""
+    B, T, _, K = q.shape
+    V = state.shape[-2]
+    if state_layout != "vk":
+        return f"state_layout='vk' (got {state_layout!r})"
+    if T != 1:
+        return f"one token per call (got T={T})"
+    if K not in (16, 32, 64, 128, 256) or V % config.BV or config.BV > 256:
+        return f"K a power of two in 16..256 and V a multiple of BV={config.BV} <= 256 (got K={K}, V={V})"
+    if config.BV * v.element_size() < 16:
+        return f"BV={config.BV} values of at least 16 bytes (a TMA box row of v)"
+    # tile and row indices and TMA coordinates are 32-bit in the kernel
+    if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // config.BV) >= 2**31:
+        return "fewer than 2**31 slots and tiles"
+    for name, t, dims in (("initial_state_source", state, 4), ("q", q[:, 0], 3), ("k", k[:, 0], 3),
+                          ("v", v[:, 0], 3)):
+        if not _tma_ready(t, dims):
+            return f"{name} with a 16-byte aligned base and strides and a unit inner stride (TMA)"
+    return _vk_config_reason(K, state.element_size(), q.element_size(), v.element_size(), config)
+
+
+@functools.cache
+def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
+                      config: GluonTileConfig) -> str | None:
+    """The part of :func:`vk_tile_reason` that reads only sizes (cached: asked on every launch)."""
+    rows_per_warp = lanes_along_values(K, itemsize, config.vec)
+    if rows_per_warp is None:
+        return (f"vec={config.vec} dividing C={chunk_columns(K, itemsize)} keys into lanes that cover whole rows of "
+                f"K={K} in a power of two")
+    if config.BV % config.rows or config.rows % (rows_per_warp * config.num_warps):
+        return (f"rows={config.rows} dividing BV={config.BV} and a multiple of the {rows_per_warp * config.num_warps} "
+                f"rows that num_warps={config.num_warps} warps cover")
+    shared = config.BV * K * itemsize + 2 * K * qk_itemsize + config.BV * v_itemsize + 8
+    return shared_memory_reason(shared, config.programs_per_sm, "a tile with q, k and v")
+
+
+def launch_decode_vk_tile(
+    q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
+    scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
+    config: GluonTileConfig, pdl: bool, l2_eps: float,
+) -> GluonTileConfig:
+    """Launch the kernel on validated arguments that pass :func:`vk_tile_reason`:
+    ``q, k [B, 1, HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, V, K]`` (vk layout),
+    ``out [B, 1, HV, V]``; sm_90+ only (no interpreter)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, _, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    num_tiles = B * HV * (V // config.BV)
+    if num_tiles == 0:
+        return config
+    fused = A_log is not None
+    C = chunk_columns(K, state.element_size())
+
+    def descriptor(t, shape, strides, block):
+        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
+
+    # q and k seen in chunks of C keys, as the rows of the state are
+    q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]
+    _decode_vk_tile_kernel[(num_tiles,)](
+        descriptor(q3, [B, HK, K // C, C], [*q3.stride()[:2], C, 1], [1, 1, K // C, C]),
+        descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
+        descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
+        descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1], [1, 1, config.BV, K // C, C]),
+        gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
+        indices if indices is not None else state, out,
+        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
+        out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+        HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
+        VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
+        HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), num_warps=config.num_warps,
+        maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
+    )
+    return config

@@ -1,0 +1,153 @@
+"""The Gluon vk kernel of one program per tile: against the float64 reference on the GPU, compiled
+for sm_90 on CPU (Gluon has no interpreter).
+
+On CPU the compile checks the design: shared memory holds the tile, q, k, v and the barrier and
+nothing more (no row sum through shared memory), and the register cap that lets
+``programs_per_sm`` programs share an SM holds without spills.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import pytest
+import torch
+from decode_case import PERSISTENT_VARIANTS, DecodeCase, build, check, run_triton
+from sm90_compile import compile_sm90, decode_signature, run_in_child
+
+from gdn_ops.gluon_decode_kv import chunk_columns
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+from gdn_ops.gluon_decode_vk_tile import _decode_vk_tile_kernel, vk_tile_reason
+
+# K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
+SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
+                        padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8),
+                 "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
+MODEL_CONFIGS = {"head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8),
+                 "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
+                 "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
+                 "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8)}
+VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", list(SMALL_CONFIGS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_small_shape_matches_reference(variant, config):
+    case = dataclasses.replace(SMALL_CASE, seed=len(variant), **VARIANTS[variant])
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIGS[config], launched))
+    assert launched == [SMALL_CONFIGS[config]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
+@pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state"])
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS))
+def test_model_shape_matches_reference(heads, variant, config):
+    """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
+    HK, HV = heads
+    B = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 // HV + 5
+    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
+                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
+                      seed=6)
+    changes = dict(VARIANTS[variant])
+    changes.pop("padding_rows", None)
+    case = dataclasses.replace(case, **changes)
+    chosen = MODEL_CONFIGS[config]
+    if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
+        chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2, vec=min(chosen.vec, 4))
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, chosen, launched))
+    assert launched == [chosen]
+
+
+@pytest.mark.parametrize(
+    ("changes", "config", "needs"),
+    [
+        ({"T": 2}, SMALL_CONFIGS["whole-rows"], "one token per call"),
+        ({"slot_pad": 3}, SMALL_CONFIGS["whole-rows"], "initial_state_source with a 16-byte aligned base"),
+        ({"qkv_layout": "transposed"}, SMALL_CONFIGS["whole-rows"], "with a 16-byte aligned base and strides"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(BV=128), "V a multiple of BV=128"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(vec=3), "vec=3 dividing C=32 keys"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(rows=8), "rows=8 dividing BV=64 and a multiple of the 16 rows"),
+        ({"K": 128, "V": 128}, MODEL_CONFIGS["head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
+    ],
+)
+def test_refuses_operands_it_cannot_run(changes, config, needs):
+    """Checked before any launch, on metadata only: a clear error naming what is needed."""
+    case = dataclasses.replace(SMALL_CASE, **changes)
+    with pytest.raises(ValueError, match=needs):
+        run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
+
+
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
+def test_model_configurations_fit(config):
+    q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(1, 1, 32, 128, dtype=torch.bfloat16, device="meta")
+    state = torch.empty(1, 32, 128, 128, dtype=torch.bfloat16, device="meta")
+    assert vk_tile_reason(q, q, v, state, "vk", config) is None
+    # a GluonTileConfig on a kv pool goes to the kv kernel; this one only serves vk
+    assert vk_tile_reason(q, q, v, state, "kv", config) == "state_layout='vk' (got 'kv')"
+
+
+def compiled(config: GluonTileConfig) -> tuple[int, str]:
+    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a bf16
+    Qwen3-Next head."""
+    K, V, HV = 128, 128, 32
+    C = chunk_columns(K, 2)
+    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
+                  "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // config.vec, "FUSED_GATING": True,
+                  "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True}
+    descriptors = {"state_desc": [1, 1, config.BV, K // C, C], "q_desc": [1, 1, K // C, C],
+                   "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV]}
+    signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors)
+    return compile_sm90(_decode_vk_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
+
+
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
+def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config):
+    stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r})))")
+    shared, report = stdout.split("\n", 1)
+    K = 128
+    assert int(shared) == (K * config.BV + 2 * K + config.BV) * 2 + 8
+    spills = re.findall(r"(\d+) bytes spill stores", report)
+    assert spills and all(int(n) == 0 for n in spills), report
+
+
+def test_launch_arguments_match_the_kernel_parameters(monkeypatch):
+    """Each positional argument lands on the kernel parameter of its kind (descriptor, pointer,
+    scalar) and the keywords are exactly the kernel's constexprs. Recorded on CPU with the kernel
+    replaced."""
+    import gdn_ops.gluon_decode_vk_tile as tile
+
+    kernel, calls = tile._decode_vk_tile_kernel, []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    monkeypatch.setattr(tile, "_decode_vk_tile_kernel", Recorder())
+    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
+                      padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+    inp = build(case, "cpu")
+    config = MODEL_CONFIGS["half-head"]
+    tile.launch_decode_vk_tile(
+        inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+        scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
+        pdl=True, l2_eps=1e-6)
+    (grid, args, kwargs), = calls
+    params = list(inspect.signature(kernel.fn).parameters)
+    positional, constexprs = params[:len(args)], params[len(args):]
+    for param, arg in zip(positional, args):
+        kind = "desc" if param.endswith("_desc") else "ptr" if param.endswith("_ptr") else "scalar"
+        assert kind == ("desc" if hasattr(arg, "block_shape") else "ptr" if isinstance(arg, torch.Tensor) else "scalar"), param
+    assert set(kwargs) - {"num_warps", "maxnreg", "launch_pdl"} == set(constexprs)
+    num_tiles = 3 * 32 * (128 // config.BV)
+    assert args[positional.index("num_tiles")] == num_tiles == grid[0]
+    descriptors = {param: arg for param, arg in zip(positional, args) if param.endswith("_desc")}
+    assert list(descriptors["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]
+    assert list(descriptors["v_desc"].block_shape) == [1, 1, config.BV]
