@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import gdn_ops.gluon_decode_kv as shipped_gluon
+import gdn_ops.gluon_decode_vk_tile as shipped_vk_tile
 import gdn_ops.triton_decode as shipped
 import gdn_ops.triton_decode_tma as shipped_tma
 
@@ -170,16 +171,50 @@ GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "gluon_half_rows": [("    return min(BV, 128 // itemsize)\n", "    return BV\n")],
 }
 
-ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS
+_VK_TILE_WRITE_BACK = (
+    "        rows_smem.slice(i * ROWS, ROWS).store((S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype))\n")
+VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # The updated rows leave from registers, each warp storing whole 256-byte rows (16-byte
+    # vectors) as soon as its step is done, instead of going back to shared memory for one TMA
+    # store of the tile at the end: stores overlap the later steps, and the program ends sooner.
+    "vk_reg_store": [
+        ("    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n    num_tiles,",
+         "    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr, s_sb, s_sh, s_sv,\n    num_tiles,"),
+        ("    for i in gl.static_range(STEPS):\n",
+         ("    step_rows = gl.arange(0, ROWS, layout=values_layout)\n"
+          "    key_offs = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
+          "                + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
+          "    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh\n"
+          "                  + (v0 + step_rows).to(gl.int64)[:, None, None] * s_sv + key_offs[None, :, :])\n"
+          "    live_rows = ((step_rows[:, None, None] + key_offs[None, :, :]) >= 0) & live\n"
+          "    for i in gl.static_range(STEPS):\n")),
+        (_VK_TILE_WRITE_BACK,
+         ("        gl.store(state_rows + (i * ROWS) * s_sv,\n"
+          "                 (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype), mask=live_rows)\n")),
+        ("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
+         "out-of-bounds writes\n    tma.async_copy_shared_to_global(state_desc, [slot, hv, v0, 0, 0], tile_smem)\n", ""),
+        ("        indices if indices is not None else state, out,\n",
+         "        indices if indices is not None else state, out, state, *state.stride()[:3],\n"),
+    ],
+    # A ceiling, not a decode step: the same loads, steps and TMA store, with the rows written
+    # back unchanged (the sums and o are still computed, so the loads are not dead).
+    "vk_tile_write_back_unchanged": [
+        (_VK_TILE_WRITE_BACK, "        rows_smem.slice(i * ROWS, ROWS).store(S.to(state_desc.dtype))\n"),
+    ],
+}
+
+ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS
 # Variants whose output is not the decode step's: timed without the check against the reference.
-CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only"}
+CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_write_back_unchanged"}
 
 
 @functools.cache
 def load_variant(name: str) -> ModuleType:
     """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for
-    TMA_VARIANTS, ``gdn_ops.gluon_decode_kv`` for GLUON_VARIANTS."""
-    target = shipped if name in VARIANTS else shipped_tma if name in TMA_VARIANTS else shipped_gluon
+    TMA_VARIANTS, ``gdn_ops.gluon_decode_kv`` for GLUON_VARIANTS, ``gdn_ops.gluon_decode_vk_tile``
+    for VK_TILE_VARIANTS."""
+    target = (shipped if name in VARIANTS else shipped_tma if name in TMA_VARIANTS
+              else shipped_vk_tile if name in VK_TILE_VARIANTS else shipped_gluon)
     source = Path(target.__file__).read_text()
     for old, new in ALL_VARIANTS[name]:
         if old not in source:
