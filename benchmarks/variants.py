@@ -186,11 +186,10 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
           "                + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
           "    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh\n"
           "                  + (v0 + step_rows).to(gl.int64)[:, None, None] * s_sv + key_offs[None, :, :])\n"
-          "    live_rows = ((step_rows[:, None, None] + key_offs[None, :, :]) >= 0) & live\n"
           "    for i in gl.static_range(STEPS):\n")),
         (_VK_TILE_WRITE_BACK,
          ("        gl.store(state_rows + (i * ROWS) * s_sv,\n"
-          "                 (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype), mask=live_rows)\n")),
+          "                 (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype), mask=live)\n")),
         ("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
          "out-of-bounds writes\n    tma.async_copy_shared_to_global(state_desc, [slot, hv, v0, 0, 0], tile_smem)\n", ""),
         ("        indices if indices is not None else state, out,\n",

@@ -48,8 +48,8 @@ from gdn_ops.gluon_decode_kv import (
     chunk_columns,
     shared_memory_reason,
 )
-from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
-from gdn_ops.triton_decode_tma import _tma_ready
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, TileRule
+from gdn_ops.triton_decode_tma import _tma_ready, sm90_gpu_rule
 from gdn_ops.triton_gating import decode_gates
 
 
@@ -144,6 +144,38 @@ def _decode_vk_tile_kernel(
     mbarrier.invalidate(bar)
     if PDL:
         _gdc_launch_dependents()
+
+
+# Tuned with benchmarks/tune_tma.py on the H200 (results/h200/tune_vk_tile_h200.json,
+# tune_vk_tile_variants_h200.json): half heads (64 value rows, 16 KB) of 2 warps, 12 programs per
+# SM, from B*HV = 4096, +1-2% over the per-tile Triton kernel; whole heads of 4 warps, 6 per SM,
+# from 16384, 0.2-0.3% ahead of half heads there. Both step through 16 rows in 16-byte vectors.
+# Below 4096 the per-tile Triton kernel is level or faster (B*HV = 2048: 83.7% against 83.1%).
+VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8)
+VK_2B_TILE_SMALL_CONFIG = GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8)
+
+# By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
+VK_TILE_RULES = {"H200": TileRule(small_from=4096, large_from=16384)}
+
+
+@functools.cache
+def vk_tile_rule(device_index: int) -> TileRule | None:
+    """This GPU's :class:`~gdn_ops.gluon_decode_kv_tile.TileRule` for this kernel, ``None`` where it
+    is not used. Cached: the launcher asks on every call."""
+    return sm90_gpu_rule(VK_TILE_RULES, device_index)
+
+
+def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
+                   rows_x_heads: int) -> GluonTileConfig | None:
+    """This kernel's configuration when this GPU's rule picks it and it can run these operands
+    (2-byte vk state, T == 1, TMA-addressable q, k, v and pool); ``None`` otherwise. Metadata only."""
+    if state.element_size() != 2 or state.device.type != "cuda" or state_layout != "vk":
+        return None
+    rule = vk_tile_rule(state.device.index or 0)
+    if rule is None or rows_x_heads < rule.small_from:
+        return None
+    config = VK_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else VK_2B_TILE_SMALL_CONFIG
+    return None if vk_tile_reason(q, k, v, state, state_layout, config) else config
 
 
 def lanes_along_values(K: int, itemsize: int, vec: int) -> int | None:

@@ -36,7 +36,7 @@ from gdn_ops.gluon_decode_kv_tile import (
     tile_config,
     tile_reason,
 )
-from gdn_ops.gluon_decode_vk_tile import launch_decode_vk_tile, vk_tile_reason
+from gdn_ops.gluon_decode_vk_tile import launch_decode_vk_tile, vk_tile_config, vk_tile_reason
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,
@@ -330,12 +330,14 @@ def launch_decode(
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
                    state_layout: str) -> DecodeConfig | PersistentConfig | GluonTileConfig:
-    """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config`, else
-    :func:`persistent_config` (each returns only a configuration these operands can run on this
-    GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
+    """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config` (kv) or
+    :func:`vk_tile_config` (vk), else :func:`persistent_config` (each returns only a configuration
+    these operands can run on this GPU), else :func:`decode_config`. Reads shapes, strides and the
+    device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     return (tile_config(q, k, state, state_layout, B * HV)
+            or vk_tile_config(q, k, v, state, state_layout, B * HV)
             or persistent_config(q, k, state, state_layout, B * HV)
             or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
 

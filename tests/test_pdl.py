@@ -115,12 +115,13 @@ def test_tma_kernel_reads_wait_for_the_kernel_before(target, kernel):
     """A bf16 pool at B*HV = 1024, through each TMA kernel and tile (kv, and vk for the Gluon vk kernel)."""
     from gdn_ops import gluon_decode_kv as gluon
     from gdn_ops import gluon_decode_kv_tile as tile
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
     from gdn_ops.triton_decode_tma import KV_2B_CONFIG
 
     config = {"triton": KV_2B_CONFIG, "gluon-small": gluon.KV_2B_GLUON_CONFIG,
               "gluon-large": gluon.KV_2B_GLUON_LARGE_CONFIG, "gluon-tile": tile.KV_2B_TILE_CONFIG,
               "gluon-tile-small": tile.KV_2B_TILE_SMALL_CONFIG,
-              "gluon-vk-tile": tile.GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8)}[kernel]
+              "gluon-vk-tile": VK_2B_TILE_CONFIG}[kernel]
     layout = "vk" if kernel == "gluon-vk-tile" else "kv"
     launched = run_after_slow_writer(1024 // HV, layout, target, launch=functools.partial(launch_decode, config=config),
                                      steps=2, state_dtype=torch.bfloat16)
