@@ -10,9 +10,9 @@ float64 reference first, then all are timed interleaved in CUDA graphs with cold
 ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
 copies of the kernels (``TMA_VARIANTS`` at each Triton spec, ``GLUON_VARIANTS`` at each persistent
-Gluon spec, ``VK_TILE_VARIANTS`` at each tile spec on a vk pool, in ``benchmarks/variants.py``); a
-``CEILING_VARIANTS`` entry is not a decode step and
-is timed without the check (listed under ``unchecked`` in the JSON).
+Gluon spec, ``VK_TILE_VARIANTS`` / ``KV_TILE_VARIANTS`` at each tile spec on a vk / kv pool, in
+``benchmarks/variants.py``); a ``CEILING_VARIANTS`` entry is not a decode step and is timed without
+the check (listed under ``unchecked`` in the JSON).
 Writes ``<out>/<tag>.json``.
 """
 
@@ -33,7 +33,7 @@ from benchmarks.providers import (
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.tuning_results import write_results
-from benchmarks.variants import CEILING_VARIANTS, GLUON_VARIANTS, VK_TILE_VARIANTS, load_variant
+from benchmarks.variants import CEILING_VARIANTS, GLUON_VARIANTS, KV_TILE_VARIANTS, VK_TILE_VARIANTS, load_variant
 from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.reference import L2NORM_EPS
@@ -62,13 +62,15 @@ def variant_launch(name: str):
     TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the Gluon one); the variant decides which
     state layout it serves."""
     module = load_variant(name)
-    gluon, vk_tile = name in GLUON_VARIANTS, name in VK_TILE_VARIANTS
+    gluon = name in GLUON_VARIANTS
+    tile_launcher = ("launch_decode_vk_tile" if name in VK_TILE_VARIANTS
+                     else "launch_decode_kv_tile" if name in KV_TILE_VARIANTS else None)
 
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl):
         pdl = default_pdl(state.device) if pdl is None else pdl
-        if vk_tile:  # its operands were checked by the shipped launcher's vk_tile_reason
-            kernel, config = module.launch_decode_vk_tile, GluonTileConfig(*config)
+        if tile_launcher:  # its operands were checked by the shipped launcher's checks of this config
+            kernel, config = getattr(module, tile_launcher), GluonTileConfig(*config)
         else:
             kernel = module.launch_decode_kv_gluon if gluon else module.launch_decode_kv_tma
             config = (module.GluonKVConfig if gluon else module.PersistentConfig)(*config)
@@ -109,6 +111,7 @@ def main() -> None:
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
                                   for v in args.variants
                                   if (v in VK_TILE_VARIANTS) == (isinstance(config, GluonTileConfig) and layout == "vk")
+                                  and (v in KV_TILE_VARIANTS) == (isinstance(config, GluonTileConfig) and layout == "kv")
                                   and (v in GLUON_VARIANTS) == isinstance(config, GluonKVConfig)]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import gdn_ops.gluon_decode_kv as shipped_gluon
+import gdn_ops.gluon_decode_kv_tile as shipped_kv_tile
 import gdn_ops.gluon_decode_vk_tile as shipped_vk_tile
 import gdn_ops.triton_decode as shipped
 import gdn_ops.triton_decode_tma as shipped_tma
@@ -202,7 +203,32 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
-ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS
+KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    # vk_reg_store's idea in the kv kernel: the second pass stores each step's rows from registers
+    # (each warp its 128-byte chunk columns of every row, 16-byte vectors) instead of writing them
+    # back to shared memory for one TMA store at the end.
+    "kv_reg_store": [
+        ("    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n    num_tiles,",
+         "    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr, s_sb, s_sh, s_sk,\n    num_tiles,"),
+        ("    u = beta * (v_in.to(gl.float32) - decay * Sk)\n",
+         ("    u = beta * (v_in.to(gl.float32) - decay * Sk)\n"
+          "    step_keys = gl.arange(0, ROWS, layout=keys_layout)\n"
+          "    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh + step_keys.to(gl.int64)[:, None, None] * s_sk\n"
+          "                  + ((tile % NV) * BV + _tile_columns(BV, C, cols_layout))[None, :, :])\n"
+          "    live = slot < num_slots\n")),
+        ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n",
+         ("        gl.store(state_rows + (i * ROWS) * s_sk,\n"
+          "                 (S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype), mask=live)\n")),
+        ("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
+         "out-of-bounds writes\n    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)\n",
+         ""),
+        ("    _decode_kv_tile_kernel[(num_tiles,)](*args, ROWS=config.rows, **kwargs)\n",
+         "    _decode_kv_tile_kernel[(num_tiles,)](*args[:10], state, *state.stride()[:3], *args[10:], ROWS=config.rows,\n"
+         "                                         **kwargs)\n"),
+    ],
+}
+
+ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS
 # Variants whose output is not the decode step's: timed without the check against the reference.
 CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_write_back_unchanged"}
 
@@ -211,9 +237,10 @@ CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_write_back_unc
 def load_variant(name: str) -> ModuleType:
     """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for
     TMA_VARIANTS, ``gdn_ops.gluon_decode_kv`` for GLUON_VARIANTS, ``gdn_ops.gluon_decode_vk_tile``
-    for VK_TILE_VARIANTS."""
+    for VK_TILE_VARIANTS, ``gdn_ops.gluon_decode_kv_tile`` for KV_TILE_VARIANTS."""
     target = (shipped if name in VARIANTS else shipped_tma if name in TMA_VARIANTS
-              else shipped_vk_tile if name in VK_TILE_VARIANTS else shipped_gluon)
+              else shipped_vk_tile if name in VK_TILE_VARIANTS else shipped_kv_tile if name in KV_TILE_VARIANTS
+              else shipped_gluon)
     source = Path(target.__file__).read_text()
     for old, new in ALL_VARIANTS[name]:
         if old not in source:

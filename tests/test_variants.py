@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.variants import ALL_VARIANTS, TMA_VARIANTS, VARIANTS, VK_TILE_VARIANTS, load_variant
+from benchmarks.variants import (
+    ALL_VARIANTS,
+    KV_TILE_VARIANTS,
+    TMA_VARIANTS,
+    VARIANTS,
+    VK_TILE_VARIANTS,
+    load_variant,
+)
 
 
 @pytest.mark.parametrize("name", sorted(ALL_VARIANTS))
 def test_variant_patches_the_current_source(name):
     module = load_variant(name)
     launcher = ("launch_decode" if name in VARIANTS else "launch_decode_kv_tma" if name in TMA_VARIANTS
-                else "launch_decode_vk_tile" if name in VK_TILE_VARIANTS else "launch_decode_kv_gluon")
+                else "launch_decode_vk_tile" if name in VK_TILE_VARIANTS
+                else "launch_decode_kv_tile" if name in KV_TILE_VARIANTS else "launch_decode_kv_gluon")
     assert callable(getattr(module, launcher))
 
 
