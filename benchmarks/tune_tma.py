@@ -33,7 +33,13 @@ from benchmarks.providers import (
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.tuning_results import write_results
-from benchmarks.variants import CEILING_VARIANTS, GLUON_VARIANTS, KV_TILE_VARIANTS, VK_TILE_VARIANTS, load_variant
+from benchmarks.variants import (
+    CEILING_VARIANTS,
+    GLUON_VARIANTS,
+    KV_TILE_VARIANTS,
+    VK_TILE_VARIANTS,
+    load_variant,
+)
 from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.reference import L2NORM_EPS

@@ -12,15 +12,15 @@ step of rows is in registers. Each program:
 1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
-   ``triton_step.delta_rule_step``, ``o`` from the old state), writes ``d S + u k^T`` back over the
-   rows it read and stores the step's ``o``;
-3. sends the tile home by a TMA store.
+   ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
+   ``d S + u k^T`` and the step's ``o`` straight from registers.
 
-A thread writes exactly the elements it read, so the pass needs no barrier between steps. Value
-rows are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key
-rows), so a tile moves as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A
-padded row reads and writes slot ``num_slots``, one past the pool: TMA zero-fills that load and
-drops that store.
+The rows leave as soon as their step is done, each warp writing whole rows in 16-byte vectors, so
+the stores overlap the later steps. That measured 0.5-1.1% faster than writing the rows back to
+shared memory for one TMA store of the tile at the end (NOTES.md, the variant's record). Value rows
+are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key rows),
+so a tile arrives as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A padded
+row reads slot ``num_slots``, one past the pool, which TMA zero-fills; its stores are masked off.
 
 Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
 (``tests/test_gluon_decode_vk_tile.py``).
@@ -34,13 +34,11 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     tma,
 )
 
 from gdn_ops.gluon_decode_kv import (
-    _cta_barrier,
     _gdc_launch_dependents,
     _gdc_wait,
     _shared_layout,
@@ -48,7 +46,7 @@ from gdn_ops.gluon_decode_kv import (
     chunk_columns,
     shared_memory_reason,
 )
-from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, TileRule
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_decode_tma import _tma_ready, sm90_gpu_rule
 from gdn_ops.triton_gating import decode_gates
 
@@ -57,9 +55,9 @@ from gdn_ops.triton_gating import decode_gates
 def _decode_vk_tile_kernel(
     q_desc, k_desc, v_desc, state_desc,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
-    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
+    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
@@ -124,44 +122,44 @@ def _decode_vk_tile_kernel(
 
     rows_smem = tile_smem.reshape([BV, NK, C])
     values = v_smem.reshape([BV])
-    o_row = o_ptr + row.to(gl.int64) * s_ob + hv * s_oh
+    step_rows = gl.arange(0, ROWS, layout=values_layout)
+    o_rows = o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + (v0 + step_rows) * s_ov
+    keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C
+            + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])
+    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh
+                  + (v0 + step_rows).to(gl.int64)[:, None, None] * s_sv + keys[None, :, :])
+    # one mask for a whole program, so that the stores stay 16-byte vectors
     live = slot < num_slots
     for i in gl.static_range(STEPS):
         S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
         Sk = gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)
         Sq = gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)
         u = beta * (values.slice(i * ROWS, ROWS).load(values_layout).to(gl.float32) - decay * Sk)
-        rows_smem.slice(i * ROWS, ROWS).store((S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype))
+        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),
+                 mask=live)
         o = gl.where(live, decay * Sq + u * kq, 0.0)
-        offs = v0 + i * ROWS + gl.arange(0, ROWS, layout=values_layout)
-        gl.store(o_row + offs * s_ov, o.to(o_ptr.dtype.element_ty))
-
-    fence_async_shared()
-    _cta_barrier()
-    # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
-    tma.async_copy_shared_to_global(state_desc, [slot, hv, v0, 0, 0], tile_smem)
-    tma.store_wait(0)
+        gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty))
     mbarrier.invalidate(bar)
     if PDL:
         _gdc_launch_dependents()
 
 
 # Tuned with benchmarks/tune_tma.py on the H200 (results/h200/tune_vk_tile_h200.json,
-# tune_vk_tile_variants_h200.json): half heads (64 value rows, 16 KB) of 2 warps, 12 programs per
-# SM, from B*HV = 4096, +1-2% over the per-tile Triton kernel; whole heads of 4 warps, 6 per SM,
-# from 16384, 0.2-0.3% ahead of half heads there. Both step through 16 rows in 16-byte vectors.
-# Below 4096 the per-tile Triton kernel is level or faster (B*HV = 2048: 83.7% against 83.1%).
+# tune_vk_reg_store_h200.json, tune_vk_reg_store2_h200.json): whole heads (128 value rows, 32 KB)
+# of 4 warps, 6 programs per SM, stepping through 16 rows in 16-byte vectors, from B*HV = 4096,
+# where it runs 1-2% ahead of the per-tile Triton kernel. Below that the Triton kernel is level
+# or faster (B*HV = 2048: 83.7% against 83.1% for half heads, 81.7% for whole heads).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8)
-VK_2B_TILE_SMALL_CONFIG = GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8)
 
-# By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
-VK_TILE_RULES = {"H200": TileRule(small_from=4096, large_from=16384)}
+# From which B*HV the kernel is picked, by GPU name; other GPUs keep the Triton kernel (the H100
+# was not measured with this kernel).
+VK_TILE_RULES = {"H200": 4096}
 
 
 @functools.cache
-def vk_tile_rule(device_index: int) -> TileRule | None:
-    """This GPU's :class:`~gdn_ops.gluon_decode_kv_tile.TileRule` for this kernel, ``None`` where it
-    is not used. Cached: the launcher asks on every call."""
+def vk_tile_rule(device_index: int) -> int | None:
+    """From which B*HV this GPU picks this kernel, ``None`` where it is not used. Cached: the
+    launcher asks on every call."""
     return sm90_gpu_rule(VK_TILE_RULES, device_index)
 
 
@@ -171,11 +169,10 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     (2-byte vk state, T == 1, TMA-addressable q, k, v and pool); ``None`` otherwise. Metadata only."""
     if state.element_size() != 2 or state.device.type != "cuda" or state_layout != "vk":
         return None
-    rule = vk_tile_rule(state.device.index or 0)
-    if rule is None or rows_x_heads < rule.small_from:
+    start = vk_tile_rule(state.device.index or 0)
+    if start is None or rows_x_heads < start:
         return None
-    config = VK_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else VK_2B_TILE_SMALL_CONFIG
-    return None if vk_tile_reason(q, k, v, state, state_layout, config) else config
+    return None if vk_tile_reason(q, k, v, state, state_layout, VK_2B_TILE_CONFIG) else VK_2B_TILE_CONFIG
 
 
 def lanes_along_values(K: int, itemsize: int, vec: int) -> int | None:
@@ -259,10 +256,10 @@ def launch_decode_vk_tile(
         descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
         descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1], [1, 1, config.BV, K // C, C]),
         gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
-        indices if indices is not None else state, out,
+        indices if indices is not None else state, out, state,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
-        out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0,
+        out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, *state.stride()[:3],
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), num_warps=config.num_warps,

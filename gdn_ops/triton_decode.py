@@ -36,7 +36,11 @@ from gdn_ops.gluon_decode_kv_tile import (
     tile_config,
     tile_reason,
 )
-from gdn_ops.gluon_decode_vk_tile import launch_decode_vk_tile, vk_tile_config, vk_tile_reason
+from gdn_ops.gluon_decode_vk_tile import (
+    launch_decode_vk_tile,
+    vk_tile_config,
+    vk_tile_reason,
+)
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
     PersistentConfig,

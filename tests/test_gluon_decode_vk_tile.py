@@ -21,8 +21,6 @@ from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
-    VK_2B_TILE_SMALL_CONFIG,
-    VK_TILE_RULES,
     _decode_vk_tile_kernel,
     vk_tile_reason,
     vk_tile_rule,
@@ -34,10 +32,10 @@ SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", 
 SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8),
                  "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
-                 "shipped-small": VK_2B_TILE_SMALL_CONFIG,
+                 "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
-                 "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=20, vec=8)}
+                 "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
 
 
@@ -89,28 +87,21 @@ def test_model_shape_matches_reference(heads, variant, config):
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, but only when TMA can
     address every operand; every case matches the reference with guards and padding rows."""
-    rule = vk_tile_rule(torch.cuda.current_device())
-    if rule is None:
+    start = vk_tile_rule(torch.cuda.current_device())
+    if start is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
-    B = rule.small_from // 32 + 2
-    if changes.get("B") == -1:
-        changes = {**changes, "B": B - 3}
-    elif changes.get("B") == "large":
-        changes = {**changes, "B": rule.large_from // 32 + 2}
+    B = {-1: start // 32 - 1, "large": 4 * start // 32 + 2}.get(changes.get("B"), start // 32 + 2)
+    changes = {name: value for name, value in changes.items() if name != "B"}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
                       padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
                       seed=12)
     case = dataclasses.replace(case, **changes)
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
-    if not tile:
-        assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
+    if tile:
+        assert launched == [VK_2B_TILE_CONFIG]
     else:
-        assert launched == [VK_2B_TILE_CONFIG if case.B * 32 >= rule.large_from else VK_2B_TILE_SMALL_CONFIG]
-
-
-def test_rules_switch_from_half_to_whole_heads():
-    assert all(0 < rule.small_from <= rule.large_from for rule in VK_TILE_RULES.values())
+        assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +173,7 @@ def test_launch_arguments_match_the_kernel_parameters(monkeypatch):
     case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
                       padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
     inp = build(case, "cpu")
-    config = MODEL_CONFIGS["shipped-small"]
+    config = MODEL_CONFIGS["half-head"]
     tile.launch_decode_vk_tile(
         inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
         scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
