@@ -47,7 +47,7 @@ from gdn_ops.gluon_decode_kv import (
     shared_memory_reason,
 )
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
-from gdn_ops.triton_decode_tma import _tma_ready, sm90_gpu_rule
+from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
 from gdn_ops.triton_gating import decode_gates
 
 
@@ -192,23 +192,14 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     T == 1, TMA-addressable q, k, v and pool, steps of ``rows`` value rows that the warps cover
     and that divide ``BV``, and ``programs_per_sm`` programs that fit one SM's shared memory.
     Reads metadata only (legal during CUDA-graph capture)."""
-    B, T, _, K = q.shape
-    V = state.shape[-2]
     if state_layout != "vk":
         return f"state_layout='vk' (got {state_layout!r})"
-    if T != 1:
-        return f"one token per call (got T={T})"
-    if K not in (16, 32, 64, 128, 256) or V % config.BV or config.BV > 256:
-        return f"K a power of two in 16..256 and V a multiple of BV={config.BV} <= 256 (got K={K}, V={V})"
-    if config.BV * v.element_size() < 16:
-        return f"BV={config.BV} values of at least 16 bytes (a TMA box row of v)"
-    # tile and row indices and TMA coordinates are 32-bit in the kernel
-    if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // config.BV) >= 2**31:
-        return "fewer than 2**31 slots and tiles"
-    for name, t, dims in (("initial_state_source", state, 4), ("q", q[:, 0], 3), ("k", k[:, 0], 3),
-                          ("v", v[:, 0], 3)):
-        if not _tma_ready(t, dims):
-            return f"{name} with a 16-byte aligned base and strides and a unit inner stride (TMA)"
+    if config.BV > 256 or config.BV * v.element_size() < 16:
+        return f"BV={config.BV} values, at most 256 and at least 16 bytes (a TMA box of v)"
+    reason = tma_step_reason(q, state, state.shape[-2], config.BV, (("q", q), ("k", k), ("v", v)))
+    if reason is not None:
+        return reason
+    K = q.shape[-1]
     return _vk_config_reason(K, state.element_size(), q.element_size(), v.element_size(), config)
 
 

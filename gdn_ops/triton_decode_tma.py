@@ -165,20 +165,27 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, st
                        config: PersistentConfig | GluonKVConfig | GluonTileConfig) -> str | None:
     """Why a persistent kernel (TMA, T == 1) with ``config`` cannot run these operands, or ``None`` if it can.
     Reads metadata only (legal during CUDA-graph capture)."""
-    B, T, _, K = q.shape
-    V = state.shape[-1]
     if state_layout != "kv":
         return f"state_layout='kv' (got {state_layout!r})"
-    if T != 1:
-        return f"one token per call (got T={T})"
-    if K not in (16, 32, 64, 128, 256) or V % config.BV:
-        return f"K a power of two in 16..256 and V a multiple of BV={config.BV} (got K={K}, V={V})"
     if config.BV * state.element_size() < 16:
         return f"BV={config.BV} columns of at least 16 bytes (a TMA box row)"
+    return tma_step_reason(q, state, state.shape[-1], config.BV, (("q", q), ("k", k)))
+
+
+def tma_step_reason(q: torch.Tensor, state: torch.Tensor, V: int, BV: int,
+                    activations: tuple[tuple[str, torch.Tensor], ...]) -> str | None:
+    """What every TMA decode kernel needs, whatever its layout: T == 1, K a power of two in 16..256,
+    V a multiple of the tile's ``BV`` values, 32-bit slot and tile indices, and a TMA-addressable
+    pool and ``activations`` (named ``[B, 1, H, D]`` tensors); ``None`` if these operands have it."""
+    B, T, _, K = q.shape
+    if T != 1:
+        return f"one token per call (got T={T})"
+    if K not in (16, 32, 64, 128, 256) or V % BV:
+        return f"K a power of two in 16..256 and V a multiple of BV={BV} (got K={K}, V={V})"
     # tile and row indices and TMA coordinates are 32-bit in the kernel
-    if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // config.BV) >= 2**31:
+    if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // BV) >= 2**31:
         return "fewer than 2**31 slots and tiles"
-    for name, t, dims in (("initial_state_source", state, 4), ("q", q[:, 0], 3), ("k", k[:, 0], 3)):
+    for name, t, dims in (("initial_state_source", state, 4), *((name, t[:, 0], 3) for name, t in activations)):
         if not _tma_ready(t, dims):
             return f"{name} with a 16-byte aligned base and strides and a unit inner stride (TMA)"
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,12 @@ def compile_sm90(kernel, signature: dict[str, str], constexprs: dict, num_warps:
     report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
                             check=True, capture_output=True, text=True).stderr
     return compiled.metadata.shared, report
+
+
+def assert_no_spills(report: str) -> None:
+    """The ``ptxas -v`` report of :func:`compile_sm90` counted its spill stores, and found none."""
+    spills = re.findall(r"(\d+) bytes spill stores", report)
+    assert spills and all(int(n) == 0 for n in spills), report
 
 
 def run_in_child(module: str, expression: str) -> str:

@@ -9,20 +9,17 @@ nothing more (no key sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 
 import pytest
 import torch
 from decode_case import (
     PERSISTENT_CASE,
     PERSISTENT_VARIANTS,
-    DecodeCase,
     build,
-    check,
     run_triton,
 )
-from sm90_compile import compile_sm90, decode_signature, run_in_child
+from sm90_compile import assert_no_spills, compile_sm90, decode_signature, run_in_child
+from tile_kernel_checks import check_launch, model_case, record_launch
 
 from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import (
@@ -49,9 +46,7 @@ VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_small_shape_matches_reference(variant, config):
     case = dataclasses.replace(PERSISTENT_CASE, seed=len(variant), **VARIANTS[variant])
-    launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIGS[config], launched))
-    assert launched == [SMALL_CONFIGS[config]]
+    check_launch(case, SMALL_CONFIGS[config])
 
 
 @pytest.mark.gpu
@@ -60,20 +55,11 @@ def test_small_shape_matches_reference(variant, config):
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
-    HK, HV = heads
-    B = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 // HV + 5
-    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
-                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
-                      seed=5)
-    changes = dict(VARIANTS[variant])
-    changes.pop("padding_rows", None)
-    case = dataclasses.replace(case, **changes)
+    case = model_case(heads, "kv", VARIANTS[variant], seed=5)
     chosen = MODEL_CONFIGS[config]
     if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
         chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2)
-    launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, chosen, launched))
-    assert launched == [chosen]
+    check_launch(case, chosen)
 
 
 @pytest.mark.parametrize(
@@ -140,8 +126,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     shared, report = stdout.split("\n", 1)
     K = 128
     assert int(shared) == (K * config.BV + 2 * K) * 2 + 8
-    spills = re.findall(r"(\d+) bytes spill stores", report)
-    assert spills and all(int(n) == 0 for n in spills), report
+    assert_no_spills(report)
 
 
 @pytest.mark.parametrize("launcher", ["persistent", "tile"])
@@ -152,30 +137,11 @@ def test_launch_arguments_match_the_kernel_parameters(monkeypatch, launcher):
     import gdn_ops.gluon_decode_kv as persistent
     import gdn_ops.gluon_decode_kv_tile as tile
 
-    module, name, config = {"persistent": (persistent, "_decode_kv_gluon_kernel", persistent.KV_2B_GLUON_CONFIG),
-                            "tile": (tile, "_decode_kv_tile_kernel", KV_2B_TILE_CONFIG)}[launcher]
-    kernel, calls = getattr(module, name), []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
-
-    monkeypatch.setattr(module, name, Recorder())
+    module, kernel, launch, config = {
+        "persistent": (persistent, "_decode_kv_gluon_kernel", "launch_decode_kv_gluon", persistent.KV_2B_GLUON_CONFIG),
+        "tile": (tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", KV_2B_TILE_CONFIG)}[launcher]
     monkeypatch.setattr(persistent, "sm_count", lambda index: 132)
-    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout="kv", state_dtype=torch.bfloat16,
-                      padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
-    inp = build(case, "cpu")
-    getattr(module, "launch_decode_kv_gluon" if launcher == "persistent" else "launch_decode_kv_tile")(
-        inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
-        scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
-        pdl=True, l2_eps=1e-6)
-    (grid, args, kwargs), = calls
-    params = list(inspect.signature(kernel.fn).parameters)
-    positional, constexprs = params[:len(args)], params[len(args):]
-    for param, arg in zip(positional, args):
-        kind = "desc" if param.endswith("_desc") else "ptr" if param.endswith("_ptr") else "scalar"
-        assert kind == ("desc" if hasattr(arg, "block_shape") else "ptr" if isinstance(arg, torch.Tensor) else "scalar"), param
-    assert set(kwargs) - {"num_warps", "maxnreg", "launch_pdl"} == set(constexprs)
+    grid, args, _ = record_launch(monkeypatch, module, kernel, launch, "kv", config)
     num_tiles = 3 * 32 * (128 // config.BV)
-    assert args[positional.index("num_tiles")] == num_tiles
+    assert args["num_tiles"] == num_tiles
     assert grid[0] == (num_tiles if launcher == "tile" else min(num_tiles, 132 * config.programs_per_sm))

@@ -9,13 +9,12 @@ nothing more (no row sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 
 import pytest
 import torch
 from decode_case import PERSISTENT_VARIANTS, DecodeCase, build, check, run_triton
-from sm90_compile import compile_sm90, decode_signature, run_in_child
+from sm90_compile import assert_no_spills, compile_sm90, decode_signature, run_in_child
+from tile_kernel_checks import check_launch, model_case, record_launch
 
 from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
@@ -44,9 +43,7 @@ VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_small_shape_matches_reference(variant, config):
     case = dataclasses.replace(SMALL_CASE, seed=len(variant), **VARIANTS[variant])
-    launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, SMALL_CONFIGS[config], launched))
-    assert launched == [SMALL_CONFIGS[config]]
+    check_launch(case, SMALL_CONFIGS[config])
 
 
 @pytest.mark.gpu
@@ -55,20 +52,11 @@ def test_small_shape_matches_reference(variant, config):
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
-    HK, HV = heads
-    B = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 // HV + 5
-    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
-                      padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
-                      seed=6)
-    changes = dict(VARIANTS[variant])
-    changes.pop("padding_rows", None)
-    case = dataclasses.replace(case, **changes)
+    case = model_case(heads, "vk", VARIANTS[variant], seed=6)
     chosen = MODEL_CONFIGS[config]
     if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
         chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2, vec=min(chosen.vec, 4))
-    launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, chosen, launched))
-    assert launched == [chosen]
+    check_launch(case, chosen)
 
 
 @pytest.mark.gpu
@@ -153,8 +141,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     shared, report = stdout.split("\n", 1)
     K = 128
     assert int(shared) == (K * config.BV + 2 * K + config.BV) * 2 + 8
-    spills = re.findall(r"(\d+) bytes spill stores", report)
-    assert spills and all(int(n) == 0 for n in spills), report
+    assert_no_spills(report)
 
 
 def test_launch_arguments_match_the_kernel_parameters(monkeypatch):
@@ -163,30 +150,10 @@ def test_launch_arguments_match_the_kernel_parameters(monkeypatch):
     replaced."""
     import gdn_ops.gluon_decode_vk_tile as tile
 
-    kernel, calls = tile._decode_vk_tile_kernel, []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
-
-    monkeypatch.setattr(tile, "_decode_vk_tile_kernel", Recorder())
-    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
-                      padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
-    inp = build(case, "cpu")
     config = MODEL_CONFIGS["half-head"]
-    tile.launch_decode_vk_tile(
-        inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
-        scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
-        pdl=True, l2_eps=1e-6)
-    (grid, args, kwargs), = calls
-    params = list(inspect.signature(kernel.fn).parameters)
-    positional, constexprs = params[:len(args)], params[len(args):]
-    for param, arg in zip(positional, args):
-        kind = "desc" if param.endswith("_desc") else "ptr" if param.endswith("_ptr") else "scalar"
-        assert kind == ("desc" if hasattr(arg, "block_shape") else "ptr" if isinstance(arg, torch.Tensor) else "scalar"), param
-    assert set(kwargs) - {"num_warps", "maxnreg", "launch_pdl"} == set(constexprs)
-    num_tiles = 3 * 32 * (128 // config.BV)
-    assert args[positional.index("num_tiles")] == num_tiles == grid[0]
-    descriptors = {param: arg for param, arg in zip(positional, args) if param.endswith("_desc")}
-    assert list(descriptors["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]
-    assert list(descriptors["v_desc"].block_shape) == [1, 1, config.BV]
+    grid, args, _ = record_launch(monkeypatch, tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config)
+    assert args["num_tiles"] == 3 * 32 * (128 // config.BV) == grid[0]
+    # value rows of 128 keys in two 64-key chunks; the pool's strides reach the register stores
+    assert list(args["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]
+    assert list(args["v_desc"].block_shape) == [1, 1, config.BV]
+    assert (args["s_sb"], args["s_sh"], args["s_sv"]) == args["state_ptr"].stride()[:3]
