@@ -174,8 +174,9 @@ GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
 
 VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # A ceiling, not a decode step: the same loads, steps and stores, with the rows stored
-    # unchanged (the sums and o are still computed, so the loads are not dead). Timed level with the
-    # decode when the rows still left by TMA (results/h200/tune_vk_tile_variants_h200.json).
+    # unchanged (the sums and o are still computed, so the loads are not dead). In the kernel's
+    # first version, whose rows left by one TMA store, it timed level with the decode
+    # (results/h200/tune_vk_tile_variants_h200.json).
     "vk_tile_rows_unchanged": [
         ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),\n",
          "        gl.store(state_rows + (i * ROWS) * s_sv, S.to(state_desc.dtype),\n"),
@@ -185,9 +186,10 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # it replaced is the kernel at commit 3b75ddc.)
 
 KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    # The vk kernel's register stores in the kv kernel: the second pass stores each step's rows from registers
-    # (each warp its 128-byte chunk columns of every row, 16-byte vectors) instead of writing them
-    # back to shared memory for one TMA store at the end.
+    # The vk kernel's register stores in the kv kernel: the second pass stores each step's rows
+    # from registers (each warp its share of the columns of every row, 16-byte vectors) instead of
+    # writing them back to shared memory for one TMA store at the end. 1.8-3.9x slower on the H200
+    # (results/h200/tune_kv_reg_store_h200.json): a warp's store covers 32-byte pieces of 16 rows.
     "kv_reg_store": [
         ("    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n    num_tiles,",
          "    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr, s_sb, s_sh, s_sk,\n    num_tiles,"),
