@@ -166,10 +166,11 @@ def vk_tile_rule(device_index: int) -> int | None:
 def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
                    rows_x_heads: int) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
-    (bf16 vk state, T == 1, TMA-addressable q, k, v and pool); ``None`` otherwise. Metadata only."""
-    # bf16 only: an fp16 pool has not yet run through this kernel on a GPU, so it keeps the Triton
-    # kernel by default (tests/test_gluon_decode_vk_tile.py has its cases for the next GPU run)
-    if state.dtype != torch.bfloat16 or state.device.type != "cuda" or state_layout != "vk":
+    (bf16 vk state and bf16 q, k, v, T == 1, all TMA-addressable); ``None`` otherwise. Metadata only."""
+    # bf16 only, as measured: an fp16 pool or fp32 activations have not yet run through this kernel
+    # on a GPU, so they keep the Triton kernel by default (tests/test_gluon_decode_vk_tile.py has
+    # their cases for the next GPU run)
+    if any(t.dtype != torch.bfloat16 for t in (state, q, k, v)) or state.device.type != "cuda" or state_layout != "vk":
         return None
     start = vk_tile_rule(state.device.index or 0)
     if start is None or rows_x_heads < start:

@@ -38,7 +38,8 @@ MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "shipped-small": KV_2B_TILE_SMALL_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12)}
-VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32}}
+VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
+            "fp32-activations": {"act_dtype": torch.float32}}
 
 
 @pytest.mark.gpu
@@ -51,7 +52,7 @@ def test_small_shape_matches_reference(variant, config):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
-@pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state"])
+@pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state", "fp32-activations"])
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
