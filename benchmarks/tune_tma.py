@@ -37,6 +37,7 @@ from benchmarks.variants import (
     CEILING_VARIANTS,
     GLUON_VARIANTS,
     KV_TILE_VARIANTS,
+    TMA_VARIANTS,
     VK_TILE_VARIANTS,
     load_variant,
 )
@@ -61,6 +62,13 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
     if kind == "t":
         return GluonTileConfig(*values)
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
+
+
+def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig, layout: str) -> dict:
+    """The variants (benchmarks/variants.py) that patch the kernel ``config`` runs on a ``layout`` pool."""
+    if isinstance(config, GluonTileConfig):
+        return VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS
+    return GLUON_VARIANTS if isinstance(config, GluonKVConfig) else TMA_VARIANTS
 
 
 def variant_launch(name: str):
@@ -115,10 +123,7 @@ def main() -> None:
                     config = parse_spec(spec)
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
-                                  for v in args.variants
-                                  if (v in VK_TILE_VARIANTS) == (isinstance(config, GluonTileConfig) and layout == "vk")
-                                  and (v in KV_TILE_VARIANTS) == (isinstance(config, GluonTileConfig) and layout == "kv")
-                                  and (v in GLUON_VARIANTS) == isinstance(config, GluonKVConfig)]
+                                  for v in args.variants if v in variants_of(config, layout)]
                 row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON

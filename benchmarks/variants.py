@@ -212,6 +212,9 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 }
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS
+# The module each family of variants patches.
+_PATCHED_MODULES = ((VARIANTS, shipped), (TMA_VARIANTS, shipped_tma), (GLUON_VARIANTS, shipped_gluon),
+                    (VK_TILE_VARIANTS, shipped_vk_tile), (KV_TILE_VARIANTS, shipped_kv_tile))
 # Variants whose output is not the decode step's: timed without the check against the reference.
 CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_rows_unchanged"}
 
@@ -221,11 +224,10 @@ def load_variant(name: str) -> ModuleType:
     """The patched module: ``gdn_ops.triton_decode`` for VARIANTS, ``gdn_ops.triton_decode_tma`` for
     TMA_VARIANTS, ``gdn_ops.gluon_decode_kv`` for GLUON_VARIANTS, ``gdn_ops.gluon_decode_vk_tile``
     for VK_TILE_VARIANTS, ``gdn_ops.gluon_decode_kv_tile`` for KV_TILE_VARIANTS."""
-    target = (shipped if name in VARIANTS else shipped_tma if name in TMA_VARIANTS
-              else shipped_vk_tile if name in VK_TILE_VARIANTS else shipped_kv_tile if name in KV_TILE_VARIANTS
-              else shipped_gluon)
+    patches = ALL_VARIANTS[name]
+    target = next(module for family, module in _PATCHED_MODULES if name in family)
     source = Path(target.__file__).read_text()
-    for old, new in ALL_VARIANTS[name]:
+    for old, new in patches:
         if old not in source:
             raise ValueError(f"variant {name!r}: pattern not found in {Path(target.__file__).name}: {old!r}")
         source = source.replace(old, new)

@@ -314,6 +314,14 @@ def _shared_layout(block: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMAShared
     return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, str(dtype).split(".")[-1]))
 
 
+def tma_descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: list[int]):
+    """A Gluon TMA descriptor over ``t`` seen as ``shape``/``strides``, moving ``block`` at a time
+    into the swizzled shared layout the kernels allocate for it."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
+
+
 def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles: int, *,
                    config: GluonKVConfig | GluonTileConfig, scale: float, use_qk_l2norm_in_kernel: bool,
                    softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float) -> tuple[list, dict]:
@@ -321,22 +329,16 @@ def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out,
     ``gluon_decode_kv_tile``'s), for ``config``'s ``BV``, warps and ``vec``: TMA descriptors of q,
     k and the pool seen as ``[slots, HV, K, V // C, C]`` (key rows cut into chunks of C columns),
     the other operands and their strides, the shared constexprs, register cap and PDL launch."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     _, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     BV = config.BV
     q3, k3 = q[:, 0], k[:, 0]
     fused = A_log is not None
-
-    def descriptor(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
-
     C = chunk_columns(BV, state.element_size())
     args = [
-        descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
-        descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
+        tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
+        tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
+        tma_descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),

@@ -41,14 +41,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
-    _shared_layout,
     _tile_slot,
     chunk_columns,
     shared_memory_reason,
+    tma_descriptor,
 )
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
-from gdn_ops.triton_gating import decode_gates
+from gdn_ops.triton_gating import decode_gates, head_gate_params
 
 
 @gluon.jit
@@ -100,12 +100,7 @@ def _decode_vk_tile_kernel(
 
     gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)
     gate_b = gl.load(gate_b_ptr + row.to(gl.int64) * s_bb + hv * s_bh).to(gl.float32)
-    if FUSED_GATING:
-        neg_exp_A = -gl.exp(gl.load(A_log_ptr + hv * s_A).to(gl.float32))
-        dt_bias = gl.load(dt_bias_ptr + hv * s_dt).to(gl.float32)
-    else:
-        neg_exp_A = 0.0
-        dt_bias = 0.0
+    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
     mbarrier.wait(bar, 0)
@@ -170,7 +165,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     # bf16 only, as measured: an fp16 pool or fp32 activations have not yet run through this kernel
     # on a GPU, so they keep the Triton kernel by default (tests/test_gluon_decode_vk_tile.py has
     # their cases for the next GPU run)
-    if any(t.dtype != torch.bfloat16 for t in (state, q, k, v)) or state.device.type != "cuda" or state_layout != "vk":
+    if state_layout != "vk" or state.device.type != "cuda" or any(t.dtype != torch.bfloat16 for t in (state, q, k, v)):
         return None
     start = vk_tile_rule(state.device.index or 0)
     if start is None or rows_x_heads < start:
@@ -229,8 +224,6 @@ def launch_decode_vk_tile(
     """Launch the kernel on validated arguments that pass :func:`vk_tile_reason`:
     ``q, k [B, 1, HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, V, K]`` (vk layout),
     ``out [B, 1, HV, V]``; sm_90+ only (no interpreter)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     num_tiles = B * HV * (V // config.BV)
@@ -238,17 +231,14 @@ def launch_decode_vk_tile(
         return config
     fused = A_log is not None
     C = chunk_columns(K, state.element_size())
-
-    def descriptor(t, shape, strides, block):
-        return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
-
     # q and k seen in chunks of C keys, as the rows of the state are
     q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]
     _decode_vk_tile_kernel[(num_tiles,)](
-        descriptor(q3, [B, HK, K // C, C], [*q3.stride()[:2], C, 1], [1, 1, K // C, C]),
-        descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
-        descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
-        descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1], [1, 1, config.BV, K // C, C]),
+        tma_descriptor(q3, [B, HK, K // C, C], [*q3.stride()[:2], C, 1], [1, 1, K // C, C]),
+        tma_descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
+        tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
+        tma_descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1],
+                       [1, 1, config.BV, K // C, C]),
         gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out, state,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),

@@ -41,6 +41,20 @@ def test_tune_tma_specs_name_each_tma_kernel():
             parse_spec(bad)
 
 
+def test_tune_tma_applies_each_family_of_variants_to_its_kernel():
+    from benchmarks.tune_tma import variants_of
+    from benchmarks.variants import GLUON_VARIANTS
+    from gdn_ops.gluon_decode_kv import GluonKVConfig
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+    from gdn_ops.triton_decode_tma import PersistentConfig
+
+    tile = GluonTileConfig(128, 4, 16, 6, 8)
+    assert variants_of(tile, "vk") is VK_TILE_VARIANTS
+    assert variants_of(tile, "kv") is KV_TILE_VARIANTS
+    assert variants_of(GluonKVConfig(128, 4, 2, 2), "kv") is GLUON_VARIANTS
+    assert variants_of(PersistentConfig(64, 4, 3, 4), "kv") is TMA_VARIANTS
+
+
 def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, monkeypatch):
     import json
 
