@@ -37,13 +37,13 @@ case "$cmd" in
             # offline machines (the lent GPUs) carry what they lack as wheels instead; see README
             "$PY" -m pip install -q "${TEST_DEPS[@]}" || echo "dev.sh: could not install ${missing[*]} (offline?)" >&2
         fi
-        exec "$PY" -m pytest tests "$@"
+        exec "$PY" -m pytest "$@"  # pyproject's testpaths: tests/, unless files are named
         ;;
     gpu)
-        # The whole suite on a GPU machine in one call: the gpu-marked tests plus every other test,
-        # which then runs the ops on CUDA (the Triton kernel). Refuses to run without a GPU.
+        # The suite on a GPU machine: the gpu-marked tests plus every other test, which then runs the
+        # ops on CUDA (the Triton kernel); all of tests/ or the files named. Refuses to run without a GPU.
         "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'dev.sh gpu: no CUDA device')"
-        exec "$PY" -m pytest tests "$@"
+        exec "$PY" -m pytest "$@"
         ;;
     *)
         echo "usage: ./dev.sh demo [demo args] | ./dev.sh test [pytest args] | ./dev.sh gpu [pytest args]" >&2

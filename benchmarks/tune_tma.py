@@ -98,7 +98,8 @@ def variant_launch(name: str):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="*", default=[32, 128, 512, 1024])
-    ap.add_argument("--dtypes", nargs="*", default=["bfloat16"])
+    ap.add_argument("--dtypes", nargs="*", default=["bfloat16"], help="the pool's dtypes")
+    ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
     ap.add_argument("--layouts", nargs="*", default=["kv"])
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM[:PREFETCH_GATES]")
@@ -113,7 +114,8 @@ def main() -> None:
     for state in args.dtypes:
         for layout in args.layouts:
             for B in args.batches:
-                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
+                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
+                             act_dtype=getattr(torch, args.act_dtype))
                 problem = make_problem(cfg, "cuda")
                 ref = reference(cfg, problem)
                 per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
@@ -124,7 +126,7 @@ def main() -> None:
                     providers.append(launcher_provider(spec, config=config))
                     providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
                                   for v in args.variants if v in variants_of(config, layout)]
-                row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
+                row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                        "per_tile": list(per_tile), "results": {}}
                 # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
                 ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
