@@ -36,7 +36,8 @@ MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
                  "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
-            "fp16-state": {"state_dtype": torch.float16}, "fp32-activations": {"act_dtype": torch.float32}}
+            "fp16-state": {"state_dtype": torch.float16}, "fp32-activations": {"act_dtype": torch.float32},
+            "fp16": {"state_dtype": torch.float16, "act_dtype": torch.float16}, "fp32-out": {"out_dtype": torch.float32}}
 
 
 @pytest.mark.gpu
@@ -50,7 +51,7 @@ def test_small_shape_matches_reference(variant, config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state", "fp16-state",
-                                     "fp32-activations"])
+                                     "fp32-activations", "fp16", "fp32-out"])
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
@@ -71,14 +72,17 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({"slot_pad": 3}, False),  # slot stride not 16-byte aligned: no TMA
         ({"qkv_layout": "transposed"}, False),  # q, k, v not contiguous
         ({"state_dtype": torch.float32}, False),
-        ({"state_dtype": torch.float16}, False),  # not yet picked by default (see vk_tile_config)
-        ({"act_dtype": torch.float32}, False),  # the same
+        ({"state_dtype": torch.float16}, True),
+        ({"state_dtype": torch.float16, "act_dtype": torch.float16}, True),
+        ({"act_dtype": torch.float32}, True),
+        ({"out_dtype": torch.float32}, True),
         ({"T": 2}, False),
     ],
 )
 def test_default_kernel_choice_and_result(changes, tile):
-    """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, but only when TMA can
-    address every operand; every case matches the reference with guards and padding rows."""
+    """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
+    dtype, but only when TMA can address every operand; every case matches the reference with
+    guards and padding rows."""
     start = vk_tile_rule(torch.cuda.current_device())
     if start is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
