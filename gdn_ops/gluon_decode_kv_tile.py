@@ -168,17 +168,25 @@ class GluonTileConfig(NamedTuple):
 KV_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8)
 KV_2B_TILE_SMALL_CONFIG = GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=12)
 
+# An fp32 state on the H200 (results/h200/tune_tile_fp32_h200.json, tune_tile_fp32_2_h200.json,
+# tune_tile_fp32_3_h200.json): half-head tiles (64 columns, 32 KB) of 4 warps, 8 rows at a time,
+# 6 programs per SM. Against the Triton kernels: +1.0-1.6% at B*HV = 1024 in three runs, +0.8% at
+# 2048, +0.3-0.4% at 4096, level from 8192; 16% slower at 256 (one run), +8% at 512 (one run).
+KV_4B_TILE_CONFIG = GluonTileConfig(BV=64, num_warps=4, rows=8, programs_per_sm=6, vec=4)
+
 
 class TileRule(NamedTuple):
     """From which B*HV :func:`tile_config` picks this kernel on one kind of GPU."""
 
-    small_from: int  # KV_2B_TILE_SMALL_CONFIG from here
-    large_from: int  # KV_2B_TILE_CONFIG from here
+    small_from: int  # KV_2B_TILE_SMALL_CONFIG for a 2-byte state from here
+    large_from: int  # KV_2B_TILE_CONFIG for a 2-byte state from here
+    fp32_from: int | None = None  # KV_4B_TILE_CONFIG for an fp32 state from here (None: the Triton kernel)
 
 
-# By GPU name; other GPUs keep the Triton kernels (not measured there).
+# By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
+# on the H200 only.
 TILE_RULES = {
-    "H200": TileRule(small_from=512, large_from=1024),
+    "H200": TileRule(small_from=512, large_from=1024, fp32_from=1024),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -193,13 +201,16 @@ def tile_rule(device_index: int) -> TileRule | None:
 def tile_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_layout: str,
                 rows_x_heads: int) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
-    (2-byte kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
-    if state.element_size() != 2 or state.device.type != "cuda":
+    (kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
+    rule = tile_rule(state.device.index or 0) if state.device.type == "cuda" else None
+    if rule is None:
         return None
-    rule = tile_rule(state.device.index or 0)
-    if rule is None or rows_x_heads < rule.small_from:
+    if state.element_size() == 2 and rows_x_heads >= rule.small_from:
+        config = KV_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_TILE_SMALL_CONFIG
+    elif state.element_size() == 4 and rule.fp32_from is not None and rows_x_heads >= rule.fp32_from:
+        config = KV_4B_TILE_CONFIG
+    else:
         return None
-    config = KV_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_TILE_SMALL_CONFIG
     if unsupported_reason(q, k, state, state_layout, config) or tile_reason(q, state, config):
         return None
     return config

@@ -207,18 +207,21 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
         ({"pool_guard": 37}, False),  # pool base not 16-byte aligned
         ({"qkv_layout": "transposed"}, False),  # q, k not contiguous in K
         ({"T": 2}, False),
-        ({"state_dtype": torch.float32}, False),
+        ({"state_dtype": torch.float32}, False),  # under the fp32 rule's threshold
+        ({"state_dtype": torch.float32, "B": "large"}, True),  # a TMA kernel where this GPU has an fp32 rule
         ({"state_layout": "vk"}, False),
         ({"B": -1}, False),  # one row fewer than the GPU's threshold
     ],
 )
 def test_large_batch_kernel_choice_and_result(changes, persistent):
     """From the GPU's B*HV threshold a 2-byte kv state takes a TMA kernel (the Gluon one of one
-    program per tile where this GPU has a rule for it, else the persistent Triton one) but only when
-    TMA can address every operand; every case matches the reference with guards and padding rows."""
+    program per tile where this GPU has a rule for it, else the persistent Triton one), and an fp32
+    one the Gluon kernel where this GPU's rule has an fp32 threshold, but only when TMA can address
+    every operand; every case matches the reference with guards and padding rows."""
     from gdn_ops.gluon_decode_kv_tile import (
         KV_2B_TILE_CONFIG,
         KV_2B_TILE_SMALL_CONFIG,
+        KV_4B_TILE_CONFIG,
         tile_rule,
     )
     from gdn_ops.triton_decode_tma import persistent_rule
@@ -238,8 +241,13 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     row_heads = case.B * 32
+    if case.state_dtype == torch.float32:
+        fp32_from = gluon.fp32_from if gluon else None
+        persistent = persistent and fp32_from is not None and row_heads >= fp32_from
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
+    elif case.state_dtype == torch.float32:
+        assert launched == [KV_4B_TILE_CONFIG]
     elif gluon is not None:
         assert launched == [KV_2B_TILE_CONFIG if row_heads >= gluon.large_from else KV_2B_TILE_SMALL_CONFIG]
     else:

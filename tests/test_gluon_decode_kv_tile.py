@@ -25,6 +25,7 @@ from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import (
     KV_2B_TILE_CONFIG,
     KV_2B_TILE_SMALL_CONFIG,
+    KV_4B_TILE_CONFIG,
     TILE_RULES,
     GluonTileConfig,
     _decode_kv_tile_kernel,
@@ -37,7 +38,8 @@ SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, progr
 MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "shipped-small": KV_2B_TILE_SMALL_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
-                 "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12)}
+                 "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12),
+                 "shipped-fp32": KV_4B_TILE_CONFIG}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp32-activations": {"act_dtype": torch.float32}}
 
@@ -58,8 +60,8 @@ def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
     case = model_case(heads, "kv", VARIANTS[variant], seed=5)
     chosen = MODEL_CONFIGS[config]
-    if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
-        chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2)
+    if case.state_dtype == torch.float32 and chosen != KV_4B_TILE_CONFIG:
+        chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2)  # twice the bytes per tile
     check_launch(case, chosen)
 
 
@@ -85,6 +87,12 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
 
 def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
+
+
+def test_the_fp32_configuration_fits_an_fp32_head():
+    q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
+    state = torch.empty(1, 32, 128, 128, dtype=torch.float32, device="meta")
+    assert tile_reason(q, state, KV_4B_TILE_CONFIG) is None
 
 
 @pytest.mark.parametrize(("capability", "name", "expected"), [
