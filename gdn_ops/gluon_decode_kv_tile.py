@@ -169,9 +169,10 @@ KV_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm
 KV_2B_TILE_SMALL_CONFIG = GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=12)
 
 # An fp32 state on the H200 (results/h200/tune_tile_fp32_h200.json, tune_tile_fp32_2_h200.json,
-# tune_tile_fp32_3_h200.json): half-head tiles (64 columns, 32 KB) of 4 warps, 8 rows at a time,
-# 6 programs per SM. Against the Triton kernels: +1.0-1.6% at B*HV = 1024 in three runs, +0.8% at
-# 2048, +0.3-0.4% at 4096, level from 8192; 16% slower at 256 (one run), +8% at 512 (one run).
+# tune_tile_fp32_3_h200.json, tune_tile_fp32_small_h200.json): half-head tiles (64 columns, 32 KB)
+# of 4 warps, 8 rows at a time, 6 programs per SM. Against the Triton kernels: +8% at B*HV = 512
+# in two runs, +1.0-1.6% at 1024 in three, +0.8% at 2048, +0.3-0.4% at 4096, level from 8192;
+# 14-16% slower at 256 in two runs (+7% at 384, one run).
 KV_4B_TILE_CONFIG = GluonTileConfig(BV=64, num_warps=4, rows=8, programs_per_sm=6, vec=4)
 
 
@@ -186,7 +187,7 @@ class TileRule(NamedTuple):
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
 # on the H200 only.
 TILE_RULES = {
-    "H200": TileRule(small_from=512, large_from=1024, fp32_from=1024),
+    "H200": TileRule(small_from=512, large_from=1024, fp32_from=512),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 

@@ -207,8 +207,10 @@ def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
         ({"pool_guard": 37}, False),  # pool base not 16-byte aligned
         ({"qkv_layout": "transposed"}, False),  # q, k not contiguous in K
         ({"T": 2}, False),
-        ({"state_dtype": torch.float32}, False),  # under the fp32 rule's threshold
-        ({"state_dtype": torch.float32, "B": "large"}, True),  # a TMA kernel where this GPU has an fp32 rule
+        # fp32: the Gluon tile kernel where this GPU has an fp32 rule and B*HV reaches it
+        ({"state_dtype": torch.float32}, True),
+        ({"state_dtype": torch.float32, "B": -1}, True),
+        ({"state_dtype": torch.float32, "B": "large"}, True),
         ({"state_layout": "vk"}, False),
         ({"B": -1}, False),  # one row fewer than the GPU's threshold
     ],
