@@ -16,8 +16,10 @@ through the shuffled slot indices:
 * ``async:w{W}:b{N}:p{P}``: a persistent Gluon kernel, ``P`` programs of ``W`` warps per SM, each
   head through cp.async (16 bytes per thread, like a plain load) into a ring of ``N`` buffers,
   then to registers and out by plain 16-byte stores: the data movement of a register-path decode.
-* ``reg:w{W}``: one Triton program per head, ``W`` warps, the head loaded into registers in 16-byte
-  vectors and stored back (times one, so the store is not of the loaded registers verbatim).
+* ``reg:w{W}[:c{E}][:oop][:seq]``: one Triton program per head (per ``E``-element chunk of a head
+  with ``c{E}``), ``W`` warps, the bytes loaded into registers in 16-byte vectors and stored back
+  (times one, so the store is not of the loaded registers verbatim). Small chunks give the geometry
+  of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern too.
 * ``decode``: the shipped decode step (``launch_decode`` with its defaults), for scale.
 
 Each stream is checked to leave the pool (or copy it) unchanged before timing. Timing is that of
@@ -131,13 +133,16 @@ def _async_issue(tile, num_tiles, pool_ptr, indices_ptr, offs, buf, HV: gl.const
 
 
 @triton.jit
-def _reg_stream_kernel(pool_ptr, indices_ptr, scale, HV: tl.constexpr, TILE: tl.constexpr):
-    head = tl.program_id(0)
+def _reg_stream_kernel(src_ptr, dst_ptr, indices_ptr, scale, HV: tl.constexpr, HEAD: tl.constexpr,
+                       CHUNK: tl.constexpr):
+    """Program i moves chunk i % (HEAD // CHUNK) of addressed head i // (HEAD // CHUNK)."""
+    CHUNKS: tl.constexpr = HEAD // CHUNK
+    head = tl.program_id(0) // CHUNKS
     slot = tl.load(indices_ptr + head // HV).to(tl.int64)
-    base = pool_ptr + (slot * HV + head % HV) * TILE
-    offs = tl.arange(0, TILE)
-    x = tl.load(base + offs)
-    tl.store(base + offs, (x.to(tl.float32) * scale).to(x.dtype))
+    start = (slot * HV + head % HV) * HEAD + (tl.program_id(0) % CHUNKS) * CHUNK
+    offs = start + tl.arange(0, CHUNK)
+    x = tl.load(src_ptr + offs)
+    tl.store(dst_ptr + offs, (x.to(tl.float32) * scale).to(x.dtype))
 
 
 def in_order(indices: torch.Tensor) -> torch.Tensor:
@@ -195,35 +200,44 @@ def async_provider(num_warps: int, num_buf: int, programs_per_sm: int, options: 
 
 
 def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
+    chunk = next((int(o[1:]) for o in options if o.startswith("c")), None)
+
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
         if "seq" in options:
             indices = in_order(indices)
         _, HV, K, V = pool.shape
+        dst = torch.empty_like(pool) if "oop" in options else pool
+        size = chunk or K * V
+        if (K * V) % size:
+            raise ValueError(f"reg stream: chunk c{size} must divide a head's {K * V} elements")
+        grid = (cfg.B * HV * (K * V // size),)
 
         def step():
-            _reg_stream_kernel[(cfg.B * HV,)](pool, indices, 1.0, HV=HV, TILE=K * V, num_warps=num_warps)
-            return pool
+            _reg_stream_kernel[grid](pool, dst, indices, 1.0, HV=HV, HEAD=K * V, CHUNK=size, num_warps=num_warps)
+            return dst
 
         return step
 
     return Provider(":".join([f"reg:w{num_warps}", *options]), make, yardstick=True)
 
 
-def check_stream(cfg: Config, provider: Provider) -> str | None:
+def check_stream(cfg: Config, provider: Provider, device: str = "cuda") -> str | None:
     """None if one call leaves the addressed heads' bytes where they belong (unchanged in place, or
-    copied to the second pool), else what went wrong."""
-    pool = torch.randn((cfg.B + 3, *cfg.slot_shape), device="cuda").to(cfg.state_dtype)
-    indices = torch.randperm(cfg.B + 3, device="cuda")[: cfg.B].to(torch.int32)
+    copied to the second pool), else what went wrong. On CUDA also replayed from a CUDA graph, as
+    it is timed."""
+    pool = torch.randn((cfg.B + 3, *cfg.slot_shape), device=device).to(cfg.state_dtype)
+    indices = torch.randperm(cfg.B + 3, device=device)[: cfg.B].to(torch.int32)
     before = pool.clone()
     step = provider.make(cfg, pool, indices, {})
     out = step()
-    torch.cuda.synchronize()
-    # and replayed from a CUDA graph, as it is timed
-    capture_graph([step, step]).replay()
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        capture_graph([step, step]).replay()
+        torch.cuda.synchronize()
     if not torch.equal(pool, before):
         return "the pool changed"
-    if not torch.equal(out[indices.long()], before[indices.long()]):
+    addressed = (in_order(indices) if "seq" in provider.name.split(":") else indices).long()
+    if not torch.equal(out[addressed], before[addressed]):
         return "the addressed heads were not written back"
     return None
 
@@ -234,7 +248,7 @@ def main() -> None:
     ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
                                                  "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop", "1:2:2:0:seq"],
                     metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop][:seq]")
-    ap.add_argument("--reg", nargs="*", default=["2", "4", "8", "4:seq"], metavar="WARPS[:seq]")
+    ap.add_argument("--reg", nargs="*", default=["2", "4", "8", "4:seq"], metavar="WARPS[:cCHUNK][:oop][:seq]")
     ap.add_argument("--async", dest="async_", nargs="*", default=["4:2:3", "4:3:2", "8:2:3", "4:4:1", "8:3:2"],
                     metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
     ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from sm90_compile import compile_sm90, descriptor_type, run_in_child
 
 
@@ -14,6 +15,7 @@ def test_specs_name_the_streams():
     assert tma_provider(1, 2, 2, 0).name == "tma:h1:b2:p2:lag0"
     assert async_provider(4, 2, 3, ("seq",)).name == "async:w4:b2:p3:seq"
     assert reg_provider(8).name == "reg:w8"
+    assert reg_provider(4, ("c2048", "oop", "seq")).name == "reg:w4:c2048:oop:seq"
     assert all(p.yardstick for p in (tma_provider(1, 2, 2, 0), async_provider(4, 2, 3), reg_provider(8)))
 
 
@@ -42,3 +44,27 @@ def test_gluon_streams_compile_for_sm90_with_their_buffers(kind):
     stdout = run_in_child("test_probe_stream", f"t.compiled_shared_bytes({kind!r}, 3)")
     head = 128 * 128 * 2
     assert int(stdout.split()[-1]) >= 3 * head  # three whole bf16 heads in flight
+
+
+@pytest.mark.parametrize("spec", ["4", "2:c256", "1:c128:oop", "2:c512:seq", "2:c256:oop:seq"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_register_streams_move_exactly_the_addressed_heads(spec, dtype):
+    """Whole heads or chunks of them, in place or into a second pool: the check the probe runs
+    before timing passes (on CPU through Triton's interpreter)."""
+    from benchmarks.probe_stream import check_stream, reg_provider
+    from benchmarks.providers import Config
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=dtype, layout="kv")
+    warps, *options = spec.split(":")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert check_stream(cfg, reg_provider(int(warps), tuple(options)), device) is None
+
+
+def test_a_register_stream_chunk_must_divide_a_head():
+    from benchmarks.probe_stream import reg_provider
+    from benchmarks.providers import Config
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="kv")
+    pool = torch.zeros(4, 4, 16, 32)
+    with pytest.raises(ValueError, match="chunk c384 must divide a head's 512 elements"):
+        reg_provider(2, ("c384",)).make(cfg, pool, torch.arange(3, dtype=torch.int32), {})
