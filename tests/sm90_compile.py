@@ -50,17 +50,22 @@ def compile_sm90(kernel, signature: dict[str, str], constexprs: dict, num_warps:
     """Shared memory in bytes and the ``ptxas -v`` report of ``kernel`` compiled for sm_90."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.experimental.gluon._runtime import GluonASTSource
 
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     compiled = triton.compile(GluonASTSource(kernel, signature, constexprs, attrs),
                               target=GPUTarget("cuda", 90, 32), options=options)
+    return compiled.metadata.shared, ptxas_report(compiled.asm["ptx"])
+
+
+def ptxas_report(ptx_text: str) -> str:
+    """The ``ptxas -v`` report (registers, spills) of PTX assembled for sm_90a."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
     ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"gdn_sm90_{os.getpid()}.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
-                            check=True, capture_output=True, text=True).stderr
-    return compiled.metadata.shared, report
+    ptx.write_text(ptx_text)
+    return subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
+                          check=True, capture_output=True, text=True).stderr
 
 
 def assert_no_spills(report: str) -> None:

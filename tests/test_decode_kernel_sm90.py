@@ -1,0 +1,99 @@
+"""The per-tile Triton decode kernel compiled for sm_90 without a GPU, specialised as a launch on
+contiguous Qwen3-Next operands specialises it: every state store is one 16-byte vector and nothing
+spills. Its register count is what caps the programs resident per SM (NOTES.md, tenth session)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from decode_case import DecodeCase, build
+from sm90_compile import assert_no_spills, ptxas_report, run_in_child
+
+TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
+                torch.int64: "i64"}
+# (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve
+CASES = [("vk", "float32", 1), ("vk", "float32", 32), ("vk", "bfloat16", 1), ("vk", "bfloat16", 32),
+         ("vk", "bfloat16", 128), ("kv", "float32", 1), ("kv", "float32", 8), ("kv", "float32", 32),
+         ("kv", "bfloat16", 1), ("kv", "bfloat16", 8), ("kv", "bfloat16", 32)]
+
+
+def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int):
+    """The config and the arguments ``launch_decode`` passes the per-tile kernel (the H200's tile
+    for this B) on a contiguous TP=1 case on CPU, the kernel replaced by a recorder."""
+    import gdn_ops.triton_decode as launcher
+
+    config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200")
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
+                      act_dtype=act_dtype, pool_guard=0, out_given=True)
+    inp = build(case, "cpu")
+    calls, kernel = [], launcher._decode_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((args, kwargs))
+
+    launcher._decode_kernel = Recorder()
+    try:
+        launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                               inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=layout,
+                               config=config, pdl=True)
+    finally:
+        launcher._decode_kernel = kernel
+    (args, kwargs), = calls
+    return kernel, config, args, kwargs
+
+
+def compiled(layout: str, state: str, act: str, B: int) -> str:
+    """``"<registers> <16-byte state stores> <other state stores>"`` then the ``ptxas -v`` report, of
+    the kernel compiled for sm_90 as Triton specialises that launch: pointers 16-byte aligned,
+    integers equal to 1 as constants, multiples of 16 marked divisible."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel, config, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B)
+    params = list(inspect.signature(kernel.fn).parameters)
+    constexprs = {name: kwargs[name] for name in params[len(args):]}
+    signature, attrs = {}, {}
+    for i, (name, arg) in enumerate(zip(params, args)):
+        if isinstance(arg, torch.Tensor):
+            signature[name] = "*" + TRITON_TYPES[arg.dtype]
+            divisible = arg.data_ptr() % 16 == 0
+        elif isinstance(arg, float):
+            signature[name], divisible = "fp32", False
+        elif arg == 1:
+            constexprs[name] = 1
+            continue
+        else:
+            signature[name], divisible = "i32", arg % 16 == 0
+        if divisible:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    signature = {name: signature[name] for name in params}
+    options = {"num_warps": config.num_warps}
+    ptx = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                         options=options).asm["ptx"]
+    report = ptxas_report(ptx)
+    registers = re.search(r"Used (\d+) registers", report).group(1)
+    # the state is the only thing stored with the streaming hint (.cs)
+    vector_stores = len(re.findall(r"st\.global\.cs\.v4\.", ptx))
+    other_stores = len(re.findall(r"st\.global\.cs\.(?!v4\.)", ptx))
+    return f"{registers} {vector_stores} {other_stores}\n{report}"
+
+
+@pytest.mark.parametrize("act", ["bfloat16", "float32"])
+@pytest.mark.parametrize(("layout", "state", "B"), CASES)
+def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layout, state, B, act):
+    from gdn_ops.triton_decode import decode_config
+
+    stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, {state!r}, {act!r}, {B})")
+    counts, report = stdout.split("\n", 1)
+    _, vector_stores, other_stores = map(int, counts.split())
+    config = decode_config(B * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200")
+    tile_bytes = config.BV * config.BK * getattr(torch, state).itemsize
+    assert (vector_stores, other_stores) == (tile_bytes // (16 * 32 * config.num_warps), 0)
+    assert_no_spills(report)
