@@ -10,6 +10,7 @@ import pytest
 import torch
 from decode_case import DecodeCase, build
 from sm90_compile import assert_no_spills, ptxas_report, run_in_child
+from tile_kernel_checks import kernel_calls
 
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
                 torch.int64: "i64"}
@@ -28,21 +29,12 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
                       act_dtype=act_dtype, pool_guard=0, out_given=True)
     inp = build(case, "cpu")
-    calls, kernel = [], launcher._decode_kernel
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append((args, kwargs))
-
-    launcher._decode_kernel = Recorder()
-    try:
+    with kernel_calls(launcher, "_decode_kernel") as calls:
         launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
                                inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=layout,
                                config=config, pdl=True)
-    finally:
-        launcher._decode_kernel = kernel
-    (args, kwargs), = calls
-    return kernel, config, args, kwargs
+    (_, args, kwargs), = calls
+    return launcher._decode_kernel, config, args, kwargs
 
 
 def compiled(layout: str, state: str, act: str, B: int) -> str:

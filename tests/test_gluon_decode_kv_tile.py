@@ -150,7 +150,7 @@ def test_launch_arguments_match_the_kernel_parameters(monkeypatch, launcher):
         "persistent": (persistent, "_decode_kv_gluon_kernel", "launch_decode_kv_gluon", persistent.KV_2B_GLUON_CONFIG),
         "tile": (tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", KV_2B_TILE_CONFIG)}[launcher]
     monkeypatch.setattr(persistent, "sm_count", lambda index: 132)
-    grid, args, _ = record_launch(monkeypatch, module, kernel, launch, "kv", config)
+    grid, args, _ = record_launch(module, kernel, launch, "kv", config)
     num_tiles = 3 * 32 * (128 // config.BV)
     assert args["num_tiles"] == num_tiles
     assert grid[0] == (num_tiles if launcher == "tile" else min(num_tiles, 132 * config.programs_per_sm))

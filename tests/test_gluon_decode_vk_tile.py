@@ -152,14 +152,14 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     assert_no_spills(report)
 
 
-def test_launch_arguments_match_the_kernel_parameters(monkeypatch):
+def test_launch_arguments_match_the_kernel_parameters():
     """Each positional argument lands on the kernel parameter of its kind (descriptor, pointer,
     scalar) and the keywords are exactly the kernel's constexprs. Recorded on CPU with the kernel
     replaced."""
     import gdn_ops.gluon_decode_vk_tile as tile
 
     config = MODEL_CONFIGS["half-head"]
-    grid, args, _ = record_launch(monkeypatch, tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config)
+    grid, args, _ = record_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config)
     assert args["num_tiles"] == 3 * 32 * (128 // config.BV) == grid[0]
     # value rows of 128 keys in two 64-key chunks; the pool's strides reach the register stores
     assert list(args["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]

@@ -1,10 +1,12 @@
-"""What the tests of the Gluon decode kernels share: the model-shape case they are checked on, a
-checked launch with a fixed configuration, and the launch arguments recorded on CPU."""
+"""What the tests of the decode kernels share: the model-shape case the Gluon kernels are checked
+on, a checked launch with a fixed configuration, and a kernel's launch arguments recorded on CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -31,27 +33,39 @@ def check_launch(case: DecodeCase, config) -> None:
     assert launched == [config]
 
 
-def record_launch(monkeypatch, module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str,
-                  config) -> tuple[tuple, dict[str, object], dict]:
-    """One launch of ``module.<launcher_name>`` on a small bf16 case on CPU, with the kernel
-    ``module.<kernel_name>`` replaced by a recorder. Returns the grid, the positional arguments by
-    the kernel parameter each lands on (checked to be of that parameter's kind: descriptor,
-    pointer or scalar), and the keywords (checked to be exactly the kernel's constexprs and the
-    launch options)."""
+@contextlib.contextmanager
+def kernel_calls(module: ModuleType, kernel_name: str) -> Iterator[list[tuple]]:
+    """While the block runs, ``module.<kernel_name>`` is a recorder: each launch appends its
+    ``(grid, args, kwargs)`` to the list yielded, and launches nothing."""
     kernel, calls = getattr(module, kernel_name), []
 
     class Recorder:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((grid, args, kwargs))
 
-    monkeypatch.setattr(module, kernel_name, Recorder())
+    setattr(module, kernel_name, Recorder())
+    try:
+        yield calls
+    finally:
+        setattr(module, kernel_name, kernel)
+
+
+def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str,
+                  config) -> tuple[tuple, dict[str, object], dict]:
+    """One launch of ``module.<launcher_name>`` on a small bf16 case on CPU, with the kernel
+    ``module.<kernel_name>`` replaced by a recorder. Returns the grid, the positional arguments by
+    the kernel parameter each lands on (checked to be of that parameter's kind: descriptor,
+    pointer or scalar), and the keywords (checked to be exactly the kernel's constexprs and the
+    launch options)."""
+    kernel = getattr(module, kernel_name)
     case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=state_layout, state_dtype=torch.bfloat16,
                       padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
     inp = build(case, "cpu")
-    getattr(module, launcher_name)(
-        inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
-        scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
-        pdl=True, l2_eps=1e-6)
+    with kernel_calls(module, kernel_name) as calls:
+        getattr(module, launcher_name)(
+            inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+            scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
+            pdl=True, l2_eps=1e-6)
     (grid, args, kwargs), = calls
     params = list(inspect.signature(kernel.fn).parameters)
     positional, constexprs = params[:len(args)], params[len(args):]
