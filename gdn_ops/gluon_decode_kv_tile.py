@@ -14,7 +14,7 @@ is that structure with the step in it. Each program:
 5. sends the tile home by a TMA store.
 
 Only a few rows are in registers at a time, so the register file does not limit how many
-programs share an SM: shared memory does, about 6 whole bf16 heads.
+programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.
 
 A thread reads and writes exactly the elements it owns (one layout for every pass), so the passes
 need no barrier between them for correctness (Triton's membar pass still puts one on each side of
@@ -203,7 +203,9 @@ def tile_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_lay
                 rows_x_heads: int) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (kv state, T == 1, TMA-addressable q, k and pool); ``None`` otherwise. Metadata only."""
-    rule = tile_rule(state.device.index or 0) if state.device.type == "cuda" else None
+    if state_layout != "kv" or state.device.type != "cuda":
+        return None
+    rule = tile_rule(state.device.index or 0)
     if rule is None:
         return None
     if state.element_size() == 2 and rows_x_heads >= rule.small_from:

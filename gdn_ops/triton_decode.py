@@ -8,11 +8,13 @@ once, which is all but ~1% of the bytes. Per token (fp32 math whatever the stora
 
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
 kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
-autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. For a
-2-byte state in the kv layout it hands over, on the GPUs they were measured on, to the Gluon kernel
-of one program per tile (``gluon_decode_kv_tile.py``, from B*HV = 512), and on other sm_90+ GPUs
-to the persistent Triton kernel (``triton_decode_tma.py``, from B*HV = 16384). The persistent Gluon
-kernel (``gluon_decode_kv.py``) runs when its configuration is passed.
+autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. On the
+GPUs they were measured on, it hands over to a Gluon kernel of one program per tile: in the kv
+layout for a 2-byte state (``gluon_decode_kv_tile.py``, from B*HV = 512; H100 and H200) and for an
+fp32 one (the same kernel from B*HV = 512; H200), in the vk layout for a 2-byte state
+(``gluon_decode_vk_tile.py``, from B*HV = 4096; H200). On other sm_90+ GPUs a 2-byte kv state goes
+to the persistent Triton kernel (``triton_decode_tma.py``, from B*HV = 16384). The persistent
+Gluon kernel (``gluon_decode_kv.py``) runs when its configuration is passed.
 """
 
 from __future__ import annotations
