@@ -91,7 +91,8 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
-    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="the pool's dtypes")
+    ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
     ap.add_argument("--layouts", nargs="*", default=["vk", "kv"])
     ap.add_argument("--heads", default="16,32")
     ap.add_argument("--out", default="benchmarks/results")
@@ -111,12 +112,13 @@ def main() -> None:
     for state in args.dtypes:
         for layout in args.layouts:
             for B in args.batches:
-                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout)
+                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
+                             act_dtype=getattr(torch, args.act_dtype))
                 chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
                 problem = make_problem(cfg, "cuda")
                 ref = reference(cfg, problem)
-                row = {"B": B, "HK": HK, "HV": HV, "state": state, "layout": layout, "bytes": cfg.bytes_per_call(),
-                       "chosen": list(chosen), "tiles": {}}
+                row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
+                       "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "tiles": {}}
                 tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
                 pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
                 tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
