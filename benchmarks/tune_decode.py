@@ -42,6 +42,31 @@ BVS = (4, 8, 16, 32, 64, 128)
 WARPS = (1, 2, 4)
 
 
+def add_grid_arguments(ap: argparse.ArgumentParser, *, batches: list[int], dtypes: list[str],
+                       layouts: list[str]) -> None:
+    """The options of a tuning grid (read by :func:`tuning_grid`), with these defaults."""
+    ap.add_argument("--batches", type=int, nargs="*", default=batches)
+    ap.add_argument("--dtypes", nargs="*", default=dtypes, help="the pool's dtypes")
+    ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
+    ap.add_argument("--layouts", nargs="*", default=layouts)
+    ap.add_argument("--heads", default="16,32", help="HK,HV")
+
+
+def tuning_grid(args: argparse.Namespace) -> list[Config]:
+    """One point per pool dtype, layout and batch (in that nesting) of the options of
+    :func:`add_grid_arguments`, at Qwen3-Next's head size (K = V = 128)."""
+    HK, HV = map(int, args.heads.split(","))
+    act = getattr(torch, args.act_dtype)
+    return [Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
+                   act_dtype=act)
+            for state in args.dtypes for layout in args.layouts for B in args.batches]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``, as the options name it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def candidates(K: int, V: int) -> list[DecodeConfig]:
     BK = triton.next_power_of_2(K)
     out = []
@@ -90,11 +115,7 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", type=int, nargs="*", default=list(BATCHES))
-    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="the pool's dtypes")
-    ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
-    ap.add_argument("--layouts", nargs="*", default=["vk", "kv"])
-    ap.add_argument("--heads", default="16,32")
+    add_grid_arguments(ap, batches=list(BATCHES), dtypes=["float32", "bfloat16"], layouts=["vk", "kv"])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="tune_decode", help="output file stem")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
@@ -104,54 +125,50 @@ def main() -> None:
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
     args = ap.parse_args()
-    HK, HV = map(int, args.heads.split(","))
     budget = int(args.mem_budget_gb * 2**30)
     bw = copy_bandwidth()
     peers, _ = load_providers(("sglang",))
     records = []
-    for state in args.dtypes:
-        for layout in args.layouts:
-            for B in args.batches:
-                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
-                             act_dtype=getattr(torch, args.act_dtype))
-                chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
-                problem = make_problem(cfg, "cuda")
-                ref = reference(cfg, problem)
-                row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
-                       "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "tiles": {}}
-                tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
-                pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-                tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
-                providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
-                extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
-                for v in args.variants:
-                    launch = load_variant(v).launch_decode
-                    providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
-                    providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
-                                  for t in extra]
-                runnable, failed = passing(cfg, providers, problem, ref)
-                row["tiles"].update({name: {"error": message} for name, message in failed.items()})
-                peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
-                times = time_interleaved(cfg, runnable + peers_here, budget)
-                for prov in runnable:
-                    row["tiles"][prov.name] = {"us": times[prov.name]}
-                for peer in peers_here:
-                    row[peer.name + "_us"] = times[peer.name]
-                timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
-                best = min(timed, key=lambda n: timed[n]["us"])
-                chosen_name = f"BV{chosen.BV}w{chosen.num_warps}" + ("+pdl" if args.pdl == "on" else "")
-                row["best"] = best
-                pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw
-                print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
-                      f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:12s} "
-                      f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
-                      + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else "")
-                      + "".join(f"  {n} {t['us']:.1f} us ({pct(t['us']):.1f}%)" for n, t in row["tiles"].items()
-                                if "us" in t and (":" in n or "+pdl" in n)),
-                      flush=True)
-                records.append(row)
-                del problem, ref
-                torch.cuda.empty_cache()
+    for cfg in tuning_grid(args):
+        state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
+        chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
+        problem = make_problem(cfg, "cuda")
+        ref = reference(cfg, problem)
+        row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
+               "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "tiles": {}}
+        tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
+        pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+        tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
+        providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
+        extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
+        for v in args.variants:
+            launch = load_variant(v).launch_decode
+            providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
+            providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
+                          for t in extra]
+        runnable, failed = passing(cfg, providers, problem, ref)
+        row["tiles"].update({name: {"error": message} for name, message in failed.items()})
+        peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
+        times = time_interleaved(cfg, runnable + peers_here, budget)
+        for prov in runnable:
+            row["tiles"][prov.name] = {"us": times[prov.name]}
+        for peer in peers_here:
+            row[peer.name + "_us"] = times[peer.name]
+        timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
+        best = min(timed, key=lambda n: timed[n]["us"])
+        chosen_name = f"BV{chosen.BV}w{chosen.num_warps}" + ("+pdl" if args.pdl == "on" else "")
+        row["best"] = best
+        pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw
+        print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
+              f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:12s} "
+              f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
+              + (f"  sglang {row['sglang_us']:9.1f} us ({pct(row['sglang_us']):5.1f}%)" if "sglang_us" in row else "")
+              + "".join(f"  {n} {t['us']:.1f} us ({pct(t['us']):.1f}%)" for n, t in row["tiles"].items()
+                        if "us" in t and (":" in n or "+pdl" in n)),
+              flush=True)
+        records.append(row)
+        del problem, ref
+        torch.cuda.empty_cache()
     write_results(Path(args.out), args.tag, records, bw, host=platform.node())
 
 

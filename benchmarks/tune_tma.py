@@ -24,14 +24,18 @@ from pathlib import Path
 import torch
 
 from benchmarks.providers import (
-    Config,
     launcher_provider,
     make_problem,
     passing,
     reference,
 )
 from benchmarks.timing import copy_bandwidth
-from benchmarks.tune_decode import time_interleaved
+from benchmarks.tune_decode import (
+    add_grid_arguments,
+    dtype_name,
+    time_interleaved,
+    tuning_grid,
+)
 from benchmarks.tuning_results import write_results
 from benchmarks.variants import (
     CEILING_VARIANTS,
@@ -97,51 +101,43 @@ def variant_launch(name: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", type=int, nargs="*", default=[32, 128, 512, 1024])
-    ap.add_argument("--dtypes", nargs="*", default=["bfloat16"], help="the pool's dtypes")
-    ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
-    ap.add_argument("--layouts", nargs="*", default=["kv"])
-    ap.add_argument("--heads", default="16,32")
+    add_grid_arguments(ap, batches=[32, 128, 512, 1024], dtypes=["bfloat16"], layouts=["kv"])
     ap.add_argument("--specs", nargs="*", default=["64:4:3:4"], metavar="BV:WARPS:STAGES:PROGRAMS_PER_SM[:PREFETCH_GATES]")
     ap.add_argument("--variants", nargs="*", default=[], help="TMA_VARIANTS / GLUON_VARIANTS of benchmarks/variants.py, at each spec of their kernel")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
     args = ap.parse_args()
-    HK, HV = map(int, args.heads.split(","))
     bw = copy_bandwidth()
     records = []
-    for state in args.dtypes:
-        for layout in args.layouts:
-            for B in args.batches:
-                cfg = Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
-                             act_dtype=getattr(torch, args.act_dtype))
-                problem = make_problem(cfg, "cuda")
-                ref = reference(cfg, problem)
-                per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
-                providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
-                             launcher_provider("default_no_pdl", pdl=False)]
-                for spec in args.specs:
-                    config = parse_spec(spec)
-                    providers.append(launcher_provider(spec, config=config))
-                    providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
-                                  for v in args.variants if v in variants_of(config, layout)]
-                row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
-                       "per_tile": list(per_tile), "results": {}}
-                # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-                ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
-                row["unchecked"] = [p.name for p in ceilings]
-                runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
-                runnable += ceilings
-                row["results"].update({name: {"error": message} for name, message in failed.items()})
-                times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
-                for prov in runnable:
-                    us = times[prov.name]
-                    row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
-                summary = "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)" if "us" in r else f"{n} {r['error']}"
-                                    for n, r in row["results"].items())
-                print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
-                records.append(row)
+    for cfg in tuning_grid(args):
+        state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
+        problem = make_problem(cfg, "cuda")
+        ref = reference(cfg, problem)
+        per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
+        providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
+                     launcher_provider("default_no_pdl", pdl=False)]
+        for spec in args.specs:
+            config = parse_spec(spec)
+            providers.append(launcher_provider(spec, config=config))
+            providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
+                          for v in args.variants if v in variants_of(config, layout)]
+        row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
+               "per_tile": list(per_tile), "results": {}}
+        # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
+        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
+        row["unchecked"] = [p.name for p in ceilings]
+        runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
+        runnable += ceilings
+        row["results"].update({name: {"error": message} for name, message in failed.items()})
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
+        for prov in runnable:
+            us = times[prov.name]
+            row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
+        summary = "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)" if "us" in r else f"{n} {r['error']}"
+                            for n, r in row["results"].items())
+        print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
+        records.append(row)
     write_results(args.out, args.tag, records, bw)
 
 

@@ -1,0 +1,24 @@
+"""The tuning scripts' grid (benchmarks/tune_decode.py, shared by tune_tma.py): what the options
+name is what gets timed, in a fixed order."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_and_activations():
+    from benchmarks.tune_decode import add_grid_arguments, dtype_name, tuning_grid
+
+    ap = argparse.ArgumentParser()
+    add_grid_arguments(ap, batches=[1, 8], dtypes=["float32"], layouts=["vk"])
+    args = ap.parse_args(["--dtypes", "float32", "bfloat16", "--layouts", "vk", "kv", "--batches", "8", "32",
+                          "--heads", "4,8", "--act-dtype", "float16"])
+    grid = tuning_grid(args)
+    assert [(dtype_name(c.state_dtype), c.layout, c.B) for c in grid] == [
+        (dtype, layout, B) for dtype in ("float32", "bfloat16") for layout in ("vk", "kv") for B in (8, 32)]
+    assert {(c.HK, c.HV, c.K, c.V, c.act_dtype) for c in grid} == {(4, 8, 128, 128, torch.float16)}
+    defaults = tuning_grid(ap.parse_args([]))
+    assert [(c.state_dtype, c.layout, c.B, c.HV, c.act_dtype) for c in defaults] == [
+        (torch.float32, "vk", 1, 32, torch.bfloat16), (torch.float32, "vk", 8, 32, torch.bfloat16)]
