@@ -300,8 +300,8 @@ def format_table(head: dict, records: list[dict]) -> str:
     """One block per (layout, TP, dtype): us per call (p50) and % of copy bandwidth; gdn_ops speed-ups."""
     bw = head["copy_bandwidth_Bps"]
     lines = [
-        f"{head['gpu']}  copy bandwidth {bw / 1e12:.2f} TB/s (read+write)  L2 {head['l2_cache_bytes'] / 2**20:.0f} MiB  "
-        f"torch {head['torch']}  triton {head['triton']}  gdn_ops {head['gdn_ops_commit'][:12]}",
+        (f"{head['gpu']}  copy bandwidth {bw / 1e12:.2f} TB/s (read+write)  L2 {head['l2_cache_bytes'] / 2**20:.0f} MiB  "
+         f"torch {head['torch']}  triton {head['triton']}  gdn_ops {head['gdn_ops_commit'][:12]}"),
         "cells: median us per call (% of copy bandwidth); speed-up = peer p50 / gdn_ops p50",
     ]
     panels: dict[tuple, list[dict]] = {}

@@ -158,7 +158,9 @@ def main() -> None:
         best = min(timed, key=lambda n: timed[n]["us"])
         chosen_name = f"BV{chosen.BV}w{chosen.num_warps}" + ("+pdl" if args.pdl == "on" else "")
         row["best"] = best
-        pct = lambda us: 100 * cfg.bytes_per_call() / (us * 1e-6) / bw
+        def pct(us: float, moved: int = cfg.bytes_per_call()) -> float:
+            return 100 * moved / (us * 1e-6) / bw
+
         print(f"{state:8s} {layout} B={B:5d} best {best:8s} {timed[best]['us']:9.1f} us "
               f"({pct(timed[best]['us']):5.1f}%)  chosen {chosen_name:12s} "
               f"{timed.get(chosen_name, {}).get('us', float('nan')):9.1f} us"
