@@ -279,16 +279,8 @@ def launch_decode(
         pdl = default_pdl(state.device)
     if config is None:
         config = default_config(q, k, v, state, state_layout)
-    elif isinstance(config, GluonTileConfig) and state_layout == "vk":
-        reason = vk_tile_reason(q, k, v, state, state_layout, config) or (
-            None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
-        if reason is not None:
-            raise ValueError(f"launch_decode: config={config} needs {reason}")
     elif isinstance(config, (PersistentConfig, GluonKVConfig, GluonTileConfig)):
-        reason = unsupported_reason(q, k, state, state_layout, config)
-        if reason is None and isinstance(config, (GluonKVConfig, GluonTileConfig)):
-            check = gluon_reason if isinstance(config, GluonKVConfig) else tile_reason
-            reason = check(q, state, config) or (None if is_sm90_gpu(state.device) else "an sm_90+ GPU")
+        reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
     if isinstance(config, GluonTileConfig):
@@ -332,6 +324,21 @@ def launch_decode(
         num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
+                      config: PersistentConfig | GluonKVConfig | GluonTileConfig) -> str | None:
+    """Why the TMA kernel ``config`` names cannot run these operands (its kernel's own checks, then
+    an sm_90+ GPU for the Gluon kernels), or ``None`` if it can. Metadata only."""
+    if isinstance(config, GluonTileConfig) and state_layout == "vk":
+        reason = vk_tile_reason(q, k, v, state, state_layout, config)
+    else:
+        reason = unsupported_reason(q, k, state, state_layout, config)
+        if reason is None and isinstance(config, (GluonKVConfig, GluonTileConfig)):
+            reason = (gluon_reason if isinstance(config, GluonKVConfig) else tile_reason)(q, state, config)
+    if reason is None and not isinstance(config, PersistentConfig) and not is_sm90_gpu(state.device):
+        return "an sm_90+ GPU"
+    return reason
 
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
