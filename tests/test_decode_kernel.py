@@ -274,3 +274,29 @@ def test_persistent_config_refuses_operands_it_cannot_run(changes, needs):
     case = dataclasses.replace(PERSISTENT_CASE, **changes)
     with pytest.raises(ValueError, match=needs):
         run_triton(build(case, "cpu"), _persistent_config())
+
+
+@pytest.mark.parametrize(("layout", "config_name", "expected"), [
+    ("vk", "vk-tile", "an sm_90+ GPU"),
+    ("kv", "kv-tile", "an sm_90+ GPU"),
+    ("kv", "gluon", "an sm_90+ GPU"),
+    ("kv", "persistent", None),  # a Triton kernel: it runs (in the interpreter) wherever TMA can address the operands
+    ("vk", "persistent", "state_layout='kv'"),
+    ("kv", "vk-tile-narrow", "BV=4 columns of at least 16 bytes"),
+])
+def test_explicit_tma_configurations_are_checked_for_their_kernel_and_the_gpu(layout, config_name, expected):
+    """Operands every TMA kernel can address, on CPU tensors: what ``launch_decode`` refuses a
+    configuration with, before any launch."""
+    from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG
+    from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
+    from gdn_ops.triton_decode import tma_config_reason
+    from gdn_ops.triton_decode_tma import KV_2B_CONFIG
+
+    config = {"vk-tile": VK_2B_TILE_CONFIG, "kv-tile": KV_2B_TILE_CONFIG, "gluon": KV_2B_GLUON_CONFIG,
+              "persistent": KV_2B_CONFIG, "vk-tile-narrow": VK_2B_TILE_CONFIG._replace(BV=4)}[config_name]
+    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=torch.bfloat16,
+                      pool_guard=0)
+    inp = build(case, "cpu")
+    reason = tma_config_reason(inp.q, inp.k, inp.v, inp.pool.view, layout, config)
+    assert reason is None if expected is None else expected in reason
