@@ -21,6 +21,7 @@ from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
     _decode_vk_tile_kernel,
+    lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
 )
@@ -165,3 +166,14 @@ def test_launch_arguments_match_the_kernel_parameters():
     assert list(args["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]
     assert list(args["v_desc"].block_shape) == [1, 1, config.BV]
     assert (args["s_sb"], args["s_sh"], args["s_sv"]) == args["state_ptr"].stride()[:3]
+
+
+@pytest.mark.parametrize(("K", "itemsize", "vec", "rows"), [
+    (128, 2, 8, 2),  # 64-key chunks: 8 lanes a chunk, 16 a row
+    (128, 4, 4, 1),  # 32-key chunks: 8 lanes a chunk, all 32 a row
+    (32, 2, 8, 8),  # one 32-key chunk: 4 lanes a row, as SMALL_CASE uses
+    (128, 2, 3, None),  # 3 keys a lane do not tile a chunk
+    (128, 4, 1, None),  # 128 lanes a row: more than a warp
+])
+def test_lanes_along_values_counts_the_rows_a_warp_covers(K, itemsize, vec, rows):
+    assert lanes_along_values(K, itemsize, vec) == rows
