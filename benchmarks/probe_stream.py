@@ -20,7 +20,8 @@ through the shuffled slot indices:
   with ``c{E}``), ``W`` warps, the bytes loaded into registers in 16-byte vectors and stored back
   (times one, so the store is not of the loaded registers verbatim). Small chunks give the geometry
   of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern too.
-* ``decode``: the shipped decode step (``launch_decode`` with its defaults), for scale.
+* ``decode[:seq]``: the shipped decode step (``launch_decode`` with its defaults), for scale;
+  ``decode:seq`` gives it the slots in ascending order, which tells what the shuffle costs a decode.
 
 Each stream is checked to leave the pool (or copy it) unchanged before timing. Timing is that of
 ``tune_decode``: cold-L2 CUDA-graph replays, all providers interleaved.
@@ -221,6 +222,18 @@ def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
     return Provider(":".join([f"reg:w{num_warps}", *options]), make, yardstick=True)
 
 
+def decode_provider(options: tuple[str, ...] = ()) -> Provider:
+    """The shipped decode step; with ``seq`` through the slots in ascending order."""
+    base = launcher_provider("decode")
+    if "seq" not in options:
+        return base
+
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        return base.make(cfg, pool, in_order(indices), inputs)
+
+    return Provider("decode:seq", make)
+
+
 def check_stream(cfg: Config, provider: Provider, device: str = "cuda") -> str | None:
     """None if one call leaves the addressed heads' bytes where they belong (unchanged in place, or
     copied to the second pool), else what went wrong. On CUDA also replayed from a CUDA graph, as
@@ -252,7 +265,9 @@ def main() -> None:
     ap.add_argument("--async", dest="async_", nargs="*", default=["4:2:3", "4:3:2", "8:2:3", "4:4:1", "8:3:2"],
                     metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
     ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")
-    ap.add_argument("--no-decode", action="store_true", help="leave out the shipped decode step")
+    ap.add_argument("--decode", nargs="*", default=["decode"], metavar="decode[:seq]",
+                    help="the shipped decode step, in the shuffled or (:seq) the ascending slot order")
+    ap.add_argument("--layout", default="kv", choices=["kv", "vk"], help="the decode's state layout")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
     ap.add_argument("--mem-budget-gb", type=float, default=24.0)
@@ -264,19 +279,19 @@ def main() -> None:
     streams += [reg_provider(int(s.split(":")[0]), tuple(s.split(":")[1:])) for s in args.reg]
     records = []
     for B in args.batches:
-        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype), layout="kv")
+        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype),
+                     layout=args.layout)
         errors = {}
         for p in streams:
             print(f"checking {p.name}", flush=True)
             errors[p.name] = check_stream(cfg, p)
         runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
-        if not args.no_decode:
-            runnable.append(launcher_provider("decode"))
+        runnable += [decode_provider(tuple(spec.split(":")[1:])) for spec in args.decode]
         times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
         row = {"B": B, "bytes": cfg.bytes_per_call(), "state_bytes": 2 * cfg.state_bytes,
                "errors": {n: e for n, e in errors.items() if e}, "results": {}}
         for name, us in times.items():
-            moved = 2 * cfg.state_bytes if name != "decode" and name != "copy" else cfg.bytes_per_call()
+            moved = cfg.bytes_per_call() if name == "copy" or name.startswith("decode") else 2 * cfg.state_bytes
             row["results"][name] = {"us": us, "pct_of_copy": 100 * moved / (us * 1e-6) / bw}
         print(f"B={B:5d}  " + "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)"
                                         for n, r in row["results"].items()), row["errors"] or "", flush=True)

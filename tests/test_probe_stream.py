@@ -68,3 +68,22 @@ def test_a_register_stream_chunk_must_divide_a_head():
     pool = torch.zeros(4, 4, 16, 32)
     with pytest.raises(ValueError, match="chunk c384 must divide a head's 512 elements"):
         reg_provider(2, ("c384",)).make(cfg, pool, torch.arange(3, dtype=torch.int32), {})
+
+
+def test_the_decode_in_slot_order_is_the_decode_of_ascending_indices():
+    """``decode:seq`` runs the shipped step with the slots in ascending order whatever indices it
+    is given (on CPU through Triton's interpreter); plain ``decode`` keeps the shuffled ones."""
+    from benchmarks.probe_stream import decode_provider, in_order
+    from benchmarks.providers import Config, make_problem
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout="vk")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    problem = make_problem(cfg, device)
+    problem.indices.copy_(torch.tensor([3, 0, 4, 1, 2], dtype=torch.int32))
+    pools = {name: problem.pool.clone() for name in ("seq", "ascending", "shuffled")}
+    seq = decode_provider(("seq",)).make(cfg, pools["seq"], problem.indices, problem.inputs)().clone()
+    ascending = decode_provider().make(cfg, pools["ascending"], in_order(problem.indices), problem.inputs)().clone()
+    decode_provider().make(cfg, pools["shuffled"], problem.indices, problem.inputs)()
+    assert decode_provider(("seq",)).name == "decode:seq" and decode_provider().name == "decode"
+    assert torch.equal(seq, ascending) and torch.equal(pools["seq"], pools["ascending"])
+    assert not torch.equal(pools["seq"], pools["shuffled"])
