@@ -106,6 +106,9 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# one_pass_fused with the state loaded evict_first (each helped at B = 8-32 alone)
+VARIANTS["one_pass_fused_evict"] = VARIANTS["one_pass_fused"] + VARIANTS["evict_load"]
+
 
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
 TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
