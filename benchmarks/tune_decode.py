@@ -81,14 +81,26 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
 
 
 def parse_tile(spec: str, BK: int) -> DecodeConfig:
-    """``"BV:WARPS"`` or ``"BV:WARPS:MAXNREG"``."""
-    BV, warps, *cap = map(int, spec.split(":"))
-    return DecodeConfig(BV=BV, BK=BK, num_warps=warps, maxnreg=cap[0] if cap else None)
+    """``"BV:WARPS[:MAXNREG][:new][:ef]"``: ``new`` takes o from the updated state, ``ef`` loads the
+    state evict_first (see :class:`DecodeConfig`)."""
+    BV, warps, *rest = spec.split(":")
+    cap = next((int(r) for r in rest if r.isdigit()), None)
+    unknown = set(rest) - {"new", "ef", str(cap)}
+    if unknown:
+        raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; expected BV:WARPS[:MAXNREG][:new][:ef]")
+    return DecodeConfig(BV=int(BV), BK=BK, num_warps=int(warps), maxnreg=cap, from_old_state="new" not in rest,
+                        evict_first="ef" in rest)
+
+
+def tile_name(tile: DecodeConfig) -> str:
+    """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state and ``ef`` for
+    an evict_first state load (the options of :func:`parse_tile`)."""
+    return (f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
+            + ("" if tile.from_old_state else "new") + ("ef" if tile.evict_first else ""))
 
 
 def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False) -> Provider:
-    label = name or f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
-    return launcher_provider(label + ("+pdl" if pdl else ""), launch, tile, pdl)
+    return launcher_provider((name or tile_name(tile)) + ("+pdl" if pdl else ""), launch, tile, pdl)
 
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dict[str, float]:
@@ -131,7 +143,8 @@ def main() -> None:
     records = []
     for cfg in tuning_grid(args):
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
-        chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
+        chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name(),
+                               cfg.act_dtype.itemsize)
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
@@ -144,7 +157,7 @@ def main() -> None:
         for v in args.variants:
             launch = load_variant(v).launch_decode
             providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
-            providers += [tile_provider(t, launch, f"variant:{v}:BV{t.BV}w{t.num_warps}", pdl=True)
+            providers += [tile_provider(t, launch, f"variant:{v}:{tile_name(t)}", pdl=True)
                           for t in extra]
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
@@ -156,7 +169,7 @@ def main() -> None:
             row[peer.name + "_us"] = times[peer.name]
         timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
         best = min(timed, key=lambda n: timed[n]["us"])
-        chosen_name = f"BV{chosen.BV}w{chosen.num_warps}" + ("+pdl" if args.pdl == "on" else "")
+        chosen_name = tile_name(chosen) + ("+pdl" if args.pdl == "on" else "")
         row["best"] = best
         def pct(us: float, moved: int = cfg.bytes_per_call()) -> float:
             return 100 * moved / (us * 1e-6) / bw

@@ -114,7 +114,8 @@ def main() -> None:
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
-        per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name())
+        per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name(),
+                                 cfg.act_dtype.itemsize)
         providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                      launcher_provider("default_no_pdl", pdl=False)]
         for spec in args.specs:

@@ -51,7 +51,7 @@ from gdn_ops.triton_decode_tma import (
     unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
-from gdn_ops.triton_step import delta_rule_step
+from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
 PDL_ENABLED = os.environ.get("GDN_OPS_PDL", "1") != "0"
@@ -88,6 +88,7 @@ def _decode_kernel(
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
+    FROM_OLD_STATE: tl.constexpr, STATE_EVICTION: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -149,7 +150,7 @@ def _decode_kernel(
     state_ptrs = state_ptr + slot * s_slot + head_offset + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
-    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+    S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=STATE_EVICTION).to(tl.float32)
 
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
 
@@ -160,7 +161,10 @@ def _decode_kernel(
         gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
         gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
         g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
-        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+        if FROM_OLD_STATE:
+            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+        else:
+            S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
         o = tl.where(valid, o, 0.0)
         tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
                  o.to(o_ptr.dtype.element_ty), mask=mask_v)
@@ -175,13 +179,17 @@ class DecodeConfig(NamedTuple):
     """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys.
 
     ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for tuning experiments: the tables
-    below leave it unset, as capped kernels measured slower (NOTES.md).
+    below leave it unset, as capped kernels measured slower (NOTES.md). ``from_old_state`` takes
+    the step's ``o`` from the old tile (``triton_step.delta_rule_step_from_old_state``), otherwise
+    from the updated one; ``evict_first`` loads the state with the L1 and L2 evict_first hints.
     """
 
     BV: int
     BK: int
     num_warps: int
     maxnreg: int | None = None
+    from_old_state: bool = True
+    evict_first: bool = False
 
 
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
@@ -211,14 +219,20 @@ KV_TILES = {
     4: ((128, 16, 1), (512, 32, 2), (None, 64, 4)),
     2: ((32, 16, 1), (512, 32, 1), (None, 32, 2)),
 }
+# Every tile takes o from the old state (1-7% faster from B=1 to 64, up to +3.5% for the bf16 vk
+# 8 KB tile at B=256, level at B=1024; H200, NOTES.md eleventh session) except an fp32 vk state
+# with 2-byte activations over this B*HV range, by GPU name: there the state loaded evict_first
+# with o from the updated state ran 1.5-5% faster than either change alone or both together (B=8
+# 81.0-81.4% against 78.4-78.7%; level at B*HV = 4096, 1-2% slower from 8192).
+VK_4B_EVICT_FIRST_ROWS = {"H200": (256, 2048)}
 
 
 @functools.cache
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
-                  gpu: str = "") -> DecodeConfig:
-    """Deterministic tile choice from shape, dtype, layout and GPU name (``gpu``, e.g.
-    ``torch.cuda.get_device_name()``; empty: the default tables); never autotuned. Cached: the
-    launcher asks on every call."""
+                  gpu: str = "", act_itemsize: int = 2) -> DecodeConfig:
+    """Deterministic tile choice from shape, dtype, layout, GPU name (``gpu``, e.g.
+    ``torch.cuda.get_device_name()``; empty: the default tables) and the bytes of an activation
+    element (q's); never autotuned. Cached: the launcher asks on every call."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
@@ -229,7 +243,10 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
             if name in gpu and itemsize == state_dtype.itemsize and rows_x_heads >= start:
                 tile_bytes, num_warps = bytes_, warps
         BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
-    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps)
+    evict_first = state_layout == "vk" and state_dtype.itemsize == 4 and act_itemsize == 2 and any(
+        name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_EVICT_FIRST_ROWS.items())
+    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps,
+                        from_old_state=not evict_first, evict_first=evict_first)
 
 
 def launch_decode(
@@ -321,6 +338,7 @@ def launch_decode(
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
         PDL=bool(pdl), PREFETCH=bool(pdl) and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
+        FROM_OLD_STATE=config.from_old_state, STATE_EVICTION="evict_first" if config.evict_first else "",
         num_warps=config.num_warps, **launch_options,
     )
     return config
@@ -352,7 +370,7 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     return (tile_config(q, k, state, state_layout, B * HV)
             or vk_tile_config(q, k, v, state, state_layout, B * HV)
             or persistent_config(q, k, state, state_layout, B * HV)
-            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device)))
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device), q.element_size()))
 
 
 @functools.cache

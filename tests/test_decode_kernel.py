@@ -55,6 +55,44 @@ def test_triton_partial_value_blocks_are_masked(layout, BV):
     check(build(case, "cpu"), lambda inp: run_triton(inp, DecodeConfig(BV=BV, BK=128, num_warps=2)))
 
 
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize(("from_old_state", "evict_first"), [(True, False), (False, True), (False, False)],
+                         ids=["o-from-old-state", "o-from-new-state-evict-first", "o-from-new-state"])
+def test_triton_step_orders_match_reference(layout, from_old_state, evict_first):
+    """Both ways of taking o (from the old tile, from the updated one) over two tokens, with a
+    padding row and a partial key tile."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = DecodeCase(B=3, T=2, HK=2, group=2, K=24, V=32, state_layout=layout, state_dtype=torch.float32,
+                      padding_rows=(1,), slot_pad=2, out_given=True, seed=7)
+    config = DecodeConfig(BV=16, BK=32, num_warps=1, from_old_state=from_old_state, evict_first=evict_first)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config))
+
+
+@pytest.mark.parametrize(
+    ("rows_x_heads", "act_itemsize", "gpu", "evict_first"),
+    [
+        (256, 2, "NVIDIA H200", True),  # B=8 at TP=1
+        (2048, 2, "NVIDIA H200", True),
+        (255, 2, "NVIDIA H200", False),
+        (2049, 2, "NVIDIA H200", False),
+        (256, 4, "NVIDIA H200", False),  # fp32 activations take o from the old state everywhere
+        (256, 2, "NVIDIA H100 80GB HBM3", False),  # measured on the H200 only
+        (256, 2, "", False),
+    ],
+)
+def test_fp32_vk_state_loads_evict_first_only_where_measured(rows_x_heads, act_itemsize, gpu, evict_first):
+    from gdn_ops.triton_decode import decode_config
+
+    config = decode_config(rows_x_heads, 128, 128, torch.float32, "vk", gpu, act_itemsize)
+    assert (config.BV, config.num_warps) == ((4, 1) if rows_x_heads <= 32 else (8, 1))
+    assert (config.evict_first, config.from_old_state) == (evict_first, not evict_first)
+    for dtype, layout in ((torch.bfloat16, "vk"), (torch.float32, "kv"), (torch.bfloat16, "kv")):
+        other = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, act_itemsize)
+        assert other.from_old_state and not other.evict_first
+
+
 @pytest.mark.parametrize(
     ("rows_x_heads", "dtype", "gpu", "expected"),
     [
@@ -84,6 +122,21 @@ def test_default_tile_at_large_vk_grid_matches_reference():
     from gdn_ops.triton_decode import decode_config, gpu_name
 
     assert launched == [decode_config(256 * 32, 128, 128, torch.float32, "vk", gpu_name(torch.device("cuda")))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [8, 64])
+def test_default_tile_at_mid_vk_grid_matches_reference(B):
+    """An fp32 vk state at B*HV = 256 and 2048 with bf16 activations: where the H200's table loads
+    the state evict_first and takes o from the updated state; checked with guards and padding."""
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      act_dtype=torch.bfloat16, padding_rows=(0, B - 1), spare_slots=3, slot_pad=4, out_given=True,
+                      seed=B)
+    launched = []
+    check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
+    from gdn_ops.triton_decode import decode_config, gpu_name
+
+    assert launched == [decode_config(B * 32, 128, 128, torch.float32, "vk", gpu_name(torch.device("cuda")), 2)]
 
 
 @needs_interpreter

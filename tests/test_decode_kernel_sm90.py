@@ -15,7 +15,7 @@ from tile_kernel_checks import kernel_calls
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
                 torch.int64: "i64"}
 # (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve
-CASES = [("vk", "float32", 1), ("vk", "float32", 32), ("vk", "bfloat16", 1), ("vk", "bfloat16", 32),
+CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk", "bfloat16", 1), ("vk", "bfloat16", 32),
          ("vk", "bfloat16", 128), ("kv", "float32", 1), ("kv", "float32", 8), ("kv", "float32", 32),
          ("kv", "bfloat16", 1), ("kv", "bfloat16", 8), ("kv", "bfloat16", 32)]
 
@@ -25,7 +25,7 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
     for this B) on a contiguous TP=1 case on CPU, the kernel replaced by a recorder."""
     import gdn_ops.triton_decode as launcher
 
-    config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200")
+    config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200", act_dtype.itemsize)
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
                       act_dtype=act_dtype, pool_guard=0, out_given=True)
     inp = build(case, "cpu")
@@ -38,9 +38,9 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
 
 
 def compiled(layout: str, state: str, act: str, B: int) -> str:
-    """``"<registers> <16-byte state stores> <other state stores>"`` then the ``ptxas -v`` report, of
-    the kernel compiled for sm_90 as Triton specialises that launch: pointers 16-byte aligned,
-    integers equal to 1 as constants, multiples of 16 marked divisible."""
+    """``"<registers> <16-byte state stores> <other state stores> <evict_first loads>"`` then the
+    ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch:
+    pointers 16-byte aligned, integers equal to 1 as constants, multiples of 16 marked divisible."""
     import inspect
 
     import triton
@@ -74,7 +74,8 @@ def compiled(layout: str, state: str, act: str, B: int) -> str:
     # the state is the only thing stored with the streaming hint (.cs)
     vector_stores = len(re.findall(r"st\.global\.cs\.v4\.", ptx))
     other_stores = len(re.findall(r"st\.global\.cs\.(?!v4\.)", ptx))
-    return f"{registers} {vector_stores} {other_stores}\n{report}"
+    evict_first_loads = len(re.findall(r"ld\.global\.L1::evict_first\.L2::cache_hint\.v4\.", ptx))
+    return f"{registers} {vector_stores} {other_stores} {evict_first_loads}\n{report}"
 
 
 @pytest.mark.parametrize("act", ["bfloat16", "float32"])
@@ -84,8 +85,11 @@ def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layo
 
     stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, {state!r}, {act!r}, {B})")
     counts, report = stdout.split("\n", 1)
-    _, vector_stores, other_stores = map(int, counts.split())
-    config = decode_config(B * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200")
+    _, vector_stores, other_stores, evict_first_loads = map(int, counts.split())
+    config = decode_config(B * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200", getattr(torch, act).itemsize)
     tile_bytes = config.BV * config.BK * getattr(torch, state).itemsize
-    assert (vector_stores, other_stores) == (tile_bytes // (16 * 32 * config.num_warps), 0)
+    vectors = tile_bytes // (16 * 32 * config.num_warps)
+    assert (vector_stores, other_stores) == (vectors, 0)
+    # the table's evict_first tiles load the whole state tile with the L1 and L2 evict_first hints
+    assert evict_first_loads == (vectors if config.evict_first else 0)
     assert_no_spills(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 import torch
 
 
@@ -22,3 +23,17 @@ def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_a
     defaults = tuning_grid(ap.parse_args([]))
     assert [(c.state_dtype, c.layout, c.B, c.HV, c.act_dtype) for c in defaults] == [
         (torch.float32, "vk", 1, 32, torch.bfloat16), (torch.float32, "vk", 8, 32, torch.bfloat16)]
+
+
+def test_tile_specs_round_trip_through_their_names():
+    from benchmarks.tune_decode import parse_tile, tile_name
+    from gdn_ops.triton_decode import DecodeConfig
+
+    assert parse_tile("8:1", 128) == DecodeConfig(BV=8, BK=128, num_warps=1)
+    assert parse_tile("8:1:64:new:ef", 128) == DecodeConfig(BV=8, BK=128, num_warps=1, maxnreg=64,
+                                                            from_old_state=False, evict_first=True)
+    assert tile_name(parse_tile("32:2:ef", 128)) == "BV32w2ef"
+    assert tile_name(parse_tile("8:1:new", 128)) == "BV8w1new"
+    assert tile_name(parse_tile("8:1:64", 128)) == "BV8w1r64"
+    with pytest.raises(ValueError, match="unknown options \\['old'\\]"):
+        parse_tile("8:1:old", 128)
