@@ -49,55 +49,13 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
     ],
-    # State is streamed once: keep it from evicting q/k/v/gates that neighbouring programs re-read.
-    "evict_load": [
-        ("S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)",
-         "S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=\"evict_first\").to(tl.float32)"),
-    ],
     # the .cs state store is shipped (2026-11-27); this restores the plain store for comparison
     "plain_store": [
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
          "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)"),
     ],
-    # o from the old state, o = d (S q) + u (k . q), as the Gluon kernels take it: S k and S q are
-    # then independent sums, so a program waits on one reduction's latency instead of two in a row.
-    "one_pass": [
-        ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-         ("        if USE_L2NORM:\n"
-          "            q = q / tl.sqrt(tl.sum(q * q, axis=0) + L2_EPS)\n"
-          "            k = k / tl.sqrt(tl.sum(k * k, axis=0) + L2_EPS)\n"
-          "        q = q * scale\n"
-          "        decay = tl.exp(g)\n"
-          "        Sk = tl.sum(S * k[None, :], axis=1)\n"
-          "        Sq = tl.sum(S * q[None, :], axis=1)\n"
-          "        u = beta * (v - decay * Sk)\n"
-          "        o = decay * Sq + u * tl.sum(k * q, axis=0)\n"
-          "        S = S * decay + u[:, None] * k[None, :]\n")),
-    ],
-    # one_pass with the norms and k . q from one three-operand reduction, and S k, S q from one
-    # two-operand reduction (fewer shuffle rounds when the K reduction crosses lanes)
-    "one_pass_fused": [
-        ("@triton.jit\ndef _decode_kernel(",
-         ("@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n"
-          "@triton.jit\ndef _add3(a0, b0, c0, a1, b1, c1):\n    return a0 + a1, b0 + b1, c0 + c1\n\n\n"
-          "@triton.jit\ndef _decode_kernel(")),
-        ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-         ("        qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)\n"
-          "        if USE_L2NORM:\n"
-          "            rq = 1.0 / tl.sqrt(qq + L2_EPS)\n"
-          "            rk = 1.0 / tl.sqrt(kk + L2_EPS)\n"
-          "        else:\n"
-          "            rq = 1.0\n"
-          "            rk = 1.0\n"
-          "        k = k * rk\n"
-          "        q = q * (rq * scale)\n"
-          "        kq = kq * (rk * rq * scale)\n"
-          "        decay = tl.exp(g)\n"
-          "        Sk, Sq = tl.reduce((S * k[None, :], S * q[None, :]), 1, _add2)\n"
-          "        u = beta * (v - decay * Sk)\n"
-          "        o = decay * Sq + u * kq\n"
-          "        S = S * decay + u[:, None] * k[None, :]\n")),
-    ],
+    # one_pass, one_pass_fused, evict_load and their combination (eleventh session) are folded into
+    # the kernel as DecodeConfig.from_old_state / evict_first; their patches are in commit 8221df7
     "evict_last_qk": [
         ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
          "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
@@ -105,9 +63,6 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
     ],
 }
-
-# one_pass_fused with the state loaded evict_first (each helped at B = 8-32 alone)
-VARIANTS["one_pass_fused_evict"] = VARIANTS["one_pass_fused"] + VARIANTS["evict_load"]
 
 
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
