@@ -178,10 +178,11 @@ def _decode_kernel(
 class DecodeConfig(NamedTuple):
     """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys.
 
-    ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for tuning experiments: the tables
-    below leave it unset, as capped kernels measured slower (NOTES.md). ``from_old_state`` takes
-    the step's ``o`` from the old tile (``triton_step.delta_rule_step_from_old_state``), otherwise
-    from the updated one; ``evict_first`` loads the state with the L1 and L2 evict_first hints.
+    ``from_old_state`` takes the step's ``o`` from the old tile
+    (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. Two options
+    are for tuning experiments, and the tables below leave them unset, as they measured slower
+    (NOTES.md): ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), ``evict_first`` loads
+    the state with the L1 and L2 evict_first hints.
     """
 
     BV: int
@@ -219,12 +220,11 @@ KV_TILES = {
     4: ((128, 16, 1), (512, 32, 2), (None, 64, 4)),
     2: ((32, 16, 1), (512, 32, 1), (None, 32, 2)),
 }
-# Every tile takes o from the old state (1-7% faster from B=1 to 64, up to +3.5% for the bf16 vk
-# 8 KB tile at B=256, level at B=1024; H200, NOTES.md eleventh session) except an fp32 vk state
-# with 2-byte activations over this B*HV range, by GPU name: there the state loaded evict_first
-# with o from the updated state ran 1.5-5% faster than either change alone or both together (B=8
-# 81.0-81.4% against 78.4-78.7%; level at B*HV = 4096, 1-2% slower from 8192).
-VK_4B_EVICT_FIRST_ROWS = {"H200": (256, 2048)}
+# Every tile takes o from the old state (H200, NOTES.md eleventh session: 1-7% faster from B=1 to
+# 64 in the sweep, level from B=128) except an fp32 vk state with 2-byte activations over this
+# B*HV range, by GPU name, which keeps o from the updated state: there the old-state step was 1.5%
+# slower at B*HV = 256 and was not timed in a sweep above it.
+VK_4B_NEW_STATE_ROWS = {"H200": (256, 2048)}
 
 
 @functools.cache
@@ -243,10 +243,9 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
             if name in gpu and itemsize == state_dtype.itemsize and rows_x_heads >= start:
                 tile_bytes, num_warps = bytes_, warps
         BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
-    evict_first = state_layout == "vk" and state_dtype.itemsize == 4 and act_itemsize == 2 and any(
-        name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_EVICT_FIRST_ROWS.items())
-    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps,
-                        from_old_state=not evict_first, evict_first=evict_first)
+    new_state = state_layout == "vk" and state_dtype.itemsize == 4 and act_itemsize == 2 and any(
+        name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items())
+    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state)
 
 
 def launch_decode(

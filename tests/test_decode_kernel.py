@@ -71,7 +71,7 @@ def test_triton_step_orders_match_reference(layout, from_old_state, evict_first)
 
 
 @pytest.mark.parametrize(
-    ("rows_x_heads", "act_itemsize", "gpu", "evict_first"),
+    ("rows_x_heads", "act_itemsize", "gpu", "new_state"),
     [
         (256, 2, "NVIDIA H200", True),  # B=8 at TP=1
         (2048, 2, "NVIDIA H200", True),
@@ -82,12 +82,14 @@ def test_triton_step_orders_match_reference(layout, from_old_state, evict_first)
         (256, 2, "", False),
     ],
 )
-def test_fp32_vk_state_loads_evict_first_only_where_measured(rows_x_heads, act_itemsize, gpu, evict_first):
+def test_o_comes_from_the_updated_state_only_where_measured(rows_x_heads, act_itemsize, gpu, new_state):
+    """An fp32 vk state with 2-byte activations over B*HV 256-2048 on the H200; every other tile
+    takes o from the old state, and none loads evict_first."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, torch.float32, "vk", gpu, act_itemsize)
     assert (config.BV, config.num_warps) == ((4, 1) if rows_x_heads <= 32 else (8, 1))
-    assert (config.evict_first, config.from_old_state) == (evict_first, not evict_first)
+    assert (config.from_old_state, config.evict_first) == (not new_state, False)
     for dtype, layout in ((torch.bfloat16, "vk"), (torch.float32, "kv"), (torch.bfloat16, "kv")):
         other = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, act_itemsize)
         assert other.from_old_state and not other.evict_first
@@ -127,8 +129,8 @@ def test_default_tile_at_large_vk_grid_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("B", [8, 64])
 def test_default_tile_at_mid_vk_grid_matches_reference(B):
-    """An fp32 vk state at B*HV = 256 and 2048 with bf16 activations: where the H200's table loads
-    the state evict_first and takes o from the updated state; checked with guards and padding."""
+    """An fp32 vk state at B*HV = 256 and 2048 with bf16 activations: where the H200's table takes
+    o from the updated state; checked with guards and padding."""
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
                       act_dtype=torch.bfloat16, padding_rows=(0, B - 1), spare_slots=3, slot_pad=4, out_given=True,
                       seed=B)

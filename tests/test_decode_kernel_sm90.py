@@ -20,12 +20,14 @@ CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk
          ("kv", "bfloat16", 1), ("kv", "bfloat16", 8), ("kv", "bfloat16", 32)]
 
 
-def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int):
+def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int, **options):
     """The config and the arguments ``launch_decode`` passes the per-tile kernel (the H200's tile
-    for this B) on a contiguous TP=1 case on CPU, the kernel replaced by a recorder."""
+    for this B, with ``options`` of :class:`DecodeConfig` replaced) on a contiguous TP=1 case on
+    CPU, the kernel replaced by a recorder."""
     import gdn_ops.triton_decode as launcher
 
     config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200", act_dtype.itemsize)
+    config = config._replace(**options)
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
                       act_dtype=act_dtype, pool_guard=0, out_given=True)
     inp = build(case, "cpu")
@@ -37,7 +39,7 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
     return launcher._decode_kernel, config, args, kwargs
 
 
-def compiled(layout: str, state: str, act: str, B: int) -> str:
+def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
     """``"<registers> <16-byte state stores> <other state stores> <evict_first loads>"`` then the
     ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch:
     pointers 16-byte aligned, integers equal to 1 as constants, multiples of 16 marked divisible."""
@@ -47,7 +49,7 @@ def compiled(layout: str, state: str, act: str, B: int) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel, config, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B)
+    kernel, config, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B, **options)
     params = list(inspect.signature(kernel.fn).parameters)
     constexprs = {name: kwargs[name] for name in params[len(args):]}
     signature, attrs = {}, {}
@@ -90,6 +92,14 @@ def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layo
     tile_bytes = config.BV * config.BK * getattr(torch, state).itemsize
     vectors = tile_bytes // (16 * 32 * config.num_warps)
     assert (vector_stores, other_stores) == (vectors, 0)
-    # the table's evict_first tiles load the whole state tile with the L1 and L2 evict_first hints
-    assert evict_first_loads == (vectors if config.evict_first else 0)
+    assert evict_first_loads == 0  # no table tile asks for them (a tuning option)
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_the_evict_first_option_hints_every_state_load(layout):
+    """``DecodeConfig.evict_first`` (a tuning option) puts the L1 and L2 evict_first hints on every
+    16-byte load of the state tile."""
+    stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, 'float32', 'bfloat16', 8, evict_first=True)")
+    _, vector_stores, _, evict_first_loads = map(int, stdout.split("\n", 1)[0].split())
+    assert evict_first_loads == vector_stores > 0
