@@ -6,6 +6,8 @@ once, which is all but ~1% of the bytes. Per token (fp32 math whatever the stora
 
     S = S * exp(g);  u = beta * (v - S k);  S = S + u k^T;  o = S q
 
+with ``o`` computed from the old tile on most tiles (``DecodeConfig.from_old_state``).
+
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
 kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
 autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. On the
@@ -221,7 +223,7 @@ KV_TILES = {
     2: ((32, 16, 1), (512, 32, 1), (None, 32, 2)),
 }
 # Every tile takes o from the old state (H200, NOTES.md eleventh session: 1-7% faster from B=1 to
-# 64 in the sweep, level from B=128) except an fp32 vk state with 2-byte activations over this
+# 64 in the sweep, within 0.8 points from B=128) except an fp32 vk state with 2-byte activations over this
 # B*HV range, by GPU name, which keeps o from the updated state: there the old-state step was 1.5%
 # slower at B*HV = 256 and was not timed in a sweep above it.
 VK_4B_NEW_STATE_ROWS = {"H200": (256, 2048)}
