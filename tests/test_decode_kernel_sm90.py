@@ -68,7 +68,7 @@ def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
             attrs[(i,)] = [["tt.divisibility", 16]]
     signature |= dict.fromkeys(constexprs, "constexpr")
     signature = {name: signature[name] for name in params}
-    options = {"num_warps": config.num_warps}
+    options = {"num_warps": config.num_warps} | ({"maxnreg": config.maxnreg} if config.maxnreg else {})
     ptx = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                          options=options).asm["ptx"]
     report = ptxas_report(ptx)
