@@ -18,6 +18,7 @@ import torch
 import triton
 
 from benchmarks.providers import (
+    PROVIDER_NAMES,
     Config,
     Provider,
     launcher_provider,
@@ -103,7 +104,7 @@ def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: b
     return launcher_provider((name or tile_name(tile)) + ("+pdl" if pdl else ""), launch, tile, pdl)
 
 
-def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dict[str, float]:
+def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow).
 
@@ -120,12 +121,13 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int) -> dic
         graphs[prov.name] = (capture_graph(calls), len(calls))
         # a graph replays raw addresses: whatever a call allocated for itself must outlive the replays
         keep.append(calls)
-    timings = time_graphs_interleaved(graphs, replays=15)
+    timings = time_graphs_interleaved(graphs, replays=replays)
     del graphs, problems, keep
     return {name: t.p50_us for name, t in timings.items()}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The script's options."""
     ap = argparse.ArgumentParser()
     add_grid_arguments(ap, batches=list(BATCHES), dtypes=["float32", "bfloat16"], layouts=["vk", "kv"])
     ap.add_argument("--out", default="benchmarks/results")
@@ -133,13 +135,25 @@ def main() -> None:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
-    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG]",
+    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:ef]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
-    args = ap.parse_args()
+    # What runs between a tile's replays changes what the L2 holds when it starts: an evict_first
+    # rule won here beside SGLang alone and lost in the sweep beside every peer (NOTES.md, eleventh
+    # session). "--peers sglang fla torch_compile eager copy --replays 30" gives a tile the sweep's
+    # neighbours and replay count.
+    ap.add_argument("--peers", nargs="*", default=["sglang"],
+                    choices=[n for n in PROVIDER_NAMES if not n.startswith("gdn_ops")],
+                    help="peers timed in the same interleaved rounds (unchecked)")
+    ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     budget = int(args.mem_budget_gb * 2**30)
     bw = copy_bandwidth()
-    peers, _ = load_providers(("sglang",))
+    peers, _ = load_providers(tuple(args.peers))
     records = []
     for cfg in tuning_grid(args):
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
@@ -162,7 +176,7 @@ def main() -> None:
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
-        times = time_interleaved(cfg, runnable + peers_here, budget)
+        times = time_interleaved(cfg, runnable + peers_here, budget, args.replays)
         for prov in runnable:
             row["tiles"][prov.name] = {"us": times[prov.name]}
         for peer in peers_here:

@@ -37,3 +37,16 @@ def test_tile_specs_round_trip_through_their_names():
     assert tile_name(parse_tile("8:1:64", 128)) == "BV8w1r64"
     with pytest.raises(ValueError, match="unknown options \\['old'\\]"):
         parse_tile("8:1:old", 128)
+
+
+def test_tile_sweeps_take_the_sweeps_neighbours_on_request():
+    """``--peers`` and ``--replays``: by default SGLang and 15 rounds; the sweep's set on request;
+    gdn_ops itself is not a peer."""
+    from benchmarks.tune_decode import parser
+
+    defaults = parser().parse_args([])
+    assert (defaults.peers, defaults.replays) == (["sglang"], 15)
+    args = parser().parse_args(["--peers", "sglang", "fla", "torch_compile", "eager", "copy", "--replays", "30"])
+    assert (args.peers, args.replays) == (["sglang", "fla", "torch_compile", "eager", "copy"], 30)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--peers", "gdn_ops"])
