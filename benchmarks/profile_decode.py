@@ -6,7 +6,9 @@
 
 The first launches compile and warm up; ncu's default cache control flushes L2 before the
 profiled launch, so it sees the cold-L2 case the benchmark times. ``--no-pdl`` launches without
-programmatic dependent launch.
+programmatic dependent launch. ``--stream 1:c1024`` launches ``benchmarks.probe_stream``'s register
+stream of that spec on the same pool instead (no arithmetic), to profile beside the decode. Off a
+GPU it runs on the CPU (Triton's interpreter), which only checks that the launches run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 
 import torch
 
+from benchmarks.probe_stream import reg_provider
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
@@ -34,11 +37,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-pdl", action="store_true")
     ap.add_argument("--spec", help="a TMA-kernel configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:2:4, t128:4:8:6:8)")
     ap.add_argument("--variant", help="profile this TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
+    ap.add_argument("--stream", metavar="WARPS[:cCHUNK][:oop][:seq]",
+                    help="profile probe_stream's register stream of this spec instead of the decode")
     args = ap.parse_args(argv)
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
-    p = make_problem(cfg, "cuda")
+    p = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")
     x = p.inputs
     config = default_config(x["q"], x["k"], x["v"], p.pool, cfg.layout)
     launch = None
@@ -51,11 +56,16 @@ def main(argv=None) -> None:
         elif args.variant not in GLUON_VARIANTS and not isinstance(config, PersistentConfig):
             config = KV_2B_CONFIG
     provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
+    if args.stream:
+        warps, *options = args.stream.split(":")
+        provider = reg_provider(int(warps), tuple(options))
     step = provider.make(cfg, p.pool, p.indices, p.inputs)
     for _ in range(args.launches):
         step()
-    torch.cuda.synchronize()
-    print(f"{cfg.label()}: {args.launches} launches of {args.variant or ''} {config}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    what = provider.name if args.stream else " ".join(filter(None, [args.variant, str(config)]))
+    print(f"{cfg.label()}: {args.launches} launches of {what}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""benchmarks/profile_decode.py, the launcher Nsight Compute profiles: the decode at a benchmark
+point, or with ``--stream`` probe_stream's register stream on the same pool (off a GPU both run in
+Triton's interpreter, which checks only that the launches run)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TRITON_INTERPRET
+
+needs_interpreter_or_gpu = pytest.mark.skipif(
+    not TRITON_INTERPRET and not __import__("torch").cuda.is_available(), reason="needs Triton's interpreter or a GPU")
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize(("extra", "launched"), [([], "DecodeConfig(BV=4"), (["--stream", "1:c1024"], "reg:w1:c1024")])
+def test_profile_launches_the_decode_or_the_stream(capsys, extra, launched):
+    from benchmarks.profile_decode import main
+
+    main(["--batch", "1", "--tp", "4", "--state-dtype", "fp32", "--layout", "vk", "--launches", "1", *extra])
+    out = capsys.readouterr().out
+    assert "tp4 HK=4 HV=8" in out and f"1 launches of {launched}" in out
