@@ -74,8 +74,7 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
     # The q and k norms in one two-operand reduction (one cross-warp round trip instead of two).
     "tma_norms_together": [
-        ("@triton.jit\ndef _decode_kv_tma_kernel(",
-         "@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n@triton.jit\ndef _decode_kv_tma_kernel("),
+        ("from gdn_ops.triton_step import delta_rule_step\n", "from gdn_ops.triton_step import _add2, delta_rule_step\n"),
         ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
          ("        if USE_L2NORM:\n"
          "            qq, kk = tl.reduce((q * q, k * k), 0, _add2)\n"
@@ -100,27 +99,11 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # Both K products of the old state in one two-operand reduction, and the q/k norms and k.q in
     # one three-operand reduction: with 4 warps split along K each reduction crosses warps through
     # shared memory and a barrier, so 2 round trips per tile instead of 4 (o = d*(S q) + u*(k.q)).
+    # The per-tile kernel's step since the eleventh session (triton_step.delta_rule_step_from_old_state).
     "tma_one_pass": [
-        ("@triton.jit\ndef _decode_kv_tma_kernel(",
-         ("@triton.jit\ndef _add2(a0, b0, a1, b1):\n    return a0 + a1, b0 + b1\n\n\n"
-         "@triton.jit\ndef _add3(a0, b0, c0, a1, b1, c1):\n    return a0 + a1, b0 + b1, c0 + c1\n\n\n"
-         "@triton.jit\ndef _decode_kv_tma_kernel(")),
+        ("from gdn_ops.triton_step import delta_rule_step\n", "from gdn_ops.triton_step import delta_rule_step_from_old_state\n"),
         ("        S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-         ("        qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)\n"
-         "        if USE_L2NORM:\n"
-         "            rq = 1.0 / tl.sqrt(qq + L2_EPS)\n"
-         "            rk = 1.0 / tl.sqrt(kk + L2_EPS)\n"
-         "        else:\n"
-         "            rq = 1.0\n"
-         "            rk = 1.0\n"
-         "        k = k * rk\n"
-         "        q = q * (rq * scale)\n"
-         "        kq = kq * (rk * rq * scale)\n"
-         "        decay = tl.exp(g)\n"
-         "        Sk, Sq = tl.reduce((S * k[None, :], S * q[None, :]), 1, _add2)\n"
-         "        u = beta * (v - decay * Sk)\n"
-         "        o = decay * Sq + u * kq\n"
-         "        S = S * decay + u[:, None] * k[None, :]\n")),
+         "        S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"),
     ],
 }
 
