@@ -222,6 +222,12 @@ def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
     return Provider(":".join([f"reg:w{num_warps}", *options]), make, yardstick=True)
 
 
+def reg_stream(spec: str) -> Provider:
+    """:func:`reg_provider` from its spec, ``WARPS[:cCHUNK][:oop][:seq]`` (``--reg``'s syntax)."""
+    warps, *options = spec.split(":")
+    return reg_provider(int(warps), tuple(options))
+
+
 def decode_provider(options: tuple[str, ...] = ()) -> Provider:
     """The shipped decode step; with ``seq`` through the slots in ascending order."""
     base = launcher_provider("decode")
@@ -276,7 +282,7 @@ def main() -> None:
     peers, _ = load_providers(("copy",))
     streams = [tma_provider(*map(int, s.split(":")[:4]), tuple(s.split(":")[4:])) for s in args.tma]
     streams += [async_provider(*map(int, s.split(":")[:3]), tuple(s.split(":")[3:])) for s in args.async_]
-    streams += [reg_provider(int(s.split(":")[0]), tuple(s.split(":")[1:])) for s in args.reg]
+    streams += [reg_stream(s) for s in args.reg]
     records = []
     for B in args.batches:
         cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype),

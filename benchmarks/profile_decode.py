@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from benchmarks.probe_stream import reg_provider
+from benchmarks.probe_stream import reg_stream
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
@@ -57,8 +57,7 @@ def main(argv=None) -> None:
             config = KV_2B_CONFIG
     provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
     if args.stream:
-        warps, *options = args.stream.split(":")
-        provider = reg_provider(int(warps), tuple(options))
+        provider = reg_stream(args.stream)
     step = provider.make(cfg, p.pool, p.indices, p.inputs)
     for _ in range(args.launches):
         step()

@@ -5,10 +5,11 @@ Triton's interpreter, which checks only that the launches run)."""
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import TRITON_INTERPRET
 
-needs_interpreter_or_gpu = pytest.mark.skipif(
-    not TRITON_INTERPRET and not __import__("torch").cuda.is_available(), reason="needs Triton's interpreter or a GPU")
+needs_interpreter_or_gpu = pytest.mark.skipif(not TRITON_INTERPRET and not torch.cuda.is_available(),
+                                              reason="needs Triton's interpreter or a GPU")
 
 
 @needs_interpreter_or_gpu
