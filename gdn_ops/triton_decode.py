@@ -53,6 +53,7 @@ from gdn_ops.triton_decode_tma import (
     unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
+from gdn_ops.triton_slot_order import slot_order
 from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
@@ -75,7 +76,7 @@ def _decode_kernel(
     q_ptr, k_ptr, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
     A_log_ptr, dt_bias_ptr,
-    state_ptr, indices_ptr, o_ptr,
+    state_ptr, indices_ptr, rows_ptr, o_ptr,
     T, num_slots, scale, softplus_beta, softplus_threshold,
     s_qb, s_qt, s_qh, s_qk,
     s_kb, s_kt, s_kh, s_kk,
@@ -90,13 +91,14 @@ def _decode_kernel(
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
-    FROM_OLD_STATE: tl.constexpr, STATE_EVICTION: tl.constexpr,
+    FROM_OLD_STATE: tl.constexpr, STATE_EVICTION: tl.constexpr, SORTED_ROWS: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
     v_block = pid % NV
     row_head = pid // NV
-    row = (row_head // HV).to(tl.int64)
+    # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
+    rank = (row_head // HV).to(tl.int64)
     hv = row_head % HV
     h = hv // GROUP
 
@@ -117,9 +119,9 @@ def _decode_kernel(
         # so a prefetched line is never stale; the ".cg" load keeps the early index out of L1,
         # where the read after the wait could otherwise find it.
         if HAS_INDICES:
-            early_slot = tl.load(indices_ptr + row, cache_modifier=".cg").to(tl.int64)
+            early_slot = tl.load(indices_ptr + rank, cache_modifier=".cg").to(tl.int64)
         else:
-            early_slot = row
+            early_slot = rank
         if (early_slot >= 0) & (early_slot < num_slots):
             # one pointer per line of LINE elements (128 bytes, or the tile's width if narrower)
             if STATE_VK:
@@ -139,8 +141,12 @@ def _decode_kernel(
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
 
+    if SORTED_ROWS:
+        row = tl.load(rows_ptr + rank).to(tl.int64)
+    else:
+        row = rank
     if HAS_INDICES:
-        slot = tl.load(indices_ptr + row).to(tl.int64)
+        slot = tl.load(indices_ptr + rank).to(tl.int64)
         # Out-of-range indices (-1 padding, a stale vLLM null slot past the pool) are padding rows:
         # the pool is never read or written for them, and their output is zero.
         valid = (slot >= 0) & (slot < num_slots)
@@ -184,7 +190,8 @@ class DecodeConfig(NamedTuple):
     (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. Two options
     are for tuning experiments, and the tables below leave them unset, as they measured slower
     (NOTES.md): ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), ``evict_first`` loads
-    the state with the L1 and L2 evict_first hints.
+    the state with the L1 and L2 evict_first hints. ``sort_rows`` runs the rows in ascending slot
+    order (``triton_slot_order``; only with ``indices``), at the cost of one more small launch.
     """
 
     BV: int
@@ -193,6 +200,7 @@ class DecodeConfig(NamedTuple):
     maxnreg: int | None = None
     from_old_state: bool = True
     evict_first: bool = False
+    sort_rows: bool = False
 
 
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
@@ -323,13 +331,17 @@ def launch_decode(
     grid = (B * HV * triton.cdiv(V, config.BV),)
     if grid[0] == 0:
         return config
+    sort_rows = config.sort_rows and indices is not None
+    rows = indices
+    if sort_rows:
+        indices, rows = slot_order(indices, pdl=bool(pdl))
     launch_options = {"launch_pdl": True} if pdl else {}
     if config.maxnreg is not None:
         launch_options["maxnreg"] = config.maxnreg
     _decode_kernel[grid](
         q, k, v, gate_a, gate_b,
         A_log if fused_gating else gate_a, dt_bias if fused_gating else gate_a,
-        state, indices if indices is not None else state, out,
+        state, indices if indices is not None else state, rows if sort_rows else state, out,
         T, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         *q.stride(), *k.stride(), *v.stride(), *gate_a.stride(), *gate_b.stride(),
         state.stride(0), state.stride(1), *out.stride(),
@@ -337,7 +349,8 @@ def launch_decode(
         HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
-        PDL=bool(pdl), PREFETCH=bool(pdl) and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
+        PDL=bool(pdl), SORTED_ROWS=sort_rows,
+        PREFETCH=bool(pdl) and not sort_rows and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
         FROM_OLD_STATE=config.from_old_state, STATE_EVICTION="evict_first" if config.evict_first else "",
         num_warps=config.num_warps, **launch_options,

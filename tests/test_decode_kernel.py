@@ -70,6 +70,19 @@ def test_triton_step_orders_match_reference(layout, from_old_state, evict_first)
     check(build(case, "cpu"), lambda inp: run_triton(inp, config))
 
 
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_triton_rows_in_slot_order_match_reference(layout):
+    """``sort_rows``: programs take the rows in ascending slot order (padding rows first); every row's
+    output and slot come out as in batch order."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = DecodeCase(B=5, T=2, HK=2, group=2, K=24, V=32, state_layout=layout, state_dtype=torch.float32,
+                      padding_rows=(1, 3), slot_pad=2, out_given=True, seed=11)
+    config = DecodeConfig(BV=16, BK=32, num_warps=1, sort_rows=True)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config))
+
+
 @pytest.mark.parametrize(
     ("rows_x_heads", "act_itemsize", "gpu", "new_state"),
     [
