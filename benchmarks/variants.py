@@ -109,8 +109,9 @@ TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
 
 _GLUON_NEXT_INPUTS = (
     "        next_inputs = _tile_inputs(\n"
-    "            tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,\n"
-    "            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)\n"
+    "            tile + step, (tile + step) // NV // HV, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr,\n"
+    "            A_log_ptr, dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES,\n"
+    "            FUSED_GATING, cols_layout)\n"
 )
 
 # the step's arithmetic on the tile, replaced by an o that needs no tile
@@ -185,9 +186,9 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
         (("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
           "out-of-bounds writes\n    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)\n"),
          ""),
-        ("    _decode_kv_tile_kernel[(num_tiles,)](*args, ROWS=config.rows, **kwargs)\n",
-         ("    _decode_kv_tile_kernel[(num_tiles,)](*args[:10], state, *state.stride()[:3], *args[10:], ROWS=config.rows,\n"
-          "                                         **kwargs)\n")),
+        ("    _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,\n",
+         ("    _decode_kv_tile_kernel[(num_tiles,)](*args[:10], state, *state.stride()[:3], *args[10:],\n"
+          "                                         rows if rows is not None else state, ROWS=config.rows,\n")),
     ],
 }
 

@@ -72,13 +72,22 @@ def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl
 
 
 @gluon.jit
-def _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_buf, k_buf, bar,
+def _tile_row(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SORTED_ROWS: gl.constexpr):
+    """The batch row ``tile`` works for: its place in the grid, or with ``SORTED_ROWS`` the row at
+    that place of ``rows_ptr`` (the rows in slot order, ``triton_slot_order``)."""
+    row = tile // NV // HV
+    if SORTED_ROWS:
+        row = gl.load(rows_ptr + row, mask=tile < num_tiles, other=0)
+    return row
+
+
+@gluon.jit
+def _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_buf, k_buf, bar,
                 NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr):
-    """Start the TMA copies of ``tile``'s state, q and k into one pipeline buffer (nothing past the last tile)."""
+    """Start the TMA copies of ``tile``'s state (at ``slot``), q and k (of ``row``) into one
+    pipeline buffer (nothing past the last tile)."""
     live = tile < num_tiles
-    row_head = tile // NV
-    row = row_head // HV
-    hv = row_head % HV
+    hv = tile // NV % HV
     nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes)
     mbarrier.expect(bar, nbytes, pred=live)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], bar, tile_buf, pred=live)
@@ -95,15 +104,15 @@ def _tile_columns(BV: gl.constexpr, C: gl.constexpr, cols_layout: gl.constexpr):
 
 
 @gluon.jit
-def _tile_inputs(tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+def _tile_inputs(tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
+                 dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
                  NV: gl.constexpr, HV: gl.constexpr, BV: gl.constexpr, C: gl.constexpr,
                  HAS_INDICES: gl.constexpr, FUSED_GATING: gl.constexpr, cols_layout: gl.constexpr):
-    """``tile``'s slot, v columns, gate inputs and (fused gating) its head's ``A_log, dt_bias``, as
-    stored: loads only, issued a tile ahead of their use (zeros past the last tile)."""
-    row_head = tile // NV
-    row = (row_head // HV).to(gl.int64)
-    hv = row_head % HV
+    """``tile``'s slot, the v columns and gate inputs of ``row`` and (fused gating) its head's
+    ``A_log, dt_bias``, as stored: loads only, issued a tile ahead of their use (zeros past the
+    last tile)."""
+    row = row.to(gl.int64)
+    hv = tile // NV % HV
     live = tile < num_tiles
     slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     cols = (tile % NV) * BV + _tile_columns(BV, C, cols_layout)
@@ -163,20 +172,21 @@ def _decode_kv_gluon_kernel(
     for i in gl.static_range(NUM_BUF):
         tile = pid + i * step
         slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-        _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i), q_smem.index(i),
-                    k_smem.index(i), bars.index(i), NV, HV, GROUP, NC)
+        _issue_tile(tile, slot, tile // NV // HV, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i),
+                    q_smem.index(i), k_smem.index(i), bars.index(i), NV, HV, GROUP, NC)
     issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
-        pid, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+        pid, pid // NV // HV, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
+        dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
     offs_bv = _tile_columns(BV, C, cols_layout)
 
     i = 0
     for tile in range(pid, num_tiles, step):
         # The next tile's small inputs first, so that their latency hides behind this tile's work.
         next_inputs = _tile_inputs(
-            tile + step, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-            s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+            tile + step, (tile + step) // NV // HV, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr,
+            A_log_ptr, dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES,
+            FUSED_GATING, cols_layout)
         buf = i % NUM_BUF
         mbarrier.wait(bars.index(buf), (i // NUM_BUF) & 1)
         S = tile_smem.index(buf).reshape([K, NC, C]).load(tile_layout).to(gl.float32)
@@ -188,7 +198,7 @@ def _decode_kv_gluon_kernel(
         fence_async_shared()
         _cta_barrier()
         next_tile = tile + NUM_BUF * step
-        _issue_tile(next_tile, issue_slot, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf),
+        _issue_tile(next_tile, issue_slot, next_tile // NV // HV, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf),
                     q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, NC)
         issue_slot = _tile_slot(next_tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
 

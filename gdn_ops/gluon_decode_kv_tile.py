@@ -45,6 +45,7 @@ from gdn_ops.gluon_decode_kv import (
     _issue_tile,
     _tile_columns,
     _tile_inputs,
+    _tile_row,
     chunk_columns,
     kv_launch_args,
     lanes_along_keys,
@@ -60,9 +61,9 @@ def _decode_kv_tile_kernel(
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
     A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, SORTED_ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr,
 ):
@@ -87,14 +88,15 @@ def _decode_kv_tile_kernel(
     if PDL:
         # nothing is read before the previous kernel has finished
         _gdc_wait()
+    # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
+    row = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
-        tile, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
         s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
-    _issue_tile(tile, slot, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar, NV, HV, GROUP, NC)
+    _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar,
+                NV, HV, GROUP, NC)
 
-    row_head = tile // NV
-    row = row_head // HV
-    hv = row_head % HV
+    hv = tile // NV % HV
     neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
     g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
                            dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
@@ -153,6 +155,7 @@ class GluonTileConfig(NamedTuple):
     rows: int
     programs_per_sm: int
     vec: int = 4
+    sort_rows: bool = False  # the rows in slot order (triton_slot_order), as DecodeConfig.sort_rows
 
     @property
     def maxnreg(self) -> int:
@@ -247,11 +250,12 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
 def launch_decode_kv_tile(
     q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
     scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
-    config: GluonTileConfig, pdl: bool, l2_eps: float,
+    config: GluonTileConfig, pdl: bool, l2_eps: float, rows: torch.Tensor | None = None,
 ) -> GluonTileConfig:
     """Launch the kernel on validated arguments that TMA can address (the checks of
     ``triton_decode_tma.unsupported_reason`` and :func:`tile_reason`): ``state [slots, HV, K, V]``
-    in the kv layout, T == 1; sm_90+ only (no interpreter)."""
+    in the kv layout, T == 1; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
+    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order."""
     num_tiles = q.shape[0] * v.shape[2] * (v.shape[3] // config.BV)
     if num_tiles == 0:
         return config
@@ -259,5 +263,6 @@ def launch_decode_kv_tile(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
         softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps)
-    _decode_kv_tile_kernel[(num_tiles,)](*args, ROWS=config.rows, **kwargs)
+    _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,
+                                         SORTED_ROWS=rows is not None, **kwargs)
     return config

@@ -41,6 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
+    _tile_row,
     _tile_slot,
     chunk_columns,
     shared_memory_reason,
@@ -57,11 +58,11 @@ def _decode_vk_tile_kernel(
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
     A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv,
+    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -82,13 +83,13 @@ def _decode_vk_tile_kernel(
     mbarrier.init(bar, count=1)
 
     tile = gl.program_id(0)
-    row_head = tile // NV
-    row = row_head // HV
-    hv = row_head % HV
+    hv = tile // NV % HV
     v0 = (tile % NV) * BV
     if PDL:
         # nothing is read before the previous kernel has finished
         _gdc_wait()
+    # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
+    row = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
                             + v_desc.block_type.nbytes)
@@ -219,11 +220,12 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
 def launch_decode_vk_tile(
     q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
     scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
-    config: GluonTileConfig, pdl: bool, l2_eps: float,
+    config: GluonTileConfig, pdl: bool, l2_eps: float, rows: torch.Tensor | None = None,
 ) -> GluonTileConfig:
     """Launch the kernel on validated arguments that pass :func:`vk_tile_reason`:
     ``q, k [B, 1, HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, V, K]`` (vk layout),
-    ``out [B, 1, HV, V]``; sm_90+ only (no interpreter)."""
+    ``out [B, 1, HV, V]``; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
+    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order."""
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     num_tiles = B * HV * (V // config.BV)
@@ -244,9 +246,11 @@ def launch_decode_vk_tile(
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
         out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, *state.stride()[:3],
+        rows if rows is not None else state,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
-        HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), num_warps=config.num_warps,
+        HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
+        num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

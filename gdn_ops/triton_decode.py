@@ -309,12 +309,16 @@ def launch_decode(
         reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
+    rows = None
+    if indices is not None and isinstance(config, (DecodeConfig, GluonTileConfig)) and config.sort_rows:
+        # the kernel then reads the slots in ascending order, and each program's row from rows
+        indices, rows = slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):
         launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile
         return launch(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-            softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS,
+            softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS, rows=rows,
         )
     if isinstance(config, GluonKVConfig):
         return launch_decode_kv_gluon(
@@ -331,17 +335,13 @@ def launch_decode(
     grid = (B * HV * triton.cdiv(V, config.BV),)
     if grid[0] == 0:
         return config
-    sort_rows = config.sort_rows and indices is not None
-    rows = indices
-    if sort_rows:
-        indices, rows = slot_order(indices, pdl=bool(pdl))
     launch_options = {"launch_pdl": True} if pdl else {}
     if config.maxnreg is not None:
         launch_options["maxnreg"] = config.maxnreg
     _decode_kernel[grid](
         q, k, v, gate_a, gate_b,
         A_log if fused_gating else gate_a, dt_bias if fused_gating else gate_a,
-        state, indices if indices is not None else state, rows if sort_rows else state, out,
+        state, indices if indices is not None else state, rows if rows is not None else state, out,
         T, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         *q.stride(), *k.stride(), *v.stride(), *gate_a.stride(), *gate_b.stride(),
         state.stride(0), state.stride(1), *out.stride(),
@@ -349,8 +349,8 @@ def launch_decode(
         HV=HV, GROUP=HV // HK, K=K, V=V, BK=config.BK, BV=config.BV,
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
-        PDL=bool(pdl), SORTED_ROWS=sort_rows,
-        PREFETCH=bool(pdl) and not sort_rows and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
+        PDL=bool(pdl), SORTED_ROWS=rows is not None,
+        PREFETCH=bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
         FROM_OLD_STATE=config.from_old_state, STATE_EVICTION="evict_first" if config.evict_first else "",
         num_warps=config.num_warps, **launch_options,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).parent
 # pointer arguments of the decode kernels that are not bf16
-DECODE_POINTER_TYPES = {"indices_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
+DECODE_POINTER_TYPES = {"indices_ptr": "*i32", "rows_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
 DECODE_FLOAT_ARGS = ("scale", "softplus_beta", "softplus_threshold")
 
 

@@ -83,6 +83,21 @@ def test_triton_rows_in_slot_order_match_reference(layout):
     check(build(case, "cpu"), lambda inp: run_triton(inp, config))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
+@pytest.mark.parametrize(("layout", "BV", "num_warps"), [("vk", 8, 1), ("kv", 64, 4)])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_triton_rows_in_slot_order_on_the_model_shape(heads, layout, BV, num_warps, state_dtype):
+    """``sort_rows`` with the large-batch tiles on Qwen3-Next's heads: more programs than fit on the
+    GPU at once, padding rows at the start, middle and end, under PDL."""
+    from tile_kernel_checks import check_launch, model_case
+
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = model_case(heads, layout, {"state_dtype": state_dtype}, seed=13)
+    check_launch(case, DecodeConfig(BV=BV, BK=128, num_warps=num_warps, sort_rows=True))
+
+
 @pytest.mark.parametrize(
     ("rows_x_heads", "act_itemsize", "gpu", "new_state"),
     [

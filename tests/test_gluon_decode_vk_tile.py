@@ -32,6 +32,7 @@ SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", 
 SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8),
                  "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
+                 "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
@@ -137,7 +138,8 @@ def compiled(config: GluonTileConfig) -> tuple[int, str]:
     C = chunk_columns(K, 2)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // config.vec, "FUSED_GATING": True,
-                  "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True}
+                  "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
+                  "SORTED_ROWS": config.sort_rows}
     descriptors = {"state_desc": [1, 1, config.BV, K // C, C], "q_desc": [1, 1, K // C, C],
                    "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV]}
     signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors)

@@ -36,6 +36,7 @@ def test_tune_tma_specs_name_each_tma_kernel():
     assert parse_spec("g64:4:2:4:8") == GluonKVConfig(64, 4, 2, 4, vec=8)
     assert parse_spec("t128:4:16:6") == GluonTileConfig(128, 4, 16, 6)
     assert parse_spec("t128:4:8:6:8") == GluonTileConfig(128, 4, 8, 6, vec=8)
+    assert parse_spec("t64:4:8:6:sort") == GluonTileConfig(64, 4, 8, 6, sort_rows=True)
     for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
