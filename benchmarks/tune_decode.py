@@ -82,24 +82,22 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
 
 
 def parse_tile(spec: str, BK: int) -> DecodeConfig:
-    """``"BV:WARPS[:MAXNREG][:new][:ef][:sort]"``: ``new`` takes o from the updated state, ``ef`` loads
-    the state evict_first, ``sort`` runs the rows in slot order (see :class:`DecodeConfig`)."""
+    """``"BV:WARPS[:MAXNREG][:new][:sort]"``: ``new`` takes o from the updated state, ``sort`` runs the
+    rows in slot order (see :class:`DecodeConfig`)."""
     BV, warps, *rest = spec.split(":")
     cap = next((int(r) for r in rest if r.isdigit()), None)
-    unknown = set(rest) - {"new", "ef", "sort", str(cap)}
+    unknown = set(rest) - {"new", "sort", str(cap)}
     if unknown:
-        raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; "
-                         "expected BV:WARPS[:MAXNREG][:new][:ef][:sort]")
+        raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; expected BV:WARPS[:MAXNREG][:new][:sort]")
     return DecodeConfig(BV=int(BV), BK=BK, num_warps=int(warps), maxnreg=cap, from_old_state="new" not in rest,
-                        evict_first="ef" in rest, sort_rows="sort" in rest)
+                        sort_rows="sort" in rest)
 
 
 def tile_name(tile: DecodeConfig) -> str:
-    """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state, ``ef`` for
-    an evict_first state load and ``sort`` for rows in slot order (the options of :func:`parse_tile`)."""
+    """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state and ``sort``
+    for rows in slot order (the options of :func:`parse_tile`)."""
     return (f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
-            + ("" if tile.from_old_state else "new") + ("ef" if tile.evict_first else "")
-            + ("sort" if tile.sort_rows else ""))
+            + ("" if tile.from_old_state else "new") + ("sort" if tile.sort_rows else ""))
 
 
 def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False) -> Provider:
@@ -137,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
-    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:ef][:sort]",
+    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
     # What runs between a tile's replays changes what the L2 holds when it starts: an evict_first

@@ -54,8 +54,9 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
          "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask)"),
     ],
-    # one_pass, one_pass_fused, evict_load and their combination (eleventh session) are folded into
-    # the kernel as DecodeConfig.from_old_state / evict_first; their patches are in commit 8221df7
+    # one_pass, one_pass_fused, evict_load and their combination (eleventh session) were folded into
+    # the kernel as DecodeConfig.from_old_state / evict_first (evict_first dropped in the twelfth
+    # session: it lost in the sweep); their patches are in commit 8221df7
     "evict_last_qk": [
         ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
          "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),

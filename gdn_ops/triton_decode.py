@@ -53,7 +53,7 @@ from gdn_ops.triton_decode_tma import (
     unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
-from gdn_ops.triton_slot_order import slot_order
+from gdn_ops.triton_slot_order import slot_order, sorts_rows
 from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
@@ -91,7 +91,7 @@ def _decode_kernel(
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
-    FROM_OLD_STATE: tl.constexpr, STATE_EVICTION: tl.constexpr, SORTED_ROWS: tl.constexpr,
+    FROM_OLD_STATE: tl.constexpr, SORTED_ROWS: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -158,7 +158,7 @@ def _decode_kernel(
     state_ptrs = state_ptr + slot * s_slot + head_offset + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
-    S = tl.load(state_ptrs, mask=state_mask, other=0.0, eviction_policy=STATE_EVICTION).to(tl.float32)
+    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
 
@@ -187,11 +187,10 @@ class DecodeConfig(NamedTuple):
     """Tile of one program: ``BV`` value rows by ``BK`` (next power of two >= K) keys.
 
     ``from_old_state`` takes the step's ``o`` from the old tile
-    (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. Two options
-    are for tuning experiments, and the tables below leave them unset, as they measured slower
-    (NOTES.md): ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), ``evict_first`` loads
-    the state with the L1 and L2 evict_first hints. ``sort_rows`` runs the rows in ascending slot
-    order (``triton_slot_order``; only with ``indices``), at the cost of one more small launch.
+    (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. ``sort_rows``
+    runs the rows in ascending slot order (``triton_slot_order``; only with ``indices``), at the
+    cost of one more small launch. ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for
+    tuning experiments: the tables leave it unset, as caps measured slower (NOTES.md).
     """
 
     BV: int
@@ -199,7 +198,6 @@ class DecodeConfig(NamedTuple):
     num_warps: int
     maxnreg: int | None = None
     from_old_state: bool = True
-    evict_first: bool = False
     sort_rows: bool = False
 
 
@@ -211,18 +209,32 @@ class DecodeConfig(NamedTuple):
 # at 64 the 4 KB tile was 4% (fp32) and 21% (bf16) faster (NOTES.md).
 VK_TILE_BYTES = 4096
 SMALL_GRID_ROW_HEADS = 32
-# Large vk grids: (GPU name part, state element size) -> (from B*HV, tile bytes, warps). "" is
-# every GPU; a later entry that also matches wins.
+
+
+class LargeGridTile(NamedTuple):
+    """A vk tile for large grids: from B*HV ``start``, ``tile_bytes`` of state over ``num_warps``
+    warps; ``from_old_state`` as :class:`DecodeConfig`'s."""
+
+    start: int
+    tile_bytes: int
+    num_warps: int
+    from_old_state: bool = True
+
+
+# Large vk grids, by (GPU name part, state element size). "" is every GPU; a later entry that also
+# matches wins.
 VK_LARGE_GRID_TILES = {
     # 8 KB tiles (BV=32 at K=128) ran ~2.5% faster at B=128 and 512 (H200, under PDL). A bf16 tile
     # widened to fp32 needs twice the registers per byte, so the register file, not the
     # 32-programs-per-SM limit, caps the bytes in flight, and a larger tile keeps more of them in
-    # flight per register.
-    ("", 2): (4096, 8192, 1),
+    # flight per register. Taking o from the old state ran 12% slower on this tile (H200,
+    # results/h200/tune_bf16_vk_bv32_two_pass.json: 75.7 against 84.9% at B=128, 80.8 against 90.7%
+    # at 1024; 242 registers against 168).
+    ("", 2): LargeGridTile(4096, 8192, 1, from_old_state=False),
     # H100 (80GB HBM3; results/h100/tune_tiles_fp32_vk_h100*.json, two runs): 16 KB tiles of 2
     # warps (BV=32) ran 1-1.4% faster than the 4 KB tile from B*HV = 8192 (B=256 at TP=1), level
     # with SGLang's kernel there, both at ~98% of copy bandwidth.
-    ("H100", 4): (8192, 16384, 2),
+    ("H100", 4): LargeGridTile(8192, 16384, 2),
 }
 # "kv" (V contiguous): the tile must be wide in V for coalesced rows, and the K reduction then
 # crosses threads; (max B*HV, BV, warps) by state element size, first row that fits wins.
@@ -231,10 +243,11 @@ KV_TILES = {
     2: ((32, 16, 1), (512, 32, 1), (None, 32, 2)),
 }
 # Every tile takes o from the old state (H200, NOTES.md eleventh session: 1-7% faster from B=1 to
-# 64 in the sweep, within 0.8 points from B=128) except an fp32 vk state with 2-byte activations over this
-# B*HV range, by GPU name, which keeps o from the updated state: there the old-state step was 1.5%
-# slower at B*HV = 256 and was not timed in a sweep above it.
-VK_4B_NEW_STATE_ROWS = {"H200": (256, 2048)}
+# 64 in the sweep, within 0.8 points from B=128) except the 2-byte vk large-grid tile above and an
+# fp32 vk state with 2-byte activations over this B*HV range, by GPU name, which keep o from the
+# updated state: there the old-state step was 1.5-1.8% slower at B*HV = 256 (three runs), and
+# 1.1-1.9 points faster at 1024 and 2048 (results/h200/tune_sort_fp32_vk*.json, TP=1 and 4).
+VK_4B_NEW_STATE_ROWS = {"H200": (256, 511)}
 
 
 @functools.cache
@@ -248,14 +261,17 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
         BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
     else:
-        tile_bytes, num_warps = VK_TILE_BYTES, 1
-        for (name, itemsize), (start, bytes_, warps) in VK_LARGE_GRID_TILES.items():
-            if name in gpu and itemsize == state_dtype.itemsize and rows_x_heads >= start:
-                tile_bytes, num_warps = bytes_, warps
-        BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile_bytes // (BK * state_dtype.itemsize))
-    new_state = state_layout == "vk" and state_dtype.itemsize == 4 and act_itemsize == 2 and any(
-        name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items())
-    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state)
+        tile = LargeGridTile(0, VK_TILE_BYTES, 1)
+        for (name, itemsize), large in VK_LARGE_GRID_TILES.items():
+            if name in gpu and itemsize == state_dtype.itemsize and rows_x_heads >= large.start:
+                tile = large
+        BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile.tile_bytes // (BK * state_dtype.itemsize))
+        num_warps = tile.num_warps
+    new_state = state_layout == "vk" and (not tile.from_old_state or state_dtype.itemsize == 4 and act_itemsize == 2
+                                          and any(name in gpu and first <= rows_x_heads <= last
+                                                  for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
+    return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
+                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads))
 
 
 def launch_decode(
@@ -352,7 +368,7 @@ def launch_decode(
         PDL=bool(pdl), SORTED_ROWS=rows is not None,
         PREFETCH=bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
-        FROM_OLD_STATE=config.from_old_state, STATE_EVICTION="evict_first" if config.evict_first else "",
+        FROM_OLD_STATE=config.from_old_state,
         num_warps=config.num_warps, **launch_options,
     )
     return config
@@ -376,15 +392,17 @@ def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
                    state_layout: str) -> DecodeConfig | PersistentConfig | GluonTileConfig:
     """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config` (kv) or
-    :func:`vk_tile_config` (vk), else :func:`persistent_config` (each returns only a configuration
-    these operands can run on this GPU), else :func:`decode_config`. Reads shapes, strides and the
-    device only."""
+    :func:`vk_tile_config` (vk), with the rows in slot order where ``triton_slot_order.sorts_rows``
+    says, else :func:`persistent_config` (each returns only a configuration these operands can run
+    on this GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    return (tile_config(q, k, state, state_layout, B * HV)
-            or vk_tile_config(q, k, v, state, state_layout, B * HV)
-            or persistent_config(q, k, state, state_layout, B * HV)
-            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu_name(state.device), q.element_size()))
+    gpu = gpu_name(state.device)
+    tile = tile_config(q, k, state, state_layout, B * HV) or vk_tile_config(q, k, v, state, state_layout, B * HV)
+    if tile is not None:
+        return tile._replace(sort_rows=sorts_rows(gpu, state_layout, state.element_size(), B * HV))
+    return (persistent_config(q, k, state, state_layout, B * HV)
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size()))
 
 
 @functools.cache

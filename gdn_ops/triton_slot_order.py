@@ -20,6 +20,23 @@ import triton.language as tl
 ROWS = 64
 COLUMNS = 128
 
+# From which B*HV the decode takes its rows in slot order, by (GPU name part, pool layout, state
+# element size); not on other GPUs (not measured there). Measured on the H200 under PDL against
+# the same kernel unsorted (results/h200/tune_sort_*.json; NOTES.md, twelfth session): the sort
+# costs ~1.2 us, so it pays from a few hundred MB of state per call. fp32 vk (per-tile Triton
+# kernel): +1.0-1.5 points at B*HV 4096-32768 (TP=1), +0.6-0.8 at 4096-8192 (TP=4), a loss at
+# 1024-2048. fp32 kv (Gluon tile): +0.2 at 4096, +0.5-0.9 from 8192. 2-byte states (Gluon tiles):
+# -0.3 to -1.1 at 4096-8192, +0.5-0.9 from 16384.
+SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 16384,
+                  ("H200", "kv", 2): 16384}
+
+
+def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int) -> bool:
+    """Whether the decode on this GPU (``gpu``: its name, empty off the GPU) takes the rows in slot
+    order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`)."""
+    return any(name in gpu and (layout, size) == (state_layout, itemsize) and rows_x_heads >= start
+               for (name, layout, size), start in SORT_ROWS_FROM.items())
+
 
 @triton.jit
 def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.constexpr, COLUMNS: tl.constexpr,

@@ -57,16 +57,15 @@ def test_triton_partial_value_blocks_are_masked(layout, BV):
 
 @needs_interpreter
 @pytest.mark.parametrize("layout", ["vk", "kv"])
-@pytest.mark.parametrize(("from_old_state", "evict_first"), [(True, False), (False, True), (False, False)],
-                         ids=["o-from-old-state", "o-from-new-state-evict-first", "o-from-new-state"])
-def test_triton_step_orders_match_reference(layout, from_old_state, evict_first):
+@pytest.mark.parametrize("from_old_state", [True, False], ids=["o-from-old-state", "o-from-new-state"])
+def test_triton_step_orders_match_reference(layout, from_old_state):
     """Both ways of taking o (from the old tile, from the updated one) over two tokens, with a
     padding row and a partial key tile."""
     from gdn_ops.triton_decode import DecodeConfig
 
     case = DecodeCase(B=3, T=2, HK=2, group=2, K=24, V=32, state_layout=layout, state_dtype=torch.float32,
                       padding_rows=(1,), slot_pad=2, out_given=True, seed=7)
-    config = DecodeConfig(BV=16, BK=32, num_warps=1, from_old_state=from_old_state, evict_first=evict_first)
+    config = DecodeConfig(BV=16, BK=32, num_warps=1, from_old_state=from_old_state)
     check(build(case, "cpu"), lambda inp: run_triton(inp, config))
 
 
@@ -102,25 +101,48 @@ def test_triton_rows_in_slot_order_on_the_model_shape(heads, layout, BV, num_war
     ("rows_x_heads", "act_itemsize", "gpu", "new_state"),
     [
         (256, 2, "NVIDIA H200", True),  # B=8 at TP=1
-        (2048, 2, "NVIDIA H200", True),
+        (511, 2, "NVIDIA H200", True),
         (255, 2, "NVIDIA H200", False),
-        (2049, 2, "NVIDIA H200", False),
+        (512, 2, "NVIDIA H200", False),
+        (2048, 2, "NVIDIA H200", False),
         (256, 4, "NVIDIA H200", False),  # fp32 activations take o from the old state everywhere
         (256, 2, "NVIDIA H100 80GB HBM3", False),  # measured on the H200 only
         (256, 2, "", False),
     ],
 )
 def test_o_comes_from_the_updated_state_only_where_measured(rows_x_heads, act_itemsize, gpu, new_state):
-    """An fp32 vk state with 2-byte activations over B*HV 256-2048 on the H200; every other tile
-    takes o from the old state, and none loads evict_first."""
+    """An fp32 vk state with 2-byte activations over B*HV 256-511 on the H200; every other tile
+    below the 2-byte vk large-grid tile takes o from the old state."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, torch.float32, "vk", gpu, act_itemsize)
     assert (config.BV, config.num_warps) == ((4, 1) if rows_x_heads <= 32 else (8, 1))
-    assert (config.from_old_state, config.evict_first) == (not new_state, False)
+    assert config.from_old_state == (not new_state)
     for dtype, layout in ((torch.bfloat16, "vk"), (torch.float32, "kv"), (torch.bfloat16, "kv")):
-        other = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, act_itemsize)
-        assert other.from_old_state and not other.evict_first
+        assert decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, act_itemsize).from_old_state
+
+
+@pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", ""])
+def test_the_two_byte_vk_large_grid_tile_takes_o_from_the_updated_state(gpu):
+    """The 8 KB tile of a 2-byte vk state, every GPU: o from the updated state (12% faster on the H200)."""
+    from gdn_ops.triton_decode import decode_config
+
+    large, below = (decode_config(n, 128, 128, torch.bfloat16, "vk", gpu) for n in (4096, 4095))
+    assert (large.BV, large.from_old_state) == (32, False)
+    assert (below.BV, below.from_old_state) == (16, True)
+
+
+@pytest.mark.parametrize(("layout", "dtype", "start"), [("vk", torch.float32, 4096), ("kv", torch.float32, 8192),
+                                                         ("vk", torch.bfloat16, 16384), ("kv", torch.bfloat16, 16384)])
+def test_rows_go_in_slot_order_from_the_measured_grid_on_the_h200_only(layout, dtype, start):
+    from gdn_ops.triton_decode import decode_config
+    from gdn_ops.triton_slot_order import sorts_rows
+
+    for gpu in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", ""):
+        for rows_x_heads in (start - 1, start, 4 * start):
+            expected = gpu == "NVIDIA H200" and rows_x_heads >= start
+            assert sorts_rows(gpu, layout, dtype.itemsize, rows_x_heads) == expected
+            assert decode_config(rows_x_heads, 128, 128, dtype, layout, gpu).sort_rows == expected
 
 
 @pytest.mark.parametrize(
@@ -157,8 +179,8 @@ def test_default_tile_at_large_vk_grid_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("B", [8, 64])
 def test_default_tile_at_mid_vk_grid_matches_reference(B):
-    """An fp32 vk state at B*HV = 256 and 2048 with bf16 activations: where the H200's table takes
-    o from the updated state; checked with guards and padding."""
+    """An fp32 vk state at B*HV = 256 and 2048 with bf16 activations: the H200's table takes o from
+    the updated state at the first and from the old one at the second; checked with guards and padding."""
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
                       act_dtype=torch.bfloat16, padding_rows=(0, B - 1), spare_slots=3, slot_pad=4, out_given=True,
                       seed=B)

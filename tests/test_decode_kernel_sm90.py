@@ -14,8 +14,10 @@ from tile_kernel_checks import kernel_calls
 
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
                 torch.int64: "i64"}
-# (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve
-CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk", "bfloat16", 1), ("vk", "bfloat16", 32),
+# (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve (fp32 vk
+# at B=128 with its rows in slot order)
+CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk", "float32", 128),
+         ("vk", "bfloat16", 1), ("vk", "bfloat16", 32),
          ("vk", "bfloat16", 128), ("kv", "float32", 1), ("kv", "float32", 8), ("kv", "float32", 32),
          ("kv", "bfloat16", 1), ("kv", "bfloat16", 8), ("kv", "bfloat16", 32)]
 
@@ -23,15 +25,16 @@ CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk
 def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int, **options):
     """The config and the arguments ``launch_decode`` passes the per-tile kernel (the H200's tile
     for this B, with ``options`` of :class:`DecodeConfig` replaced) on a contiguous TP=1 case on
-    CPU, the kernel replaced by a recorder."""
+    CPU, the kernel (and the slot-order kernel before it, for a tile that sorts) replaced by a recorder."""
     import gdn_ops.triton_decode as launcher
+    import gdn_ops.triton_slot_order as slot_order
 
     config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200", act_dtype.itemsize)
     config = config._replace(**options)
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
                       act_dtype=act_dtype, pool_guard=0, out_given=True)
     inp = build(case, "cpu")
-    with kernel_calls(launcher, "_decode_kernel") as calls:
+    with kernel_calls(launcher, "_decode_kernel") as calls, kernel_calls(slot_order, "_slot_order_kernel"):
         launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
                                inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=layout,
                                config=config, pdl=True)
@@ -40,7 +43,7 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
 
 
 def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
-    """``"<registers> <16-byte state stores> <other state stores> <evict_first loads>"`` then the
+    """``"<registers> <16-byte state stores> <other state stores>"`` then the
     ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch:
     pointers 16-byte aligned, integers equal to 1 as constants, multiples of 16 marked divisible."""
     import inspect
@@ -76,8 +79,7 @@ def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
     # the state is the only thing stored with the streaming hint (.cs)
     vector_stores = len(re.findall(r"st\.global\.cs\.v4\.", ptx))
     other_stores = len(re.findall(r"st\.global\.cs\.(?!v4\.)", ptx))
-    evict_first_loads = len(re.findall(r"ld\.global\.L1::evict_first\.L2::cache_hint\.v4\.", ptx))
-    return f"{registers} {vector_stores} {other_stores} {evict_first_loads}\n{report}"
+    return f"{registers} {vector_stores} {other_stores}\n{report}"
 
 
 @pytest.mark.parametrize("act", ["bfloat16", "float32"])
@@ -87,19 +89,9 @@ def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layo
 
     stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, {state!r}, {act!r}, {B})")
     counts, report = stdout.split("\n", 1)
-    _, vector_stores, other_stores, evict_first_loads = map(int, counts.split())
+    _, vector_stores, other_stores = map(int, counts.split())
     config = decode_config(B * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200", getattr(torch, act).itemsize)
     tile_bytes = config.BV * config.BK * getattr(torch, state).itemsize
     vectors = tile_bytes // (16 * 32 * config.num_warps)
     assert (vector_stores, other_stores) == (vectors, 0)
-    assert evict_first_loads == 0  # no table tile asks for them (a tuning option)
     assert_no_spills(report)
-
-
-@pytest.mark.parametrize("layout", ["vk", "kv"])
-def test_the_evict_first_option_hints_every_state_load(layout):
-    """``DecodeConfig.evict_first`` (a tuning option) puts the L1 and L2 evict_first hints on every
-    16-byte load of the state tile."""
-    stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, 'float32', 'bfloat16', 8, evict_first=True)")
-    _, vector_stores, _, evict_first_loads = map(int, stdout.split("\n", 1)[0].split())
-    assert evict_first_loads == vector_stores > 0

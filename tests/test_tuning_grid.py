@@ -30,9 +30,8 @@ def test_tile_specs_round_trip_through_their_names():
     from gdn_ops.triton_decode import DecodeConfig
 
     assert parse_tile("8:1", 128) == DecodeConfig(BV=8, BK=128, num_warps=1)
-    assert parse_tile("8:1:64:new:ef", 128) == DecodeConfig(BV=8, BK=128, num_warps=1, maxnreg=64,
-                                                            from_old_state=False, evict_first=True)
-    assert tile_name(parse_tile("32:2:ef", 128)) == "BV32w2ef"
+    assert parse_tile("8:1:64:new:sort", 128) == DecodeConfig(BV=8, BK=128, num_warps=1, maxnreg=64,
+                                                              from_old_state=False, sort_rows=True)
     assert parse_tile("8:1:sort", 128).sort_rows and tile_name(parse_tile("8:1:new:sort", 128)) == "BV8w1newsort"
     assert tile_name(parse_tile("8:1:new", 128)) == "BV8w1new"
     assert tile_name(parse_tile("8:1:64", 128)) == "BV8w1r64"
