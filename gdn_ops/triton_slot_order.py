@@ -6,8 +6,10 @@ slots; in ascending slot order the H200 decode ran 1.3-2.7 points of copy bandwi
 B = 256-1024 (NOTES.md, eleventh session). This kernel gives the decode that order: the rows sorted by
 their slot (ties, such as -1 padding, by row), as two vectors the decode reads instead of
 ``indices`` and its own row number. It is a rank count, O(B^2) comparisons: at the batch sizes
-where the order pays (hundreds to a few thousand rows) that is a few microseconds' work spread
-over B / ROWS programs, with no host sync and the same launch every call (CUDA-graph safe).
+where the order pays (hundreds to a few thousand rows) that is little work, and what it costs is
+latency, between the previous kernel's end and the decode's start. So each program compares its
+few rows with all B slots at once (one load, one reduction) rather than in a loop of steps, and
+there are many programs. No host sync, and the same launch every call (CUDA-graph safe).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-# rows ranked per program, and slots compared per loop step
-ROWS = 64
-COLUMNS = 128
+# Elements of the [rows, slots] comparison one program holds at once (64 per thread of 4 warps),
+# and the most slots compared in one step: up to MAX_COLUMNS rows, one step.
+COMPARISONS = 8192
+MAX_COLUMNS = 2048
 
 # From which B*HV the decode takes its rows in slot order, by (GPU name part, pool layout, state
 # element size); not on other GPUs (not measured there). Measured on the H200 under PDL against
@@ -48,15 +51,15 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
         tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < B
-    mine = tl.load(indices_ptr + rows, mask=live, other=0).to(tl.int64)
+    mine = tl.load(indices_ptr + rows, mask=live, other=0)
     rank = tl.zeros([ROWS], tl.int32)
     for start in range(0, B, COLUMNS):
         others = start + tl.arange(0, COLUMNS)
-        theirs = tl.load(indices_ptr + others, mask=others < B, other=0).to(tl.int64)
+        theirs = tl.load(indices_ptr + others, mask=others < B, other=0)
         before = (theirs[None, :] < mine[:, None]) | ((theirs[None, :] == mine[:, None])
                                                       & (others[None, :] < rows[:, None]))
         rank += tl.sum((before & (others < B)[None, :]).to(tl.int32), axis=1)
-    tl.store(sorted_slots_ptr + rank, mine.to(sorted_slots_ptr.dtype.element_ty), mask=live)
+    tl.store(sorted_slots_ptr + rank, mine, mask=live)
     tl.store(rows_ptr + rank, rows, mask=live)
 
 
@@ -68,7 +71,9 @@ def slot_order(indices: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, 
     sorted_slots = torch.empty_like(indices)
     rows = torch.empty(B, dtype=torch.int32, device=indices.device)
     if B:
-        _slot_order_kernel[(triton.cdiv(B, ROWS),)](indices, sorted_slots, rows, B, ROWS=ROWS, COLUMNS=COLUMNS,
-                                                   PDL=pdl, num_warps=4,
-                                                   **({"launch_pdl": True} if pdl else {}))
+        columns = min(triton.next_power_of_2(B), MAX_COLUMNS)
+        per_program = max(1, min(64, COMPARISONS // columns))
+        _slot_order_kernel[(triton.cdiv(B, per_program),)](indices, sorted_slots, rows, B, ROWS=per_program,
+                                                          COLUMNS=columns, PDL=pdl, num_warps=4,
+                                                          **({"launch_pdl": True} if pdl else {}))
     return sorted_slots, rows

@@ -27,9 +27,18 @@ def slot_vectors(draw):
     return torch.where(padding, torch.tensor(pad, dtype=dtype), slots)
 
 
-@given(slot_vectors())
-def test_rows_come_in_stable_ascending_slot_order(indices):
-    sorted_slots, rows = slot_order(indices.to(DEVICE))
+@given(slot_vectors(), st.sampled_from([None, 32]))
+def test_rows_come_in_stable_ascending_slot_order(indices, max_columns):
+    """With ``max_columns`` 32 the comparisons run in several steps (as they do past
+    ``MAX_COLUMNS`` slots)."""
+    import gdn_ops.triton_slot_order as module
+
+    saved = module.MAX_COLUMNS
+    module.MAX_COLUMNS = max_columns or saved
+    try:
+        sorted_slots, rows = slot_order(indices.to(DEVICE))
+    finally:
+        module.MAX_COLUMNS = saved
     expected_slots, expected_rows = torch.sort(indices, stable=True)
     assert rows.dtype == torch.int32 and sorted_slots.dtype == indices.dtype
     assert torch.equal(rows.cpu(), expected_rows.to(torch.int32))
