@@ -351,6 +351,13 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     if case.state_dtype == torch.float32:
         fp32_from = gluon.fp32_from if gluon else None
         persistent = persistent and fp32_from is not None and row_heads >= fp32_from
+    if type(launched[0]).__name__ == "GluonTileConfig":
+        # the rows go in slot order from this GPU's sort threshold (the "large" case on the H200)
+        from gdn_ops.triton_slot_order import sorts_rows
+
+        assert launched[0].sort_rows == sorts_rows(torch.cuda.get_device_name(), "kv", case.state_dtype.itemsize,
+                                                   row_heads)
+        launched = [launched[0]._replace(sort_rows=False)]
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
     elif case.state_dtype == torch.float32:

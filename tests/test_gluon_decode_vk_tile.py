@@ -25,6 +25,7 @@ from gdn_ops.gluon_decode_vk_tile import (
     vk_tile_reason,
     vk_tile_rule,
 )
+from gdn_ops.triton_slot_order import sorts_rows
 
 # K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
 SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
@@ -83,7 +84,8 @@ def test_model_shape_matches_reference(heads, variant, config):
 )
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
-    dtype, but only when TMA can address every operand; every case matches the reference with
+    dtype, but only when TMA can address every operand (with the rows in slot order where
+    ``sorts_rows`` says: the "large" case on the H200); every case matches the reference with
     guards and padding rows."""
     start = vk_tile_rule(torch.cuda.current_device())
     if start is None:
@@ -97,7 +99,8 @@ def test_default_kernel_choice_and_result(changes, tile):
     launched = []
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     if tile:
-        assert launched == [VK_2B_TILE_CONFIG]
+        sort_rows = sorts_rows(torch.cuda.get_device_name(), "vk", case.state_dtype.itemsize, B * 32)
+        assert launched == [VK_2B_TILE_CONFIG._replace(sort_rows=sort_rows)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
 
