@@ -177,7 +177,8 @@ def _decode_kv_gluon_kernel(
     issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
         pid, pid // NV // HV, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
-        dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+        dt_bias_ptr, s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING,
+        cols_layout)
     offs_bv = _tile_columns(BV, C, cols_layout)
 
     i = 0
@@ -198,8 +199,8 @@ def _decode_kv_gluon_kernel(
         fence_async_shared()
         _cta_barrier()
         next_tile = tile + NUM_BUF * step
-        _issue_tile(next_tile, issue_slot, next_tile // NV // HV, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(buf),
-                    q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, NC)
+        _issue_tile(next_tile, issue_slot, next_tile // NV // HV, num_tiles, state_desc, q_desc, k_desc,
+                    tile_smem.index(buf), q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, NC)
         issue_slot = _tile_slot(next_tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
 
         row_head = tile // NV

@@ -63,9 +63,9 @@ def _decode_kv_tile_kernel(
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
     s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    C: gl.constexpr, ROWS: gl.constexpr, SORTED_ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NC: gl.constexpr = BV // C
