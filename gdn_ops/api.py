@@ -49,9 +49,10 @@ def fused_sigmoid_gating_delta_rule_update(
         initial_state_source: the state pool, ``[num_slots, HV, V, K]`` for ``state_layout="vk"`` (K
             contiguous) or ``[num_slots, HV, K, V]`` for ``"kv"``; fp32, bf16 or fp16; the two inner dims
             dense, slot and head strides free. Rows are read and written in place.
-        initial_state_indices: ``[B]`` int32/int64 slot of each row, distinct for live rows; an index
-            outside ``[0, num_slots)`` (e.g. -1) marks a padding row, which gets a zero output and never
-            touches the pool. ``None``: the pool has exactly ``B`` slots in batch order.
+        initial_state_indices: ``[B]`` int32/int64 slot of each row, distinct for live rows, any stride
+            (a strided view is copied to a dense one first, on the device); an index outside
+            ``[0, num_slots)`` (e.g. -1) marks a padding row, which gets a zero output and never touches
+            the pool. ``None``: the pool has exactly ``B`` slots in batch order.
         scale: query scale, ``K ** -0.5`` when ``None``.
         use_qk_l2norm_in_kernel: L2-normalise q and k (``x / sqrt(sum(x*x) + 1e-6)``) before use.
         state_layout: ``"vk"`` or ``"kv"`` (keyword-only).

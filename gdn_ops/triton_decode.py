@@ -325,6 +325,10 @@ def launch_decode(
         reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
+    if indices is not None and not indices.is_contiguous():
+        # every kernel reads the slots as a dense vector; a strided view (a column of a larger
+        # tensor) is copied first, a small kernel that CUDA-graph capture records like any other
+        indices = indices.contiguous()
     rows = None
     if indices is not None and isinstance(config, (DecodeConfig, GluonTileConfig)) and config.sort_rows:
         # the kernel then reads the slots in ascending order, and each program's row from rows

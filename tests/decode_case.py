@@ -47,6 +47,7 @@ class DecodeCase:
     index_dtype: torch.dtype | None = torch.int32  # None: no indices, pool has exactly B slots
     padding_rows: tuple[int, ...] = ()
     padding_value: int = -1
+    indices_stride: int = 1  # > 1: the indices are every n-th element of a larger buffer
     spare_slots: int = 2
     slot_pad: int = 0  # extra elements between slots (page-strided pool)
     pool_guard: int = 37  # NaN elements before the pool; a multiple of 8 keeps it 16-byte aligned (TMA)
@@ -180,6 +181,11 @@ def build(case: DecodeCase, device) -> DecodeInputs:
         for row in case.padding_rows:
             values[row] = case.padding_value
         indices = values.to(dtype=case.index_dtype, device=device)
+        if case.indices_stride > 1:
+            # the elements between hold other rows' slots, which a read as if contiguous would take
+            buffer = indices.flip(0).repeat_interleave(case.indices_stride)
+            buffer[::case.indices_stride] = indices
+            indices = buffer[::case.indices_stride]
     live = torch.tensor([r for r in range(B) if r not in case.padding_rows], dtype=torch.long)
     live_slots = slots[live].to(device)
     # Only addressed slots hold data; every other slot stays NaN, so a stray read or write shows.

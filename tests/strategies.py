@@ -29,6 +29,7 @@ def decode_cases(draw, small: bool = False, state_dtypes=STATE_DTYPES) -> Decode
         padding_rows = tuple(sorted(draw(st.sets(st.integers(0, B - 1), max_size=B))))
         # -1 is SGLang's pad; an index >= num_slots must be treated the same (never read or written)
         padding_value = draw(st.sampled_from((-1, -7, "num_slots", "huge")))
+    indices_stride = draw(st.sampled_from((1, 1, 3))) if index_dtype is not None else 1
     case = DecodeCase(
         B=B, T=T, HK=HK, group=group,
         K=draw(st.sampled_from(HEAD_DIMS)), V=draw(st.sampled_from(HEAD_DIMS)),
@@ -41,6 +42,7 @@ def decode_cases(draw, small: bool = False, state_dtypes=STATE_DTYPES) -> Decode
         qkv_layout=draw(st.sampled_from(("separate", "packed", "transposed"))),
         index_dtype=index_dtype,
         padding_rows=padding_rows,
+        indices_stride=indices_stride,
         spare_slots=draw(st.integers(0, 3)),
         slot_pad=draw(st.sampled_from((0, 0, 5, 128))),
         out_given=draw(st.booleans()),

@@ -70,6 +70,20 @@ def test_triton_step_orders_match_reference(layout, from_old_state):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("sort_rows", [False, True], ids=["batch-order", "slot-order"])
+def test_triton_reads_strided_indices(sort_rows):
+    """Indices that are every third element of a larger buffer (a column of a 2-D tensor): the
+    elements between hold other rows' slots, so a kernel that read them as contiguous would update
+    the wrong slots."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = DecodeCase(B=4, T=1, HK=2, group=2, K=16, V=32, padding_rows=(2,), indices_stride=3, out_given=True,
+                      seed=17)
+    config = DecodeConfig(BV=32, BK=16, num_warps=1, sort_rows=sort_rows)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config))
+
+
+@needs_interpreter
 @pytest.mark.parametrize("layout", ["vk", "kv"])
 def test_triton_rows_in_slot_order_match_reference(layout):
     """``sort_rows``: programs take the rows in ascending slot order (padding rows first); every row's
