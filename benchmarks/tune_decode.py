@@ -104,6 +104,20 @@ def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: b
     return launcher_provider((name or tile_name(tile)) + ("+pdl" if pdl else ""), launch, tile, pdl)
 
 
+def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[DecodeConfig]) -> list[Provider]:
+    """Each variant of ``names`` (benchmarks/variants.py: patches of the per-tile Triton kernel) at
+    the table's tile ``chosen`` and at each ``extra`` tile, under PDL. The tile is always passed:
+    given none, the launcher picks its default kernel, from some grids a Gluon kernel that the patch
+    does not touch (the eleventh session's variant figures for bf16 vk from B=128 timed the Gluon vk
+    tile kernel that way; NOTES.md, twelfth session)."""
+    providers = []
+    for name in names:
+        launch = load_variant(name).launch_decode
+        providers.append(tile_provider(chosen, launch, f"variant:{name}", pdl=True))
+        providers += [tile_provider(t, launch, f"variant:{name}:{tile_name(t)}", pdl=True) for t in extra]
+    return providers
+
+
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow).
@@ -163,16 +177,11 @@ def main() -> None:
         ref = reference(cfg, problem)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
                "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "tiles": {}}
-        tiles = candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]
-        pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-        tiles += [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
-        providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
         extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
-        for v in args.variants:
-            launch = load_variant(v).launch_decode
-            providers.append(tile_provider(None, launch, f"variant:{v}", pdl=True))
-            providers += [tile_provider(t, launch, f"variant:{v}:{tile_name(t)}", pdl=True)
-                          for t in extra]
+        tiles = (candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra
+        pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+        providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
+        providers += variant_providers(args.variants, chosen, extra)
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]

@@ -330,7 +330,7 @@ def launch_decode(
         # tensor) is copied first, a small kernel that CUDA-graph capture records like any other
         indices = indices.contiguous()
     rows = None
-    if indices is not None and isinstance(config, (DecodeConfig, GluonTileConfig)) and config.sort_rows:
+    if indices is not None and getattr(config, "sort_rows", False):  # DecodeConfig, GluonTileConfig
         # the kernel then reads the slots in ascending order, and each program's row from rows
         indices, rows = slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):

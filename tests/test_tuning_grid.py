@@ -25,6 +25,29 @@ def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_a
         (torch.float32, "vk", 1, 32, torch.bfloat16), (torch.float32, "vk", 8, 32, torch.bfloat16)]
 
 
+def test_variants_run_at_the_tile_they_are_given(monkeypatch):
+    """A variant patches the per-tile Triton kernel, so tune_decode hands it the table's tile (or an
+    extra one) and never leaves the kernel choice to the launcher."""
+    from types import SimpleNamespace
+
+    import benchmarks.tune_decode as tune
+    from benchmarks.providers import Config, make_problem
+    from gdn_ops.triton_decode import DecodeConfig
+
+    launched = []
+    monkeypatch.setattr(tune, "load_variant", lambda name: SimpleNamespace(
+        launch_decode=lambda *args, config, **kwargs: launched.append(config)))
+    chosen, extra = DecodeConfig(BV=32, BK=128, num_warps=1), DecodeConfig(BV=8, BK=128, num_warps=1)
+    providers = tune.variant_providers(["a", "b"], chosen, [extra])
+    assert [p.name for p in providers] == ["variant:a+pdl", "variant:a:BV8w1+pdl", "variant:b+pdl",
+                                           "variant:b:BV8w1+pdl"]
+    cfg = Config(tp=1, HK=2, HV=4, K=128, V=128, B=2, state_dtype=torch.bfloat16, layout="vk")
+    problem = make_problem(cfg, "cpu")
+    for provider in providers:
+        provider.make(cfg, problem.pool, problem.indices, problem.inputs)()
+    assert launched == [chosen, extra, chosen, extra]
+
+
 def test_tile_specs_round_trip_through_their_names():
     from benchmarks.tune_decode import parse_tile, tile_name
     from gdn_ops.triton_decode import DecodeConfig
