@@ -121,6 +121,46 @@ def test_persistent_kernel_replays_match_reference(B):
         assert bool((slots.out[inputs["indices"] < 0] == 0).all())
 
 
+@pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile"])
+def test_rows_in_slot_order_replay_with_each_steps_indices(kernel):
+    """A decode that sorts its rows by slot (``sort_rows``): the sort runs inside the graph, so each
+    replay must order that step's indices, padding included, and leave unaddressed slots alone."""
+    from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
+    from gdn_ops.triton_decode import DecodeConfig, is_sm90_gpu, launch_decode
+
+    layout = "vk" if kernel == "per-tile-vk" else "kv"
+    if layout == "kv" and not is_sm90_gpu(torch.device("cuda")):
+        pytest.skip("the Gluon kernel needs sm_90+")
+    config = (DecodeConfig(BV=8, BK=128, num_warps=1, sort_rows=True) if layout == "vk"
+              else KV_2B_TILE_CONFIG._replace(sort_rows=True))
+    state_dtype = torch.float32 if layout == "vk" else torch.bfloat16
+    gen = torch.Generator().manual_seed(11)
+    B, num_slots = 96, 120
+    slots = DecodeSlots(B)
+    inner = (HV, V, K) if layout == "vk" else (HV, K, V)
+    pool = torch.randn(num_slots, *inner, generator=gen).to(state_dtype).cuda()
+
+    def step():
+        launch_decode(slots.q, slots.k, slots.v, slots.a, slots.b, slots.A_log, slots.dt_bias, pool, slots.indices,
+                      slots.out, scale=K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=layout, config=config)
+
+    slots.fill(gen, padded_indices(gen, B, B - 9, num_slots))
+    graph = _capture(step)
+    for live in (B - 3, B, B // 3):
+        inputs = slots.fill(gen, padded_indices(gen, B, live, num_slots))
+        before = pool.clone()
+        ref_o, ref_pool = fused_sigmoid_gating_delta_rule_reference(
+            slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
+            before, inputs["indices"], None, True, state_layout=layout, compute_dtype=torch.float64)
+        graph.replay()
+        assert_close_to_reference("o", slots.out, ref_o, torch.bfloat16)
+        assert_close_to_reference("pool", pool, ref_pool, state_dtype)
+        untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
+        untouched[inputs["indices"][inputs["indices"] >= 0].long()] = False
+        assert torch.equal(pool[untouched], before[untouched]), "a slot no live row addresses was written"
+        assert bool((slots.out[inputs["indices"] < 0] == 0).all())
+
+
 def test_capture_launches_the_kernel_compiled_at_warm_up():
     """A capture must not compile: a new specialisation would be a different launch than warm-up's."""
     knobs = pytest.importorskip("triton.knobs")
