@@ -404,7 +404,7 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     gpu = gpu_name(state.device)
     tile = tile_config(q, k, state, state_layout, B * HV) or vk_tile_config(q, k, v, state, state_layout, B * HV)
     if tile is not None:
-        return tile._replace(sort_rows=sorts_rows(gpu, state_layout, state.element_size(), B * HV))
+        return tile._replace(sort_rows=True) if sorts_rows(gpu, state_layout, state.element_size(), B * HV) else tile
     return (persistent_config(q, k, state, state_layout, B * HV)
             or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size()))
 

@@ -14,6 +14,8 @@ there are many programs. No host sync, and the same launch every call (CUDA-grap
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -36,9 +38,11 @@ SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk
                   ("H200", "kv", 2): 16384}
 
 
+@functools.cache
 def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int) -> bool:
     """Whether the decode on this GPU (``gpu``: its name, empty off the GPU) takes the rows in slot
-    order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`)."""
+    order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`). Cached: the
+    launcher asks on every call."""
     return any(name in gpu and (layout, size) == (state_layout, itemsize) and rows_x_heads >= start
                for (name, layout, size), start in SORT_ROWS_FROM.items())
 

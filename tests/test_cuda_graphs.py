@@ -81,6 +81,26 @@ def test_manual_capture_replays_match_eager_step_for_step():
         assert bool((slots.out[padded] == 0).all())
 
 
+def _replay_against_reference(graph: torch.cuda.CUDAGraph, slots: DecodeSlots, pool: torch.Tensor,
+                              gen: torch.Generator, live_rows: tuple[int, ...], layout: str) -> None:
+    """For each count of live rows: new step inputs and padded indices, one replay, then the output
+    and pool against the float64 reference, no unaddressed slot written, and zero padded outputs."""
+    B, num_slots = slots.indices.shape[0], pool.shape[0]
+    for live in live_rows:
+        inputs = slots.fill(gen, padded_indices(gen, B, live, num_slots))
+        before = pool.clone()
+        ref_o, ref_pool = fused_sigmoid_gating_delta_rule_reference(
+            slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
+            before, inputs["indices"], None, True, state_layout=layout, compute_dtype=torch.float64)
+        graph.replay()
+        assert_close_to_reference("o", slots.out, ref_o, slots.out.dtype)
+        assert_close_to_reference("pool", pool, ref_pool, pool.dtype)
+        untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
+        untouched[inputs["indices"][inputs["indices"] >= 0].long()] = False
+        assert torch.equal(pool[untouched], before[untouched]), "a slot no live row addresses was written"
+        assert bool((slots.out[inputs["indices"] < 0] == 0).all())
+
+
 @pytest.mark.parametrize("B", [1024 // HV, 4160 // HV], ids=["small-tile", "large-tile"])
 def test_persistent_kernel_replays_match_reference(B):
     """A large bf16 kv pool runs a TMA kernel (on an H100 or H200 the Gluon kernel of one program per
@@ -105,20 +125,7 @@ def test_persistent_kernel_replays_match_reference(B):
             use_qk_l2norm_in_kernel=True, state_layout="kv", out=slots.out)
 
     slots.fill(gen, padded_indices(gen, B, B - 5, num_slots))
-    graph = _capture(step)
-    for live in (B - 7, B, B // 2):
-        inputs = slots.fill(gen, padded_indices(gen, B, live, num_slots))
-        before = pool.clone()
-        ref_o, ref_pool = fused_sigmoid_gating_delta_rule_reference(
-            slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
-            before, inputs["indices"], None, True, state_layout="kv", compute_dtype=torch.float64)
-        graph.replay()
-        assert_close_to_reference("o", slots.out, ref_o, torch.bfloat16)
-        assert_close_to_reference("pool", pool, ref_pool, torch.bfloat16)
-        untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
-        untouched[inputs["indices"][inputs["indices"] >= 0].long()] = False
-        assert torch.equal(pool[untouched], before[untouched]), "a slot no live row addresses was written"
-        assert bool((slots.out[inputs["indices"] < 0] == 0).all())
+    _replay_against_reference(_capture(step), slots, pool, gen, (B - 7, B, B // 2), "kv")
 
 
 @pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile"])
@@ -145,20 +152,7 @@ def test_rows_in_slot_order_replay_with_each_steps_indices(kernel):
                       slots.out, scale=K**-0.5, use_qk_l2norm_in_kernel=True, state_layout=layout, config=config)
 
     slots.fill(gen, padded_indices(gen, B, B - 9, num_slots))
-    graph = _capture(step)
-    for live in (B - 3, B, B // 3):
-        inputs = slots.fill(gen, padded_indices(gen, B, live, num_slots))
-        before = pool.clone()
-        ref_o, ref_pool = fused_sigmoid_gating_delta_rule_reference(
-            slots.A_log, inputs["a"], slots.dt_bias, 1.0, 20.0, inputs["q"], inputs["k"], inputs["v"], inputs["b"],
-            before, inputs["indices"], None, True, state_layout=layout, compute_dtype=torch.float64)
-        graph.replay()
-        assert_close_to_reference("o", slots.out, ref_o, torch.bfloat16)
-        assert_close_to_reference("pool", pool, ref_pool, state_dtype)
-        untouched = torch.ones(num_slots, dtype=torch.bool, device="cuda")
-        untouched[inputs["indices"][inputs["indices"] >= 0].long()] = False
-        assert torch.equal(pool[untouched], before[untouched]), "a slot no live row addresses was written"
-        assert bool((slots.out[inputs["indices"] < 0] == 0).all())
+    _replay_against_reference(_capture(step), slots, pool, gen, (B - 3, B, B // 3), layout)
 
 
 def test_capture_launches_the_kernel_compiled_at_warm_up():
