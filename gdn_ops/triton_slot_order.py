@@ -72,7 +72,11 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
 def slot_order(indices: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``indices [B]`` (int32 or int64 slots, any values, padding too) -> ``(sorted_slots, rows)``:
     ``rows`` (int32 ``[B]``) is the stable argsort of ``indices`` and ``sorted_slots = indices[rows]``
-    (``indices``' dtype). ``pdl`` launches with programmatic dependent launch (sm_90+)."""
+    (``indices``' dtype). ``pdl`` launches with programmatic dependent launch (sm_90+). Reads the
+    slots as a dense vector, so ``indices`` must be contiguous; checked from metadata only."""
+    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
+        raise ValueError(f"slot_order: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; got "
+                         f"{indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
     B = indices.shape[0]
     sorted_slots = torch.empty_like(indices)
     rows = torch.empty(B, dtype=torch.int32, device=indices.device)

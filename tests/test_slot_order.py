@@ -5,6 +5,7 @@ Runs through Triton's interpreter on CPU, on the GPU when there is one.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,3 +44,14 @@ def test_rows_come_in_stable_ascending_slot_order(indices, max_columns):
     assert rows.dtype == torch.int32 and sorted_slots.dtype == indices.dtype
     assert torch.equal(rows.cpu(), expected_rows.to(torch.int32))
     assert torch.equal(sorted_slots.cpu(), expected_slots)
+
+
+@pytest.mark.parametrize(("indices", "got"), [
+    (torch.zeros(4, dtype=torch.float32), "torch.float32 of shape [4]"),
+    (torch.zeros(2, 3, dtype=torch.int32), "of shape [2, 3]"),
+    (torch.arange(8, dtype=torch.int32)[::2], "strides [2]"),
+])
+def test_refuses_what_it_cannot_read_before_any_launch(indices, got):
+    with pytest.raises(ValueError, match=r"argument 'indices' must be a contiguous 1-D int32 or int64 tensor.*"
+                                         + got.replace("[", r"\[").replace("]", r"\]")):
+        slot_order(indices.to(DEVICE))
