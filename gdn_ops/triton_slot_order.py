@@ -27,15 +27,13 @@ MAX_COLUMNS = 2048
 
 # From which B*HV the decode takes its rows in slot order, by (GPU name part, pool layout, state
 # element size); not on other GPUs (not measured there). Chosen on the H200 under PDL against the
-# same kernel unsorted, with the rank kernel's first form, a loop that cost ~1.2 us at small B and
-# more at large B (results/h200/tune_sort_*.json; NOTES.md, twelfth session). fp32 vk (per-tile
-# Triton kernel): +1.0-1.5 points at B*HV 4096-32768 (TP=1), +0.6-0.8 at 4096-8192 (TP=4), a loss
-# at 1024-2048. fp32 kv (Gluon tile): +0.2 at 4096, +0.5-0.9 from 8192. 2-byte states (Gluon
-# tiles): -0.3 to -1.1 at 4096-8192, +0.5-0.9 from 16384. With the one-step form the sweep gained
-# more from 16384 (sweep_1890d1b: fp32 512 / 1024 +1.2-1.6 points over unsorted sweeps, bf16
-# +1.5-2.1); the thresholds were not measured again.
-SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 16384,
-                  ("H200", "kv", 2): 16384}
+# same kernel unsorted (results/h200/tune_sort_*.json, tune_sort2_*.json; NOTES.md, twelfth and
+# thirteenth sessions). fp32 vk (per-tile Triton kernel): +1.0-1.5 points at B*HV 4096-32768
+# (TP=1), +0.6-0.8 at 4096-8192 (TP=4); at 2048 -0.8 in one run and +0.9 in another, so not there.
+# fp32 kv (Gluon tile): +0.2 at 4096, +0.5-0.9 from 8192. 2-byte states (Gluon tiles), with the
+# one-step rank kernel: -0.8 to +0.1 at 4096, +0.3-0.4 at 8192, and +1.5-2.1 from 16384 in the sweep.
+SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 8192,
+                  ("H200", "kv", 2): 8192}
 
 
 @functools.cache

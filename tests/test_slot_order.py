@@ -47,11 +47,12 @@ def test_rows_come_in_stable_ascending_slot_order(indices, max_columns):
 
 
 @pytest.mark.parametrize(("indices", "got"), [
-    (torch.zeros(4, dtype=torch.float32), "torch.float32 of shape [4]"),
-    (torch.zeros(2, 3, dtype=torch.int32), "of shape [2, 3]"),
-    (torch.arange(8, dtype=torch.int32)[::2], "strides [2]"),
+    (torch.zeros(4, dtype=torch.float32, device=DEVICE), "torch.float32 of shape [4]"),
+    (torch.zeros(2, 3, dtype=torch.int32, device=DEVICE), "of shape [2, 3]"),
+    # made on the device: moving a strided view there would give a dense copy
+    (torch.arange(8, dtype=torch.int32, device=DEVICE)[::2], "strides [2]"),
 ])
 def test_refuses_what_it_cannot_read_before_any_launch(indices, got):
     with pytest.raises(ValueError, match=r"argument 'indices' must be a contiguous 1-D int32 or int64 tensor.*"
                                          + got.replace("[", r"\[").replace("]", r"\]")):
-        slot_order(indices.to(DEVICE))
+        slot_order(indices)
