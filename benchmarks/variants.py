@@ -115,6 +115,45 @@ VARIANTS["packed_state"] = [
 ]
 
 
+# The same aim by another route: the update reads the tile again (a volatile load, which the
+# compiler may not merge with the first; it should hit L1 or L2) instead of keeping it in registers
+# across the sums. Decode steps of one token only (T = 1): a second token would read the old tile.
+_RELOAD_STEP = """from gdn_ops.triton_step import _add2, _add3
+
+
+@triton.jit
+def _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
+    qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
+    if USE_L2NORM:
+        rq = 1.0 / tl.sqrt(qq + L2_EPS)
+        rk = 1.0 / tl.sqrt(kk + L2_EPS)
+    else:
+        rq = 1.0
+        rk = 1.0
+    k = k * rk
+    q = q * (rq * scale)
+    kq = kq * (rk * rq * scale)
+    decay = tl.exp(g)
+    wide = S.to(tl.float32)
+    Sk, Sq = tl.reduce((wide * k[None, :], wide * q[None, :]), 1, _add2)
+    u = beta * (v - decay * Sk)
+    o = decay * Sq + u * kq
+    return u, k, decay, o
+
+
+"""
+VARIANTS["reload_state"] = [
+    ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
+     "    S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n"),
+    ("        if FROM_OLD_STATE:\n            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
+     "        else:\n            S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
+     "        u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
+     "        again = tl.load(state_ptrs, mask=state_mask, other=0.0, volatile=True).to(tl.float32)\n"
+     "        S = (again * decay + u[:, None] * k[None, :]).to(S.dtype)\n"),
+    ("@triton.jit\ndef _decode_kernel(", _RELOAD_STEP + "@triton.jit\ndef _decode_kernel("),
+]
+
+
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
 TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # The first shipped order (until 2026-11-28): the next kernel may launch right after the wait.
