@@ -9,6 +9,8 @@ profiled launch, so it sees the cold-L2 case the benchmark times. ``--no-pdl`` l
 programmatic dependent launch. ``--stream 1:c1024`` launches ``benchmarks.probe_stream``'s register
 stream of that spec on the same pool instead (no arithmetic), to profile beside the decode. Off a
 GPU it runs on the CPU (Triton's interpreter), which only checks that the launches run.
+``--tile 16:1:sort`` profiles a tile of the per-tile Triton kernel (``benchmarks.tune_decode``'s
+tile syntax), and ``--variant`` takes that kernel's VARIANTS too, at the given tile or the table's.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from __future__ import annotations
 import argparse
 
 import torch
+import triton
 
 from benchmarks.probe_stream import reg_stream
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
+from benchmarks.tune_decode import parse_tile
 from benchmarks.tune_tma import parse_spec, variant_launch
-from benchmarks.variants import GLUON_VARIANTS
+from benchmarks.variants import GLUON_VARIANTS, VARIANTS, load_variant
 from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, GluonKVConfig
-from gdn_ops.triton_decode import default_config
+from gdn_ops.triton_decode import DecodeConfig, decode_config, default_config
 from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig
 
 
@@ -36,7 +40,8 @@ def main(argv=None) -> None:
     ap.add_argument("--launches", type=int, default=3)
     ap.add_argument("--no-pdl", action="store_true")
     ap.add_argument("--spec", help="a TMA-kernel configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:2:4, t128:4:8:6:8)")
-    ap.add_argument("--variant", help="profile this TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
+    ap.add_argument("--tile", metavar="BV:WARPS[:MAXNREG][:new][:sort]", help="a tile of the per-tile Triton kernel")
+    ap.add_argument("--variant", help="profile this VARIANTS / TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
     ap.add_argument("--stream", metavar="WARPS[:cCHUNK][:oop][:seq]",
                     help="profile probe_stream's register stream of this spec instead of the decode")
     args = ap.parse_args(argv)
@@ -49,7 +54,15 @@ def main(argv=None) -> None:
     launch = None
     if args.spec:
         config = parse_spec(args.spec)
-    if args.variant:
+    if args.tile:
+        config = parse_tile(args.tile, triton.next_power_of_2(HEAD_DIM))
+    if args.variant in VARIANTS:
+        # a patch of the per-tile kernel: always give it a tile, or the launcher may pick another kernel
+        launch = load_variant(args.variant).launch_decode
+        if not isinstance(config, DecodeConfig):
+            gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+            config = decode_config(args.batch * HV, HEAD_DIM, HEAD_DIM, cfg.state_dtype, cfg.layout, gpu)
+    elif args.variant:
         launch = variant_launch(args.variant)
         if args.variant in GLUON_VARIANTS and not isinstance(config, GluonKVConfig):
             config = KV_2B_GLUON_CONFIG

@@ -66,63 +66,24 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# The per-tile kernel's tile loaded in the state's dtype (not widened), and its step call, which the
+# two variants below replace.
+_TILE_IN_STATE_DTYPE = ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
+                        "    S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n")
+_SHIPPED_STEP_CALL = (
+    "        if FROM_OLD_STATE:\n            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
+    "        else:\n            S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n")
 # A 2-byte state held packed (two values per register) through the step instead of widened to fp32
 # on load: the register count, not the memory system, caps the per-tile kernel's bytes in flight for
 # a bf16 state (NOTES.md, thirteenth session). The sums read one fp32 widening; the update widens
 # again in asm that the compiler may neither merge with the first nor hoist above the sums, so only
 # the packed tile stays live across them. One pass (o from the old state) for every tile.
-_PACKED_STEP = """from gdn_ops.triton_step import _add2, _add3
-
-
-@triton.jit
-def _widen_again(S):
-    if S.dtype == tl.bfloat16:
-        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\\n\\tand.b32 $1, $2, 0xFFFF0000;", "=r,=r,r", [S],
-                                         dtype=tl.float32, is_pure=False, pack=2)
-    else:
-        return S.to(tl.float32)
-
-
-@triton.jit
-def _packed_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
-    qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
-    if USE_L2NORM:
-        rq = 1.0 / tl.sqrt(qq + L2_EPS)
-        rk = 1.0 / tl.sqrt(kk + L2_EPS)
-    else:
-        rq = 1.0
-        rk = 1.0
-    k = k * rk
-    q = q * (rq * scale)
-    kq = kq * (rk * rq * scale)
-    decay = tl.exp(g)
-    wide = S.to(tl.float32)
-    Sk, Sq = tl.reduce((wide * k[None, :], wide * q[None, :]), 1, _add2)
-    u = beta * (v - decay * Sk)
-    o = decay * Sq + u * kq
-    S = (_widen_again(S) * decay + u[:, None] * k[None, :]).to(S.dtype)
-    return S, o
-
-
-"""
-VARIANTS["packed_state"] = [
-    ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
-     "    S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n"),
-    ("        if FROM_OLD_STATE:\n            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
-     "        else:\n            S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-     "        S, o = _packed_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"),
-    ("@triton.jit\ndef _decode_kernel(", _PACKED_STEP + "@triton.jit\ndef _decode_kernel("),
-]
-
-
-# The same aim by another route: the update reads the tile again (a volatile load, which the
-# compiler may not merge with the first; it should hit L1 or L2) instead of keeping it in registers
-# across the sums. Decode steps of one token only (T = 1): a second token would read the old tile.
-_RELOAD_STEP = """from gdn_ops.triton_step import _add2, _add3
+_SUMS_OF_STEP = """from gdn_ops.triton_step import _add2, _add3
 
 
 @triton.jit
 def _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
+    # delta_rule_step_from_old_state up to the update, on a tile S in the state's dtype
     qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
     if USE_L2NORM:
         rq = 1.0 / tl.sqrt(qq + L2_EPS)
@@ -142,15 +103,41 @@ def _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: 
 
 
 """
+_PACKED_STEP = _SUMS_OF_STEP + """@triton.jit
+def _widen_again(S):
+    if S.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\\n\\tand.b32 $1, $2, 0xFFFF0000;", "=r,=r,r", [S],
+                                         dtype=tl.float32, is_pure=False, pack=2)
+    else:
+        return S.to(tl.float32)
+
+
+@triton.jit
+def _packed_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
+    u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+    S = (_widen_again(S) * decay + u[:, None] * k[None, :]).to(S.dtype)
+    return S, o
+
+
+"""
+VARIANTS["packed_state"] = [
+    _TILE_IN_STATE_DTYPE,
+    (_SHIPPED_STEP_CALL,
+     "        S, o = _packed_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"),
+    ("@triton.jit\ndef _decode_kernel(", _PACKED_STEP + "@triton.jit\ndef _decode_kernel("),
+]
+
+
+# The same aim by another route: the update reads the tile again (a volatile load, which the
+# compiler may not merge with the first; it should hit L1 or L2) instead of keeping it in registers
+# across the sums. Decode steps of one token only (T = 1): a second token would read the old tile.
 VARIANTS["reload_state"] = [
-    ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
-     "    S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n"),
-    ("        if FROM_OLD_STATE:\n            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
-     "        else:\n            S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
-     "        u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
-     "        again = tl.load(state_ptrs, mask=state_mask, other=0.0, volatile=True).to(tl.float32)\n"
-     "        S = (again * decay + u[:, None] * k[None, :]).to(S.dtype)\n"),
-    ("@triton.jit\ndef _decode_kernel(", _RELOAD_STEP + "@triton.jit\ndef _decode_kernel("),
+    _TILE_IN_STATE_DTYPE,
+    (_SHIPPED_STEP_CALL,
+     ("        u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
+      "        again = tl.load(state_ptrs, mask=state_mask, other=0.0, volatile=True).to(tl.float32)\n"
+      "        S = (again * decay + u[:, None] * k[None, :]).to(S.dtype)\n")),
+    ("@triton.jit\ndef _decode_kernel(", _SUMS_OF_STEP + "@triton.jit\ndef _decode_kernel("),
 ]
 
 
