@@ -141,6 +141,58 @@ VARIANTS["reload_state"] = [
 ]
 
 
+# The tile's two halves of value rows loaded at once, then worked one after the other: while the
+# first half's sums and update run, the second half's bytes are still on their way, so a program is
+# not idle on the memory system through its arithmetic (ncu at B=512 bf16 vk, NOTES.md, thirteenth
+# session). The barrier keeps the compiler from interleaving the halves (which would widen both at
+# once). One token only (T = 1).
+_SHIPPED_TILE_TAIL_START = "    state_ptrs = state_ptr + slot * s_slot + head_offset + tile\n"
+_SHIPPED_TILE_TAIL_END = 'cache_modifier=".cs")\n'
+_ROW_HALVES_TAIL = """    HALF: tl.constexpr = BV // 2
+    base = state_ptr + slot * s_slot + head_offset
+    offs_a = v_block * BV + tl.arange(0, HALF)
+    offs_b = offs_a + HALF
+    if STATE_VK:
+        tile_a = offs_a[:, None] * K + offs_k[None, :]
+        tile_b = offs_b[:, None] * K + offs_k[None, :]
+    else:
+        tile_a = offs_k[None, :] * V + offs_a[:, None]
+        tile_b = offs_k[None, :] * V + offs_b[:, None]
+    mask_a = ((offs_a < V)[:, None] & mask_k[None, :]) & valid
+    mask_b = ((offs_b < V)[:, None] & mask_k[None, :]) & valid
+    S_a = tl.load(base + tile_a, mask=mask_a, other=0.0)
+    S_b = tl.load(base + tile_b, mask=mask_b, other=0.0)
+
+    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+    q = tl.load(q_ptr + row * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + row * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
+    gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
+    gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
+    g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+    for half in tl.static_range(2):
+        if half == 0:
+            S, offs_h, tile_h, mask_h = S_a, offs_a, tile_a, mask_a
+        else:
+            tl.debug_barrier()
+            S, offs_h, tile_h, mask_h = S_b, offs_b, tile_b, mask_b
+        v = tl.load(v_ptr + row * s_vb + hv * s_vh + offs_h * s_vv, mask=offs_h < V, other=0.0).to(tl.float32)
+        S, o = delta_rule_step_from_old_state(S.to(tl.float32), q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+        o = tl.where(valid, o, 0.0)
+        tl.store(o_ptr + row * s_ob + hv * s_oh + offs_h * s_ov, o.to(o_ptr.dtype.element_ty), mask=offs_h < V)
+        tl.store(base + tile_h, S.to(state_ptr.dtype.element_ty), mask=mask_h, cache_modifier=".cs")
+"""
+
+
+def _shipped_tile_tail() -> str:
+    """The per-tile kernel's source from its state pointers to its state store."""
+    source = Path(shipped.__file__).read_text()
+    start = source.index(_SHIPPED_TILE_TAIL_START)
+    return source[start:source.index(_SHIPPED_TILE_TAIL_END, start) + len(_SHIPPED_TILE_TAIL_END)]
+
+
+VARIANTS["row_halves"] = [(_shipped_tile_tail(), _ROW_HALVES_TAIL)]
+
+
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
 TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # The first shipped order (until 2026-11-28): the next kernel may launch right after the wait.
