@@ -78,32 +78,8 @@ _SHIPPED_STEP_CALL = (
 # a bf16 state (NOTES.md, thirteenth session). The sums read one fp32 widening; the update widens
 # again in asm that the compiler may neither merge with the first nor hoist above the sums, so only
 # the packed tile stays live across them. One pass (o from the old state) for every tile.
-_SUMS_OF_STEP = """from gdn_ops.triton_step import _add2, _add3
-
-
-@triton.jit
-def _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
-    # delta_rule_step_from_old_state up to the update, on a tile S in the state's dtype
-    qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
-    if USE_L2NORM:
-        rq = 1.0 / tl.sqrt(qq + L2_EPS)
-        rk = 1.0 / tl.sqrt(kk + L2_EPS)
-    else:
-        rq = 1.0
-        rk = 1.0
-    k = k * rk
-    q = q * (rq * scale)
-    kq = kq * (rk * rq * scale)
-    decay = tl.exp(g)
-    wide = S.to(tl.float32)
-    Sk, Sq = tl.reduce((wide * k[None, :], wide * q[None, :]), 1, _add2)
-    u = beta * (v - decay * Sk)
-    o = decay * Sq + u * kq
-    return u, k, decay, o
-
-
-"""
-_PACKED_STEP = _SUMS_OF_STEP + """@triton.jit
+_IMPORT_SUMS = "from gdn_ops.triton_step import old_state_sums\n\n\n"
+_PACKED_STEP = _IMPORT_SUMS + """@triton.jit
 def _widen_again(S):
     if S.dtype == tl.bfloat16:
         return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\\n\\tand.b32 $1, $2, 0xFFFF0000;", "=r,=r,r", [S],
@@ -114,7 +90,7 @@ def _widen_again(S):
 
 @triton.jit
 def _packed_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
-    u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+    u, k, decay, o = old_state_sums(S.to(tl.float32), q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
     S = (_widen_again(S) * decay + u[:, None] * k[None, :]).to(S.dtype)
     return S, o
 
@@ -134,10 +110,10 @@ VARIANTS["packed_state"] = [
 VARIANTS["reload_state"] = [
     _TILE_IN_STATE_DTYPE,
     (_SHIPPED_STEP_CALL,
-     ("        u, k, decay, o = _sums_of_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
+     ("        u, k, decay, o = old_state_sums(S.to(tl.float32), q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"
       "        again = tl.load(state_ptrs, mask=state_mask, other=0.0, volatile=True).to(tl.float32)\n"
       "        S = (again * decay + u[:, None] * k[None, :]).to(S.dtype)\n")),
-    ("@triton.jit\ndef _decode_kernel(", _SUMS_OF_STEP + "@triton.jit\ndef _decode_kernel("),
+    ("@triton.jit\ndef _decode_kernel(", _IMPORT_SUMS + "@triton.jit\ndef _decode_kernel("),
 ]
 
 

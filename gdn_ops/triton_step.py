@@ -46,6 +46,15 @@ def delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM: tl.co
     a program waits on two reduction chains instead of four in a row: shorter programs where the
     kernel is latency-bound (NOTES.md, eleventh session).
     """
+    u, k, decay, o = old_state_sums(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+    S = S * decay + u[:, None] * k[None, :]
+    return S, o
+
+
+@triton.jit
+def old_state_sums(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
+    """What :func:`delta_rule_step_from_old_state` needs of the old tile ``S`` (fp32) before its
+    update: ``(u [BV], k [BK] normed, d, o [BV])``; the update is then ``S = d S + u k^T``."""
     qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
     if USE_L2NORM:
         rq = 1.0 / tl.sqrt(qq + L2_EPS)
@@ -60,5 +69,4 @@ def delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM: tl.co
     Sk, Sq = tl.reduce((S * k[None, :], S * q[None, :]), 1, _add2)
     u = beta * (v - decay * Sk)
     o = decay * Sq + u * kq
-    S = S * decay + u[:, None] * k[None, :]
-    return S, o
+    return u, k, decay, o
