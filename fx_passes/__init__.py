@@ -23,7 +23,8 @@ the logger ``"gdn_ops.fx_passes"``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch._inductor.config as inductor_config
 
