@@ -5,6 +5,8 @@ Runs through Triton's interpreter on CPU, on the GPU when there is one.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given
@@ -34,12 +36,8 @@ def test_rows_come_in_stable_ascending_slot_order(indices, max_columns):
     ``MAX_COLUMNS`` slots)."""
     import gdn_ops.triton_slot_order as module
 
-    saved = module.MAX_COLUMNS
-    module.MAX_COLUMNS = max_columns or saved
-    try:
+    with mock.patch.object(module, "MAX_COLUMNS", max_columns or module.MAX_COLUMNS):
         sorted_slots, rows = slot_order(indices.to(DEVICE))
-    finally:
-        module.MAX_COLUMNS = saved
     expected_slots, expected_rows = torch.sort(indices, stable=True)
     assert rows.dtype == torch.int32 and sorted_slots.dtype == indices.dtype
     assert torch.equal(rows.cpu(), expected_rows.to(torch.int32))

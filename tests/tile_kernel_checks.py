@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 from collections.abc import Iterator
 from types import ModuleType
+from unittest import mock
 
 import torch
 from decode_case import DecodeCase, build, check, run_triton
@@ -37,17 +38,14 @@ def check_launch(case: DecodeCase, config) -> None:
 def kernel_calls(module: ModuleType, kernel_name: str) -> Iterator[list[tuple]]:
     """While the block runs, ``module.<kernel_name>`` is a recorder: each launch appends its
     ``(grid, args, kwargs)`` to the list yielded, and launches nothing."""
-    kernel, calls = getattr(module, kernel_name), []
+    calls = []
 
     class Recorder:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((grid, args, kwargs))
 
-    setattr(module, kernel_name, Recorder())
-    try:
+    with mock.patch.object(module, kernel_name, Recorder()):
         yield calls
-    finally:
-        setattr(module, kernel_name, kernel)
 
 
 def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str,
