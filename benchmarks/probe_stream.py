@@ -20,8 +20,9 @@ through the shuffled slot indices:
   with ``c{E}``), ``W`` warps, the bytes loaded into registers in 16-byte vectors and stored back
   (times one, so the store is not of the loaded registers verbatim). Small chunks give the geometry
   of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern too.
-* ``decode[:seq]``: the shipped decode step (``launch_decode`` with its defaults), for scale;
-  ``decode:seq`` gives it the slots in ascending order, which tells what the shuffle costs a decode.
+* ``decode[:seq][:plan]``: the shipped decode step (``launch_decode`` with its defaults), for scale;
+  ``seq`` gives it the slots in ascending order, which tells what the shuffle costs a decode;
+  ``plan`` computes its slot order before capture, which tells what the rank kernel costs it.
 
 Each stream is checked to leave the pool (or copy it) unchanged before timing. Timing is that of
 ``tune_decode``: cold-L2 CUDA-graph replays, all providers interleaved.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from unittest import mock
 
 import torch
 import triton
@@ -46,6 +48,7 @@ from benchmarks.providers import Config, Provider, launcher_provider, load_provi
 from benchmarks.timing import capture_graph, copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.tuning_results import write_results
+from gdn_ops import triton_decode
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
 
@@ -229,15 +232,26 @@ def reg_stream(spec: str) -> Provider:
 
 
 def decode_provider(options: tuple[str, ...] = ()) -> Provider:
-    """The shipped decode step; with ``seq`` through the slots in ascending order."""
+    """The shipped decode step; with ``seq`` through the slots in ascending order; with ``plan``
+    given its slot order computed once before the graph is captured (an engine computes it once
+    per step for all its layers), so the timed call holds no rank kernel where the decode sorts."""
     base = launcher_provider("decode")
-    if "seq" not in options:
-        return base
 
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
-        return base.make(cfg, pool, in_order(indices), inputs)
+        if "seq" in options:
+            indices = in_order(indices)
+        step = base.make(cfg, pool, indices, inputs)
+        if "plan" not in options:
+            return step
+        order = triton_decode.slot_order(indices, pdl=triton_decode.default_pdl(indices.device))
 
-    return Provider("decode:seq", make)
+        def planned() -> torch.Tensor:
+            with mock.patch.object(triton_decode, "slot_order", lambda *args, **kwargs: order):
+                return step()
+
+        return planned
+
+    return Provider(":".join(["decode", *options]), make)
 
 
 def check_stream(cfg: Config, provider: Provider, device: str = "cuda") -> str | None:
@@ -271,8 +285,9 @@ def main() -> None:
     ap.add_argument("--async", dest="async_", nargs="*", default=["4:2:3", "4:3:2", "8:2:3", "4:4:1", "8:3:2"],
                     metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
     ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")
-    ap.add_argument("--decode", nargs="*", default=["decode"], metavar="decode[:seq]",
-                    help="the shipped decode step, in the shuffled or (:seq) the ascending slot order")
+    ap.add_argument("--decode", nargs="*", default=["decode"], metavar="decode[:seq][:plan]",
+                    help="the shipped decode step, in the shuffled or (:seq) the ascending slot order; :plan with its "
+                         "slot order computed before capture")
     ap.add_argument("--layout", default="kv", choices=["kv", "vk"], help="the decode's state layout")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
