@@ -22,7 +22,7 @@ through the shuffled slot indices:
   of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern too.
 * ``decode[:seq][:plan]``: the shipped decode step (``launch_decode`` with its defaults), for scale;
   ``seq`` gives it the slots in ascending order, which tells what the shuffle costs a decode;
-  ``plan`` computes its slot order before capture, which tells what the rank kernel costs it.
+  ``plan`` gives it its slot order computed before capture (``initial_state_order``).
 
 Each stream is checked to leave the pool (or copy it) unchanged before timing. Timing is that of
 ``tune_decode``: cold-L2 CUDA-graph replays, all providers interleaved.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from unittest import mock
 
 import torch
 import triton
@@ -48,7 +47,6 @@ from benchmarks.providers import Config, Provider, launcher_provider, load_provi
 from benchmarks.timing import capture_graph, copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.tuning_results import write_results
-from gdn_ops import triton_decode
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
 
@@ -233,23 +231,14 @@ def reg_stream(spec: str) -> Provider:
 
 def decode_provider(options: tuple[str, ...] = ()) -> Provider:
     """The shipped decode step; with ``seq`` through the slots in ascending order; with ``plan``
-    given its slot order computed once before the graph is captured (an engine computes it once
-    per step for all its layers), so the timed call holds no rank kernel where the decode sorts."""
-    base = launcher_provider("decode")
+    given its slot order computed before capture (``initial_state_order``, which an engine
+    computes once per step for all its layers)."""
+    base = launcher_provider("decode", step_order="plan" in options)
+    if "seq" not in options:
+        return Provider(":".join(["decode", *options]), base.make)
 
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
-        if "seq" in options:
-            indices = in_order(indices)
-        step = base.make(cfg, pool, indices, inputs)
-        if "plan" not in options:
-            return step
-        order = triton_decode.slot_order(indices, pdl=triton_decode.default_pdl(indices.device))
-
-        def planned() -> torch.Tensor:
-            with mock.patch.object(triton_decode, "slot_order", lambda *args, **kwargs: order):
-                return step()
-
-        return planned
+        return base.make(cfg, pool, in_order(indices), inputs)
 
     return Provider(":".join(["decode", *options]), make)
 
@@ -286,7 +275,7 @@ def main() -> None:
                     metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
     ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")
     ap.add_argument("--decode", nargs="*", default=["decode"], metavar="decode[:seq][:plan]",
-                    help="the shipped decode step, in the shuffled or (:seq) the ascending slot order; :plan with its "
+                    help="the shipped decode step, in the shuffled or (:seq) the ascending slot order; :plan given its "
                          "slot order computed before capture")
     ap.add_argument("--layout", default="kv", choices=["kv", "vk"], help="the decode's state layout")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -9,6 +9,9 @@ Providers:
 
 * ``gdn_ops``: :func:`gdn_ops.fused_sigmoid_gating_delta_rule_update`, gating in the kernel.
 * ``gdn_ops_no_pdl``: the same kernel launched without programmatic dependent launch.
+* ``gdn_ops_step_order``: the same op given ``initial_state_order``, the step's slot order
+  computed once when the call is built (an engine computes it once per step and shares it between
+  every GDN layer, so it is not part of a layer's call).
 * ``sglang``: SGLang's ``fused_sigmoid_gating_delta_rule_update`` (Triton), loaded by file path
   from the sglang wheel; V-major pools only.
 * ``fla``: flash-linear-attention's ``fused_recurrent_gated_delta_rule``, which takes dense
@@ -166,19 +169,41 @@ def _make_gdn_ops(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs
     return step
 
 
-def launcher_provider(name: str, launch=None, config=None, pdl: bool | None = None) -> Provider:
+def _make_gdn_ops_step_order(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
+    import gdn_ops
+
+    x = inputs
+    order = gdn_ops.slot_order(indices)
+
+    def step() -> torch.Tensor:
+        return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            x["A_log"], x["a"], x["dt_bias"], SOFTPLUS_BETA, SOFTPLUS_THRESHOLD,
+            x["q"], x["k"], x["v"], x["b"], pool, indices, None, USE_QK_L2NORM,
+            state_layout=cfg.layout, out=x["out"], initial_state_order=order,
+        )
+
+    return step
+
+
+def launcher_provider(name: str, launch=None, config=None, pdl: bool | None = None, step_order: bool = False
+                      ) -> Provider:
     """``gdn_ops.triton_decode.launch_decode`` (or a variant's ``launch``) called directly, with a
-    fixed tile ``config`` and PDL setting (None: the shipped defaults)."""
+    fixed tile ``config`` and PDL setting (None: the shipped defaults); with ``step_order`` given
+    the slot order computed when the call is built (``gdn_ops_step_order``)."""
     if launch is None:
         from gdn_ops.triton_decode import launch_decode as launch
 
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
+        import gdn_ops
+
         x = inputs
+        order = {"order": gdn_ops.slot_order(indices)} if step_order else {}
 
         def step() -> torch.Tensor:
             launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], pool, indices, x["out"],
                    scale=cfg.K**-0.5, use_qk_l2norm_in_kernel=USE_QK_L2NORM, state_layout=cfg.layout,
-                   softplus_beta=SOFTPLUS_BETA, softplus_threshold=SOFTPLUS_THRESHOLD, config=config, pdl=pdl)
+                   softplus_beta=SOFTPLUS_BETA, softplus_threshold=SOFTPLUS_THRESHOLD, config=config, pdl=pdl,
+                   **order)
             return x["out"]
 
         return step
@@ -201,6 +226,13 @@ def _gdn_ops_provider() -> Provider:
     import gdn_ops
 
     return Provider("gdn_ops", _make_gdn_ops, source=f"gdn_ops {gdn_ops.__version__} ({source_digest()})")
+
+
+def _gdn_ops_step_order_provider() -> Provider:
+    import gdn_ops
+
+    return Provider("gdn_ops_step_order", _make_gdn_ops_step_order,
+                    source=f"gdn_ops {gdn_ops.__version__} ({source_digest()})")
 
 
 def source_digest() -> str:
@@ -395,9 +427,11 @@ def _copy_provider() -> Provider:
     return Provider("copy", _make_copy, source=f"torch.Tensor.copy_ {torch.__version__}", yardstick=True)
 
 
-PROVIDER_NAMES = ("gdn_ops", "gdn_ops_no_pdl", "sglang", "fla", "torch_compile", "eager", "copy")
+PROVIDER_NAMES = ("gdn_ops", "gdn_ops_step_order", "gdn_ops_no_pdl", "sglang", "fla", "torch_compile", "eager",
+                  "copy")
 _LOADERS = {
     "gdn_ops_no_pdl": _gdn_ops_no_pdl_provider,
+    "gdn_ops_step_order": _gdn_ops_step_order_provider,
     "copy": _copy_provider,
     "gdn_ops": _gdn_ops_provider,
     "sglang": _sglang_provider,

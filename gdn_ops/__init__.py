@@ -4,7 +4,12 @@ Importing the package registers ``torch.ops.gdn_ops.*``; Triton is imported only
 kernel first runs.
 """
 
-from gdn_ops.api import fused_sigmoid_gating_delta_rule_update, gdn_gating, recurrent_gated_delta_rule_update
+from gdn_ops.api import (
+    fused_sigmoid_gating_delta_rule_update,
+    gdn_gating,
+    recurrent_gated_delta_rule_update,
+    slot_order,
+)
 from gdn_ops.reference import (
     delta_rule_step_reference,
     fused_sigmoid_gating_delta_rule_reference,
@@ -16,6 +21,7 @@ __all__ = [
     "fused_sigmoid_gating_delta_rule_update",
     "recurrent_gated_delta_rule_update",
     "gdn_gating",
+    "slot_order",
     "fused_sigmoid_gating_delta_rule_reference",
     "recurrent_gated_delta_rule_reference",
     "gdn_gating_reference",

@@ -122,6 +122,30 @@ def check_recurrence(
     return B, T, HK, HV, K, V
 
 
+def check_slot_indices(indices: torch.Tensor) -> None:
+    """The indices ``slot_order`` sorts: ``[B]`` int32 or int64, any values and strides."""
+    _check_dtype("initial_state_indices", indices, INDEX_DTYPES)
+    if indices.dim() != 1:
+        _fail("initial_state_indices", "a 1-D tensor [B]", f"shape {list(indices.shape)}")
+
+
+def check_order(order: torch.Tensor | None, indices: torch.Tensor | None, B: int, device: torch.device) -> None:
+    """``initial_state_order``: ``None``, or the ``[2, B]`` order ``gdn_ops.slot_order`` makes of the
+    indices (their dtype, dense). Its values are the kernel's to bound-check, as the indices' are."""
+    if order is None:
+        return
+    name = "initial_state_order"
+    if indices is None:
+        _fail(name, "None when initial_state_indices is None (it is the order of those indices)", "a tensor")
+    if order.dtype != indices.dtype:
+        raise TypeError(f"gdn_ops: argument '{name}' must have the dtype of initial_state_indices ({indices.dtype}), "
+                        f"as gdn_ops.slot_order(initial_state_indices) makes it; got {order.dtype}")
+    _check_shape(name, order, (2, B), "[2, B] (gdn_ops.slot_order(initial_state_indices))")
+    _check_device(name, order, device)
+    if not order.is_contiguous():
+        _fail(name, "contiguous", f"strides {list(order.stride())}")
+
+
 def check_gates(
     name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, B: int, T: int, HV: int, device: torch.device
 ) -> None:

@@ -35,6 +35,7 @@ def fused_sigmoid_gating_delta_rule_update(
     state_layout: str = "vk",
     out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
+    initial_state_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One Gated DeltaNet decode step with the gating fused in; updates the state pool in place.
 
@@ -58,6 +59,14 @@ def fused_sigmoid_gating_delta_rule_update(
         state_layout: ``"vk"`` or ``"kv"`` (keyword-only).
         out_dtype: output dtype, v's dtype by default; ``torch.float32`` avoids fp16 overflow.
         out: optional ``[B, T, HV, V]`` buffer of ``out_dtype`` to write into (CUDA-graph reuse).
+        initial_state_order: optional ``[2, B]`` from :func:`gdn_ops.slot_order` of
+            ``initial_state_indices``: the rows sorted by their slot. The indices of an engine step
+            are the same in every GDN layer, so compute it once per step and pass it to every
+            layer: where the kernel walks the pool in slot order (large batches on the GPUs it was
+            measured on) it then reads this instead of sorting on each call, and it sorts from
+            smaller batches too. It must be the order of these indices; its rows are bound-checked
+            in the kernel (a row outside the batch is dropped, never read out of bounds). Ignored
+            where the kernel does not sort, and on the CPU.
 
     Returns:
         ``o [B, T, HV, V]``: ``out`` when given. T tokens run in order; the final state is written once.
@@ -66,6 +75,7 @@ def fused_sigmoid_gating_delta_rule_update(
     torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
         A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
         initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, out,
+        initial_state_order,
     )
     return out
 
@@ -84,17 +94,19 @@ def recurrent_gated_delta_rule_update(
     state_layout: str = "vk",
     out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
+    initial_state_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The decode step with precomputed gates ``g, beta [B, T, HV]`` (fp32 or activation dtype).
 
     ``g`` is the log decay (the state is multiplied by ``exp(g)``), ``beta`` the delta-rule step size.
     Everything else is as in :func:`fused_sigmoid_gating_delta_rule_update`: the pool is updated in
-    place, padding rows leave it untouched and get a zero output, and ``o [B, T, HV, V]`` is returned.
+    place, padding rows leave it untouched and get a zero output, ``initial_state_order`` is the
+    optional per-step slot order, and ``o [B, T, HV, V]`` is returned.
     """
     out = _make_out(v, out_dtype, out)
     torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
         q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
-        bool(use_qk_l2norm_in_kernel), state_layout, out,
+        bool(use_qk_l2norm_in_kernel), state_layout, out, initial_state_order,
     )
     return out
 
@@ -113,3 +125,15 @@ def gdn_gating(
     fp32. Differentiable.
     """
     return torch.ops.gdn_ops.gdn_gating(A_log, a, dt_bias, b, float(softplus_beta), float(softplus_threshold))
+
+
+def slot_order(initial_state_indices: torch.Tensor) -> torch.Tensor:
+    """The rows of a step sorted by the pool slot they address, for ``initial_state_order``.
+
+    ``initial_state_indices [B]`` (int32/int64, any values and strides, padding too) -> ``[2, B]`` of
+    the same dtype: ``[1]`` the rows in ascending slot order (a stable sort, so padding rows of
+    equal value keep their batch order), ``[0]`` their slots. One small kernel with no host sync
+    (legal in CUDA-graph capture); the indices of a step are the same in every GDN layer, so an
+    engine calls this once per step and passes the result to every layer's decode call.
+    """
+    return torch.ops.gdn_ops.slot_order(initial_state_indices)

@@ -73,12 +73,19 @@ def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl
 
 @gluon.jit
 def _tile_row(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SORTED_ROWS: gl.constexpr):
-    """The batch row ``tile`` works for: its place in the grid, or with ``SORTED_ROWS`` the row at
-    that place of ``rows_ptr`` (the rows in slot order, ``triton_slot_order``)."""
+    """``(row, in_batch)``: the batch row ``tile`` works for, its place in the grid or with
+    ``SORTED_ROWS`` the row at that place of ``rows_ptr`` (the rows in slot order,
+    ``triton_slot_order``); and whether that row is in the batch. The order may come from the
+    caller, so a row outside ``[0, B)`` comes back as row 0 with ``in_batch`` false: the tile must
+    then read and write nothing for it."""
     row = tile // NV // HV
     if SORTED_ROWS:
         row = gl.load(rows_ptr + row, mask=tile < num_tiles, other=0)
-    return row
+        in_batch = (row >= 0) & (row < num_tiles // (NV * HV))
+        row = gl.where(in_batch, row, 0).to(gl.int32)
+    else:
+        in_batch = tile < num_tiles
+    return row, in_batch
 
 
 @gluon.jit

@@ -89,10 +89,11 @@ def _decode_kv_tile_kernel(
         # nothing is read before the previous kernel has finished
         _gdc_wait()
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
-    row = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
+    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
         tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
         s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+    slot = gl.where(in_batch, slot, num_slots)
     _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar,
                 NV, HV, GROUP, NC)
 
@@ -134,7 +135,7 @@ def _decode_kv_tile_kernel(
 
     o = gl.where(slot < num_slots, o, 0.0)
     cols = (tile % NV) * BV + _tile_columns(BV, C, cols_layout)
-    gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + cols * s_ov, o.to(o_ptr.dtype.element_ty))
+    gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + cols * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
     fence_async_shared()
     _cta_barrier()
     # a padded row's slot is one past the pool: TMA drops out-of-bounds writes

@@ -89,8 +89,8 @@ def _decode_vk_tile_kernel(
         # nothing is read before the previous kernel has finished
         _gdc_wait()
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
-    row = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
-    slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
+    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
+    slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
     nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
                             + v_desc.block_type.nbytes)
     mbarrier.expect(bar, nbytes)
@@ -134,7 +134,7 @@ def _decode_vk_tile_kernel(
         gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),
                  mask=live)
         o = gl.where(live, decay * Sq + u * kq, 0.0)
-        gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty))
+        gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
     mbarrier.invalidate(bar)
     if PDL:
         _gdc_launch_dependents()

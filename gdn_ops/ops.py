@@ -5,6 +5,8 @@ Ops (namespace ``gdn_ops``):
 * ``fused_sigmoid_gating_delta_rule_update``: gating + recurrence, pool and ``out`` written in place.
 * ``recurrent_gated_delta_rule_update``: the recurrence with precomputed ``g, beta``, in place.
 * ``gdn_gating``: ``(g, beta)`` in fp32, functional.
+* ``slot_order``: the ``[2, B]`` slot order of a step's indices, functional; computed once per
+  engine step and passed to every layer's recurrence op as ``initial_state_order``.
 
 The in-place ops return nothing at the op level (an op may not return an alias of its input);
 the public functions allocate ``out`` when it is not given and return it. Each op has a CPU
@@ -76,8 +78,9 @@ def _resolve_scale(scale: float | None, K: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_recurrent(q, k, v, g, beta, pool, indices, scale, state_layout, out) -> None:
+def _check_recurrent(q, k, v, g, beta, pool, indices, scale, state_layout, out, order) -> None:
     B, T, _, HV, _, _ = _validate.check_recurrence(q, k, v, pool, indices, state_layout, out, out.dtype)
+    _validate.check_order(order, indices, B, q.device)
     _validate.check_gates("g", g, "beta", beta, B, T, HV, q.device)
     _validate.check_scalars(scale)
 
@@ -95,8 +98,10 @@ def _recurrent_op(
     use_qk_l2norm_in_kernel: bool,
     state_layout: str,
     out: torch.Tensor,
+    initial_state_order: torch.Tensor | None = None,
 ) -> None:
-    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out)
+    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out,
+                     initial_state_order)
     _cpu_recurrence(
         q, k, v, g, beta, initial_state_source, initial_state_indices,
         _resolve_scale(scale, q.shape[-1]), use_qk_l2norm_in_kernel, state_layout, out,
@@ -105,21 +110,23 @@ def _recurrent_op(
 
 @_recurrent_op.register_kernel("cuda")
 def _recurrent_cuda(q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
-                    use_qk_l2norm_in_kernel, state_layout, out) -> None:
+                    use_qk_l2norm_in_kernel, state_layout, out, initial_state_order=None) -> None:
     from gdn_ops.triton_decode import launch_decode
 
-    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out)
+    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out,
+                     initial_state_order)
     launch_decode(
         q, k, v, g, beta, None, None, initial_state_source, initial_state_indices, out,
         scale=_resolve_scale(scale, q.shape[-1]), use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-        state_layout=state_layout,
+        state_layout=state_layout, order=initial_state_order,
     )
 
 
 @_recurrent_op.register_fake
 def _recurrent_fake(q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
-                    use_qk_l2norm_in_kernel, state_layout, out) -> None:
-    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out)
+                    use_qk_l2norm_in_kernel, state_layout, out, initial_state_order=None) -> None:
+    _check_recurrent(q, k, v, g, beta, initial_state_source, initial_state_indices, scale, state_layout, out,
+                     initial_state_order)
 
 
 _forbid_autograd(_recurrent_op)
@@ -131,8 +138,9 @@ _forbid_autograd(_recurrent_op)
 
 
 def _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b, pool, indices,
-                 scale, state_layout, out) -> None:
+                 scale, state_layout, out, order) -> None:
     B, T, _, HV, _, _ = _validate.check_recurrence(q, k, v, pool, indices, state_layout, out, out.dtype)
+    _validate.check_order(order, indices, B, q.device)
     _validate.check_gates("a", a, "b", b, B, T, HV, q.device)
     _validate.check_head_params(A_log, dt_bias, HV, q.device)
     _validate.check_scalars(scale, softplus_beta, softplus_threshold)
@@ -155,9 +163,10 @@ def _fused_op(
     use_qk_l2norm_in_kernel: bool,
     state_layout: str,
     out: torch.Tensor,
+    initial_state_order: torch.Tensor | None = None,
 ) -> None:
     _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b,
-                 initial_state_source, initial_state_indices, scale, state_layout, out)
+                 initial_state_source, initial_state_indices, scale, state_layout, out, initial_state_order)
     g, beta = gdn_gating_reference(A_log, a, dt_bias, b, softplus_beta, softplus_threshold)
     _cpu_recurrence(
         q, k, v, g, beta, initial_state_source, initial_state_indices,
@@ -167,23 +176,26 @@ def _fused_op(
 
 @_fused_op.register_kernel("cuda")
 def _fused_cuda(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b, initial_state_source,
-                initial_state_indices, scale, use_qk_l2norm_in_kernel, state_layout, out) -> None:
+                initial_state_indices, scale, use_qk_l2norm_in_kernel, state_layout, out,
+                initial_state_order=None) -> None:
     from gdn_ops.triton_decode import launch_decode
 
     _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b,
-                 initial_state_source, initial_state_indices, scale, state_layout, out)
+                 initial_state_source, initial_state_indices, scale, state_layout, out, initial_state_order)
     launch_decode(
         q, k, v, a, b, A_log, dt_bias, initial_state_source, initial_state_indices, out,
         scale=_resolve_scale(scale, q.shape[-1]), use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
         state_layout=state_layout, softplus_beta=softplus_beta, softplus_threshold=softplus_threshold,
+        order=initial_state_order,
     )
 
 
 @_fused_op.register_fake
 def _fused_fake(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b, initial_state_source,
-                initial_state_indices, scale, use_qk_l2norm_in_kernel, state_layout, out) -> None:
+                initial_state_indices, scale, use_qk_l2norm_in_kernel, state_layout, out,
+                initial_state_order=None) -> None:
     _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b,
-                 initial_state_source, initial_state_indices, scale, state_layout, out)
+                 initial_state_source, initial_state_indices, scale, state_layout, out, initial_state_order)
 
 
 _forbid_autograd(_fused_op)
@@ -256,3 +268,34 @@ def _gating_backward(ctx, grad_g, grad_beta):
 
 
 _gating_op.register_autograd(_gating_backward, setup_context=_gating_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# slot_order: the rows of a step sorted by the slot they address
+# --------------------------------------------------------------------------------------------
+
+
+def _check_slot_order(indices) -> None:
+    _validate.check_slot_indices(indices)
+
+
+@torch.library.custom_op("gdn_ops::slot_order", mutates_args=())
+def _slot_order_op(initial_state_indices: torch.Tensor) -> torch.Tensor:
+    _check_slot_order(initial_state_indices)
+    sorted_slots, rows = torch.sort(initial_state_indices, stable=True)
+    return torch.stack([sorted_slots, rows.to(initial_state_indices.dtype)])
+
+
+@_slot_order_op.register_kernel("cuda")
+def _slot_order_cuda(initial_state_indices):
+    from gdn_ops.triton_decode import default_pdl
+    from gdn_ops.triton_slot_order import slot_order
+
+    _check_slot_order(initial_state_indices)
+    return slot_order(initial_state_indices.contiguous(), pdl=default_pdl(initial_state_indices.device))
+
+
+@_slot_order_op.register_fake
+def _slot_order_fake(initial_state_indices):
+    _check_slot_order(initial_state_indices)
+    return initial_state_indices.new_empty((2, initial_state_indices.shape[0]))

@@ -143,13 +143,18 @@ def _decode_kernel(
 
     if SORTED_ROWS:
         row = tl.load(rows_ptr + rank).to(tl.int64)
+        # the order may come from the caller: a row outside the batch is dropped, nothing read or
+        # written for it
+        in_batch = (row >= 0) & (row < tl.num_programs(0) // (NV * HV))
+        row = tl.where(in_batch, row, 0)
     else:
         row = rank
+        in_batch = True
     if HAS_INDICES:
         slot = tl.load(indices_ptr + rank).to(tl.int64)
         # Out-of-range indices (-1 padding, a stale vLLM null slot past the pool) are padding rows:
         # the pool is never read or written for them, and their output is zero.
-        valid = (slot >= 0) & (slot < num_slots)
+        valid = (slot >= 0) & (slot < num_slots) & in_batch
         slot = tl.where(valid, slot, 0)
     else:
         slot = row
@@ -175,7 +180,7 @@ def _decode_kernel(
             S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
         o = tl.where(valid, o, 0.0)
         tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
-                 o.to(o_ptr.dtype.element_ty), mask=mask_v)
+                 o.to(o_ptr.dtype.element_ty), mask=mask_v & in_batch)
 
     # Streaming store (.cs): the written state is not re-read by this launch, so it should not
     # displace lines other programs still need. ~0.2 us at small B with a bf16 state, neutral
@@ -189,7 +194,7 @@ class DecodeConfig(NamedTuple):
     ``from_old_state`` takes the step's ``o`` from the old tile
     (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. ``sort_rows``
     runs the rows in ascending slot order (``triton_slot_order``; only with ``indices``), at the
-    cost of one more small launch. ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for
+    cost of one more small launch unless the caller gives the order. ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for
     tuning experiments: the tables leave it unset, as caps measured slower (NOTES.md).
     """
 
@@ -252,10 +257,11 @@ VK_4B_NEW_STATE_ROWS = {"H200": (256, 511)}
 
 @functools.cache
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
-                  gpu: str = "", act_itemsize: int = 2) -> DecodeConfig:
+                  gpu: str = "", act_itemsize: int = 2, given_order: bool = False) -> DecodeConfig:
     """Deterministic tile choice from shape, dtype, layout, GPU name (``gpu``, e.g.
-    ``torch.cuda.get_device_name()``; empty: the default tables) and the bytes of an activation
-    element (q's); never autotuned. Cached: the launcher asks on every call."""
+    ``torch.cuda.get_device_name()``; empty: the default tables), the bytes of an activation
+    element (q's) and whether the caller gives the slot order; never autotuned. Cached: the
+    launcher asks on every call."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
@@ -271,7 +277,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
                                           and any(name in gpu and first <= rows_x_heads <= last
                                                   for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
-                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads))
+                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order))
 
 
 def launch_decode(
@@ -293,6 +299,7 @@ def launch_decode(
     softplus_threshold: float = 20.0,
     config: DecodeConfig | PersistentConfig | GluonKVConfig | GluonTileConfig | None = None,
     pdl: bool | None = None,
+    order: torch.Tensor | None = None,
 ) -> DecodeConfig | PersistentConfig | GluonKVConfig | GluonTileConfig:
     """Launch the decode kernel on validated arguments; returns the configuration it launched.
 
@@ -309,6 +316,11 @@ def launch_decode(
     ``gluon_decode_vk_tile``, which also needs a TMA-addressable v); by default
     :func:`default_config` decides.
 
+    ``order [2, B]`` (:func:`~gdn_ops.triton_slot_order.slot_order` of ``indices``, computed once
+    per engine step) is the slot order a configuration that sorts its rows reads instead of
+    launching the rank kernel; other configurations ignore it. Its rows are bounds-checked in the
+    kernel: a row outside the batch is dropped.
+
     ``pdl`` (default: on for sm_90+ unless ``GDN_OPS_PDL=0``) launches with programmatic
     dependent launch: the kernel starts beside the previous kernel's tail, prefetches its state
     tile into L2 when the call's state is at most ``PREFETCH_MAX_STATE_BYTES``, and reads nothing
@@ -320,7 +332,7 @@ def launch_decode(
     if pdl is None:
         pdl = default_pdl(state.device)
     if config is None:
-        config = default_config(q, k, v, state, state_layout)
+        config = default_config(q, k, v, state, state_layout, given_order=order is not None)
     elif isinstance(config, (PersistentConfig, GluonKVConfig, GluonTileConfig)):
         reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
@@ -332,7 +344,7 @@ def launch_decode(
     rows = None
     if indices is not None and getattr(config, "sort_rows", False):  # DecodeConfig, GluonTileConfig
         # the kernel then reads the slots in ascending order, and each program's row from rows
-        indices, rows = slot_order(indices, pdl=bool(pdl))
+        indices, rows = order if order is not None else slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):
         launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile
         return launch(
@@ -394,19 +406,20 @@ def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: 
 
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
-                   state_layout: str) -> DecodeConfig | PersistentConfig | GluonTileConfig:
+                   state_layout: str, given_order: bool = False) -> DecodeConfig | PersistentConfig | GluonTileConfig:
     """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config` (kv) or
     :func:`vk_tile_config` (vk), with the rows in slot order where ``triton_slot_order.sorts_rows``
-    says, else :func:`persistent_config` (each returns only a configuration these operands can run
+    says (from smaller grids when the caller gives the order, ``given_order``), else :func:`persistent_config` (each returns only a configuration these operands can run
     on this GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     gpu = gpu_name(state.device)
     tile = tile_config(q, k, state, state_layout, B * HV) or vk_tile_config(q, k, v, state, state_layout, B * HV)
     if tile is not None:
-        return tile._replace(sort_rows=True) if sorts_rows(gpu, state_layout, state.element_size(), B * HV) else tile
+        sort = sorts_rows(gpu, state_layout, state.element_size(), B * HV, given_order)
+        return tile._replace(sort_rows=True) if sort else tile
     return (persistent_config(q, k, state, state_layout, B * HV)
-            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size()))
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order))
 
 
 @functools.cache

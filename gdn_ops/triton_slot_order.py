@@ -10,6 +10,11 @@ where the order pays (hundreds to a few thousand rows) that is little work, and 
 latency, between the previous kernel's end and the decode's start. So each program compares its
 few rows with all B slots at once (one load, one reduction) rather than in a loop of steps, and
 there are many programs. No host sync, and the same launch every call (CUDA-graph safe).
+
+The order depends on the slot indices alone, which an engine shares between every GDN layer of a
+step: computed once per step (:func:`slot_order`) and passed to each layer's call
+(``initial_state_order``), it takes the rank kernel off every layer but one. Then the decode
+sorts from smaller grids too (:data:`SORT_ROWS_GIVEN_ORDER_FROM`).
 """
 
 from __future__ import annotations
@@ -34,15 +39,22 @@ MAX_COLUMNS = 2048
 # one-step rank kernel: -0.8 to +0.1 at 4096, +0.3-0.4 at 8192, and +1.5-2.1 from 16384 in the sweep.
 SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 8192,
                   ("H200", "kv", 2): 8192}
+# The same where the caller gives the order, so the decode launches no rank kernel of its own.
+# Measured on the H200 as the decode of slots in ascending order against the shuffled decode
+# (both without a rank kernel; results/h200/probe_plan_*.json, NOTES.md fourteenth session).
+SORT_ROWS_GIVEN_ORDER_FROM = {("H200", "vk", 4): 1024, ("H200", "kv", 4): 4096, ("H200", "vk", 2): 1024,
+                              ("H200", "kv", 2): 1024}
 
 
 @functools.cache
-def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int) -> bool:
+def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int, given_order: bool = False) -> bool:
     """Whether the decode on this GPU (``gpu``: its name, empty off the GPU) takes the rows in slot
-    order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`). Cached: the
-    launcher asks on every call."""
+    order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`, or
+    :data:`SORT_ROWS_GIVEN_ORDER_FROM` when the caller gives the order). Cached: the launcher asks
+    on every call."""
+    table = SORT_ROWS_GIVEN_ORDER_FROM if given_order else SORT_ROWS_FROM
     return any(name in gpu and (layout, size) == (state_layout, itemsize) and rows_x_heads >= start
-               for (name, layout, size), start in SORT_ROWS_FROM.items())
+               for (name, layout, size), start in table.items())
 
 
 @triton.jit
@@ -67,21 +79,21 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
     tl.store(rows_ptr + rank, rows, mask=live)
 
 
-def slot_order(indices: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``indices [B]`` (int32 or int64 slots, any values, padding too) -> ``(sorted_slots, rows)``:
-    ``rows`` (int32 ``[B]``) is the stable argsort of ``indices`` and ``sorted_slots = indices[rows]``
-    (``indices``' dtype). ``pdl`` launches with programmatic dependent launch (sm_90+). Reads the
-    slots as a dense vector, so ``indices`` must be contiguous; checked from metadata only."""
+def slot_order(indices: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+    """``indices [B]`` (int32 or int64 slots, any values, padding too) -> ``order [2, B]`` of
+    ``indices``' dtype: ``order[1]`` is the stable argsort of ``indices`` (the rows in ascending slot
+    order) and ``order[0] = indices[order[1]]`` (their slots), so ``sorted_slots, rows = order``.
+    ``pdl`` launches with programmatic dependent launch (sm_90+). Reads the slots as a dense vector,
+    so ``indices`` must be contiguous; checked from metadata only."""
     if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
         raise ValueError(f"slot_order: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; got "
                          f"{indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
     B = indices.shape[0]
-    sorted_slots = torch.empty_like(indices)
-    rows = torch.empty(B, dtype=torch.int32, device=indices.device)
+    order = torch.empty(2, B, dtype=indices.dtype, device=indices.device)
     if B:
         columns = min(triton.next_power_of_2(B), MAX_COLUMNS)
         per_program = max(1, min(64, COMPARISONS // columns))
-        _slot_order_kernel[(triton.cdiv(B, per_program),)](indices, sorted_slots, rows, B, ROWS=per_program,
+        _slot_order_kernel[(triton.cdiv(B, per_program),)](indices, order[0], order[1], B, ROWS=per_program,
                                                           COLUMNS=columns, PDL=pdl, num_warps=4,
                                                           **({"launch_pdl": True} if pdl else {}))
-    return sorted_slots, rows
+    return order

@@ -222,9 +222,10 @@ def run_op(inp: DecodeInputs) -> torch.Tensor:
     )
 
 
-def run_triton(inp: DecodeInputs, config=None, launched: list | None = None) -> torch.Tensor:
+def run_triton(inp: DecodeInputs, config=None, launched: list | None = None, order: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """The Triton launcher directly (in the interpreter on CPU tensors), optionally with a fixed
-    configuration; appends the configuration it launched to ``launched``."""
+    configuration and a given slot ``order``; appends the configuration it launched to ``launched``."""
     from gdn_ops.triton_decode import launch_decode
 
     c = inp.case
@@ -234,7 +235,7 @@ def run_triton(inp: DecodeInputs, config=None, launched: list | None = None) -> 
     config = launch_decode(
         inp.q, inp.k, inp.v, gate_a, gate_b, inp.A_log if c.fused_gating else None,
         inp.dt_bias if c.fused_gating else None, inp.pool.view, inp.indices, out,
-        scale=scale, use_qk_l2norm_in_kernel=c.l2norm, state_layout=c.state_layout, config=config,
+        scale=scale, use_qk_l2norm_in_kernel=c.l2norm, state_layout=c.state_layout, config=config, order=order,
     )
     if launched is not None:
         launched.append(config)
@@ -259,18 +260,24 @@ def assert_close_to_reference(name: str, actual: torch.Tensor, expected: torch.T
     assert worst <= bound, f"{name}: max abs error {worst:.3g} > {bound:.3g} ({dtype})"
 
 
-def check(inp: DecodeInputs, run: Runner) -> None:
-    """Run ``run`` on the inputs and check output, pool and guards against the reference."""
+def check(inp: DecodeInputs, run: Runner, dropped_rows: tuple[int, ...] = ()) -> None:
+    """Run ``run`` on the inputs and check output, pool and guards against the reference.
+    ``dropped_rows`` (with an ``out`` buffer) must be left alone: their output and slot unchanged."""
     c = inp.case
     q0, k0, v0 = inp.q.clone(), inp.k.clone(), inp.v.clone()
     ref_o, ref_pool = inp.reference()
+    for row in dropped_rows:
+        ref_o[row] = inp.out.view[row]
+        slot = int(inp.indices[row])
+        if 0 <= slot < c.num_slots:
+            ref_pool[slot] = inp.pool.view[slot]
     o = run(inp)
     assert o.shape == (c.B, c.T, c.HV, c.V) and o.dtype == c.result_dtype
     if inp.out is not None:
         assert o.data_ptr() == inp.out.view.data_ptr(), "out= buffer was not used"
         assert inp.out.outside_untouched(), "output guard region was written"
     assert_close_to_reference("o", o, ref_o, c.result_dtype)
-    for row in c.padding_rows:
+    for row in set(c.padding_rows) - set(dropped_rows):
         assert bool((o[row] == 0).all()), f"padding row {row} has a non-zero output"
     assert_close_to_reference("state pool", inp.pool.view, ref_pool, c.state_dtype)
     assert inp.pool.outside_untouched(), "state pool guard region (between or around slots) was written"

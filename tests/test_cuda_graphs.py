@@ -155,6 +155,27 @@ def test_rows_in_slot_order_replay_with_each_steps_indices(kernel):
     _replay_against_reference(_capture(step), slots, pool, gen, (B - 3, B, B // 3), layout)
 
 
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_a_step_order_computed_in_the_graph_feeds_the_layer_call(layout):
+    """An engine's step: the slot order computed once from the step's indices, then each layer's
+    call given it, all in one graph. Every replay must order that step's indices; B*HV = 1024 sorts
+    with a given order on the H200 (elsewhere the order is ignored and this is the plain step)."""
+    gen = torch.Generator().manual_seed(23)
+    B, num_slots = 1024 // HV, 1024 // HV + 40
+    slots = DecodeSlots(B)
+    inner = (HV, V, K) if layout == "vk" else (HV, K, V)
+    pool = torch.randn(num_slots, *inner, generator=gen).to(torch.bfloat16).cuda()
+
+    def step():
+        order = gdn_ops.slot_order(slots.indices)
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            slots.A_log, slots.a, slots.dt_bias, 1.0, 20.0, slots.q, slots.k, slots.v, slots.b, pool, slots.indices,
+            use_qk_l2norm_in_kernel=True, state_layout=layout, out=slots.out, initial_state_order=order)
+
+    slots.fill(gen, padded_indices(gen, B, B - 11, num_slots))
+    _replay_against_reference(_capture(step), slots, pool, gen, (B - 2, B, B // 4), layout)
+
+
 def test_capture_launches_the_kernel_compiled_at_warm_up():
     """A capture must not compile: a new specialisation would be a different launch than warm-up's."""
     knobs = pytest.importorskip("triton.knobs")

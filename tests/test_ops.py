@@ -11,16 +11,18 @@ import gdn_ops
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _op_args(inp, fused: bool):
+def _op_args(inp, fused: bool, ordered: bool = False):
     c = inp.case
     out = torch.empty(inp.v.shape, dtype=c.result_dtype, device=inp.v.device)
+    order = (gdn_ops.slot_order(inp.indices),) if ordered else ()
     if fused:
         op = torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update.default
         args = (inp.A_log, inp.a, inp.dt_bias, 1.0, 20.0, inp.q, inp.k, inp.v, inp.b, inp.pool.view, inp.indices,
-                None, c.l2norm, c.state_layout, out)
+                None, c.l2norm, c.state_layout, out, *order)
     else:
         op = torch.ops.gdn_ops.recurrent_gated_delta_rule_update.default
-        args = (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.pool.view, inp.indices, None, c.l2norm, c.state_layout, out)
+        args = (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.pool.view, inp.indices, None, c.l2norm, c.state_layout, out,
+                *order)
     return op, args
 
 
@@ -36,6 +38,26 @@ def test_opcheck_recurrence_ops(device, fused, layout, padded):
     inp.pool.view.nan_to_num_(0.5)
     op, args = _op_args(inp, fused)
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_opcheck_recurrence_ops_given_the_slot_order(device, fused):
+    case = DecodeCase(B=4, T=1, HK=2, group=2, K=32, V=16, state_layout="kv", fused_gating=fused,
+                      padding_rows=(2,), index_dtype=torch.int64, seed=3)
+    inp = build(case, device)
+    inp.pool.view.nan_to_num_(0.5)
+    torch.library.opcheck(*_op_args(inp, fused, ordered=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_opcheck_slot_order_op(device, dtype):
+    indices = torch.tensor([7, -1, 3, 9, -1, 0], dtype=dtype, device=device)
+    torch.library.opcheck(torch.ops.gdn_ops.slot_order.default, (indices,))
+    torch.library.opcheck(torch.ops.gdn_ops.slot_order.default, (indices[::2],))
+    sorted_slots, rows = gdn_ops.slot_order(indices).cpu()
+    assert rows.tolist() == [1, 4, 5, 2, 0, 3] and sorted_slots.tolist() == [-1, -1, 0, 3, 7, 9]
 
 
 @pytest.mark.parametrize("device", DEVICES)

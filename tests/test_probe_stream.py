@@ -9,13 +9,15 @@ from sm90_compile import compile_sm90, descriptor_type, run_in_child
 
 
 def test_specs_name_the_streams():
-    from benchmarks.probe_stream import async_provider, reg_provider, tma_provider
+    from benchmarks.probe_stream import async_provider, decode_provider, reg_provider, tma_provider
 
     assert tma_provider(2, 3, 1, 1, ("oop",)).name == "tma:h2:b3:p1:lag1:oop"
     assert tma_provider(1, 2, 2, 0).name == "tma:h1:b2:p2:lag0"
     assert async_provider(4, 2, 3, ("seq",)).name == "async:w4:b2:p3:seq"
     assert reg_provider(8).name == "reg:w8"
     assert reg_provider(4, ("c2048", "oop", "seq")).name == "reg:w4:c2048:oop:seq"
+    assert [decode_provider(o).name for o in ((), ("seq",), ("seq", "plan"))] == ["decode", "decode:seq",
+                                                                                  "decode:seq:plan"]
     assert all(p.yardstick for p in (tma_provider(1, 2, 2, 0), async_provider(4, 2, 3), reg_provider(8)))
 
 

@@ -1,16 +1,20 @@
-"""``triton_slot_order.slot_order``: the rows sorted by slot, against ``torch.sort(stable=True)``.
+"""``triton_slot_order.slot_order``: the rows sorted by slot, against ``torch.sort(stable=True)``;
+and the decode given that order (``initial_state_order``).
 
 Runs through Triton's interpreter on CPU, on the GPU when there is one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import pytest
 import torch
+from decode_case import DecodeCase, build, check, run_triton
 from hypothesis import given
 from hypothesis import strategies as st
+from tile_kernel_checks import kernel_calls
 
 from gdn_ops.triton_slot_order import slot_order
 
@@ -37,11 +41,12 @@ def test_rows_come_in_stable_ascending_slot_order(indices, max_columns):
     import gdn_ops.triton_slot_order as module
 
     with mock.patch.object(module, "MAX_COLUMNS", max_columns or module.MAX_COLUMNS):
-        sorted_slots, rows = slot_order(indices.to(DEVICE))
+        order = slot_order(indices.to(DEVICE))
     expected_slots, expected_rows = torch.sort(indices, stable=True)
-    assert rows.dtype == torch.int32 and sorted_slots.dtype == indices.dtype
-    assert torch.equal(rows.cpu(), expected_rows.to(torch.int32))
-    assert torch.equal(sorted_slots.cpu(), expected_slots)
+    assert order.dtype == indices.dtype and order.shape == (2, len(indices))
+    sorted_slots, rows = order.cpu()
+    assert torch.equal(rows, expected_rows.to(indices.dtype))
+    assert torch.equal(sorted_slots, expected_slots)
 
 
 @pytest.mark.parametrize(("indices", "got"), [
@@ -54,3 +59,101 @@ def test_refuses_what_it_cannot_read_before_any_launch(indices, got):
     with pytest.raises(ValueError, match=r"argument 'indices' must be a contiguous 1-D int32 or int64 tensor.*"
                                          + got.replace("[", r"\[").replace("]", r"\]")):
         slot_order(indices)
+
+
+# --------------------------------------------------------------------------------------------
+# The decode given its order (``initial_state_order``): what an engine computes once per step
+# --------------------------------------------------------------------------------------------
+
+ORDER_CASE = DecodeCase(B=6, T=1, HK=2, group=2, K=32, V=64, state_layout="kv", state_dtype=torch.bfloat16,
+                        padding_rows=(2,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True, seed=5)
+
+
+def _sorting_config(kernel: str):
+    """A configuration of ``kernel`` that takes its rows in slot order."""
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+    from gdn_ops.triton_decode import DecodeConfig
+
+    if kernel == "gluon-vk-tile":  # the small cases of test_gluon_decode_{vk,kv}_tile.py
+        return GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8, sort_rows=True)
+    if kernel == "gluon-kv-tile":
+        return GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, sort_rows=True)
+    return DecodeConfig(BV=16, BK=32, num_warps=1, sort_rows=True)
+
+
+KERNELS = ["triton", pytest.param("gluon-vk-tile", marks=pytest.mark.gpu),
+           pytest.param("gluon-kv-tile", marks=pytest.mark.gpu)]
+
+
+def _case_for(kernel: str, **changes) -> DecodeCase:
+    layout = "vk" if kernel == "gluon-vk-tile" else "kv"
+    return dataclasses.replace(ORDER_CASE, state_layout=layout, **changes)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_a_given_order_is_read_instead_of_sorting(kernel, index_dtype):
+    """The order of these indices, given: the reference's result, and no rank kernel launched."""
+    import gdn_ops.triton_slot_order as module
+
+    inp = build(_case_for(kernel, index_dtype=index_dtype), DEVICE)
+    order = slot_order(inp.indices)
+    with kernel_calls(module, "_slot_order_kernel") as ranks:
+        check(inp, lambda inp: run_triton(inp, _sorting_config(kernel), order=order))
+    assert ranks == []
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_rows_outside_the_batch_in_a_given_order_are_dropped(kernel):
+    """An order is the caller's, so the kernel bounds its rows: a row outside ``[0, B)`` reads and
+    writes nothing (the rows it displaced keep their output and slot), and nothing out of bounds."""
+    inp = build(_case_for(kernel), DEVICE)
+    order = slot_order(inp.indices)
+    dropped = tuple(int(r) for r in order[1, [0, 3, 5]])  # the padding row among them
+    order[1, [0, 3, 5]] = torch.tensor([-1, ORDER_CASE.B, 2**31 - 1], dtype=order.dtype)
+    check(inp, lambda inp: run_triton(inp, _sorting_config(kernel), order=order), dropped_rows=dropped)
+
+
+@pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", ""])
+def test_a_given_order_sorts_from_its_own_measured_grid(gpu):
+    """With the order given the H200 sorts from :data:`SORT_ROWS_GIVEN_ORDER_FROM` (no rank kernel
+    to pay for), without it from :data:`SORT_ROWS_FROM`; other GPUs never."""
+    from gdn_ops.triton_decode import decode_config
+    from gdn_ops.triton_slot_order import (
+        SORT_ROWS_FROM,
+        SORT_ROWS_GIVEN_ORDER_FROM,
+        sorts_rows,
+    )
+
+    for order_given, table in ((False, SORT_ROWS_FROM), (True, SORT_ROWS_GIVEN_ORDER_FROM)):
+        for (name, layout, itemsize), start in table.items():
+            dtype = torch.float32 if itemsize == 4 else torch.bfloat16
+            for rows_x_heads in (start - 1, start, 4 * start):
+                expected = name in gpu and rows_x_heads >= start
+                assert sorts_rows(gpu, layout, itemsize, rows_x_heads, order_given) == expected
+                assert decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, 2, order_given).sort_rows == expected
+    assert all(SORT_ROWS_GIVEN_ORDER_FROM[key] <= start for key, start in SORT_ROWS_FROM.items())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_the_op_given_the_order_on_the_model_shape(layout, state_dtype):
+    """The public op with ``initial_state_order`` on Qwen3-Next's heads, more tiles than fit on
+    the GPU and padding rows: the reference's result, and no rank kernel of its own."""
+    from tile_kernel_checks import model_case
+
+    import gdn_ops
+    import gdn_ops.triton_slot_order as module
+
+    inp = build(model_case((16, 32), layout, {"state_dtype": state_dtype}, seed=29), "cuda")
+    order = gdn_ops.slot_order(inp.indices)
+
+    def run(inp):
+        return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            inp.A_log, inp.a, inp.dt_bias, 1.0, 20.0, inp.q, inp.k, inp.v, inp.b, inp.pool.view, inp.indices,
+            state_layout=layout, out=inp.out.view, initial_state_order=order)
+
+    with kernel_calls(module, "_slot_order_kernel") as ranks:
+        check(inp, run)
+    assert ranks == []

@@ -56,6 +56,19 @@ FUSED_CASES = {
     "no_indices_pool_not_batch": ("initial_state_source", ValueError, lambda kw: dict(kw, initial_state_indices=None)),
     "indices_float": ("initial_state_indices", TypeError, lambda kw: _t(kw, "initial_state_indices", lambda x: x.float())),
     "indices_shape": ("initial_state_indices", ValueError, lambda kw: _t(kw, "initial_state_indices", lambda x: x[:, None])),
+    "order_without_indices": ("initial_state_order", ValueError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"]), initial_state_indices=None,
+        initial_state_source=kw["initial_state_source"][:B])),
+    "order_dtype": ("initial_state_order", TypeError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"]).long())),
+    "order_rows_only": ("initial_state_order", ValueError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"])[1])),
+    "order_of_other_batch": ("initial_state_order", ValueError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"][:2]))),
+    "order_not_dense": ("initial_state_order", ValueError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"]).t().contiguous().t())),
+    "order_device": ("initial_state_order", ValueError, lambda kw: dict(
+        kw, initial_state_order=gdn_ops.slot_order(kw["initial_state_indices"]).to("meta"))),
     "a_shape": ("a", ValueError, lambda kw: _t(kw, "a", lambda x: x[..., :1])),
     "b_dtype": ("b", TypeError, lambda kw: _t(kw, "b", lambda x: x.to(torch.int64))),
     "A_log_shape": ("A_log", ValueError, lambda kw: _t(kw, "A_log", lambda x: x[:1])),
@@ -131,3 +144,11 @@ def test_empty_batch_is_a_no_op(device):
     o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**kw)
     assert o.shape == (0, T, HV, V)
     assert torch.equal(kw["initial_state_source"], before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_slot_order_rejects_what_is_not_a_vector_of_slots(device):
+    with pytest.raises(TypeError, match="argument 'initial_state_indices'"):
+        gdn_ops.slot_order(torch.zeros(4, device=device))
+    with pytest.raises(ValueError, match="argument 'initial_state_indices'"):
+        gdn_ops.slot_order(torch.zeros(2, 3, dtype=torch.int32, device=device))
