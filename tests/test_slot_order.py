@@ -110,7 +110,7 @@ def test_rows_outside_the_batch_in_a_given_order_are_dropped(kernel):
     inp = build(_case_for(kernel), DEVICE)
     order = slot_order(inp.indices)
     dropped = tuple(int(r) for r in order[1, [0, 3, 5]])  # the padding row among them
-    order[1, [0, 3, 5]] = torch.tensor([-1, ORDER_CASE.B, 2**31 - 1], dtype=order.dtype)
+    order[1, [0, 3, 5]] = torch.tensor([-1, ORDER_CASE.B, 2**31 - 1], dtype=order.dtype, device=order.device)
     check(inp, lambda inp: run_triton(inp, _sorting_config(kernel), order=order), dropped_rows=dropped)
 
 
