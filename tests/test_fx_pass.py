@@ -278,7 +278,7 @@ class TestPostPassGraph(_SnapshotCase):
         text = self.capture(gated_decode, **decode_inputs(B=2, dtype=torch.bfloat16))
         self.assertExpectedInline(text, """\
 n0 = aten.empty.memory_format([2, 1, 4, 8], dtype=bfloat16)
-n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0], b=b)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', initial_state_order=None, _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0], b=b)
 n2 = getitem(n1, 1)
 n3 = getitem(n1, 2)
 n4 = aten.copy_.default(initial_state_source, n2)
