@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -121,10 +122,13 @@ def time_graphs_interleaved(
 ) -> dict[str, Timing]:
     """Time several captured graphs (``name -> (graph, calls in it)``) in interleaved rounds.
 
-    Each round replays every graph once, starting one name further on than the round before, so a
+    Each round replays every graph once, in an order of its own (seeded, so a run repeats): a
     drift of the card's state over the measurement (clocks, power, temperature) lands on every
-    implementation alike instead of on whichever is timed first. ``settle_rounds`` untimed rounds
-    go first. Each replay is timed alone with CUDA events.
+    implementation alike instead of on whichever is timed first, and so does what a graph inherits
+    from the one before it (the L2 lines that graph left dirty). With the rounds only rotated, each
+    graph always followed the same one, and at B <= 16 the same launch read up to 9% slower after
+    the copy than after a decode (NOTES.md, fourteenth session). ``settle_rounds`` untimed rounds go
+    first. Each replay is timed alone with CUDA events.
     """
     names = list(graphs)
     for _ in range(settle_rounds):
@@ -133,9 +137,9 @@ def time_graphs_interleaved(
     torch.cuda.synchronize()
     events = {n: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(replays)] for n in names}
+    rounds = random.Random(0)
     for r in range(replays):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rounds.sample(names, len(names)):
             start, end = events[name][r]
             start.record()
             graphs[name][0].replay()
