@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     indices = torch.randperm(num_slots, generator=gen)[:B].to(device=device, dtype=torch.int32)
     if B > 1:
         indices[B // 2] = -1  # a padding row, as CUDA-graph padding produces
+    # the slot order an engine computes once per step for all its GDN layers (these slots stay put)
+    order = gdn_ops.slot_order(indices)
 
     # Several decode steps against the float64 reference, which carries its own state.
     worst_o = worst_state = 0.0
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         step = _inputs(B, HK, HV, K, V, torch.bfloat16, device, gen)
         o = gdn_ops.fused_sigmoid_gating_delta_rule_update(
             **step, initial_state_source=pool, initial_state_indices=indices,
-            use_qk_l2norm_in_kernel=True, state_layout=args.layout)
+            use_qk_l2norm_in_kernel=True, state_layout=args.layout, initial_state_order=order)
         o_ref, ref_pool = gdn_ops.fused_sigmoid_gating_delta_rule_reference(
             **step, initial_state_source=ref_pool, initial_state_indices=indices,
             use_qk_l2norm_in_kernel=True, state_layout=args.layout, compute_dtype=torch.float64)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     def call():
         gdn_ops.fused_sigmoid_gating_delta_rule_update(
             **step, initial_state_source=pool, initial_state_indices=indices,
-            use_qk_l2norm_in_kernel=True, state_layout=args.layout, out=out)
+            use_qk_l2norm_in_kernel=True, state_layout=args.layout, out=out, initial_state_order=order)
 
     reps = 50 if cuda else 5
     if cuda:

@@ -128,6 +128,23 @@ def test_compiles_fullgraph_with_dynamic_batch_without_recompiling(device, fused
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_step_with_its_slot_order_compiles_fullgraph(device):
+    """An engine step as model code writes it: the order of the step's indices, then the layer's
+    call given it; both ops trace through their fake kernels into one graph."""
+    torch._dynamo.reset()
+
+    def step(inp):
+        order = gdn_ops.slot_order(inp.indices)
+        return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            inp.A_log, inp.a, inp.dt_bias, 1.0, 20.0, inp.q, inp.k, inp.v, inp.b, inp.pool.view, inp.indices,
+            state_layout=inp.case.state_layout, out=inp.out.view, initial_state_order=order)
+
+    case = DecodeCase(B=5, T=1, HK=2, group=2, K=32, V=32, state_layout="kv", padding_rows=(1,), out_given=True,
+                      seed=41)
+    check(build(case, device), torch.compile(step, fullgraph=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gating_reads_strided_head_parameters(device):
     HV = 5
     wide_A, wide_dt = torch.randn(3 * HV, device=device), torch.randn(3 * HV, device=device)
