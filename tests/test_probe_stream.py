@@ -9,7 +9,12 @@ from sm90_compile import compile_sm90, descriptor_type, run_in_child
 
 
 def test_specs_name_the_streams():
-    from benchmarks.probe_stream import async_provider, decode_provider, reg_provider, tma_provider
+    from benchmarks.probe_stream import (
+        async_provider,
+        decode_provider,
+        reg_provider,
+        tma_provider,
+    )
 
     assert tma_provider(2, 3, 1, 1, ("oop",)).name == "tma:h2:b3:p1:lag1:oop"
     assert tma_provider(1, 2, 2, 0).name == "tma:h1:b2:p2:lag0"
