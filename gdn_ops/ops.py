@@ -275,13 +275,9 @@ _gating_op.register_autograd(_gating_backward, setup_context=_gating_setup_conte
 # --------------------------------------------------------------------------------------------
 
 
-def _check_slot_order(indices) -> None:
-    _validate.check_slot_indices(indices)
-
-
 @torch.library.custom_op("gdn_ops::slot_order", mutates_args=())
 def _slot_order_op(initial_state_indices: torch.Tensor) -> torch.Tensor:
-    _check_slot_order(initial_state_indices)
+    _validate.check_slot_indices(initial_state_indices)
     sorted_slots, rows = torch.sort(initial_state_indices, stable=True)
     return torch.stack([sorted_slots, rows.to(initial_state_indices.dtype)])
 
@@ -291,11 +287,11 @@ def _slot_order_cuda(initial_state_indices):
     from gdn_ops.triton_decode import default_pdl
     from gdn_ops.triton_slot_order import slot_order
 
-    _check_slot_order(initial_state_indices)
+    _validate.check_slot_indices(initial_state_indices)
     return slot_order(initial_state_indices.contiguous(), pdl=default_pdl(initial_state_indices.device))
 
 
 @_slot_order_op.register_fake
 def _slot_order_fake(initial_state_indices):
-    _check_slot_order(initial_state_indices)
+    _validate.check_slot_indices(initial_state_indices)
     return initial_state_indices.new_empty((2, initial_state_indices.shape[0]))

@@ -194,8 +194,9 @@ class DecodeConfig(NamedTuple):
     ``from_old_state`` takes the step's ``o`` from the old tile
     (``triton_step.delta_rule_step_from_old_state``), otherwise from the updated one. ``sort_rows``
     runs the rows in ascending slot order (``triton_slot_order``; only with ``indices``), at the
-    cost of one more small launch unless the caller gives the order. ``maxnreg`` caps registers per thread (ptxas ``.maxnreg``), for
-    tuning experiments: the tables leave it unset, as caps measured slower (NOTES.md).
+    cost of one more small launch unless the caller gives the order. ``maxnreg`` caps registers
+    per thread (ptxas ``.maxnreg``), for tuning experiments: the tables leave it unset, as caps
+    measured slower (NOTES.md).
     """
 
     BV: int
@@ -337,14 +338,17 @@ def launch_decode(
         reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
             raise ValueError(f"launch_decode: config={config} needs {reason}")
-    if indices is not None and not indices.is_contiguous():
+    rows = None
+    sorts = indices is not None and getattr(config, "sort_rows", False)  # DecodeConfig, GluonTileConfig
+    if sorts and order is not None:
+        # the kernel then reads the slots in ascending order, and each program's row from rows
+        indices, rows = order
+    elif indices is not None and not indices.is_contiguous():
         # every kernel reads the slots as a dense vector; a strided view (a column of a larger
         # tensor) is copied first, a small kernel that CUDA-graph capture records like any other
         indices = indices.contiguous()
-    rows = None
-    if indices is not None and getattr(config, "sort_rows", False):  # DecodeConfig, GluonTileConfig
-        # the kernel then reads the slots in ascending order, and each program's row from rows
-        indices, rows = order if order is not None else slot_order(indices, pdl=bool(pdl))
+    if sorts and rows is None:
+        indices, rows = slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):
         launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile
         return launch(
@@ -409,8 +413,9 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
                    state_layout: str, given_order: bool = False) -> DecodeConfig | PersistentConfig | GluonTileConfig:
     """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config` (kv) or
     :func:`vk_tile_config` (vk), with the rows in slot order where ``triton_slot_order.sorts_rows``
-    says (from smaller grids when the caller gives the order, ``given_order``), else :func:`persistent_config` (each returns only a configuration these operands can run
-    on this GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
+    says (from smaller grids when the caller gives the order, ``given_order``), else
+    :func:`persistent_config` (each returns only a configuration these operands can run on this
+    GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     gpu = gpu_name(state.device)
