@@ -100,8 +100,14 @@ def tile_name(tile: DecodeConfig) -> str:
             + ("" if tile.from_old_state else "new") + ("sort" if tile.sort_rows else ""))
 
 
-def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False) -> Provider:
-    return launcher_provider((name or tile_name(tile)) + ("+pdl" if pdl else ""), launch, tile, pdl)
+def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False,
+                  step_order: bool = False) -> Provider:
+    """``tile`` through the launcher; with ``step_order`` a sorting tile is given the slot order
+    (computed before capture, as an engine computes it once per step) instead of ranking the rows
+    on every call."""
+    given = step_order and tile is not None and tile.sort_rows
+    return launcher_provider((name or tile_name(tile)) + ("+pdl" if pdl else "") + ("+order" if given else ""),
+                             launch, tile, pdl, step_order=given)
 
 
 def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[DecodeConfig]) -> list[Provider]:
@@ -152,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
+    ap.add_argument("--step-order", action="store_true",
+                    help="give sorting tiles the slot order (initial_state_order) instead of ranking on each call")
     # What runs between a tile's replays changes what the L2 holds when it starts: an evict_first
     # rule won here beside SGLang alone and lost in the sweep beside every peer (NOTES.md, eleventh
     # session). "--peers sglang fla torch_compile eager copy --replays 30" gives a tile the sweep's
@@ -172,7 +180,7 @@ def main() -> None:
     for cfg in tuning_grid(args):
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
         chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name(),
-                               cfg.act_dtype.itemsize)
+                               cfg.act_dtype.itemsize, args.step_order)
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
@@ -180,7 +188,7 @@ def main() -> None:
         extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
         tiles = (candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra
         pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
-        providers = [tile_provider(t, pdl=p) for t in tiles for p in pdls]
+        providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra)
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
@@ -192,7 +200,8 @@ def main() -> None:
             row[peer.name + "_us"] = times[peer.name]
         timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
         best = min(timed, key=lambda n: timed[n]["us"])
-        chosen_name = tile_name(chosen) + ("+pdl" if args.pdl == "on" else "")
+        chosen_name = (tile_name(chosen) + ("+pdl" if args.pdl == "on" else "")
+                       + ("+order" if args.step_order and chosen.sort_rows else ""))
         row["best"] = best
         def pct(us: float, moved: int = cfg.bytes_per_call()) -> float:
             return 100 * moved / (us * 1e-6) / bw

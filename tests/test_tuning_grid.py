@@ -73,3 +73,28 @@ def test_tile_sweeps_take_the_sweeps_neighbours_on_request():
     assert (args.peers, args.replays) == (["sglang", "fla", "torch_compile", "eager", "copy"], 30)
     with pytest.raises(SystemExit):
         parser().parse_args(["--peers", "gdn_ops"])
+
+
+def test_step_order_gives_sorting_tiles_their_order_and_checks_out():
+    """``--step-order``: a sorting tile is timed with the slot order given (no rank kernel in its
+    call), named ``+order``; a tile that does not sort is unchanged. Both pass the benchmark's check
+    against the reference (through Triton's interpreter on CPU)."""
+    from tile_kernel_checks import kernel_calls
+
+    import benchmarks.tune_decode as tune
+    import gdn_ops.triton_slot_order as module
+    from benchmarks.providers import Config, check, make_problem, reference
+
+    sorting, plain = (tune.parse_tile(spec, 16) for spec in ("8:1:sort", "8:1"))
+    given, unsorted = (tune.tile_provider(t, pdl=False, step_order=True) for t in (sorting, plain))
+    assert (given.name, unsorted.name) == ("BV8w1sort+order", "BV8w1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="vk")
+    problem = make_problem(cfg, device)
+    ref = reference(cfg, problem)
+    for provider in (given, unsorted):
+        assert check(cfg, provider, problem, ref).ok, provider.name
+    step = given.make(cfg, problem.pool, problem.indices, problem.inputs)  # ranks once, here
+    with kernel_calls(module, "_slot_order_kernel") as ranks:
+        step()
+    assert ranks == []
