@@ -169,6 +169,124 @@ def _shipped_tile_tail() -> str:
 VARIANTS["row_halves"] = [(_shipped_tile_tail(), _ROW_HALVES_TAIL)]
 
 
+# A persistent per-tile kernel: P programs per SM, each working tiles pid, pid + grid, ... in grid
+# order (so in slot order where the rows are sorted), and asking for its next tile's state before
+# this tile's arithmetic (``ahead``), so that it keeps bytes in flight through the sums and the
+# update. The streams that beat the bf16 decode by 4-6 points have nothing between a program's load
+# and its store; a decode program has its arithmetic there (ncu at B=512, NOTES.md, thirteenth
+# session). ``ahead=False`` is the control: the same persistent loop, each tile loaded at the top of
+# its own iteration. Untimed when written (fourteenth session, no device time left).
+_PLACE_HELPERS = """@triton.jit
+def _tile_place(tile, num_tiles, indices_ptr, rows_ptr, num_slots, s_slot, s_head, NV: tl.constexpr,
+                HV: tl.constexpr, BV: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr):
+    live = tile < num_tiles
+    row_head = tl.where(live, tile, 0) // NV
+    rank = (row_head // HV).to(tl.int64)
+    hv = row_head % HV
+    if SORTED_ROWS:
+        row = tl.load(rows_ptr + rank).to(tl.int64)
+        in_batch = (row >= 0) & (row < num_tiles // (NV * HV)) & live
+        row = tl.where(in_batch, row, 0)
+    else:
+        row = rank
+        in_batch = live
+    if HAS_INDICES:
+        slot = tl.load(indices_ptr + rank).to(tl.int64)
+        valid = (slot >= 0) & (slot < num_slots) & in_batch
+        slot = tl.where(valid, slot, 0)
+    else:
+        slot = row
+        valid = in_batch
+    offs_v = (tl.where(live, tile, 0) % NV) * BV + tl.arange(0, BV)
+    return row, hv, offs_v, valid, in_batch, slot * s_slot + hv.to(tl.int64) * s_head
+
+
+@triton.jit
+def _tile_at(offs_v, offs_k, mask_k, valid, K: tl.constexpr, V: tl.constexpr, STATE_VK: tl.constexpr):
+    if STATE_VK:
+        tile = offs_v[:, None] * K + offs_k[None, :]
+    else:
+        tile = offs_k[None, :] * V + offs_v[:, None]
+    return tile, ((offs_v < V)[:, None] & mask_k[None, :]) & valid
+
+
+"""
+_PERSISTENT_BODY = """    NV: tl.constexpr = (V + BV - 1) // BV
+    offs_k = tl.arange(0, BK)
+    mask_k = offs_k < K
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    step = tl.num_programs(0)
+    first = tl.program_id(0)
+    row, hv, offs_v, valid, in_batch, base = _tile_place(first, num_tiles, indices_ptr, rows_ptr, num_slots, s_slot,
+                                                         s_head, NV, HV, BV, HAS_INDICES, SORTED_ROWS)
+    tile_offs, state_mask = _tile_at(offs_v, offs_k, mask_k, valid, K, V, STATE_VK)
+FIRST_LOAD
+    for tile in range(first, num_tiles, step):
+        n_row, n_hv, n_offs_v, n_valid, n_in_batch, n_base = _tile_place(
+            tile + step, num_tiles, indices_ptr, rows_ptr, num_slots, s_slot, s_head, NV, HV, BV, HAS_INDICES,
+            SORTED_ROWS)
+        n_tile_offs, n_state_mask = _tile_at(n_offs_v, offs_k, mask_k, n_valid, K, V, STATE_VK)
+LOAD_NEXT
+        h = hv // GROUP
+        mask_v = offs_v < V
+        S = S_raw.to(tl.float32)
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+        for t in range(T):
+            q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
+            k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
+            gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
+            gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
+            g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+            if FROM_OLD_STATE:
+                S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+            else:
+                S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+            o = tl.where(valid, o, 0.0)
+            tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
+                     o.to(o_ptr.dtype.element_ty), mask=mask_v & in_batch)
+        tl.store(state_ptr + base + tile_offs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=".cs")
+        row, hv, offs_v, valid, in_batch, base = n_row, n_hv, n_offs_v, n_valid, n_in_batch, n_base
+        tile_offs, state_mask = n_tile_offs, n_state_mask
+"""
+_LOAD_NEXT_AHEAD = ("        # the next tile's state is asked for before this tile's arithmetic\n"
+                    "        n_S_raw = tl.load(state_ptr + n_base + n_tile_offs, mask=n_state_mask, other=0.0)\n")
+_LOAD_AT_TOP = ("        S_raw = tl.load(state_ptr + base + tile_offs, mask=state_mask, other=0.0)\n"
+                "        n_S_raw = S_raw\n")
+
+
+def _persistent(programs_per_sm: int, ahead: bool) -> list[tuple[str, str]]:
+    """The patches of the persistent per-tile kernel (above): its body, ``num_tiles`` as an argument,
+    and a grid of ``programs_per_sm`` programs per SM (one SM's worth in the interpreter)."""
+    source = Path(shipped.__file__).read_text()
+    start = source.index("    NV: tl.constexpr = (V + BV - 1) // BV\n    pid = tl.program_id(0)\n")
+    end = source.index(_SHIPPED_TILE_TAIL_END, start) + len(_SHIPPED_TILE_TAIL_END)
+    first_load = ("    S_raw = tl.load(state_ptr + base + tile_offs, mask=state_mask, other=0.0)\n" if ahead
+                  else "    S_raw = tl.zeros([BV, BK], state_ptr.dtype.element_ty)\n")
+    body = (_PERSISTENT_BODY.replace("FIRST_LOAD\n", first_load)
+            .replace("LOAD_NEXT\n", _LOAD_NEXT_AHEAD if ahead else _LOAD_AT_TOP))
+    body += "        S_raw = n_S_raw\n"
+    return [
+        (source[start:end], body),
+        ("@triton.jit\ndef _decode_kernel(", _PLACE_HELPERS + "@triton.jit\ndef _decode_kernel("),
+        ("    T, num_slots, scale, softplus_beta, softplus_threshold,\n",
+         "    T, num_tiles, num_slots, scale, softplus_beta, softplus_threshold,\n"),
+        ("    grid = (B * HV * triton.cdiv(V, config.BV),)\n",
+         ("    num_tiles = B * HV * triton.cdiv(V, config.BV)\n"
+          f"    programs = {programs_per_sm} * (sm_count(q.device.index or 0) if q.is_cuda else 1)\n"
+          "    grid = (min(num_tiles, programs),)\n")),
+        ("        T, state.shape[0], float(scale),", "        T, num_tiles, state.shape[0], float(scale),"),
+        ("    persistent_config,\n", "    persistent_config,\n    sm_count,\n"),
+    ]
+
+
+for _programs in (8, 12, 16):
+    VARIANTS[f"next_tile_ahead_p{_programs}"] = _persistent(_programs, ahead=True)
+    VARIANTS[f"persistent_p{_programs}"] = _persistent(_programs, ahead=False)
+
+
 # Experiments on the persistent TMA kernel (gdn_ops/triton_decode_tma.py); timed by tune_tma.
 TMA_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # The first shipped order (until 2026-11-28): the next kernel may launch right after the wait.

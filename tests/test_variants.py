@@ -72,3 +72,31 @@ def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, mon
     header = written["header"]
     assert (header["device"], header["torch"], header["triton"]) == ("NVIDIA H200", torch.__version__, triton.__version__)
     assert header["copy_bandwidth_Bps"] == 4.25e12 and header["host"] == "node" and header["date"].startswith("20")
+
+
+@pytest.mark.parametrize("name", ["next_tile_ahead_p8", "persistent_p8"])
+@pytest.mark.parametrize(("layout", "sort_rows", "T", "index_dtype"), [
+    ("vk", True, 1, "int32"), ("kv", False, 2, "int64"), ("vk", False, 1, None)])
+def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, index_dtype):
+    """The persistent per-tile variants (a program per SM slot working tile after tile, with or
+    without its next tile's state loaded ahead) are decode steps, checked against the float64
+    reference before they are timed; here through Triton's interpreter, several tiles per program."""
+    import torch
+    from decode_case import DecodeCase, build, check
+
+    from gdn_ops.triton_decode import DecodeConfig
+
+    module = load_variant(name)
+    dtype = getattr(torch, index_dtype) if index_dtype else None
+    case = DecodeCase(B=5, T=T, HK=2, group=2, K=16, V=32, state_layout=layout, state_dtype=torch.bfloat16,
+                      index_dtype=dtype, padding_rows=(1, 3) if dtype else (), out_given=True, seed=T)
+    config = DecodeConfig(BV=8, BK=16, num_warps=1, sort_rows=sort_rows)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run(inp):
+        module.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                             inp.out.view, scale=case.K**-0.5, use_qk_l2norm_in_kernel=False, state_layout=layout,
+                             config=config)
+        return inp.out.view
+
+    check(build(case, device), run)
