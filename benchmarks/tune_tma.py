@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="tune_tma")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
+    ap.add_argument("--step-order", action="store_true",
+                    help="also time the default and each sorting spec given the step's slot order (initial_state_order)")
     args = ap.parse_args()
     bw = copy_bandwidth()
     records = []
@@ -122,9 +124,13 @@ def main() -> None:
                                  cfg.act_dtype.itemsize)
         providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),
                      launcher_provider("default_no_pdl", pdl=False)]
+        if args.step_order:
+            providers.append(launcher_provider("default+order", step_order=True))
         for spec in args.specs:
             config = parse_spec(spec)
             providers.append(launcher_provider(spec, config=config))
+            if args.step_order and getattr(config, "sort_rows", False):
+                providers.append(launcher_provider(spec + "+order", config=config, step_order=True))
             providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
                           for v in args.variants if v in variants_of(config, layout)]
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
