@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import tempfile
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -183,20 +184,9 @@ def _tile_place(tile, num_tiles, indices_ptr, rows_ptr, num_slots, s_slot, s_hea
     row_head = tl.where(live, tile, 0) // NV
     rank = (row_head // HV).to(tl.int64)
     hv = row_head % HV
-    if SORTED_ROWS:
-        row = tl.load(rows_ptr + rank).to(tl.int64)
-        in_batch = (row >= 0) & (row < num_tiles // (NV * HV)) & live
-        row = tl.where(in_batch, row, 0)
-    else:
-        row = rank
-        in_batch = live
-    if HAS_INDICES:
-        slot = tl.load(indices_ptr + rank).to(tl.int64)
-        valid = (slot >= 0) & (slot < num_slots) & in_batch
-        slot = tl.where(valid, slot, 0)
-    else:
-        slot = row
-        valid = in_batch
+ROW_AND_SLOT
+    in_batch = in_batch & live
+    valid = valid & live
     offs_v = (tl.where(live, tile, 0) % NV) * BV + tl.arange(0, BV)
     return row, hv, offs_v, valid, in_batch, slot * s_slot + hv.to(tl.int64) * s_head
 
@@ -233,20 +223,7 @@ LOAD_NEXT
         mask_v = offs_v < V
         S = S_raw.to(tl.float32)
         neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
-        for t in range(T):
-            q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
-            k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
-            gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
-            gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
-            g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
-            if FROM_OLD_STATE:
-                S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
-            else:
-                S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
-            o = tl.where(valid, o, 0.0)
-            tl.store(o_ptr + row * s_ob + t * s_ot + hv * s_oh + offs_v * s_ov,
-                     o.to(o_ptr.dtype.element_ty), mask=mask_v & in_batch)
+TOKEN_LOOP
         tl.store(state_ptr + base + tile_offs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=".cs")
         row, hv, offs_v, valid, in_batch, base = n_row, n_hv, n_offs_v, n_valid, n_in_batch, n_base
         tile_offs, state_mask = n_tile_offs, n_state_mask
@@ -258,19 +235,28 @@ _LOAD_AT_TOP = ("        S_raw = tl.load(state_ptr + base + tile_offs, mask=stat
 
 
 def _persistent(programs_per_sm: int, ahead: bool) -> list[tuple[str, str]]:
-    """The patches of the persistent per-tile kernel (above): its body, ``num_tiles`` as an argument,
-    and a grid of ``programs_per_sm`` programs per SM (one SM's worth in the interpreter)."""
+    """The patches of the persistent per-tile kernel (above): its body (with the shipped kernel's
+    token loop), ``num_tiles`` as an argument, and a grid of ``programs_per_sm`` programs per SM (one
+    SM's worth in the interpreter)."""
     source = Path(shipped.__file__).read_text()
     start = source.index("    NV: tl.constexpr = (V + BV - 1) // BV\n    pid = tl.program_id(0)\n")
     end = source.index(_SHIPPED_TILE_TAIL_END, start) + len(_SHIPPED_TILE_TAIL_END)
     first_load = ("    S_raw = tl.load(state_ptr + base + tile_offs, mask=state_mask, other=0.0)\n" if ahead
                   else "    S_raw = tl.zeros([BV, BK], state_ptr.dtype.element_ty)\n")
+    # the shipped kernel's row and slot of a place in the grid, for any tile of a persistent program
+    place_start = source.index("    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank)", start)
+    place_end = source.index("        valid = row >= 0\n", place_start) + len("        valid = row >= 0\n")
+    helpers = _PLACE_HELPERS.replace("ROW_AND_SLOT\n", source[place_start:place_end].replace(
+        "tl.num_programs(0) // (NV * HV)", "num_tiles // (NV * HV)"))
+    loop_start = source.index("    for t in range(T):\n", start)
+    loop_end = source.index("mask=mask_v & in_batch)\n", loop_start) + len("mask=mask_v & in_batch)\n")
     body = (_PERSISTENT_BODY.replace("FIRST_LOAD\n", first_load)
-            .replace("LOAD_NEXT\n", _LOAD_NEXT_AHEAD if ahead else _LOAD_AT_TOP))
+            .replace("LOAD_NEXT\n", _LOAD_NEXT_AHEAD if ahead else _LOAD_AT_TOP)
+            .replace("TOKEN_LOOP\n", textwrap.indent(source[loop_start:loop_end], "    ")))
     body += "        S_raw = n_S_raw\n"
     return [
         (source[start:end], body),
-        ("@triton.jit\ndef _decode_kernel(", _PLACE_HELPERS + "@triton.jit\ndef _decode_kernel("),
+        ("@triton.jit\ndef _decode_kernel(", helpers + "@triton.jit\ndef _decode_kernel("),
         ("    T, num_slots, scale, softplus_beta, softplus_threshold,\n",
          "    T, num_tiles, num_slots, scale, softplus_beta, softplus_threshold,\n"),
         ("    grid = (B * HV * triton.cdiv(V, config.BV),)\n",
