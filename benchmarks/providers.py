@@ -27,6 +27,7 @@ tensors at a small geometry (the Triton peers through the interpreter).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -154,26 +155,14 @@ class Provider:
         return None
 
 
-def _make_gdn_ops(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
+def _make_gdn_ops(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict,
+                  step_order: bool = False) -> Callable:
+    """The public op; with ``step_order`` given the slot order, computed here, once, as an engine
+    computes it once per step for all its layers."""
     import gdn_ops
 
     x = inputs
-
-    def step() -> torch.Tensor:
-        return gdn_ops.fused_sigmoid_gating_delta_rule_update(
-            x["A_log"], x["a"], x["dt_bias"], SOFTPLUS_BETA, SOFTPLUS_THRESHOLD,
-            x["q"], x["k"], x["v"], x["b"], pool, indices, None, USE_QK_L2NORM,
-            state_layout=cfg.layout, out=x["out"],
-        )
-
-    return step
-
-
-def _make_gdn_ops_step_order(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict) -> Callable:
-    import gdn_ops
-
-    x = inputs
-    order = gdn_ops.slot_order(indices)
+    order = gdn_ops.slot_order(indices) if step_order else None
 
     def step() -> torch.Tensor:
         return gdn_ops.fused_sigmoid_gating_delta_rule_update(
@@ -231,7 +220,7 @@ def _gdn_ops_provider() -> Provider:
 def _gdn_ops_step_order_provider() -> Provider:
     import gdn_ops
 
-    return Provider("gdn_ops_step_order", _make_gdn_ops_step_order,
+    return Provider("gdn_ops_step_order", functools.partial(_make_gdn_ops, step_order=True),
                     source=f"gdn_ops {gdn_ops.__version__} ({source_digest()})")
 
 

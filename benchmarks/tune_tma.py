@@ -68,7 +68,7 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
     if kind == "g":
         return GluonKVConfig(*values)
     if kind == "t":
-        return GluonTileConfig(*values)._replace(sort_rows=sort_rows)
+        return GluonTileConfig(*values, sort_rows=sort_rows)
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
