@@ -110,17 +110,20 @@ def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: b
                              launch, tile, pdl, step_order=given)
 
 
-def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[DecodeConfig]) -> list[Provider]:
+def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[DecodeConfig],
+                      step_order: bool = False) -> list[Provider]:
     """Each variant of ``names`` (benchmarks/variants.py: patches of the per-tile Triton kernel) at
-    the table's tile ``chosen`` and at each ``extra`` tile, under PDL. The tile is always passed:
+    the table's tile ``chosen`` and at each ``extra`` tile, under PDL; ``step_order`` as
+    :func:`tile_provider`'s, so a variant and its tile are timed alike. The tile is always passed:
     given none, the launcher picks its default kernel, from some grids a Gluon kernel that the patch
     does not touch (the eleventh session's variant figures for bf16 vk from B=128 timed the Gluon vk
     tile kernel that way; NOTES.md, twelfth session)."""
     providers = []
     for name in names:
         launch = load_variant(name).launch_decode
-        providers.append(tile_provider(chosen, launch, f"variant:{name}", pdl=True))
-        providers += [tile_provider(t, launch, f"variant:{name}:{tile_name(t)}", pdl=True) for t in extra]
+        providers.append(tile_provider(chosen, launch, f"variant:{name}", pdl=True, step_order=step_order))
+        providers += [tile_provider(t, launch, f"variant:{name}:{tile_name(t)}", pdl=True, step_order=step_order)
+                      for t in extra]
     return providers
 
 
@@ -189,7 +192,7 @@ def main() -> None:
         tiles = (candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra
         pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
-        providers += variant_providers(args.variants, chosen, extra)
+        providers += variant_providers(args.variants, chosen, extra, args.step_order)
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]

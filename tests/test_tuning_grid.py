@@ -46,6 +46,9 @@ def test_variants_run_at_the_tile_they_are_given(monkeypatch):
     for provider in providers:
         provider.make(cfg, problem.pool, problem.indices, problem.inputs)()
     assert launched == [chosen, extra, chosen, extra]
+    sorting = extra._replace(sort_rows=True)
+    ordered = tune.variant_providers(["a"], chosen, [sorting], step_order=True)
+    assert [p.name for p in ordered] == ["variant:a+pdl", "variant:a:BV8w1sort+pdl+order"]
 
 
 def test_tile_specs_round_trip_through_their_names():
