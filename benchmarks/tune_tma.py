@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -80,22 +81,30 @@ def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig, layo
 
 
 def variant_launch(name: str):
-    """``launch_decode``'s signature over a patched copy of a persistent kernel (benchmarks/variants.py:
-    TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the Gluon one); the variant decides which
-    state layout it serves."""
+    """``launch_decode``'s signature over a patched copy of a TMA kernel (benchmarks/variants.py:
+    TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the persistent Gluon one, VK_TILE_VARIANTS
+    and KV_TILE_VARIANTS the Gluon tile kernels); the variant decides which state layout it serves.
+    A tile variant runs inside the shipped ``launch_decode`` (its launcher swapped in), so it
+    checks, sorts and takes a given slot order as the shipped kernel does."""
+    import gdn_ops.triton_decode as shipped
+
     module = load_variant(name)
     gluon = name in GLUON_VARIANTS
     tile_launcher = ("launch_decode_vk_tile" if name in VK_TILE_VARIANTS
                      else "launch_decode_kv_tile" if name in KV_TILE_VARIANTS else None)
 
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
-               state_layout, softplus_beta, softplus_threshold, config, pdl):
+               state_layout, softplus_beta, softplus_threshold, config, pdl, order=None):
+        if tile_launcher:
+            with mock.patch.object(shipped, tile_launcher, getattr(module, tile_launcher)):
+                return shipped.launch_decode(
+                    q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
+                    use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,
+                    softplus_beta=softplus_beta, softplus_threshold=softplus_threshold,
+                    config=GluonTileConfig(*config), pdl=pdl, order=order)
         pdl = default_pdl(state.device) if pdl is None else pdl
-        if tile_launcher:  # its operands were checked by the shipped launcher's checks of this config
-            kernel, config = getattr(module, tile_launcher), GluonTileConfig(*config)
-        else:
-            kernel = module.launch_decode_kv_gluon if gluon else module.launch_decode_kv_tma
-            config = (module.GluonKVConfig if gluon else module.PersistentConfig)(*config)
+        kernel = module.launch_decode_kv_gluon if gluon else module.launch_decode_kv_tma
+        config = (module.GluonKVConfig if gluon else module.PersistentConfig)(*config)
         return kernel(q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
                       softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS)
@@ -128,11 +137,13 @@ def main() -> None:
             providers.append(launcher_provider("default+order", step_order=True))
         for spec in args.specs:
             config = parse_spec(spec)
-            providers.append(launcher_provider(spec, config=config))
-            if args.step_order and getattr(config, "sort_rows", False):
-                providers.append(launcher_provider(spec + "+order", config=config, step_order=True))
-            providers += [launcher_provider(f"variant:{v}:{spec}", variant_launch(v), config)
-                          for v in args.variants if v in variants_of(config, layout)]
+            given = [False] + ([True] if args.step_order and getattr(config, "sort_rows", False) else [])
+            for step_order in given:
+                suffix = "+order" if step_order else ""
+                providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
+                providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config,
+                                                step_order=step_order)
+                              for v in args.variants if v in variants_of(config, layout)]
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                "per_tile": list(per_tile), "results": {}}
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON

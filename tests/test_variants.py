@@ -100,3 +100,42 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
         return inp.out.view
 
     check(build(case, device), run)
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
+    """``tune_tma`` times a Gluon tile variant through the shipped ``launch_decode`` with the
+    variant's launcher swapped in, so a sorting spec sorts and takes a given slot order as the
+    shipped kernel does (before, the variant was called directly and ran its rows unsorted).
+    Recorded on CPU: the launcher's sm_90 check is lifted and the variant's launcher records."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import benchmarks.tune_tma as tune_tma
+    import gdn_ops
+    import gdn_ops.triton_decode as shipped
+    from benchmarks.providers import Config, make_problem
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+
+    name = {"vk": "launch_decode_vk_tile", "kv": "launch_decode_kv_tile"}[layout]
+    calls = []
+    monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(
+        **{name: lambda *args, rows=None, config, **kwargs: calls.append((args[8], rows, config))}))
+    monkeypatch.setattr(shipped, "tma_config_reason", lambda *args: None)
+    launch = tune_tma.variant_launch(next(v for v in ALL_VARIANTS if v in (VK_TILE_VARIANTS if layout == "vk"
+                                                                          else KV_TILE_VARIANTS)))
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout=layout)
+    problem = make_problem(cfg, "cpu")
+    x = problem.inputs
+    config = GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, sort_rows=True)
+    order = gdn_ops.slot_order(problem.indices)
+    for given in (None, order):
+        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
+               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout=layout, softplus_beta=1.0,
+               softplus_threshold=20.0, config=tuple(config), pdl=False, order=given)
+    (ranked_slots, ranked_rows, first), (slots, rows, second) = calls
+    assert first == second == config
+    assert torch.equal(slots, order[0]) and torch.equal(rows, order[1])
+    assert torch.equal(ranked_slots, order[0]) and torch.equal(ranked_rows, order[1])
+    assert torch.equal(problem.indices[rows], slots) and torch.all(slots[1:] >= slots[:-1])
