@@ -468,6 +468,11 @@ def _kv_tile_parts(parts: int) -> list[tuple[str, str]]:
         ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        sk += ",
          _WAIT_FOR_PART + "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        sk += "),
         _INVALIDATE_PARTS,
+        # the descriptor's box is now one part: the tile leaves as one TMA store per part
+        ("    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)\n",
+         ("    for j in gl.static_range(PARTS):\n"
+          "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
+          "                                        tile_smem.slice(j * PART, PART, dim=2))\n")),
         ("    kv_launch_args,\n", "    kv_launch_args,\n    tma_descriptor,\n"),
         ("    _decode_kv_tile_kernel[(num_tiles,)](*args,",
          ("    C = chunk_columns(config.BV, state.element_size())\n"

@@ -107,7 +107,7 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     """``tune_tma`` times a Gluon tile variant through the shipped ``launch_decode`` with the
     variant's launcher swapped in, so a sorting spec sorts and takes a given slot order as the
     shipped kernel does (before, the variant was called directly and ran its rows unsorted).
-    Recorded on CPU: the launcher's sm_90 check is lifted and the variant's launcher records."""
+    The launcher's sm_90 check is lifted and the variant's launcher records (runs on CPU too)."""
     from types import SimpleNamespace
 
     import torch
@@ -126,7 +126,7 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     launch = tune_tma.variant_launch(next(v for v in ALL_VARIANTS if v in (VK_TILE_VARIANTS if layout == "vk"
                                                                           else KV_TILE_VARIANTS)))
     cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout=layout)
-    problem = make_problem(cfg, "cpu")
+    problem = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # the rank kernel runs on it
     x = problem.inputs
     config = GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, sort_rows=True)
     order = gdn_ops.slot_order(problem.indices)
