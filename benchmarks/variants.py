@@ -392,7 +392,9 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
          ("        gl.store(state_rows + (i * ROWS) * s_sk,\n"
           "                 (S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype), mask=live)\n")),
         (("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
-          "out-of-bounds writes\n    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)\n"),
+          "out-of-bounds writes\n    for j in gl.static_range(PARTS):\n"
+          "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
+          "                                        tile_smem.slice(j * PART, PART, dim=2))\n"),
          ""),
         ("    _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,\n",
          ("    _decode_kv_tile_kernel[(num_tiles,)](*args[:10], state, *state.stride()[:3], *args[10:],\n"
@@ -400,10 +402,11 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
-# A tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at once)
-# instead of one copy on one barrier: a program starts its sums (and in the vk kernel its stores)
-# on the first rows while the rest are still arriving, so it holds its buffer for less time after
-# the last byte lands. The bytes in flight per SM are those of the shipped kernel.
+# The vk tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at
+# once) instead of one copy on one barrier: a program starts its sums and stores on the first rows
+# while the rest are still arriving. Level with the shipped kernel on the H200 (bf16, B=128-1024;
+# results/h200/tune_vk_tile_parts_bf16.json). The kv kernel gained from it and took it as its
+# ``GluonTileConfig.parts`` (results/h200/tune_kv_tile_parts_*.json).
 _STEP_BARRIERS = (
     "    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n    mbarrier.init(bar, count=1)\n",
     ("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
@@ -446,45 +449,8 @@ def _vk_tile_parts(parts: int) -> list[tuple[str, str]]:
     ]
 
 
-def _kv_tile_parts(parts: int) -> list[tuple[str, str]]:
-    return [
-        ("    NV: gl.constexpr = V // BV\n",
-         f"    NV: gl.constexpr = V // BV\n    PARTS: gl.constexpr = {parts}\n    PART: gl.constexpr = K // PARTS\n"),
-        _STEP_BARRIERS,
-        (("    _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar,\n"
-         "                NV, HV, GROUP, NC)\n"),
-         ("    hv_part = tile // NV % HV\n"
-         "    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes)\n"
-         "    mbarrier.expect(bars.index(0), nbytes)\n"
-         "    tma.async_copy_global_to_shared(state_desc, [slot, hv_part, 0, (tile % NV) * NC, 0], bars.index(0),\n"
-         "                                    tile_smem.slice(0, PART, dim=2))\n"
-         "    tma.async_copy_global_to_shared(q_desc, [row, hv_part // GROUP, 0], bars.index(0), q_smem)\n"
-         "    tma.async_copy_global_to_shared(k_desc, [row, hv_part // GROUP, 0], bars.index(0), k_smem)\n"
-         "    for j in gl.static_range(1, PARTS):\n"
-         "        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)\n"
-         "        tma.async_copy_global_to_shared(state_desc, [slot, hv_part, j * PART, (tile % NV) * NC, 0],\n"
-         "                                        bars.index(j), tile_smem.slice(j * PART, PART, dim=2))\n")),
-        _WAIT_FIRST_PART,
-        ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        sk += ",
-         _WAIT_FOR_PART + "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        sk += "),
-        _INVALIDATE_PARTS,
-        # the descriptor's box is now one part: the tile leaves as one TMA store per part
-        ("    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)\n",
-         ("    for j in gl.static_range(PARTS):\n"
-          "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
-          "                                        tile_smem.slice(j * PART, PART, dim=2))\n")),
-        ("    kv_launch_args,\n", "    kv_launch_args,\n    tma_descriptor,\n"),
-        ("    _decode_kv_tile_kernel[(num_tiles,)](*args,",
-         ("    C = chunk_columns(config.BV, state.element_size())\n"
-         f"    args[2] = tma_descriptor(state, [*state.shape[:3], v.shape[3] // C, C], [*state.stride()[:3], C, 1],\n"
-         f"                             [1, 1, q.shape[-1] // {parts}, config.BV // C, C])\n"
-         "    _decode_kv_tile_kernel[(num_tiles,)](*args,")),
-    ]
-
-
 for _parts in (2, 4, 8):
     VK_TILE_VARIANTS[f"vk_tile_parts{_parts}"] = _vk_tile_parts(_parts)
-    KV_TILE_VARIANTS[f"kv_tile_parts{_parts}"] = _kv_tile_parts(_parts)
 
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS

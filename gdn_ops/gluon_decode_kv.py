@@ -342,11 +342,13 @@ def tma_descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block:
 
 def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles: int, *,
                    config: GluonKVConfig | GluonTileConfig, scale: float, use_qk_l2norm_in_kernel: bool,
-                   softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float) -> tuple[list, dict]:
+                   softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float,
+                   key_rows_per_copy: int | None = None) -> tuple[list, dict]:
     """Positional and keyword launch arguments that both Gluon kv kernels take (this one and
     ``gluon_decode_kv_tile``'s), for ``config``'s ``BV``, warps and ``vec``: TMA descriptors of q,
-    k and the pool seen as ``[slots, HV, K, V // C, C]`` (key rows cut into chunks of C columns),
-    the other operands and their strides, the shared constexprs, register cap and PDL launch."""
+    k and the pool seen as ``[slots, HV, K, V // C, C]`` (key rows cut into chunks of C columns;
+    one copy moves ``key_rows_per_copy`` key rows of a tile, by default all K), the other operands
+    and their strides, the shared constexprs, register cap and PDL launch."""
     _, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     BV = config.BV
@@ -356,7 +358,8 @@ def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out,
     args = [
         tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
         tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        tma_descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K, BV // C, C]),
+        tma_descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1],
+                       [1, 1, key_rows_per_copy or K, BV // C, C]),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),

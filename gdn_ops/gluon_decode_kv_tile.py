@@ -5,13 +5,15 @@ buffers. Moving the same bytes with one program per head, many of them resident 
 1.5-2.5% faster on the H100 and the H200 (``benchmarks/probe_stream.py``, NOTES.md). This kernel
 is that structure with the step in it. Each program:
 
-1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by one TMA copy;
-2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``. Every thread
+1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by ``PARTS`` TMA copies of
+   ``K / PARTS`` key rows, issued at once, each on its own barrier;
+2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``, each step as soon as its
+   part has landed (so the sums start while later parts are still arriving). Every thread
    accumulates only its own elements, and one in-warp reduction at the end finishes both sums;
 3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
    (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
 4. reads the rows again and writes ``d S + k u^T`` back in place;
-5. sends the tile home by a TMA store.
+5. sends the tile home by TMA stores, one per part.
 
 Only a few rows are in registers at a time, so the register file does not limit how many
 programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.
@@ -42,7 +44,6 @@ from gdn_ops.gluon_decode_kv import (
     _cta_barrier,
     _gdc_launch_dependents,
     _gdc_wait,
-    _issue_tile,
     _tile_columns,
     _tile_inputs,
     _tile_row,
@@ -56,6 +57,26 @@ from gdn_ops.triton_gating import decode_gates
 
 
 @gluon.jit
+def _issue_tile_in_parts(tile, slot, row, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars,
+                         NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr,
+                         PART: gl.constexpr, PARTS: gl.constexpr):
+    """Start the TMA copies of ``tile``'s state (at ``slot``) in ``PARTS`` parts of ``PART`` key
+    rows, part j on barrier j; q and k (of ``row``) come with the first part."""
+    hv = tile // NV % HV
+    column_chunk = (tile % NV) * NC
+    first: gl.constexpr = state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
+    mbarrier.expect(bars.index(0), first)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, column_chunk, 0], bars.index(0),
+                                    tile_smem.slice(0, PART, dim=2))
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bars.index(0), q_smem)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bars.index(0), k_smem)
+    for j in gl.static_range(1, PARTS):
+        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(state_desc, [slot, hv, j * PART, column_chunk, 0], bars.index(j),
+                                        tile_smem.slice(j * PART, PART, dim=2))
+
+
+@gluon.jit
 def _decode_kv_tile_kernel(
     q_desc, k_desc, state_desc, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -65,11 +86,12 @@ def _decode_kv_tile_kernel(
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NC: gl.constexpr = BV // C
     STEPS: gl.constexpr = K // ROWS
+    PART: gl.constexpr = K // PARTS  # key rows per TMA copy, a multiple of ROWS
     # [ROWS, NC, C] rows of the tile: the layout of gluon_decode_kv's whole tile, on fewer rows
     rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NC * LANES_C), NC, LANES_C], [1, 1, WARPS],
                                                  [2, 1, 0])
@@ -81,8 +103,9 @@ def _decode_kv_tile_kernel(
     tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, NC, C], state_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)
-    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(bar, count=1)
+    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
+    for j in gl.static_range(PARTS):
+        mbarrier.init(bars.index(j), count=1)
 
     tile = gl.program_id(0)
     if PDL:
@@ -94,15 +117,15 @@ def _decode_kv_tile_kernel(
         tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
         s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
     slot = gl.where(in_batch, slot, num_slots)
-    _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bar,
-                NV, HV, GROUP, NC)
+    _issue_tile_in_parts(tile, slot, row, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars,
+                         NV, HV, GROUP, NC, PART, PARTS)
 
     hv = tile // NV % HV
     neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
     g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
                            dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
-    mbarrier.wait(bar, 0)
+    mbarrier.wait(bars.index(0), 0)
 
     # q and k enter the sums as raw values; their norms and the scale are factors applied after
     q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
@@ -121,6 +144,8 @@ def _decode_kv_tile_kernel(
     sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
     sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
     for i in gl.static_range(STEPS):
+        if i > 0 and (i * ROWS) % PART == 0:
+            mbarrier.wait(bars.index(i * ROWS // PART), 0)
         S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
         sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
         sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
@@ -139,9 +164,12 @@ def _decode_kv_tile_kernel(
     fence_async_shared()
     _cta_barrier()
     # a padded row's slot is one past the pool: TMA drops out-of-bounds writes
-    tma.async_copy_shared_to_global(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], tile_smem)
+    for j in gl.static_range(PARTS):
+        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],
+                                        tile_smem.slice(j * PART, PART, dim=2))
     tma.store_wait(0)
-    mbarrier.invalidate(bar)
+    for j in gl.static_range(PARTS):
+        mbarrier.invalidate(bars.index(j))
     if PDL:
         _gdc_launch_dependents()
 
@@ -157,6 +185,7 @@ class GluonTileConfig(NamedTuple):
     programs_per_sm: int
     vec: int = 4
     sort_rows: bool = False  # the rows in slot order (triton_slot_order), as DecodeConfig.sort_rows
+    parts: int = 1  # kv kernel: the tile's state arrives in this many TMA copies (the vk kernel takes 1)
 
     @property
     def maxnreg(self) -> int:
@@ -244,7 +273,9 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
     if K % config.rows or config.rows % lanes_k or config.rows % period_rows:
         return (f"rows={config.rows} dividing K={K}, a multiple of the {lanes_k} lanes along the keys and "
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
-    shared = K * config.BV * itemsize + 2 * K * qk_itemsize + 8
+    if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
+        return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
+    shared = K * config.BV * itemsize + 2 * K * qk_itemsize + 8 * config.parts
     return shared_memory_reason(shared, config.programs_per_sm, "a tile with q and k")
 
 
@@ -263,7 +294,7 @@ def launch_decode_kv_tile(
     args, kwargs = kv_launch_args(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps)
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, key_rows_per_copy=q.shape[-1] // config.parts)
     _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,
-                                         SORTED_ROWS=rows is not None, **kwargs)
+                                         SORTED_ROWS=rows is not None, PARTS=config.parts, **kwargs)
     return config

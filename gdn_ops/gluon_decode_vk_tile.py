@@ -206,6 +206,8 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
 def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
                       config: GluonTileConfig) -> str | None:
     """The part of :func:`vk_tile_reason` that reads only sizes (cached: asked on every launch)."""
+    if config.parts != 1:
+        return f"parts=1 (this kernel loads its tile in one copy; got parts={config.parts})"
     rows_per_warp = lanes_along_values(K, itemsize, config.vec)
     if rows_per_warp is None:
         return (f"vec={config.vec} dividing C={chunk_columns(K, itemsize)} keys into lanes that cover whole rows of "

@@ -34,14 +34,18 @@ from gdn_ops.gluon_decode_kv_tile import (
 
 # K = 32: 8 lanes along the keys, steps of 16 rows (the swizzle's period for 64-byte rows)
 SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4),
-                 "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4)}
+                 "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4),
+                 "two-parts": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4, parts=2)}
 MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "shipped-small": KV_2B_TILE_SMALL_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12),
                  "shipped-fp32": KV_4B_TILE_CONFIG,
                  "shipped-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True),
-                 "shipped-fp32-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True)}
+                 "shipped-fp32-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True),
+                 "parts4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, parts=4),
+                 "parts8": KV_2B_TILE_CONFIG._replace(parts=8),
+                 "fp32-parts2-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=2)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp32-activations": {"act_dtype": torch.float32}}
 
@@ -75,6 +79,8 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIGS["half-rows"]._replace(vec=3), r"C=32 columns, C a multiple of num_warps\*vec=6"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(rows=4), "rows=4 dividing K=32, a multiple of the 8 lanes"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(rows=8), "and of 16 rows"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(parts=3), "parts=3 dividing K=32 into parts of whole steps"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(parts=4), "parts=4 dividing K=32 into parts of whole steps of rows=16"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
         ({"K": 256, "V": 256, "state_dtype": torch.float32}, GluonTileConfig(256, 16, 16, 1, vec=2),
          "within 232448 bytes of shared memory"),
@@ -126,8 +132,8 @@ def compiled(config: GluonTileConfig) -> tuple[int, str]:
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec),
                   "FUSED_GATING": True, "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
-                  "SORTED_ROWS": config.sort_rows}
-    descriptors = {"state_desc": [1, 1, K, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
+                  "SORTED_ROWS": config.sort_rows, "PARTS": config.parts}
+    descriptors = {"state_desc": [1, 1, K // config.parts, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
     signature = decode_signature(_decode_kv_tile_kernel, constexprs, descriptors)
     return compile_sm90(_decode_kv_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 
@@ -137,7 +143,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     stdout = run_in_child("test_gluon_decode_kv_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r})))")
     shared, report = stdout.split("\n", 1)
     K = 128
-    assert int(shared) == (K * config.BV + 2 * K) * 2 + 8
+    assert int(shared) == (K * config.BV + 2 * K) * 2 + 8 * config.parts  # the tile, q, k and a barrier per part
     assert_no_spills(report)
 
 

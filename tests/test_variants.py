@@ -37,7 +37,9 @@ def test_tune_tma_specs_name_each_tma_kernel():
     assert parse_spec("t128:4:16:6") == GluonTileConfig(128, 4, 16, 6)
     assert parse_spec("t128:4:8:6:8") == GluonTileConfig(128, 4, 8, 6, vec=8)
     assert parse_spec("t64:4:8:6:sort") == GluonTileConfig(64, 4, 8, 6, sort_rows=True)
-    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16"):
+    assert parse_spec("t64:4:8:6:4:p4:sort") == GluonTileConfig(64, 4, 8, 6, 4, sort_rows=True, parts=4)
+    assert parse_spec("t64:4:8:6:p2") == GluonTileConfig(64, 4, 8, 6, parts=2)
+    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16", "t64:4:8:6:px", "t64:4:8:6:p"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
