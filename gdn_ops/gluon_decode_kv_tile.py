@@ -210,17 +210,28 @@ KV_4B_TILE_CONFIG = GluonTileConfig(BV=64, num_warps=4, rows=8, programs_per_sm=
 
 
 class TileRule(NamedTuple):
-    """From which B*HV :func:`tile_config` picks this kernel on one kind of GPU."""
+    """From which B*HV :func:`tile_config` picks this kernel on one kind of GPU, and from which its
+    tile arrives in :data:`TILE_PARTS` copies."""
 
     small_from: int  # KV_2B_TILE_SMALL_CONFIG for a 2-byte state from here
     large_from: int  # KV_2B_TILE_CONFIG for a 2-byte state from here
     fp32_from: int | None = None  # KV_4B_TILE_CONFIG for an fp32 state from here (None: the Triton kernel)
+    parts_from: int | None = None  # a 2-byte state's tile in TILE_PARTS copies from here (None: one copy)
+    fp32_parts_from: int | None = None  # the same for an fp32 state
+
+
+# On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
+# two runs each, rows sorted): the tile in 8 copies against one ran +0.9 / +1.1 / +1.4 points of copy
+# bandwidth for an fp32 state at B*HV = 8192 / 16384 / 32768 (+0.4-0.5 at 4096, level at 2048 with 2-4
+# copies, 2-3 points slower at 1024), and for a 2-byte state +0.8 / +1.1 at 16384 / 32768 (level at
+# 8192, -0.4 at 4096): the sums start on the first rows while the rest are still arriving.
+TILE_PARTS = 8
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
 # on the H200 only.
 TILE_RULES = {
-    "H200": TileRule(small_from=512, large_from=1024, fp32_from=512),
+    "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -239,16 +250,25 @@ def tile_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, state_lay
     if state_layout != "kv" or state.device.type != "cuda":
         return None
     rule = tile_rule(state.device.index or 0)
-    if rule is None:
+    config = None if rule is None else rule_config(rule, state.element_size(), rows_x_heads)
+    if config is None or unsupported_reason(q, k, state, state_layout, config) or tile_reason(q, state, config):
         return None
-    if state.element_size() == 2 and rows_x_heads >= rule.small_from:
+    return config
+
+
+@functools.cache
+def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileConfig | None:
+    """The configuration ``rule`` picks for a state of ``itemsize``-byte elements at this B*HV,
+    ``None`` where it leaves the grid to the Triton kernels. Cached: the launcher asks on every call."""
+    if itemsize == 2 and rows_x_heads >= rule.small_from:
         config = KV_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_TILE_SMALL_CONFIG
-    elif state.element_size() == 4 and rule.fp32_from is not None and rows_x_heads >= rule.fp32_from:
-        config = KV_4B_TILE_CONFIG
+        parts_from = rule.parts_from
+    elif itemsize == 4 and rule.fp32_from is not None and rows_x_heads >= rule.fp32_from:
+        config, parts_from = KV_4B_TILE_CONFIG, rule.fp32_parts_from
     else:
         return None
-    if unsupported_reason(q, k, state, state_layout, config) or tile_reason(q, state, config):
-        return None
+    if parts_from is not None and rows_x_heads >= parts_from:
+        config = config._replace(parts=TILE_PARTS)
     return config
 
 

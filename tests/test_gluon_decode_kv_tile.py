@@ -26,9 +26,11 @@ from gdn_ops.gluon_decode_kv_tile import (
     KV_2B_TILE_CONFIG,
     KV_2B_TILE_SMALL_CONFIG,
     KV_4B_TILE_CONFIG,
+    TILE_PARTS,
     TILE_RULES,
     GluonTileConfig,
     _decode_kv_tile_kernel,
+    rule_config,
     tile_reason,
 )
 
@@ -95,6 +97,20 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
 
 def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
+
+
+@pytest.mark.parametrize(("itemsize", "rows_x_heads", "expected"), [
+    (2, 256, None), (2, 512, KV_2B_TILE_SMALL_CONFIG), (2, 4096, KV_2B_TILE_CONFIG),
+    (2, 8192, KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS)), (4, 256, None), (4, 2048, KV_4B_TILE_CONFIG),
+    (4, 4096, KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS)), (4, 32768, KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS))])
+def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
+    """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
+    1024, the tile in parts from 8192 (2-byte) and 4096 (fp32)."""
+    assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
+    if expected is not None:
+        q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
+        state = torch.empty(1, 32, 128, 128, dtype=torch.float32 if itemsize == 4 else torch.bfloat16, device="meta")
+        assert tile_reason(q, state, expected) is None
 
 
 def test_the_fp32_configuration_fits_an_fp32_head():

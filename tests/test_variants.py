@@ -114,9 +114,9 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
 
     import torch
 
-    import benchmarks.tune_tma as tune_tma
     import gdn_ops
     import gdn_ops.triton_decode as shipped
+    from benchmarks import tune_tma
     from benchmarks.providers import Config, make_problem
     from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 
