@@ -343,6 +343,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         KV_2B_TILE_CONFIG,
         KV_2B_TILE_SMALL_CONFIG,
         KV_4B_TILE_CONFIG,
+        rule_config,
         tile_rule,
     )
     from gdn_ops.triton_decode_tma import persistent_rule
@@ -374,10 +375,13 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         launched = [launched[0]._replace(sort_rows=False)]
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
-    elif case.state_dtype == torch.float32:
-        assert launched == [KV_4B_TILE_CONFIG]
     elif gluon is not None:
-        assert launched == [KV_2B_TILE_CONFIG if row_heads >= gluon.large_from else KV_2B_TILE_SMALL_CONFIG]
+        # the tile of this GPU's rule for this B*HV, in parts from its threshold (the "large" cases on the H200)
+        expected = rule_config(gluon, case.state_dtype.itemsize, row_heads)
+        assert launched == [expected]
+        assert expected._replace(parts=1) == (KV_4B_TILE_CONFIG if case.state_dtype == torch.float32
+                                              else KV_2B_TILE_CONFIG if row_heads >= gluon.large_from
+                                              else KV_2B_TILE_SMALL_CONFIG)
     else:
         in_loop = triton_rule.gates_in_loop_from is not None and row_heads >= triton_rule.gates_in_loop_from
         assert [type(c).__name__ for c in launched] == ["PersistentConfig"]
