@@ -146,7 +146,7 @@ def header(args, copy_bw: float, provider_sources: dict, notes: dict) -> dict:
         "method": (
             f"per-call time = CUDA-graph replay time / N calls, each on its own pool (pools >= "
             f"{timing.COLD_L2_FACTOR}x L2, at least 2); providers' graphs replayed in {args.replays} "
-            "interleaved rounds (rotating start); p20/p50/p80 over replays; "
+            "interleaved rounds (each in its own seeded order); p20/p50/p80 over replays; "
             "pct_of_copy_bw = bytes / p50 / copy_bandwidth; bytes = 2 x state + q,k,v,a,b,o,indices,A_log,dt_bias"
         ),
         "T": 1,
