@@ -22,8 +22,8 @@ A thread reads and writes exactly the elements it owns (one layout for every pas
 need no barrier between them for correctness (Triton's membar pass still puts one on each side of
 every second-pass store, since the steps are views of one buffer). Warps sit side by side along the columns, so no key sum leaves a
 warp. The pool is seen in 128-byte chunks of columns as in ``gluon_decode_kv`` (one TMA copy of
-consecutive rows per tile). A padded row reads and writes slot ``num_slots``, one past the pool:
-TMA zero-fills that load and drops that store.
+consecutive rows per part of a tile). A padded row reads and writes slot ``num_slots``, one past
+the pool: TMA zero-fills those loads and drops those stores.
 """
 
 from __future__ import annotations
