@@ -402,6 +402,24 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# The kv tile's parts leaving as soon as the second pass has updated them (a fence and a CTA
+# barrier per part), so that the stores overlap the rest of the pass, instead of all at the end.
+KV_TILE_VARIANTS["kv_tile_early_stores"] = [
+    ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n",
+     ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n"
+      "        if ((i + 1) * ROWS) % PART == 0:\n"
+      "            fence_async_shared()\n"
+      "            _cta_barrier()\n"
+      "            tma.async_copy_shared_to_global(state_desc, [slot, hv, (i + 1) * ROWS - PART, (tile % NV) * NC, 0],\n"
+      "                                            tile_smem.slice((i + 1) * ROWS - PART, PART, dim=2))\n")),
+    (("    fence_async_shared()\n"
+      "    _cta_barrier()\n"
+      "    # a padded row's slot is one past the pool: TMA drops out-of-bounds writes\n"
+      "    for j in gl.static_range(PARTS):\n"
+      "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
+      "                                        tile_smem.slice(j * PART, PART, dim=2))\n"), ""),
+]
+
 # The vk tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at
 # once) instead of one copy on one barrier: a program starts its sums and stores on the first rows
 # while the rest are still arriving. Level with the shipped kernel on the H200 (bf16, B=128-1024;
