@@ -224,7 +224,9 @@ class TileRule(NamedTuple):
 # two runs each, rows sorted): the tile in 8 copies against one ran +0.9 / +1.1 / +1.4 points of copy
 # bandwidth for an fp32 state at B*HV = 8192 / 16384 / 32768 (+0.4-0.5 at 4096, level at 2048 with 2-4
 # copies, 2-3 points slower at 1024), and for a 2-byte state +0.8 / +1.1 at 16384 / 32768 (level at
-# 8192, -0.4 at 4096): the sums start on the first rows while the rest are still arriving.
+# 8192, -0.4 at 4096): the sums start on the first rows while the rest are still arriving. The sweep
+# after the change (sweep_524a70c against sweep_f6ecb78) moved fp32 kv +0.5 at 4096, where its rows
+# are not sorted, and +1.1 / +1.2 / +1.4 above; bf16 kv +0.4 / +0.9 / +1.3 from 8192.
 TILE_PARTS = 8
 
 
