@@ -420,6 +420,33 @@ KV_TILE_VARIANTS["kv_tile_early_stores"] = [
       "                                        tile_smem.slice(j * PART, PART, dim=2))\n"), ""),
 ]
 
+# The vk tile kernel with its state through registers instead of shared memory: the rows are
+# loaded by plain 16-byte loads, the first step's before the program waits for its q, k and v
+# (TMA), and no shared tile is allocated. Every warp works its own rows with its own copy of q and
+# k, so the program has no barrier but the TMA wait, unlike the per-tile Triton kernel's multi-warp
+# tiles (8 bar.sync per program at BV8w4, fifteenth session). For small tiles of several warps:
+# does a barrier-free 4-warp decode approach the 4-warp in-order stream?
+VK_TILE_VARIANTS["vk_tile_registers"] = [
+    ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
+    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes\n",
+     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes + k_desc.block_type.nbytes\n"),
+    ("    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n", ""),
+    ("    mbarrier.wait(bar, 0)\n",
+     ("    first_rows = gl.arange(0, ROWS, layout=values_layout)\n"
+      "    first_keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
+      "                  + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
+      "    S_first = gl.load(state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh\n"
+      "                      + (v0 + first_rows).to(gl.int64)[:, None, None] * s_sv + first_keys[None, :, :],\n"
+      "                      mask=slot < num_slots, other=0.0)\n"
+      "    mbarrier.wait(bar, 0)\n")),
+    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n", ""),
+    ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
+     ("        if i == 0:\n"
+      "            S = S_first.to(gl.float32)\n"
+      "        else:\n"
+      "            S = gl.load(state_rows + (i * ROWS) * s_sv, mask=live, other=0.0).to(gl.float32)\n")),
+]
+
 # The vk tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at
 # once) instead of one copy on one barrier: a program starts its sums and stores on the first rows
 # while the rest are still arriving. Level with the shipped kernel on the H200 (bf16, B=128-1024;
