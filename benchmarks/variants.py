@@ -420,6 +420,17 @@ KV_TILE_VARIANTS["kv_tile_early_stores"] = [
       "                                        tile_smem.slice(j * PART, PART, dim=2))\n"), ""),
 ]
 
+# The kv tile with 16 KB of unused shared memory beside it (a corner written, so it is kept): an
+# fp32 half-head tile then takes about 49 KB and 4 programs fit an SM instead of 6. A test of the
+# wave arithmetic in NOTES.md (fifteenth session, Next 4): at B=32 the shipped residency makes 2.59
+# waves of programs, this one 3.88, with 128 KB in flight per SM as the fp32 vk tile.
+KV_TILE_VARIANTS["kv_tile_four_per_sm"] = [
+    ("    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)\n",
+     ("    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)\n"
+      "    pad_smem = gl.allocate_shared_memory(gl.int32, [4096], gl.SwizzledSharedLayout(1, 1, 1, [0]))\n"
+      "    pad_smem.slice(0, 32 * WARPS).store(gl.zeros([32 * WARPS], gl.int32, gl.BlockedLayout([1], [32], [WARPS], [0])))\n")),
+]
+
 # The vk tile kernel with its state through registers instead of shared memory: the rows are
 # loaded by plain 16-byte loads, the first step's before the program waits for its q, k and v
 # (TMA), and no shared tile is allocated. Every warp works its own rows with its own copy of q and
