@@ -203,8 +203,7 @@ def main() -> None:
             row[peer.name + "_us"] = times[peer.name]
         timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}
         best = min(timed, key=lambda n: timed[n]["us"])
-        chosen_name = (tile_name(chosen) + ("+pdl" if args.pdl == "on" else "")
-                       + ("+order" if args.step_order and chosen.sort_rows else ""))
+        chosen_name = tile_provider(chosen, pdl=args.pdl == "on", step_order=args.step_order).name
         row["best"] = best
         def pct(us: float, moved: int = cfg.bytes_per_call()) -> float:
             return 100 * moved / (us * 1e-6) / bw
