@@ -25,10 +25,20 @@ from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_decode import parse_tile
 from benchmarks.tune_tma import parse_spec, variant_launch
-from benchmarks.variants import GLUON_VARIANTS, VARIANTS, load_variant
+from benchmarks.variants import (
+    GLUON_VARIANTS,
+    KV_TILE_VARIANTS,
+    TMA_VARIANTS,
+    VARIANTS,
+    VK_TILE_VARIANTS,
+    load_variant,
+)
 from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, GluonKVConfig
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_decode import DecodeConfig, decode_config, default_config
 from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig
+
+TILE_VARIANTS = VK_TILE_VARIANTS | KV_TILE_VARIANTS
 
 
 def main(argv=None) -> None:
@@ -66,8 +76,10 @@ def main(argv=None) -> None:
         launch = variant_launch(args.variant)
         if args.variant in GLUON_VARIANTS and not isinstance(config, GluonKVConfig):
             config = KV_2B_GLUON_CONFIG
-        elif args.variant not in GLUON_VARIANTS and not isinstance(config, PersistentConfig):
+        elif args.variant in TMA_VARIANTS and not isinstance(config, PersistentConfig):
             config = KV_2B_CONFIG
+        elif args.variant in TILE_VARIANTS and not isinstance(config, GluonTileConfig):
+            ap.error(f"--variant {args.variant} patches a Gluon tile kernel: give its tile with --spec tBV:...")
     provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
     if args.stream:
         provider = reg_stream(args.stream)

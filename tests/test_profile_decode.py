@@ -25,3 +25,13 @@ def test_profile_launches_the_decode_or_the_stream(capsys, extra, launched):
     main(["--batch", "1", "--tp", "4", "--state-dtype", "fp32", "--layout", "vk", "--launches", "1", *extra])
     out = capsys.readouterr().out
     assert "tp4 HK=4 HV=8" in out and f"1 launches of {launched}" in out
+
+
+def test_a_tile_variant_needs_its_tile(capsys):
+    """A Gluon tile variant is profiled at the tile its spec names; without one the launcher would
+    pick another kernel, so the command refuses before launching anything."""
+    from benchmarks.profile_decode import main
+
+    with pytest.raises(SystemExit):
+        main(["--batch", "1", "--state-dtype", "fp32", "--layout", "kv", "--variant", "kv_tile_four_per_sm"])
+    assert "give its tile with --spec" in capsys.readouterr().err
