@@ -4,9 +4,10 @@
 
 Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1),
 ``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
-or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]`` for the Gluon kernel of one program per
-tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``: the kv
-tile's state in that many TMA copies; ``sort``: the rows in slot order). Every configuration is
+or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` for the Gluon kernel of one
+program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``:
+the kv tile's state in that many TMA copies; ``tailSxT``: the grid's last T whole tiles per SM cut S
+ways; ``sort``: the rows in slot order). Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -56,23 +57,27 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
-    (persistent Gluon) or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]`` (Gluon, one program per tile)."""
+    (persistent Gluon) or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
+    program per tile)."""
     kind = spec[0] if spec[:1] in ("g", "t") else ""
     fields = spec[len(kind):].split(":")
-    sort_rows = kind == "t" and fields[-1] == "sort"
-    fields = fields[:-1] if sort_rows else fields
-    parts = fields[-1] if kind == "t" and fields[-1][:1] == "p" else None
-    fields = fields[:-1] if parts else fields
-    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields)
-            or parts is not None and not parts[1:].isdigit()):
+    options = {}
+    while kind == "t" and fields and not fields[-1].isdigit():
+        word = fields.pop()
+        name = "sort" if word == "sort" else "tail" if word.startswith("tail") else word[:1]
+        options[name] = word[len(name):]
+    tail = options.get("tail", "1x0").split("x")
+    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields) or not set(options) <= {"sort", "p", "tail"}
+            or not options.get("p", "1").isdigit() or len(tail) != 2 or not all(t.isdigit() for t in tail)):
         raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates], "
                          "gBV:warps:buffers:programs_per_sm[:vec] or "
-                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort], in integers")
+                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort], in integers")
     values = list(map(int, fields))
     if kind == "g":
         return GluonKVConfig(*values)
     if kind == "t":
-        return GluonTileConfig(*values, sort_rows=sort_rows, parts=int(parts[1:]) if parts else 1)
+        return GluonTileConfig(*values, sort_rows="sort" in options, parts=int(options.get("p", 1)),
+                               tail_split=int(tail[0]), tail_per_sm=int(tail[1]))
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 

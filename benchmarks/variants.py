@@ -374,33 +374,10 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
-KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    # The vk kernel's register stores in the kv kernel: the second pass stores each step's rows
-    # from registers (each warp its share of the columns of every row, 16-byte vectors) instead of
-    # writing them back to shared memory for one TMA store at the end. 1.8-3.9x slower on the H200
-    # (results/h200/tune_kv_reg_store_h200.json): a warp's store covers 32-byte pieces of 16 rows.
-    "kv_reg_store": [
-        ("    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n    num_tiles,",
-         "    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr, s_sb, s_sh, s_sk,\n    num_tiles,"),
-        ("    u = beta * (v_in.to(gl.float32) - decay * Sk)\n",
-         ("    u = beta * (v_in.to(gl.float32) - decay * Sk)\n"
-          "    step_keys = gl.arange(0, ROWS, layout=keys_layout)\n"
-          "    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh + step_keys.to(gl.int64)[:, None, None] * s_sk\n"
-          "                  + ((tile % NV) * BV + _tile_columns(BV, C, cols_layout))[None, :, :])\n"
-          "    live = slot < num_slots\n")),
-        ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n",
-         ("        gl.store(state_rows + (i * ROWS) * s_sk,\n"
-          "                 (S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype), mask=live)\n")),
-        (("    fence_async_shared()\n    _cta_barrier()\n    # a padded row's slot is one past the pool: TMA drops "
-          "out-of-bounds writes\n    for j in gl.static_range(PARTS):\n"
-          "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
-          "                                        tile_smem.slice(j * PART, PART, dim=2))\n"),
-         ""),
-        ("    _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,\n",
-         ("    _decode_kv_tile_kernel[(num_tiles,)](*args[:10], state, *state.stride()[:3], *args[10:],\n"
-          "                                         rows if rows is not None else state, ROWS=config.rows,\n")),
-    ],
-}
+KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {}
+# (kv_reg_store, the vk kernel's register stores in the kv kernel, 1.8-3.9x slower on the H200
+# (results/h200/tune_kv_reg_store_h200.json), was retired when the kernel's step moved into a
+# helper for the tail split; it patches the kernel at commit fc01092.)
 
 # The kv tile's parts leaving as soon as the second pass has updated them (a fence and a CTA
 # barrier per part), so that the stores overlap the rest of the pass, instead of all at the end.
@@ -438,32 +415,10 @@ def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
 KV_TILE_VARIANTS["kv_tile_four_per_sm"] = _kv_tile_padding(4096)
 KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 
-# The vk tile kernel with its state through registers instead of shared memory: the rows are
-# loaded by plain 16-byte loads, the first step's before the program waits for its q, k and v
-# (TMA), and no shared tile is allocated. Every warp works its own rows with its own copy of q and
-# k, so the program has no barrier but the TMA wait, unlike the per-tile Triton kernel's multi-warp
-# tiles (8 bar.sync per program at BV8w4, fifteenth session). For small tiles of several warps:
-# does a barrier-free 4-warp decode approach the 4-warp in-order stream?
-VK_TILE_VARIANTS["vk_tile_registers"] = [
-    ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
-    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes\n",
-     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes + k_desc.block_type.nbytes\n"),
-    ("    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n", ""),
-    ("    mbarrier.wait(bar, 0)\n",
-     ("    first_rows = gl.arange(0, ROWS, layout=values_layout)\n"
-      "    first_keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
-      "                  + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
-      "    S_first = gl.load(state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh\n"
-      "                      + (v0 + first_rows).to(gl.int64)[:, None, None] * s_sv + first_keys[None, :, :],\n"
-      "                      mask=slot < num_slots, other=0.0)\n"
-      "    mbarrier.wait(bar, 0)\n")),
-    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n", ""),
-    ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
-     ("        if i == 0:\n"
-      "            S = S_first.to(gl.float32)\n"
-      "        else:\n"
-      "            S = gl.load(state_rows + (i * ROWS) * s_sv, mask=live, other=0.0).to(gl.float32)\n")),
-]
+# (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
+# memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
+# (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the
+# kernel's step moved into a helper for the tail split; it patches the kernel at commit fc01092.)
 
 # The vk tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at
 # once) instead of one copy on one barrier: a program starts its sums and stores on the first rows

@@ -51,8 +51,9 @@ from gdn_ops.gluon_decode_kv import (
     kv_launch_args,
     lanes_along_keys,
     shared_memory_reason,
+    tma_descriptor,
 )
-from gdn_ops.triton_decode_tma import sm90_gpu_rule, unsupported_reason
+from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 
 
@@ -77,17 +78,17 @@ def _issue_tile_in_parts(tile, slot, row, state_desc, q_desc, k_desc, tile_smem,
 
 
 @gluon.jit
-def _decode_kv_tile_kernel(
-    q_desc, k_desc, state_desc, v_ptr,
-    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
-    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
-    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
-    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
-    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
-):
+def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
+             gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+             num_slots, scale, softplus_beta, softplus_threshold,
+             s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+             HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+             C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+             FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+             L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr):
+    """The step on tile ``tile`` of ``num_tiles`` (``BV`` value columns of one row's head, all K
+    keys), through ``tile_smem [1, 1, K, BV // C, C]``, q and k buffers and ``PARTS`` barriers;
+    ``state_desc`` moves ``K // PARTS`` key rows of ``BV`` columns at a time."""
     NV: gl.constexpr = V // BV
     NC: gl.constexpr = BV // C
     STEPS: gl.constexpr = K // ROWS
@@ -100,17 +101,6 @@ def _decode_kv_tile_kernel(
     # every warp holds all of q and k, so their sums stay in the warp
     flat_layout: gl.constexpr = gl.BlockedLayout([max(1, K // 32)], [32], [WARPS], [0])
 
-    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, NC, C], state_desc.layout)
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
-    for j in gl.static_range(PARTS):
-        mbarrier.init(bars.index(j), count=1)
-
-    tile = gl.program_id(0)
-    if PDL:
-        # nothing is read before the previous kernel has finished
-        _gdc_wait()
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
     row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
@@ -168,6 +158,53 @@ def _decode_kv_tile_kernel(
         tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],
                                         tile_smem.slice(j * PART, PART, dim=2))
     tma.store_wait(0)
+
+
+@gluon.jit
+def _decode_kv_tile_kernel(
+    q_desc, k_desc, state_desc, v_ptr,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, tail_state_desc, whole_tiles,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
+    TAIL_SPLIT: gl.constexpr, TAIL_C: gl.constexpr, TAIL_ROWS: gl.constexpr, TAIL_PARTS: gl.constexpr,
+):
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV // C, C], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
+    for j in gl.static_range(PARTS):
+        mbarrier.init(bars.index(j), count=1)
+    if PDL:
+        # nothing is read before the previous kernel has finished
+        _gdc_wait()
+
+    pid = gl.program_id(0)
+    if TAIL_SPLIT == 1 or pid < whole_tiles:
+        _kv_tile(pid, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
+                 gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+                 num_slots, scale, softplus_beta, softplus_threshold,
+                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+                 HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,
+                 L2_EPS, SORTED_ROWS, PARTS)
+    else:
+        # the grid's last programs (started last) split the remaining whole tiles TAIL_SPLIT ways;
+        # numbered as tiles of BV // TAIL_SPLIT columns, whole tile w is tail tiles w * TAIL_SPLIT + j.
+        # They see the start of the buffer as their smaller tile (a reinterpretation: Triton 3.6
+        # cannot reshape a view of a slice).
+        TAIL_BV: gl.constexpr = BV // TAIL_SPLIT
+        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT, q_desc, k_desc, tail_state_desc,
+                 tile_smem._reinterpret(state_desc.dtype, [1, 1, K, TAIL_BV // TAIL_C, TAIL_C],
+                                        tail_state_desc.layout),
+                 q_smem, k_smem, bars, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+                 num_slots, scale, softplus_beta, softplus_threshold,
+                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+                 HV, GROUP, K, V, TAIL_BV, TAIL_C, TAIL_ROWS, WARPS, VEC, TAIL_C // (WARPS * VEC), FUSED_GATING,
+                 USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)
     for j in gl.static_range(PARTS):
         mbarrier.invalidate(bars.index(j))
     if PDL:
@@ -186,11 +223,23 @@ class GluonTileConfig(NamedTuple):
     vec: int = 4
     sort_rows: bool = False  # the rows in slot order (triton_slot_order), as DecodeConfig.sort_rows
     parts: int = 1  # kv kernel: the tile's state arrives in this many TMA copies (the vk kernel takes 1)
+    # The grid's last programs, which start last, take tiles cut tail_split ways, covering
+    # tail_per_sm whole tiles per SM: the launch's last slots then empty sooner (split_grid).
+    tail_split: int = 1
+    tail_per_sm: int = 0
 
     @property
     def maxnreg(self) -> int:
         """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers."""
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+
+
+def split_grid(config: GluonTileConfig, num_tiles: int, device_index: int) -> tuple[int, int]:
+    """``(whole_tiles, grid)`` for ``num_tiles`` tiles of ``config.BV``: programs below
+    ``whole_tiles`` take one whole tile each; the rest, ``config.tail_split`` per whole tile, the
+    last ``min(num_tiles, tail_per_sm * SMs)`` whole tiles in pieces. Deterministic per GPU."""
+    tail = min(num_tiles, config.tail_per_sm * sm_count(device_index)) if config.tail_split > 1 else 0
+    return num_tiles - tail, num_tiles + tail * (config.tail_split - 1)
 
 
 # Tuned with benchmarks/tune_tma.py (results/h200/tune_tile_h200.json, tune_tile_small_h200.json,
@@ -297,8 +346,26 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
     if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
+    if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
+        return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
+                f"tail_per_sm={config.tail_per_sm} >= 0")
+    if config.tail_split > 1:
+        reason = _tile_reason(K, itemsize, qk_itemsize, tail_tile(config, K, itemsize))
+        if reason is not None:
+            return f"the tail tiles of tail_split={config.tail_split}: {reason}"
     shared = K * config.BV * itemsize + 2 * K * qk_itemsize + 8 * config.parts
     return shared_memory_reason(shared, config.programs_per_sm, "a tile with q and k")
+
+
+def tail_tile(config: GluonTileConfig, K: int, itemsize: int) -> GluonTileConfig:
+    """The tile of the grid's last programs under ``config.tail_split``: ``BV / tail_split``
+    columns, read in steps of at least ``rows`` key rows that the narrower layout covers (its
+    lanes along the keys and a whole swizzle block), in at most ``parts`` copies of whole steps."""
+    BV = config.BV // config.tail_split
+    rows = max(config.rows, lanes_along_keys(BV, itemsize, config.num_warps, config.vec) or 1,
+               1024 // (BV * itemsize))
+    return config._replace(BV=BV, rows=rows, parts=max(1, min(config.parts, K // rows)), tail_split=1,
+                           tail_per_sm=0)
 
 
 def launch_decode_kv_tile(
@@ -310,13 +377,21 @@ def launch_decode_kv_tile(
     ``triton_decode_tma.unsupported_reason`` and :func:`tile_reason`): ``state [slots, HV, K, V]``
     in the kv layout, T == 1; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
     ``triton_slot_order.slot_order``), ``indices`` are the slots in that order."""
-    num_tiles = q.shape[0] * v.shape[2] * (v.shape[3] // config.BV)
+    K, V = q.shape[-1], v.shape[3]
+    num_tiles = q.shape[0] * v.shape[2] * (V // config.BV)
     if num_tiles == 0:
         return config
+    whole_tiles, grid = split_grid(config, num_tiles, state.device.index or 0)
     args, kwargs = kv_launch_args(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, key_rows_per_copy=q.shape[-1] // config.parts)
-    _decode_kv_tile_kernel[(num_tiles,)](*args, rows if rows is not None else state, ROWS=config.rows,
-                                         SORTED_ROWS=rows is not None, PARTS=config.parts, **kwargs)
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, key_rows_per_copy=K // config.parts)
+    tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
+    C = chunk_columns(tail.BV, state.element_size())
+    tail_desc = args[2] if tail is config else tma_descriptor(
+        state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K // tail.parts, tail.BV // C, C])
+    _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
+                                    ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
+                                    TAIL_SPLIT=config.BV // tail.BV, TAIL_C=C, TAIL_ROWS=tail.rows,
+                                    TAIL_PARTS=tail.parts, **kwargs)
     return config

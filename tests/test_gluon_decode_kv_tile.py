@@ -31,13 +31,16 @@ from gdn_ops.gluon_decode_kv_tile import (
     GluonTileConfig,
     _decode_kv_tile_kernel,
     rule_config,
+    tail_tile,
     tile_reason,
 )
 
 # K = 32: 8 lanes along the keys, steps of 16 rows (the swizzle's period for 64-byte rows)
 SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4),
                  "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4),
-                 "two-parts": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4, parts=2)}
+                 "two-parts": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4, parts=2),
+                 "tail-in-halves": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, parts=2,
+                                                   tail_split=2, tail_per_sm=1)}
 MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "shipped-small": KV_2B_TILE_SMALL_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
@@ -48,6 +51,11 @@ MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "parts4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, parts=4),
                  "parts8": KV_2B_TILE_CONFIG._replace(parts=8),
                  "fp32-parts2-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=2)}
+# the grid's last tiles cut in pieces (split_grid): whole tiles and pieces in one launch at the model shape
+TAIL_CONFIGS = {"tail2-parts8": KV_2B_TILE_CONFIG._replace(parts=8, tail_split=2, tail_per_sm=6),
+                "tail4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, tail_split=4, tail_per_sm=3),
+                "fp32-tail2-parts8-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=8, tail_split=2,
+                                                                       tail_per_sm=6)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp32-activations": {"act_dtype": torch.float32}}
 
@@ -63,11 +71,11 @@ def test_small_shape_matches_reference(variant, config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state", "fp32-activations"])
-@pytest.mark.parametrize("config", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS | TAIL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
     case = model_case(heads, "kv", VARIANTS[variant], seed=5)
-    chosen = MODEL_CONFIGS[config]
+    chosen = (MODEL_CONFIGS | TAIL_CONFIGS)[config]
     if case.state_dtype == torch.float32 and chosen._replace(sort_rows=False) != KV_4B_TILE_CONFIG:
         chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2)  # twice the bytes per tile
     check_launch(case, chosen)
@@ -149,7 +157,12 @@ def compiled(config: GluonTileConfig) -> tuple[int, str]:
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec),
                   "FUSED_GATING": True, "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
                   "SORTED_ROWS": config.sort_rows, "PARTS": config.parts}
-    descriptors = {"state_desc": [1, 1, K // config.parts, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
+    tail = tail_tile(config, K, 2) if config.tail_split > 1 else config
+    tail_c = chunk_columns(tail.BV, 2)
+    constexprs |= {"TAIL_SPLIT": config.BV // tail.BV, "TAIL_C": tail_c, "TAIL_ROWS": tail.rows,
+                   "TAIL_PARTS": tail.parts}
+    descriptors = {"state_desc": [1, 1, K // config.parts, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K],
+                   "tail_state_desc": [1, 1, K // tail.parts, tail.BV // tail_c, tail_c]}
     signature = decode_signature(_decode_kv_tile_kernel, constexprs, descriptors)
     return compile_sm90(_decode_kv_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 

@@ -39,7 +39,12 @@ def test_tune_tma_specs_name_each_tma_kernel():
     assert parse_spec("t64:4:8:6:sort") == GluonTileConfig(64, 4, 8, 6, sort_rows=True)
     assert parse_spec("t64:4:8:6:4:p4:sort") == GluonTileConfig(64, 4, 8, 6, 4, sort_rows=True, parts=4)
     assert parse_spec("t64:4:8:6:p2") == GluonTileConfig(64, 4, 8, 6, parts=2)
-    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16", "t64:4:8:6:px", "t64:4:8:6:p"):
+    assert parse_spec("t128:4:16:6:8:tail2x6:sort") == GluonTileConfig(128, 4, 16, 6, 8, sort_rows=True,
+                                                                      tail_split=2, tail_per_sm=6)
+    assert parse_spec("t64:4:8:6:4:p8:tail4x3") == GluonTileConfig(64, 4, 8, 6, 4, parts=8, tail_split=4,
+                                                                   tail_per_sm=3)
+    for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16", "t64:4:8:6:px", "t64:4:8:6:p", "t64:4:8:6:tail2",
+                "t64:4:8:6:tailx3", "t64:4:8:6:q2"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
