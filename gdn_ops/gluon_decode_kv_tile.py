@@ -267,6 +267,10 @@ class TileRule(NamedTuple):
     fp32_from: int | None = None  # KV_4B_TILE_CONFIG for an fp32 state from here (None: the Triton kernel)
     parts_from: int | None = None  # a 2-byte state's tile in TILE_PARTS copies from here (None: one copy)
     fp32_parts_from: int | None = None  # the same for an fp32 state
+    # (from B*HV, tail_per_sm) steps, ascending: the whole-head 2-byte tile's grid ends in pieces of
+    # TAIL_SPLIT (split_grid) covering tail_per_sm whole tiles per SM; () for none
+    tail_steps: tuple[tuple[int, int], ...] = ()
+    fp32_tail_steps: tuple[tuple[int, int], ...] = ()  # the same for the fp32 tile
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -278,11 +282,23 @@ class TileRule(NamedTuple):
 # are not sorted, and +1.1 / +1.2 / +1.4 above; bf16 kv +0.4 / +0.9 / +1.3 from 8192.
 TILE_PARTS = 8
 
+# On the H200 (results/h200/tune_tail_small_*.json, tune_tail_confirm_*.json; NOTES.md, sixteenth
+# session): the grid's last whole tiles cut in quarters gain where a launch is a few waves of
+# programs, as the last slots empty sooner, and cost where there are too many pieces. Points of copy
+# bandwidth against the same tile, sorted or given the order, in two runs: fp32 B*HV 512 +0.8 (1.3
+# waves; 2 per SM lose 1-3), 1024-2048 +1.5-3.0 with 2 per SM (+0.7-2.3 with 1), 4096 +1.0-1.4,
+# 8192 +0.6, from 16384 +0.1-0.3; 2-byte 1024 +0.5-1.4 (2 per SM lose 3-5), 2048-4096 +1.2-2.3
+# with 2 per SM (+0.3-1.1 with 1), 8192 +1.0 with 1 per SM (+0.5 with 2), from 16384 +0.2-0.5.
+# Cut in halves, or with 3 or more per SM, the pieces were level or slower; the vk tile kernel
+# gained nothing measurable from any split.
+TAIL_SPLIT = 4
+
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
 # on the H200 only.
 TILE_RULES = {
-    "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096),
+    "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
+                     tail_steps=((1024, 1), (2048, 2), (8192, 1)), fp32_tail_steps=((512, 1), (1024, 2), (4096, 1))),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -312,14 +328,18 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     """The configuration ``rule`` picks for a state of ``itemsize``-byte elements at this B*HV,
     ``None`` where it leaves the grid to the Triton kernels. Cached: the launcher asks on every call."""
     if itemsize == 2 and rows_x_heads >= rule.small_from:
-        config = KV_2B_TILE_CONFIG if rows_x_heads >= rule.large_from else KV_2B_TILE_SMALL_CONFIG
-        parts_from = rule.parts_from
+        whole_heads = rows_x_heads >= rule.large_from
+        config = KV_2B_TILE_CONFIG if whole_heads else KV_2B_TILE_SMALL_CONFIG
+        parts_from, tail_steps = rule.parts_from, rule.tail_steps if whole_heads else ()
     elif itemsize == 4 and rule.fp32_from is not None and rows_x_heads >= rule.fp32_from:
-        config, parts_from = KV_4B_TILE_CONFIG, rule.fp32_parts_from
+        config, parts_from, tail_steps = KV_4B_TILE_CONFIG, rule.fp32_parts_from, rule.fp32_tail_steps
     else:
         return None
     if parts_from is not None and rows_x_heads >= parts_from:
         config = config._replace(parts=TILE_PARTS)
+    tail_per_sm = next((per_sm for start, per_sm in reversed(tail_steps) if rows_x_heads >= start), 0)
+    if tail_per_sm:
+        config = config._replace(tail_split=TAIL_SPLIT, tail_per_sm=tail_per_sm)
     return config
 
 

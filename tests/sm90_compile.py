@@ -20,24 +20,26 @@ DECODE_POINTER_TYPES = {"indices_ptr": "*i32", "rows_ptr": "*i32", "A_log_ptr": 
 DECODE_FLOAT_ARGS = ("scale", "softplus_beta", "softplus_threshold")
 
 
-def descriptor_type(block: list[int]) -> str:
-    """The signature type of a TMA descriptor over a bf16 ``block`` in its default swizzled layout."""
+def descriptor_type(block: list[int], dtype: str = "bf16") -> str:
+    """The signature type of a TMA descriptor over a ``block`` of ``dtype`` (``bf16`` or ``fp32``)
+    in its default swizzled layout."""
     from triton.experimental.gluon import language as gl
 
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-    return f"tensordesc<bf16[{', '.join(map(str, block))}],{layout!r}>"
+    layout = gl.NVMMASharedLayout.get_default_for(block, {"bf16": gl.bfloat16, "fp32": gl.float32}[dtype])
+    return f"tensordesc<{dtype}[{', '.join(map(str, block))}],{layout!r}>"
 
 
-def decode_signature(kernel, constexprs: dict, descriptors: dict[str, list[int]]) -> dict[str, str]:
-    """Argument types of a Gluon decode kernel: its constexprs, bf16 TMA descriptors over the
-    given blocks, bf16 pointers (but the slot indices and per-head gate parameters), fp32 scalars,
-    and i32 for the rest (sizes and strides)."""
+def decode_signature(kernel, constexprs: dict, descriptors: dict[str, list[int]],
+                     state: str = "bf16") -> dict[str, str]:
+    """Argument types of a Gluon decode kernel: its constexprs, TMA descriptors over the given
+    blocks (bf16, but ``state`` for the pool's), bf16 pointers (but the slot indices and per-head
+    gate parameters), fp32 scalars, and i32 for the rest (sizes and strides)."""
 
     def arg_type(name: str) -> str:
         if name in constexprs:
             return "constexpr"
         if name in descriptors:
-            return descriptor_type(descriptors[name])
+            return descriptor_type(descriptors[name], state if name.endswith("state_desc") else "bf16")
         if name.endswith("_ptr"):
             return DECODE_POINTER_TYPES.get(name, "*bf16")
         return "fp32" if name in DECODE_FLOAT_ARGS else "i32"
@@ -68,10 +70,11 @@ def ptxas_report(ptx_text: str) -> str:
                           check=True, capture_output=True, text=True).stderr
 
 
-def assert_no_spills(report: str) -> None:
-    """The ``ptxas -v`` report of :func:`compile_sm90` counted its spill stores, and found none."""
+def assert_no_spills(report: str, at_most: int = 0) -> None:
+    """The ``ptxas -v`` report of :func:`compile_sm90` counted its spill stores, and found none
+    (or no more than ``at_most`` bytes)."""
     spills = re.findall(r"(\d+) bytes spill stores", report)
-    assert spills and all(int(n) == 0 for n in spills), report
+    assert spills and all(int(n) <= at_most for n in spills), report
 
 
 def run_in_child(module: str, expression: str) -> str:

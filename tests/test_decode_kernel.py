@@ -376,10 +376,11 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
     elif gluon is not None:
-        # the tile of this GPU's rule for this B*HV, in parts from its threshold (the "large" cases on the H200)
+        # the tile of this GPU's rule for this B*HV, in parts from its threshold (the "large" cases on
+        # the H200), and with its grid's end in pieces where the rule says
         expected = rule_config(gluon, case.state_dtype.itemsize, row_heads)
         assert launched == [expected]
-        assert expected._replace(parts=1) == (KV_4B_TILE_CONFIG if case.state_dtype == torch.float32
+        assert expected._replace(parts=1, tail_split=1, tail_per_sm=0) == (KV_4B_TILE_CONFIG if case.state_dtype == torch.float32
                                               else KV_2B_TILE_CONFIG if row_heads >= gluon.large_from
                                               else KV_2B_TILE_SMALL_CONFIG)
     else:

@@ -9,6 +9,7 @@ nothing more (no key sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from gdn_ops.gluon_decode_kv_tile import (
     KV_2B_TILE_CONFIG,
     KV_2B_TILE_SMALL_CONFIG,
     KV_4B_TILE_CONFIG,
+    TAIL_SPLIT,
     TILE_PARTS,
     TILE_RULES,
     GluonTileConfig,
@@ -51,11 +53,13 @@ MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "parts4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, parts=4),
                  "parts8": KV_2B_TILE_CONFIG._replace(parts=8),
                  "fp32-parts2-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=2)}
-# the grid's last tiles cut in pieces (split_grid): whole tiles and pieces in one launch at the model shape
-TAIL_CONFIGS = {"tail2-parts8": KV_2B_TILE_CONFIG._replace(parts=8, tail_split=2, tail_per_sm=6),
-                "tail4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, tail_split=4, tail_per_sm=3),
-                "fp32-tail2-parts8-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=8, tail_split=2,
-                                                                       tail_per_sm=6)}
+# the grid's last tiles cut in pieces (split_grid): whole tiles and pieces in one launch at the
+# model shape, as the H200 rule picks them and in halves
+TAIL_CONFIGS = {"rule-tail4x2": rule_config(TILE_RULES["H200"], 2, 2048),
+                "rule-parts8-tail4x1-sorted": rule_config(TILE_RULES["H200"], 2, 8192)._replace(sort_rows=True),
+                "rule-fp32-tail4x2-sorted": rule_config(TILE_RULES["H200"], 4, 1024)._replace(sort_rows=True),
+                "rule-fp32-parts8-tail4x1": rule_config(TILE_RULES["H200"], 4, 4096),
+                "parts8-tail2x6": KV_2B_TILE_CONFIG._replace(parts=8, tail_split=2, tail_per_sm=6)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp32-activations": {"act_dtype": torch.float32}}
 
@@ -107,13 +111,21 @@ def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
 
 
+def _tail(config: GluonTileConfig, per_sm: int) -> GluonTileConfig:
+    return config._replace(tail_split=TAIL_SPLIT, tail_per_sm=per_sm)
+
+
 @pytest.mark.parametrize(("itemsize", "rows_x_heads", "expected"), [
-    (2, 256, None), (2, 512, KV_2B_TILE_SMALL_CONFIG), (2, 4096, KV_2B_TILE_CONFIG),
-    (2, 8192, KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS)), (4, 256, None), (4, 2048, KV_4B_TILE_CONFIG),
-    (4, 4096, KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS)), (4, 32768, KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS))])
+    (2, 256, None), (2, 512, KV_2B_TILE_SMALL_CONFIG), (2, 1023, KV_2B_TILE_SMALL_CONFIG),
+    (2, 1024, _tail(KV_2B_TILE_CONFIG, 1)), (2, 2048, _tail(KV_2B_TILE_CONFIG, 2)),
+    (2, 4096, _tail(KV_2B_TILE_CONFIG, 2)), (2, 8192, _tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
+    (4, 256, None), (4, 512, _tail(KV_4B_TILE_CONFIG, 1)), (4, 1024, _tail(KV_4B_TILE_CONFIG, 2)),
+    (4, 2048, _tail(KV_4B_TILE_CONFIG, 2)), (4, 4096, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
+    (4, 32768, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))])
 def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
-    1024, the tile in parts from 8192 (2-byte) and 4096 (fp32)."""
+    1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
+    pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
@@ -148,22 +160,23 @@ def test_model_configurations_fit(config):
     assert tile_reason(q, state, config) is None
 
 
-def compiled(config: GluonTileConfig) -> tuple[int, str]:
-    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a bf16
-    Qwen3-Next head."""
+def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
+    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a
+    Qwen3-Next head of a ``state`` (bf16 or fp32) pool."""
     K, V, HV = 128, 128, 32
-    C = chunk_columns(config.BV, 2)
+    itemsize = {"bf16": 2, "fp32": 4}[state]
+    C = chunk_columns(config.BV, itemsize)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec),
                   "FUSED_GATING": True, "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
                   "SORTED_ROWS": config.sort_rows, "PARTS": config.parts}
-    tail = tail_tile(config, K, 2) if config.tail_split > 1 else config
-    tail_c = chunk_columns(tail.BV, 2)
+    tail = tail_tile(config, K, itemsize) if config.tail_split > 1 else config
+    tail_c = chunk_columns(tail.BV, itemsize)
     constexprs |= {"TAIL_SPLIT": config.BV // tail.BV, "TAIL_C": tail_c, "TAIL_ROWS": tail.rows,
                    "TAIL_PARTS": tail.parts}
     descriptors = {"state_desc": [1, 1, K // config.parts, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K],
                    "tail_state_desc": [1, 1, K // tail.parts, tail.BV // tail_c, tail_c]}
-    signature = decode_signature(_decode_kv_tile_kernel, constexprs, descriptors)
+    signature = decode_signature(_decode_kv_tile_kernel, constexprs, descriptors, state)
     return compile_sm90(_decode_kv_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 
 
@@ -174,6 +187,23 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     K = 128
     assert int(shared) == (K * config.BV + 2 * K) * 2 + 8 * config.parts  # the tile, q, k and a barrier per part
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize(("state", "rows_x_heads"), [("bf16", 2048), ("bf16", 8192), ("fp32", 1024), ("fp32", 4096)])
+def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
+    """The rule's configurations with a tail in pieces: the same shared memory (the pieces use the
+    start of the whole tile's buffer) within the 80 registers that 6 programs per SM allow; with the tile in 8 parts ptxas keeps one
+    8-byte value on the stack (the fp32 tile in parts did so before the tail, as measured at
+    fc01092), which the sweeps timed at 94-97% of copy bandwidth."""
+    itemsize = {"bf16": 2, "fp32": 4}[state]
+    config = rule_config(TILE_RULES["H200"], itemsize, rows_x_heads)
+    assert config.tail_split > 1
+    stdout = run_in_child("test_gluon_decode_kv_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r}, {state!r})))")
+    shared, report = stdout.split("\n", 1)
+    K = 128
+    assert int(shared) == K * config.BV * itemsize + 2 * K * 2 + 8 * config.parts
+    assert int(re.search(r"Used (\d+) registers", report)[1]) <= config.maxnreg == 80
+    assert_no_spills(report, at_most=8 if config.parts > 1 else 0)
 
 
 @pytest.mark.parametrize("launcher", ["persistent", "tile"])
