@@ -301,26 +301,3 @@ def launch_decode_vk_tile(
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config
-    fused = A_log is not None
-    C = chunk_columns(K, state.element_size())
-    # q and k seen in chunks of C keys, as the rows of the state are
-    q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]
-    _decode_vk_tile_kernel[(num_tiles,)](
-        tma_descriptor(q3, [B, HK, K // C, C], [*q3.stride()[:2], C, 1], [1, 1, K // C, C]),
-        tma_descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
-        tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
-        tma_descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1],
-                       [1, 1, config.BV, K // C, C]),
-        gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
-        indices if indices is not None else state, out, state,
-        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
-        gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
-        out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, *state.stride()[:3],
-        rows if rows is not None else state,
-        HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
-        VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
-        HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        num_warps=config.num_warps,
-        maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
-    )
-    return config
