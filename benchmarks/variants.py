@@ -420,55 +420,10 @@ KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 # (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the
 # kernel's step moved into a helper for the tail split; it patches the kernel at commit fc01092.)
 
-# The vk tile's state arriving in parts (``parts`` TMA copies, each on its own barrier, issued at
-# once) instead of one copy on one barrier: a program starts its sums and stores on the first rows
-# while the rest are still arriving. Level with the shipped kernel on the H200 (bf16, B=128-1024;
-# results/h200/tune_vk_tile_parts_bf16.json). The kv kernel gained from it and took it as its
-# ``GluonTileConfig.parts`` (results/h200/tune_kv_tile_parts_*.json).
-_STEP_BARRIERS = (
-    "    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n    mbarrier.init(bar, count=1)\n",
-    ("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
-     "    for j in gl.static_range(PARTS):\n"
-     "        mbarrier.init(bars.index(j), count=1)\n"),
-)
-_WAIT_FIRST_PART = ("    mbarrier.wait(bar, 0)\n", "    mbarrier.wait(bars.index(0), 0)\n")
-_INVALIDATE_PARTS = ("    mbarrier.invalidate(bar)\n",
-                     "    for j in gl.static_range(PARTS):\n        mbarrier.invalidate(bars.index(j))\n")
-# before a step's rows are read: wait for the part that holds them (the first part was waited for)
-_WAIT_FOR_PART = ("        if (i * ROWS) % PART == 0:\n"
-                  "            if i > 0:\n"
-                  "                mbarrier.wait(bars.index(i * ROWS // PART), 0)\n")
-
-
-def _vk_tile_parts(parts: int) -> list[tuple[str, str]]:
-    return [
-        ("    NV: gl.constexpr = V // BV\n",
-         f"    NV: gl.constexpr = V // BV\n    PARTS: gl.constexpr = {parts}\n    PART: gl.constexpr = BV // PARTS\n"),
-        _STEP_BARRIERS,
-        (("    mbarrier.expect(bar, nbytes)\n"
-         "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n"
-         "    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)\n"
-         "    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)\n"
-         "    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"),
-         ("    mbarrier.expect(bars.index(0), nbytes)\n"
-         "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bars.index(0), tile_smem.slice(0, PART, dim=2))\n"
-         "    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bars.index(0), q_smem)\n"
-         "    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bars.index(0), k_smem)\n"
-         "    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bars.index(0), v_smem)\n"
-         "    for j in gl.static_range(1, PARTS):\n"
-         "        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)\n"
-         "        tma.async_copy_global_to_shared(state_desc, [slot, hv, v0 + j * PART, 0, 0], bars.index(j),\n"
-         "                                        tile_smem.slice(j * PART, PART, dim=2))\n")),
-        _WAIT_FIRST_PART,
-        ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        Sk = ",
-         _WAIT_FOR_PART + "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n        Sk = "),
-        _INVALIDATE_PARTS,
-        ("                       [1, 1, config.BV, K // C, C]),\n", f"                       [1, 1, config.BV // {parts}, K // C, C]),\n"),
-    ]
-
-
-for _parts in (2, 4, 8):
-    VK_TILE_VARIANTS[f"vk_tile_parts{_parts}"] = _vk_tile_parts(_parts)
+# (vk_tile_parts2/4/8, the vk tile's state arriving in parts, each on its own barrier, ran level
+# with the shipped kernel on the H200 (bf16, B=128-1024; results/h200/tune_vk_tile_parts_bf16.json);
+# the kv kernel gained from it and took it as its ``GluonTileConfig.parts``. Retired when the vk
+# kernel's step moved into a helper for the tail split; they patch the kernel at commit fc01092.)
 
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS

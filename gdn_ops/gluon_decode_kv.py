@@ -89,17 +89,24 @@ def _tile_row(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SOR
 
 
 @gluon.jit
-def _issue_tile(tile, slot, row, num_tiles, state_desc, q_desc, k_desc, tile_buf, q_buf, k_buf, bar,
-                NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr):
-    """Start the TMA copies of ``tile``'s state (at ``slot``), q and k (of ``row``) into one
-    pipeline buffer (nothing past the last tile)."""
-    live = tile < num_tiles
+def _issue_tile(tile, slot, row, live, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, bar0,
+                NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr,
+                PART: gl.constexpr, PARTS: gl.constexpr):
+    """Start the TMA copies of ``tile``'s state (at ``slot``) into ``tile_smem [1, 1, K, NC, C]``
+    in ``PARTS`` parts of ``PART`` key rows, part j on barrier ``bar0 + j`` of ``bars``; q and k (of
+    ``row``) come with the first part. Nothing where ``live`` is false (past the last tile)."""
     hv = tile // NV % HV
-    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes)
-    mbarrier.expect(bar, nbytes, pred=live)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, (tile % NV) * NC, 0], bar, tile_buf, pred=live)
-    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bar, q_buf, pred=live)
-    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bar, k_buf, pred=live)
+    column_chunk = (tile % NV) * NC
+    first: gl.constexpr = state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
+    mbarrier.expect(bars.index(bar0), first, pred=live)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, column_chunk, 0], bars.index(bar0),
+                                    tile_smem if PARTS == 1 else tile_smem.slice(0, PART, dim=2), pred=live)
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bars.index(bar0), q_smem, pred=live)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bars.index(bar0), k_smem, pred=live)
+    for j in gl.static_range(1, PARTS):
+        mbarrier.expect(bars.index(bar0 + j), state_desc.block_type.nbytes, pred=live)
+        tma.async_copy_global_to_shared(state_desc, [slot, hv, j * PART, column_chunk, 0], bars.index(bar0 + j),
+                                        tile_smem.slice(j * PART, PART, dim=2), pred=live)
 
 
 @gluon.jit
@@ -179,8 +186,8 @@ def _decode_kv_gluon_kernel(
     for i in gl.static_range(NUM_BUF):
         tile = pid + i * step
         slot = _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
-        _issue_tile(tile, slot, tile // NV // HV, num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i),
-                    q_smem.index(i), k_smem.index(i), bars.index(i), NV, HV, GROUP, NC)
+        _issue_tile(tile, slot, tile // NV // HV, tile < num_tiles, state_desc, q_desc, k_desc, tile_smem.index(i),
+                    q_smem.index(i), k_smem.index(i), bars, i, NV, HV, GROUP, NC, K, 1)
     issue_slot = _tile_slot(pid + NUM_BUF * step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
     slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
         pid, pid // NV // HV, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
@@ -206,8 +213,9 @@ def _decode_kv_gluon_kernel(
         fence_async_shared()
         _cta_barrier()
         next_tile = tile + NUM_BUF * step
-        _issue_tile(next_tile, issue_slot, next_tile // NV // HV, num_tiles, state_desc, q_desc, k_desc,
-                    tile_smem.index(buf), q_smem.index(buf), k_smem.index(buf), bars.index(buf), NV, HV, GROUP, NC)
+        _issue_tile(next_tile, issue_slot, next_tile // NV // HV, next_tile < num_tiles, state_desc, q_desc, k_desc,
+                    tile_smem.index(buf), q_smem.index(buf), k_smem.index(buf), bars, buf, NV, HV, GROUP, NC,
+                    K, 1)
         issue_slot = _tile_slot(next_tile + step, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
 
         row_head = tile // NV

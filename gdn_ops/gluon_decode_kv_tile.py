@@ -44,6 +44,7 @@ from gdn_ops.gluon_decode_kv import (
     _cta_barrier,
     _gdc_launch_dependents,
     _gdc_wait,
+    _issue_tile,
     _tile_columns,
     _tile_inputs,
     _tile_row,
@@ -55,26 +56,6 @@ from gdn_ops.gluon_decode_kv import (
 )
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
-
-
-@gluon.jit
-def _issue_tile_in_parts(tile, slot, row, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars,
-                         NV: gl.constexpr, HV: gl.constexpr, GROUP: gl.constexpr, NC: gl.constexpr,
-                         PART: gl.constexpr, PARTS: gl.constexpr):
-    """Start the TMA copies of ``tile``'s state (at ``slot``) in ``PARTS`` parts of ``PART`` key
-    rows, part j on barrier j; q and k (of ``row``) come with the first part."""
-    hv = tile // NV % HV
-    column_chunk = (tile % NV) * NC
-    first: gl.constexpr = state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
-    mbarrier.expect(bars.index(0), first)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, 0, column_chunk, 0], bars.index(0),
-                                    tile_smem.slice(0, PART, dim=2))
-    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bars.index(0), q_smem)
-    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bars.index(0), k_smem)
-    for j in gl.static_range(1, PARTS):
-        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(state_desc, [slot, hv, j * PART, column_chunk, 0], bars.index(j),
-                                        tile_smem.slice(j * PART, PART, dim=2))
 
 
 @gluon.jit
@@ -107,8 +88,8 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
         tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
         s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
     slot = gl.where(in_batch, slot, num_slots)
-    _issue_tile_in_parts(tile, slot, row, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars,
-                         NV, HV, GROUP, NC, PART, PARTS)
+    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
+                NV, HV, GROUP, NC, PART, PARTS)
 
     hv = tile // NV % HV
     neg_exp_A = -gl.exp(A_log_in.to(gl.float32))

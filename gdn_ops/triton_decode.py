@@ -267,6 +267,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
         BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
+        new_state = False
     else:
         tile = LargeGridTile(0, VK_TILE_BYTES, 1)
         for (name, itemsize), large in VK_LARGE_GRID_TILES.items():
@@ -274,9 +275,8 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
                 tile = large
         BV = 4 if rows_x_heads <= SMALL_GRID_ROW_HEADS else max(4, tile.tile_bytes // (BK * state_dtype.itemsize))
         num_warps = tile.num_warps
-    new_state = state_layout == "vk" and (not tile.from_old_state or state_dtype.itemsize == 4 and act_itemsize == 2
-                                          and any(name in gpu and first <= rows_x_heads <= last
-                                                  for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
+        new_state = not tile.from_old_state or (state_dtype.itemsize == 4 and act_itemsize == 2 and any(
+            name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
                         sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order))
 

@@ -109,6 +109,21 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
     check(build(case, device), run)
 
 
+@pytest.mark.parametrize("name", sorted(VK_TILE_VARIANTS | KV_TILE_VARIANTS))
+def test_tile_variant_compiles_for_sm90(name):
+    """A Gluon tile variant whose patches still match can still fail to compile when the code
+    around them moved (two did, unnoticed until the GPU); compiled here at the shipped bf16 tile,
+    in a child process as the kernels' own compile tests do."""
+    from sm90_compile import run_in_child
+
+    kernel = "_decode_vk_tile_kernel" if name in VK_TILE_VARIANTS else "_decode_kv_tile_kernel"
+    tests = "test_gluon_decode_vk_tile" if name in VK_TILE_VARIANTS else "test_gluon_decode_kv_tile"
+    config = "VK_2B_TILE_CONFIG" if name in VK_TILE_VARIANTS else "KV_2B_TILE_CONFIG"
+    stdout = run_in_child(tests, f"(setattr(t, {kernel!r}, __import__('benchmarks.variants', fromlist=['x'])"
+                                 f".load_variant({name!r}).{kernel}), t.compiled(t.{config})[0])[1]")
+    assert int(stdout) > 0
+
+
 @pytest.mark.parametrize("layout", ["vk", "kv"])
 def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     """``tune_tma`` times a Gluon tile variant through the shipped ``launch_decode`` with the
