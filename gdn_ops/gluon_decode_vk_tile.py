@@ -21,6 +21,8 @@ shared memory for one TMA store of the tile at the end (NOTES.md, the variant's 
 are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key rows),
 so a tile arrives as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A padded
 row reads slot ``num_slots``, one past the pool, which TMA zero-fills; its stores are masked off.
+The grid can end in pieces of whole tiles (``GluonTileConfig.tail_split``, as in
+``gluon_decode_kv_tile``), but no rule does so: every split measured level or slower here.
 
 Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
 (``tests/test_gluon_decode_vk_tile.py``).
