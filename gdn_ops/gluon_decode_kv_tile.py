@@ -18,11 +18,12 @@ is that structure with the step in it. Each program:
 Only a few rows are in registers at a time, so the register file does not limit how many
 programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.
 
-Such a program lives about 12 us (by arithmetic: 6 per SM share its bandwidth), so a launch ends with SMs emptying
-slot by slot. With ``GluonTileConfig.tail_split`` the grid's last programs, which the block
-scheduler starts last, take pieces of the last whole tiles (``split_grid``, ``tail_tile``): the
-same step on fewer columns, through the start of the same buffers, so the launch's end is
-shorter and occupancy unchanged. The H200 rule cuts 1-2 tiles per SM in quarters (``TAIL_SPLIT``).
+Such a program lives about 12 us (by arithmetic: 6 per SM share its bandwidth), so a launch
+ends with SMs emptying slot by slot. With ``GluonTileConfig.tail_split`` the grid's last programs,
+which the block scheduler starts last, take pieces of the last whole tiles (``split_grid``,
+``tail_tile``): the same step on fewer columns, through the start of the same buffers, so the
+launch's end is shorter and occupancy unchanged. The H200 rule cuts 1-2 tiles per SM in quarters
+(``TAIL_SPLIT``).
 
 A thread reads and writes exactly the elements it owns (one layout for every pass), so the passes
 need no barrier between them for correctness (Triton's membar pass still puts one on each side of
