@@ -118,6 +118,8 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(vec=3), "vec=3 dividing C=32 keys"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(rows=8), "rows=8 dividing BV=64 and a multiple of the 16 rows"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=8, tail_per_sm=1),
+         "tail_split=8 >= 1 cutting BV=64 into tiles of whole steps of rows=16"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["shipped"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
     ],
 )
