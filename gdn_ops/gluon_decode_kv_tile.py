@@ -274,9 +274,10 @@ TILE_PARTS = 8
 # session): the grid's last whole tiles cut in quarters gain where a launch is a few waves of
 # programs, as the last slots empty sooner, and cost where there are too many pieces. Points of copy
 # bandwidth against the same tile, sorted or given the order, in two runs: fp32 B*HV 512 +0.8 (1.3
-# waves; 2 per SM lose 1-3), 1024-2048 +1.5-3.0 with 2 per SM (+0.7-2.3 with 1), 4096 +1.0-1.4,
-# 8192 +0.6, from 16384 +0.1-0.3; 2-byte 1024 +0.5-1.4 (2 per SM lose 3-5), 2048-4096 +1.2-2.3
-# with 2 per SM (+0.3-1.1 with 1), 8192 +1.0 with 1 per SM (+0.5 with 2), from 16384 +0.2-0.5.
+# waves; 2 per SM lose 0.6), 1024-2048 +1.5-3.6 with 2 per SM (+0.6-2.3 with 1), 4096 +1.1-1.3,
+# 8192 +0.6-0.7, from 16384 +0.1-0.3; 2-byte 1024 +1.1-1.4 (2 per SM lose 2.9-3.5), 2048-4096
+# +1.2-2.3 with 2 per SM (+0.4-0.9 with 1), 8192 +1.0 with 1 per SM (+0.5-0.7 with 2), from 16384
+# +0.1-0.5.
 # Cut in halves, or with 3 or more per SM, the pieces were level or slower; the vk tile kernel
 # gained nothing measurable from any split.
 TAIL_SPLIT = 4
