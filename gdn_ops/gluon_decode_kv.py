@@ -348,6 +348,15 @@ def tma_descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block:
     return TensorDescriptor(t, shape, strides, block, _shared_layout(tuple(block), t.dtype))
 
 
+def kv_state_descriptor(state: torch.Tensor, BV: int, key_rows: int):
+    """A TMA descriptor of the pool ``[slots, HV, K, V]`` seen as ``[slots, HV, K, V // C, C]`` (key
+    rows cut into chunks of C columns, ``chunk_columns``), moving ``key_rows`` key rows of a
+    ``BV``-column tile at a time."""
+    C = chunk_columns(BV, state.element_size())
+    return tma_descriptor(state, [*state.shape[:3], state.shape[3] // C, C], [*state.stride()[:3], C, 1],
+                          [1, 1, key_rows, BV // C, C])
+
+
 def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles: int, *,
                    config: GluonKVConfig | GluonTileConfig, scale: float, use_qk_l2norm_in_kernel: bool,
                    softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float,
@@ -366,8 +375,7 @@ def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out,
     args = [
         tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
         tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        tma_descriptor(state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1],
-                       [1, 1, key_rows_per_copy or K, BV // C, C]),
+        kv_state_descriptor(state, BV, key_rows_per_copy or K),
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),

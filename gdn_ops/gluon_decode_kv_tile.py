@@ -57,9 +57,9 @@ from gdn_ops.gluon_decode_kv import (
     _tile_row,
     chunk_columns,
     kv_launch_args,
+    kv_state_descriptor,
     lanes_along_keys,
     shared_memory_reason,
-    tma_descriptor,
 )
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
@@ -366,10 +366,12 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
     return shared_memory_reason(shared, config.programs_per_sm, "a tile with q and k")
 
 
+@functools.cache
 def tail_tile(config: GluonTileConfig, K: int, itemsize: int) -> GluonTileConfig:
     """The tile of the grid's last programs under ``config.tail_split``: ``BV / tail_split``
     columns, read in steps of at least ``rows`` key rows that the narrower layout covers (its
-    lanes along the keys and a whole swizzle block), in at most ``parts`` copies of whole steps."""
+    lanes along the keys and a whole swizzle block), in at most ``parts`` copies of whole steps.
+    Cached: the launcher asks on every call with a tail."""
     BV = config.BV // config.tail_split
     rows = max(config.rows, lanes_along_keys(BV, itemsize, config.num_warps, config.vec) or 1,
                1024 // (BV * itemsize))
@@ -396,11 +398,9 @@ def launch_decode_kv_tile(
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
         softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, key_rows_per_copy=K // config.parts)
     tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
-    C = chunk_columns(tail.BV, state.element_size())
-    tail_desc = args[2] if tail is config else tma_descriptor(
-        state, [*state.shape[:3], V // C, C], [*state.stride()[:3], C, 1], [1, 1, K // tail.parts, tail.BV // C, C])
+    tail_desc = args[2] if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
     _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
                                     ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
-                                    TAIL_SPLIT=config.BV // tail.BV, TAIL_C=C, TAIL_ROWS=tail.rows,
-                                    TAIL_PARTS=tail.parts, **kwargs)
+                                    TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
+                                    TAIL_C=chunk_columns(tail.BV, state.element_size()), **kwargs)
     return config
