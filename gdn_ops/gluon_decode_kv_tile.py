@@ -22,8 +22,8 @@ Such a program lives about 12 us (by arithmetic: 6 per SM share its bandwidth), 
 ends with SMs emptying slot by slot. With ``GluonTileConfig.tail_split`` the grid's last programs,
 which the block scheduler starts last, take pieces of the last whole tiles (``split_grid``,
 ``tail_tile``): the same step on fewer columns, through the start of the same buffers, so the
-launch's end is shorter and occupancy unchanged. The H200 rule cuts 1-2 tiles per SM in quarters
-(``TAIL_SPLIT``).
+launch's end is shorter and occupancy unchanged. The H200 rule cuts 1-2 whole-head or half-head
+tiles per SM in quarters and 2 quarter-head tiles per SM in halves (``TileRule``'s tail steps).
 
 A thread reads and writes exactly the elements it owns (one layout for every pass), so the passes
 need no barrier between them for correctness (Triton's membar pass still puts one on each side of
@@ -255,10 +255,11 @@ class TileRule(NamedTuple):
     fp32_from: int | None = None  # KV_4B_TILE_CONFIG for an fp32 state from here (None: the Triton kernel)
     parts_from: int | None = None  # a 2-byte state's tile in TILE_PARTS copies from here (None: one copy)
     fp32_parts_from: int | None = None  # the same for an fp32 state
-    # (from B*HV, tail_per_sm) steps, ascending: the whole-head 2-byte tile's grid ends in pieces of
-    # TAIL_SPLIT (split_grid) covering tail_per_sm whole tiles per SM; () for none
-    tail_steps: tuple[tuple[int, int], ...] = ()
-    fp32_tail_steps: tuple[tuple[int, int], ...] = ()  # the same for the fp32 tile
+    # (from B*HV, tail_split, tail_per_sm) steps, ascending: the whole-head 2-byte tile's grid ends
+    # in pieces of tail_split (split_grid) covering tail_per_sm whole tiles per SM; () for none
+    tail_steps: tuple[tuple[int, int, int], ...] = ()
+    small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
+    fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -279,15 +280,18 @@ TILE_PARTS = 8
 # +1.2-2.3 with 2 per SM (+0.4-0.9 with 1), 8192 +1.0 with 1 per SM (+0.5-0.7 with 2), from 16384
 # +0.1-0.5.
 # Cut in halves, or with 3 or more per SM, the pieces were level or slower; the vk tile kernel
-# gained nothing measurable from any split.
-TAIL_SPLIT = 4
+# gained nothing measurable from any split. The quarter-head 2-byte tile (results/h200/
+# tune_tail_halves_tp*.json, tune_tail_quarterhead.json; NOTES.md, seventeenth session) gains with 2
+# tiles per SM in halves, in three runs at TP=1 and two at TP=4: B*HV 512 +0.7-1.9, 768 +0.7-1.3,
+# 640, 896 and the TP=4 points from 768 within -0.1 to +0.5; in quarters it was level or slower.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
 # on the H200 only.
 TILE_RULES = {
     "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
-                     tail_steps=((1024, 1), (2048, 2), (8192, 1)), fp32_tail_steps=((512, 1), (1024, 2), (4096, 1))),
+                     tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),
+                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1))),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -319,16 +323,16 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     if itemsize == 2 and rows_x_heads >= rule.small_from:
         whole_heads = rows_x_heads >= rule.large_from
         config = KV_2B_TILE_CONFIG if whole_heads else KV_2B_TILE_SMALL_CONFIG
-        parts_from, tail_steps = rule.parts_from, rule.tail_steps if whole_heads else ()
+        parts_from, tail_steps = rule.parts_from, rule.tail_steps if whole_heads else rule.small_tail_steps
     elif itemsize == 4 and rule.fp32_from is not None and rows_x_heads >= rule.fp32_from:
         config, parts_from, tail_steps = KV_4B_TILE_CONFIG, rule.fp32_parts_from, rule.fp32_tail_steps
     else:
         return None
     if parts_from is not None and rows_x_heads >= parts_from:
         config = config._replace(parts=TILE_PARTS)
-    tail_per_sm = next((per_sm for start, per_sm in reversed(tail_steps) if rows_x_heads >= start), 0)
-    if tail_per_sm:
-        config = config._replace(tail_split=TAIL_SPLIT, tail_per_sm=tail_per_sm)
+    tail = next(((split, per_sm) for start, split, per_sm in reversed(tail_steps) if rows_x_heads >= start), None)
+    if tail is not None:
+        config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
     return config
 
 

@@ -27,7 +27,6 @@ from gdn_ops.gluon_decode_kv_tile import (
     KV_2B_TILE_CONFIG,
     KV_2B_TILE_SMALL_CONFIG,
     KV_4B_TILE_CONFIG,
-    TAIL_SPLIT,
     TILE_PARTS,
     TILE_RULES,
     GluonTileConfig,
@@ -57,6 +56,7 @@ MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
 # model shape, as the H200 rule picks them and in halves
 TAIL_CONFIGS = {"rule-tail4x2": rule_config(TILE_RULES["H200"], 2, 2048),
                 "rule-parts8-tail4x1-sorted": rule_config(TILE_RULES["H200"], 2, 8192)._replace(sort_rows=True),
+                "rule-small-tail2x2": rule_config(TILE_RULES["H200"], 2, 512),
                 "rule-fp32-tail4x2-sorted": rule_config(TILE_RULES["H200"], 4, 1024)._replace(sort_rows=True),
                 "rule-fp32-parts8-tail4x1": rule_config(TILE_RULES["H200"], 4, 4096),
                 "parts8-tail2x6": KV_2B_TILE_CONFIG._replace(parts=8, tail_split=2, tail_per_sm=6)}
@@ -114,12 +114,13 @@ def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
 
 
-def _tail(config: GluonTileConfig, per_sm: int) -> GluonTileConfig:
-    return config._replace(tail_split=TAIL_SPLIT, tail_per_sm=per_sm)
+def _tail(config: GluonTileConfig, per_sm: int, split: int = 4) -> GluonTileConfig:
+    return config._replace(tail_split=split, tail_per_sm=per_sm)
 
 
 @pytest.mark.parametrize(("itemsize", "rows_x_heads", "expected"), [
-    (2, 256, None), (2, 512, KV_2B_TILE_SMALL_CONFIG), (2, 1023, KV_2B_TILE_SMALL_CONFIG),
+    (2, 256, None), (2, 511, None), (2, 512, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
+    (2, 1023, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
     (2, 1024, _tail(KV_2B_TILE_CONFIG, 1)), (2, 2048, _tail(KV_2B_TILE_CONFIG, 2)),
     (2, 4096, _tail(KV_2B_TILE_CONFIG, 2)), (2, 8192, _tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
     (4, 256, None), (4, 512, _tail(KV_4B_TILE_CONFIG, 1)), (4, 1024, _tail(KV_4B_TILE_CONFIG, 2)),
@@ -128,7 +129,8 @@ def _tail(config: GluonTileConfig, per_sm: int) -> GluonTileConfig:
 def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
     1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
-    pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1."""
+    pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1; the
+    quarter-head 2-byte tile's end in halves, 2 per SM."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
@@ -192,7 +194,8 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     assert_no_spills(report)
 
 
-@pytest.mark.parametrize(("state", "rows_x_heads"), [("bf16", 2048), ("bf16", 8192), ("fp32", 1024), ("fp32", 4096)])
+@pytest.mark.parametrize(("state", "rows_x_heads"), [("bf16", 512), ("bf16", 2048), ("bf16", 8192), ("fp32", 1024),
+                                                           ("fp32", 4096)])
 def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
     """The rule's configurations with a tail in pieces: the same shared memory (the pieces use the
     start of the whole tile's buffer) within the 80 registers that 6 programs per SM allow; with the tile in 8 parts ptxas keeps one
