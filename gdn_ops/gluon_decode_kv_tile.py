@@ -278,12 +278,15 @@ TILE_PARTS = 8
 # waves; 2 per SM lose 0.6), 1024-2048 +1.5-3.6 with 2 per SM (+0.6-2.3 with 1), 4096 +1.1-1.3,
 # 8192 +0.6-0.7, from 16384 +0.1-0.3; 2-byte 1024 +1.1-1.4 (2 per SM lose 2.9-3.5), 2048-4096
 # +1.2-2.3 with 2 per SM (+0.4-0.9 with 1), 8192 +1.0 with 1 per SM (+0.5-0.7 with 2), from 16384
-# +0.1-0.5.
-# Cut in halves, or with 3 or more per SM, the pieces were level or slower; the vk tile kernel
-# gained nothing measurable from any split. The quarter-head 2-byte tile (results/h200/
-# tune_tail_halves_tp*.json, tune_tail_quarterhead.json; NOTES.md, seventeenth session) gains with 2
-# tiles per SM in halves, in three runs at TP=1 and two at TP=4: B*HV 512 +0.7-1.9, 768 +0.7-1.3,
-# 640, 896 and the TP=4 points from 768 within -0.1 to +0.5; in quarters it was level or slower.
+# +0.1-0.5 (2-byte 1024: +0.2 in two later runs, seventeenth session).
+# Cut in halves, or with 3 or more per SM, the pieces were level or slower; at 1.3 waves (fp32 512,
+# 2-byte 1024) halves of 2 per SM lost about 3 points against no split, and eighths 1.7-3.3
+# against the quarters (tune_tail_halves_{fp32,bf16}_*.json, tune_tail_eighths_*.json; eighths
+# took a smaller vec, on a branch); the vk tile kernel gained nothing measurable from any split.
+# The quarter-head 2-byte tile (results/h200/tune_tail_halves_tp*.json, tune_tail_quarterhead.json;
+# NOTES.md, seventeenth session) gains with 2 tiles per SM in halves, in three runs at TP=1 and two
+# at TP=4: B*HV 512 +0.7-1.9, 768 +0.7-1.3, 640, 896 and the TP=4 points from 768 within -0.1 to
+# +0.5; in quarters it was level or slower.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured

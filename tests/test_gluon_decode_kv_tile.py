@@ -198,7 +198,8 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
                                                            ("fp32", 4096)])
 def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
     """The rule's configurations with a tail in pieces: the same shared memory (the pieces use the
-    start of the whole tile's buffer) within the 80 registers that 6 programs per SM allow; with the tile in 8 parts ptxas keeps one
+    start of the whole tile's buffer) within the 80 registers that the rule's programs per SM allow
+    (6 of 4 warps, or 12 of 2 for the quarter-head tile); with the tile in 8 parts ptxas keeps one
     8-byte value on the stack (the fp32 tile in parts did so before the tail, as measured at
     fc01092), which the sweeps timed at 94-97% of copy bandwidth."""
     itemsize = {"bf16": 2, "fp32": 4}[state]
