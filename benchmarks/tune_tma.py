@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
     ap.add_argument("--step-order", action="store_true",
                     help="also time the default and each sorting spec given the step's slot order (initial_state_order)")
+    ap.add_argument("--without-pdl", action="store_true",
+                    help="also time each spec launched without programmatic dependent launch (name+no_pdl)")
     args = ap.parse_args()
     bw = copy_bandwidth()
     records = []
@@ -149,6 +151,9 @@ def main() -> None:
             for step_order in given:
                 suffix = "+order" if step_order else ""
                 providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
+                if args.without_pdl:
+                    providers.append(launcher_provider(spec + suffix + "+no_pdl", config=config,
+                                                       step_order=step_order, pdl=False))
                 providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config,
                                                 step_order=step_order)
                               for v in args.variants if v in variants_of(config, layout)]
