@@ -281,16 +281,28 @@ def format_graph(graph: torch.fx.Graph) -> str:
     return "\n".join(lines)
 
 
+# the shape of a tiny hybrid model: 3 layers (2 linear-attention, 1 full), GQA in both kinds
+_TINY_HYBRID = {
+    "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+    "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "layer_types": ["linear_attention", "linear_attention", "full_attention"], "max_position_embeddings": 64,
+}
+
+
 def tiny_qwen3_next():
     """A 3-layer Qwen3-Next (2 linear-attention layers, 1 full) with random weights: no download."""
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
-    config = Qwen3NextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
-        num_experts=0, layer_types=["linear_attention", "linear_attention", "full_attention"],
-        max_position_embeddings=64,
-    )
+    config = Qwen3NextConfig(**_TINY_HYBRID, num_experts=0)
     torch.manual_seed(0)
     return config, Qwen3NextForCausalLM(config).eval().to(DEVICE)
+
+
+def tiny_qwen3_5():
+    """The same 3 layers as Qwen3.5's text model (its own modeling file), random weights."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    config = Qwen3_5TextConfig(**_TINY_HYBRID)
+    torch.manual_seed(0)
+    return config, Qwen3_5ForCausalLM(config).eval().to(DEVICE)

@@ -20,6 +20,7 @@ from fx_models import (
     gating_hf,
     op_calls,
     pass_compile_context,
+    tiny_qwen3_5,
     tiny_qwen3_next,
 )
 from torch._inductor.utils import run_and_get_code
@@ -140,11 +141,12 @@ def test_a_function_that_does_not_trace_is_skipped_with_a_debug_line(monkeypatch
 # --------------------------------------------------------------------------------------------
 
 
-def test_tiny_qwen3_next_decodes_with_the_fused_kernel():
+@pytest.mark.parametrize("tiny_model", [tiny_qwen3_next, tiny_qwen3_5], ids=["qwen3_next", "qwen3_5"])
+def test_tiny_model_decodes_with_the_fused_kernel(tiny_model):
     """Random weights, no download: prefill eagerly, then decode tokens eagerly and compiled."""
     from transformers.cache_utils import StaticCache
 
-    config, model = tiny_qwen3_next()
+    config, model = tiny_model()
     n_linear = config.layer_types.count("linear_attention")
     prompt = torch.randint(0, config.vocab_size, (2, 5), device=DEVICE)
     with torch.no_grad():
