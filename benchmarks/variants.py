@@ -378,33 +378,32 @@ GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "gluon_half_rows": [("    return min(BV, 128 // itemsize)\n", "    return BV\n")],
 }
 
-# The Gluon tile kernels trigger their dependents at the end of each program, so the next launch
-# starts only once every program of this one has finished; the per-tile Triton kernel triggers
-# right after its wait, so the next launch's programs take SM slots as this launch's last wave
-# drains (the persistent kernels trigger after their loop because there early dependents took
-# slots from tiles still to run; a one-program-per-tile grid has none left once its last program
-# has started). Never timed for the tile kernels.
-_GLUON_TRIGGER_AT_END = "    if PDL:\n        _gdc_launch_dependents()\n"
+# The Gluon tile kernels trigger the next launch right after their PDL wait (folded in the
+# eighteenth session); the order they had before, a trigger at the end of each program, starts the
+# next launch only once every program of this one has finished.
+_GLUON_WAIT = "        _gdc_wait()\n        _gdc_launch_dependents()\n"
+_END_TRIGGER = "    if PDL:\n        _gdc_launch_dependents()\n"
 
 
-def _gluon_trigger_after_wait(wait: str) -> list[tuple[str, str]]:
-    """The tile kernel whose PDL wait is the text ``wait`` triggering its dependents right after it."""
-    return [(_GLUON_TRIGGER_AT_END, ""), (wait, wait + "        _gdc_launch_dependents()\n")]
+def _gluon_trigger_at_end(invalidate: str) -> list[tuple[str, str]]:
+    """The tile kernel triggering after ``invalidate``, its last line, instead of after its wait."""
+    return [(_GLUON_WAIT, "        _gdc_wait()\n"), (invalidate, invalidate + _END_TRIGGER)]
 
 
-_VK_TILE_WAIT = "        # nothing is read before the previous kernel has finished\n        _gdc_wait()\n"
-# the wait and trigger where the early-state variants put them, after the state's copies
-_EARLY_WAIT = "    if PDL:\n        _gdc_wait()\n        _gdc_launch_dependents()\n"
+_TILE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
+              "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"
+              + _GLUON_WAIT)
 _VK_TILE_COPIES = """    mbarrier.expect(bar, nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
 """
+# the wait and trigger where the early-state variants put them, after the state's copies
+_EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
 VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    "vk_tile_trigger_after_wait": _gluon_trigger_after_wait(_VK_TILE_WAIT),
-    # With it, the slot (and row) and the tile's state read before the wait, q, k and v after it
-    # (under the promise that early_state states)
+    "vk_tile_trigger_at_end": _gluon_trigger_at_end("    mbarrier.invalidate(bar)\n"),
+    # The slot (and row) and the tile's state read before the wait, q, k and v after it (under the
+    # promise that early_state states)
     "vk_tile_early_state": [
-        (_GLUON_TRIGGER_AT_END, ""),
-        ("    if PDL:\n" + _VK_TILE_WAIT, ""),
+        (_TILE_WAIT, ""),
         (_VK_TILE_COPIES, _VK_TILE_COPIES + _EARLY_WAIT),
     ],
     # A ceiling, not a decode step: the same loads, steps and stores, with the rows stored
@@ -419,14 +418,12 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
-_KV_TILE_WAIT = "    if PDL:\n        # nothing is read before the previous kernel has finished\n        _gdc_wait()\n"
 KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
-    "kv_tile_trigger_after_wait": _gluon_trigger_after_wait(_KV_TILE_WAIT.removeprefix("    if PDL:\n")),
-    # With it, the slot (and row) and the tile's state (every part) read before the wait, q, k, v
-    # and the gates after it (under the promise that early_state states)
+    "kv_tile_trigger_at_end": _gluon_trigger_at_end("        mbarrier.invalidate(bars.index(j))\n"),
+    # The slot (and row) and the tile's state (every part) read before the wait, q, k, v and the
+    # gates after it (under the promise that early_state states)
     "kv_tile_early_state": [
-        (_GLUON_TRIGGER_AT_END, ""),
-        (_KV_TILE_WAIT, ""),
+        (_TILE_WAIT, ""),
         ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
         ("L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr):",
          "L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, PDL: gl.constexpr):"),

@@ -168,8 +168,10 @@ def _decode_kv_tile_kernel(
     for j in gl.static_range(PARTS):
         mbarrier.init(bars.index(j), count=1)
     if PDL:
-        # nothing is read before the previous kernel has finished
+        # nothing is read before the previous kernel has finished; the next launch may start then,
+        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)
         _gdc_wait()
+        _gdc_launch_dependents()
 
     pid = gl.program_id(0)
     if TAIL_SPLIT == 1 or pid < whole_tiles:
@@ -195,8 +197,6 @@ def _decode_kv_tile_kernel(
                  USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)
     for j in gl.static_range(PARTS):
         mbarrier.invalidate(bars.index(j))
-    if PDL:
-        _gdc_launch_dependents()
 
 
 class GluonTileConfig(NamedTuple):

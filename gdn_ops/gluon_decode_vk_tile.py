@@ -88,8 +88,10 @@ def _decode_vk_tile_kernel(
     hv = tile // NV % HV
     v0 = (tile % NV) * BV
     if PDL:
-        # nothing is read before the previous kernel has finished
+        # nothing is read before the previous kernel has finished; the next launch may start then,
+        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)
         _gdc_wait()
+        _gdc_launch_dependents()
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
     row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
@@ -138,8 +140,6 @@ def _decode_vk_tile_kernel(
         o = gl.where(live, decay * Sq + u * kq, 0.0)
         gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
     mbarrier.invalidate(bar)
-    if PDL:
-        _gdc_launch_dependents()
 
 
 # Tuned with benchmarks/tune_tma.py on the H200 (results/h200/tune_vk_tile_h200.json,
