@@ -403,7 +403,7 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "vk_tile_trigger_at_end": _gluon_trigger_at_end("    mbarrier.invalidate(bar)\n"),
     # The slot (and row) and the tile's state read before the wait, q, k and v after it (under the
     # promise that early_state states). H200 (results/h200/tune_trigger_bf16_vk.json): level to
-    # 0.6 points slower.
+    # 0.4 points slower.
     "vk_tile_early_state": [
         (_TILE_WAIT, ""),
         (_VK_TILE_COPIES, _VK_TILE_COPIES + _EARLY_WAIT),
