@@ -6,8 +6,8 @@ Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gate
 ``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
 or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` for the Gluon kernel of one
 program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``:
-the kv tile's state in that many TMA copies; ``tailSxT``: the grid's last T whole tiles per SM cut S
-ways; ``sort``: the rows in slot order). Every configuration is
+the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
+cut S ways; ``sort``: the rows in slot order). Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched

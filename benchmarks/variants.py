@@ -58,6 +58,24 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     # one_pass, one_pass_fused, evict_load and their combination (eleventh session) were folded into
     # the kernel as DecodeConfig.from_old_state / evict_first (evict_first dropped in the twelfth
     # session: it lost in the sweep); their patches are in commit 8221df7
+    # The slot (and row) and the state tile read before the PDL wait, q, k, v and the gates after it.
+    # Not a safe default: it assumes the kernel launched just before writes neither the pool nor
+    # the indices (true of the benchmark's calls, each on its own pool, and of a model whose decode
+    # follows the conv kernel). It measures what a caller's promise of that could buy: the state's
+    # first bytes arrive while the previous kernel drains instead of after it. Measured on the H200
+    # (results/h200/tune_early_state_triton.json): slower at every point, by 0.1-2.3 us per call.
+    "early_state": [
+        ("""    if PDL:
+        # Launched beside the previous kernel's last programs, this waits for it to finish; then
+        # the next kernel may launch beside this one. Triggering before the wait instead let a
+        # chain of launches pile up ahead: ~1 us more per call at B=1 in the kv layout (NOTES.md).
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+""", ""),
+        ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
+         ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+          "    if PDL:\n        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n")),
+    ],
     "evict_last_qk": [
         ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
          "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
@@ -361,7 +379,35 @@ GLUON_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "gluon_half_rows": [("    return min(BV, 128 // itemsize)\n", "    return BV\n")],
 }
 
+# The Gluon tile kernels trigger the next launch right after their PDL wait (folded in the
+# eighteenth session); the order they had before, a trigger at the end of each program, starts the
+# next launch only once every program of this one has finished.
+_GLUON_WAIT = "        _gdc_wait()\n        _gdc_launch_dependents()\n"
+_END_TRIGGER = "    if PDL:\n        _gdc_launch_dependents()\n"
+
+
+def _gluon_trigger_at_end(invalidate: str) -> list[tuple[str, str]]:
+    """The tile kernel triggering after ``invalidate``, its last line, instead of after its wait."""
+    return [(_GLUON_WAIT, "        _gdc_wait()\n"), (invalidate, invalidate + _END_TRIGGER)]
+
+
+_TILE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
+              "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"
+              + _GLUON_WAIT)
+_VK_TILE_COPIES = """    mbarrier.expect(bar, nbytes)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
+"""
+# the wait and trigger where the early-state variants put them, after the state's copies
+_EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
 VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    "vk_tile_trigger_at_end": _gluon_trigger_at_end("    mbarrier.invalidate(bar)\n"),
+    # The slot (and row) and the tile's state read before the wait, q, k and v after it (under the
+    # promise that early_state states). H200 (results/h200/tune_trigger_bf16_vk.json): level to
+    # 0.4 points slower.
+    "vk_tile_early_state": [
+        (_TILE_WAIT, ""),
+        (_VK_TILE_COPIES, _VK_TILE_COPIES + _EARLY_WAIT),
+    ],
     # A ceiling, not a decode step: the same loads, steps and stores, with the rows stored
     # unchanged (the sums and o are still computed, so the loads are not dead). In the kernel's
     # first version, whose rows left by one TMA store, it timed level with the decode
@@ -374,7 +420,43 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
-KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {}
+KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    "kv_tile_trigger_at_end": _gluon_trigger_at_end("        mbarrier.invalidate(bars.index(j))\n"),
+    # The slot (and row) and the tile's state (every part) read before the wait, q, k, v and the
+    # gates after it (under the promise that early_state states). H200
+    # (results/h200/tune_trigger_{fp32,bf16}_kv.json): 2-18 points slower at the rule's tiles.
+    "kv_tile_early_state": [
+        (_TILE_WAIT, ""),
+        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+        ("L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr):",
+         "L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, PDL: gl.constexpr):"),
+        ("                 L2_EPS, SORTED_ROWS, PARTS)\n", "                 L2_EPS, SORTED_ROWS, PARTS, PDL)\n"),
+        ("USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)\n",
+         "USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS, PDL)\n"),
+        ("""    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
+        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+    slot = gl.where(in_batch, slot, num_slots)
+    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
+                NV, HV, GROUP, NC, PART, PARTS)
+""", """    slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
+    hv_early = tile // NV % HV
+    QK_BYTES: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes
+    mbarrier.expect(bars.index(0), state_desc.block_type.nbytes + QK_BYTES)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv_early, 0, (tile % NV) * NC, 0], bars.index(0),
+                                    tile_smem if PARTS == 1 else tile_smem.slice(0, PART, dim=2))
+    for j in gl.static_range(1, PARTS):
+        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(state_desc, [slot, hv_early, j * PART, (tile % NV) * NC, 0], bars.index(j),
+                                        tile_smem.slice(j * PART, PART, dim=2))
+""" + "    if PDL:\n        _gdc_wait()\n        _gdc_launch_dependents()\n" + """    tma.async_copy_global_to_shared(q_desc, [row, hv_early // GROUP, 0], bars.index(0), q_smem)
+    tma.async_copy_global_to_shared(k_desc, [row, hv_early // GROUP, 0], bars.index(0), k_smem)
+    _, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
+        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+"""),
+    ],
+}
 # (kv_reg_store, the vk kernel's register stores in the kv kernel, 1.8-3.9x slower on the H200
 # (results/h200/tune_kv_reg_store_h200.json), was retired when the kernel's step moved into a
 # helper for the tail split; it patches the kernel at commit fc01092.)

@@ -360,12 +360,11 @@ def kv_state_descriptor(state: torch.Tensor, BV: int, key_rows: int):
 def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles: int, *,
                    config: GluonKVConfig | GluonTileConfig, scale: float, use_qk_l2norm_in_kernel: bool,
                    softplus_beta: float, softplus_threshold: float, pdl: bool, l2_eps: float,
-                   key_rows_per_copy: int | None = None) -> tuple[list, dict]:
+                   state_desc) -> tuple[list, dict]:
     """Positional and keyword launch arguments that both Gluon kv kernels take (this one and
     ``gluon_decode_kv_tile``'s), for ``config``'s ``BV``, warps and ``vec``: TMA descriptors of q,
-    k and the pool seen as ``[slots, HV, K, V // C, C]`` (key rows cut into chunks of C columns;
-    one copy moves ``key_rows_per_copy`` key rows of a tile, by default all K), the other operands
-    and their strides, the shared constexprs, register cap and PDL launch."""
+    k and the pool (``state_desc``, a :func:`kv_state_descriptor` of the launcher's choice), the
+    other operands and their strides, the shared constexprs, register cap and PDL launch."""
     _, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     BV = config.BV
@@ -375,7 +374,7 @@ def kv_launch_args(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out,
     args = [
         tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, K]),
         tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, K]),
-        kv_state_descriptor(state, BV, key_rows_per_copy or K),
+        state_desc,
         v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
@@ -406,7 +405,8 @@ def launch_decode_kv_gluon(
     args, kwargs = kv_launch_args(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps)
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps,
+        state_desc=kv_state_descriptor(state, config.BV, q.shape[-1]))
     grid = (min(num_tiles, config.programs_per_sm * sm_count(state.device.index or 0)),)
     _decode_kv_gluon_kernel[grid](*args, NUM_BUF=config.num_buf, **kwargs)
     return config

@@ -168,8 +168,10 @@ def _decode_kv_tile_kernel(
     for j in gl.static_range(PARTS):
         mbarrier.init(bars.index(j), count=1)
     if PDL:
-        # nothing is read before the previous kernel has finished
+        # nothing is read before the previous kernel has finished; the next launch may start then,
+        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)
         _gdc_wait()
+        _gdc_launch_dependents()
 
     pid = gl.program_id(0)
     if TAIL_SPLIT == 1 or pid < whole_tiles:
@@ -195,8 +197,6 @@ def _decode_kv_tile_kernel(
                  USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)
     for j in gl.static_range(PARTS):
         mbarrier.invalidate(bars.index(j))
-    if PDL:
-        _gdc_launch_dependents()
 
 
 class GluonTileConfig(NamedTuple):
@@ -400,12 +400,13 @@ def launch_decode_kv_tile(
     if num_tiles == 0:
         return config
     whole_tiles, grid = split_grid(config, num_tiles, state.device.index or 0)
+    state_desc = kv_state_descriptor(state, config.BV, K // config.parts)
     args, kwargs = kv_launch_args(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
-        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, key_rows_per_copy=K // config.parts)
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, state_desc=state_desc)
     tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
-    tail_desc = args[2] if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
+    tail_desc = state_desc if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
     _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
                                     ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
                                     TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,

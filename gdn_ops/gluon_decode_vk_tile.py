@@ -21,8 +21,8 @@ shared memory for one TMA store of the tile at the end (NOTES.md, the variant's 
 are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key rows),
 so a tile arrives as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A padded
 row reads slot ``num_slots``, one past the pool, which TMA zero-fills; its stores are masked off.
-The grid can end in pieces of whole tiles (``GluonTileConfig.tail_split``, as in
-``gluon_decode_kv_tile``), but no rule does so: every split measured level or slower here.
+The grid has no tail split (``GluonTileConfig.tail_split``, which ``gluon_decode_kv_tile`` has):
+every split measured level or slower here (NOTES.md, sixteenth and seventeenth sessions).
 
 Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
 (``tests/test_gluon_decode_vk_tile.py``).
@@ -49,23 +49,23 @@ from gdn_ops.gluon_decode_kv import (
     shared_memory_reason,
     tma_descriptor,
 )
-from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, split_grid
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 
 
 @gluon.jit
-def _vk_tile(tile, num_tiles, q_desc, k_desc, v_desc, state_desc, tile_smem, q_smem, k_smem, v_smem, bar,
-             gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
-             num_slots, scale, softplus_beta, softplus_threshold,
-             s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
-             HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-             C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
-             FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-             L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr):
-    """The step on tile ``tile`` of ``num_tiles`` (``BV`` value rows of one row's head), through
-    ``tile_smem [1, 1, BV, K // C, C]`` and the q, k, v buffers; ``state_desc`` and ``v_desc`` move
-    ``BV`` rows at a time."""
+def _decode_vk_tile_kernel(
+    q_desc, k_desc, v_desc, state_desc,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr,
+):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
     STEPS: gl.constexpr = BV // ROWS
@@ -77,8 +77,21 @@ def _vk_tile(tile, num_tiles, q_desc, k_desc, v_desc, state_desc, tile_smem, q_s
     values_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, rows_layout))  # [ROWS]
     keys_layout: gl.constexpr = gl.SliceLayout(0, rows_layout)  # [NK, C]
 
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, NK, C], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, NK, C], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+
+    tile = gl.program_id(0)
     hv = tile // NV % HV
     v0 = (tile % NV) * BV
+    if PDL:
+        # nothing is read before the previous kernel has finished; the next launch may start then,
+        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)
+        _gdc_wait()
+        _gdc_launch_dependents()
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
     row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
@@ -126,55 +139,7 @@ def _vk_tile(tile, num_tiles, q_desc, k_desc, v_desc, state_desc, tile_smem, q_s
                  mask=live)
         o = gl.where(live, decay * Sq + u * kq, 0.0)
         gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
-
-
-@gluon.jit
-def _decode_vk_tile_kernel(
-    q_desc, k_desc, v_desc, state_desc, tail_v_desc, tail_state_desc,
-    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
-    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
-    num_tiles, whole_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
-    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
-    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
-    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, TAIL_SPLIT: gl.constexpr,
-):
-    NK: gl.constexpr = K // C
-    # one set of buffers, sized for a whole tile; a tail tile sees their start as a tile of
-    # BV // TAIL_SPLIT rows (a view of a slice cannot be reshaped in Triton 3.6, so a reinterpretation)
-    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, NK, C], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, NK, C], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)
-    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(bar, count=1)
-    if PDL:
-        # nothing is read before the previous kernel has finished
-        _gdc_wait()
-
-    pid = gl.program_id(0)
-    if TAIL_SPLIT == 1 or pid < whole_tiles:
-        _vk_tile(pid, num_tiles, q_desc, k_desc, v_desc, state_desc, tile_smem, q_smem, k_smem, v_smem, bar,
-                 gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
-                 num_slots, scale, softplus_beta, softplus_threshold,
-                 s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
-                 HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,
-                 L2_EPS, SORTED_ROWS)
-    else:
-        # the grid's last programs (started last) split the remaining whole tiles TAIL_SPLIT ways;
-        # numbered as tiles of BV // TAIL_SPLIT rows, whole tile w is tail tiles w * TAIL_SPLIT + j
-        TAIL_BV: gl.constexpr = BV // TAIL_SPLIT
-        _vk_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT, q_desc, k_desc, tail_v_desc,
-                 tail_state_desc, tile_smem._reinterpret(state_desc.dtype, [1, 1, TAIL_BV, NK, C], tail_state_desc.layout),
-                 q_smem, k_smem, v_smem._reinterpret(v_desc.dtype, [1, 1, TAIL_BV], tail_v_desc.layout), bar, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
-                 num_slots, scale, softplus_beta, softplus_threshold,
-                 s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
-                 HV, GROUP, K, V, TAIL_BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,
-                 L2_EPS, SORTED_ROWS)
     mbarrier.invalidate(bar)
-    if PDL:
-        _gdc_launch_dependents()
 
 
 # Tuned with benchmarks/tune_tma.py on the H200 (results/h200/tune_vk_tile_h200.json,
@@ -245,6 +210,8 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
     """The part of :func:`vk_tile_reason` that reads only sizes (cached: asked on every launch)."""
     if config.parts != 1:
         return f"parts=1 (this kernel loads its tile in one copy; got parts={config.parts})"
+    if config.tail_split != 1:
+        return f"tail_split=1 (this kernel's grid has no tail split; got tail_split={config.tail_split})"
     rows_per_warp = lanes_along_values(K, itemsize, config.vec)
     if rows_per_warp is None:
         return (f"vec={config.vec} dividing C={chunk_columns(K, itemsize)} keys into lanes that cover whole rows of "
@@ -252,9 +219,6 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
     if config.BV % config.rows or config.rows % (rows_per_warp * config.num_warps):
         return (f"rows={config.rows} dividing BV={config.BV} and a multiple of the {rows_per_warp * config.num_warps} "
                 f"rows that num_warps={config.num_warps} warps cover")
-    if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % (config.tail_split * config.rows):
-        return (f"tail_split={config.tail_split} >= 1 cutting BV={config.BV} into tiles of whole steps of "
-                f"rows={config.rows}, and tail_per_sm={config.tail_per_sm} >= 0")
     shared = config.BV * K * itemsize + 2 * K * qk_itemsize + config.BV * v_itemsize + 8
     return shared_memory_reason(shared, config.programs_per_sm, "a tile with q, k and v")
 
@@ -273,33 +237,26 @@ def launch_decode_vk_tile(
     num_tiles = B * HV * (V // config.BV)
     if num_tiles == 0:
         return config
-    whole_tiles, grid = split_grid(config, num_tiles, state.device.index or 0)
     fused = A_log is not None
     C = chunk_columns(K, state.element_size())
     # q and k seen in chunks of C keys, as the rows of the state are
     q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]
-
-    def value_rows(bv: int) -> list:
-        """Descriptors of v and the pool moving ``bv`` value rows at a time."""
-        return [tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, bv]),
-                tma_descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1],
-                               [1, 1, bv, K // C, C])]
-
-    whole = value_rows(config.BV)
-    _decode_vk_tile_kernel[(grid,)](
+    _decode_vk_tile_kernel[(num_tiles,)](
         tma_descriptor(q3, [B, HK, K // C, C], [*q3.stride()[:2], C, 1], [1, 1, K // C, C]),
         tma_descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
-        *whole, *(value_rows(config.BV // config.tail_split) if grid > whole_tiles else whole),
+        tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
+        tma_descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1],
+                       [1, 1, config.BV, K // C, C]),
         gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out, state,
-        num_tiles, whole_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
         out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, *state.stride()[:3],
         rows if rows is not None else state,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        TAIL_SPLIT=config.tail_split if grid > whole_tiles else 1, num_warps=config.num_warps,
+        num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

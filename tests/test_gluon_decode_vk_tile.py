@@ -38,9 +38,6 @@ MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
                  "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8)}
-# the grid's last tiles cut in pieces (split_grid): whole tiles and pieces in one launch at the model shape
-TAIL_CONFIGS = {"tail2": VK_2B_TILE_CONFIG._replace(tail_split=2, tail_per_sm=6),
-                "tail4-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True, tail_split=4, tail_per_sm=3)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp16-state": {"state_dtype": torch.float16}, "fp32-activations": {"act_dtype": torch.float32},
             "fp16": {"state_dtype": torch.float16, "act_dtype": torch.float16}, "fp32-out": {"out_dtype": torch.float32}}
@@ -58,11 +55,11 @@ def test_small_shape_matches_reference(variant, config):
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("variant", ["fused", "unfused", "past-pool-int64", "fp32-state", "fp16-state",
                                      "fp32-activations", "fp16", "fp32-out"])
-@pytest.mark.parametrize("config", list(MODEL_CONFIGS | TAIL_CONFIGS))
+@pytest.mark.parametrize("config", list(MODEL_CONFIGS))
 def test_model_shape_matches_reference(heads, variant, config):
     """Qwen3-Next's head shape, with more tiles than fit on the GPU at once and padding rows."""
     case = model_case(heads, "vk", VARIANTS[variant], seed=6)
-    chosen = (MODEL_CONFIGS | TAIL_CONFIGS)[config]
+    chosen = MODEL_CONFIGS[config]
     if case.state_dtype == torch.float32:  # twice the bytes per tile: half the programs fit an SM
         chosen = chosen._replace(programs_per_sm=chosen.programs_per_sm // 2, vec=min(chosen.vec, 4))
     check_launch(case, chosen)
@@ -118,8 +115,8 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(vec=3), "vec=3 dividing C=32 keys"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(rows=8), "rows=8 dividing BV=64 and a multiple of the 16 rows"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
-        ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=8, tail_per_sm=1),
-         "tail_split=8 >= 1 cutting BV=64 into tiles of whole steps of rows=16"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=2, tail_per_sm=1),
+         "tail_split=1 .this kernel's grid has no tail split; got tail_split=2"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["shipped"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
     ],
 )
@@ -148,11 +145,9 @@ def compiled(config: GluonTileConfig) -> tuple[int, str]:
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // config.vec, "FUSED_GATING": True,
                   "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
-                  "SORTED_ROWS": config.sort_rows, "TAIL_SPLIT": config.tail_split}
-    tail_bv = config.BV // config.tail_split
+                  "SORTED_ROWS": config.sort_rows}
     descriptors = {"state_desc": [1, 1, config.BV, K // C, C], "q_desc": [1, 1, K // C, C],
-                   "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV],
-                   "tail_state_desc": [1, 1, tail_bv, K // C, C], "tail_v_desc": [1, 1, tail_bv]}
+                   "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV]}
     signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors)
     return compile_sm90(_decode_vk_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 
