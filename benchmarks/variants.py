@@ -422,41 +422,11 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 
 KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "kv_tile_trigger_at_end": _gluon_trigger_at_end("        mbarrier.invalidate(bars.index(j))\n"),
-    # The slot (and row) and the tile's state (every part) read before the wait, q, k, v and the
-    # gates after it (under the promise that early_state states). H200
-    # (results/h200/tune_trigger_{fp32,bf16}_kv.json): 2-18 points slower at the rule's tiles.
-    "kv_tile_early_state": [
-        (_TILE_WAIT, ""),
-        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
-        ("L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr):",
-         "L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, PDL: gl.constexpr):"),
-        ("                 L2_EPS, SORTED_ROWS, PARTS)\n", "                 L2_EPS, SORTED_ROWS, PARTS, PDL)\n"),
-        ("USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)\n",
-         "USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS, PDL)\n"),
-        ("""    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
-        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
-    slot = gl.where(in_batch, slot, num_slots)
-    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
-                NV, HV, GROUP, NC, PART, PARTS)
-""", """    slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
-    hv_early = tile // NV % HV
-    QK_BYTES: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes
-    mbarrier.expect(bars.index(0), state_desc.block_type.nbytes + QK_BYTES)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv_early, 0, (tile % NV) * NC, 0], bars.index(0),
-                                    tile_smem if PARTS == 1 else tile_smem.slice(0, PART, dim=2))
-    for j in gl.static_range(1, PARTS):
-        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(state_desc, [slot, hv_early, j * PART, (tile % NV) * NC, 0], bars.index(j),
-                                        tile_smem.slice(j * PART, PART, dim=2))
-""" + "    if PDL:\n        _gdc_wait()\n        _gdc_launch_dependents()\n" + """    tma.async_copy_global_to_shared(q_desc, [row, hv_early // GROUP, 0], bars.index(0), q_smem)
-    tma.async_copy_global_to_shared(k_desc, [row, hv_early // GROUP, 0], bars.index(0), k_smem)
-    _, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
-        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
-        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
-"""),
-    ],
 }
+# (kv_tile_early_state, the slot, row and every part of the tile's state read before the PDL wait
+# and q, k, v and the gates after it, was 2-18 points slower at the H200 rule's tiles
+# (results/h200/tune_trigger_{fp32,bf16}_kv.json, NOTES.md eighteenth session). Retired: its patch
+# rewrote _issue_tile's copies inside the kernel; it patches the kernel at commit 1471afe.)
 # (kv_reg_store, the vk kernel's register stores in the kv kernel, 1.8-3.9x slower on the H200
 # (results/h200/tune_kv_reg_store_h200.json), was retired when the kernel's step moved into a
 # helper for the tail split; it patches the kernel at commit fc01092.)

@@ -211,8 +211,9 @@ class GluonTileConfig(NamedTuple):
     vec: int = 4
     sort_rows: bool = False  # the rows in slot order (triton_slot_order), as DecodeConfig.sort_rows
     parts: int = 1  # kv kernel: the tile's state arrives in this many TMA copies (the vk kernel takes 1)
-    # The grid's last programs, which start last, take tiles cut tail_split ways, covering
-    # tail_per_sm whole tiles per SM: the launch's last slots then empty sooner (split_grid).
+    # kv kernel: the grid's last programs, which start last, take tiles cut tail_split ways, covering
+    # tail_per_sm whole tiles per SM: the launch's last slots then empty sooner (split_grid). The vk
+    # kernel takes 1 (no split measured faster there).
     tail_split: int = 1
     tail_per_sm: int = 0
 
