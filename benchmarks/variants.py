@@ -416,6 +416,27 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),\n",
          "        gl.store(state_rows + (i * ROWS) * s_sv, S.to(state_desc.dtype),\n"),
     ],
+    # Each lane holds VEC keys of every chunk of its row (the row's NK chunks in its registers)
+    # instead of one chunk: C // VEC lanes a row instead of K // VEC, so each of S k and S q takes
+    # one shuffle level less for twice the rows a warp instruction; a store still covers whole
+    # 128-byte chunks (C // VEC lanes of 16 bytes side by side), where 32 bytes a lane
+    # (`t128:4:16:6:16`) split every store into half sectors and lost 14-20 points (NOTES.md,
+    # nineteenth session).
+    "vk_tile_chunks_per_lane": [
+        ("    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NK * LANES_C), NK, LANES_C], [WARPS, 1, 1],\n"
+         "                                                 [2, 1, 0])\n",
+         "    rows_layout: gl.constexpr = gl.BlockedLayout([1, NK, VEC], [32 // LANES_C, 1, LANES_C], [WARPS, 1, 1],\n"
+         "                                                 [2, 1, 0])\n"),
+        # and every sum over a row takes its chunks first, inside the lane, then the lanes
+        ("gl.sum(gl.sum(q * q, axis=1), axis=0)", "gl.sum(gl.sum(q * q, axis=0), axis=0)"),
+        ("gl.sum(gl.sum(k * k, axis=1), axis=0)", "gl.sum(gl.sum(k * k, axis=0), axis=0)"),
+        ("gl.sum(gl.sum(k * q, axis=1), axis=0)", "gl.sum(gl.sum(k * q, axis=0), axis=0)"),
+        # (the same rows by lane as the values' layout, which slices the keys first)
+        ("gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)",
+         "gl.convert_layout(gl.sum(gl.sum(S * k[None, :, :], axis=1), axis=1), values_layout)"),
+        ("gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)",
+         "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
+    ],
 }
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
