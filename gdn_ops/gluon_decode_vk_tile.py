@@ -149,8 +149,18 @@ def _decode_vk_tile_kernel(
 # or faster (B*HV = 2048: 83.7% against 83.1% for half heads, 81.7% for whole heads).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8)
 
-# From which B*HV the kernel is picked, by GPU name; other GPUs keep the Triton kernel (the H100
-# was not measured with this kernel).
+# An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
+# warp on 8 value rows (4 KB, the per-tile Triton kernel's tile), 16 bytes a lane, so a store covers
+# whole 512-byte rows; 24 programs per SM set an 80-register cap. On the H200 it ran 1.3-2.0
+# points ahead of the Triton tile sorting by itself (B*HV 4096-32768) and 0.4-2.3 given the order
+# (1024-32768) (results/h200/tune_vk_one_warp_fp32.json, tune_vk_gluon_fp32_confirm*.json; NOTES.md,
+# nineteenth session). Unsorted it was level, so the Triton tile keeps those grids. Measured
+# with bf16 activations.
+VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
+
+# From which B*HV the kernel is picked for a 2-byte pool, by GPU name; a 4-byte pool takes it on
+# those GPUs where its rows are sorted. Other GPUs keep the Triton kernel (the H100 was not measured
+# with this kernel).
 VK_TILE_RULES = {"H200": 4096}
 
 
@@ -162,18 +172,23 @@ def vk_tile_rule(device_index: int) -> int | None:
 
 
 def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
-                   rows_x_heads: int) -> GluonTileConfig | None:
+                   rows_x_heads: int, sorted_rows: bool = False) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
-    (2-byte vk state, T == 1, q, k, v and pool all TMA-addressable); ``None`` otherwise. Metadata only."""
-    # an fp32 pool keeps the per-tile Triton kernel, 1.3-2% faster (results/h200/tune_vk_tile_fp32_h200.json);
+    (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV,
+    a 4-byte one where the decode takes its rows in slot order (``sorted_rows``); ``None``
+    otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
-    if state_layout != "vk" or state.device.type != "cuda" or state.element_size() != 2:
+    if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
         return None
     start = vk_tile_rule(state.device.index or 0)
-    if start is None or rows_x_heads < start:
+    if start is None:
         return None
-    return None if vk_tile_reason(q, k, v, state, state_layout, VK_2B_TILE_CONFIG) else VK_2B_TILE_CONFIG
+    if state.element_size() == 2:
+        config = VK_2B_TILE_CONFIG if rows_x_heads >= start else None
+    else:
+        config = VK_4B_TILE_CONFIG if sorted_rows else None
+    return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
 
 
 def lanes_along_values(K: int, itemsize: int, vec: int) -> int | None:

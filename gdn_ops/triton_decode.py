@@ -419,9 +419,10 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     gpu = gpu_name(state.device)
-    tile = tile_config(q, k, state, state_layout, B * HV) or vk_tile_config(q, k, v, state, state_layout, B * HV)
+    sort = sorts_rows(gpu, state_layout, state.element_size(), B * HV, given_order)
+    tile = (tile_config(q, k, state, state_layout, B * HV)
+            or vk_tile_config(q, k, v, state, state_layout, B * HV, sorted_rows=sort))
     if tile is not None:
-        sort = sorts_rows(gpu, state_layout, state.element_size(), B * HV, given_order)
         return tile._replace(sort_rows=True) if sort else tile
     return (persistent_config(q, k, state, state_layout, B * HV)
             or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order))

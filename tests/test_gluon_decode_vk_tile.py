@@ -20,6 +20,7 @@ from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
+    VK_4B_TILE_CONFIG,
     _decode_vk_tile_kernel,
     lanes_along_values,
     vk_tile_reason,
@@ -66,6 +67,16 @@ def test_model_shape_matches_reference(heads, variant, config):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
+@pytest.mark.parametrize("sort_rows", [False, True], ids=["unsorted", "sorted"])
+def test_fp32_pool_configuration_matches_reference(heads, sort_rows):
+    """The configuration an fp32 pool ships (one warp on 8 value rows, 16 bytes a lane) at
+    Qwen3-Next's head shape, more tiles than fit on the GPU at once and padding rows."""
+    case = model_case(heads, "vk", {"state_dtype": torch.float32}, seed=8)
+    check_launch(case, VK_4B_TILE_CONFIG._replace(sort_rows=sort_rows))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     ("changes", "tile"),
     [
@@ -74,7 +85,8 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({"B": -1}, False),  # one row fewer than the GPU's threshold
         ({"slot_pad": 3}, False),  # slot stride not 16-byte aligned: no TMA
         ({"qkv_layout": "transposed"}, False),  # q, k, v not contiguous
-        ({"state_dtype": torch.float32}, False),
+        ({"state_dtype": torch.float32}, True),  # an fp32 pool where its rows are sorted (H200: B*HV 4096)
+        ({"state_dtype": torch.float32, "B": -1}, False),
         ({"state_dtype": torch.float16}, True),
         ({"state_dtype": torch.float16, "act_dtype": torch.float16}, True),
         ({"act_dtype": torch.float32}, True),
@@ -84,9 +96,9 @@ def test_model_shape_matches_reference(heads, variant, config):
 )
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
-    dtype, but only when TMA can address every operand (with the rows in slot order where
-    ``sorts_rows`` says: the "large" case on the H200); every case matches the reference with
-    guards and padding rows."""
+    dtype, and a 4-byte one where its rows are sorted, but only when TMA can address every operand
+    (with the rows in slot order where ``sorts_rows`` says: the "large" case, and every fp32 one, on
+    the H200); every case matches the reference with guards and padding rows."""
     start = vk_tile_rule(torch.cuda.current_device())
     if start is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
@@ -100,7 +112,8 @@ def test_default_kernel_choice_and_result(changes, tile):
     check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
     if tile:
         sort_rows = sorts_rows(torch.cuda.get_device_name(), "vk", case.state_dtype.itemsize, B * 32)
-        assert launched == [VK_2B_TILE_CONFIG._replace(sort_rows=sort_rows)]
+        shipped = VK_4B_TILE_CONFIG if case.state_dtype == torch.float32 else VK_2B_TILE_CONFIG
+        assert launched == [shipped._replace(sort_rows=sort_rows)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
 
@@ -137,27 +150,28 @@ def test_model_configurations_fit(config):
     assert vk_tile_reason(q, q, v, state, "kv", config) == "state_layout='vk' (got 'kv')"
 
 
-def compiled(config: GluonTileConfig) -> tuple[int, str]:
-    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a bf16
-    Qwen3-Next head."""
+def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
+    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a
+    Qwen3-Next head, bf16 activations and a ``state`` (``bf16`` or ``fp32``) pool."""
     K, V, HV = 128, 128, 32
-    C = chunk_columns(K, 2)
+    C = chunk_columns(K, 4 if state == "fp32" else 2)
     constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
                   "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // config.vec, "FUSED_GATING": True,
                   "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
                   "SORTED_ROWS": config.sort_rows}
     descriptors = {"state_desc": [1, 1, config.BV, K // C, C], "q_desc": [1, 1, K // C, C],
                    "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV]}
-    signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors)
+    signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors, state)
     return compile_sm90(_decode_vk_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
 
 
-@pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
-def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config):
-    stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r})))")
+@pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32")],
+                         ids=[*MODEL_CONFIGS, "fp32-shipped"])
+def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
+    stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r}, {state!r})))")
     shared, report = stdout.split("\n", 1)
-    K = 128
-    assert int(shared) == (K * config.BV + 2 * K + config.BV) * 2 + 8
+    K, state_bytes = 128, 4 if state == "fp32" else 2
+    assert int(shared) == K * config.BV * state_bytes + (2 * K + config.BV) * 2 + 8
     assert_no_spills(report)
 
 
