@@ -151,11 +151,12 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_s
 
 # An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
 # warp on 8 value rows (4 KB, the per-tile Triton kernel's tile), 16 bytes a lane, so a store covers
-# whole 512-byte rows; 24 programs per SM set an 80-register cap. On the H200 it ran 1.3-2.0
-# points ahead of the Triton tile sorting by itself (B*HV 4096-32768) and 0.4-2.3 given the order
-# (1024-32768) (results/h200/tune_vk_one_warp_fp32.json, tune_vk_gluon_fp32_confirm*.json; NOTES.md,
-# nineteenth session). Unsorted it was level, so the Triton tile keeps those grids. Measured
-# with bf16 activations.
+# whole 512-byte rows; 24 programs per SM set an 80-register cap. On the H200, against the
+# per-tile Triton kernel on the same sorted 4 KB tile: +1.3-2.2 points sorting by itself (TP=1,
+# B*HV 4096-32768), +1.5-2.3 given the order (1024-32768); at 32 programs per SM, the one count
+# also run at TP=4, +0.8-1.1 and +0.2-1.5 there (results/h200/tune_vk_one_warp_fp32.json,
+# tune_vk_gluon_fp32_confirm*.json; NOTES.md, nineteenth session). Unsorted it was within -1..+0.6
+# at 1024-2048, so the Triton tile keeps the unsorted grids. Measured with bf16 activations.
 VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
 
 # From which B*HV the kernel is picked for a 2-byte pool, by GPU name; a 4-byte pool takes it on
