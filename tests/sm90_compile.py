@@ -60,6 +60,28 @@ def compile_sm90(kernel, signature: dict[str, str], constexprs: dict, num_warps:
     return compiled.metadata.shared, ptxas_report(compiled.asm["ptx"])
 
 
+def compile_launch_sm90(kernel, args: list, kwargs: dict):
+    """``kernel`` compiled for sm_90 as Triton's JIT specialises a launch with these arguments
+    (recorded on the CPU with the kernel replaced, ``tile_kernel_checks.kernel_calls``): pointers
+    16-byte aligned, integers equal to 1 as constants, multiples of 16 marked divisible, TMA
+    descriptors with their block and layout. Returns the compiled kernel (``metadata.shared``,
+    ``asm["ptx"]``). Triton's own binder does the specialising, so the compile is the launch's."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    source = (GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource)(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=target, options=options.__dict__)
+
+
 def ptxas_report(ptx_text: str) -> str:
     """The ``ptxas -v`` report (registers, spills) of PTX assembled for sm_90a."""
     from triton.backends.nvidia.compiler import get_ptxas

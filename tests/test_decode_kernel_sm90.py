@@ -9,11 +9,14 @@ import re
 import pytest
 import torch
 from decode_case import DecodeCase, build
-from sm90_compile import assert_no_spills, ptxas_report, run_in_child
+from sm90_compile import (
+    assert_no_spills,
+    compile_launch_sm90,
+    ptxas_report,
+    run_in_child,
+)
 from tile_kernel_checks import kernel_calls
 
-TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
-                torch.int64: "i64"}
 # (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve (fp32 vk
 # at B=128 with its rows in slot order)
 CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk", "float32", 128),
@@ -44,36 +47,10 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
 
 def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
     """``"<registers> <16-byte state stores> <other state stores>"`` then the
-    ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch:
-    pointers 16-byte aligned, integers equal to 1 as constants, multiples of 16 marked divisible."""
-    import inspect
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernel, config, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B, **options)
-    params = list(inspect.signature(kernel.fn).parameters)
-    constexprs = {name: kwargs[name] for name in params[len(args):]}
-    signature, attrs = {}, {}
-    for i, (name, arg) in enumerate(zip(params, args)):
-        if isinstance(arg, torch.Tensor):
-            signature[name] = "*" + TRITON_TYPES[arg.dtype]
-            divisible = arg.data_ptr() % 16 == 0
-        elif isinstance(arg, float):
-            signature[name], divisible = "fp32", False
-        elif arg == 1:
-            constexprs[name] = 1
-            continue
-        else:
-            signature[name], divisible = "i32", arg % 16 == 0
-        if divisible:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    signature |= dict.fromkeys(constexprs, "constexpr")
-    signature = {name: signature[name] for name in params}
-    options = {"num_warps": config.num_warps} | ({"maxnreg": config.maxnreg} if config.maxnreg else {})
-    ptx = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                         options=options).asm["ptx"]
+    ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch
+    (``sm90_compile.compile_launch_sm90``)."""
+    kernel, _, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B, **options)
+    ptx = compile_launch_sm90(kernel, list(args), kwargs).asm["ptx"]
     report = ptxas_report(ptx)
     registers = re.search(r"Used (\d+) registers", report).group(1)
     # the state is the only thing stored with the streaming hint (.cs)

@@ -13,10 +13,14 @@ import dataclasses
 import pytest
 import torch
 from decode_case import PERSISTENT_VARIANTS, DecodeCase, build, check, run_triton
-from sm90_compile import assert_no_spills, compile_sm90, decode_signature, run_in_child
+from sm90_compile import (
+    assert_no_spills,
+    compile_launch_sm90,
+    ptxas_report,
+    run_in_child,
+)
 from tile_kernel_checks import check_launch, model_case, record_launch
 
-from gdn_ops.gluon_decode_kv import chunk_columns
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
@@ -150,28 +154,39 @@ def test_model_configurations_fit(config):
     assert vk_tile_reason(q, q, v, state, "kv", config) == "state_layout='vk' (got 'kv')"
 
 
-def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
-    """Shared memory and ``ptxas -v`` report of ``config``'s kernel compiled for sm_90 on a
-    Qwen3-Next head, bf16 activations and a ``state`` (``bf16`` or ``fp32``) pool."""
-    K, V, HV = 128, 128, 32
-    C = chunk_columns(K, 4 if state == "fp32" else 2)
-    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "ROWS": config.rows,
-                  "WARPS": config.num_warps, "VEC": config.vec, "LANES_C": C // config.vec, "FUSED_GATING": True,
-                  "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "PDL": True,
-                  "SORTED_ROWS": config.sort_rows}
-    descriptors = {"state_desc": [1, 1, config.BV, K // C, C], "q_desc": [1, 1, K // C, C],
-                   "k_desc": [1, 1, K // C, C], "v_desc": [1, 1, config.BV]}
-    signature = decode_signature(_decode_vk_tile_kernel, constexprs, descriptors, state)
-    return compile_sm90(_decode_vk_tile_kernel, signature, constexprs, config.num_warps, config.maxnreg)
+def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str, str]:
+    """Shared memory, state stores (``"<16-byte> <other>"``) and ``ptxas -v`` report of the kernel
+    as Triton specialises ``config``'s launch on a Qwen3-Next head with bf16 activations and a
+    ``state`` (``bf16`` or ``fp32``) pool, compiled for sm_90."""
+    import re
+
+    import gdn_ops.gluon_decode_vk_tile as tile
+
+    # a dense pool, as engines allocate it and the benchmark times it
+    _, args, kwargs = record_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config,
+                                    {"bf16": torch.bfloat16, "fp32": torch.float32}[state], slot_pad=0)
+    compiled = compile_launch_sm90(_decode_vk_tile_kernel, list(args.values()), kwargs)
+    ptx = compiled.asm["ptx"]
+    # o is bf16, stored one value a lane (st.global.b16); every other store is a state row's, of
+    # a lane's `vec` contiguous keys
+    lane_vector = {16: "v4.b32", 8: "v2.b32", 4: "b32"}[config.vec * {"bf16": 2, "fp32": 4}[state]]
+    vectors = len(re.findall(rf"st\.global\.{lane_vector} ", ptx))
+    others = len(re.findall(r"st\.global\.", ptx)) - vectors - len(re.findall(r"st\.global\.b16 ", ptx))
+    return compiled.metadata.shared, f"{vectors} {others}", ptxas_report(ptx)
 
 
 @pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32")],
                          ids=[*MODEL_CONFIGS, "fp32-shipped"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
+    """As launched on a dense pool: shared memory holds the tile, q, k, v and the barrier and nothing
+    more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped
+    configurations); nothing spills."""
     stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r}, {state!r})))")
-    shared, report = stdout.split("\n", 1)
+    shared, stores, report = stdout.split("\n", 2)
     K, state_bytes = 128, 4 if state == "fp32" else 2
     assert int(shared) == K * config.BV * state_bytes + (2 * K + config.BV) * 2 + 8
+    lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
+    assert stores == f"{lane_vectors} 0"
     assert_no_spills(report)
 
 

@@ -49,15 +49,17 @@ def kernel_calls(module: ModuleType, kernel_name: str) -> Iterator[list[tuple]]:
 
 
 def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str,
-                  config) -> tuple[tuple, dict[str, object], dict]:
-    """One launch of ``module.<launcher_name>`` on a small bf16 case on CPU, with the kernel
+                  config, state_dtype: torch.dtype = torch.bfloat16,
+                  slot_pad: int = 8) -> tuple[tuple, dict[str, object], dict]:
+    """One launch of ``module.<launcher_name>`` on a small case on CPU (Qwen3-Next's heads, bf16
+    activations, a ``state_dtype`` pool whose slots are ``slot_pad`` elements apart), with the kernel
     ``module.<kernel_name>`` replaced by a recorder. Returns the grid, the positional arguments by
     the kernel parameter each lands on (checked to be of that parameter's kind: descriptor,
     pointer or scalar), and the keywords (checked to be exactly the kernel's constexprs and the
     launch options)."""
     kernel = getattr(module, kernel_name)
-    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=state_layout, state_dtype=torch.bfloat16,
-                      padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
+    case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=state_layout, state_dtype=state_dtype,
+                      padding_rows=(1,), spare_slots=3, slot_pad=slot_pad, pool_guard=64, out_given=True)
     inp = build(case, "cpu")
     with kernel_calls(module, kernel_name) as calls:
         getattr(module, launcher_name)(
