@@ -1,5 +1,6 @@
-"""Gluon kernels compiled for sm_90 without a GPU (ptxas ships with Triton): what the CPU tests of
-the Gluon kernels check, since Gluon has no interpreter.
+"""Kernels compiled for sm_90 without a GPU (ptxas ships with Triton): what the CPU tests of the
+Gluon kernels check, since Gluon has no interpreter, and of the per-tile Triton kernel's registers
+and stores.
 
 Compiling must happen outside Triton's interpreter (Gluon cannot call interpreted helpers), so a
 test runs its compile in a child process through :func:`run_in_child`.
@@ -7,7 +8,6 @@ test runs its compile in a child process through :func:`run_in_child`.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -15,9 +15,6 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-# pointer arguments of the decode kernels that are not bf16
-DECODE_POINTER_TYPES = {"indices_ptr": "*i32", "rows_ptr": "*i32", "A_log_ptr": "*fp32", "dt_bias_ptr": "*fp32"}
-DECODE_FLOAT_ARGS = ("scale", "softplus_beta", "softplus_threshold")
 
 
 def descriptor_type(block: list[int], dtype: str = "bf16") -> str:
@@ -29,27 +26,11 @@ def descriptor_type(block: list[int], dtype: str = "bf16") -> str:
     return f"tensordesc<{dtype}[{', '.join(map(str, block))}],{layout!r}>"
 
 
-def decode_signature(kernel, constexprs: dict, descriptors: dict[str, list[int]],
-                     state: str = "bf16") -> dict[str, str]:
-    """Argument types of a Gluon decode kernel: its constexprs, TMA descriptors over the given
-    blocks (bf16, but ``state`` for the pool's), bf16 pointers (but the slot indices and per-head
-    gate parameters), fp32 scalars, and i32 for the rest (sizes and strides)."""
-
-    def arg_type(name: str) -> str:
-        if name in constexprs:
-            return "constexpr"
-        if name in descriptors:
-            return descriptor_type(descriptors[name], state if name.endswith("state_desc") else "bf16")
-        if name.endswith("_ptr"):
-            return DECODE_POINTER_TYPES.get(name, "*bf16")
-        return "fp32" if name in DECODE_FLOAT_ARGS else "i32"
-
-    return {name: arg_type(name) for name in inspect.signature(kernel.fn).parameters}
-
-
 def compile_sm90(kernel, signature: dict[str, str], constexprs: dict, num_warps: int, maxnreg: int | None = None,
                  attrs: dict | None = None) -> tuple[int, str]:
-    """Shared memory in bytes and the ``ptxas -v`` report of ``kernel`` compiled for sm_90."""
+    """Shared memory in bytes and the ``ptxas -v`` report of ``kernel`` compiled for sm_90 from a
+    hand-built signature (the probe streams'; a decode kernel compiles a recorded launch through
+    :func:`compile_launch_sm90`, which sees what the launch specialises)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource

@@ -19,7 +19,8 @@ from decode_case import (
     check,
     run_triton,
 )
-from sm90_compile import compile_sm90, decode_signature, run_in_child
+from sm90_compile import compile_launch_sm90, run_in_child
+from tile_kernel_checks import record_launch
 
 from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_CONFIG,
@@ -95,15 +96,16 @@ def test_refuses_to_run_off_the_gpu():
 
 
 def compiled_shared_bytes(config: GluonKVConfig) -> int:
-    """Shared memory of ``config``'s kernel compiled for sm_90 on a bf16 Qwen3-Next head."""
-    K, V, HV = 128, 128, 32
-    C = chunk_columns(config.BV, 2)
-    constexprs = {"HV": HV, "GROUP": 2, "K": K, "V": V, "BV": config.BV, "C": C, "WARPS": config.num_warps,
-                  "VEC": config.vec, "LANES_C": C // (config.num_warps * config.vec), "FUSED_GATING": True,
-                  "USE_L2NORM": True, "HAS_INDICES": True, "L2_EPS": 1e-6, "NUM_BUF": config.num_buf, "PDL": True}
-    descriptors = {"state_desc": [1, 1, K, config.BV // C, C], "q_desc": [1, 1, K], "k_desc": [1, 1, K]}
-    signature = decode_signature(_decode_kv_gluon_kernel, constexprs, descriptors)
-    return compile_sm90(_decode_kv_gluon_kernel, signature, constexprs, config.num_warps, config.maxnreg)[0]
+    """Shared memory of the kernel as Triton specialises ``config``'s launch on a bf16 Qwen3-Next
+    head, compiled for sm_90 (an H200's 132 SMs for the persistent grid)."""
+    from unittest import mock
+
+    import gdn_ops.gluon_decode_kv as persistent
+
+    with mock.patch.object(persistent, "sm_count", lambda index: 132):
+        _, args, kwargs = record_launch(persistent, "_decode_kv_gluon_kernel", "launch_decode_kv_gluon", "kv", config,
+                                        slot_pad=0)
+    return compile_launch_sm90(_decode_kv_gluon_kernel, list(args.values()), kwargs).metadata.shared
 
 
 @pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG])
