@@ -7,7 +7,9 @@ A row needs nothing from any other row, and the whole step is one pass over the 
 The Triton per-tile kernel (``triton_decode.py``) already works one short-lived program per tile,
 but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
 the memory system, caps the bytes in flight per SM. Here the tile waits in shared memory, and only a
-step of rows is in registers. Each program:
+step of rows is in registers. (An fp32 pool whose rows are sorted takes this kernel too, with the
+Triton kernel's 4 KB one-warp tile and the same lanes along the keys; it measured faster there, for
+a reason not isolated: NOTES.md, nineteenth session.) Each program:
 
 1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
