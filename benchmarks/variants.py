@@ -421,12 +421,14 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     # one shuffle level less for twice the rows a warp instruction; a store still covers whole
     # 128-byte chunks (C // VEC lanes of 16 bytes side by side), where 32 bytes a lane
     # (`t128:4:16:6:16`) split every store into half sectors and lost 14-20 points (NOTES.md,
-    # nineteenth session).
+    # nineteenth session). H200: 1.4-1.8 points slower than the shipped bf16 tile
+    # (results/h200/tune_vk_chunks_per_lane_bf16.json) and 0.8-1.6 slower on fp32's one-warp tile
+    # (tune_vk_one_warp_fp32.json), with the same store sectors and instruction count; not explained.
     "vk_tile_chunks_per_lane": [
-        ("    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NK * LANES_C), NK, LANES_C], [WARPS, 1, 1],\n"
-         "                                                 [2, 1, 0])\n",
-         "    rows_layout: gl.constexpr = gl.BlockedLayout([1, NK, VEC], [32 // LANES_C, 1, LANES_C], [WARPS, 1, 1],\n"
-         "                                                 [2, 1, 0])\n"),
+        (("    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NK * LANES_C), NK, LANES_C], [WARPS, 1, 1],\n"
+          "                                                 [2, 1, 0])\n"),
+         ("    rows_layout: gl.constexpr = gl.BlockedLayout([1, NK, VEC], [32 // LANES_C, 1, LANES_C], [WARPS, 1, 1],\n"
+          "                                                 [2, 1, 0])\n")),
         # and every sum over a row takes its chunks first, inside the lane, then the lanes
         ("gl.sum(gl.sum(q * q, axis=1), axis=0)", "gl.sum(gl.sum(q * q, axis=0), axis=0)"),
         ("gl.sum(gl.sum(k * k, axis=1), axis=0)", "gl.sum(gl.sum(k * k, axis=0), axis=0)"),
