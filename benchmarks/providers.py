@@ -69,6 +69,9 @@ class Config:
     layout: str  # "vk": pool [slots, HV, V, K]; "kv": [slots, HV, K, V]
     T: int = 1
     act_dtype: torch.dtype = torch.bfloat16
+    # elements between one slot's state and the next beyond a dense pool: a page-strided pool, as
+    # an engine whose state page holds more than the state allocates it
+    slot_pad: int = 0
 
     @property
     def slot_shape(self) -> tuple[int, int, int]:
@@ -94,7 +97,8 @@ class Config:
 
     def label(self) -> str:
         dt = dtype_name(self.state_dtype)
-        return f"tp{self.tp} HK={self.HK} HV={self.HV} K={self.K} V={self.V} B={self.B} {dt} {self.layout}"
+        pad = f" slot_pad={self.slot_pad}" if self.slot_pad else ""
+        return f"tp{self.tp} HK={self.HK} HV={self.HV} K={self.K} V={self.V} B={self.B} {dt} {self.layout}{pad}"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -118,7 +122,9 @@ def make_problem(cfg: Config, device: torch.device | str) -> Problem:
     """
     B, T, HK, HV, K, V = cfg.B, cfg.T, cfg.HK, cfg.HV, cfg.K, cfg.V
     act = cfg.act_dtype
-    pool = torch.randn((B, *cfg.slot_shape), device=device, dtype=torch.float32).to(cfg.state_dtype)
+    slot = HV * K * V
+    pages = torch.randn((B, slot + cfg.slot_pad), device=device, dtype=torch.float32).to(cfg.state_dtype)
+    pool = pages[:, :slot].view(B, *cfg.slot_shape)  # dense when slot_pad is 0
     indices = torch.randperm(B, device=device).to(torch.int32)
     inputs = {
         "q": torch.randn(B, T, HK, K, device=device, dtype=act),
@@ -490,8 +496,10 @@ class CheckResult:
 
 
 def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> CheckResult:
-    """Run one step on a copy of ``problem``'s pool and compare output and pool with ``ref``."""
-    pool = problem.pool.clone()
+    """Run one step on a copy of ``problem``'s pool (with its strides) and compare output and pool
+    with ``ref``."""
+    pool = torch.empty_strided(problem.pool.shape, problem.pool.stride(), dtype=problem.pool.dtype,
+                               device=problem.pool.device).copy_(problem.pool)
     inputs = dict(problem.inputs)
     inputs["out"] = torch.full_like(problem.inputs["out"], float("nan"))  # unwritten rows fail
     try:

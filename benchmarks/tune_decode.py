@@ -51,6 +51,8 @@ def add_grid_arguments(ap: argparse.ArgumentParser, *, batches: list[int], dtype
     ap.add_argument("--act-dtype", default="bfloat16", help="q, k, v, a, b and the output's dtype")
     ap.add_argument("--layouts", nargs="*", default=layouts)
     ap.add_argument("--heads", default="16,32", help="HK,HV")
+    ap.add_argument("--slot-pad", type=int, default=0,
+                    help="elements between one slot's state and the next beyond a dense pool (a page-strided pool)")
 
 
 def tuning_grid(args: argparse.Namespace) -> list[Config]:
@@ -59,7 +61,7 @@ def tuning_grid(args: argparse.Namespace) -> list[Config]:
     HK, HV = map(int, args.heads.split(","))
     act = getattr(torch, args.act_dtype)
     return [Config(tp=1, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, state), layout=layout,
-                   act_dtype=act)
+                   act_dtype=act, slot_pad=args.slot_pad)
             for state in args.dtypes for layout in args.layouts for B in args.batches]
 
 
@@ -187,7 +189,7 @@ def main() -> None:
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
-               "bytes": cfg.bytes_per_call(), "chosen": list(chosen), "tiles": {}}
+               "bytes": cfg.bytes_per_call(), "slot_pad": cfg.slot_pad, "chosen": list(chosen), "tiles": {}}
         extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
         tiles = (candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra
         pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]

@@ -158,7 +158,7 @@ def main() -> None:
                                                 step_order=step_order)
                               for v in args.variants if v in variants_of(config, layout)]
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
-               "per_tile": list(per_tile), "results": {}}
+               "slot_pad": cfg.slot_pad, "per_tile": list(per_tile), "results": {}}
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
         ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
         row["unchecked"] = [p.name for p in ceilings]

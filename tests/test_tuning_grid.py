@@ -4,6 +4,7 @@ name is what gets timed, in a fixed order."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -23,6 +24,30 @@ def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_a
     defaults = tuning_grid(ap.parse_args([]))
     assert [(c.state_dtype, c.layout, c.B, c.HV, c.act_dtype) for c in defaults] == [
         (torch.float32, "vk", 1, 32, torch.bfloat16), (torch.float32, "vk", 8, 32, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_a_page_strided_pool_is_timed_and_checked_with_its_strides(layout):
+    """``--slot-pad`` gives every point's pools slots that many elements further apart than dense;
+    the check before timing runs each provider on a copy with the same strides, and the shipped
+    op passes it there (the Triton interpreter on the CPU)."""
+    from benchmarks.providers import check, launcher_provider, make_problem, reference
+    from benchmarks.tune_decode import add_grid_arguments, tuning_grid
+
+    ap = argparse.ArgumentParser()
+    add_grid_arguments(ap, batches=[2], dtypes=["float32"], layouts=[layout])
+    args = ap.parse_args(["--heads", "2,4", "--slot-pad", "8"])
+    cfg, = tuning_grid(args)
+    cfg = dataclasses.replace(cfg, K=32, V=32)
+    problem = make_problem(cfg, "cpu")
+    assert problem.pool.stride() == (4 * 32 * 32 + 8, 32 * 32, 32, 1)
+    seen = []
+    provider = launcher_provider("default")
+    spy = dataclasses.replace(provider, make=lambda cfg, pool, *rest: seen.append(pool.stride())
+                              or provider.make(cfg, pool, *rest))
+    result = check(cfg, spy, problem, reference(cfg, problem))
+    assert result.ok, result.message
+    assert seen == [problem.pool.stride()]
 
 
 def test_variants_run_at_the_tile_they_are_given(monkeypatch):
