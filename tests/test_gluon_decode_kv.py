@@ -19,14 +19,13 @@ from decode_case import (
     check,
     run_triton,
 )
-from sm90_compile import compile_launch_sm90, run_in_child
-from tile_kernel_checks import record_launch
+from sm90_compile import run_in_child
+from tile_kernel_checks import compile_recorded_launch
 
 from gdn_ops.gluon_decode_kv import (
     KV_2B_GLUON_CONFIG,
     KV_2B_GLUON_LARGE_CONFIG,
     GluonKVConfig,
-    _decode_kv_gluon_kernel,
     chunk_columns,
     gluon_reason,
 )
@@ -98,14 +97,10 @@ def test_refuses_to_run_off_the_gpu():
 def compiled_shared_bytes(config: GluonKVConfig) -> int:
     """Shared memory of the kernel as Triton specialises ``config``'s launch on a bf16 Qwen3-Next
     head, compiled for sm_90 (an H200's 132 SMs for the persistent grid)."""
-    from unittest import mock
-
     import gdn_ops.gluon_decode_kv as persistent
 
-    with mock.patch.object(persistent, "sm_count", lambda index: 132):
-        _, args, kwargs = record_launch(persistent, "_decode_kv_gluon_kernel", "launch_decode_kv_gluon", "kv", config,
-                                        slot_pad=0)
-    return compile_launch_sm90(_decode_kv_gluon_kernel, list(args.values()), kwargs).metadata.shared
+    return compile_recorded_launch(persistent, "_decode_kv_gluon_kernel", "launch_decode_kv_gluon", "kv",
+                                   config).metadata.shared
 
 
 @pytest.mark.parametrize("config", [KV_2B_GLUON_CONFIG, KV_2B_GLUON_LARGE_CONFIG])

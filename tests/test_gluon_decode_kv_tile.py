@@ -21,11 +21,15 @@ from decode_case import (
 )
 from sm90_compile import (
     assert_no_spills,
-    compile_launch_sm90,
     ptxas_report,
     run_in_child,
 )
-from tile_kernel_checks import check_launch, model_case, record_launch
+from tile_kernel_checks import (
+    check_launch,
+    compile_recorded_launch,
+    model_case,
+    record_launch,
+)
 
 from gdn_ops.gluon_decode_kv_tile import (
     KV_2B_TILE_CONFIG,
@@ -34,7 +38,6 @@ from gdn_ops.gluon_decode_kv_tile import (
     TILE_PARTS,
     TILE_RULES,
     GluonTileConfig,
-    _decode_kv_tile_kernel,
     rule_config,
     tile_reason,
 )
@@ -169,17 +172,13 @@ def test_model_configurations_fit(config):
 
 
 def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
-    """Shared memory and ``ptxas -v`` report of the kernel as Triton specialises ``config``'s launch
-    on a Qwen3-Next head with bf16 activations and a dense ``state`` (bf16 or fp32) pool, compiled
-    for sm_90 (an H200's 132 SMs for the grid's tail)."""
-    from unittest import mock
-
+    """Shared memory and ``ptxas -v`` report of the kernel as launched with ``config`` on a
+    Qwen3-Next head with bf16 activations and a dense ``state`` (bf16 or fp32) pool, compiled for
+    sm_90 (an H200's 132 SMs for the grid's tail)."""
     import gdn_ops.gluon_decode_kv_tile as tile
 
-    with mock.patch.object(tile, "sm_count", lambda index: 132):
-        _, args, kwargs = record_launch(tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv", config,
-                                        {"bf16": torch.bfloat16, "fp32": torch.float32}[state], slot_pad=0)
-    compiled = compile_launch_sm90(_decode_kv_tile_kernel, list(args.values()), kwargs)
+    compiled = compile_recorded_launch(tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv", config,
+                                       {"bf16": torch.bfloat16, "fp32": torch.float32}[state])
     return compiled.metadata.shared, ptxas_report(compiled.asm["ptx"])
 
 

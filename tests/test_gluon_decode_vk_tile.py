@@ -15,17 +15,20 @@ import torch
 from decode_case import PERSISTENT_VARIANTS, DecodeCase, build, check, run_triton
 from sm90_compile import (
     assert_no_spills,
-    compile_launch_sm90,
     ptxas_report,
     run_in_child,
 )
-from tile_kernel_checks import check_launch, model_case, record_launch
+from tile_kernel_checks import (
+    check_launch,
+    compile_recorded_launch,
+    model_case,
+    record_launch,
+)
 
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
     VK_4B_TILE_CONFIG,
-    _decode_vk_tile_kernel,
     lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
@@ -155,17 +158,15 @@ def test_model_configurations_fit(config):
 
 
 def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str, str]:
-    """Shared memory, state stores (``"<16-byte> <other>"``) and ``ptxas -v`` report of the kernel
-    as Triton specialises ``config``'s launch on a Qwen3-Next head with bf16 activations and a
+    """Shared memory, state stores (``"<one a lane's keys> <other>"``) and ``ptxas -v`` report of the
+    kernel as launched with ``config`` on a Qwen3-Next head with bf16 activations and a dense
     ``state`` (``bf16`` or ``fp32``) pool, compiled for sm_90."""
     import re
 
     import gdn_ops.gluon_decode_vk_tile as tile
 
-    # a dense pool, as engines allocate it and the benchmark times it
-    _, args, kwargs = record_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config,
-                                    {"bf16": torch.bfloat16, "fp32": torch.float32}[state], slot_pad=0)
-    compiled = compile_launch_sm90(_decode_vk_tile_kernel, list(args.values()), kwargs)
+    compiled = compile_recorded_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config,
+                                       {"bf16": torch.bfloat16, "fp32": torch.float32}[state])
     ptx = compiled.asm["ptx"]
     # o is bf16, stored one value a lane (st.global.b16); every other store is a state row's, of
     # a lane's `vec` contiguous keys

@@ -52,7 +52,8 @@ def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, stat
                   config, state_dtype: torch.dtype = torch.bfloat16,
                   slot_pad: int = 8) -> tuple[tuple, dict[str, object], dict]:
     """One launch of ``module.<launcher_name>`` on a small case on CPU (Qwen3-Next's heads, bf16
-    activations, a ``state_dtype`` pool whose slots are ``slot_pad`` elements apart), with the kernel
+    activations, a ``state_dtype`` pool whose slots are ``slot_pad`` elements further apart than
+    dense), with the kernel
     ``module.<kernel_name>`` replaced by a recorder. Returns the grid, the positional arguments by
     the kernel parameter each lands on (checked to be of that parameter's kind: descriptor,
     pointer or scalar), and the keywords (checked to be exactly the kernel's constexprs and the
@@ -75,3 +76,16 @@ def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, stat
     assert set(kwargs) - {"num_warps", "maxnreg", "launch_pdl"} == set(constexprs)
     return grid, dict(zip(positional, args)), kwargs
 
+
+def compile_recorded_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str, config,
+                            state_dtype: torch.dtype = torch.bfloat16):
+    """``module.<kernel_name>`` compiled for sm_90 as Triton specialises its launch by
+    ``module.<launcher_name>`` with ``config`` on a dense ``state_dtype`` pool (as engines allocate
+    it and the benchmark times it), recorded on CPU (:func:`record_launch`; an H200's 132 SMs where
+    the launcher sizes its grid by them). Returns the compiled kernel."""
+    from sm90_compile import compile_launch_sm90
+
+    sms = mock.patch.object(module, "sm_count", lambda index: 132) if hasattr(module, "sm_count") else contextlib.nullcontext()
+    with sms:
+        _, args, kwargs = record_launch(module, kernel_name, launcher_name, state_layout, config, state_dtype, slot_pad=0)
+    return compile_launch_sm90(getattr(module, kernel_name), list(args.values()), kwargs)
