@@ -128,8 +128,12 @@ def _decode_vk_tile_kernel(
     o_rows = o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + (v0 + step_rows) * s_ov
     keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C
             + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])
-    state_rows = (state_ptr + slot.to(gl.int64) * s_sb + hv * s_sh
-                  + (v0 + step_rows).to(gl.int64)[:, None, None] * s_sv + keys[None, :, :])
+    # Every row starts on 16 bytes (the TMA descriptor needs 16-byte strides), which Triton cannot
+    # see in a slot stride that is not a multiple of 16 elements (a page-strided pool): said here,
+    # a lane's keys leave as one vector store on any pool this kernel takes.
+    row_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + (v0 + step_rows).to(gl.int64) * s_sv,
+                                128 // state_desc.dtype.primitive_bitwidth)
+    state_rows = state_ptr + row_starts[:, None, None] + keys[None, :, :]
     # one mask for a whole program, so that the stores stay 16-byte vectors
     live = slot < num_slots
     for i in gl.static_range(STEPS):

@@ -157,16 +157,17 @@ def test_model_configurations_fit(config):
     assert vk_tile_reason(q, q, v, state, "kv", config) == "state_layout='vk' (got 'kv')"
 
 
-def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str, str]:
+def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) -> tuple[int, str, str]:
     """Shared memory, state stores (``"<one a lane's keys> <other>"``) and ``ptxas -v`` report of the
-    kernel as launched with ``config`` on a Qwen3-Next head with bf16 activations and a dense
-    ``state`` (``bf16`` or ``fp32``) pool, compiled for sm_90."""
+    kernel as launched with ``config`` on a Qwen3-Next head with bf16 activations and a ``state``
+    (``bf16`` or ``fp32``) pool, dense or with slots ``slot_pad`` elements further apart, compiled
+    for sm_90."""
     import re
 
     import gdn_ops.gluon_decode_vk_tile as tile
 
     compiled = compile_recorded_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config,
-                                       {"bf16": torch.bfloat16, "fp32": torch.float32}[state])
+                                       {"bf16": torch.bfloat16, "fp32": torch.float32}[state], slot_pad)
     ptx = compiled.asm["ptx"]
     # o is bf16, stored one value a lane (st.global.b16); every other store is a state row's, of
     # a lane's `vec` contiguous keys
@@ -189,6 +190,16 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
     assert stores == f"{lane_vectors} 0"
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8), (VK_4B_TILE_CONFIG, "fp32", 4)],
+                         ids=["bf16", "fp32"])
+def test_page_strided_pool_still_stores_whole_vectors(config, state, slot_pad):
+    """A pool whose slots lie 16 bytes further apart than dense (a slot stride TMA takes, but not
+    a multiple of 16 elements, which Triton would otherwise assume unaligned) stores each lane's
+    keys as the dense pool does: one vector."""
+    stdout = run_in_child("test_gluon_decode_vk_tile", f"t.compiled(t.{config!r}, {state!r}, {slot_pad})[1]")
+    assert stdout.strip() == f"{config.BV * 128 // (config.vec * 32 * config.num_warps)} 0"
 
 
 def test_launch_arguments_match_the_kernel_parameters():

@@ -78,14 +78,15 @@ def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, stat
 
 
 def compile_recorded_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str, config,
-                            state_dtype: torch.dtype = torch.bfloat16):
+                            state_dtype: torch.dtype = torch.bfloat16, slot_pad: int = 0):
     """``module.<kernel_name>`` compiled for sm_90 as Triton specialises its launch by
-    ``module.<launcher_name>`` with ``config`` on a dense ``state_dtype`` pool (as engines allocate
-    it and the benchmark times it), recorded on CPU (:func:`record_launch`; an H200's 132 SMs where
-    the launcher sizes its grid by them). Returns the compiled kernel."""
+    ``module.<launcher_name>`` with ``config`` on a ``state_dtype`` pool, dense by default (as
+    engines allocate it and the benchmark times it) or with slots ``slot_pad`` elements further
+    apart, recorded on CPU (:func:`record_launch`; an H200's 132 SMs where the launcher sizes its
+    grid by them). Returns the compiled kernel."""
     from sm90_compile import compile_launch_sm90
 
     sms = mock.patch.object(module, "sm_count", lambda index: 132) if hasattr(module, "sm_count") else contextlib.nullcontext()
     with sms:
-        _, args, kwargs = record_launch(module, kernel_name, launcher_name, state_layout, config, state_dtype, slot_pad=0)
+        _, args, kwargs = record_launch(module, kernel_name, launcher_name, state_layout, config, state_dtype, slot_pad)
     return compile_launch_sm90(getattr(module, kernel_name), list(args.values()), kwargs)
