@@ -141,10 +141,10 @@ VARIANTS["reload_state"] = [
 # not idle on the memory system through its arithmetic (ncu at B=512 bf16 vk, NOTES.md, thirteenth
 # session). The barrier keeps the compiler from interleaving the halves (which would widen both at
 # once). One token only (T = 1).
-_SHIPPED_TILE_TAIL_START = "    state_ptrs = state_ptr + slot * s_slot + head_offset + tile\n"
+_SHIPPED_TILE_TAIL_START = "    state_ptrs = state_ptr + tl.multiple_of(slot * s_slot + head_offset, STATE_ALIGN) + tile\n"
 _SHIPPED_TILE_TAIL_END = 'cache_modifier=".cs")\n'
 _ROW_HALVES_TAIL = """    HALF: tl.constexpr = BV // 2
-    base = state_ptr + slot * s_slot + head_offset
+    base = state_ptr + tl.multiple_of(slot * s_slot + head_offset, STATE_ALIGN)
     offs_a = v_block * BV + tl.arange(0, HALF)
     offs_b = offs_a + HALF
     if STATE_VK:

@@ -91,7 +91,7 @@ def _decode_kernel(
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, STATE_VK: tl.constexpr,
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
-    FROM_OLD_STATE: tl.constexpr, SORTED_ROWS: tl.constexpr,
+    FROM_OLD_STATE: tl.constexpr, SORTED_ROWS: tl.constexpr, STATE_ALIGN: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -160,7 +160,10 @@ def _decode_kernel(
         slot = row
         valid = row >= 0
 
-    state_ptrs = state_ptr + slot * s_slot + head_offset + tile
+    # STATE_ALIGN: elements that the slot and head strides are both multiples of (state_alignment),
+    # which Triton sees by itself only at multiples of 16; a page-strided pool then still stores
+    # 16-byte vectors
+    state_ptrs = state_ptr + tl.multiple_of(slot * s_slot + head_offset, STATE_ALIGN) + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
     S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
@@ -388,10 +391,19 @@ def launch_decode(
         PDL=bool(pdl), SORTED_ROWS=rows is not None,
         PREFETCH=bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
-        FROM_OLD_STATE=config.from_old_state,
+        FROM_OLD_STATE=config.from_old_state, STATE_ALIGN=state_alignment(state),
         num_warps=config.num_warps, **launch_options,
     )
     return config
+
+
+def state_alignment(state: torch.Tensor) -> int:
+    """The most elements, up to 16 bytes' worth and a power of two, that the pool's slot and head
+    strides (``state.stride(0)``, ``stride(1)``) are both multiples of. Metadata only."""
+    align = max(1, 16 // state.element_size())
+    while align > 1 and (state.stride(0) % align or state.stride(1) % align):
+        align //= 2
+    return align
 
 
 def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,

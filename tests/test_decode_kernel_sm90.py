@@ -17,6 +17,8 @@ from sm90_compile import (
 )
 from tile_kernel_checks import kernel_calls
 
+from gdn_ops.triton_decode import decode_config
+
 # (layout, state dtype, B at TP=1): the H200 tables' tiles at the batch sizes they serve (fp32 vk
 # at B=128 with its rows in slot order)
 CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk", "float32", 128),
@@ -25,17 +27,19 @@ CASES = [("vk", "float32", 1), ("vk", "float32", 8), ("vk", "float32", 32), ("vk
          ("kv", "bfloat16", 1), ("kv", "bfloat16", 8), ("kv", "bfloat16", 32)]
 
 
-def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int, **options):
+def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtype, B: int, slot_pad: int = 0,
+                    **options):
     """The config and the arguments ``launch_decode`` passes the per-tile kernel (the H200's tile
-    for this B, with ``options`` of :class:`DecodeConfig` replaced) on a contiguous TP=1 case on
-    CPU, the kernel (and the slot-order kernel before it, for a tile that sorts) replaced by a recorder."""
+    for this B, with ``options`` of :class:`DecodeConfig` replaced) on a TP=1 case on CPU, its
+    operands contiguous but for pool slots ``slot_pad`` elements further apart than dense, the
+    kernel (and the slot-order kernel before it, for a tile that sorts) replaced by a recorder."""
     import gdn_ops.triton_decode as launcher
     import gdn_ops.triton_slot_order as slot_order
 
     config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200", act_dtype.itemsize)
     config = config._replace(**options)
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
-                      act_dtype=act_dtype, pool_guard=0, out_given=True)
+                      act_dtype=act_dtype, slot_pad=slot_pad, pool_guard=0, out_given=True)
     inp = build(case, "cpu")
     with kernel_calls(launcher, "_decode_kernel") as calls, kernel_calls(slot_order, "_slot_order_kernel"):
         launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
@@ -45,11 +49,12 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
     return launcher._decode_kernel, config, args, kwargs
 
 
-def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
+def compiled(layout: str, state: str, act: str, B: int, slot_pad: int = 0, **options) -> str:
     """``"<registers> <16-byte state stores> <other state stores>"`` then the
     ``ptxas -v`` report, of the kernel compiled for sm_90 as Triton specialises that launch
     (``sm90_compile.compile_launch_sm90``)."""
-    kernel, _, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B, **options)
+    kernel, _, args, kwargs = recorded_launch(layout, getattr(torch, state), getattr(torch, act), B, slot_pad,
+                                              **options)
     ptx = compile_launch_sm90(kernel, list(args), kwargs).asm["ptx"]
     report = ptxas_report(ptx)
     registers = re.search(r"Used (\d+) registers", report).group(1)
@@ -62,8 +67,6 @@ def compiled(layout: str, state: str, act: str, B: int, **options) -> str:
 @pytest.mark.parametrize("act", ["bfloat16", "float32"])
 @pytest.mark.parametrize(("layout", "state", "B"), CASES)
 def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layout, state, B, act):
-    from gdn_ops.triton_decode import decode_config
-
     stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, {state!r}, {act!r}, {B})")
     counts, report = stdout.split("\n", 1)
     _, vector_stores, other_stores = map(int, counts.split())
@@ -72,3 +75,17 @@ def test_per_tile_kernel_stores_its_state_in_16_byte_vectors_without_spills(layo
     vectors = tile_bytes // (16 * 32 * config.num_warps)
     assert (vector_stores, other_stores) == (vectors, 0)
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize(("layout", "state", "slot_pad", "vector_bytes"),
+                         [("vk", "float32", 4, 16), ("vk", "bfloat16", 8, 16), ("kv", "float32", 4, 16),
+                          ("kv", "bfloat16", 8, 16), ("vk", "float32", 1, 4)])
+def test_page_strided_pool_still_stores_16_byte_vectors(layout, state, slot_pad, vector_bytes):
+    """Slots ``slot_pad`` elements further apart than dense: 16 bytes (a stride Triton does not
+    mark divisible, not being a multiple of 16 elements) stores as the dense pool does; one odd
+    element stays one element a store, as it must."""
+    stdout = run_in_child("test_decode_kernel_sm90", f"t.compiled({layout!r}, {state!r}, 'bfloat16', 32, {slot_pad})")
+    _, vector_stores, other_stores = map(int, stdout.split("\n", 1)[0].split())
+    config = decode_config(32 * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200", 2)
+    stores = config.BV * config.BK * getattr(torch, state).itemsize // (vector_bytes * 32 * config.num_warps)
+    assert (vector_stores, other_stores) == ((stores, 0) if vector_bytes == 16 else (0, stores))
