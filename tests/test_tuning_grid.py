@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import TRITON_INTERPRET
 
 
 def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_and_activations():
@@ -30,7 +31,7 @@ def test_the_grid_nests_pool_dtype_then_layout_then_batch_at_the_options_heads_a
 def test_a_page_strided_pool_is_timed_and_checked_with_its_strides(layout):
     """``--slot-pad`` gives every point's pools slots that many elements further apart than dense;
     the check before timing runs each provider on a copy with the same strides, and the shipped
-    op passes it there (the Triton interpreter on the CPU)."""
+    op passes it there (on the GPU, or in the Triton interpreter on the CPU)."""
     from benchmarks.providers import check, launcher_provider, make_problem, reference
     from benchmarks.tune_decode import add_grid_arguments, tuning_grid
 
@@ -39,7 +40,7 @@ def test_a_page_strided_pool_is_timed_and_checked_with_its_strides(layout):
     args = ap.parse_args(["--heads", "2,4", "--slot-pad", "8"])
     cfg, = tuning_grid(args)
     cfg = dataclasses.replace(cfg, K=32, V=32)
-    problem = make_problem(cfg, "cpu")
+    problem = make_problem(cfg, "cpu" if TRITON_INTERPRET else "cuda")
     assert problem.pool.stride() == (4 * 32 * 32 + 8, 32 * 32, 32, 1)
     seen = []
     provider = launcher_provider("default")
@@ -67,7 +68,7 @@ def test_variants_run_at_the_tile_they_are_given(monkeypatch):
     assert [p.name for p in providers] == ["variant:a+pdl", "variant:a:BV8w1+pdl", "variant:b+pdl",
                                            "variant:b:BV8w1+pdl"]
     cfg = Config(tp=1, HK=2, HV=4, K=128, V=128, B=2, state_dtype=torch.bfloat16, layout="vk")
-    problem = make_problem(cfg, "cpu")
+    problem = make_problem(cfg, "cpu" if TRITON_INTERPRET else "cuda")
     for provider in providers:
         provider.make(cfg, problem.pool, problem.indices, problem.inputs)()
     assert launched == [chosen, extra, chosen, extra]
