@@ -177,6 +177,22 @@ def test_vk_tile_table_by_gpu(rows_x_heads, dtype, gpu, expected):
     assert (config.BV, config.num_warps) == expected
 
 
+@given(dtype=st.sampled_from((torch.float16, torch.bfloat16, torch.float32)),
+       slot_stride=st.integers(1, 2**24), head_stride=st.integers(1, 2**16))
+def test_state_alignment_is_the_most_the_slot_and_head_strides_share_up_to_16_bytes(dtype, slot_stride,
+                                                                                   head_stride):
+    """What the per-tile kernel is told of its pool (``STATE_ALIGN``): a power of two of elements,
+    at most 16 bytes, dividing both strides, and no larger one under 16 bytes does."""
+    from gdn_ops.triton_decode import state_alignment
+
+    pool = torch.empty_strided((3, 2, 4, 4), (slot_stride, head_stride, 4, 1), dtype=dtype, device="meta")
+    align = state_alignment(pool)
+    assert align & (align - 1) == 0 and align * pool.element_size() <= 16
+    assert slot_stride % align == 0 and head_stride % align == 0
+    if 2 * align * pool.element_size() <= 16:
+        assert slot_stride % (2 * align) or head_stride % (2 * align)
+
+
 @pytest.mark.gpu
 def test_default_tile_at_large_vk_grid_matches_reference():
     """B*HV = 8192 with an fp32 vk state: the tile this GPU's table picks (BV=32 with 2 warps on an
