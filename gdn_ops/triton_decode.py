@@ -22,6 +22,7 @@ Gluon kernel (``gluon_decode_kv.py``) runs when its configuration is passed.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -400,10 +401,8 @@ def launch_decode(
 def state_alignment(state: torch.Tensor) -> int:
     """The most elements, up to 16 bytes' worth and a power of two, that the pool's slot and head
     strides (``state.stride(0)``, ``stride(1)``) are both multiples of. Metadata only."""
-    align = max(1, 16 // state.element_size())
-    while align > 1 and (state.stride(0) % align or state.stride(1) % align):
-        align //= 2
-    return align
+    # the gcd of a power of two with anything is a power of two
+    return math.gcd(state.stride(0), state.stride(1), max(1, 16 // state.element_size()))
 
 
 def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
