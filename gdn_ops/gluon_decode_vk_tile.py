@@ -6,10 +6,11 @@ A row needs nothing from any other row, and the whole step is one pass over the 
 
 The Triton per-tile kernel (``triton_decode.py``) already works one short-lived program per tile,
 but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
-the memory system, caps the bytes in flight per SM. Here the tile waits in shared memory, and only a
-step of rows is in registers. (An fp32 pool whose rows are sorted takes this kernel too, with the
-Triton kernel's 4 KB one-warp tile and the same lanes along the keys; it measured faster there, for
-a reason not isolated: NOTES.md, nineteenth session.) Each program:
+the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
+and registers hold a step of rows only once it has landed. Both pools' shipped tiles are 4 KB for
+one warp (16 rows of a 2-byte state, 8 of an fp32 one), 20-24 programs per SM: short programs, so an
+SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-first sessions). Each
+program:
 
 1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
@@ -33,6 +34,7 @@ Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from triton.experimental import gluon
@@ -148,12 +150,17 @@ def _decode_vk_tile_kernel(
     mbarrier.invalidate(bar)
 
 
-# Tuned with benchmarks/tune_tma.py on the H200 (results/h200/tune_vk_tile_h200.json,
-# tune_vk_reg_store_h200.json, tune_vk_reg_store2_h200.json): whole heads (128 value rows, 32 KB)
-# of 4 warps, 6 programs per SM, stepping through 16 rows in 16-byte vectors, from B*HV = 4096,
-# where it runs 1-2% ahead of the per-tile Triton kernel. Below that the Triton kernel is level
-# or faster (B*HV = 2048: 83.7% against 83.1% for half heads, 81.7% for whole heads).
-VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8)
+# One warp on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 20 programs per
+# SM (a 96-register cap: no spills with Triton 3.6 or 3.7, where 24 per SM spills 8 bytes with 3.7).
+# On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
+# tune_vk_bf16_onewarp_tp4_56118ca.json, tune_vk_fp16_onewarp_56118ca.json; NOTES.md, twenty-first
+# session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
+# replaced (128 rows, 4 warps, 6 per SM) at B*HV = 4096-32768, sorted or not; 1.4-1.9 ahead of the
+# per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6 ahead there in slot order; 2.8
+# behind at 512. Its programs are 8x shorter than the whole head's, so an SM's slots empty and
+# refill in small steps. 20, 24, 28 and 32 programs per SM ran within 0.5 points of each other;
+# 8-row steps, two warps and 8 KB tiles were slower.
+VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=20, vec=8)
 
 # An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
 # warp on 8 value rows (4 KB, the per-tile Triton kernel's tile), 16 bytes a lane, so a store covers
@@ -165,33 +172,42 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_s
 # at 1024-2048, so the Triton tile keeps the unsorted grids. Measured with bf16 activations.
 VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
 
-# From which B*HV the kernel is picked for a 2-byte pool, by GPU name; a 4-byte pool takes it on
-# those GPUs where its rows are sorted. Other GPUs keep the Triton kernel (the H100 was not measured
-# with this kernel).
-VK_TILE_RULES = {"H200": 4096}
+
+class VkTileRule(NamedTuple):
+    """From which B*HV a GPU picks this kernel for a 2-byte pool: with the rows in their batch order
+    (``two_byte_from``) and in slot order (``two_byte_sorted_from``). A 4-byte pool takes it wherever
+    its rows are sorted."""
+
+    two_byte_from: int
+    two_byte_sorted_from: int
+
+
+# By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
+VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024)}
 
 
 @functools.cache
-def vk_tile_rule(device_index: int) -> int | None:
-    """From which B*HV this GPU picks this kernel, ``None`` where it is not used. Cached: the
-    launcher asks on every call."""
+def vk_tile_rule(device_index: int) -> VkTileRule | None:
+    """This GPU's :class:`VkTileRule`, ``None`` where the kernel is not used. Cached: the launcher
+    asks on every call."""
     return sm90_gpu_rule(VK_TILE_RULES, device_index)
 
 
 def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, state_layout: str,
                    rows_x_heads: int, sorted_rows: bool = False) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
-    (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV,
-    a 4-byte one where the decode takes its rows in slot order (``sorted_rows``); ``None``
+    (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
+    (a smaller one with its rows in slot order, ``sorted_rows``), a 4-byte one where the decode takes its rows in slot order (``sorted_rows``); ``None``
     otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
         return None
-    start = vk_tile_rule(state.device.index or 0)
-    if start is None:
+    rule = vk_tile_rule(state.device.index or 0)
+    if rule is None:
         return None
     if state.element_size() == 2:
+        start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
         config = VK_2B_TILE_CONFIG if rows_x_heads >= start else None
     else:
         config = VK_4B_TILE_CONFIG if sorted_rows else None

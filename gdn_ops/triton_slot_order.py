@@ -36,8 +36,10 @@ MAX_COLUMNS = 2048
 # thirteenth sessions). fp32 vk (per-tile Triton kernel): +1.0-1.5 points at B*HV 4096-32768
 # (TP=1), +0.6-0.8 at 4096-8192 (TP=4); at 2048 -0.8 in one run and +0.9 in another, so not there.
 # fp32 kv (Gluon tile): +0.2 at 4096, +0.5-0.9 from 8192. 2-byte states (Gluon tiles), with the
-# one-step rank kernel: -0.8 to +0.1 at 4096, +0.3-0.4 at 8192, and +1.5-2.1 from 16384 in the sweep.
-SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 8192,
+# one-step rank kernel: -0.8 to +0.1 at 4096, +0.3-0.4 at 8192, and +1.5-2.1 from 16384 in the sweep;
+# a 2-byte vk pool's one-warp 4 KB tile (twenty-first session): level at 4096 (TP=1), +1.3 there at
+# TP=4, +1.4-4.1 from 8192 (tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json).
+SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 4096,
                   ("H200", "kv", 2): 8192}
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
 # the H200 (results/h200/probe_given_order_*.json, probe_plan_*.json; NOTES.md, fourteenth

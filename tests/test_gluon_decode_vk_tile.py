@@ -33,7 +33,7 @@ from gdn_ops.gluon_decode_vk_tile import (
     vk_tile_reason,
     vk_tile_rule,
 )
-from gdn_ops.triton_slot_order import sorts_rows
+from gdn_ops.triton_slot_order import SORT_ROWS_FROM, slot_order, sorts_rows
 
 # K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
 SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
@@ -42,6 +42,7 @@ SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, prog
                  "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
+                 "whole-head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
@@ -90,6 +91,8 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows):
         ({}, True),
         ({"B": "large"}, True),
         ({"B": -1}, False),  # one row fewer than the GPU's threshold
+        ({"B": "given-order"}, True),  # under that threshold, but the caller gives the slot order
+        ({"B": "below-given-order"}, False),
         ({"slot_pad": 3}, False),  # slot stride not 16-byte aligned: no TMA
         ({"qkv_layout": "transposed"}, False),  # q, k, v not contiguous
         ({"state_dtype": torch.float32}, True),  # an fp32 pool where its rows are sorted (H200: B*HV 4096)
@@ -103,22 +106,30 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows):
 )
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
-    dtype, and a 4-byte one where its rows are sorted, but only when TMA can address every operand
-    (with the rows in slot order where ``sorts_rows`` says: the "large" case, and every fp32 one, on
-    the H200); every case matches the reference with guards and padding rows."""
-    start = vk_tile_rule(torch.cuda.current_device())
-    if start is None:
+    dtype (from a lower one when the caller gives the slot order), and a 4-byte one where its rows
+    are sorted, but only when TMA can address every operand (with the rows in slot order where
+    ``sorts_rows`` says); every case matches the reference with guards and padding rows."""
+    rule = vk_tile_rule(torch.cuda.current_device())
+    if rule is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
-    B = {-1: start // 32 - 1, "large": 4 * start // 32 + 2}.get(changes.get("B"), start // 32 + 2)
+    gpu = torch.cuda.get_device_name()
+    state_dtype = changes.get("state_dtype", torch.bfloat16)
+    # a 4-byte pool takes the kernel where its rows are sorted
+    start = (rule.two_byte_from if state_dtype.itemsize == 2 else
+             min(s for (name, layout, size), s in SORT_ROWS_FROM.items() if name in gpu and (layout, size) == ("vk", 4)))
+    B = {-1: start // 32 - 1, "large": 4 * start // 32 + 2, "given-order": rule.two_byte_sorted_from // 32 + 1,
+         "below-given-order": rule.two_byte_sorted_from // 32 - 1}.get(changes.get("B"), start // 32 + 2)
+    given_order = changes.get("B") in ("given-order", "below-given-order")
     changes = {name: value for name, value in changes.items() if name != "B"}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
                       padding_rows=(0, B // 2, B - 1), spare_slots=7, slot_pad=8, pool_guard=64, out_given=True,
                       seed=12)
     case = dataclasses.replace(case, **changes)
     launched = []
-    check(build(case, "cuda"), lambda inp: run_triton(inp, None, launched))
+    check(build(case, "cuda"),
+          lambda inp: run_triton(inp, None, launched, order=slot_order(inp.indices) if given_order else None))
     if tile:
-        sort_rows = sorts_rows(torch.cuda.get_device_name(), "vk", case.state_dtype.itemsize, B * 32)
+        sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * 32, given_order)
         shipped = VK_4B_TILE_CONFIG if case.state_dtype == torch.float32 else VK_2B_TILE_CONFIG
         assert launched == [shipped._replace(sort_rows=sort_rows)]
     else:
@@ -137,7 +148,7 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=2, tail_per_sm=1),
          "tail_split=1 .this kernel's grid has no tail split; got tail_split=2"),
-        ({"K": 128, "V": 128}, MODEL_CONFIGS["shipped"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
+        ({"K": 128, "V": 128}, MODEL_CONFIGS["whole-head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
     ],
 )
 def test_refuses_operands_it_cannot_run(changes, config, needs):
