@@ -8,7 +8,7 @@ The Triton per-tile kernel (``triton_decode.py``) already works one short-lived 
 but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
 the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
 and registers hold a step of rows only once it has landed. Both pools' shipped tiles are 4 KB for
-one warp (16 rows of a 2-byte state, 8 of an fp32 one), 20-24 programs per SM: short programs, so an
+one warp (16 rows of a 2-byte state, 8 of an fp32 one), 24 programs per SM: short programs, so an
 SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-first sessions). Each
 program:
 
@@ -150,17 +150,18 @@ def _decode_vk_tile_kernel(
     mbarrier.invalidate(bar)
 
 
-# One warp on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 20 programs per
-# SM (a 96-register cap: no spills with Triton 3.6 or 3.7, where 24 per SM spills 8 bytes with 3.7).
-# On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
-# tune_vk_bf16_onewarp_tp4_56118ca.json, tune_vk_fp16_onewarp_56118ca.json; NOTES.md, twenty-first
+# One warp on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 24 programs per
+# SM (an 80-register cap). On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
+# tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json,
+# tune_vk_fp16_onewarp_56118ca.json, tune_vk_bf16_20v24*_f984c00.json; NOTES.md, twenty-first
 # session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
 # replaced (128 rows, 4 warps, 6 per SM) at B*HV = 4096-32768, sorted or not; 1.4-1.9 ahead of the
 # per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6 ahead there in slot order; 2.8
 # behind at 512. Its programs are 8x shorter than the whole head's, so an SM's slots empty and
-# refill in small steps. 20, 24, 28 and 32 programs per SM ran within 0.5 points of each other;
-# 8-row steps, two warps and 8 KB tiles were slower.
-VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=20, vec=8)
+# refill in small steps. 20, 28 and 32 per SM ran within 0.6 points of 24 in slot order; unsorted,
+# 20 ran 0.5-1.7 behind. 8-row steps, two warps and 8 KB tiles were slower. Compiled by Triton 3.6
+# (the version measured) it does not spill; Triton 3.7 spills 8 bytes at this cap (not measured).
+VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
 
 # An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
 # warp on 8 value rows (4 KB, the per-tile Triton kernel's tile), 16 bytes a lane, so a store covers
