@@ -198,8 +198,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
                    rows_x_heads: int, sorted_rows: bool = False) -> GluonTileConfig | None:
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
-    (a smaller one with its rows in slot order, ``sorted_rows``), a 4-byte one where the decode takes its rows in slot order (``sorted_rows``); ``None``
-    otherwise. Metadata only."""
+    (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one
+    only in slot order; ``None`` otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):

@@ -204,7 +204,8 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     # the shipped 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
     # Triton 3.7 spills 8 bytes there (gluon_decode_vk_tile.VK_2B_TILE_CONFIG)
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
-    assert_no_spills(report, at_most=8 if newer_triton and config.BV == VK_2B_TILE_CONFIG.BV else 0)
+    shipped = config._replace(sort_rows=False) == VK_2B_TILE_CONFIG
+    assert_no_spills(report, at_most=8 if newer_triton and shipped else 0)
 
 
 @pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8), (VK_4B_TILE_CONFIG, "fp32", 4)],
