@@ -19,13 +19,16 @@ program:
    ``d S + u k^T`` and the step's ``o`` straight from registers.
 
 The rows leave as soon as their step is done, each warp writing whole rows in 16-byte vectors, so
-the stores overlap the later steps. That measured 0.5-1.1% faster than writing the rows back to
-shared memory for one TMA store of the tile at the end (NOTES.md, the variant's record). Value rows
+in a tile of several steps the stores overlap the later ones. With the whole-head tile this kernel
+shipped first, that measured 0.5-1.1% faster than writing the rows back to shared memory for one
+TMA store of the tile at the end (NOTES.md, the variant's record); the shipped tiles are now one
+step each. Value rows
 are held in 128-byte chunks of keys (``[BV, K // C, C]``, as ``gluon_decode_kv`` holds key rows),
 so a tile arrives as one TMA copy of consecutive 128-byte rows under the 128-byte swizzle. A padded
 row reads slot ``num_slots``, one past the pool, which TMA zero-fills; its stores are masked off.
 The grid has no tail split (``GluonTileConfig.tail_split``, which ``gluon_decode_kv_tile`` has):
-every split measured level or slower here (NOTES.md, sixteenth and seventeenth sessions).
+every split measured level or slower with the whole-head tile (NOTES.md, sixteenth and seventeenth
+sessions), and the one-warp tiles' programs are shorter than a split's pieces were.
 
 Gluon has no interpreter: this kernel is tested on the GPU, and on the CPU only compiled for sm_90
 (``tests/test_gluon_decode_vk_tile.py``).
