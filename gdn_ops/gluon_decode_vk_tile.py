@@ -162,7 +162,7 @@ def _decode_vk_tile_kernel(
 # per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6 ahead there in slot order; 2.8
 # behind at 512. Its programs are 8x shorter than the whole head's, so an SM's slots empty and
 # refill in small steps. 20, 28 and 32 per SM ran within 0.6 points of 24 in slot order; unsorted,
-# 20 ran 0.5-1.7 behind. 8-row steps, two warps and 8 KB tiles were slower. Compiled by Triton 3.6
+# 20 ran 0.5-1.8 behind from B*HV 2048. 8-row steps, two warps and 8 KB tiles were slower. Compiled by Triton 3.6
 # (the version measured) it does not spill; Triton 3.7 spills 8 bytes at this cap (not measured).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
 
