@@ -158,12 +158,13 @@ def _decode_vk_tile_kernel(
 # tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json,
 # tune_vk_fp16_onewarp_56118ca.json, tune_vk_bf16_20v24*_f984c00.json; NOTES.md, twenty-first
 # session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
-# replaced (128 rows, 4 warps, 6 per SM) at B*HV = 4096-32768, sorted or not; 1.4-1.9 ahead of the
-# per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6 ahead there in slot order; 2.8
-# behind at 512. Its programs are 8x shorter than the whole head's, so an SM's slots empty and
-# refill in small steps. 20, 28 and 32 per SM ran within 0.6 points of 24 in slot order; unsorted,
-# 20 ran 0.5-1.8 behind from B*HV 2048. 8-row steps, two warps and 8 KB tiles were slower. Compiled by Triton 3.6
-# (the version measured) it does not spill; Triton 3.7 spills 8 bytes at this cap (not measured).
+# replaced (128 rows, 4 warps, 6 per SM) in slot order at B*HV = 4096-32768, and 1.8 ahead unsorted
+# at 4096; 1.4-1.9 ahead of the per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6
+# ahead there in slot order; 2.8 behind at 512. Its programs are 8x shorter than the whole head's,
+# so an SM's slots empty and refill in small steps. 20, 28 and 32 per SM ran within 0.6 points of
+# 24 in slot order; unsorted, 20 ran 0.5-1.8 behind from B*HV 2048. 8-row steps, two warps and
+# 8 KB tiles were slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton
+# 3.7 spills 8 bytes at this cap (not measured).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
 
 # An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
