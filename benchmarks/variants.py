@@ -487,6 +487,44 @@ KV_TILE_VARIANTS["kv_tile_copy_only"] = [
 ]
 
 
+# The kv tile's updated rows stored from registers, a step of key rows at a time as the second pass
+# makes them, in 16-byte vectors (a row start hinted to 16 bytes, as the vk tile's), instead of
+# written back to shared memory for TMA stores at the end: no shared-memory stores in the second
+# pass (so none of the CTA barriers Triton puts around them), no fence, and the stores overlap the
+# rest of the pass. kv_reg_store, its retired ancestor (1.8-3.9x slower, eighth session), stored
+# without the alignment hint, so element by element (as the page-strided vk tile did before the
+# twentieth session). The kernel and its launcher take the pool's pointer and strides.
+_KV_STATE_ARGS = "rows_ptr, state_ptr, s_sb, s_sh, s_sk,"
+KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
+    ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n", f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
+    ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, state_ptr, s_sb, s_sh, s_sk,\n"),
+    ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
+     "(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
+     "                                    state, state.stride(0), state.stride(1), state.stride(2),\n"),
+    (("    for i in gl.static_range(STEPS):\n"
+      "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n"
+      "        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor\n"
+      + _KV_TILE_UPDATE),
+     ("    key_rows = gl.arange(0, ROWS, layout=keys_layout)\n"
+      "    row_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + key_rows.to(gl.int64) * s_sk\n"
+      "                                + (tile % NV) * BV, 128 // state_desc.dtype.primitive_bitwidth)\n"
+      "    state_rows = state_ptr + row_starts[:, None, None] + _tile_columns(BV, C, cols_layout)[None, :, :]\n"
+      "    live = slot < num_slots\n"
+      "    for i in gl.static_range(STEPS):\n"
+      "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n"
+      "        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor\n"
+      "        gl.store(state_rows + (i * ROWS) * s_sk, (S * decay + k[:, None, None] * u[None, :, :])"
+      ".to(state_desc.dtype),\n                 mask=live)\n")),
+    (("    fence_async_shared()\n"
+      "    _cta_barrier()\n"
+      "    # a padded row's slot is one past the pool: TMA drops out-of-bounds writes\n"
+      "    for j in gl.static_range(PARTS):\n"
+      "        tma.async_copy_shared_to_global(state_desc, [slot, hv, j * PART, (tile % NV) * NC, 0],\n"
+      "                                        tile_smem.slice(j * PART, PART, dim=2))\n"
+      "    tma.store_wait(0)\n"), ""),
+]
+
+
 def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
     """The kv tile kernel with ``words`` int32 of unused shared memory beside its tile (a corner
     written, so the allocation is kept): fewer programs then fit an SM."""
