@@ -525,6 +525,31 @@ KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
 ]
 
 
+# kv_tile_reg_stores' warps sit side by side along the columns (the sums' layout), so each store
+# instruction of a warp writes 32 bytes of each of 8 rows. Here the second pass reads the rows in a
+# layout of whole rows a warp (as the vk tile's stores: a warp instruction writes 2 whole rows of a
+# whole-head bf16 tile, 512 contiguous bytes), with u converted to it once.
+_KV_ROW_STORES = (
+    "    update_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (C // VEC * NC), NC, C // VEC],\n"
+    "                                                   [WARPS, 1, 1], [2, 1, 0])\n"
+    "    update_keys: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, update_layout))\n"
+    "    update_cols: gl.constexpr = gl.SliceLayout(0, update_layout)\n"
+    "    u_rows = gl.convert_layout(u, update_cols)\n"
+    "    key_rows = gl.arange(0, ROWS, layout=update_keys)\n"
+    "    row_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + key_rows.to(gl.int64) * s_sk\n"
+    "                                + (tile % NV) * BV, 128 // state_desc.dtype.primitive_bitwidth)\n"
+    "    state_rows = state_ptr + row_starts[:, None, None] + _tile_columns(BV, C, update_cols)[None, :, :]\n"
+    "    live = slot < num_slots\n"
+    "    for i in gl.static_range(STEPS):\n"
+    "        S = rows_smem.slice(i * ROWS, ROWS).load(update_layout).to(gl.float32)\n"
+    "        k = k_keys.slice(i * ROWS, ROWS).load(update_keys).to(gl.float32) * k_factor\n"
+    "        gl.store(state_rows + (i * ROWS) * s_sk, (S * decay + k[:, None, None] * u_rows[None, :, :])"
+    ".to(state_desc.dtype),\n                 mask=live)\n")
+KV_TILE_VARIANTS["kv_tile_row_stores"] = [
+    (old, _KV_ROW_STORES if old.startswith("    for i in gl.static_range(STEPS):") else new)
+    for old, new in KV_TILE_VARIANTS["kv_tile_reg_stores"]]
+
+
 def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
     """The kv tile kernel with ``words`` int32 of unused shared memory beside its tile (a corner
     written, so the allocation is kept): fewer programs then fit an SM."""
