@@ -440,6 +440,20 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
          "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
     ],
 }
+# Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v's TMA box is the
+# 16-byte floor (8 bf16 values) from the tile's first value; past the end of a head it reads the
+# next head's values or, at the last, TMA's zeros, and the kernel takes the first BV
+# (twenty-second session; the one-warp 2 KB in-place stream led the 4 KB one by 2 points at fp32
+# B=32 in slot order, results/h200/probe_b32_fp32_vk.json).
+VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
+    ("    if config.BV > 256 or config.BV * v.element_size() < 16:\n", "    if config.BV > 256:\n"),
+    ("tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),",
+     "tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, max(config.BV, 16 // v.element_size())]),"),
+    ("    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)\n",
+     "    V_BOX: gl.constexpr = v_desc.block_type.shape[2]\n"
+     "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, V_BOX], v_desc.layout)\n"),
+    ("    values = v_smem.reshape([BV])\n", "    values = v_smem.reshape([V_BOX])\n"),
+]
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
