@@ -92,7 +92,7 @@ def variant_launch(name: str):
     """``launch_decode``'s signature over a patched copy of a TMA kernel (benchmarks/variants.py:
     TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the persistent Gluon one, VK_TILE_VARIANTS
     and KV_TILE_VARIANTS the Gluon tile kernels); the variant decides which state layout it serves.
-    A tile variant runs inside the shipped ``launch_decode`` (its launcher swapped in), so it
+    A tile variant runs inside the shipped ``launch_decode`` (its launcher and checks swapped in), so it
     checks, sorts and takes a given slot order as the shipped kernel does."""
     import gdn_ops.triton_decode as shipped
 
@@ -104,7 +104,10 @@ def variant_launch(name: str):
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl, order=None):
         if tile_launcher:
-            with mock.patch.object(shipped, tile_launcher, getattr(module, tile_launcher)):
+            # the variant's own checks too, so that a variant may widen what its kernel takes
+            reason = "vk_tile_reason" if name in VK_TILE_VARIANTS else "tile_reason"
+            with mock.patch.object(shipped, tile_launcher, getattr(module, tile_launcher)), \
+                    mock.patch.object(shipped, reason, getattr(module, reason)):
                 return shipped.launch_decode(
                     q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
                     use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,
