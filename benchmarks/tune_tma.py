@@ -107,7 +107,7 @@ def variant_launch(name: str):
             # the variant's own checks too, so that a variant may widen what its kernel takes
             reason = "vk_tile_reason" if name in VK_TILE_VARIANTS else "tile_reason"
             with mock.patch.object(shipped, tile_launcher, getattr(module, tile_launcher)), \
-                    mock.patch.object(shipped, reason, getattr(module, reason)):
+                    mock.patch.object(shipped, reason, getattr(module, reason, getattr(shipped, reason))):
                 return shipped.launch_decode(
                     q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
                     use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,

@@ -450,8 +450,8 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
     ("tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),",
      "tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, max(config.BV, 16 // v.element_size())]),"),
     ("    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)\n",
-     "    V_BOX: gl.constexpr = v_desc.block_type.shape[2]\n"
-     "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, V_BOX], v_desc.layout)\n"),
+     ("    V_BOX: gl.constexpr = v_desc.block_type.shape[2]\n"
+      "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, V_BOX], v_desc.layout)\n")),
     ("    values = v_smem.reshape([BV])\n", "    values = v_smem.reshape([V_BOX])\n"),
 ]
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
@@ -513,8 +513,8 @@ KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
     ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n", f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
     ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, state_ptr, s_sb, s_sh, s_sk,\n"),
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
-     "(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
-     "                                    state, state.stride(0), state.stride(1), state.stride(2),\n"),
+     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
+      "                                    state, state.stride(0), state.stride(1), state.stride(2),\n")),
     (("    for i in gl.static_range(STEPS):\n"
       "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n"
       "        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor\n"

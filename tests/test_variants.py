@@ -161,3 +161,27 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     assert torch.equal(slots, order[0]) and torch.equal(rows, order[1])
     assert torch.equal(ranked_slots, order[0]) and torch.equal(ranked_rows, order[1])
     assert torch.equal(problem.indices[rows], slots) and torch.all(slots[1:] >= slots[:-1])
+
+
+def test_a_vk_tile_variant_is_checked_by_its_own_rules(monkeypatch):
+    """A vk tile variant may widen what its kernel takes (``vk_tile_v_box_floor``: tiles of fewer
+    than 16 bytes of v), so ``tune_tma`` checks it with the variant module's ``vk_tile_reason``,
+    not the shipped one's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks import tune_tma
+    from benchmarks.providers import Config, make_problem
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+
+    monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(
+        launch_decode_vk_tile=lambda *args, **kwargs: None, vk_tile_reason=lambda *args: "the variant's rule"))
+    launch = tune_tma.variant_launch(next(iter(VK_TILE_VARIANTS)))
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout="vk")
+    x = (problem := make_problem(cfg, "cpu")).inputs
+    with pytest.raises(ValueError, match="needs the variant's rule"):
+        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
+               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout="vk", softplus_beta=1.0,
+               softplus_threshold=20.0, config=tuple(GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4)),
+               pdl=False)
