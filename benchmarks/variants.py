@@ -453,6 +453,14 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
      ("    V_BOX: gl.constexpr = v_desc.block_type.shape[2]\n"
       "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, V_BOX], v_desc.layout)\n")),
     ("    values = v_smem.reshape([BV])\n", "    values = v_smem.reshape([V_BOX])\n"),
+    # a TMA box starts on 16 bytes: the box holding the tile's values, and the tile's half of it
+    ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
+     "    tma.async_copy_global_to_shared(v_desc, [row, hv, v0 // V_BOX * V_BOX], bar, v_smem)\n"),
+    ("        u = beta * (values.slice(i * ROWS, ROWS).load(values_layout).to(gl.float32) - decay * Sk)\n",
+     ("        v_step = values.slice(i * ROWS, ROWS).load(values_layout)\n"
+      "        if V_BOX > BV:\n"
+      "            v_step = gl.where(v0 % V_BOX == 0, v_step, values.slice(BV + i * ROWS, ROWS).load(values_layout))\n"
+      "        u = beta * (v_step.to(gl.float32) - decay * Sk)\n")),
 ]
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
