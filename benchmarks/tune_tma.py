@@ -40,6 +40,7 @@ from benchmarks.tune_decode import (
     tuning_grid,
 )
 from benchmarks.tuning_results import write_results
+from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.variants import (
     CEILING_VARIANTS,
     GLUON_VARIANTS,
@@ -55,10 +56,17 @@ from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
-def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
+def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
-    (persistent Gluon) or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
-    program per tile)."""
+    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
+    program per tile) or ``sPARTS:warps[:sort]`` (the split-K kv prototype, ``benchmarks/kv_split.py``)."""
+    if spec[:1] == "s":
+        fields = spec[1:].split(":")
+        sort = fields[-1:] == ["sort"]
+        fields = fields[:-1] if sort else fields
+        if len(fields) != 2 or not all(f.isdigit() for f in fields):
+            raise ValueError(f"spec {spec!r}: expected BV:warps:... (sPARTS:warps[:sort] for the split-K prototype)")
+        return KvSplitConfig(int(fields[0]), int(fields[1]), sort_rows=sort)
     kind = spec[0] if spec[:1] in ("g", "t") else ""
     fields = spec[len(kind):].split(":")
     options = {}
@@ -83,6 +91,8 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig:
 
 def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig, layout: str) -> dict:
     """The variants (benchmarks/variants.py) that patch the kernel ``config`` runs on a ``layout`` pool."""
+    if isinstance(config, KvSplitConfig):
+        return {}
     if isinstance(config, GluonTileConfig):
         return VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS
     return GLUON_VARIANTS if isinstance(config, GluonKVConfig) else TMA_VARIANTS
@@ -153,9 +163,10 @@ def main() -> None:
             given = [False] + ([True] if args.step_order and getattr(config, "sort_rows", False) else [])
             for step_order in given:
                 suffix = "+order" if step_order else ""
-                providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
+                launch = launch_decode_kv_split if isinstance(config, KvSplitConfig) else None
+                providers.append(launcher_provider(spec + suffix, launch, config=config, step_order=step_order))
                 if args.without_pdl:
-                    providers.append(launcher_provider(spec + suffix + "+no_pdl", config=config,
+                    providers.append(launcher_provider(spec + suffix + "+no_pdl", launch, config=config,
                                                        step_order=step_order, pdl=False))
                 providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config,
                                                 step_order=step_order)

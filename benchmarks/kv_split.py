@@ -1,0 +1,170 @@
+"""A prototype, not a shipped kernel: the kv decode with the sums over K split across programs.
+
+A kv program must sum over all K key rows of its columns before it can write any of them, so the
+shipped kv tile is a whole head of a bf16 state (32 KB) or half of an fp32 one, and its data
+movement alone runs 3-5 points of copy bandwidth under 4 KB programs (NOTES.md, twenty-second
+session). Here ``PARTS`` programs share a head, each reading ``K / PARTS`` key rows of all V
+columns (4 KB in 8 parts for bf16, 16 for fp32):
+
+1. each program sums its rows' share of ``S^T k`` and ``S^T q``, stores the two partial vectors
+   to a scratch row of its own, and counts itself in on the head's counter (acquire-release);
+2. the program that counts in last (no program waits on another, so no co-residency is assumed
+   and the interpreter runs it too) adds the partials, takes the step's ``u`` and ``o``, and
+   rewrites the whole head: its rows were read moments before by the head's other programs, so
+   they come from L2, and only the writes reach DRAM from here;
+3. it sets the counter back to zero, so the scratch is ready for the next call (and for a CUDA
+   graph's next replay) without a memset.
+
+The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
+shape; it is allocated the first time a shape is seen, which must not be during a capture.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from gdn_ops.reference import L2NORM_EPS
+from gdn_ops.triton_decode import default_pdl
+from gdn_ops.triton_gating import decode_gates, head_gate_params
+from gdn_ops.triton_slot_order import slot_order
+
+
+class KvSplitConfig(NamedTuple):
+    """``parts`` programs a head (each ``K / parts`` key rows), ``num_warps`` warps each; with
+    ``sort_rows`` the rows in slot order (``triton_slot_order``), as ``GluonTileConfig.sort_rows``."""
+
+    parts: int
+    num_warps: int
+    sort_rows: bool = False
+
+
+@triton.jit
+def _kv_split_kernel(
+    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
+    partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
+    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
+    HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
+    FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
+    L2_EPS: tl.constexpr, PDL: tl.constexpr,
+):
+    RP: tl.constexpr = K // PARTS
+    pid = tl.program_id(0)
+    head = pid // PARTS  # place in the (slot-ordered) batch * HV + value head
+    part = pid % PARTS
+    place = head // HV
+    hv = head % HV
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    if SORTED_ROWS:
+        row = tl.load(rows_ptr + place)
+        in_batch = (row >= 0) & (row < B)
+        row = tl.where(in_batch, row, 0).to(tl.int64)
+    else:
+        row = place.to(tl.int64)
+        in_batch = place < B
+    if HAS_INDICES:
+        slot = tl.load(indices_ptr + (place if SORTED_ROWS else row)).to(tl.int64)
+    else:
+        slot = row
+    live = in_batch & (slot >= 0) & (slot < num_slots)
+    slot = tl.where(live, slot, 0)
+    cols = tl.arange(0, V)
+    head_state = state_ptr + slot * s_sb + hv * s_sh
+    qk_head = (hv // GROUP).to(tl.int64)
+
+    keys = part * RP + tl.arange(0, RP)
+    S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0).to(tl.float32)
+    k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
+    q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
+    partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
+    tl.store(partial + cols, tl.sum(S * k_part[:, None], axis=0))
+    tl.store(partial + V + cols, tl.sum(S * q_part[:, None], axis=0))
+    # release: the partials above are visible to the program that counts in last
+    arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel")
+    if arrived == PARTS - 1:
+        Sk = tl.zeros([V], tl.float32)
+        Sq = tl.zeros([V], tl.float32)
+        for p in tl.static_range(PARTS):
+            other = partial_ptr + (head * PARTS + p).to(tl.int64) * (2 * V)
+            Sk += tl.load(other + cols, cache_modifier=".cg")
+            Sq += tl.load(other + V + cols, cache_modifier=".cg")
+        all_keys = tl.arange(0, K)
+        k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
+        q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
+        if USE_L2NORM:
+            k_factor = 1.0 / tl.sqrt(tl.sum(k_all * k_all, axis=0) + L2_EPS)
+            q_factor = scale / tl.sqrt(tl.sum(q_all * q_all, axis=0) + L2_EPS)
+        else:
+            k_factor = 1.0
+            q_factor = scale
+        kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+        gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
+        gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+        g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+        decay = tl.exp(g)
+        v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
+        u = beta * (v_head - decay * Sk * k_factor)
+        o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
+        tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
+        for p in tl.static_range(PARTS):
+            rows_p = p * RP + tl.arange(0, RP)
+            ptrs = head_state + rows_p[:, None] * s_sk + cols[None, :]
+            S_p = tl.load(ptrs, mask=live, other=0.0, cache_modifier=".cg").to(tl.float32)
+            k_p = tl.load(k_ptr + row * s_kb + qk_head * s_kh + rows_p).to(tl.float32) * k_factor
+            tl.store(ptrs, (S_p * decay + k_p[:, None] * u[None, :]).to(state_ptr.dtype.element_ty), mask=live)
+        tl.store(count_ptr + head, 0)
+
+
+_SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scratch(device: torch.device, heads: int, parts: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partial sums and counters for ``heads`` heads (zeroed once, reset by the kernel)."""
+    key = (device, heads, parts, V)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = (torch.empty(heads * parts * 2 * V, dtype=torch.float32, device=device),
+                         torch.zeros(heads, dtype=torch.int32, device=device))
+    return _SCRATCH[key]
+
+
+def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *, scale: float,
+                           use_qk_l2norm_in_kernel: bool, state_layout: str, softplus_beta: float,
+                           softplus_threshold: float, config: KvSplitConfig, pdl: bool | None,
+                           order: torch.Tensor | None = None) -> KvSplitConfig:
+    """``triton_decode.launch_decode``'s signature (for ``benchmarks/tune_tma.py``): ``q, k [B, 1,
+    HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, K, V]`` (kv layout, V contiguous), ``out [B,
+    1, HV, V]``; ``order`` (``slot_order(indices)``) is used when ``config.sort_rows``."""
+    if state_layout != "kv" or any(t.stride(-1) != 1 for t in (q, k, v, state, out)):
+        raise ValueError(f"launch_decode_kv_split: a kv pool, and q, k, v, the pool and out with a unit inner "
+                         f"stride (got {state_layout!r})")
+    B, _, HK, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    if K % config.parts:
+        raise ValueError(f"launch_decode_kv_split: config.parts={config.parts} dividing K={K}")
+    pdl = default_pdl(state.device) if pdl is None else pdl
+    rows = None
+    if config.sort_rows and indices is not None:
+        indices, rows = order if order is not None else slot_order(indices.contiguous(), pdl=bool(pdl))
+    if B == 0:
+        return config
+    partial, count = _scratch(state.device, B * HV, config.parts, V)
+    fused = A_log is not None
+    _kv_split_kernel[(B * HV * config.parts,)](
+        q, k, v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a, state,
+        indices if indices is not None else state, rows if rows is not None else state, out, partial, count,
+        B, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
+        q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), gate_a.stride(0),
+        gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
+        A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, state.stride(0), state.stride(1),
+        state.stride(2),
+        HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
+        USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+    )
+    return config

@@ -1,0 +1,44 @@
+"""The split-K kv prototype (benchmarks/kv_split.py) computes the decode step: every pool row and
+output against the float64 reference, through the Triton interpreter on the CPU (its last-arriver
+design has no program waiting on another, so the interpreter's one-at-a-time programs run it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
+from benchmarks.providers import Config, check, launcher_provider, make_problem, reference
+from benchmarks.tune_tma import parse_spec
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("parts", "sort_rows", "step_order"), [(4, False, False), (8, True, False), (2, True, True)])
+def test_the_split_step_matches_the_reference(state_dtype, parts, sort_rows, step_order):
+    cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=6, state_dtype=state_dtype, layout="kv")
+    problem = make_problem(cfg, DEVICE)
+    ref = reference(cfg, problem)
+    provider = launcher_provider("split", launch_decode_kv_split, KvSplitConfig(parts, 2, sort_rows),
+                                 step_order=step_order)
+    result = check(cfg, provider, problem, ref)
+    assert result.ok, result.message
+    # the counters are back at zero: a second call (a CUDA graph's next replay) starts clean
+    assert check(cfg, provider, problem, ref).ok
+
+
+def test_the_split_prototype_takes_kv_pools_only():
+    cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="vk")
+    problem = make_problem(cfg, DEVICE)
+    result = check(cfg, launcher_provider("split", launch_decode_kv_split, KvSplitConfig(4, 2)), problem,
+                   reference(cfg, problem))
+    assert not result.ok and "a kv pool" in result.message
+
+
+def test_split_specs_parse():
+    assert parse_spec("s8:4") == KvSplitConfig(8, 4)
+    assert parse_spec("s16:2:sort") == KvSplitConfig(16, 2, sort_rows=True)
+    for bad in ("s8", "s8:x", "s8:4:4"):
+        with pytest.raises(ValueError, match="expected BV:warps"):
+            parse_spec(bad)
