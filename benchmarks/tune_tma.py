@@ -26,6 +26,7 @@ from unittest import mock
 
 import torch
 
+from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.providers import (
     launcher_provider,
     make_problem,
@@ -40,7 +41,6 @@ from benchmarks.tune_decode import (
     tuning_grid,
 )
 from benchmarks.tuning_results import write_results
-from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.variants import (
     CEILING_VARIANTS,
     GLUON_VARIANTS,

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
-from benchmarks.providers import Config, check, launcher_provider, make_problem, reference
+from benchmarks.providers import (
+    Config,
+    check,
+    launcher_provider,
+    make_problem,
+    reference,
+)
 from benchmarks.tune_tma import parse_spec
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
