@@ -35,11 +35,14 @@ from gdn_ops.triton_slot_order import slot_order
 
 class KvSplitConfig(NamedTuple):
     """``parts`` programs a head (each ``K / parts`` key rows), ``num_warps`` warps each; with
-    ``sort_rows`` the rows in slot order (``triton_slot_order``), as ``GluonTileConfig.sort_rows``."""
+    ``sort_rows`` the rows in slot order (``triton_slot_order``), as ``GluonTileConfig.sort_rows``;
+    the last program of a head rewrites it ``depth`` parts at a time."""
 
     parts: int
     num_warps: int
     sort_rows: bool = False
+    depth: int = 1  # parts the last program reads from L2 before writing any (a divisor of parts)
+    maxnreg: int = 0  # a register cap (0: none), so that more programs fit an SM; the last program spills
 
 
 @triton.jit
@@ -49,7 +52,7 @@ def _kv_split_kernel(
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
-    L2_EPS: tl.constexpr, PDL: tl.constexpr,
+    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
@@ -112,12 +115,20 @@ def _kv_split_kernel(
         u = beta * (v_head - decay * Sk * k_factor)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
-        for p in tl.static_range(PARTS):
-            rows_p = p * RP + tl.arange(0, RP)
-            ptrs = head_state + rows_p[:, None] * s_sk + cols[None, :]
-            S_p = tl.load(ptrs, mask=live, other=0.0, cache_modifier=".cg").to(tl.float32)
-            k_p = tl.load(k_ptr + row * s_kb + qk_head * s_kh + rows_p).to(tl.float32) * k_factor
-            tl.store(ptrs, (S_p * decay + k_p[:, None] * u[None, :]).to(state_ptr.dtype.element_ty), mask=live)
+        # DEPTH parts' rows requested before any of them is written: the stores may alias the
+        # loads, so the compiler would otherwise wait on L2 for each part in turn
+        for first in tl.static_range(0, PARTS, DEPTH):
+            batch = ()
+            for p in tl.static_range(first, first + DEPTH):
+                rows_p = p * RP + tl.arange(0, RP)
+                batch = batch + (tl.load(head_state + rows_p[:, None] * s_sk + cols[None, :], mask=live, other=0.0,
+                                         cache_modifier=".cg"),)
+            for j in tl.static_range(DEPTH):
+                rows_p = (first + j) * RP + tl.arange(0, RP)
+                k_p = tl.load(k_ptr + row * s_kb + qk_head * s_kh + rows_p).to(tl.float32) * k_factor
+                tl.store(head_state + rows_p[:, None] * s_sk + cols[None, :],
+                         (batch[j].to(tl.float32) * decay + k_p[:, None] * u[None, :]).to(state_ptr.dtype.element_ty),
+                         mask=live)
         tl.store(count_ptr + head, 0)
 
 
@@ -145,8 +156,9 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
                          f"stride (got {state_layout!r})")
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    if K % config.parts:
-        raise ValueError(f"launch_decode_kv_split: config.parts={config.parts} dividing K={K}")
+    if K % config.parts or config.parts % config.depth:
+        raise ValueError(f"launch_decode_kv_split: config.parts={config.parts} dividing K={K}, and "
+                         f"config.depth={config.depth} dividing config.parts")
     pdl = default_pdl(state.device) if pdl is None else pdl
     rows = None
     if config.sort_rows and indices is not None:
@@ -165,6 +177,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), num_warps=config.num_warps, **({"launch_pdl": True} if pdl else {}),
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, num_warps=config.num_warps,
+        **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -59,14 +59,17 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
-    program per tile) or ``sPARTS:warps[:sort]`` (the split-K kv prototype, ``benchmarks/kv_split.py``)."""
+    program per tile) or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype, ``benchmarks/kv_split.py``)."""
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]
         fields = fields[:-1] if sort else fields
-        if len(fields) != 2 or not all(f.isdigit() for f in fields):
-            raise ValueError(f"spec {spec!r}: expected BV:warps:... (sPARTS:warps[:sort] for the split-K prototype)")
-        return KvSplitConfig(int(fields[0]), int(fields[1]), sort_rows=sort)
+        maxnreg = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "r" else "0"
+        depth = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "d" else "1"
+        if len(fields) != 2 or not all(f.isdigit() for f in (*fields, depth, maxnreg)):
+            raise ValueError(f"spec {spec!r}: expected BV:warps:... (sPARTS:warps[:dDEPTH][:rMAXNREG][:sort] for "
+                             "the split-K prototype)")
+        return KvSplitConfig(int(fields[0]), int(fields[1]), sort_rows=sort, depth=int(depth), maxnreg=int(maxnreg))
     kind = spec[0] if spec[:1] in ("g", "t") else ""
     fields = spec[len(kind):].split(":")
     options = {}

@@ -21,12 +21,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "sort_rows", "step_order"), [(4, False, False), (8, True, False), (2, True, True)])
-def test_the_split_step_matches_the_reference(state_dtype, parts, sort_rows, step_order):
+@pytest.mark.parametrize(("parts", "depth", "sort_rows", "step_order"),
+                         [(4, 1, False, False), (8, 4, True, False), (2, 2, True, True)])
+def test_the_split_step_matches_the_reference(state_dtype, parts, depth, sort_rows, step_order):
     cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=6, state_dtype=state_dtype, layout="kv")
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
-    provider = launcher_provider("split", launch_decode_kv_split, KvSplitConfig(parts, 2, sort_rows),
+    provider = launcher_provider("split", launch_decode_kv_split, KvSplitConfig(parts, 2, sort_rows, depth),
                                  step_order=step_order)
     result = check(cfg, provider, problem, ref)
     assert result.ok, result.message
@@ -45,6 +46,9 @@ def test_the_split_prototype_takes_kv_pools_only():
 def test_split_specs_parse():
     assert parse_spec("s8:4") == KvSplitConfig(8, 4)
     assert parse_spec("s16:2:sort") == KvSplitConfig(16, 2, sort_rows=True)
-    for bad in ("s8", "s8:x", "s8:4:4"):
+    assert parse_spec("s8:2:d4:sort") == KvSplitConfig(8, 2, sort_rows=True, depth=4)
+    assert parse_spec("s8:1:d2:r64:sort") == KvSplitConfig(8, 1, sort_rows=True, depth=2, maxnreg=64)
+    assert parse_spec("s8:1:r64") == KvSplitConfig(8, 1, maxnreg=64)
+    for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
