@@ -7,7 +7,9 @@ Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gate
 or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` for the Gluon kernel of one
 program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``:
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
-cut S ways; ``sort``: the rows in slot order). Every configuration is
+cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
+split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
+parts at a time, under a register cap). Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -59,7 +61,8 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
-    program per tile) or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype, ``benchmarks/kv_split.py``)."""
+    program per tile) or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
+    ``benchmarks/kv_split.py``)."""
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]
@@ -92,8 +95,9 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
-def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig, layout: str) -> dict:
-    """The variants (benchmarks/variants.py) that patch the kernel ``config`` runs on a ``layout`` pool."""
+def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig, layout: str) -> dict:
+    """The variants (benchmarks/variants.py) that patch the kernel ``config`` runs on a ``layout`` pool
+    (none for the split-K prototype)."""
     if isinstance(config, KvSplitConfig):
         return {}
     if isinstance(config, GluonTileConfig):

@@ -440,11 +440,13 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
          "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
     ],
 }
-# Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v's TMA box is the
-# 16-byte floor (8 bf16 values) from the tile's first value; past the end of a head it reads the
-# next head's values or, at the last, TMA's zeros, and the kernel takes the first BV
-# (twenty-second session; the one-warp 2 KB in-place stream led the 4 KB one by 2 points at fp32
-# B=32 in slot order, results/h200/probe_b32_fp32_vk.json).
+# Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v arrives in the
+# 16-byte box (8 bf16 values) that holds the tile's values, a box starting on 16 bytes (one that
+# does not is an illegal instruction), and the kernel takes its half. The one-warp 2 KB in-place
+# stream had led the 4 KB one by 2 points at fp32 B=32 in slot order (probe_b32_fp32_vk.json); the
+# tile did not: H200, given the order, 77.4 / 78.0 / 79.4% at B=32 / 64 / 128 against 88.5 / 91.8 /
+# 94.8 for the shipped 4 KB tile (results/h200/tune_vk_fp32_2k_22f3416.json), about 0.8 G programs
+# a second at every B: a ceiling of programs, not of bandwidth (NOTES.md, twenty-second session).
 VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
     ("    if config.BV > 256 or config.BV * v.element_size() < 16:\n", "    if config.BV > 256:\n"),
     ("tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),",
@@ -498,7 +500,9 @@ KV_TILE_VARIANTS["kv_tile_early_stores"] = [
 # goes between its structure (the whole tile read before any of it is written) and its passes over
 # shared memory. ``kv_tile_rows_unchanged`` keeps the sums' pass and o but drops the update pass (the
 # tile leaves as it arrived); ``kv_tile_copy_only`` drops the sums too, so each program waits for its
-# parts and sends them back: the kv tile's data movement alone.
+# parts and sends them back: the kv tile's data movement alone. H200, given the order, at the
+# shipped tiles: both under the decode (bf16 B=512: decode 94.9, rows unchanged 93.8, copy only
+# 93.4; fp32 B=128 93.7 / 92.9 / 92.9; results/h200/tune_kv_ceilings_*_e0d64f9.json).
 _KV_TILE_UPDATE = ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :])"
                    ".to(state_desc.dtype))\n")
 KV_TILE_VARIANTS["kv_tile_rows_unchanged"] = [(_KV_TILE_UPDATE, "")]
@@ -515,7 +519,9 @@ KV_TILE_VARIANTS["kv_tile_copy_only"] = [
 # pass (so none of the CTA barriers Triton puts around them), no fence, and the stores overlap the
 # rest of the pass. kv_reg_store, its retired ancestor (1.8-3.9x slower, eighth session), stored
 # without the alignment hint, so element by element (as the page-strided vk tile did before the
-# twentieth session). The kernel and its launcher take the pool's pointer and strides.
+# twentieth session). The kernel and its launcher take the pool's pointer and strides. H200: 3.5-4.7
+# points under the shipped TMA stores given the order at bf16 B=128-1024 and fp32 B=128-512, and
+# half the speed at fp32 B=32 (results/h200/tune_kv_reg_stores_*_f5b7ddd.json).
 _KV_STATE_ARGS = "rows_ptr, state_ptr, s_sb, s_sh, s_sk,"
 KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
     ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n", f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
@@ -550,7 +556,9 @@ KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
 # kv_tile_reg_stores' warps sit side by side along the columns (the sums' layout), so each store
 # instruction of a warp writes 32 bytes of each of 8 rows. Here the second pass reads the rows in a
 # layout of whole rows a warp (as the vk tile's stores: a warp instruction writes 2 whole rows of a
-# whole-head bf16 tile, 512 contiguous bytes), with u converted to it once.
+# whole-head bf16 tile, 512 contiguous bytes), with u converted to it once. H200, given the order:
+# level at bf16 B=128 (88.3 / 88.0), 1.0-1.2 under at 256-1024, 0.5-0.6 under for fp32 at 128-256
+# (results/h200/tune_kv_row_stores_*_c196976.json).
 _KV_ROW_STORES = (
     "    update_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (C // VEC * NC), NC, C // VEC],\n"
     "                                                   [WARPS, 1, 1], [2, 1, 0])\n"
