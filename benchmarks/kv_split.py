@@ -17,6 +17,9 @@ columns (4 KB in 8 parts for bf16, 16 for fp32):
 
 The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
 shape; it is allocated the first time a shape is seen, which must not be during a capture.
+
+Measured on an H200 (NOTES.md, twenty-second session, calls 10-12): correct, and at best 57-62% of
+copy bandwidth at bf16 B=256-512 and fp32 B=128-256, where the shipped kv tile runs 92.5-96%.
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _scratch(device: torch.device, heads: int, parts: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The partial sums and counters for ``heads`` heads (zeroed once, reset by the kernel)."""
+    """The partial sums (written before they are read) and the counters (zeroed here, set back to
+    zero by each head's last program) for ``heads`` heads."""
     key = (device, heads, parts, V)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty(heads * parts * 2 * V, dtype=torch.float32, device=device),
