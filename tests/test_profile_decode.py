@@ -27,6 +27,15 @@ def test_profile_launches_the_decode_or_the_stream(capsys, extra, launched):
     assert "tp4 HK=4 HV=8" in out and f"1 launches of {launched}" in out
 
 
+@needs_interpreter_or_gpu
+def test_profile_launches_the_split_prototype(capsys):
+    from benchmarks.profile_decode import main
+
+    main(["--batch", "1", "--tp", "4", "--state-dtype", "bf16", "--layout", "kv", "--launches", "1",
+          "--spec", "s8:1:sort"])
+    assert "1 launches of KvSplitConfig(parts=8, num_warps=1, sort_rows=True" in capsys.readouterr().out
+
+
 def test_a_tile_variant_needs_its_tile(capsys):
     """A Gluon tile variant is profiled at the tile its spec names; without one the launcher would
     pick another kernel, so the command refuses before launching anything."""
