@@ -160,9 +160,10 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
                          f"stride (got {state_layout!r})")
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    if K % config.parts or config.parts % config.depth:
-        raise ValueError(f"launch_decode_kv_split: config.parts={config.parts} dividing K={K}, and "
-                         f"config.depth={config.depth} dividing config.parts")
+    powers_of_two = all(n > 0 and n & (n - 1) == 0 for n in (K, V, config.parts))  # tl.arange's extents
+    if not powers_of_two or K % config.parts or config.parts % config.depth:
+        raise ValueError(f"launch_decode_kv_split: K={K}, V={V} and config.parts={config.parts} powers of two, "
+                         f"parts dividing K, and config.depth={config.depth} dividing config.parts")
     pdl = default_pdl(state.device) if pdl is None else pdl
     rows = None
     if config.sort_rows and indices is not None:

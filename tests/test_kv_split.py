@@ -43,6 +43,15 @@ def test_the_split_prototype_takes_kv_pools_only():
     assert not result.ok and "a kv pool" in result.message
 
 
+@pytest.mark.parametrize(("V", "config"), [(16, KvSplitConfig(3, 2)), (16, KvSplitConfig(4, 2, depth=3)),
+                                           (16, KvSplitConfig(64, 2)), (24, KvSplitConfig(4, 2))])
+def test_the_split_prototype_refuses_shapes_it_cannot_tile(V, config):
+    cfg = Config(tp=0, HK=2, HV=4, K=32, V=V, B=3, state_dtype=torch.float32, layout="kv")
+    problem = make_problem(cfg, DEVICE)
+    result = check(cfg, launcher_provider("split", launch_decode_kv_split, config), problem, reference(cfg, problem))
+    assert not result.ok and "powers of two, parts dividing K" in result.message
+
+
 def test_split_specs_parse():
     assert parse_spec("s8:4") == KvSplitConfig(8, 4)
     assert parse_spec("s16:2:sort") == KvSplitConfig(16, 2, sort_rows=True)
