@@ -9,7 +9,9 @@ program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
 cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
 split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap). Every configuration is
+parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]``
+for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
+columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory). Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -28,6 +30,7 @@ from unittest import mock
 
 import torch
 
+from benchmarks.kv_cluster import KvClusterConfig, launch_decode_kv_cluster
 from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.providers import (
     launcher_provider,
@@ -58,11 +61,21 @@ from gdn_ops.triton_decode import decode_config, default_pdl
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
-def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig:
+def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
-    program per tile) or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
-    ``benchmarks/kv_split.py``)."""
+    program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
+    ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]`` (the
+    cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
+    if spec[:1] == "c":
+        fields = spec[1:].split(":")
+        sort = fields[-1:] == ["sort"]
+        fields = fields[:-1] if sort else fields
+        parts = fields.pop()[1:] if len(fields) > 5 and fields[-1][:1] == "p" else "1"
+        if len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)):
+            raise ValueError(f"spec {spec!r}: expected cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort] "
+                             "for the cluster prototype")
+        return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows=sort)
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]
@@ -95,10 +108,11 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 
-def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig, layout: str) -> dict:
+def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig,
+                layout: str) -> dict:
     """The variants (benchmarks/variants.py) that patch the kernel ``config`` runs on a ``layout`` pool
-    (none for the split-K prototype)."""
-    if isinstance(config, KvSplitConfig):
+    (none for the split-K and cluster prototypes)."""
+    if isinstance(config, (KvSplitConfig, KvClusterConfig)):
         return {}
     if isinstance(config, GluonTileConfig):
         return VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS
@@ -170,7 +184,8 @@ def main() -> None:
             given = [False] + ([True] if args.step_order and getattr(config, "sort_rows", False) else [])
             for step_order in given:
                 suffix = "+order" if step_order else ""
-                launch = launch_decode_kv_split if isinstance(config, KvSplitConfig) else None
+                launch = (launch_decode_kv_split if isinstance(config, KvSplitConfig)
+                          else launch_decode_kv_cluster if isinstance(config, KvClusterConfig) else None)
                 providers.append(launcher_provider(spec + suffix, launch, config=config, step_order=step_order))
                 if args.without_pdl:
                     providers.append(launcher_provider(spec + suffix + "+no_pdl", launch, config=config,

@@ -1,0 +1,316 @@
+"""A prototype, not a shipped kernel: the kv decode with the sums over K split across a cluster.
+
+The split-K prototype (``kv_split.py``) exchanges its partial sums through global memory and an
+acquire-release counter, and runs at 57-62% of copy bandwidth (NOTES.md, twenty-second session).
+Here the ``CTAS`` programs that share a tile (``BV`` value columns of one head) are one thread-block
+cluster (sm_90), and they exchange the partials through distributed shared memory:
+
+1. each program loads ``K / CTAS`` key rows of the tile by TMA (with all of q and k, and its
+   rows' share of k) and sums its rows' share of ``S^T k`` and ``S^T q``;
+2. it writes both partial vectors into a slot of its own in every program of the cluster
+   (``mapa`` + ``st.shared::cluster``), then waits on the cluster barrier (release / acquire);
+3. each program adds the ``CTAS`` slots in rank order (every program gets the same sums), takes
+   ``u`` and ``o`` (the rank-0 program writes ``o``), updates its rows and stores them by TMA.
+
+Neither Gluon nor Triton 3.6 exposes distributed shared memory (a layout split across CTAs does
+not lower, NOTES.md), so the exchange is inline PTX on a region Triton does not know of: the
+kernel is compiled for one CTA, and launched with ``CTAS``-CTA clusters and its dynamic shared
+memory enlarged by the exchange slots, which sit at its end (``%dynamic_smem_size``). The
+launcher patches the compiled kernel's launch metadata to do that (:func:`_cluster_launch`).
+
+Programs of a cluster run together, so the kernel needs the GPU (no interpreter); tested in
+``tests/test_kv_cluster.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+)
+
+from gdn_ops.gluon_decode_kv import (
+    _cta_barrier,
+    _gdc_launch_dependents,
+    _gdc_wait,
+    _tile_columns,
+    _tile_inputs,
+    _tile_row,
+    kv_launch_args,
+    kv_state_descriptor,
+    lanes_along_keys,
+    tma_descriptor,
+)
+from gdn_ops.reference import L2NORM_EPS
+from gdn_ops.triton_decode import default_pdl
+from gdn_ops.triton_gating import decode_gates
+from gdn_ops.triton_slot_order import slot_order
+
+
+class KvClusterConfig(NamedTuple):
+    """``ctas`` programs (one cluster) a tile of ``BV`` value columns, each ``K / ctas`` key rows
+    read ``rows`` at a time by ``num_warps`` warps (lanes ``vec`` values), in ``parts`` TMA copies;
+    ``programs_per_sm`` sets the register cap; ``sort_rows`` as ``GluonTileConfig.sort_rows``."""
+
+    ctas: int
+    BV: int
+    num_warps: int
+    rows: int
+    programs_per_sm: int
+    vec: int = 8
+    parts: int = 1
+    sort_rows: bool = False
+
+    @property
+    def maxnreg(self) -> int:
+        """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers."""
+        return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+
+
+@gluon.jit
+def _push_partial(value, offset, peer, owners):
+    """Store ``value`` at byte ``offset`` from the end of ``peer``'s dynamic shared memory, from
+    the lanes below ``owners`` only (the lanes that hold a column first; the others repeat it)."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .pred %p;
+        .reg .b32 %lane, %addr, %base, %remote;
+        mov.u32 %lane, %laneid;
+        setp.lt.u32 %p, %lane, $4;
+        mov.u32 %addr, %dynamic_smem_size;
+        mov.u32 %base, global_smem;
+        add.u32 %addr, %addr, %base;
+        add.u32 %addr, %addr, $2;
+        mapa.shared::cluster.u32 %remote, %addr, $3;
+        @%p st.shared::cluster.b32 [%remote], $1;
+        mov.u32 $0, 0;
+        }""",
+        "=r,r,r,r,r", [value, offset, peer, owners], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _cluster_sync():
+    """Every thread of the cluster, once: arrive (releasing its shared-memory writes) and wait
+    (acquiring the others'). Inline assembly with side effects keeps its place among the pushes
+    and pulls."""
+    return gl.inline_asm_elementwise(
+        "barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; mov.u32 $0, 0;",
+        "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _pull_partial(offset, after):
+    """The value at byte ``offset`` from the end of this program's dynamic shared memory, read
+    after ``after`` (the cluster barrier)."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .b32 %addr, %base;
+        mov.u32 %addr, %dynamic_smem_size;
+        mov.u32 %base, global_smem;
+        add.u32 %addr, %addr, %base;
+        add.u32 %addr, %addr, $1;
+        ld.shared.b32 $0, [%addr];
+        }""",
+        "=r,r,r", [offset, after], dtype=gl.float32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _cluster_sums(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
+    """``(S^T k, S^T q)`` over the cluster: ``sk, sq [NC, C]`` are this program's partials at
+    columns ``cols``; the exchange slots are ``CTAS x 2 x BV`` floats at the end of each
+    program's shared memory, slot ``rank`` written by program ``rank``."""
+    slots: gl.constexpr = CTAS * 2 * BV * 4
+    mine_k = (rank * 2 * BV + cols) * 4 - slots
+    for peer in gl.static_range(CTAS):
+        _push_partial(sk, mine_k, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
+        _push_partial(sq, mine_k + BV * 4, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
+    synced = _cluster_sync() + gl.zeros_like(cols)
+    Sk = gl.zeros_like(sk)
+    Sq = gl.zeros_like(sq)
+    for peer in gl.static_range(CTAS):
+        slot_k = (peer * 2 * BV + cols) * 4 - slots
+        Sk += _pull_partial(slot_k, synced)
+        Sq += _pull_partial(slot_k + BV * 4, synced)
+    return Sk, Sq
+
+
+@gluon.jit
+def _kv_cluster_kernel(
+    q_desc, k_desc, state_desc, v_ptr,
+    gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
+    A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
+    num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, q_part_desc, k_part_desc,
+    HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
+    C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
+    FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, CTAS: gl.constexpr,
+):
+    NV: gl.constexpr = V // BV
+    NC: gl.constexpr = BV // C
+    KC: gl.constexpr = K // CTAS  # key rows of this program
+    STEPS: gl.constexpr = KC // ROWS
+    PART: gl.constexpr = KC // PARTS
+    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, KC, NC, C], state_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, K], k_desc.layout)
+    q_part_smem = gl.allocate_shared_memory(q_part_desc.dtype, [1, 1, KC], q_part_desc.layout)
+    k_part_smem = gl.allocate_shared_memory(k_part_desc.dtype, [1, 1, KC], k_part_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
+    for j in gl.static_range(PARTS):
+        mbarrier.init(bars.index(j), count=1)
+    if PDL:
+        _gdc_wait()
+        _gdc_launch_dependents()
+
+    rows_layout: gl.constexpr = gl.BlockedLayout([1, 1, VEC], [32 // (NC * LANES_C), NC, LANES_C], [1, 1, WARPS],
+                                                 [2, 1, 0])
+    keys_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, rows_layout))
+    cols_layout: gl.constexpr = gl.SliceLayout(0, rows_layout)
+    flat_layout: gl.constexpr = gl.BlockedLayout([max(1, K // 32)], [32], [WARPS], [0])
+
+    # compiled for one CTA, launched in clusters of CTAS consecutive CTAs: program id = CTA id
+    pid = gl.program_id(0)
+    tile = pid // CTAS
+    rank = pid % CTAS
+    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
+    slot, v_in, gate_a_in, gate_b_in, A_log_in, dt_bias_in = _tile_inputs(
+        tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
+        s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
+    slot = gl.where(in_batch, slot, num_slots)
+    hv = tile // NV % HV
+    column_chunk = (tile % NV) * NC
+    first_key = rank * KC
+    first: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
+                           + q_part_desc.block_type.nbytes + k_part_desc.block_type.nbytes)
+    mbarrier.expect(bars.index(0), first)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, first_key, column_chunk, 0], bars.index(0),
+                                    tile_smem if PARTS == 1 else tile_smem.slice(0, PART, dim=2))
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0], bars.index(0), q_smem)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0], bars.index(0), k_smem)
+    tma.async_copy_global_to_shared(q_part_desc, [row, hv // GROUP, first_key], bars.index(0), q_part_smem)
+    tma.async_copy_global_to_shared(k_part_desc, [row, hv // GROUP, first_key], bars.index(0), k_part_smem)
+    for j in gl.static_range(1, PARTS):
+        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(state_desc, [slot, hv, first_key + j * PART, column_chunk, 0],
+                                        bars.index(j), tile_smem.slice(j * PART, PART, dim=2))
+
+    neg_exp_A = -gl.exp(A_log_in.to(gl.float32))
+    g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
+                           dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
+    decay = gl.exp(g)
+    mbarrier.wait(bars.index(0), 0)
+
+    q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    k_all = k_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    if USE_L2NORM:
+        q_factor = scale / gl.sqrt(gl.sum(q_all * q_all, axis=0) + L2_EPS)
+        k_factor = 1.0 / gl.sqrt(gl.sum(k_all * k_all, axis=0) + L2_EPS)
+    else:
+        q_factor = scale
+        k_factor = 1.0
+    kq = gl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+
+    rows_smem = tile_smem.reshape([KC, NC, C])
+    # this program's keys of q and k (a shared-memory view cannot start at a run-time offset)
+    q_keys = q_part_smem.reshape([KC])
+    k_keys = k_part_smem.reshape([KC])
+    sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    for i in gl.static_range(STEPS):
+        if i > 0 and (i * ROWS) % PART == 0:
+            mbarrier.wait(bars.index(i * ROWS // PART), 0)
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+        sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+    cols = _tile_columns(BV, C, cols_layout)
+    Sk, Sq = _cluster_sums(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
+    u = beta * (v_in.to(gl.float32) - decay * Sk * k_factor)
+    o = decay * Sq * q_factor + u * kq
+    for i in gl.static_range(STEPS):
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor
+        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))
+
+    o = gl.where(slot < num_slots, o, 0.0)
+    out_cols = (tile % NV) * BV + cols
+    gl.store(o_ptr + row.to(gl.int64) * s_ob + hv * s_oh + out_cols * s_ov, o.to(o_ptr.dtype.element_ty),
+             mask=in_batch & (rank == 0))
+    fence_async_shared()
+    _cta_barrier()
+    for j in gl.static_range(PARTS):
+        tma.async_copy_shared_to_global(state_desc, [slot, hv, first_key + j * PART, column_chunk, 0],
+                                        tile_smem.slice(j * PART, PART, dim=2))
+    tma.store_wait(0)
+    for j in gl.static_range(PARTS):
+        mbarrier.invalidate(bars.index(j))
+
+
+def cluster_reason(K: int, V: int, itemsize: int, config: KvClusterConfig) -> str | None:
+    """Why ``config`` cannot tile a ``[K, V]`` kv head of ``itemsize``-byte elements, or ``None``."""
+    lanes_k = lanes_along_keys(config.BV, itemsize, config.num_warps, config.vec)
+    if config.ctas not in (2, 4, 8) or K % config.ctas or V % config.BV:
+        return f"ctas={config.ctas} in (2, 4, 8) dividing K={K}, and BV={config.BV} dividing V={V}"
+    KC = K // config.ctas
+    period_rows = max(1, 1024 // (config.BV * itemsize))
+    if (lanes_k is None or KC % config.rows or config.rows % lanes_k or config.rows % period_rows
+            or KC % config.parts or (KC // config.parts) % config.rows):
+        return (f"the layout of BV={config.BV}, num_warps={config.num_warps}, vec={config.vec} covering steps of "
+                f"rows={config.rows} (whole swizzle blocks of {period_rows} rows) in parts={config.parts} of the "
+                f"{KC} key rows a program")
+    return None
+
+
+def _cluster_launch(kernel, grid: int, ctas: int, slots_bytes: int, args: list, kwargs: dict) -> None:
+    """Launch ``kernel`` (a Gluon kernel compiled for one CTA) as ``grid`` clusters of ``ctas``
+    CTAs (Triton's launcher multiplies the grid by the cluster size), each with ``slots_bytes`` of dynamic shared memory past what Triton allocated. Triton's
+    launcher takes the cluster size and the dynamic shared memory from the compiled kernel's
+    packed metadata ``(num_warps, num_ctas, shared)``; the compiled kernel is cached, so this
+    patches it once."""
+    compiled = kernel.warmup(*args, grid=(grid,), **kwargs)
+    if compiled.packed_metadata[1] != ctas:
+        num_warps, _, shared = compiled.packed_metadata
+        compiled.packed_metadata = (num_warps, ctas, (shared + 15) // 16 * 16 + slots_bytes)
+    kernel[(grid,)](*args, **kwargs)
+
+
+def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *, scale: float,
+                             use_qk_l2norm_in_kernel: bool, state_layout: str, softplus_beta: float,
+                             softplus_threshold: float, config: KvClusterConfig, pdl: bool | None,
+                             order: torch.Tensor | None = None) -> KvClusterConfig:
+    """``triton_decode.launch_decode``'s signature (for ``benchmarks/tune_tma.py``): ``q, k [B, 1,
+    HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, K, V]`` (kv layout, V contiguous), ``out [B,
+    1, HV, V]``; ``order`` (``slot_order(indices)``) is used when ``config.sort_rows``. sm_90 only."""
+    if state_layout != "kv":
+        raise ValueError(f"launch_decode_kv_cluster: a kv pool (got {state_layout!r})")
+    B, _, _, K = q.shape
+    V = v.shape[3]
+    reason = cluster_reason(K, V, state.element_size(), config)
+    if reason is not None:
+        raise ValueError(f"launch_decode_kv_cluster: {reason}")
+    pdl = default_pdl(state.device) if pdl is None else pdl
+    rows = None
+    if config.sort_rows and indices is not None:
+        indices, rows = order if order is not None else slot_order(indices.contiguous(), pdl=bool(pdl))
+    num_tiles = B * v.shape[2] * (V // config.BV)
+    if num_tiles == 0:
+        return config
+    KC = K // config.ctas
+    args, kwargs = kv_launch_args(
+        q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
+        softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=L2NORM_EPS,
+        state_desc=kv_state_descriptor(state, config.BV, KC // config.parts))
+    q3, k3 = q[:, 0], k[:, 0]
+    args += [rows if rows is not None else state, tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, KC]),
+             tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, KC])]
+    kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas)
+    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, config.ctas * 2 * config.BV * 4,
+                    args, kwargs)
+    return config
