@@ -56,7 +56,8 @@ from gdn_ops.triton_slot_order import slot_order
 class KvClusterConfig(NamedTuple):
     """``ctas`` programs (one cluster) a tile of ``BV`` value columns, each ``K / ctas`` key rows
     read ``rows`` at a time by ``num_warps`` warps (lanes ``vec`` values), in ``parts`` TMA copies;
-    ``programs_per_sm`` sets the register cap; ``sort_rows`` as ``GluonTileConfig.sort_rows``."""
+    ``programs_per_sm`` sets the register cap; ``sort_rows`` as ``GluonTileConfig.sort_rows``;
+    ``skip`` names what a ceiling leaves out."""
 
     ctas: int
     BV: int
@@ -66,6 +67,9 @@ class KvClusterConfig(NamedTuple):
     vec: int = 8
     parts: int = 1
     sort_rows: bool = False
+    # ceilings, not decode steps (wrong sums): "sums" skips the exchange (each program's own partial
+    # sums stand for the head's), "launch" also launches plain CTAs instead of clusters
+    skip: str = ""
 
     @property
     def maxnreg(self) -> int:
@@ -151,6 +155,7 @@ def _kv_cluster_kernel(
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, CTAS: gl.constexpr,
+    EXCHANGE: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NC: gl.constexpr = BV // C
@@ -230,7 +235,11 @@ def _kv_cluster_kernel(
         sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
         sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
     cols = _tile_columns(BV, C, cols_layout)
-    Sk, Sq = _cluster_sums(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
+    if EXCHANGE:
+        Sk, Sq = _cluster_sums(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
+    else:
+        Sk = gl.sum(sk, axis=0)
+        Sq = gl.sum(sq, axis=0)
     u = beta * (v_in.to(gl.float32) - decay * Sk * k_factor)
     o = decay * Sq * q_factor + u * kq
     for i in gl.static_range(STEPS):
@@ -255,6 +264,8 @@ def _kv_cluster_kernel(
 def cluster_reason(K: int, V: int, itemsize: int, config: KvClusterConfig) -> str | None:
     """Why ``config`` cannot tile a ``[K, V]`` kv head of ``itemsize``-byte elements, or ``None``."""
     lanes_k = lanes_along_keys(config.BV, itemsize, config.num_warps, config.vec)
+    if config.skip not in ("", "sums", "launch"):
+        return f"skip={config.skip!r}: '', 'sums' or 'launch'"
     if config.ctas not in (2, 4, 8) or K % config.ctas or V % config.BV:
         return f"ctas={config.ctas} in (2, 4, 8) dividing K={K}, and BV={config.BV} dividing V={V}"
     KC = K // config.ctas
@@ -278,6 +289,11 @@ def _cluster_launch(kernel, grid: int, ctas: int, slots_bytes: int, args: list, 
         num_warps, _, shared = compiled.packed_metadata
         compiled.packed_metadata = (num_warps, ctas, (shared + 15) // 16 * 16 + slots_bytes)
     kernel[(grid,)](*args, **kwargs)
+
+
+def _decode_kv_cluster_plain(grid: int, args: list, kwargs: dict) -> None:
+    """The ceiling that launches the kernel (compiled without the exchange) as plain CTAs."""
+    _kv_cluster_kernel[(grid,)](*args, **kwargs)
 
 
 def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *, scale: float,
@@ -310,7 +326,11 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
     q3, k3 = q[:, 0], k[:, 0]
     args += [rows if rows is not None else state, tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, KC]),
              tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, KC])]
-    kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas)
+    kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas,
+                  EXCHANGE=not config.skip)
+    if config.skip == "launch":
+        _decode_kv_cluster_plain(num_tiles * config.ctas, args, kwargs)
+        return config
     _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, config.ctas * 2 * config.BV * 4,
                     args, kwargs)
     return config

@@ -11,7 +11,8 @@ stream of that spec on the same pool instead (no arithmetic), to profile beside 
 GPU it runs on the CPU (Triton's interpreter), which only checks that the launches run.
 ``--tile 16:1:sort`` profiles a tile of the per-tile Triton kernel (``benchmarks.tune_decode``'s
 tile syntax), and ``--variant`` takes that kernel's VARIANTS too, at the given tile or the table's.
-``--spec s8:1:sort`` launches the split-K kv prototype (``benchmarks.kv_split``).
+``--spec s8:1:sort`` launches the split-K kv prototype (``benchmarks.kv_split``), ``--spec
+c2:128:4:8:8:sort`` the cluster one (``benchmarks.kv_cluster``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import torch
 import triton
 
+from benchmarks.kv_cluster import KvClusterConfig, launch_decode_kv_cluster
 from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.probe_stream import reg_stream
 from benchmarks.providers import Config, launcher_provider, make_problem
@@ -52,7 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--launches", type=int, default=3)
     ap.add_argument("--no-pdl", action="store_true")
     ap.add_argument("--spec", help="a TMA-kernel configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:2:4, "
-                                   "t128:4:8:6:8), or the split-K kv prototype's (s8:1:sort)")
+                                   "t128:4:8:6:8), or the split-K or cluster kv prototype's (s8:1:sort, c2:128:4:8:8:sort)")
     ap.add_argument("--tile", metavar="BV:WARPS[:MAXNREG][:new][:sort]", help="a tile of the per-tile Triton kernel")
     ap.add_argument("--variant", help="profile this VARIANTS / TMA_VARIANTS / GLUON_VARIANTS entry of benchmarks/variants.py instead")
     ap.add_argument("--stream", metavar="WARPS[:cCHUNK][:oop][:seq]",
@@ -69,6 +71,8 @@ def main(argv=None) -> None:
         config = parse_spec(args.spec)
         if isinstance(config, KvSplitConfig):
             launch = launch_decode_kv_split
+        elif isinstance(config, KvClusterConfig):
+            launch = launch_decode_kv_cluster
     if args.tile:
         config = parse_tile(args.tile, triton.next_power_of_2(HEAD_DIM))
     if args.variant in VARIANTS:

@@ -9,9 +9,11 @@ program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
 cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
 split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]``
+parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
-columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory). Every configuration is
+columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory;
+``skipsums`` / ``skiplaunch`` are its ceilings without the exchange / without clusters, timed unchecked).
+Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
@@ -65,17 +67,18 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
     program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
-    ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort]`` (the
-    cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
+    ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch]
+    [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
     if spec[:1] == "c":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]
         fields = fields[:-1] if sort else fields
+        skip = fields.pop()[4:] if fields[-1:] in (["skipsums"], ["skiplaunch"]) else ""
         parts = fields.pop()[1:] if len(fields) > 5 and fields[-1][:1] == "p" else "1"
         if len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)):
-            raise ValueError(f"spec {spec!r}: expected cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:sort] "
-                             "for the cluster prototype")
-        return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows=sort)
+            raise ValueError(f"spec {spec!r}: expected cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS]"
+                             "[:skipsums|:skiplaunch][:sort] for the cluster prototype")
+        return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows=sort, skip=skip)
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]
@@ -196,7 +199,8 @@ def main() -> None:
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                "slot_pad": cfg.slot_pad, "per_tile": list(per_tile), "results": {}}
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
+        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS
+                    or ":skip" in p.name]
         row["unchecked"] = [p.name for p in ceilings]
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         runnable += ceilings

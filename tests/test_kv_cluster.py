@@ -24,7 +24,10 @@ def test_cluster_specs_parse():
     assert parse_spec("c2:128:4:8:8") == KvClusterConfig(2, 128, 4, 8, 8)
     assert parse_spec("c4:128:2:8:12:8:p2:sort") == KvClusterConfig(4, 128, 2, 8, 12, 8, parts=2, sort_rows=True)
     assert parse_spec("c8:64:2:8:16:4") == KvClusterConfig(8, 64, 2, 8, 16, vec=4)
-    for bad in ("c2:128:4:8", "c2:x:4:8:8", "c2:128:4:8:8:4:4", "c2:128:4:8:8:px"):
+    assert parse_spec("c2:128:4:8:8:skipsums:sort") == KvClusterConfig(2, 128, 4, 8, 8, sort_rows=True, skip="sums")
+    assert parse_spec("c2:128:4:8:8:p2:skiplaunch") == KvClusterConfig(2, 128, 4, 8, 8, parts=2, skip="launch")
+    for bad in ("c2:128:4:8", "c2:x:4:8:8", "c2:128:4:8:8:4:4", "c2:128:4:8:8:px", "c2:128:4:8:8:skipall",
+                "c2:128:4:8:8:sort:skipsums"):
         with pytest.raises(ValueError, match="expected cCTAS"):
             parse_spec(bad)
 
@@ -38,6 +41,7 @@ def test_cluster_specs_parse():
     (128, 128, 2, KvClusterConfig(8, 128, 4, 32, 8), "rows=32"),  # more rows a step than a program has
     (128, 128, 2, KvClusterConfig(2, 128, 4, 2, 8), "rows=2"),  # less than a swizzle block
     (128, 128, 2, KvClusterConfig(2, 128, 4, 8, 8, parts=3), "parts=3"),
+    (128, 128, 2, KvClusterConfig(2, 128, 4, 8, 8, skip="exchange"), "skip='exchange'"),
 ])
 def test_cluster_reason(K, V, itemsize, config, expected):
     reason = cluster_reason(K, V, itemsize, config)
