@@ -16,7 +16,7 @@ Neither Gluon nor Triton 3.6 exposes distributed shared memory (a layout split a
 not lower, NOTES.md), so the exchange is inline PTX on a region Triton does not know of: the
 kernel is compiled for one CTA, and launched with ``CTAS``-CTA clusters and its dynamic shared
 memory enlarged by the exchange slots, which sit at its end (``%dynamic_smem_size``). The
-launcher patches the compiled kernel's launch metadata to do that (:func:`_cluster_launch`).
+launcher sets the compiled kernel's launch metadata for that launch (:func:`_cluster_launch`).
 
 Programs of a cluster run together, so the kernel needs the GPU (no interpreter); tested in
 ``tests/test_kv_cluster.py``.
@@ -280,15 +280,19 @@ def cluster_reason(K: int, V: int, itemsize: int, config: KvClusterConfig) -> st
 
 def _cluster_launch(kernel, grid: int, ctas: int, slots_bytes: int, args: list, kwargs: dict) -> None:
     """Launch ``kernel`` (a Gluon kernel compiled for one CTA) as ``grid`` clusters of ``ctas``
-    CTAs (Triton's launcher multiplies the grid by the cluster size), each with ``slots_bytes`` of dynamic shared memory past what Triton allocated. Triton's
-    launcher takes the cluster size and the dynamic shared memory from the compiled kernel's
-    packed metadata ``(num_warps, num_ctas, shared)``; the compiled kernel is cached, so this
-    patches it once."""
+    CTAs (Triton's launcher multiplies the grid by the cluster size), each with ``slots_bytes`` of
+    dynamic shared memory past what Triton allocated. Triton's launcher takes the cluster size and
+    the dynamic shared memory from the compiled kernel's packed metadata ``(num_warps, num_ctas,
+    shared)``: this sets them for this launch and puts them back (the compiled kernel is cached and
+    shared with plain launches of the same constexprs)."""
     compiled = kernel.warmup(*args, grid=(grid,), **kwargs)
-    if compiled.packed_metadata[1] != ctas:
-        num_warps, _, shared = compiled.packed_metadata
-        compiled.packed_metadata = (num_warps, ctas, (shared + 15) // 16 * 16 + slots_bytes)
-    kernel[(grid,)](*args, **kwargs)
+    plain = compiled.packed_metadata
+    num_warps, _, shared = plain
+    compiled.packed_metadata = (num_warps, ctas, (shared + 15) // 16 * 16 + slots_bytes)
+    try:
+        kernel[(grid,)](*args, **kwargs)
+    finally:
+        compiled.packed_metadata = plain
 
 
 def _decode_kv_cluster_plain(grid: int, args: list, kwargs: dict) -> None:
