@@ -5,17 +5,23 @@ acquire-release counter, and runs at 57-62% of copy bandwidth (NOTES.md, twenty-
 Here the ``CTAS`` programs that share a tile (``BV`` value columns of one head) are one thread-block
 cluster (sm_90), and they exchange the partials through distributed shared memory:
 
+0. at its start each program sets up an mbarrier for the exchange and arrives (relaxed) on the
+   cluster barrier, which it waits on only before its first write into another program (a
+   program may not be written to before it has started);
 1. each program loads ``K / CTAS`` key rows of the tile by TMA (with all of q and k, and its
-   rows' share of k) and sums its rows' share of ``S^T k`` and ``S^T q``;
-2. it writes both partial vectors into a slot of its own in every program of the cluster
-   (``mapa`` + ``st.shared::cluster``), then waits on the cluster barrier (release / acquire);
+   rows' share of q and k) and sums its rows' share of ``S^T k`` and ``S^T q``;
+2. it sends both partial vectors into a slot of its own in every program of the cluster
+   (``mapa`` + ``st.async`` counted on the receiver's mbarrier), then waits on its own mbarrier
+   until every program's partials have arrived. (A first version exchanged through
+   ``st.shared::cluster`` and a release / acquire cluster barrier: the release compiles to
+   ``MEMBAR.ALL.GPU``, and the exchange cost 88 us of 356 at bf16 B=512, NOTES.md.)
 3. each program adds the ``CTAS`` slots in rank order (every program gets the same sums), takes
    ``u`` and ``o`` (the rank-0 program writes ``o``), updates its rows and stores them by TMA.
 
 Neither Gluon nor Triton 3.6 exposes distributed shared memory (a layout split across CTAs does
 not lower, NOTES.md), so the exchange is inline PTX on a region Triton does not know of: the
 kernel is compiled for one CTA, and launched with ``CTAS``-CTA clusters and its dynamic shared
-memory enlarged by the exchange slots, which sit at its end (``%dynamic_smem_size``). The
+memory enlarged by the exchange slots and mbarrier, which sit at its end (``%dynamic_smem_size``). The
 launcher sets the compiled kernel's launch metadata for that launch (:func:`_cluster_launch`).
 
 Programs of a cluster run together, so the kernel needs the GPU (no interpreter); tested in
@@ -77,41 +83,93 @@ class KvClusterConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
+# The exchange lives past Triton's dynamic shared memory: its last 8 bytes are an mbarrier
+# (``_END_BARRIER``), the CTAS x 2 x BV float slots end 16 bytes before the end. Addresses are
+# taken from the end (``global_smem + %dynamic_smem_size``), which the launch sets.
+
+
+@gluon.jit
+def _exchange_open(expected_bytes):
+    """At the start, every thread once: thread 0 sets up the exchange mbarrier to complete when
+    ``expected_bytes`` have arrived (one arrival, its own) and makes it visible to the cluster;
+    every thread then arrives, relaxed, on the cluster barrier that :func:`_exchange_ready` waits
+    on, so that no program writes into another before the other has set up its barrier."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .pred %first;
+        .reg .b32 %thread, %bar, %size;
+        .reg .b64 %state;
+        mov.u32 %thread, %tid.x;
+        setp.eq.u32 %first, %thread, 0;
+        mov.u32 %bar, global_smem;
+        mov.u32 %size, %dynamic_smem_size;
+        add.u32 %bar, %bar, %size;
+        sub.u32 %bar, %bar, 8;
+        @%first mbarrier.init.shared::cta.b64 [%bar], 1;
+        @%first mbarrier.arrive.expect_tx.shared::cta.b64 %state, [%bar], $1;
+        @%first fence.mbarrier_init.release.cluster;
+        barrier.cluster.arrive.relaxed.aligned;
+        mov.u32 $0, 0;
+        }""",
+        "=r,r", [expected_bytes], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _exchange_ready():
+    """Every thread once, before its first write into another program: wait on the cluster
+    barrier of :func:`_exchange_open` (every program of the cluster has set up its mbarrier)."""
+    return gl.inline_asm_elementwise("barrier.cluster.wait.aligned; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
 @gluon.jit
 def _push_partial(value, offset, peer, owners):
-    """Store ``value`` at byte ``offset`` from the end of ``peer``'s dynamic shared memory, from
-    the lanes below ``owners`` only (the lanes that hold a column first; the others repeat it)."""
+    """Send ``value`` to byte ``offset`` from the end of ``peer``'s dynamic shared memory, counted
+    on ``peer``'s exchange mbarrier (``st.async``: no fence, the mbarrier orders it), from the
+    lanes below ``owners`` only (the lanes that hold a column first; the others repeat it)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %p;
-        .reg .b32 %lane, %addr, %base, %remote;
+        .reg .b32 %lane, %end, %size, %addr, %bar, %remote, %remote_bar;
         mov.u32 %lane, %laneid;
         setp.lt.u32 %p, %lane, $4;
-        mov.u32 %addr, %dynamic_smem_size;
-        mov.u32 %base, global_smem;
-        add.u32 %addr, %addr, %base;
-        add.u32 %addr, %addr, $2;
+        mov.u32 %end, global_smem;
+        mov.u32 %size, %dynamic_smem_size;
+        add.u32 %end, %end, %size;
+        add.u32 %addr, %end, $2;
+        sub.u32 %bar, %end, 8;
         mapa.shared::cluster.u32 %remote, %addr, $3;
-        @%p st.shared::cluster.b32 [%remote], $1;
+        mapa.shared::cluster.u32 %remote_bar, %bar, $3;
+        @%p st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%remote], $1, [%remote_bar];
         mov.u32 $0, 0;
         }""",
         "=r,r,r,r,r", [value, offset, peer, owners], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _cluster_sync():
-    """Every thread of the cluster, once: arrive (releasing its shared-memory writes) and wait
-    (acquiring the others'). Inline assembly with side effects keeps its place among the pushes
-    and pulls."""
+def _exchange_wait():
+    """Every thread once: wait until every program's partials have arrived here (the exchange
+    mbarrier's first phase completes; its acquire makes them visible)."""
     return gl.inline_asm_elementwise(
-        "barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; mov.u32 $0, 0;",
+        """{
+        .reg .pred %done;
+        .reg .b32 %bar, %size;
+        mov.u32 %bar, global_smem;
+        mov.u32 %size, %dynamic_smem_size;
+        add.u32 %bar, %bar, %size;
+        sub.u32 %bar, %bar, 8;
+        kv_cluster_exchange_wait:
+        mbarrier.try_wait.parity.shared::cta.b64 %done, [%bar], 0;
+        @!%done bra kv_cluster_exchange_wait;
+        mov.u32 $0, 0;
+        }""",
         "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
 def _pull_partial(offset, after):
     """The value at byte ``offset`` from the end of this program's dynamic shared memory, read
-    after ``after`` (the cluster barrier)."""
+    after ``after`` (the exchange's wait)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .b32 %addr, %base;
@@ -127,20 +185,21 @@ def _pull_partial(offset, after):
 @gluon.jit
 def _cluster_sums(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
     """``(S^T k, S^T q)`` over the cluster: ``sk, sq [NC, C]`` are this program's partials at
-    columns ``cols``; the exchange slots are ``CTAS x 2 x BV`` floats at the end of each
-    program's shared memory, slot ``rank`` written by program ``rank``."""
-    slots: gl.constexpr = CTAS * 2 * BV * 4
+    columns ``cols``; slot ``rank`` of every program's exchange is written by program ``rank``.
+    Every program adds the slots in rank order, so all get the same sums."""
+    slots: gl.constexpr = 16 + CTAS * 2 * BV * 4
     mine_k = (rank * 2 * BV + cols) * 4 - slots
+    _exchange_ready()
     for peer in gl.static_range(CTAS):
         _push_partial(sk, mine_k, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
         _push_partial(sq, mine_k + BV * 4, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
-    synced = _cluster_sync() + gl.zeros_like(cols)
+    arrived = _exchange_wait() + gl.zeros_like(cols)
     Sk = gl.zeros_like(sk)
     Sq = gl.zeros_like(sq)
     for peer in gl.static_range(CTAS):
         slot_k = (peer * 2 * BV + cols) * 4 - slots
-        Sk += _pull_partial(slot_k, synced)
-        Sq += _pull_partial(slot_k + BV * 4, synced)
+        Sk += _pull_partial(slot_k, arrived)
+        Sq += _pull_partial(slot_k + BV * 4, arrived)
     return Sk, Sq
 
 
@@ -170,6 +229,8 @@ def _kv_cluster_kernel(
     bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
     for j in gl.static_range(PARTS):
         mbarrier.init(bars.index(j), count=1)
+    if EXCHANGE:
+        _exchange_open(CTAS * 2 * BV * 4)
     if PDL:
         _gdc_wait()
         _gdc_launch_dependents()
@@ -335,6 +396,6 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
     if config.skip == "launch":
         _decode_kv_cluster_plain(num_tiles * config.ctas, args, kwargs)
         return config
-    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, config.ctas * 2 * config.BV * 4,
+    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, 16 + config.ctas * 2 * config.BV * 4,
                     args, kwargs)
     return config

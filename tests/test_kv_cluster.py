@@ -80,7 +80,8 @@ def compiled(config: KvClusterConfig, state: str = "bf16"):
     with mock.patch.object(kc, "_cluster_launch", lambda *launch: calls.append(launch)):
         _run_cluster(config)(inp)
     (kernel, grid, ctas, slots_bytes, args, kwargs), = calls
-    assert (grid, ctas, slots_bytes) == (3 * 32 * (128 // config.BV), config.ctas, config.ctas * 2 * config.BV * 4)
+    assert (grid, ctas, slots_bytes) == (3 * 32 * (128 // config.BV), config.ctas,
+                                         16 + config.ctas * 2 * config.BV * 4)
     compiled = compile_launch_sm90(kernel, args, kwargs)
     return compiled.metadata.shared, compiled.asm["ptx"]
 
@@ -88,7 +89,8 @@ def compiled(config: KvClusterConfig, state: str = "bf16"):
 @pytest.mark.parametrize(("config", "state"), [(KvClusterConfig(2, 128, 4, 8, 8), "bf16"),
                                                (KvClusterConfig(4, 64, 4, 8, 8, vec=4), "fp32")])
 def test_the_exchange_assembles_for_sm90(config, state):
-    """ptxas takes the inline PTX; one cluster barrier a thread, between every push and every pull;
+    """ptxas takes the inline PTX; one cluster barrier a thread, arrived on before and waited on
+    after the sums, before every push; every pull after the exchange's mbarrier wait;
     shared memory holds the rows, q, k and their shares (the exchange slots are added at launch)."""
     import re
 
@@ -98,10 +100,13 @@ def test_the_exchange_assembles_for_sm90(config, state):
     buffers = KC * config.BV * itemsize + 2 * (K + KC) * 2 + 8 * config.parts
     assert buffers <= int(shared) <= buffers + 256  # and a little scratch of Triton's reductions
     lines = ptx.splitlines()
-    pushes = [i for i, line in enumerate(lines) if "st.shared::cluster" in line]
+    pushes = [i for i, line in enumerate(lines) if "st.async.shared::cluster" in line]
     pulls = [i for i, line in enumerate(lines) if re.search(r"ld\.shared\.b32 .*%addr", line)]
-    barrier, = [i for i, line in enumerate(lines) if "barrier.cluster.arrive.release" in line]
-    assert pushes and pulls and max(pushes) < barrier < min(pulls)
+    arrive, = [i for i, line in enumerate(lines) if "barrier.cluster.arrive.relaxed" in line]
+    ready, = [i for i, line in enumerate(lines) if "barrier.cluster.wait" in line]
+    arrived, = [i for i, line in enumerate(lines) if "mbarrier.try_wait.parity" in line and "%done" in line]
+    first_sum = next(i for i, line in enumerate(lines) if "fma.rn.f32" in line)
+    assert pushes and pulls and arrive < first_sum < ready < min(pushes) < max(pushes) < arrived < min(pulls)
     assert_no_spills(ptxas_report(ptx))
 
 
