@@ -10,18 +10,21 @@ cluster (sm_90), and they exchange the partials through distributed shared memor
    program may not be written to before it has started);
 1. each program loads ``K / CTAS`` key rows of the tile by TMA (with all of q and k, and its
    rows' share of q and k) and sums its rows' share of ``S^T k`` and ``S^T q``;
-2. it sends both partial vectors into a slot of its own in every program of the cluster
-   (``mapa`` + ``st.async`` counted on the receiver's mbarrier), then waits on its own mbarrier
-   until every program's partials have arrived. (A first version exchanged through
-   ``st.shared::cluster`` and a release / acquire cluster barrier: the release compiles to
-   ``MEMBAR.ALL.GPU``, and the exchange cost 88 us of 356 at bf16 B=512, NOTES.md.)
+2. it stages both partial vectors in an outbox in its own shared memory, and one thread sends the
+   outbox to a slot of its own in every program of the cluster (a bulk copy, ``mapa`` +
+   ``cp.async.bulk.shared::cluster``, counted on the receiver's mbarrier); each program then waits
+   on its own mbarrier until every program's partials have arrived. (A first version exchanged
+   through ``st.shared::cluster`` and a release / acquire cluster barrier: the release compiles to
+   ``MEMBAR.ALL.GPU``, and the exchange cost 88 us of 356 at bf16 B=512; a second stored 4 bytes
+   at a time with ``st.async``, and the exchange's cost grew with the cluster, NOTES.md.)
 3. each program adds the ``CTAS`` slots in rank order (every program gets the same sums), takes
    ``u`` and ``o`` (the rank-0 program writes ``o``), updates its rows and stores them by TMA.
 
 Neither Gluon nor Triton 3.6 exposes distributed shared memory (a layout split across CTAs does
 not lower, NOTES.md), so the exchange is inline PTX on a region Triton does not know of: the
 kernel is compiled for one CTA, and launched with ``CTAS``-CTA clusters and its dynamic shared
-memory enlarged by the exchange slots and mbarrier, which sit at its end (``%dynamic_smem_size``). The
+memory enlarged by the exchange's mbarrier, inbox and outbox, which sit at its end
+(``%dynamic_smem_size``). The
 launcher sets the compiled kernel's launch metadata for that launch (:func:`_cluster_launch`).
 
 Programs of a cluster run together, so the kernel needs the GPU (no interpreter); tested in
@@ -123,27 +126,57 @@ def _exchange_ready():
 
 
 @gluon.jit
-def _push_partial(value, offset, peer, owners):
-    """Send ``value`` to byte ``offset`` from the end of ``peer``'s dynamic shared memory, counted
-    on ``peer``'s exchange mbarrier (``st.async``: no fence, the mbarrier orders it), from the
-    lanes below ``owners`` only (the lanes that hold a column first; the others repeat it)."""
+def _stage_partial(value, offset, owners):
+    """Store ``value`` at byte ``offset`` from the end of this program's dynamic shared memory (its
+    outbox), from the lanes below ``owners`` only (the lanes that hold a column first; the others
+    repeat it)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %p;
-        .reg .b32 %lane, %end, %size, %addr, %bar, %remote, %remote_bar;
+        .reg .b32 %lane, %addr, %size;
         mov.u32 %lane, %laneid;
-        setp.lt.u32 %p, %lane, $4;
+        setp.lt.u32 %p, %lane, $3;
+        mov.u32 %addr, global_smem;
+        mov.u32 %size, %dynamic_smem_size;
+        add.u32 %addr, %addr, %size;
+        add.u32 %addr, %addr, $2;
+        @%p st.shared.b32 [%addr], $1;
+        mov.u32 $0, 0;
+        }""",
+        "=r,r,r,r", [value, offset, owners], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _outbox_staged():
+    """Every thread once, after staging: its stores made visible to the bulk copies (async
+    proxy), then the CTA barrier, so the outbox is whole before thread 0 sends it."""
+    return gl.inline_asm_elementwise("fence.proxy.async.shared::cta; bar.sync 0; mov.u32 $0, 0;", "=r", [],
+                                     dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _send_outbox(outbox, slot, peer, nbytes):
+    """Thread 0 copies ``nbytes`` at byte ``outbox`` from the end of this program's shared memory
+    to byte ``slot`` from the end of ``peer``'s, counted on ``peer``'s exchange mbarrier (one bulk
+    copy: remote stores of 4 bytes each ran at ~1.3 ns apiece per SM, NOTES.md)."""
+    return gl.inline_asm_elementwise(
+        """{
+        .reg .pred %first;
+        .reg .b32 %thread, %end, %size, %src, %dst, %bar, %remote, %remote_bar;
+        mov.u32 %thread, %tid.x;
+        setp.eq.u32 %first, %thread, 0;
         mov.u32 %end, global_smem;
         mov.u32 %size, %dynamic_smem_size;
         add.u32 %end, %end, %size;
-        add.u32 %addr, %end, $2;
+        add.u32 %src, %end, $1;
+        add.u32 %dst, %end, $2;
         sub.u32 %bar, %end, 8;
-        mapa.shared::cluster.u32 %remote, %addr, $3;
+        mapa.shared::cluster.u32 %remote, %dst, $3;
         mapa.shared::cluster.u32 %remote_bar, %bar, $3;
-        @%p st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%remote], $1, [%remote_bar];
+        @%first cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%remote], [%src], $4, [%remote_bar];
         mov.u32 $0, 0;
         }""",
-        "=r,r,r,r,r", [value, offset, peer, owners], dtype=gl.int32, is_pure=False, pack=1)
+        "=r,r,r,r,r", [outbox, slot, peer, nbytes], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -185,19 +218,24 @@ def _pull_partial(offset, after):
 @gluon.jit
 def _cluster_sums(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
     """``(S^T k, S^T q)`` over the cluster: ``sk, sq [NC, C]`` are this program's partials at
-    columns ``cols``; slot ``rank`` of every program's exchange is written by program ``rank``.
-    Every program adds the slots in rank order, so all get the same sums."""
-    slots: gl.constexpr = 16 + CTAS * 2 * BV * 4
-    mine_k = (rank * 2 * BV + cols) * 4 - slots
+    columns ``cols``. Each program stages them in its outbox and sends it to slot ``rank`` of
+    every program's inbox; every program adds the slots in rank order, so all get the same sums.
+    From the end of shared memory: the mbarrier in the last 8 bytes, the inbox's ``CTAS`` slots of
+    ``2 BV`` floats ending 16 bytes before the end, the outbox below them."""
+    SLOT: gl.constexpr = 2 * BV * 4
+    inbox: gl.constexpr = 16 + CTAS * SLOT
+    outbox: gl.constexpr = inbox + SLOT
+    _stage_partial(sk, cols * 4 - outbox, gl.full_like(cols, OWNERS))
+    _stage_partial(sq, (BV + cols) * 4 - outbox, gl.full_like(cols, OWNERS))
+    _outbox_staged()
     _exchange_ready()
     for peer in gl.static_range(CTAS):
-        _push_partial(sk, mine_k, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
-        _push_partial(sq, mine_k + BV * 4, gl.full_like(cols, peer), gl.full_like(cols, OWNERS))
+        _send_outbox(-outbox, rank * SLOT - inbox, peer, SLOT)
     arrived = _exchange_wait() + gl.zeros_like(cols)
     Sk = gl.zeros_like(sk)
     Sq = gl.zeros_like(sq)
     for peer in gl.static_range(CTAS):
-        slot_k = (peer * 2 * BV + cols) * 4 - slots
+        slot_k = peer * SLOT + cols * 4 - inbox
         Sk += _pull_partial(slot_k, arrived)
         Sq += _pull_partial(slot_k + BV * 4, arrived)
     return Sk, Sq
@@ -396,6 +434,6 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
     if config.skip == "launch":
         _decode_kv_cluster_plain(num_tiles * config.ctas, args, kwargs)
         return config
-    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, 16 + config.ctas * 2 * config.BV * 4,
+    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, 16 + (config.ctas + 1) * 2 * config.BV * 4,
                     args, kwargs)
     return config

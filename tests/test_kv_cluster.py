@@ -81,7 +81,7 @@ def compiled(config: KvClusterConfig, state: str = "bf16"):
         _run_cluster(config)(inp)
     (kernel, grid, ctas, slots_bytes, args, kwargs), = calls
     assert (grid, ctas, slots_bytes) == (3 * 32 * (128 // config.BV), config.ctas,
-                                         16 + config.ctas * 2 * config.BV * 4)
+                                         16 + (config.ctas + 1) * 2 * config.BV * 4)
     compiled = compile_launch_sm90(kernel, args, kwargs)
     return compiled.metadata.shared, compiled.asm["ptx"]
 
@@ -90,7 +90,7 @@ def compiled(config: KvClusterConfig, state: str = "bf16"):
                                                (KvClusterConfig(4, 64, 4, 8, 8, vec=4), "fp32")])
 def test_the_exchange_assembles_for_sm90(config, state):
     """ptxas takes the inline PTX; one cluster barrier a thread, arrived on before and waited on
-    after the sums, before every push; every pull after the exchange's mbarrier wait;
+    after the sums, before every bulk copy to a peer; every pull after the exchange's mbarrier wait;
     shared memory holds the rows, q, k and their shares (the exchange slots are added at launch)."""
     import re
 
@@ -100,7 +100,7 @@ def test_the_exchange_assembles_for_sm90(config, state):
     buffers = KC * config.BV * itemsize + 2 * (K + KC) * 2 + 8 * config.parts
     assert buffers <= int(shared) <= buffers + 256  # and a little scratch of Triton's reductions
     lines = ptx.splitlines()
-    pushes = [i for i, line in enumerate(lines) if "st.async.shared::cluster" in line]
+    pushes = [i for i, line in enumerate(lines) if "cp.async.bulk.shared::cluster.shared::cta" in line]
     pulls = [i for i, line in enumerate(lines) if re.search(r"ld\.shared\.b32 .*%addr", line)]
     arrive, = [i for i, line in enumerate(lines) if "barrier.cluster.arrive.relaxed" in line]
     ready, = [i for i, line in enumerate(lines) if "barrier.cluster.wait" in line]
