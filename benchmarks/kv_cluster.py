@@ -5,7 +5,7 @@ acquire-release counter, and runs at 57-62% of copy bandwidth (NOTES.md, twenty-
 Here the ``CTAS`` programs that share a tile (``BV`` value columns of one head) are one thread-block
 cluster (sm_90), and they exchange the partials through distributed shared memory:
 
-0. at its start each program sets up an mbarrier for the exchange and arrives (relaxed) on the
+0. at its start each program sets up the exchange's mbarriers and arrives (relaxed) on the
    cluster barrier, which it waits on only before its first write into another program (a
    program may not be written to before it has started);
 1. each program loads ``K / CTAS`` key rows of the tile by TMA (with all of q and k, and its
@@ -16,7 +16,10 @@ cluster (sm_90), and they exchange the partials through distributed shared memor
    on its own mbarrier until every program's partials have arrived. (A first version exchanged
    through ``st.shared::cluster`` and a release / acquire cluster barrier: the release compiles to
    ``MEMBAR.ALL.GPU``, and the exchange cost 88 us of 356 at bf16 B=512; a second stored 4 bytes
-   at a time with ``st.async``, and the exchange's cost grew with the cluster, NOTES.md.)
+   at a time with ``st.async``, and the exchange's cost grew with the cluster, NOTES.md.) With
+   ``exchange="scatter"`` the sums travel in two rounds of ``2 BV`` floats a program whatever the
+   cluster's size (a reduce-scatter, then an all-gather: :func:`_sums_scatter`), where the one
+   round of ``"all"`` brings every program ``CTAS`` times that and takes as much shared memory;
 3. each program adds the ``CTAS`` slots in rank order (every program gets the same sums), takes
    ``u`` and ``o`` (the rank-0 program writes ``o``), updates its rows and stores them by TMA.
 
@@ -66,7 +69,7 @@ class KvClusterConfig(NamedTuple):
     """``ctas`` programs (one cluster) a tile of ``BV`` value columns, each ``K / ctas`` key rows
     read ``rows`` at a time by ``num_warps`` warps (lanes ``vec`` values), in ``parts`` TMA copies;
     ``programs_per_sm`` sets the register cap; ``sort_rows`` as ``GluonTileConfig.sort_rows``;
-    ``skip`` names what a ceiling leaves out."""
+    ``skip`` names what a ceiling leaves out; ``exchange`` how the partial sums travel."""
 
     ctas: int
     BV: int
@@ -79,6 +82,9 @@ class KvClusterConfig(NamedTuple):
     # ceilings, not decode steps (wrong sums): "sums" skips the exchange (each program's own partial
     # sums stand for the head's), "launch" also launches plain CTAs instead of clusters
     skip: str = ""
+    # "all": one round, every program's partials to every program; "scatter": a reduce-scatter
+    # and an all-gather, a fixed 2 BV floats a program each way (_sums_scatter)
+    exchange: str = "all"
 
     @property
     def maxnreg(self) -> int:
@@ -86,79 +92,83 @@ class KvClusterConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
-# The exchange lives past Triton's dynamic shared memory: its last 8 bytes are an mbarrier
-# (``_END_BARRIER``), the CTAS x 2 x BV float slots end 16 bytes before the end. Addresses are
-# taken from the end (``global_smem + %dynamic_smem_size``), which the launch sets.
-
-
+# The exchange lives past Triton's dynamic shared memory, addressed from its end
+# (``%end = global_smem + %dynamic_smem_size``, which the launch sets): two mbarriers in the last 16 bytes
+# (the first round's at -8, the second's at -16), then the inboxes and outboxes below them
+# (``exchange_bytes`` gives the sizes).
 @gluon.jit
-def _exchange_open(expected_bytes):
-    """At the start, every thread once: thread 0 sets up the exchange mbarrier to complete when
-    ``expected_bytes`` have arrived (one arrival, its own) and makes it visible to the cluster;
-    every thread then arrives, relaxed, on the cluster barrier that :func:`_exchange_ready` waits
-    on, so that no program writes into another before the other has set up its barrier."""
+def _exchange_open(first_round_bytes, second_round_bytes):
+    """At the start, every thread once: thread 0 sets up both exchange mbarriers to complete when
+    these many bytes have arrived (one arrival each, its own) and makes them visible to the
+    cluster; every thread then arrives, relaxed, on the cluster barrier that
+    :func:`_exchange_ready` waits on, so that no program writes into another before the other
+    has set up its barriers. (A round of no bytes completes at once and is never waited on.)"""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %first;
-        .reg .b32 %thread, %bar, %size;
+        .reg .b32 %thread, %end, %size, %bar;
         .reg .b64 %state;
         mov.u32 %thread, %tid.x;
         setp.eq.u32 %first, %thread, 0;
-        mov.u32 %bar, global_smem;
+        mov.u32 %end, global_smem;
         mov.u32 %size, %dynamic_smem_size;
-        add.u32 %bar, %bar, %size;
-        sub.u32 %bar, %bar, 8;
+        add.u32 %end, %end, %size;
+        sub.u32 %bar, %end, 8;
         @%first mbarrier.init.shared::cta.b64 [%bar], 1;
         @%first mbarrier.arrive.expect_tx.shared::cta.b64 %state, [%bar], $1;
+        sub.u32 %bar, %end, 16;
+        @%first mbarrier.init.shared::cta.b64 [%bar], 1;
+        @%first mbarrier.arrive.expect_tx.shared::cta.b64 %state, [%bar], $2;
         @%first fence.mbarrier_init.release.cluster;
         barrier.cluster.arrive.relaxed.aligned;
         mov.u32 $0, 0;
         }""",
-        "=r,r", [expected_bytes], dtype=gl.int32, is_pure=False, pack=1)
+        "=r,r,r", [first_round_bytes, second_round_bytes], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
 def _exchange_ready():
     """Every thread once, before its first write into another program: wait on the cluster
-    barrier of :func:`_exchange_open` (every program of the cluster has set up its mbarrier)."""
+    barrier of :func:`_exchange_open` (every program of the cluster has set up its mbarriers)."""
     return gl.inline_asm_elementwise("barrier.cluster.wait.aligned; mov.u32 $0, 0;", "=r", [], dtype=gl.int32,
                                      is_pure=False, pack=1)
 
 
 @gluon.jit
-def _stage_partial(value, offset, owners):
-    """Store ``value`` at byte ``offset`` from the end of this program's dynamic shared memory (its
-    outbox), from the lanes below ``owners`` only (the lanes that hold a column first; the others
-    repeat it)."""
+def _stage(value, offset, owner):
+    """Store ``value`` at byte ``offset`` from the end of this program's shared memory where
+    ``owner`` is nonzero, from the lanes below ``owner`` (the lanes that hold a column first; the
+    others repeat it)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %p;
-        .reg .b32 %lane, %addr, %size;
+        .reg .b32 %lane, %end, %size, %addr;
         mov.u32 %lane, %laneid;
         setp.lt.u32 %p, %lane, $3;
-        mov.u32 %addr, global_smem;
+        mov.u32 %end, global_smem;
         mov.u32 %size, %dynamic_smem_size;
-        add.u32 %addr, %addr, %size;
-        add.u32 %addr, %addr, $2;
+        add.u32 %end, %end, %size;
+        add.u32 %addr, %end, $2;
         @%p st.shared.b32 [%addr], $1;
         mov.u32 $0, 0;
         }""",
-        "=r,r,r,r", [value, offset, owners], dtype=gl.int32, is_pure=False, pack=1)
+        "=r,r,r,r", [value, offset, owner], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _outbox_staged():
+def _staged():
     """Every thread once, after staging: its stores made visible to the bulk copies (async
-    proxy), then the CTA barrier, so the outbox is whole before thread 0 sends it."""
+    proxy), then the CTA barrier, so an outbox is whole before thread 0 sends it."""
     return gl.inline_asm_elementwise("fence.proxy.async.shared::cta; bar.sync 0; mov.u32 $0, 0;", "=r", [],
                                      dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _send_outbox(outbox, slot, peer, nbytes):
-    """Thread 0 copies ``nbytes`` at byte ``outbox`` from the end of this program's shared memory
-    to byte ``slot`` from the end of ``peer``'s, counted on ``peer``'s exchange mbarrier (one bulk
-    copy: remote stores of 4 bytes each ran at ~1.3 ns apiece per SM, NOTES.md)."""
+def _send(source, target, peer, nbytes, barrier):
+    """Thread 0 copies ``nbytes`` at byte ``source`` from the end of this program's shared memory
+    to byte ``target`` from the end of ``peer``'s, counted on ``peer``'s mbarrier at byte
+    ``barrier`` from the end: one bulk copy (remote stores of 4 bytes each ran at ~1.3 ns apiece
+    per SM, NOTES.md)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %first;
@@ -170,75 +180,123 @@ def _send_outbox(outbox, slot, peer, nbytes):
         add.u32 %end, %end, %size;
         add.u32 %src, %end, $1;
         add.u32 %dst, %end, $2;
-        sub.u32 %bar, %end, 8;
+        add.u32 %bar, %end, $5;
         mapa.shared::cluster.u32 %remote, %dst, $3;
         mapa.shared::cluster.u32 %remote_bar, %bar, $3;
         @%first cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%remote], [%src], $4, [%remote_bar];
         mov.u32 $0, 0;
         }""",
-        "=r,r,r,r,r", [outbox, slot, peer, nbytes], dtype=gl.int32, is_pure=False, pack=1)
+        "=r,r,r,r,r,r", [source, target, peer, nbytes, barrier], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _exchange_wait():
-    """Every thread once: wait until every program's partials have arrived here (the exchange
-    mbarrier's first phase completes; its acquire makes them visible)."""
+def _arrived(barrier):
+    """Every thread once: wait until the round counted on the mbarrier at byte ``barrier`` from
+    the end has all its bytes (its first phase completes; its acquire makes them visible)."""
     return gl.inline_asm_elementwise(
         """{
         .reg .pred %done;
-        .reg .b32 %bar, %size;
-        mov.u32 %bar, global_smem;
+        .reg .b32 %end, %size, %bar;
+        mov.u32 %end, global_smem;
         mov.u32 %size, %dynamic_smem_size;
-        add.u32 %bar, %bar, %size;
-        sub.u32 %bar, %bar, 8;
-        kv_cluster_exchange_wait:
+        add.u32 %end, %end, %size;
+        add.u32 %bar, %end, $1;
+        kv_cluster_wait_${:uid}:
         mbarrier.try_wait.parity.shared::cta.b64 %done, [%bar], 0;
-        @!%done bra kv_cluster_exchange_wait;
+        @!%done bra kv_cluster_wait_${:uid};
         mov.u32 $0, 0;
         }""",
-        "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        "=r,r", [barrier], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _pull_partial(offset, after):
-    """The value at byte ``offset`` from the end of this program's dynamic shared memory, read
-    after ``after`` (the exchange's wait)."""
+def _pull(offset, after):
+    """The value at byte ``offset`` from the end of this program's shared memory, read after
+    ``after`` (a wait on the round that brought it)."""
     return gl.inline_asm_elementwise(
         """{
-        .reg .b32 %addr, %base;
-        mov.u32 %addr, %dynamic_smem_size;
-        mov.u32 %base, global_smem;
-        add.u32 %addr, %addr, %base;
-        add.u32 %addr, %addr, $1;
+        .reg .b32 %end, %size, %addr;
+        mov.u32 %end, global_smem;
+        mov.u32 %size, %dynamic_smem_size;
+        add.u32 %end, %end, %size;
+        add.u32 %addr, %end, $1;
         ld.shared.b32 $0, [%addr];
         }""",
         "=r,r,r", [offset, after], dtype=gl.float32, is_pure=False, pack=1)
 
 
 @gluon.jit
-def _cluster_sums(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
-    """``(S^T k, S^T q)`` over the cluster: ``sk, sq [NC, C]`` are this program's partials at
-    columns ``cols``. Each program stages them in its outbox and sends it to slot ``rank`` of
-    every program's inbox; every program adds the slots in rank order, so all get the same sums.
-    From the end of shared memory: the mbarrier in the last 8 bytes, the inbox's ``CTAS`` slots of
-    ``2 BV`` floats ending 16 bytes before the end, the outbox below them."""
+def _sums_all_to_all(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
+    """One round: each program stages its partials ``[2 BV]`` in its outbox and sends the whole of
+    it to slot ``rank`` of every program's inbox (``CTAS`` slots); each adds the slots in rank
+    order. Inbox ``CTAS x 2 BV`` floats below the mbarriers, outbox below it."""
     SLOT: gl.constexpr = 2 * BV * 4
     inbox: gl.constexpr = 16 + CTAS * SLOT
     outbox: gl.constexpr = inbox + SLOT
-    _stage_partial(sk, cols * 4 - outbox, gl.full_like(cols, OWNERS))
-    _stage_partial(sq, (BV + cols) * 4 - outbox, gl.full_like(cols, OWNERS))
-    _outbox_staged()
+    owner = gl.full_like(cols, OWNERS)
+    _stage(sk, cols * 4 - outbox, owner)
+    _stage(sq, (BV + cols) * 4 - outbox, owner)
+    _staged()
     _exchange_ready()
     for peer in gl.static_range(CTAS):
-        _send_outbox(-outbox, rank * SLOT - inbox, peer, SLOT)
-    arrived = _exchange_wait() + gl.zeros_like(cols)
+        _send(-outbox, rank * SLOT - inbox, peer, SLOT, -8)
+    arrived = _arrived(-8) + gl.zeros_like(cols)
     Sk = gl.zeros_like(sk)
     Sq = gl.zeros_like(sq)
     for peer in gl.static_range(CTAS):
-        slot_k = peer * SLOT + cols * 4 - inbox
-        Sk += _pull_partial(slot_k, arrived)
-        Sq += _pull_partial(slot_k + BV * 4, arrived)
+        Sk += _pull(peer * SLOT + cols * 4 - inbox, arrived)
+        Sq += _pull(peer * SLOT + (BV + cols) * 4 - inbox, arrived)
     return Sk, Sq
+
+
+@gluon.jit
+def _sums_scatter(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
+    """Two rounds, ``2 BV`` floats a program each way whatever ``CTAS``: program ``rank`` owns
+    chunk ``rank`` of ``M = 2 BV / CTAS`` floats of the partials ``[Sk | Sq]``; round 1 sends chunk
+    j of every program's partials to program j (slot of the sender's rank), which adds them in
+    rank order; round 2 sends each summed chunk to its place in every program's sums. Below the
+    mbarriers: round 1's inbox (``CTAS x M``), round 2's inbox (``2 BV``), the partials' outbox
+    (``2 BV``), the summed chunk's outbox (``M``)."""
+    M: gl.constexpr = 2 * BV // CTAS
+    VECTOR: gl.constexpr = 2 * BV * 4
+    inbox1: gl.constexpr = 16 + VECTOR
+    inbox2: gl.constexpr = inbox1 + VECTOR
+    outbox1: gl.constexpr = inbox2 + VECTOR
+    outbox2: gl.constexpr = outbox1 + M * 4
+    owner = gl.full_like(cols, OWNERS)
+    _stage(sk, cols * 4 - outbox1, owner)
+    _stage(sq, (BV + cols) * 4 - outbox1, owner)
+    _staged()
+    _exchange_ready()
+    for peer in gl.static_range(CTAS):
+        _send(peer * M * 4 - outbox1, rank * M * 4 - inbox1, peer, M * 4, -8)
+    arrived = _arrived(-8) + gl.zeros_like(cols)
+    # the elements of this program's chunk, at positions cols (Sk) and BV + cols (Sq)
+    mine_k = cols // M == rank
+    mine_q = (BV + cols) // M == rank
+    at_k = gl.where(mine_k, cols - rank * M, 0)
+    at_q = gl.where(mine_q, BV + cols - rank * M, 0)
+    chunk_k = gl.zeros_like(sk)
+    chunk_q = gl.zeros_like(sq)
+    for sender in gl.static_range(CTAS):
+        chunk_k += _pull((sender * M + at_k) * 4 - inbox1, arrived)
+        chunk_q += _pull((sender * M + at_q) * 4 - inbox1, arrived)
+    _stage(chunk_k, at_k * 4 - outbox2, gl.where(mine_k, owner, 0))
+    _stage(chunk_q, at_q * 4 - outbox2, gl.where(mine_q, owner, 0))
+    _staged()
+    for peer in gl.static_range(CTAS):
+        _send(-outbox2, rank * M * 4 - inbox2, peer, M * 4, -16)
+    summed = _arrived(-16) + gl.zeros_like(cols)
+    return _pull(cols * 4 - inbox2, summed), _pull((BV + cols) * 4 - inbox2, summed)
+
+
+def exchange_bytes(config: KvClusterConfig) -> tuple[int, int, int]:
+    """``(round 1, round 2, region)``: the bytes each program receives in each round of
+    ``config.exchange`` and the shared memory its exchange takes past Triton's."""
+    vector = 2 * config.BV * 4
+    if config.exchange == "scatter":
+        return vector, vector, 16 + 3 * vector + vector // config.ctas
+    return config.ctas * vector, 0, 16 + (config.ctas + 1) * vector
 
 
 @gluon.jit
@@ -267,8 +325,10 @@ def _kv_cluster_kernel(
     bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
     for j in gl.static_range(PARTS):
         mbarrier.init(bars.index(j), count=1)
-    if EXCHANGE:
-        _exchange_open(CTAS * 2 * BV * 4)
+    if EXCHANGE == 1:
+        _exchange_open(CTAS * 2 * BV * 4, 0)
+    elif EXCHANGE == 2:
+        _exchange_open(2 * BV * 4, 2 * BV * 4)
     if PDL:
         _gdc_wait()
         _gdc_launch_dependents()
@@ -334,8 +394,10 @@ def _kv_cluster_kernel(
         sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
         sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
     cols = _tile_columns(BV, C, cols_layout)
-    if EXCHANGE:
-        Sk, Sq = _cluster_sums(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
+    if EXCHANGE == 1:
+        Sk, Sq = _sums_all_to_all(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
+    elif EXCHANGE == 2:
+        Sk, Sq = _sums_scatter(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
     else:
         Sk = gl.sum(sk, axis=0)
         Sq = gl.sum(sq, axis=0)
@@ -363,8 +425,8 @@ def _kv_cluster_kernel(
 def cluster_reason(K: int, V: int, itemsize: int, config: KvClusterConfig) -> str | None:
     """Why ``config`` cannot tile a ``[K, V]`` kv head of ``itemsize``-byte elements, or ``None``."""
     lanes_k = lanes_along_keys(config.BV, itemsize, config.num_warps, config.vec)
-    if config.skip not in ("", "sums", "launch"):
-        return f"skip={config.skip!r}: '', 'sums' or 'launch'"
+    if config.skip not in ("", "sums", "launch") or config.exchange not in ("all", "scatter"):
+        return f"skip={config.skip!r} in '', 'sums', 'launch' and exchange={config.exchange!r} in 'all', 'scatter'"
     if config.ctas not in (2, 4, 8) or K % config.ctas or V % config.BV:
         return f"ctas={config.ctas} in (2, 4, 8) dividing K={K}, and BV={config.BV} dividing V={V}"
     KC = K // config.ctas
@@ -430,10 +492,10 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
     args += [rows if rows is not None else state, tma_descriptor(q3, list(q3.shape), list(q3.stride()), [1, 1, KC]),
              tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, KC])]
     kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas,
-                  EXCHANGE=not config.skip)
+                  EXCHANGE=0 if config.skip else 2 if config.exchange == "scatter" else 1)
     if config.skip == "launch":
         _decode_kv_cluster_plain(num_tiles * config.ctas, args, kwargs)
         return config
-    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, 16 + (config.ctas + 1) * 2 * config.BV * 4,
+    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, exchange_bytes(config)[2],
                     args, kwargs)
     return config

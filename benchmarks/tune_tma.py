@@ -9,10 +9,11 @@ program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
 cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
 split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch][:sort]``
+parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
-columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory;
-``skipsums`` / ``skiplaunch`` are its ceilings without the exchange / without clusters, timed unchecked).
+columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
+all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` / ``skiplaunch`` are its
+ceilings without the exchange / without clusters, timed unchecked).
 Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
@@ -68,17 +69,19 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
     program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
     ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch]
-    [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
+    [:scatter][:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
     if spec[:1] == "c":
-        fields = spec[1:].split(":")
-        sort = fields[-1:] == ["sort"]
-        fields = fields[:-1] if sort else fields
-        skip = fields.pop()[4:] if fields[-1:] in (["skipsums"], ["skiplaunch"]) else ""
+        fields, words = spec[1:].split(":"), []
+        while fields and fields[-1] in ("sort", "skipsums", "skiplaunch", "scatter"):
+            words.append(fields.pop())
+        skips = [w[4:] for w in words if w.startswith("skip")]
         parts = fields.pop()[1:] if len(fields) > 5 and fields[-1][:1] == "p" else "1"
-        if len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)):
+        if (len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)) or len(skips) > 1
+                or len(set(words)) < len(words)):
             raise ValueError(f"spec {spec!r}: expected cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS]"
-                             "[:skipsums|:skiplaunch][:sort] for the cluster prototype")
-        return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows=sort, skip=skip)
+                             "[:skipsums|:skiplaunch][:scatter][:sort] for the cluster prototype")
+        return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows="sort" in words,
+                               skip="".join(skips), exchange="scatter" if "scatter" in words else "all")
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]

@@ -26,8 +26,10 @@ def test_cluster_specs_parse():
     assert parse_spec("c8:64:2:8:16:4") == KvClusterConfig(8, 64, 2, 8, 16, vec=4)
     assert parse_spec("c2:128:4:8:8:skipsums:sort") == KvClusterConfig(2, 128, 4, 8, 8, sort_rows=True, skip="sums")
     assert parse_spec("c2:128:4:8:8:p2:skiplaunch") == KvClusterConfig(2, 128, 4, 8, 8, parts=2, skip="launch")
+    assert parse_spec("c8:128:2:8:16:scatter:sort") == KvClusterConfig(8, 128, 2, 8, 16, sort_rows=True,
+                                                                       exchange="scatter")
     for bad in ("c2:128:4:8", "c2:x:4:8:8", "c2:128:4:8:8:4:4", "c2:128:4:8:8:px", "c2:128:4:8:8:skipall",
-                "c2:128:4:8:8:sort:skipsums"):
+                "c2:128:4:8:8:skipsums:skiplaunch", "c2:128:4:8:8:sort:sort"):
         with pytest.raises(ValueError, match="expected cCTAS"):
             parse_spec(bad)
 
@@ -42,6 +44,7 @@ def test_cluster_specs_parse():
     (128, 128, 2, KvClusterConfig(2, 128, 4, 2, 8), "rows=2"),  # less than a swizzle block
     (128, 128, 2, KvClusterConfig(2, 128, 4, 8, 8, parts=3), "parts=3"),
     (128, 128, 2, KvClusterConfig(2, 128, 4, 8, 8, skip="exchange"), "skip='exchange'"),
+    (128, 128, 2, KvClusterConfig(2, 128, 4, 8, 8, exchange="ring"), "exchange='ring'"),
 ])
 def test_cluster_reason(K, V, itemsize, config, expected):
     reason = cluster_reason(K, V, itemsize, config)
@@ -80,14 +83,16 @@ def compiled(config: KvClusterConfig, state: str = "bf16"):
     with mock.patch.object(kc, "_cluster_launch", lambda *launch: calls.append(launch)):
         _run_cluster(config)(inp)
     (kernel, grid, ctas, slots_bytes, args, kwargs), = calls
-    assert (grid, ctas, slots_bytes) == (3 * 32 * (128 // config.BV), config.ctas,
-                                         16 + (config.ctas + 1) * 2 * config.BV * 4)
+    vector = 2 * config.BV * 4  # a program's partial sums
+    region = 16 + (config.ctas + 1) * vector if config.exchange == "all" else 16 + 3 * vector + vector // config.ctas
+    assert (grid, ctas, slots_bytes) == (3 * 32 * (128 // config.BV), config.ctas, region)
     compiled = compile_launch_sm90(kernel, args, kwargs)
     return compiled.metadata.shared, compiled.asm["ptx"]
 
 
 @pytest.mark.parametrize(("config", "state"), [(KvClusterConfig(2, 128, 4, 8, 8), "bf16"),
-                                               (KvClusterConfig(4, 64, 4, 8, 8, vec=4), "fp32")])
+                                               (KvClusterConfig(4, 64, 4, 8, 8, vec=4), "fp32"),
+                                               (KvClusterConfig(8, 128, 2, 8, 16, exchange="scatter"), "bf16")])
 def test_the_exchange_assembles_for_sm90(config, state):
     """ptxas takes the inline PTX; one cluster barrier a thread, arrived on before and waited on
     after the sums, before every bulk copy to a peer; every pull after the exchange's mbarrier wait;
@@ -104,9 +109,11 @@ def test_the_exchange_assembles_for_sm90(config, state):
     pulls = [i for i, line in enumerate(lines) if re.search(r"ld\.shared\.b32 .*%addr", line)]
     arrive, = [i for i, line in enumerate(lines) if "barrier.cluster.arrive.relaxed" in line]
     ready, = [i for i, line in enumerate(lines) if "barrier.cluster.wait" in line]
-    arrived, = [i for i, line in enumerate(lines) if "mbarrier.try_wait.parity" in line and "%done" in line]
+    arrived = [i for i, line in enumerate(lines) if "mbarrier.try_wait.parity" in line and "%done" in line]
     first_sum = next(i for i, line in enumerate(lines) if "fma.rn.f32" in line)
-    assert pushes and pulls and arrive < first_sum < ready < min(pushes) < max(pushes) < arrived < min(pulls)
+    assert pushes and pulls and arrive < first_sum < ready < min(pushes) < arrived[0] < min(pulls)
+    rounds = 1 if config.exchange == "all" else 2
+    assert len(pushes) == rounds * config.ctas and len(arrived) == rounds  # one bulk copy a peer a round
     assert_no_spills(ptxas_report(ptx))
 
 
@@ -116,6 +123,9 @@ CLUSTER_CONFIGS = {
     "bf16_8": ("bf16", KvClusterConfig(8, 128, 2, 8, 16)),
     "fp32_2_half": ("fp32", KvClusterConfig(2, 64, 4, 8, 8, vec=4, sort_rows=True)),
     "fp32_4": ("fp32", KvClusterConfig(4, 128, 4, 8, 8, vec=4)),
+    "bf16_8_scatter": ("bf16", KvClusterConfig(8, 128, 1, 8, 24, exchange="scatter", sort_rows=True)),
+    "bf16_2_scatter": ("bf16", KvClusterConfig(2, 128, 2, 8, 12, exchange="scatter")),
+    "fp32_4_scatter": ("fp32", KvClusterConfig(4, 128, 4, 8, 8, vec=4, exchange="scatter")),
 }
 
 
