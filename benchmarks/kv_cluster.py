@@ -26,12 +26,18 @@ cluster (sm_90), and they exchange the partials through distributed shared memor
 Neither Gluon nor Triton 3.6 exposes distributed shared memory (a layout split across CTAs does
 not lower, NOTES.md), so the exchange is inline PTX on a region Triton does not know of: the
 kernel is compiled for one CTA, and launched with ``CTAS``-CTA clusters and its dynamic shared
-memory enlarged by the exchange's mbarrier, inbox and outbox, which sit at its end
-(``%dynamic_smem_size``). The
-launcher sets the compiled kernel's launch metadata for that launch (:func:`_cluster_launch`).
+memory enlarged by the exchange's mbarriers, inboxes and outboxes, which sit at its end
+(``%dynamic_smem_size``). The launcher sets the compiled kernel's launch metadata for that launch
+(:func:`_cluster_launch`).
 
 Programs of a cluster run together, so the kernel needs the GPU (no interpreter); tested in
 ``tests/test_kv_cluster.py``.
+
+Measured on an H200 (NOTES.md, twenty-third session), given the step's order: two programs a
+head (16 KB each, ``c2:128:2:8:12``) at 92.8-93.0% of copy bandwidth at bf16 B=512 and 90.4-90.5%
+at B=256, where the shipped tile runs 94.9 and 92.5-92.7; clusters of 4 at 64-66%, of 8 at 32-45%.
+A launch with a cluster dimension keeps at most 8 CTAs an SM resident there (the driver's count,
+``benchmarks/cluster_occupancy.py``; ncu agrees), so small programs leave too few bytes in flight.
 """
 
 from __future__ import annotations
