@@ -65,6 +65,7 @@ from gdn_ops.gluon_decode_kv import (
     lanes_along_keys,
     tma_descriptor,
 )
+from gdn_ops.gluon_decode_kv_tile import key_sums, qk_factors, update_rows
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode import default_pdl
 from gdn_ops.triton_gating import decode_gates
@@ -377,28 +378,12 @@ def _kv_cluster_kernel(
     decay = gl.exp(g)
     mbarrier.wait(bars.index(0), 0)
 
-    q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
-    k_all = k_smem.reshape([K]).load(flat_layout).to(gl.float32)
-    if USE_L2NORM:
-        q_factor = scale / gl.sqrt(gl.sum(q_all * q_all, axis=0) + L2_EPS)
-        k_factor = 1.0 / gl.sqrt(gl.sum(k_all * k_all, axis=0) + L2_EPS)
-    else:
-        q_factor = scale
-        k_factor = 1.0
-    kq = gl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
-
+    q_factor, k_factor, kq = qk_factors(q_smem, k_smem, scale, K, flat_layout, USE_L2NORM, L2_EPS)
     rows_smem = tile_smem.reshape([KC, NC, C])
     # this program's keys of q and k (a shared-memory view cannot start at a run-time offset)
-    q_keys = q_part_smem.reshape([KC])
     k_keys = k_part_smem.reshape([KC])
-    sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
-    sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
-    for i in gl.static_range(STEPS):
-        if i > 0 and (i * ROWS) % PART == 0:
-            mbarrier.wait(bars.index(i * ROWS // PART), 0)
-        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
-        sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
-        sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+    sk, sq = key_sums(rows_smem, q_part_smem.reshape([KC]), k_keys, bars, ROWS, STEPS, PART, rows_layout,
+                      keys_layout)
     cols = _tile_columns(BV, C, cols_layout)
     if EXCHANGE == 1:
         Sk, Sq = _sums_all_to_all(gl.sum(sk, axis=0), gl.sum(sq, axis=0), rank, cols, CTAS, BV, NC * LANES_C)
@@ -409,10 +394,7 @@ def _kv_cluster_kernel(
         Sq = gl.sum(sq, axis=0)
     u = beta * (v_in.to(gl.float32) - decay * Sk * k_factor)
     o = decay * Sq * q_factor + u * kq
-    for i in gl.static_range(STEPS):
-        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
-        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor
-        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))
+    update_rows(rows_smem, k_keys, k_factor, decay, u, ROWS, STEPS, rows_layout, keys_layout)
 
     o = gl.where(slot < num_slots, o, 0.0)
     out_cols = (tile % NV) * BV + cols

@@ -66,6 +66,51 @@ from gdn_ops.triton_gating import decode_gates
 
 
 @gluon.jit
+def qk_factors(q_smem, k_smem, scale, K: gl.constexpr, flat_layout: gl.constexpr, USE_L2NORM: gl.constexpr,
+               L2_EPS: gl.constexpr):
+    """``(q_factor, k_factor, k.q)`` of the ``[1, 1, K]`` q and k in shared memory: q and k enter the
+    sums as raw values, and their norms and the scale are factors applied after."""
+    q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    k_all = k_smem.reshape([K]).load(flat_layout).to(gl.float32)
+    if USE_L2NORM:
+        q_factor = scale / gl.sqrt(gl.sum(q_all * q_all, axis=0) + L2_EPS)
+        k_factor = 1.0 / gl.sqrt(gl.sum(k_all * k_all, axis=0) + L2_EPS)
+    else:
+        q_factor = scale
+        k_factor = 1.0
+    return q_factor, k_factor, gl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+
+
+@gluon.jit
+def key_sums(rows_smem, q_keys, k_keys, bars, ROWS: gl.constexpr, STEPS: gl.constexpr, PART: gl.constexpr,
+             rows_layout: gl.constexpr, keys_layout: gl.constexpr):
+    """Each thread's share ``[ROWS, NC, C]`` of ``S^T k`` and ``S^T q`` (raw q, k) over the
+    ``STEPS * ROWS`` key rows of ``rows_smem``, a step as soon as its part of ``PART`` rows has
+    landed (barrier 0 is waited on before)."""
+    NC: gl.constexpr = rows_smem.shape[1]
+    C: gl.constexpr = rows_smem.shape[2]
+    sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
+    for i in gl.static_range(STEPS):
+        if i > 0 and (i * ROWS) % PART == 0:
+            mbarrier.wait(bars.index(i * ROWS // PART), 0)
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+        sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+    return sk, sq
+
+
+@gluon.jit
+def update_rows(rows_smem, k_keys, k_factor, decay, u, ROWS: gl.constexpr, STEPS: gl.constexpr,
+                rows_layout: gl.constexpr, keys_layout: gl.constexpr):
+    """Rewrite the ``STEPS * ROWS`` key rows of ``rows_smem`` in place as ``d S + k u^T``."""
+    for i in gl.static_range(STEPS):
+        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
+        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor
+        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(rows_smem.dtype))
+
+
+@gluon.jit
 def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
              gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
              num_slots, scale, softplus_beta, softplus_threshold,
@@ -105,36 +150,15 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
     decay = gl.exp(g)
     mbarrier.wait(bars.index(0), 0)
 
-    # q and k enter the sums as raw values; their norms and the scale are factors applied after
-    q_all = q_smem.reshape([K]).load(flat_layout).to(gl.float32)
-    k_all = k_smem.reshape([K]).load(flat_layout).to(gl.float32)
-    if USE_L2NORM:
-        q_factor = scale / gl.sqrt(gl.sum(q_all * q_all, axis=0) + L2_EPS)
-        k_factor = 1.0 / gl.sqrt(gl.sum(k_all * k_all, axis=0) + L2_EPS)
-    else:
-        q_factor = scale
-        k_factor = 1.0
-    kq = gl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
-
+    q_factor, k_factor, kq = qk_factors(q_smem, k_smem, scale, K, flat_layout, USE_L2NORM, L2_EPS)
     rows_smem = tile_smem.reshape([K, NC, C])
-    q_keys = q_smem.reshape([K])
     k_keys = k_smem.reshape([K])
-    sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
-    sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
-    for i in gl.static_range(STEPS):
-        if i > 0 and (i * ROWS) % PART == 0:
-            mbarrier.wait(bars.index(i * ROWS // PART), 0)
-        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
-        sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
-        sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
+    sk, sq = key_sums(rows_smem, q_smem.reshape([K]), k_keys, bars, ROWS, STEPS, PART, rows_layout, keys_layout)
     Sk = gl.sum(sk, axis=0) * k_factor
     Sq = gl.sum(sq, axis=0) * q_factor
     u = beta * (v_in.to(gl.float32) - decay * Sk)
     o = decay * Sq + u * kq
-    for i in gl.static_range(STEPS):
-        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
-        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor
-        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))
+    update_rows(rows_smem, k_keys, k_factor, decay, u, ROWS, STEPS, rows_layout, keys_layout)
 
     o = gl.where(slot < num_slots, o, 0.0)
     cols = (tile % NV) * BV + _tile_columns(BV, C, cols_layout)
