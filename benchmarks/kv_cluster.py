@@ -86,8 +86,8 @@ class KvClusterConfig(NamedTuple):
     vec: int = 8
     parts: int = 1
     sort_rows: bool = False
-    # ceilings, not decode steps (wrong sums): "sums" skips the exchange (each program's own partial
-    # sums stand for the head's), "launch" also launches plain CTAs instead of clusters
+    # a ceiling, not a decode step (wrong sums): "sums" skips the exchange, each program's own partial
+    # sums standing for the head's (still launched as clusters)
     skip: str = ""
     # "all": one round, every program's partials to every program; "scatter": a reduce-scatter
     # and an all-gather, a fixed 2 BV floats a program each way (_sums_scatter)
@@ -413,8 +413,8 @@ def _kv_cluster_kernel(
 def cluster_reason(K: int, V: int, itemsize: int, config: KvClusterConfig) -> str | None:
     """Why ``config`` cannot tile a ``[K, V]`` kv head of ``itemsize``-byte elements, or ``None``."""
     lanes_k = lanes_along_keys(config.BV, itemsize, config.num_warps, config.vec)
-    if config.skip not in ("", "sums", "launch") or config.exchange not in ("all", "scatter"):
-        return f"skip={config.skip!r} in '', 'sums', 'launch' and exchange={config.exchange!r} in 'all', 'scatter'"
+    if config.skip not in ("", "sums") or config.exchange not in ("all", "scatter"):
+        return f"skip={config.skip!r} in '', 'sums' and exchange={config.exchange!r} in 'all', 'scatter'"
     if config.ctas not in (2, 4, 8) or K % config.ctas or V % config.BV:
         return f"ctas={config.ctas} in (2, 4, 8) dividing K={K}, and BV={config.BV} dividing V={V}"
     KC = K // config.ctas
@@ -442,11 +442,6 @@ def _cluster_launch(kernel, grid: int, ctas: int, slots_bytes: int, args: list, 
         kernel[(grid,)](*args, **kwargs)
     finally:
         compiled.packed_metadata = plain
-
-
-def _decode_kv_cluster_plain(grid: int, args: list, kwargs: dict) -> None:
-    """The ceiling that launches the kernel (compiled without the exchange) as plain CTAs."""
-    _kv_cluster_kernel[(grid,)](*args, **kwargs)
 
 
 def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *, scale: float,
@@ -481,9 +476,6 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
              tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, KC])]
     kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas,
                   EXCHANGE=0 if config.skip else 2 if config.exchange == "scatter" else 1)
-    if config.skip == "launch":
-        _decode_kv_cluster_plain(num_tiles * config.ctas, args, kwargs)
-        return config
     _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, exchange_bytes(config)[2],
                     args, kwargs)
     return config

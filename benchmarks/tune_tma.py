@@ -9,11 +9,11 @@ program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
 cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
 split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch][:scatter][:sort]``
+parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
 columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
-all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` / ``skiplaunch`` are its
-ceilings without the exchange / without clusters, timed unchecked).
+all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is its ceiling without
+the exchange, timed unchecked).
 Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
@@ -68,20 +68,19 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
     program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
-    ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums|:skiplaunch]
-    [:scatter][:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
+    ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter]
+    [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
     if spec[:1] == "c":
         fields, words = spec[1:].split(":"), []
-        while fields and fields[-1] in ("sort", "skipsums", "skiplaunch", "scatter"):
+        while fields and fields[-1] in ("sort", "skipsums", "scatter"):
             words.append(fields.pop())
-        skips = [w[4:] for w in words if w.startswith("skip")]
         parts = fields.pop()[1:] if len(fields) > 5 and fields[-1][:1] == "p" else "1"
-        if (len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)) or len(skips) > 1
-                or len(set(words)) < len(words)):
+        if len(fields) not in (5, 6) or not all(f.isdigit() for f in (*fields, parts)) or len(set(words)) < len(words):
             raise ValueError(f"spec {spec!r}: expected cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS]"
-                             "[:skipsums|:skiplaunch][:scatter][:sort] for the cluster prototype")
+                             "[:skipsums][:scatter][:sort] for the cluster prototype")
         return KvClusterConfig(*map(int, fields), parts=int(parts), sort_rows="sort" in words,
-                               skip="".join(skips), exchange="scatter" if "scatter" in words else "all")
+                               skip="sums" if "skipsums" in words else "",
+                               exchange="scatter" if "scatter" in words else "all")
     if spec[:1] == "s":
         fields = spec[1:].split(":")
         sort = fields[-1:] == ["sort"]

@@ -25,11 +25,12 @@ def test_cluster_specs_parse():
     assert parse_spec("c4:128:2:8:12:8:p2:sort") == KvClusterConfig(4, 128, 2, 8, 12, 8, parts=2, sort_rows=True)
     assert parse_spec("c8:64:2:8:16:4") == KvClusterConfig(8, 64, 2, 8, 16, vec=4)
     assert parse_spec("c2:128:4:8:8:skipsums:sort") == KvClusterConfig(2, 128, 4, 8, 8, sort_rows=True, skip="sums")
-    assert parse_spec("c2:128:4:8:8:p2:skiplaunch") == KvClusterConfig(2, 128, 4, 8, 8, parts=2, skip="launch")
+    assert parse_spec("c2:128:4:8:8:p2:scatter:skipsums") == KvClusterConfig(2, 128, 4, 8, 8, parts=2, skip="sums",
+                                                                            exchange="scatter")
     assert parse_spec("c8:128:2:8:16:scatter:sort") == KvClusterConfig(8, 128, 2, 8, 16, sort_rows=True,
                                                                        exchange="scatter")
     for bad in ("c2:128:4:8", "c2:x:4:8:8", "c2:128:4:8:8:4:4", "c2:128:4:8:8:px", "c2:128:4:8:8:skipall",
-                "c2:128:4:8:8:skipsums:skiplaunch", "c2:128:4:8:8:sort:sort"):
+                "c2:128:4:8:8:skiplaunch", "c2:128:4:8:8:sort:sort"):
         with pytest.raises(ValueError, match="expected cCTAS"):
             parse_spec(bad)
 
