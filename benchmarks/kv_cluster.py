@@ -102,7 +102,9 @@ class KvClusterConfig(NamedTuple):
 # The exchange lives past Triton's dynamic shared memory, addressed from its end
 # (``%end = global_smem + %dynamic_smem_size``, which the launch sets): two mbarriers in the last 16 bytes
 # (the first round's at -8, the second's at -16), then the inboxes and outboxes below them
-# (``exchange_bytes`` gives the sizes).
+# (``exchange_bytes`` gives their size).
+
+
 @gluon.jit
 def _exchange_open(first_round_bytes, second_round_bytes):
     """At the start, every thread once: thread 0 sets up both exchange mbarriers to complete when
@@ -297,13 +299,13 @@ def _sums_scatter(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNE
     return _pull(cols * 4 - inbox2, summed), _pull((BV + cols) * 4 - inbox2, summed)
 
 
-def exchange_bytes(config: KvClusterConfig) -> tuple[int, int, int]:
-    """``(round 1, round 2, region)``: the bytes each program receives in each round of
-    ``config.exchange`` and the shared memory its exchange takes past Triton's."""
-    vector = 2 * config.BV * 4
+def exchange_bytes(config: KvClusterConfig) -> int:
+    """The shared memory a program's exchange takes past Triton's (the layouts of
+    :func:`_sums_all_to_all` and :func:`_sums_scatter`)."""
+    vector = 2 * config.BV * 4  # a program's partial sums
     if config.exchange == "scatter":
-        return vector, vector, 16 + 3 * vector + vector // config.ctas
-    return config.ctas * vector, 0, 16 + (config.ctas + 1) * vector
+        return 16 + 3 * vector + vector // config.ctas
+    return 16 + (config.ctas + 1) * vector
 
 
 @gluon.jit
@@ -432,8 +434,8 @@ def _cluster_launch(kernel, grid: int, ctas: int, slots_bytes: int, args: list, 
     CTAs (Triton's launcher multiplies the grid by the cluster size), each with ``slots_bytes`` of
     dynamic shared memory past what Triton allocated. Triton's launcher takes the cluster size and
     the dynamic shared memory from the compiled kernel's packed metadata ``(num_warps, num_ctas,
-    shared)``: this sets them for this launch and puts them back (the compiled kernel is cached and
-    shared with plain launches of the same constexprs)."""
+    shared)``: this sets them for this launch and puts them back (the compiled kernel is Triton's
+    cached object, which nothing else should find changed)."""
     compiled = kernel.warmup(*args, grid=(grid,), **kwargs)
     plain = compiled.packed_metadata
     num_warps, _, shared = plain
@@ -476,6 +478,5 @@ def launch_decode_kv_cluster(q, k, v, gate_a, gate_b, A_log, dt_bias, state, ind
              tma_descriptor(k3, list(k3.shape), list(k3.stride()), [1, 1, KC])]
     kwargs.update(ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts, CTAS=config.ctas,
                   EXCHANGE=0 if config.skip else 2 if config.exchange == "scatter" else 1)
-    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, exchange_bytes(config)[2],
-                    args, kwargs)
+    _cluster_launch(_kv_cluster_kernel, num_tiles, config.ctas, exchange_bytes(config), args, kwargs)
     return config
