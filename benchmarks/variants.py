@@ -480,9 +480,15 @@ KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 
 # The kv tile's parts leaving as soon as the second pass has updated them (a fence and a CTA
 # barrier per part), so that the stores overlap the rest of the pass, instead of all at the end.
+# (The update pass is the shared helper update_rows; these variants put its loop back in the kernel.)
+_KV_TILE_UPDATE_CALL = "    update_rows(rows_smem, k_keys, k_factor, decay, u, ROWS, STEPS, rows_layout, keys_layout)\n"
+_KV_TILE_UPDATE_LOOP = ("    for i in gl.static_range(STEPS):\n"
+                        "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n"
+                        "        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor\n")
 KV_TILE_VARIANTS["kv_tile_early_stores"] = [
-    ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n",
-     ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n"
+    (_KV_TILE_UPDATE_CALL,
+     (_KV_TILE_UPDATE_LOOP +
+      "        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :]).to(state_desc.dtype))\n"
       "        if ((i + 1) * ROWS) % PART == 0:\n"
       "            fence_async_shared()\n"
       "            _cta_barrier()\n"
@@ -503,11 +509,9 @@ KV_TILE_VARIANTS["kv_tile_early_stores"] = [
 # parts and sends them back: the kv tile's data movement alone. H200, given the order, at the
 # shipped tiles: both under the decode (bf16 B=512: decode 94.9, rows unchanged 93.8, copy only
 # 93.4; fp32 B=128 93.7 / 92.9 / 92.9; results/h200/tune_kv_ceilings_*_e0d64f9.json).
-_KV_TILE_UPDATE = ("        rows_smem.slice(i * ROWS, ROWS).store((S * decay + k[:, None, None] * u[None, :, :])"
-                   ".to(state_desc.dtype))\n")
-KV_TILE_VARIANTS["kv_tile_rows_unchanged"] = [(_KV_TILE_UPDATE, "")]
+KV_TILE_VARIANTS["kv_tile_rows_unchanged"] = [(_KV_TILE_UPDATE_CALL, "")]
 KV_TILE_VARIANTS["kv_tile_copy_only"] = [
-    (_KV_TILE_UPDATE, ""),
+    (_KV_TILE_UPDATE_CALL, ""),
     ("    Sk = gl.sum(sk, axis=0) * k_factor\n    Sq = gl.sum(sq, axis=0) * q_factor\n",
      "    Sk = gl.zeros([NC, C], gl.float32, cols_layout)\n    Sq = gl.zeros([NC, C], gl.float32, cols_layout)\n"),
 ]
@@ -529,10 +533,7 @@ KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
      ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
       "                                    state, state.stride(0), state.stride(1), state.stride(2),\n")),
-    (("    for i in gl.static_range(STEPS):\n"
-      "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n"
-      "        k = k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32) * k_factor\n"
-      + _KV_TILE_UPDATE),
+    (_KV_TILE_UPDATE_CALL,
      ("    key_rows = gl.arange(0, ROWS, layout=keys_layout)\n"
       "    row_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + key_rows.to(gl.int64) * s_sk\n"
       "                                + (tile % NV) * BV, 128 // state_desc.dtype.primitive_bitwidth)\n"
@@ -576,7 +577,7 @@ _KV_ROW_STORES = (
     "        gl.store(state_rows + (i * ROWS) * s_sk, (S * decay + k[:, None, None] * u_rows[None, :, :])"
     ".to(state_desc.dtype),\n                 mask=live)\n")
 KV_TILE_VARIANTS["kv_tile_row_stores"] = [
-    (old, _KV_ROW_STORES if old.startswith("    for i in gl.static_range(STEPS):") else new)
+    (old, _KV_ROW_STORES if old == _KV_TILE_UPDATE_CALL else new)
     for old, new in KV_TILE_VARIANTS["kv_tile_reg_stores"]]
 
 
