@@ -148,14 +148,19 @@ def test_the_cluster_step_matches_the_reference(name):
 
 @pytest.mark.gpu
 def test_cluster_occupancy_asks_the_driver():
-    """``benchmarks/cluster_occupancy``: without clusters (size 1) every SM holds a CTA of 1 KB;
-    a cluster never lets more CTAs reside than shared memory alone would."""
+    """``benchmarks/cluster_occupancy``: with a cluster of one every SM holds a CTA of 1 KB; a
+    cluster never lets more CTAs reside than shared memory alone would; libcuda asked directly
+    gives Triton's answer."""
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("thread-block clusters need sm_90")
-    from benchmarks.cluster_occupancy import max_active_clusters
+    from benchmarks.cluster_occupancy import max_active_clusters, max_active_clusters_with_policy
 
     props = torch.cuda.get_device_properties(0)
     assert max_active_clusters(1024, 1) >= props.multi_processor_count
     for cluster in (2, 4):
         by_shared = props.shared_memory_per_multiprocessor // (12 * 1024 + 1024) * props.multi_processor_count
-        assert 0 < max_active_clusters(12 * 1024, cluster) * cluster <= by_shared
+        clusters = max_active_clusters(12 * 1024, cluster)
+        assert 0 < clusters * cluster <= by_shared
+        # libcuda asked directly (the structures built by hand) agrees with Triton's utility
+        assert max_active_clusters_with_policy(12 * 1024, cluster, None) == clusters
+        assert 0 < max_active_clusters_with_policy(12 * 1024, cluster, "spread") * cluster <= by_shared
