@@ -153,7 +153,10 @@ def test_cluster_occupancy_asks_the_driver():
     gives Triton's answer."""
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("thread-block clusters need sm_90")
-    from benchmarks.cluster_occupancy import max_active_clusters, max_active_clusters_with_policy
+    from benchmarks.cluster_occupancy import (
+        max_active_clusters,
+        max_active_clusters_with_policy,
+    )
 
     props = torch.cuda.get_device_properties(0)
     assert max_active_clusters(1024, 1) >= props.multi_processor_count
