@@ -65,7 +65,12 @@ from gdn_ops.gluon_decode_kv import (
     lanes_along_keys,
     tma_descriptor,
 )
-from gdn_ops.gluon_decode_kv_tile import key_sums, qk_factors, update_rows
+from gdn_ops.gluon_decode_kv_tile import (
+    GluonTileConfig,
+    key_sums,
+    qk_factors,
+    update_rows,
+)
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode import default_pdl
 from gdn_ops.triton_gating import decode_gates
@@ -93,10 +98,7 @@ class KvClusterConfig(NamedTuple):
     # and an all-gather, a fixed 2 BV floats a program each way (_sums_scatter)
     exchange: str = "all"
 
-    @property
-    def maxnreg(self) -> int:
-        """Registers per thread that let ``programs_per_sm`` programs share an SM's 64K registers."""
-        return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
+    maxnreg = GluonTileConfig.maxnreg  # the tile kernel's register cap for programs_per_sm
 
 
 # The exchange lives past Triton's dynamic shared memory, addressed from its end
@@ -235,6 +237,19 @@ def _pull(offset, after):
 
 
 @gluon.jit
+def _send_ready(sk, sq, cols, outbox, BV: gl.constexpr, OWNERS: gl.constexpr):
+    """Stage the partials ``sk`` (at ``cols``) and ``sq`` (at ``BV + cols``) in the outbox at byte
+    ``outbox`` from the end, make them visible to the bulk copies, and wait until every program
+    of the cluster may be written to. Returns the owner lanes' bound (for later stages)."""
+    owner = gl.full_like(cols, OWNERS)
+    _stage(sk, cols * 4 - outbox, owner)
+    _stage(sq, (BV + cols) * 4 - outbox, owner)
+    _staged()
+    _exchange_ready()
+    return owner
+
+
+@gluon.jit
 def _sums_all_to_all(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNERS: gl.constexpr):
     """One round: each program stages its partials ``[2 BV]`` in its outbox and sends the whole of
     it to slot ``rank`` of every program's inbox (``CTAS`` slots); each adds the slots in rank
@@ -242,11 +257,7 @@ def _sums_all_to_all(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, O
     SLOT: gl.constexpr = 2 * BV * 4
     inbox: gl.constexpr = 16 + CTAS * SLOT
     outbox: gl.constexpr = inbox + SLOT
-    owner = gl.full_like(cols, OWNERS)
-    _stage(sk, cols * 4 - outbox, owner)
-    _stage(sq, (BV + cols) * 4 - outbox, owner)
-    _staged()
-    _exchange_ready()
+    _send_ready(sk, sq, cols, outbox, BV, OWNERS)
     for peer in gl.static_range(CTAS):
         _send(-outbox, rank * SLOT - inbox, peer, SLOT, -8)
     arrived = _arrived(-8) + gl.zeros_like(cols)
@@ -272,11 +283,7 @@ def _sums_scatter(sk, sq, rank, cols, CTAS: gl.constexpr, BV: gl.constexpr, OWNE
     inbox2: gl.constexpr = inbox1 + VECTOR
     outbox1: gl.constexpr = inbox2 + VECTOR
     outbox2: gl.constexpr = outbox1 + M * 4
-    owner = gl.full_like(cols, OWNERS)
-    _stage(sk, cols * 4 - outbox1, owner)
-    _stage(sq, (BV + cols) * 4 - outbox1, owner)
-    _staged()
-    _exchange_ready()
+    owner = _send_ready(sk, sq, cols, outbox1, BV, OWNERS)
     for peer in gl.static_range(CTAS):
         _send(peer * M * 4 - outbox1, rank * M * 4 - inbox1, peer, M * 4, -8)
     arrived = _arrived(-8) + gl.zeros_like(cols)
