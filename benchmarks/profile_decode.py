@@ -22,13 +22,11 @@ import argparse
 import torch
 import triton
 
-from benchmarks.kv_cluster import KvClusterConfig, launch_decode_kv_cluster
-from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.probe_stream import reg_stream
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_decode import parse_tile
-from benchmarks.tune_tma import parse_spec, variant_launch
+from benchmarks.tune_tma import parse_spec, prototype_launch, variant_launch
 from benchmarks.variants import (
     GLUON_VARIANTS,
     KV_TILE_VARIANTS,
@@ -69,10 +67,7 @@ def main(argv=None) -> None:
     launch = None
     if args.spec:
         config = parse_spec(args.spec)
-        if isinstance(config, KvSplitConfig):
-            launch = launch_decode_kv_split
-        elif isinstance(config, KvClusterConfig):
-            launch = launch_decode_kv_cluster
+        launch = prototype_launch(config)
     if args.tile:
         config = parse_tile(args.tile, triton.next_power_of_2(HEAD_DIM))
     if args.variant in VARIANTS:

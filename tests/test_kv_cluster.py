@@ -167,3 +167,14 @@ def test_cluster_occupancy_asks_the_driver():
         # libcuda asked directly (the structures built by hand) agrees with Triton's utility
         assert max_active_clusters_with_policy(12 * 1024, cluster, None) == clusters
         assert 0 < max_active_clusters_with_policy(12 * 1024, cluster, "spread") * cluster <= by_shared
+
+
+def test_prototype_launchers_are_found_by_config():
+    """``tune_tma`` and ``profile_decode`` launch a prototype's spec with its own launcher, and the
+    shipped kernels' specs through ``launch_decode``."""
+    from benchmarks.kv_split import launch_decode_kv_split
+    from benchmarks.tune_tma import prototype_launch
+
+    assert prototype_launch(parse_spec("c2:128:4:8:8")) is launch_decode_kv_cluster
+    assert prototype_launch(parse_spec("s8:1:sort")) is launch_decode_kv_split
+    assert prototype_launch(parse_spec("t128:4:8:6:8")) is None
