@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import functools
 import json
 from pathlib import Path
 
@@ -55,9 +56,17 @@ class _LaunchConfig(ctypes.Structure):
                 ("hStream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("numAttrs", ctypes.c_uint)]
 
 
+@functools.cache
+def _libcuda() -> ctypes.CDLL:
+    return ctypes.CDLL("libcuda.so.1")
+
+
 def max_active_clusters_with_policy(shared: int, cluster: int, policy: str | None) -> int:
     """:func:`max_active_clusters` asked of ``libcuda`` directly, with the cluster scheduling
     ``policy`` (a :data:`POLICIES` key) as a launch attribute, or none."""
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"max_active_clusters_with_policy: policy must be None or one of {sorted(POLICIES)}; "
+                         f"got {policy!r}")
     max_active_clusters(shared, cluster)  # compiles, loads and sets the dynamic shared memory limit
     x = torch.zeros(1, device="cuda")
     function = _noop.warmup(x, grid=(1,)).function
@@ -70,8 +79,7 @@ def max_active_clusters_with_policy(shared: int, cluster: int, policy: str | Non
     config = _LaunchConfig((ctypes.c_uint * 3)(cluster, 1, 1), (ctypes.c_uint * 3)(128, 1, 1), shared, None,
                            attrs, 2 if policy else 1)
     count = ctypes.c_int(-1)
-    libcuda = ctypes.CDLL("libcuda.so.1")
-    status = libcuda.cuOccupancyMaxActiveClusters(ctypes.byref(count), ctypes.c_void_p(function),
+    status = _libcuda().cuOccupancyMaxActiveClusters(ctypes.byref(count), ctypes.c_void_p(function),
                                                   ctypes.byref(config))
     if status != 0:
         raise RuntimeError(f"cuOccupancyMaxActiveClusters returned CUresult {status}")

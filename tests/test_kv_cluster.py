@@ -178,3 +178,19 @@ def test_prototype_launchers_are_found_by_config():
     assert prototype_launch(parse_spec("c2:128:4:8:8")) is launch_decode_kv_cluster
     assert prototype_launch(parse_spec("s8:1:sort")) is launch_decode_kv_split
     assert prototype_launch(parse_spec("t128:4:8:6:8")) is None
+
+
+def test_the_cluster_launcher_takes_kv_pools_only():
+    inp = build(DecodeCase(B=2, T=1, HK=2, group=2, K=128, V=128, state_layout="kv", out_given=True), "cpu")
+    with pytest.raises(ValueError, match="launch_decode_kv_cluster: a kv pool"):
+        launch_decode_kv_cluster(
+            inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+            scale=0.125, use_qk_l2norm_in_kernel=True, state_layout="vk", softplus_beta=1.0, softplus_threshold=20.0,
+            config=KvClusterConfig(2, 128, 4, 8, 8), pdl=False)
+
+
+def test_the_occupancy_query_names_a_wrong_policy():
+    from benchmarks.cluster_occupancy import max_active_clusters_with_policy
+
+    with pytest.raises(ValueError, match="policy must be None or one of"):
+        max_active_clusters_with_policy(1024, 2, "nearest")
