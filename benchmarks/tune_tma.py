@@ -7,9 +7,10 @@ Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gate
 or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:headH][:sort]`` for the Gluon kernel of one
 program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``:
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
-cut S ways; ``headH``: its first H whole tiles per SM cut the same S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
-split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
+cut S ways; ``headH``: its first H whole tiles per SM cut the same S ways; ``sort``: the rows in
+slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the split-K kv prototype
+(benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under
+a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
 columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
 all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is its ceiling without

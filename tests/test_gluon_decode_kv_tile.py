@@ -15,14 +15,14 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from decode_case import (
     PERSISTENT_CASE,
     PERSISTENT_VARIANTS,
     build,
     run_triton,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from sm90_compile import (
     assert_no_spills,
     ptxas_report,
