@@ -4,13 +4,12 @@
 
 Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1),
 ``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
-or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:headH][:sort]`` for the Gluon kernel of one
+or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` for the Gluon kernel of one
 program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool; ``pPARTS``:
 the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole tiles per SM
-cut S ways; ``headH``: its first H whole tiles per SM cut the same S ways; ``sort``: the rows in
-slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the split-K kv prototype
-(benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under
-a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
+cut S ways; ``sort``: the rows in slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the
+split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
+parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
 columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
 all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is its ceiling without
@@ -67,7 +66,7 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
-    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:headH][:sort]`` (Gluon, one
+    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort]`` (Gluon, one
     program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` (the split-K kv prototype,
     ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter]
     [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
@@ -97,22 +96,20 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     options = {}
     while kind == "t" and fields and not fields[-1].isdigit():
         word = fields.pop()
-        name = next((w for w in ("sort", "tail", "head") if word.startswith(w)), word[:1])
+        name = "sort" if word == "sort" else "tail" if word.startswith("tail") else word[:1]
         options[name] = word[len(name):]
     tail = options.get("tail", "1x0").split("x")
-    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields)
-            or not set(options) <= {"sort", "p", "tail", "head"} or not options.get("p", "1").isdigit()
-            or not options.get("head", "0").isdigit() or len(tail) != 2 or not all(t.isdigit() for t in tail)):
+    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields) or not set(options) <= {"sort", "p", "tail"}
+            or not options.get("p", "1").isdigit() or len(tail) != 2 or not all(t.isdigit() for t in tail)):
         raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates], "
                          "gBV:warps:buffers:programs_per_sm[:vec] or "
-                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:headH][:sort], in integers")
+                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:sort], in integers")
     values = list(map(int, fields))
     if kind == "g":
         return GluonKVConfig(*values)
     if kind == "t":
         return GluonTileConfig(*values, sort_rows="sort" in options, parts=int(options.get("p", 1)),
-                               tail_split=int(tail[0]), tail_per_sm=int(tail[1]),
-                               head_per_sm=int(options.get("head", 0)))
+                               tail_split=int(tail[0]), tail_per_sm=int(tail[1]))
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 

@@ -529,8 +529,10 @@ KV_TILE_VARIANTS["kv_tile_copy_only"] = [
 _KV_STATE_ARGS = "rows_ptr, state_ptr, s_sb, s_sh, s_sk,"
 KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
     ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n", f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
-    ("    head_programs,\n", "    head_programs, state_ptr, s_sb, s_sh, s_sk,\n"),
-    ("split.head_programs, ROWS=", "split.head_programs, state, state.stride(0), state.stride(1), state.stride(2), ROWS="),
+    ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, state_ptr, s_sb, s_sh, s_sk,\n"),
+    ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
+     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
+      "                                    state, state.stride(0), state.stride(1), state.stride(2),\n")),
     (_KV_TILE_UPDATE_CALL,
      ("    key_rows = gl.arange(0, ROWS, layout=keys_layout)\n"
       "    row_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + key_rows.to(gl.int64) * s_sk\n"

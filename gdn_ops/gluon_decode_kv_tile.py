@@ -178,8 +178,7 @@ def _decode_kv_tile_kernel(
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
     A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, tail_state_desc, whole_end,
-    head_programs,
+    s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, tail_state_desc, whole_tiles,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
@@ -199,25 +198,20 @@ def _decode_kv_tile_kernel(
         _gdc_launch_dependents()
 
     pid = gl.program_id(0)
-    if TAIL_SPLIT == 1:
-        whole = pid
-    else:
-        whole = pid - head_programs + head_programs // TAIL_SPLIT
-    if TAIL_SPLIT == 1 or (pid >= head_programs and pid < whole_end):
-        _kv_tile(whole, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
+    if TAIL_SPLIT == 1 or pid < whole_tiles:
+        _kv_tile(pid, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
                  gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
                  num_slots, scale, softplus_beta, softplus_threshold,
                  s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
                  HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,
                  L2_EPS, SORTED_ROWS, PARTS)
     else:
-        # the grid's first head_programs and its last programs (started last) take the first and
-        # last whole tiles in TAIL_SPLIT pieces; numbered as tiles of BV // TAIL_SPLIT columns, whole
-        # tile w is pieces w * TAIL_SPLIT + j. They see the start of the buffer as their smaller tile
-        # (a reinterpretation: Triton 3.6 cannot reshape a view of a slice).
+        # the grid's last programs (started last) split the remaining whole tiles TAIL_SPLIT ways;
+        # numbered as tiles of BV // TAIL_SPLIT columns, whole tile w is tail tiles w * TAIL_SPLIT + j.
+        # They see the start of the buffer as their smaller tile (a reinterpretation: Triton 3.6
+        # cannot reshape a view of a slice).
         TAIL_BV: gl.constexpr = BV // TAIL_SPLIT
-        piece = gl.where(pid < head_programs, pid, pid + (whole_end - head_programs) * (TAIL_SPLIT - 1))
-        _kv_tile(piece, num_tiles * TAIL_SPLIT, q_desc, k_desc, tail_state_desc,
+        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT, q_desc, k_desc, tail_state_desc,
                  tile_smem._reinterpret(state_desc.dtype, [1, 1, K, TAIL_BV // TAIL_C, TAIL_C],
                                         tail_state_desc.layout),
                  q_smem, k_smem, bars, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
@@ -246,9 +240,6 @@ class GluonTileConfig(NamedTuple):
     # kernel takes 1 (no split measured faster there).
     tail_split: int = 1
     tail_per_sm: int = 0
-    # kv kernel: the grid's first programs take the first head_per_sm whole tiles per SM in
-    # tail_split pieces, so that an SM's first programs end at different times (split_grid)
-    head_per_sm: int = 0
 
     @property
     def maxnreg(self) -> int:
@@ -256,25 +247,12 @@ class GluonTileConfig(NamedTuple):
         return min(255, 65536 // (self.programs_per_sm * self.num_warps * 32)) // 8 * 8
 
 
-class GridSplit(NamedTuple):
-    """How :func:`split_grid` lays a launch's programs over its tiles: programs below
-    ``head_programs`` take the first whole tiles in pieces, those below ``whole_end`` one whole tile
-    each, the rest the last whole tiles in pieces; ``grid`` programs in all."""
-
-    head_programs: int
-    whole_end: int
-    grid: int
-
-
-def split_grid(config: GluonTileConfig, num_tiles: int, device_index: int) -> GridSplit:
-    """The programs of ``num_tiles`` tiles of ``config.BV``: the last ``min(num_tiles, tail_per_sm *
-    SMs)`` whole tiles, then the first ``head_per_sm * SMs`` of the rest, in ``config.tail_split``
-    pieces each. Deterministic per GPU."""
-    split = config.tail_split
-    tail = min(num_tiles, config.tail_per_sm * sm_count(device_index)) if split > 1 else 0
-    head = min(num_tiles - tail, config.head_per_sm * sm_count(device_index)) if split > 1 else 0
-    whole = num_tiles - tail - head
-    return GridSplit(head * split, head * split + whole, whole + (head + tail) * split)
+def split_grid(config: GluonTileConfig, num_tiles: int, device_index: int) -> tuple[int, int]:
+    """``(whole_tiles, grid)`` for ``num_tiles`` tiles of ``config.BV``: programs below
+    ``whole_tiles`` take one whole tile each; the rest, ``config.tail_split`` per whole tile, the
+    last ``min(num_tiles, tail_per_sm * SMs)`` whole tiles in pieces. Deterministic per GPU."""
+    tail = min(num_tiles, config.tail_per_sm * sm_count(device_index)) if config.tail_split > 1 else 0
+    return num_tiles - tail, num_tiles + tail * (config.tail_split - 1)
 
 
 # Tuned with benchmarks/tune_tma.py (results/h200/tune_tile_h200.json, tune_tile_small_h200.json,
@@ -412,8 +390,6 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
     if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
         return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
                 f"tail_per_sm={config.tail_per_sm} >= 0")
-    if config.head_per_sm < 0 or (config.head_per_sm and config.tail_split == 1):
-        return f"head_per_sm={config.head_per_sm} >= 0, and 0 unless tail_split > 1 (the pieces' split)"
     if config.tail_split > 1:
         reason = _tile_reason(K, itemsize, qk_itemsize, tail_tile(config, K, itemsize))
         if reason is not None:
@@ -432,7 +408,7 @@ def tail_tile(config: GluonTileConfig, K: int, itemsize: int) -> GluonTileConfig
     rows = max(config.rows, lanes_along_keys(BV, itemsize, config.num_warps, config.vec) or 1,
                1024 // (BV * itemsize))
     return config._replace(BV=BV, rows=rows, parts=max(1, min(config.parts, K // rows)), tail_split=1,
-                           tail_per_sm=0, head_per_sm=0)
+                           tail_per_sm=0)
 
 
 def launch_decode_kv_tile(
@@ -448,17 +424,16 @@ def launch_decode_kv_tile(
     num_tiles = q.shape[0] * v.shape[2] * (V // config.BV)
     if num_tiles == 0:
         return config
-    split = split_grid(config, num_tiles, state.device.index or 0)
+    whole_tiles, grid = split_grid(config, num_tiles, state.device.index or 0)
     state_desc = kv_state_descriptor(state, config.BV, K // config.parts)
     args, kwargs = kv_launch_args(
         q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, num_tiles, config=config, scale=scale,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
         softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, state_desc=state_desc)
-    tail = tail_tile(config, K, state.element_size()) if split.grid > num_tiles else config
+    tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
     tail_desc = state_desc if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
-    _decode_kv_tile_kernel[(split.grid,)](*args, rows if rows is not None else state, tail_desc, split.whole_end,
-                                          split.head_programs, ROWS=config.rows, SORTED_ROWS=rows is not None,
-                                          PARTS=config.parts, TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows,
-                                          TAIL_PARTS=tail.parts, TAIL_C=chunk_columns(tail.BV, state.element_size()),
-                                          **kwargs)
+    _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
+                                    ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
+                                    TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
+                                    TAIL_C=chunk_columns(tail.BV, state.element_size()), **kwargs)
     return config

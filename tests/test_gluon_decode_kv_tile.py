@@ -53,10 +53,7 @@ SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, progr
                  "whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4),
                  "two-parts": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4, parts=2),
                  "tail-in-halves": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, parts=2,
-                                                   tail_split=2, tail_per_sm=1),
-                 # every tile of a small grid is a head tile: the whole launch in pieces
-                 "head-in-halves": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, parts=2,
-                                                   tail_split=2, head_per_sm=1)}
+                                                   tail_split=2, tail_per_sm=1)}
 MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "shipped-small": KV_2B_TILE_SMALL_CONFIG,
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6),
@@ -67,13 +64,9 @@ MODEL_CONFIGS = {"shipped": KV_2B_TILE_CONFIG,
                  "parts4-sorted": KV_2B_TILE_CONFIG._replace(sort_rows=True, parts=4),
                  "parts8": KV_2B_TILE_CONFIG._replace(parts=8),
                  "fp32-parts2-sorted": KV_4B_TILE_CONFIG._replace(sort_rows=True, parts=2)}
-# the grid's last (and first: head_per_sm) tiles cut in pieces (split_grid): whole tiles and pieces
-# in one launch at the model shape, as the H200 rule picks them and in halves
-TAIL_CONFIGS = {"rule-parts8-tail4x1-head1-sorted": rule_config(TILE_RULES["H200"], 2, 8192)._replace(
-                    sort_rows=True, head_per_sm=1),
-                "rule-fp32-tail4x2-head2": rule_config(TILE_RULES["H200"], 4, 1024)._replace(head_per_sm=2),
-                "parts8-tail2x6-head3": KV_2B_TILE_CONFIG._replace(parts=8, tail_split=2, tail_per_sm=6, head_per_sm=3),
-                "rule-tail4x2": rule_config(TILE_RULES["H200"], 2, 2048),
+# the grid's last tiles cut in pieces (split_grid): whole tiles and pieces in one launch at the
+# model shape, as the H200 rule picks them and in halves
+TAIL_CONFIGS = {"rule-tail4x2": rule_config(TILE_RULES["H200"], 2, 2048),
                 "rule-parts8-tail4x1-sorted": rule_config(TILE_RULES["H200"], 2, 8192)._replace(sort_rows=True),
                 "rule-small-tail2x2": rule_config(TILE_RULES["H200"], 2, 512),
                 "rule-fp32-tail4x2-sorted": rule_config(TILE_RULES["H200"], 4, 1024)._replace(sort_rows=True),
@@ -115,8 +108,6 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=3), "parts=3 dividing K=32 into parts of whole steps"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=4), "parts=4 dividing K=32 into parts of whole steps of rows=16"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
-        ({}, SMALL_CONFIGS["half-rows"]._replace(head_per_sm=1), "head_per_sm=1 >= 0, and 0 unless tail_split > 1"),
-        ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=2, head_per_sm=-1), "head_per_sm=-1 >= 0"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),
          r"the tail tiles of tail_split=8: BV=4 in chunks of C=4 columns, C a multiple of num_warps\*vec=8"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
@@ -132,26 +123,23 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
 
 
 @given(num_tiles=st.integers(1, 3000), sms=st.integers(1, 160), split=st.sampled_from([1, 2, 4]),
-       head_per_sm=st.integers(0, 6), tail_per_sm=st.integers(0, 6))
-def test_the_split_grid_covers_every_tile_once(num_tiles, sms, split, head_per_sm, tail_per_sm):
+       tail_per_sm=st.integers(0, 6))
+def test_the_split_grid_covers_every_tile_once(num_tiles, sms, split, tail_per_sm):
     """The kernel's map from program to tile (its formulas, written again here) over the grid
-    ``split_grid`` gives: every column of every tile exactly once, the grid's first programs on
-    the first tiles in pieces, its last programs on the last tiles in pieces."""
-    config = KV_2B_TILE_CONFIG._replace(tail_split=split, tail_per_sm=tail_per_sm,
-                                        head_per_sm=head_per_sm if split > 1 else 0)
+    ``split_grid`` gives: every column of every tile exactly once, the grid's last programs on the
+    last ``min(num_tiles, tail_per_sm * SMs)`` tiles in pieces."""
+    config = KV_2B_TILE_CONFIG._replace(tail_split=split, tail_per_sm=tail_per_sm)
     with mock.patch.object(tile_module, "sm_count", lambda index: sms):
-        grid = split_grid(config, num_tiles, 0)
-    pieces = split if grid.grid > num_tiles else 1  # the launcher's TAIL_SPLIT
+        whole_tiles, grid = split_grid(config, num_tiles, 0)
+    pieces = split if grid > whole_tiles else 1  # the launcher's TAIL_SPLIT
     covered = collections.Counter()
-    for pid in range(grid.grid):
-        if pieces == 1 or grid.head_programs <= pid < grid.whole_end:
-            whole = pid if pieces == 1 else pid - grid.head_programs + grid.head_programs // pieces
-            covered.update(range(whole * split, (whole + 1) * split))
+    for pid in range(grid):
+        if pieces == 1 or pid < whole_tiles:
+            covered.update(range(pid * split, (pid + 1) * split))
         else:
-            covered[pid if pid < grid.head_programs else pid + (grid.whole_end - grid.head_programs) * (pieces - 1)] += 1
+            covered[pid + whole_tiles * (pieces - 1)] += 1
     assert covered == collections.Counter(range(num_tiles * split))
-    assert grid.head_programs == split * min(num_tiles - min(num_tiles, tail_per_sm * sms), head_per_sm * sms) \
-        if split > 1 else grid.head_programs == 0
+    assert num_tiles - whole_tiles == (min(num_tiles, tail_per_sm * sms) if split > 1 else 0)
 
 
 def test_rules_switch_from_the_small_to_the_whole_head_tiles():
