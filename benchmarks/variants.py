@@ -599,6 +599,36 @@ def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
 KV_TILE_VARIANTS["kv_tile_four_per_sm"] = _kv_tile_padding(4096)
 KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 
+# A measurement, not a decode change: each program of the kv tile kernel records, in a buffer of
+# [grid, 4] int64 per launch (TIMELINES of the patched module), the global timer (ns) when it
+# starts, when its PDL wait returns, when it ends, and its SM. benchmarks/timeline_kv.py reads them
+# to see how the SMs' slots fill and empty around the boundary between consecutive launches.
+_KV_TILE_CLOCK = ('gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, '
+                  'is_pure=False, pack=1)')
+KV_TILE_VARIANTS["kv_tile_timeline"] = [
+    ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, timeline_ptr,\n"),
+    ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
+     "(*args, rows if rows is not None else state, tail_desc, whole_tiles, _timeline(grid, state.device),\n"),
+    ("        mbarrier.init(bars.index(j), count=1)\n    if PDL:\n",
+     f"        mbarrier.init(bars.index(j), count=1)\n    started = {_KV_TILE_CLOCK}\n    if PDL:\n"),
+    ("    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
+     f"    waited = {_KV_TILE_CLOCK}\n    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1"),
+    ("        mbarrier.invalidate(bars.index(j))\n",
+     ("        mbarrier.invalidate(bars.index(j))\n"
+      f"    ended = {_KV_TILE_CLOCK}\n"
+      '    sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=True, pack=1)\n'
+      "    gl.store(timeline_ptr + pid * 4, started)\n"
+      "    gl.store(timeline_ptr + pid * 4 + 1, waited)\n"
+      "    gl.store(timeline_ptr + pid * 4 + 2, ended)\n"
+      "    gl.store(timeline_ptr + pid * 4 + 3, sm.to(gl.int64))\n")),
+    ("def launch_decode_kv_tile(",
+     ("TIMELINES = []\n\n\n"
+      "def _timeline(grid, device):\n"
+      "    TIMELINES.append(torch.empty(grid, 4, dtype=torch.int64, device=device))  # no kernel between launches\n"
+      "    return TIMELINES[-1]\n\n\n"
+      "def launch_decode_kv_tile(")),
+]
+
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
 # (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the

@@ -1,0 +1,115 @@
+"""When the kv tile kernel's programs start, run and end, across consecutive launches.
+
+    python -m benchmarks.timeline_kv --batch 256 --state-dtype bf16 --spec t128:4:8:6:8:p8:tail4x1:sort
+
+Launches the decode ``--launches`` times back to back under PDL (as the benchmark's graph does,
+each call on its own pool so that every call meets a cold L2; the slot order given, as an engine
+gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
+the global timer when they start, when their PDL wait returns and when they end, and their SM.
+For each launch after the first it reports, in us:
+
+- ``span``: first program running (its wait returned) to last program ended;
+- ``gap``: the previous launch's last program ended to this launch's first program running;
+- ``ideal``: the bytes of a call at ``--copy-tbps`` (the copy bandwidth of a sweep on this card);
+- ``fill`` / ``drain``: from the first program running until the SMs run 90% of their slots, and
+  from the last moment they run 90% to the end;
+- ``slots``: the mean share of the SMs' program slots (``programs_per_sm`` each) running over the span.
+
+A measurement of the launch's shape, not a timing: the clock reads and stores add a little to each
+program. Writes ``<out>/<tag>.json`` with every program's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.providers import Config, launcher_provider, make_problem
+from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
+from benchmarks.tune_tma import parse_spec, variant_launch
+from benchmarks.variants import load_variant
+
+VARIANT = "kv_tile_timeline"
+
+
+def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
+    """Programs running (wait returned, not ended) at each time of ``grid_ns``; ``records`` are a
+    launch's ``[programs, 4]`` rows (started, waited, ended, SM)."""
+    waited, ended = np.sort(records[:, 1]), np.sort(records[:, 2])
+    return np.searchsorted(waited, grid_ns, side="right") - np.searchsorted(ended, grid_ns, side="right")
+
+
+def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, ideal_us: float) -> dict:
+    """The figures of one launch (see the module's docstring); times in us."""
+    first, last = int(records[:, 1].min()), int(records[:, 2].max())
+    grid_ns = np.arange(first, last, 50)
+    running = running_slots(records, grid_ns)
+    full = np.nonzero(running >= 0.9 * slots)[0]
+    return {
+        "span_us": (last - first) / 1e3,
+        "gap_us": None if previous_end is None else (first - previous_end) / 1e3,
+        "ideal_us": ideal_us,
+        "fill_us": float(full[0] * 50 / 1e3) if full.size else None,
+        "drain_us": float((len(grid_ns) - 1 - full[-1]) * 50 / 1e3) if full.size else None,
+        "slots": float(running.mean() / slots),
+        "waiting_before_first_run_us": (first - int(records[:, 0].min())) / 1e3,
+        "programs": len(records),
+        "sms": len(np.unique(records[:, 3])),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.timeline_kv", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--state-dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
+    ap.add_argument("--spec", required=True, help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
+    ap.add_argument("--launches", type=int, default=6)
+    ap.add_argument("--copy-tbps", type=float, default=4.25, help="copy bandwidth (TB/s, read+write) for 'ideal'")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default="timeline_kv")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("needs a GPU (the kv tile kernel is Gluon, sm_90+)")
+    config = parse_spec(args.spec)
+    HK, HV = GEOMETRY[args.tp]
+    cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
+                 state_dtype=DTYPES[args.state_dtype], layout="kv")
+    provider = launcher_provider("timeline", variant_launch(VARIANT), config, pdl=True,
+                                 step_order=config.sort_rows)
+    steps = []
+    for _ in range(args.launches):  # a pool each: every call meets a cold L2
+        p = make_problem(cfg, "cuda")
+        steps.append(provider.make(cfg, p.pool, p.indices, p.inputs))
+    timelines = load_variant(VARIANT).TIMELINES
+    for _ in range(2):  # the first pass compiles and leaves the record buffers in the allocator's cache
+        timelines.clear()
+        torch.cuda.synchronize()
+        for step in steps:
+            step()
+        torch.cuda.synchronize()
+    records = [t.cpu().numpy() for t in timelines]
+    ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
+    slots = config.programs_per_sm * torch.cuda.get_device_properties(0).multi_processor_count
+    shapes, previous_end = [], None
+    for launch in records:
+        shapes.append(launch_shape(launch, previous_end, slots, ideal_us))
+        previous_end = int(launch[:, 2].max())
+    for i, shape in enumerate(shapes):
+        print(f"{cfg.label()} launch {i}: " + ", ".join(
+            f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in shape.items()))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.tag}.json"
+    path.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                "spec": args.spec, "config": str(config), "B": args.batch, "tp": args.tp,
+                                "state_dtype": args.state_dtype, "shapes": shapes,
+                                "records": [launch.tolist() for launch in records]}))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""benchmarks/timeline_kv.py's reading of program records (started, waited, ended, SM), on records
+made up here; the records themselves come from the GPU (the kv_tile_timeline variant)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.timeline_kv import launch_shape, running_slots
+
+
+def test_running_counts_programs_between_their_wait_and_their_end():
+    records = np.array([[0, 100, 300, 0], [0, 200, 400, 1]])
+    assert running_slots(records, np.array([50, 100, 250, 300, 350, 400])).tolist() == [0, 1, 2, 1, 1, 0]
+
+
+def test_a_launch_that_fills_late_and_drains_early_reads_so():
+    # two slots: one program runs 0-10 us, the other 2-8 us; the previous launch ended at -1 us
+    records = np.array([[-5_000, 0, 10_000, 0], [-5_000, 2_000, 8_000, 0]])
+    shape = launch_shape(records, previous_end=-1_000, slots=2, ideal_us=9.0)
+    assert shape["span_us"] == 10.0 and shape["gap_us"] == 1.0 and shape["waiting_before_first_run_us"] == 5.0
+    assert shape["fill_us"] == 2.0 and shape["drain_us"] == pytest.approx(2.0, abs=0.06)
+    assert shape["slots"] == pytest.approx(0.8, abs=0.01)
+    assert (shape["programs"], shape["sms"]) == (2, 1)
