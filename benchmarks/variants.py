@@ -629,6 +629,43 @@ KV_TILE_VARIANTS["kv_tile_timeline"] = [
       "def launch_decode_kv_tile(")),
 ]
 
+# Two whole tiles a program, one after the other through the same shared buffer (each on its own
+# barriers), so that an SM slot turns over half as often; the tail's pieces stay one a program.
+# Why: kv_tile_timeline measured on the H200 (bf16 kv B=512, twenty-fourth session) ~0.48 us from a
+# program's end to the next program's start on the same SM, against ~11.8 us of a program's run:
+# 10.8 of the 13.7 slot-us a launch leaves idle are these turnovers, 2.9 its drain.
+_KV_TILE_WHOLE_CALL_ARGS = (
+    "q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, {bars}, v_ptr,\n"
+    "                 gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n"
+    "                 num_slots, scale, softplus_beta, softplus_threshold,\n"
+    "                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n"
+    "                 HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,\n"
+    "                 L2_EPS, SORTED_ROWS, PARTS)\n")
+KV_TILE_VARIANTS["kv_tile_two_tiles"] = [
+    # (a slice of one [2 * PARTS, 1] barrier array stops Triton 3.6's sm_90 compile)
+    (("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
+      "    for j in gl.static_range(PARTS):\n        mbarrier.init(bars.index(j), count=1)\n"),
+     ("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
+      "    second_bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
+      "    for j in gl.static_range(PARTS):\n        mbarrier.init(bars.index(j), count=1)\n"
+      "        mbarrier.init(second_bars.index(j), count=1)\n")),
+    ("    for j in gl.static_range(PARTS):\n        mbarrier.invalidate(bars.index(j))\n",
+     ("    for j in gl.static_range(PARTS):\n        mbarrier.invalidate(bars.index(j))\n"
+      "        mbarrier.invalidate(second_bars.index(j))\n")),
+    ("    if TAIL_SPLIT == 1 or pid < whole_tiles:\n        _kv_tile(pid, num_tiles, "
+     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
+     "    whole_pairs = (whole_tiles + 1) // 2\n"
+     "    if TAIL_SPLIT == 1 or pid < whole_pairs:\n        _kv_tile(2 * pid, num_tiles, "
+     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
+     + "        if 2 * pid + 1 < whole_tiles:\n"
+       "            _cta_barrier()\n"
+       "            _kv_tile(2 * pid + 1, num_tiles, "
+     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="second_bars")),
+    ("        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT,",
+     "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
+    ("    _decode_kv_tile_kernel[(grid,)](", "    _decode_kv_tile_kernel[(grid - whole_tiles // 2,)]("),
+]
+
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
 # (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the
