@@ -13,7 +13,13 @@ For each launch after the first it reports, in us:
 - ``ideal``: the bytes of a call at ``--copy-tbps`` (the copy bandwidth of a sweep on this card);
 - ``fill`` / ``drain``: from the first program running until the SMs run 90% of their slots, and
   from the last moment they run 90% to the end;
-- ``slots``: the mean share of the SMs' program slots (``programs_per_sm`` each) running over the span.
+- ``slots``: the mean share of the SMs' program slots (``programs_per_sm`` each) running over the span;
+- ``idle_body`` / ``idle_drain``: slot-us not running before and after the drain starts;
+- ``turnover``: median and 10th / 90th percentiles of the time from a program's end to the next
+  program's start on the same SM (each SM's k-th end paired with its k-th start after the launch
+  began running), and ``run``, the same of a program's run.
+
+``--read PATH`` reports from a JSON this script wrote, without a GPU.
 
 A measurement of the launch's shape, not a timing: the clock reads and stores add a little to each
 program. The launches are eager: where a call is shorter than the host takes to launch one (on the
@@ -24,11 +30,14 @@ overlap under PDL as the benchmark's graph replays do. Writes ``<out>/<tag>.json
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import triton
 
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
@@ -45,12 +54,29 @@ def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
     return np.searchsorted(waited, grid_ns, side="right") - np.searchsorted(ended, grid_ns, side="right")
 
 
+def slot_turnovers(records: np.ndarray) -> np.ndarray:
+    """ns from a program's end to the next program's start on the same SM: on each SM, the k-th
+    program to start after the SM's first end is paired with the k-th to end."""
+    gaps = []
+    for sm in np.unique(records[:, 3]):
+        on_sm = records[records[:, 3] == sm]
+        later = np.sort(on_sm[on_sm[:, 0] > on_sm[:, 2].min(), 0])
+        gaps.append(later - np.sort(on_sm[:, 2])[:len(later)])
+    return np.concatenate(gaps)
+
+
+def _percentiles_us(values: np.ndarray) -> list[float] | None:
+    return [round(float(v) / 1e3, 3) for v in np.percentile(values, [50, 10, 90])] if values.size else None
+
+
 def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, ideal_us: float) -> dict:
     """The figures of one launch (see the module's docstring); times in us."""
     first, last = int(records[:, 1].min()), int(records[:, 2].max())
     grid_ns = np.arange(first, last, 50)
     running = running_slots(records, grid_ns)
     full = np.nonzero(running >= 0.9 * slots)[0]
+    idle = np.clip(slots - running, 0, None) * 50 / slots / 1e3
+    drain_from = full[-1] if full.size else 0
     return {
         "span_us": (last - first) / 1e3,
         "gap_us": None if previous_end is None else (first - previous_end) / 1e3,
@@ -58,6 +84,10 @@ def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, idea
         "fill_us": float(full[0] * 50 / 1e3) if full.size else None,
         "drain_us": float((len(grid_ns) - 1 - full[-1]) * 50 / 1e3) if full.size else None,
         "slots": float(running.mean() / slots),
+        "idle_body_slot_us": float(idle[:drain_from].sum()),
+        "idle_drain_slot_us": float(idle[drain_from:].sum()),
+        "turnover_us_p50_p10_p90": _percentiles_us(slot_turnovers(records)),
+        "run_us_p50_p10_p90": _percentiles_us(records[:, 2] - records[:, 1]),
         "waiting_before_first_run_us": (first - int(records[:, 0].min())) / 1e3,
         "programs": len(records),
         "sms": len(np.unique(records[:, 3])),
@@ -66,15 +96,24 @@ def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, idea
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.timeline_kv", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--batch", type=int)
     ap.add_argument("--state-dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
-    ap.add_argument("--spec", required=True, help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
+    ap.add_argument("--spec", help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
     ap.add_argument("--launches", type=int, default=6)
     ap.add_argument("--copy-tbps", type=float, default=4.25, help="copy bandwidth (TB/s, read+write) for 'ideal'")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="timeline_kv")
+    ap.add_argument("--read", type=Path, help="report from this JSON of an earlier run instead (no GPU)")
     args = ap.parse_args(argv)
+    if args.read:
+        saved = json.loads(args.read.read_text())
+        slots = saved["programs_per_sm"] * saved["sms"] if "sms" in saved else None
+        report(saved.get("label", args.read.stem), [np.array(r) for r in saved["records"]],
+               slots or _slots_of(saved["config"]), saved.get("ideal_us", 0.0))
+        return
+    if args.batch is None or args.spec is None:
+        ap.error("--batch and --spec are needed to launch (or --read a JSON)")
     if not torch.cuda.is_available():
         ap.error("needs a GPU (the kv tile kernel is Gluon, sm_90+)")
     config = parse_spec(args.spec)
@@ -96,21 +135,36 @@ def main(argv=None) -> None:
         torch.cuda.synchronize()
     records = [t.cpu().numpy() for t in timelines]
     ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
-    slots = config.programs_per_sm * torch.cuda.get_device_properties(0).multi_processor_count
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.tag}.json"
+    path.write_text(json.dumps({
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
+        "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
+        "programs_per_sm": config.programs_per_sm, "sms": sms, "ideal_us": ideal_us, "shapes": shapes,
+        "records": [launch.tolist() for launch in records]}))
+    print(f"wrote {path}")
+
+
+def _slots_of(config: str) -> int:
+    """An H200's slots (132 SMs) for a JSON written before the SM count was recorded, from its
+    configuration's ``programs_per_sm``."""
+    return int(config.split("programs_per_sm=")[1].split(",")[0]) * 132
+
+
+def report(label: str, records: list[np.ndarray], slots: int, ideal_us: float) -> list[dict]:
+    """Print and return :func:`launch_shape` of each launch in turn."""
     shapes, previous_end = [], None
     for launch in records:
         shapes.append(launch_shape(launch, previous_end, slots, ideal_us))
         previous_end = int(launch[:, 2].max())
     for i, shape in enumerate(shapes):
-        print(f"{cfg.label()} launch {i}: " + ", ".join(
+        print(f"{label} launch {i}: " + ", ".join(
             f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in shape.items()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag}.json"
-    path.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                "spec": args.spec, "config": str(config), "B": args.batch, "tp": args.tp,
-                                "state_dtype": args.state_dtype, "shapes": shapes,
-                                "records": [launch.tolist() for launch in records]}))
-    print(f"wrote {path}")
+    return shapes
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.timeline_kv import launch_shape, running_slots
+from benchmarks.timeline_kv import launch_shape, running_slots, slot_turnovers
 
 
 def test_running_counts_programs_between_their_wait_and_their_end():
@@ -22,3 +22,11 @@ def test_a_launch_that_fills_late_and_drains_early_reads_so():
     assert shape["fill_us"] == 2.0 and shape["drain_us"] == pytest.approx(2.0, abs=0.06)
     assert shape["slots"] == pytest.approx(0.8, abs=0.01)
     assert (shape["programs"], shape["sms"]) == (2, 1)
+
+
+def test_turnovers_pair_each_sms_ends_with_its_later_starts():
+    # SM 0: two first-wave programs end at 10 and 12 us, the next two start 0.5 and 0.3 us later;
+    # SM 1: one program, no successor
+    records = np.array([[0, 0, 10_000, 0], [0, 0, 12_000, 0], [10_500, 10_500, 20_000, 0],
+                        [12_300, 12_300, 22_000, 0], [0, 0, 9_000, 1]])
+    assert sorted(slot_turnovers(records).tolist()) == [300, 500]
