@@ -108,9 +108,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.read:
         saved = json.loads(args.read.read_text())
-        slots = saved["programs_per_sm"] * saved["sms"] if "sms" in saved else None
-        report(saved.get("label", args.read.stem), [np.array(r) for r in saved["records"]],
-               slots or _slots_of(saved["config"]), saved.get("ideal_us", 0.0))
+        records = [np.array(launch) for launch in saved["records"]]
+        # the SMs the programs ran on, where an older JSON does not say
+        sms = saved.get("sms") or len(np.unique(np.concatenate([launch[:, 3] for launch in records])))
+        report(saved.get("label", args.read.stem), records, parse_spec(saved["spec"]).programs_per_sm * sms,
+               saved.get("ideal_us", 0.0))
         return
     if args.batch is None or args.spec is None:
         ap.error("--batch and --spec are needed to launch (or --read a JSON)")
@@ -144,15 +146,9 @@ def main(argv=None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
         "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
-        "programs_per_sm": config.programs_per_sm, "sms": sms, "ideal_us": ideal_us, "shapes": shapes,
+        "sms": sms, "ideal_us": ideal_us, "shapes": shapes,
         "records": [launch.tolist() for launch in records]}))
     print(f"wrote {path}")
-
-
-def _slots_of(config: str) -> int:
-    """An H200's slots (132 SMs) for a JSON written before the SM count was recorded, from its
-    configuration's ``programs_per_sm``."""
-    return int(config.split("programs_per_sm=")[1].split(",")[0]) * 132
 
 
 def report(label: str, records: list[np.ndarray], slots: int, ideal_us: float) -> list[dict]:
