@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 TORCH_PIN="torch==2.13.0"      # the CPU build CI uses
 TRITON_PIN="triton==3.7.1"     # the release torch 2.13 pins; runs kernels in its interpreter on CPU
-TEST_DEPS=(pytest hypothesis expecttest "transformers==5.24.0")  # the release the pass tests were written against
+TEST_DEPS=(pytest pytest-xdist hypothesis expecttest "transformers==5.24.0")  # the release the pass tests were written against
 
 if python3 -c "import torch" 2>/dev/null; then
     PY=python3
@@ -30,7 +30,7 @@ case "$cmd" in
         ;;
     test)
         missing=()
-        for mod in pytest hypothesis expecttest transformers; do
+        for mod in pytest xdist hypothesis expecttest transformers; do
             "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
         done
         if [ ${#missing[@]} -gt 0 ]; then
