@@ -5,7 +5,8 @@
 Launches the decode ``--launches`` times back to back under PDL (as the benchmark's graph does,
 each call on its own pool so that every call meets a cold L2; the slot order given, as an engine
 gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
-the global timer when they start, when their PDL wait returns and when they end, and their SM.
+the global timer when they start, when their PDL wait returns and when they end, and their SM
+(``--variant kv_tile_two_tiles_timeline``: the same records of programs that take two whole tiles).
 For each launch after the first it reports, in us:
 
 - ``span``: first program running (its wait returned) to last program ended;
@@ -44,7 +45,7 @@ from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import load_variant
 
-VARIANT = "kv_tile_timeline"
+TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
@@ -100,6 +101,8 @@ def main(argv=None) -> None:
     ap.add_argument("--state-dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--spec", help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
+    ap.add_argument("--variant", choices=TIMELINE_VARIANTS, default=TIMELINE_VARIANTS[0],
+                    help="the shipped kernel's programs, or two whole tiles a program (kv_tile_two_tiles)")
     ap.add_argument("--launches", type=int, default=6)
     ap.add_argument("--copy-tbps", type=float, default=4.25, help="copy bandwidth (TB/s, read+write) for 'ideal'")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -122,13 +125,13 @@ def main(argv=None) -> None:
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout="kv")
-    provider = launcher_provider("timeline", variant_launch(VARIANT), config, pdl=True,
+    provider = launcher_provider("timeline", variant_launch(args.variant), config, pdl=True,
                                  step_order=config.sort_rows)
     steps = []
     for _ in range(args.launches):  # a pool each: every call meets a cold L2
         p = make_problem(cfg, "cuda")
         steps.append(provider.make(cfg, p.pool, p.indices, p.inputs))
-    timelines = load_variant(VARIANT).TIMELINES
+    timelines = load_variant(args.variant).TIMELINES
     for _ in range(2):  # the first pass compiles and leaves the record buffers in the allocator's cache
         timelines.clear()
         torch.cuda.synchronize()
@@ -145,6 +148,7 @@ def main(argv=None) -> None:
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
+        "variant": args.variant,
         "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
         "sms": sms, "ideal_us": ideal_us, "shapes": shapes,
         "records": [launch.tolist() for launch in records]}))

@@ -665,6 +665,10 @@ KV_TILE_VARIANTS["kv_tile_two_tiles"] = [
      "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
     ("    _decode_kv_tile_kernel[(grid,)](", "    _decode_kv_tile_kernel[(grid - whole_tiles // 2,)]("),
 ]
+# Both at once, for benchmarks/timeline_kv.py --variant: a record a program (a pair of tiles).
+KV_TILE_VARIANTS["kv_tile_two_tiles_timeline"] = (
+    KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles"]
+    + [("_timeline(grid, state.device)", "_timeline(grid - whole_tiles // 2, state.device)")])
 
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
