@@ -45,7 +45,7 @@ from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import load_variant
 
-TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline")
+TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--spec", help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
     ap.add_argument("--variant", choices=TIMELINE_VARIANTS, default=TIMELINE_VARIANTS[0],
-                    help="the shipped kernel's programs, or two whole tiles a program (kv_tile_two_tiles)")
+                    help="the shipped kernel's programs, or two whole tiles a program (kv_tile_two_tiles, _strided)")
     ap.add_argument("--launches", type=int, default=6)
     ap.add_argument("--copy-tbps", type=float, default=4.25, help="copy bandwidth (TB/s, read+write) for 'ideal'")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -670,6 +670,46 @@ KV_TILE_VARIANTS["kv_tile_two_tiles_timeline"] = (
     KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles"]
     + [("_timeline(grid, state.device)", "_timeline(grid - whole_tiles // 2, state.device)")])
 
+# The same two tiles a program, paired a wave apart: in each block of 2W whole tiles (W = the SMs'
+# program slots) program i takes tiles i and i + W, so the tiles running at once stay one window
+# of about W consecutive tiles, in slot order, as the one-tile kernel's do. Why: kv_tile_two_tiles
+# (neighbours paired) lost 2.3-3.2 points (bf16) and 3.4-6.7 (fp32) on the H200 while its timeline
+# showed the slots as busy as the shipped kernel's (twenty-fifth session): its running tiles span
+# two windows' width, half of them in flight, a wider spread of DRAM pages at once.
+KV_TILE_VARIANTS["kv_tile_two_tiles_strided"] = KV_TILE_VARIANTS["kv_tile_two_tiles"][:2] + [
+    ("rows_ptr, tail_state_desc, whole_tiles,", "rows_ptr, tail_state_desc, pair_stride, whole_tiles,"),
+    ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,",
+     "(*args, rows if rows is not None else state, tail_desc, stride, whole_tiles,"),
+    ("    if TAIL_SPLIT == 1 or pid < whole_tiles:\n        _kv_tile(pid, num_tiles, "
+     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
+     "    full_blocks = whole_tiles // (2 * pair_stride)\n"
+     "    whole_pairs = full_blocks * pair_stride + (whole_tiles - full_blocks * 2 * pair_stride + 1) // 2\n"
+     "    if TAIL_SPLIT == 1 or pid < whole_pairs:\n"
+     "        block = pid // pair_stride\n"
+     "        base = block * 2 * pair_stride\n"
+     "        half = (gl.minimum(whole_tiles - base, 2 * pair_stride) + 1) // 2\n"
+     "        first = base + pid - block * pair_stride\n"
+     "        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
+     + "        if first + half < gl.minimum(whole_tiles, base + 2 * pair_stride):\n"
+       "            _cta_barrier()\n"
+       "            _kv_tile(first + half, num_tiles, "
+     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="second_bars")),
+    ("        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT,",
+     "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
+    ("    _decode_kv_tile_kernel[(grid,)](",
+     "    stride = config.programs_per_sm * sm_count(state.device.index or 0)\n"
+     "    _decode_kv_tile_kernel[(grid - whole_tiles + whole_pairs(whole_tiles, stride),)]("),
+    ("def launch_decode_kv_tile(",
+     "def whole_pairs(whole_tiles: int, stride: int) -> int:\n"
+     "    full_blocks, last = divmod(whole_tiles, 2 * stride)\n"
+     "    return full_blocks * stride + (last + 1) // 2\n\n\n"
+     "def launch_decode_kv_tile("),
+]
+KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] = (
+    KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles_strided"]
+    + [("_timeline(grid, state.device)",
+        "_timeline(grid - whole_tiles + whole_pairs(whole_tiles, config.programs_per_sm * sm_count(state.device.index or 0)), state.device)")])
+
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
 # (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the
