@@ -1,4 +1,4 @@
-"""When the kv tile kernel's programs start, run and end, across consecutive launches.
+"""When the Gluon tile kernels' programs start, run and end, across consecutive launches.
 
     python -m benchmarks.timeline_kv --batch 256 --state-dtype bf16 --spec t128:4:8:6:8:p8:tail4x1:sort
 
@@ -6,7 +6,9 @@ Launches the decode ``--launches`` times back to back under PDL (as the benchmar
 each call on its own pool so that every call meets a cold L2; the slot order given, as an engine
 gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
 the global timer when they start, when their PDL wait returns and when they end, and their SM
-(``--variant kv_tile_two_tiles_timeline``: the same records of programs that take two whole tiles).
+(``--variant kv_tile_two_tiles_timeline`` / ``kv_tile_two_tiles_strided_timeline``: the same records
+of programs that take two whole tiles; ``--variant vk_tile_timeline``: the vk tile kernel's programs
+on a vk pool).
 For each launch after the first it reports, in us:
 
 - ``span``: first program running (its wait returned) to last program ended;
@@ -23,9 +25,10 @@ For each launch after the first it reports, in us:
 ``--read PATH`` reports from a JSON this script wrote, without a GPU.
 
 A measurement of the launch's shape, not a timing: the clock reads and stores add a little to each
-program. The launches are eager: where a call is shorter than the host takes to launch one (on the
-H200 calls of ~134 us did not queue, 266 us did), ``gap`` is host time and the launches do not
-overlap under PDL as the benchmark's graph replays do. Writes ``<out>/<tag>.json`` with every program's record.
+program. By default the launches are eager: where a call is shorter than the host takes to launch
+one (on the H200 calls of ~134 us did not queue, 266 us did), ``gap`` is host time and the launches
+do not overlap under PDL as the benchmark's graph replays do; ``--graph`` replays them from one CUDA
+graph instead. Writes ``<out>/<tag>.json`` with every program's record.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ import triton
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
-from benchmarks.variants import load_variant
+from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
-TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline")
+TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline",
+                     "vk_tile_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
@@ -100,10 +104,13 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int)
     ap.add_argument("--state-dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
-    ap.add_argument("--spec", help="the kv tile's configuration, benchmarks.tune_tma's tBV:... syntax")
+    ap.add_argument("--spec", help="the tile's configuration, benchmarks.tune_tma's tBV:... syntax")
     ap.add_argument("--variant", choices=TIMELINE_VARIANTS, default=TIMELINE_VARIANTS[0],
-                    help="the shipped kernel's programs, or two whole tiles a program (kv_tile_two_tiles, _strided)")
+                    help="the shipped kv kernel's programs, two whole tiles a program (kv_tile_two_tiles, _strided), "
+                         "or the vk tile kernel's on a vk pool")
     ap.add_argument("--launches", type=int, default=6)
+    ap.add_argument("--graph", action="store_true",
+                    help="replay the launches from one CUDA graph, as the benchmark does, instead of eagerly")
     ap.add_argument("--copy-tbps", type=float, default=4.25, help="copy bandwidth (TB/s, read+write) for 'ideal'")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="timeline_kv")
@@ -120,11 +127,11 @@ def main(argv=None) -> None:
     if args.batch is None or args.spec is None:
         ap.error("--batch and --spec are needed to launch (or --read a JSON)")
     if not torch.cuda.is_available():
-        ap.error("needs a GPU (the kv tile kernel is Gluon, sm_90+)")
+        ap.error("needs a GPU (the tile kernels are Gluon, sm_90+)")
     config = parse_spec(args.spec)
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
-                 state_dtype=DTYPES[args.state_dtype], layout="kv")
+                 state_dtype=DTYPES[args.state_dtype], layout="vk" if args.variant in VK_TILE_VARIANTS else "kv")
     provider = launcher_provider("timeline", variant_launch(args.variant), config, pdl=True,
                                  step_order=config.sort_rows)
     steps = []
@@ -138,6 +145,15 @@ def main(argv=None) -> None:
         for step in steps:
             step()
         torch.cuda.synchronize()
+    if args.graph:  # the host no longer spaces the launches: each queues behind the last, under PDL
+        timelines.clear()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for step in steps:
+                step()
+        for _ in range(2):
+            graph.replay()
+        torch.cuda.synchronize()
     records = [t.cpu().numpy() for t in timelines]
     ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -150,7 +166,7 @@ def main(argv=None) -> None:
         "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
         "variant": args.variant,
         "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
-        "sms": sms, "ideal_us": ideal_us, "shapes": shapes,
+        "sms": sms, "ideal_us": ideal_us, "graph": args.graph, "shapes": shapes,
         "records": [launch.tolist() for launch in records]}))
     print(f"wrote {path}")
 

@@ -599,35 +599,53 @@ def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
 KV_TILE_VARIANTS["kv_tile_four_per_sm"] = _kv_tile_padding(4096)
 KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 
-# A measurement, not a decode change: each program of the kv tile kernel records, in a buffer of
+# A measurement, not a decode change: each program of a tile kernel records, in a buffer of
 # [grid, 4] int64 per launch (TIMELINES of the patched module), the global timer (ns) when it
 # starts, when its PDL wait returns, when it ends, and its SM. benchmarks/timeline_kv.py reads them
 # to see how the SMs' slots fill and empty around the boundary between consecutive launches.
-_KV_TILE_CLOCK = ('gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, '
-                  'is_pure=False, pack=1)')
-KV_TILE_VARIANTS["kv_tile_timeline"] = [
+_CLOCK = 'gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)'
+
+
+def _timeline(kernel_args: tuple[str, str], launch_args: tuple[str, str], started_after: str, waited_before: str,
+              ended_after: str, launcher: str) -> list[tuple[str, str]]:
+    """The patches that make a tile kernel record its programs: ``kernel_args`` and
+    ``launch_args`` are the (text, text with the buffer) of its signature and its launch, the
+    records are taken after ``started_after``, before ``waited_before`` and after ``ended_after``,
+    and the buffers kept by a function defined before ``def {launcher}(``."""
+    return [
+        kernel_args, launch_args,
+        (started_after, f"{started_after}    started = {_CLOCK}\n"),
+        (waited_before, f"    waited = {_CLOCK}\n{waited_before}"),
+        (ended_after,
+         (f"{ended_after}    ended = {_CLOCK}\n"
+          '    sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=True, pack=1)\n'
+          "    record = timeline_ptr + gl.program_id(0) * 4\n"
+          "    gl.store(record, started)\n"
+          "    gl.store(record + 1, waited)\n"
+          "    gl.store(record + 2, ended)\n"
+          "    gl.store(record + 3, sm.to(gl.int64))\n")),
+        (f"def {launcher}(",
+         ("TIMELINES = []\n\n\n"
+          "def _timeline(grid, device):\n"
+          "    TIMELINES.append(torch.empty(grid, 4, dtype=torch.int64, device=device))  # no kernel between launches\n"
+          "    return TIMELINES[-1]\n\n\n"
+          f"def {launcher}(")),
+    ]
+
+
+KV_TILE_VARIANTS["kv_tile_timeline"] = _timeline(
     ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, timeline_ptr,\n"),
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
      "(*args, rows if rows is not None else state, tail_desc, whole_tiles, _timeline(grid, state.device),\n"),
-    ("        mbarrier.init(bars.index(j), count=1)\n    if PDL:\n",
-     f"        mbarrier.init(bars.index(j), count=1)\n    started = {_KV_TILE_CLOCK}\n    if PDL:\n"),
-    ("    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
-     f"    waited = {_KV_TILE_CLOCK}\n    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1"),
-    ("        mbarrier.invalidate(bars.index(j))\n",
-     ("        mbarrier.invalidate(bars.index(j))\n"
-      f"    ended = {_KV_TILE_CLOCK}\n"
-      '    sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=True, pack=1)\n'
-      "    gl.store(timeline_ptr + pid * 4, started)\n"
-      "    gl.store(timeline_ptr + pid * 4 + 1, waited)\n"
-      "    gl.store(timeline_ptr + pid * 4 + 2, ended)\n"
-      "    gl.store(timeline_ptr + pid * 4 + 3, sm.to(gl.int64))\n")),
-    ("def launch_decode_kv_tile(",
-     ("TIMELINES = []\n\n\n"
-      "def _timeline(grid, device):\n"
-      "    TIMELINES.append(torch.empty(grid, 4, dtype=torch.int64, device=device))  # no kernel between launches\n"
-      "    return TIMELINES[-1]\n\n\n"
-      "def launch_decode_kv_tile(")),
-]
+    "        mbarrier.init(bars.index(j), count=1)\n", "    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
+    "        mbarrier.invalidate(bars.index(j))\n", "launch_decode_kv_tile")
+# The same records of the vk tile kernel's one-warp programs (NOTES.md, twenty-fifth session).
+VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline(
+    ("s_sb, s_sh, s_sv, rows_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, timeline_ptr,\n"),
+    ("        rows if rows is not None else state,\n",
+     "        rows if rows is not None else state, _timeline(num_tiles, state.device),\n"),
+    "    mbarrier.init(bar, count=1)\n", "    # with SORTED_ROWS, indices_ptr holds", "    mbarrier.invalidate(bar)\n",
+    "launch_decode_vk_tile")
 
 # Two whole tiles a program, one after the other through the same shared buffer (each on its own
 # barriers), so that an SM slot turns over half as often; the tail's pieces stay one a program.
