@@ -22,19 +22,21 @@ For each launch after the first it reports, in us:
   program's start on the same SM (each SM's k-th end paired with its k-th start after the launch
   began running), and ``run``, the same of a program's run.
 
-``--read PATH`` reports from a JSON this script wrote, without a GPU.
+``--read PATH`` reports from a JSON this script wrote (``.json.gz``, or ``.json`` uncompressed),
+without a GPU.
 
 A measurement of the launch's shape, not a timing: the clock reads and stores add a little to each
 program. By default the launches are eager: where a call is shorter than the host takes to launch
 one (on the H200 calls of ~134 us did not queue, 266 us did), ``gap`` is host time and the launches
 do not overlap under PDL as the benchmark's graph replays do; ``--graph`` replays them from one CUDA
-graph instead. Writes ``<out>/<tag>.json`` with every program's record.
+graph instead. Writes ``<out>/<tag>.json.gz`` with every program's record.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 from pathlib import Path
@@ -117,11 +119,12 @@ def main(argv=None) -> None:
     ap.add_argument("--read", type=Path, help="report from this JSON of an earlier run instead (no GPU)")
     args = ap.parse_args(argv)
     if args.read:
-        saved = json.loads(args.read.read_text())
+        with (gzip.open if args.read.suffix == ".gz" else open)(args.read, "rt") as f:
+            saved = json.load(f)
         records = [np.array(launch) for launch in saved["records"]]
         # the SMs the programs ran on, where an older JSON does not say
         sms = saved.get("sms") or len(np.unique(np.concatenate([launch[:, 3] for launch in records])))
-        report(saved.get("label", args.read.stem), records, parse_spec(saved["spec"]).programs_per_sm * sms,
+        report(saved.get("label", args.read.name.split(".")[0]), records, parse_spec(saved["spec"]).programs_per_sm * sms,
                saved.get("ideal_us", 0.0))
         return
     if args.batch is None or args.spec is None:
@@ -159,15 +162,16 @@ def main(argv=None) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.tag}.json"
-    path.write_text(json.dumps({
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
-        "variant": args.variant,
-        "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
-        "sms": sms, "ideal_us": ideal_us, "graph": args.graph, "shapes": shapes,
-        "records": [launch.tolist() for launch in records]}))
+    path = args.out / f"{args.tag}.json.gz"  # a record a program: megabytes a run as plain text
+    with gzip.open(path, "wt") as f:
+        json.dump({
+            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "gdn_ops_commit": os.environ.get("GDN_OPS_COMMIT", ""), "label": cfg.label(), "spec": args.spec,
+            "variant": args.variant,
+            "config": str(config), "B": args.batch, "tp": args.tp, "state_dtype": args.state_dtype,
+            "sms": sms, "ideal_us": ideal_us, "graph": args.graph, "shapes": shapes,
+            "records": [launch.tolist() for launch in records]}, f)
     print(f"wrote {path}")
 
 

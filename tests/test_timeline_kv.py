@@ -3,6 +3,7 @@ made up here; the records themselves come from the GPU (the kv_tile_timeline var
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -34,13 +35,15 @@ def test_turnovers_pair_each_sms_ends_with_its_later_starts():
     assert sorted(slot_turnovers(records).tolist()) == [300, 500]
 
 
-def test_a_saved_run_is_read_back_without_a_gpu(tmp_path, capsys):
+@pytest.mark.parametrize("suffix", [".json.gz", ".json"])
+def test_a_saved_run_is_read_back_without_a_gpu(tmp_path, capsys, suffix):
     from benchmarks.timeline_kv import main
 
     # one launch on two SMs of a 3-per-SM tile: 6 slots, two programs running from 0 to 10 us
     saved = {"spec": "t128:4:8:3:8", "records": [[[0, 0, 10_000, 0], [0, 0, 10_000, 1]]]}
-    path = tmp_path / "timeline.json"
-    path.write_text(json.dumps(saved))
+    path = tmp_path / f"timeline{suffix}"
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "wt") as f:
+        json.dump(saved, f)
     main(["--read", str(path)])
     out = capsys.readouterr().out
     assert "timeline launch 0: span_us 10.00" in out and "slots 0.33" in out and "sms 2" in out
