@@ -715,13 +715,13 @@ KV_TILE_VARIANTS["kv_tile_two_tiles_strided"] = KV_TILE_VARIANTS["kv_tile_two_ti
     ("        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT,",
      "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
     ("    _decode_kv_tile_kernel[(grid,)](",
-     "    stride = config.programs_per_sm * sm_count(state.device.index or 0)\n"
-     "    _decode_kv_tile_kernel[(grid - whole_tiles + whole_pairs(whole_tiles, stride),)]("),
+     ("    stride = config.programs_per_sm * sm_count(state.device.index or 0)\n"
+      "    _decode_kv_tile_kernel[(grid - whole_tiles + whole_pairs(whole_tiles, stride),)](")),
     ("def launch_decode_kv_tile(",
-     "def whole_pairs(whole_tiles: int, stride: int) -> int:\n"
-     "    full_blocks, last = divmod(whole_tiles, 2 * stride)\n"
-     "    return full_blocks * stride + (last + 1) // 2\n\n\n"
-     "def launch_decode_kv_tile("),
+     ("def whole_pairs(whole_tiles: int, stride: int) -> int:\n"
+      "    full_blocks, last = divmod(whole_tiles, 2 * stride)\n"
+      "    return full_blocks * stride + (last + 1) // 2\n\n\n"
+      "def launch_decode_kv_tile(")),
 ]
 KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] = (
     KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles_strided"]
