@@ -7,8 +7,8 @@ each call on its own pool so that every call meets a cold L2; the slot order giv
 gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
 the global timer when they start, when their PDL wait returns and when they end, and their SM
 (``--variant kv_tile_two_tiles_timeline`` / ``kv_tile_two_tiles_strided_timeline``: the same records
-of programs that take two whole tiles; ``--variant vk_tile_timeline``: the vk tile kernel's programs
-on a vk pool).
+of programs that take two whole tiles; ``--variant vk_tile_timeline`` / ``vk_tile_parts_timeline``: the vk
+tile kernel's programs on a vk pool).
 For each launch after the first it reports, in us:
 
 - ``span``: first program running (its wait returned) to last program ended;
@@ -51,7 +51,7 @@ from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
 TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline",
-                     "vk_tile_timeline")
+                     "vk_tile_timeline", "vk_tile_parts_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:

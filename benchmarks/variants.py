@@ -464,6 +464,33 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
       "            v_step = gl.where(v0 % V_BOX == 0, v_step, values.slice(BV + i * ROWS, ROWS).load(values_layout))\n"
       "        u = beta * (v_step.to(gl.float32) - decay * Sk)\n")),
 ]
+# The tile's value rows arriving in one TMA copy a step, each on its own barrier (the kv tile's
+# ``parts``), so that a tile of several steps starts on its first rows while the rest arrive: an
+# 8 KB fp32 tile (`t16:1:8:24:4`) holds twice the bytes a program of the shipped 4 KB one does, in
+# the same registers. Why: the vk tile's timeline (fp32 B=32-128, bf16 B=256; twenty-fifth
+# session) shows its slots 79-85% busy, 0.64-0.74 us from a program's end to the next's start
+# against 5.1-5.3 us of a program's run, and the 2 KB tile ran at a ceiling of programs a second
+# (twenty-second session): larger programs need fewer of both.
+VK_TILE_VARIANTS["vk_tile_parts"] = [
+    ("    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n    mbarrier.init(bar, count=1)\n",
+     ("    bars = gl.allocate_shared_memory(gl.int64, [STEPS, 1], mbarrier.MBarrierLayout())\n"
+      "    for i in gl.static_range(STEPS):\n        mbarrier.init(bars.index(i), count=1)\n"
+      "    bar = bars.index(0)\n")),
+    ("    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
+     "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem.slice(0, ROWS, dim=2))\n"),
+    ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
+     ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
+      "    for i in gl.static_range(1, STEPS):\n"
+      "        mbarrier.expect(bars.index(i), state_desc.block_type.nbytes)\n"
+      "        tma.async_copy_global_to_shared(state_desc, [slot, hv, v0 + i * ROWS, 0, 0], bars.index(i),\n"
+      "                                        tile_smem.slice(i * ROWS, ROWS, dim=2))\n")),
+    ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
+     ("        if i > 0:\n            mbarrier.wait(bars.index(i), 0)\n"
+      "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n")),
+    ("    mbarrier.invalidate(bar)\n",
+     "    for i in gl.static_range(STEPS):\n        mbarrier.invalidate(bars.index(i))\n"),
+    ("                       [1, 1, config.BV, K // C, C]),", "                       [1, 1, config.rows, K // C, C]),"),
+]
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
@@ -646,6 +673,8 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline(
      "        rows if rows is not None else state, _timeline(num_tiles, state.device),\n"),
     "    mbarrier.init(bar, count=1)\n", "    # with SORTED_ROWS, indices_ptr holds", "    mbarrier.invalidate(bar)\n",
     "launch_decode_vk_tile")
+# and of its tile in parts (vk_tile_parts, above)
+VK_TILE_VARIANTS["vk_tile_parts_timeline"] = VK_TILE_VARIANTS["vk_tile_timeline"] + VK_TILE_VARIANTS["vk_tile_parts"]
 
 # Two whole tiles a program, one after the other through the same shared buffer (each on its own
 # barriers), so that an SM slot turns over half as often; the tail's pieces stay one a program.
