@@ -28,6 +28,7 @@ Each stream is checked to leave the pool (or copy it) unchanged before timing. T
 ``tune_decode``: cold-L2 CUDA-graph replays, all providers interleaved.
 
     python -m benchmarks.probe_stream --batches 256 1024 --tag probe_stream
+    python -m benchmarks.probe_stream --tp 4 --batches 512 --tag probe_stream_tp4   # HK=4, HV=8
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
+from benchmarks.run import GEOMETRY
 from benchmarks.timing import capture_graph, copy_bandwidth
 from benchmarks.tune_decode import time_interleaved
 from benchmarks.tuning_results import write_results
@@ -278,6 +280,7 @@ def main() -> None:
                     help="the shipped decode step, in the shuffled or (:seq) the ascending slot order; :plan given its "
                          "slot order computed before capture")
     ap.add_argument("--layout", default="kv", choices=["kv", "vk"], help="the decode's state layout")
+    ap.add_argument("--tp", type=int, default=1, choices=sorted(GEOMETRY), help="Qwen3-Next's heads at this TP")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
     ap.add_argument("--mem-budget-gb", type=float, default=24.0)
@@ -289,7 +292,8 @@ def main() -> None:
     streams += [reg_stream(s) for s in args.reg]
     records = []
     for B in args.batches:
-        cfg = Config(tp=1, HK=16, HV=32, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype),
+        HK, HV = GEOMETRY[args.tp]
+        cfg = Config(tp=args.tp, HK=HK, HV=HV, K=128, V=128, B=B, state_dtype=getattr(torch, args.dtype),
                      layout=args.layout)
         errors = {}
         for p in streams:
