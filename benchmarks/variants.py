@@ -469,8 +469,11 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
 # 8 KB fp32 tile (`t16:1:8:24:4`) holds twice the bytes a program of the shipped 4 KB one does, in
 # the same registers. Why: the vk tile's timeline (fp32 B=32-128, bf16 B=256; twenty-fifth
 # session) shows its slots 79-85% busy, 0.64-0.74 us from a program's end to the next's start
-# against 5.1-5.3 us of a program's run, and the 2 KB tile ran at a ceiling of programs a second
-# (twenty-second session): larger programs need fewer of both.
+# against 5.1-5.4 us of a program's run, and the 2 KB tile ran at a ceiling of programs a second
+# (twenty-second session): larger programs need fewer of both. H200, given the order: worth 1.4-2.5
+# points to the 8 KB tile (`t16:1:8:23:4`, 23 an SM: 24 do not fit), which still ran level with
+# the shipped 4 KB tile at fp32 B=128 and 0.3-0.8 under it at fp32 B=32-256 and bf16 B=128-256
+# (results/h200/tune_vk_parts*_c07da78.json).
 VK_TILE_VARIANTS["vk_tile_parts"] = [
     ("    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n    mbarrier.init(bar, count=1)\n",
      ("    bars = gl.allocate_shared_memory(gl.int64, [STEPS, 1], mbarrier.MBarrierLayout())\n"
@@ -680,7 +683,9 @@ VK_TILE_VARIANTS["vk_tile_parts_timeline"] = VK_TILE_VARIANTS["vk_tile_timeline"
 # barriers), so that an SM slot turns over half as often; the tail's pieces stay one a program.
 # Why: kv_tile_timeline measured on the H200 (bf16 kv B=512, twenty-fourth session) ~0.48 us from a
 # program's end to the next program's start on the same SM, against ~11.8 us of a program's run:
-# 10.8 slot-us a launch idle in these turnovers, against 2.9-4.6 in its drain.
+# 10.8 slot-us a launch idle in these turnovers, against 2.9-4.6 in its drain. H200, given the
+# order: 2.2-3.2 points slower at bf16 kv B=256-1024, 3.4-6.7 at fp32 B=32 and 128
+# (results/h200/tune_kv_two_tiles_*_4f68079.json): a pair ran longer than two one-tile programs.
 _KV_TILE_WHOLE_CALL_ARGS = (
     "q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, {bars}, v_ptr,\n"
     "                 gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n"
@@ -720,9 +725,11 @@ KV_TILE_VARIANTS["kv_tile_two_tiles_timeline"] = (
 # The same two tiles a program, paired a wave apart: in each block of 2W whole tiles (W = the SMs'
 # program slots) program i takes tiles i and i + W, so the tiles running at once stay one window
 # of about W consecutive tiles, in slot order, as the one-tile kernel's do. Why: kv_tile_two_tiles
-# (neighbours paired) lost 2.3-3.2 points (bf16) and 3.4-6.7 (fp32) on the H200 while its timeline
+# (neighbours paired) lost 2.2-3.2 points (bf16) and 3.4-6.7 (fp32) on the H200 while its timeline
 # showed the slots as busy as the shipped kernel's (twenty-fifth session): its running tiles span
-# two windows' width, half of them in flight, a wider spread of DRAM pages at once.
+# two windows' width, half of them in flight, a wider spread of DRAM pages at once. H200, given
+# the order: still 1.4-2.7 points slower at bf16, 2.8-6.2 at fp32
+# (results/h200/tune_kv_two_tiles_strided_*_387176a.json): the order was a part of the loss.
 KV_TILE_VARIANTS["kv_tile_two_tiles_strided"] = KV_TILE_VARIANTS["kv_tile_two_tiles"][:2] + [
     ("rows_ptr, tail_state_desc, whole_tiles,", "rows_ptr, tail_state_desc, pair_stride, whole_tiles,"),
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,",
