@@ -7,8 +7,9 @@ each call on its own pool so that every call meets a cold L2; the slot order giv
 gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
 the global timer when they start, when their PDL wait returns and when they end, and their SM
 (``--variant kv_tile_two_tiles_timeline`` / ``kv_tile_two_tiles_strided_timeline``: the same records
-of programs that take two whole tiles; ``--variant vk_tile_timeline`` / ``vk_tile_parts_timeline``: the vk
-tile kernel's programs on a vk pool).
+of programs that take two whole tiles, and ``kv_tile_two_tiles_strided_switch`` two more records a
+pair, reported as ``first_tile``, ``switch`` and ``second_tile``; ``--variant vk_tile_timeline`` /
+``vk_tile_parts_timeline``: the vk tile kernel's programs on a vk pool).
 For each launch after the first it reports, in us:
 
 - ``span``: first program running (its wait returned) to last program ended;
@@ -51,7 +52,7 @@ from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
 TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline",
-                     "vk_tile_timeline", "vk_tile_parts_timeline")
+                     "kv_tile_two_tiles_strided_switch", "vk_tile_timeline", "vk_tile_parts_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
@@ -98,7 +99,18 @@ def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, idea
         "waiting_before_first_run_us": (first - int(records[:, 0].min())) / 1e3,
         "programs": len(records),
         "sms": len(np.unique(records[:, 3])),
+        **(pair_parts(records) if records.shape[1] >= 6 else {}),
     }
+
+
+def pair_parts(records: np.ndarray) -> dict:
+    """Where a pair program's time goes, from the two records kv_tile_two_tiles_strided_switch
+    adds (columns 4 and 5: first tile done, second tile started): p50 / p10 / p90 in us of the
+    first tile (from the wait), the switch, and the second tile, over the programs with two."""
+    pairs = records[records[:, 5] > records[:, 4]]
+    return {"first_tile_us": _percentiles_us(pairs[:, 4] - pairs[:, 1]),
+            "switch_us": _percentiles_us(pairs[:, 5] - pairs[:, 4]),
+            "second_tile_us": _percentiles_us(pairs[:, 2] - pairs[:, 5])}
 
 
 def main(argv=None) -> None:
@@ -141,15 +153,18 @@ def main(argv=None) -> None:
     for _ in range(args.launches):  # a pool each: every call meets a cold L2
         p = make_problem(cfg, "cuda")
         steps.append(provider.make(cfg, p.pool, p.indices, p.inputs))
-    timelines = load_variant(args.variant).TIMELINES
+    module = load_variant(args.variant)
+    buffers = [module.TIMELINES, *([module.SWITCHES] if hasattr(module, "SWITCHES") else [])]
     for _ in range(2):  # the first pass compiles and leaves the record buffers in the allocator's cache
-        timelines.clear()
+        for kept in buffers:
+            kept.clear()
         torch.cuda.synchronize()
         for step in steps:
             step()
         torch.cuda.synchronize()
     if args.graph:  # the host no longer spaces the launches: each queues behind the last, under PDL
-        timelines.clear()
+        for kept in buffers:
+            kept.clear()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for step in steps:
@@ -157,7 +172,7 @@ def main(argv=None) -> None:
         for _ in range(2):
             graph.replay()
         torch.cuda.synchronize()
-    records = [t.cpu().numpy() for t in timelines]
+    records = [np.concatenate([kept[i].cpu().numpy() for kept in buffers], axis=1) for i in range(len(buffers[0]))]
     ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us)

@@ -764,6 +764,33 @@ KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] = (
     + [("_timeline(grid, state.device)",
         "_timeline(grid - whole_tiles + whole_pairs(whole_tiles, config.programs_per_sm * sm_count(state.device.index or 0)), state.device)")])
 
+# The strided pairs' timeline with two more records a program (SWITCHES, [grid, 2] a launch): when
+# its first tile is done (its stores read out of shared memory) and when its second starts, after
+# the CTA barrier; the tail's pieces record their wait twice. Why: a pair ran 24.3-24.4 us against
+# two one-tile programs of 11.8-12.0 us (twenty-fifth session); this says in which part.
+_PAIR_SIZE = "grid - whole_tiles + whole_pairs(whole_tiles, config.programs_per_sm * sm_count(state.device.index or 0))"
+KV_TILE_VARIANTS["kv_tile_two_tiles_strided_switch"] = KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] + [
+    ("whole_tiles, timeline_ptr,\n", "whole_tiles, timeline_ptr, switch_ptr,\n"),
+    (f"_timeline({_PAIR_SIZE}, state.device)",
+     f"*_timeline_and_switches({_PAIR_SIZE}, state.device)"),
+    ("TIMELINES = []\n",
+     ("TIMELINES = []\nSWITCHES = []\n\n\n"
+      "def _timeline_and_switches(grid, device):\n"
+      "    SWITCHES.append(torch.empty(grid, 2, dtype=torch.int64, device=device))\n"
+      "    return _timeline(grid, device), SWITCHES[-1]\n")),
+    ("    full_blocks = whole_tiles // (2 * pair_stride)\n",
+     "    first_done = waited\n    second_start = waited\n    full_blocks = whole_tiles // (2 * pair_stride)\n"),
+    ("        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
+     "        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
+     + f"        first_done = {_CLOCK}\n        second_start = first_done\n"),
+    ("            _cta_barrier()\n            _kv_tile(first + half,",
+     f"            _cta_barrier()\n            second_start = {_CLOCK}\n            _kv_tile(first + half,"),
+    ("    gl.store(record + 3, sm.to(gl.int64))\n",
+     ("    gl.store(record + 3, sm.to(gl.int64))\n"
+      "    gl.store(switch_ptr + gl.program_id(0) * 2, first_done)\n"
+      "    gl.store(switch_ptr + gl.program_id(0) * 2 + 1, second_start)\n")),
+]
+
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
 # (results/h200/tune_vk_tile_registers_*.json, NOTES.md fifteenth session). Retired when the

@@ -55,3 +55,13 @@ def test_launching_needs_a_batch_and_a_spec(capsys):
     with pytest.raises(SystemExit):
         main(["--batch", "512"])
     assert "--batch and --spec are needed" in capsys.readouterr().err
+
+
+def test_a_pairs_records_split_into_its_first_tile_its_switch_and_its_second():
+    from benchmarks.timeline_kv import launch_shape
+
+    # started, waited, ended, SM, first tile done, second started: a pair (10 + 0.5 + 11 us) and a
+    # tail piece (its wait recorded twice), on one SM of 2 slots
+    records = np.array([[0, 0, 21_500, 0, 10_000, 10_500], [0, 0, 4_000, 0, 0, 0]])
+    shape = launch_shape(records, None, 2, 0.0)
+    assert shape["first_tile_us"][0] == 10.0 and shape["switch_us"][0] == 0.5 and shape["second_tile_us"][0] == 11.0
