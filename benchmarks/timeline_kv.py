@@ -6,10 +6,10 @@ Launches the decode ``--launches`` times back to back under PDL (as the benchmar
 each call on its own pool so that every call meets a cold L2; the slot order given, as an engine
 gives it) through the ``kv_tile_timeline`` variant (benchmarks/variants.py), whose programs record
 the global timer when they start, when their PDL wait returns and when they end, and their SM
-(``--variant kv_tile_two_tiles_timeline`` / ``kv_tile_two_tiles_strided_timeline``: the same records
-of programs that take two whole tiles, and ``kv_tile_two_tiles_strided_switch`` two more records a
-pair, reported as ``first_tile``, ``switch`` and ``second_tile``; ``--variant vk_tile_timeline`` /
-``vk_tile_parts_timeline``: the vk tile kernel's programs on a vk pool).
+(``--variant vk_tile_timeline``: the vk tile kernel's programs on a vk pool). Records with two more
+columns, a pair's first tile done and second started (the two-tiles variants of the twenty-fifth
+session, retired; they patch the kernel at commit 567a45c), are reported as ``first_tile``,
+``switch`` and ``second_tile`` too.
 For each launch after the first it reports, in us:
 
 - ``span``: first program running (its wait returned) to last program ended;
@@ -51,8 +51,7 @@ from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
-TIMELINE_VARIANTS = ("kv_tile_timeline", "kv_tile_two_tiles_timeline", "kv_tile_two_tiles_strided_timeline",
-                     "kv_tile_two_tiles_strided_switch", "vk_tile_timeline", "vk_tile_parts_timeline")
+TIMELINE_VARIANTS = ("kv_tile_timeline", "vk_tile_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:
@@ -104,9 +103,10 @@ def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, idea
 
 
 def pair_parts(records: np.ndarray) -> dict:
-    """Where a pair program's time goes, from the two records kv_tile_two_tiles_strided_switch
-    adds (columns 4 and 5: first tile done, second tile started): p50 / p10 / p90 in us of the
-    first tile (from the wait), the switch, and the second tile, over the programs with two."""
+    """Where a pair program's time goes, from the two records the retired
+    kv_tile_two_tiles_strided_switch variant added (columns 4 and 5: first tile done, second tile
+    started): p50 / p10 / p90 in us of the first tile (from the wait), the switch, and the second
+    tile, over the programs with two."""
     pairs = records[records[:, 5] > records[:, 4]]
     return {"first_tile_us": _percentiles_us(pairs[:, 4] - pairs[:, 1]),
             "switch_us": _percentiles_us(pairs[:, 5] - pairs[:, 4]),
@@ -120,8 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--spec", help="the tile's configuration, benchmarks.tune_tma's tBV:... syntax")
     ap.add_argument("--variant", choices=TIMELINE_VARIANTS, default=TIMELINE_VARIANTS[0],
-                    help="the shipped kv kernel's programs, two whole tiles a program (kv_tile_two_tiles, _strided), "
-                         "or the vk tile kernel's on a vk pool")
+                    help="the kv tile kernel's programs, or the vk tile kernel's on a vk pool")
     ap.add_argument("--launches", type=int, default=6)
     ap.add_argument("--graph", action="store_true",
                     help="replay the launches from one CUDA graph, as the benchmark does, instead of eagerly")
@@ -153,18 +152,15 @@ def main(argv=None) -> None:
     for _ in range(args.launches):  # a pool each: every call meets a cold L2
         p = make_problem(cfg, "cuda")
         steps.append(provider.make(cfg, p.pool, p.indices, p.inputs))
-    module = load_variant(args.variant)
-    buffers = [module.TIMELINES, *([module.SWITCHES] if hasattr(module, "SWITCHES") else [])]
+    timelines = load_variant(args.variant).TIMELINES
     for _ in range(2):  # the first pass compiles and leaves the record buffers in the allocator's cache
-        for kept in buffers:
-            kept.clear()
+        timelines.clear()
         torch.cuda.synchronize()
         for step in steps:
             step()
         torch.cuda.synchronize()
     if args.graph:  # the host no longer spaces the launches: each queues behind the last, under PDL
-        for kept in buffers:
-            kept.clear()
+        timelines.clear()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for step in steps:
@@ -172,7 +168,7 @@ def main(argv=None) -> None:
         for _ in range(2):
             graph.replay()
         torch.cuda.synchronize()
-    records = [np.concatenate([kept[i].cpu().numpy() for kept in buffers], axis=1) for i in range(len(buffers[0]))]
+    records = [t.cpu().numpy() for t in timelines]
     ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us)

@@ -464,36 +464,12 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
       "            v_step = gl.where(v0 % V_BOX == 0, v_step, values.slice(BV + i * ROWS, ROWS).load(values_layout))\n"
       "        u = beta * (v_step.to(gl.float32) - decay * Sk)\n")),
 ]
-# The tile's value rows arriving in one TMA copy a step, each on its own barrier (the kv tile's
-# ``parts``), so that a tile of several steps starts on its first rows while the rest arrive: an
-# 8 KB fp32 tile (`t16:1:8:24:4`) holds twice the bytes a program of the shipped 4 KB one does, in
-# the same registers. Why: the vk tile's timeline (fp32 B=32-128, bf16 B=256; twenty-fifth
-# session) shows its slots 79-85% busy, 0.64-0.74 us from a program's end to the next's start
-# against 5.1-5.4 us of a program's run, and the 2 KB tile ran at a ceiling of programs a second
-# (twenty-second session): larger programs need fewer of both. H200, given the order: worth 1.4-2.5
-# points to the 8 KB tile (`t16:1:8:23:4`, 23 an SM: 24 do not fit), which still ran level with
-# the shipped 4 KB tile at fp32 B=128 and 0.3-0.8 under it at fp32 B=32-256 and bf16 B=128-256
-# (results/h200/tune_vk_parts*_c07da78.json).
-VK_TILE_VARIANTS["vk_tile_parts"] = [
-    ("    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n    mbarrier.init(bar, count=1)\n",
-     ("    bars = gl.allocate_shared_memory(gl.int64, [STEPS, 1], mbarrier.MBarrierLayout())\n"
-      "    for i in gl.static_range(STEPS):\n        mbarrier.init(bars.index(i), count=1)\n"
-      "    bar = bars.index(0)\n")),
-    ("    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
-     "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem.slice(0, ROWS, dim=2))\n"),
-    ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
-     ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
-      "    for i in gl.static_range(1, STEPS):\n"
-      "        mbarrier.expect(bars.index(i), state_desc.block_type.nbytes)\n"
-      "        tma.async_copy_global_to_shared(state_desc, [slot, hv, v0 + i * ROWS, 0, 0], bars.index(i),\n"
-      "                                        tile_smem.slice(i * ROWS, ROWS, dim=2))\n")),
-    ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
-     ("        if i > 0:\n            mbarrier.wait(bars.index(i), 0)\n"
-      "        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n")),
-    ("    mbarrier.invalidate(bar)\n",
-     "    for i in gl.static_range(STEPS):\n        mbarrier.invalidate(bars.index(i))\n"),
-    ("                       [1, 1, config.BV, K // C, C]),", "                       [1, 1, config.rows, K // C, C]),"),
-]
+# (vk_tile_parts, the vk tile in one TMA copy a step, each on its own barrier, and its timeline
+# vk_tile_parts_timeline: worth 1.4-2.5 points to an 8 KB tile (`t16:1:8:23:4`), which still ran
+# level with the shipped 4 KB tile at fp32 B=128 and 0.3-0.8 under it at fp32 B=32-256 and bf16
+# B=128-256 on the H200, its slots 75% busy for the same span (results/h200/tune_vk_parts*_c07da78.json,
+# timeline_parts_fp32_vk_128_c07da78.json.gz; NOTES.md, twenty-fifth session). Retired after the
+# measurement; they patch the kernel at commit 567a45c.)
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
@@ -676,120 +652,17 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline(
      "        rows if rows is not None else state, _timeline(num_tiles, state.device),\n"),
     "    mbarrier.init(bar, count=1)\n", "    # with SORTED_ROWS, indices_ptr holds", "    mbarrier.invalidate(bar)\n",
     "launch_decode_vk_tile")
-# and of its tile in parts (vk_tile_parts, above)
-VK_TILE_VARIANTS["vk_tile_parts_timeline"] = VK_TILE_VARIANTS["vk_tile_timeline"] + VK_TILE_VARIANTS["vk_tile_parts"]
 
-# Two whole tiles a program, one after the other through the same shared buffer (each on its own
-# barriers), so that an SM slot turns over half as often; the tail's pieces stay one a program.
-# Why: kv_tile_timeline measured on the H200 (bf16 kv B=512, twenty-fourth session) ~0.48 us from a
-# program's end to the next program's start on the same SM, against ~11.8 us of a program's run:
-# 10.8 slot-us a launch idle in these turnovers, against 2.9-4.6 in its drain. H200, given the
-# order: 2.2-3.2 points slower at bf16 kv B=256-1024, 3.4-6.7 at fp32 B=32 and 128
-# (results/h200/tune_kv_two_tiles_*_4f68079.json): a pair ran longer than two one-tile programs.
-_KV_TILE_WHOLE_CALL_ARGS = (
-    "q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, {bars}, v_ptr,\n"
-    "                 gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,\n"
-    "                 num_slots, scale, softplus_beta, softplus_threshold,\n"
-    "                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n"
-    "                 HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,\n"
-    "                 L2_EPS, SORTED_ROWS, PARTS)\n")
-KV_TILE_VARIANTS["kv_tile_two_tiles"] = [
-    # (a slice of one [2 * PARTS, 1] barrier array stops Triton 3.6's sm_90 compile)
-    (("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
-      "    for j in gl.static_range(PARTS):\n        mbarrier.init(bars.index(j), count=1)\n"),
-     ("    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
-      "    second_bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())\n"
-      "    for j in gl.static_range(PARTS):\n        mbarrier.init(bars.index(j), count=1)\n"
-      "        mbarrier.init(second_bars.index(j), count=1)\n")),
-    ("    for j in gl.static_range(PARTS):\n        mbarrier.invalidate(bars.index(j))\n",
-     ("    for j in gl.static_range(PARTS):\n        mbarrier.invalidate(bars.index(j))\n"
-      "        mbarrier.invalidate(second_bars.index(j))\n")),
-    ("    if TAIL_SPLIT == 1 or pid < whole_tiles:\n        _kv_tile(pid, num_tiles, "
-     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
-     "    whole_pairs = (whole_tiles + 1) // 2\n"
-     "    if TAIL_SPLIT == 1 or pid < whole_pairs:\n        _kv_tile(2 * pid, num_tiles, "
-     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
-     + "        if 2 * pid + 1 < whole_tiles:\n"
-       "            _cta_barrier()\n"
-       "            _kv_tile(2 * pid + 1, num_tiles, "
-     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="second_bars")),
-    ("        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT,",
-     "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
-    ("    _decode_kv_tile_kernel[(grid,)](", "    _decode_kv_tile_kernel[(grid - whole_tiles // 2,)]("),
-]
-# Both at once, for benchmarks/timeline_kv.py --variant: a record a program (a pair of tiles).
-KV_TILE_VARIANTS["kv_tile_two_tiles_timeline"] = (
-    KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles"]
-    + [("_timeline(grid, state.device)", "_timeline(grid - whole_tiles // 2, state.device)")])
-
-# The same two tiles a program, paired a wave apart: in each block of 2W whole tiles (W = the SMs'
-# program slots) program i takes tiles i and i + W, so the tiles running at once stay one window
-# of about W consecutive tiles, in slot order, as the one-tile kernel's do. Why: kv_tile_two_tiles
-# (neighbours paired) lost 2.2-3.2 points (bf16) and 3.4-6.7 (fp32) on the H200 while its timeline
-# showed the slots as busy as the shipped kernel's (twenty-fifth session): its running tiles span
-# two windows' width, half of them in flight, a wider spread of DRAM pages at once. H200, given
-# the order: still 1.4-2.7 points slower at bf16, 2.8-6.2 at fp32
-# (results/h200/tune_kv_two_tiles_strided_*_387176a.json): the order was a part of the loss.
-KV_TILE_VARIANTS["kv_tile_two_tiles_strided"] = KV_TILE_VARIANTS["kv_tile_two_tiles"][:2] + [
-    ("rows_ptr, tail_state_desc, whole_tiles,", "rows_ptr, tail_state_desc, pair_stride, whole_tiles,"),
-    ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,",
-     "(*args, rows if rows is not None else state, tail_desc, stride, whole_tiles,"),
-    ("    if TAIL_SPLIT == 1 or pid < whole_tiles:\n        _kv_tile(pid, num_tiles, "
-     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
-     "    full_blocks = whole_tiles // (2 * pair_stride)\n"
-     "    whole_pairs = full_blocks * pair_stride + (whole_tiles - full_blocks * 2 * pair_stride + 1) // 2\n"
-     "    if TAIL_SPLIT == 1 or pid < whole_pairs:\n"
-     "        block = pid // pair_stride\n"
-     "        base = block * 2 * pair_stride\n"
-     "        half = (gl.minimum(whole_tiles - base, 2 * pair_stride) + 1) // 2\n"
-     "        first = base + pid - block * pair_stride\n"
-     "        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
-     + "        if first + half < gl.minimum(whole_tiles, base + 2 * pair_stride):\n"
-       "            _cta_barrier()\n"
-       "            _kv_tile(first + half, num_tiles, "
-     + _KV_TILE_WHOLE_CALL_ARGS.format(bars="second_bars")),
-    ("        _kv_tile(pid + whole_tiles * (TAIL_SPLIT - 1), num_tiles * TAIL_SPLIT,",
-     "        _kv_tile(pid - whole_pairs + whole_tiles * TAIL_SPLIT, num_tiles * TAIL_SPLIT,"),
-    ("    _decode_kv_tile_kernel[(grid,)](",
-     ("    stride = config.programs_per_sm * sm_count(state.device.index or 0)\n"
-      "    _decode_kv_tile_kernel[(grid - whole_tiles + whole_pairs(whole_tiles, stride),)](")),
-    ("def launch_decode_kv_tile(",
-     ("def whole_pairs(whole_tiles: int, stride: int) -> int:\n"
-      "    full_blocks, last = divmod(whole_tiles, 2 * stride)\n"
-      "    return full_blocks * stride + (last + 1) // 2\n\n\n"
-      "def launch_decode_kv_tile(")),
-]
-KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] = (
-    KV_TILE_VARIANTS["kv_tile_timeline"] + KV_TILE_VARIANTS["kv_tile_two_tiles_strided"]
-    + [("_timeline(grid, state.device)",
-        "_timeline(grid - whole_tiles + whole_pairs(whole_tiles, config.programs_per_sm * sm_count(state.device.index or 0)), state.device)")])
-
-# The strided pairs' timeline with two more records a program (SWITCHES, [grid, 2] a launch): when
-# its first tile is done (its stores read out of shared memory) and when its second starts, after
-# the CTA barrier; the tail's pieces record their wait twice. Why: a pair ran 24.3-24.4 us against
-# two one-tile programs of 11.8-12.0 us (twenty-fifth session); this says in which part.
-_PAIR_SIZE = "grid - whole_tiles + whole_pairs(whole_tiles, config.programs_per_sm * sm_count(state.device.index or 0))"
-KV_TILE_VARIANTS["kv_tile_two_tiles_strided_switch"] = KV_TILE_VARIANTS["kv_tile_two_tiles_strided_timeline"] + [
-    ("whole_tiles, timeline_ptr,\n", "whole_tiles, timeline_ptr, switch_ptr,\n"),
-    (f"_timeline({_PAIR_SIZE}, state.device)",
-     f"*_timeline_and_switches({_PAIR_SIZE}, state.device)"),
-    ("TIMELINES = []\n",
-     ("TIMELINES = []\nSWITCHES = []\n\n\n"
-      "def _timeline_and_switches(grid, device):\n"
-      "    SWITCHES.append(torch.empty(grid, 2, dtype=torch.int64, device=device))\n"
-      "    return _timeline(grid, device), SWITCHES[-1]\n")),
-    ("    full_blocks = whole_tiles // (2 * pair_stride)\n",
-     "    first_done = waited\n    second_start = waited\n    full_blocks = whole_tiles // (2 * pair_stride)\n"),
-    ("        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars"),
-     "        _kv_tile(first, num_tiles, " + _KV_TILE_WHOLE_CALL_ARGS.format(bars="bars")
-     + f"        first_done = {_CLOCK}\n        second_start = first_done\n"),
-    ("            _cta_barrier()\n            _kv_tile(first + half,",
-     f"            _cta_barrier()\n            second_start = {_CLOCK}\n            _kv_tile(first + half,"),
-    ("    gl.store(record + 3, sm.to(gl.int64))\n",
-     ("    gl.store(record + 3, sm.to(gl.int64))\n"
-      "    gl.store(switch_ptr + gl.program_id(0) * 2, first_done)\n"
-      "    gl.store(switch_ptr + gl.program_id(0) * 2 + 1, second_start)\n")),
-]
+# (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
+# barriers, the tail's pieces one a program, to halve the slots' turnovers; kv_tile_two_tiles_strided:
+# the same paired a wave apart, tiles i and i + W in each block of 2W; and their timelines, the
+# last with a record at the switch between a pair's tiles. On the H200, given the order, 2.2-3.2 /
+# 1.4-2.7 points slower at bf16 kv B=256-1024 and 3.4-6.7 / 2.8-6.2 at fp32 B=32 and 128; the
+# switch cost 0.03 us and a pair with its turnover took what two one-tile programs with theirs do,
+# so the launch body runs at the memory system's pace and the pairs lose their longer drain
+# (results/h200/tune_kv_two_tiles*_{4f68079,387176a}.json, timeline_two_tiles*.json.gz,
+# timeline_switch_*_16aedb1.json.gz; NOTES.md, twenty-fifth session). Retired after the
+# measurement; they patch the kernel at commit 567a45c.)
 
 # (vk_tile_registers, the vk tile kernel with its state through registers instead of shared
 # memory, barrier-free programs of 4 warps, lost 1.8-3.6 points with fp32 and 16-45 with bf16
