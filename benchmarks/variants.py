@@ -612,7 +612,7 @@ KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 _CLOCK = 'gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)'
 
 
-def _timeline(kernel_args: tuple[str, str], launch_args: tuple[str, str], started_after: str, waited_before: str,
+def _timeline_patches(kernel_args: tuple[str, str], launch_args: tuple[str, str], started_after: str, waited_before: str,
               ended_after: str, launcher: str) -> list[tuple[str, str]]:
     """The patches that make a tile kernel record its programs: ``kernel_args`` and
     ``launch_args`` are the (text, text with the buffer) of its signature and its launch, the
@@ -639,14 +639,14 @@ def _timeline(kernel_args: tuple[str, str], launch_args: tuple[str, str], starte
     ]
 
 
-KV_TILE_VARIANTS["kv_tile_timeline"] = _timeline(
+KV_TILE_VARIANTS["kv_tile_timeline"] = _timeline_patches(
     ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, timeline_ptr,\n"),
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
      "(*args, rows if rows is not None else state, tail_desc, whole_tiles, _timeline(grid, state.device),\n"),
     "        mbarrier.init(bars.index(j), count=1)\n", "    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
     "        mbarrier.invalidate(bars.index(j))\n", "launch_decode_kv_tile")
 # The same records of the vk tile kernel's one-warp programs (NOTES.md, twenty-fifth session).
-VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline(
+VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
     ("s_sb, s_sh, s_sv, rows_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, timeline_ptr,\n"),
     ("        rows if rows is not None else state,\n",
      "        rows if rows is not None else state, _timeline(num_tiles, state.device),\n"),

@@ -1,5 +1,6 @@
 """benchmarks/timeline_kv.py's reading of program records (started, waited, ended, SM), on records
-made up here; the records themselves come from the GPU (the kv_tile_timeline variant)."""
+made up here; the records themselves come from the GPU (the kv_tile_timeline and vk_tile_timeline
+variants)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,6 @@ def test_launching_needs_a_batch_and_a_spec(capsys):
 
 
 def test_a_pairs_records_split_into_its_first_tile_its_switch_and_its_second():
-    from benchmarks.timeline_kv import launch_shape
-
     # started, waited, ended, SM, first tile done, second started: a pair (10 + 0.5 + 11 us) and a
     # tail piece (its wait recorded twice), on one SM of 2 slots
     records = np.array([[0, 0, 21_500, 0, 10_000, 10_500], [0, 0, 4_000, 0, 0, 0]])
