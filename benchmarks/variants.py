@@ -440,6 +440,29 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
          "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
     ],
 }
+# The tile's state through registers: each lane loads its 16-byte pieces of whole rows by plain
+# vector loads, issued before the TMA copies of q, k and v (which keep their barrier), and no shared
+# memory for the state. Four warps on a 4 KB fp32 tile (each warp two whole rows) are the geometry
+# of the in-place stream that read 91.5% at fp32 vk B=32 in slot order, against 89.3 for one warp
+# (results/h200/probe_head_fp32_76821c7.json); the same four warps with the tile by TMA lost
+# (`t8:4:8:*`, 81.7-85.2, tune_vk_fp32_warps_180292e.json). One step a tile (rows == BV).
+VK_TILE_VARIANTS["vk_tile_register_loads"] = [
+    ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
+    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
+     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes"),
+    ("    mbarrier.expect(bar, nbytes)\n    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
+     ("    gl.static_assert(STEPS == 1, \"one step a tile: rows == BV\")\n"
+      "    keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
+      "            + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
+      "    tile_rows = gl.arange(0, ROWS, layout=values_layout)\n"
+      "    tile_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + (v0 + tile_rows).to(gl.int64) * s_sv,\n"
+      "                                 128 // state_desc.dtype.primitive_bitwidth)\n"
+      "    S_in = gl.load(state_ptr + tile_starts[:, None, None] + keys[None, :, :], mask=slot < num_slots, other=0.0)\n"
+      "    mbarrier.expect(bar, nbytes)\n")),
+    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n", ""),
+    ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
+     "        S = S_in.to(gl.float32)\n"),
+]
 # Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v arrives in the
 # 16-byte box (8 bf16 values) that holds the tile's values, a box starting on 16 bytes (one that
 # does not is an illegal instruction), and the kernel takes its half. The one-warp 2 KB in-place
