@@ -490,6 +490,24 @@ VK_TILE_VARIANTS["vk_tile_plain_loads"] = VK_TILE_VARIANTS["vk_tile_register_loa
     ("    values = v_smem.reshape([BV])\n", ""),
     ("values.slice(i * ROWS, ROWS).load(values_layout)", "v_tile"),
 ]
+
+
+def _vk_tile_padding(words: int) -> list[tuple[str, str]]:
+    """The vk tile kernel with ``words`` int32 (a power of two) of unused shared memory beside its
+    tile (a corner written, so the allocation is kept): fewer programs then fit an SM, whatever
+    their registers. One buffer: Triton lays buffers whose uses do not overlap on the same bytes."""
+    alloc = "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)\n"
+    return [(alloc, alloc + (
+        f"    pad_smem = gl.allocate_shared_memory(gl.int32, [{words}], gl.SwizzledSharedLayout(1, 1, 1, [0]))\n"
+        "    pad_smem.slice(0, 32).store(gl.zeros([32], gl.int32, gl.BlockedLayout([1], [32], [1], [0])))\n"))]
+
+
+# The one-warp fp32 tile (4632 bytes of shared memory and 1 KB reserved a program; 25 an SM by its
+# registers) held to 16 and 10 programs an SM of 228 KB: whether fewer 4 KB runs open at once on an
+# SM is what the four-warp stream's lead over the one-warp one at fp32 B=32 comes from.
+VK_TILE_VARIANTS["vk_tile_16_per_sm"] = _vk_tile_padding(2048)
+VK_TILE_VARIANTS["vk_tile_10_per_sm"] = _vk_tile_padding(4096)
+
 # Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v arrives in the
 # 16-byte box (8 bf16 values) that holds the tile's values, a box starting on 16 bytes (one that
 # does not is an illegal instruction), and the kernel takes its half. The one-warp 2 KB in-place
