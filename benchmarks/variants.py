@@ -507,10 +507,11 @@ VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] = VK_TILE_VARIANTS["vk_tile_
 # Nsight Compute put the four- and eight-warp programs at 0.87-0.90 instructions issued a cycle per
 # scheduler, against 0.40 for one warp: each warp repeats the program's fixed work.
 VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] + [
-    ("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
-     "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n",
+    (("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
+      "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"),
      "        q = q * scale\n"),
 ]
+
 
 def _vk_tile_padding(words: int) -> list[tuple[str, str]]:
     """The vk tile kernel with ``words`` int32 (a power of two) of unused shared memory beside its
