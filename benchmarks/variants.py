@@ -445,7 +445,12 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # memory for the state. Four warps on a 4 KB fp32 tile (each warp two whole rows) are the geometry
 # of the in-place stream that read 91.5% at fp32 vk B=32 in slot order, against 89.3 for one warp
 # (results/h200/probe_head_fp32_76821c7.json); the same four warps with the tile by TMA lost
-# (`t8:4:8:*`, 81.7-85.2, tune_vk_fp32_warps_180292e.json). One step a tile (rows == BV).
+# (`t8:4:8:*`, 81.7-85.2, tune_vk_fp32_warps_180292e.json). One step a tile (rows == BV). H200,
+# given the order, fp32 B=32: four warps 87.3-87.9% against 84.5-85.1 by TMA, still under the
+# one-warp tile's 88.7 (which loses 0.2-0.7 this way); eight warps 55 (tune_vk_regloads_fp32_e17b18a.json,
+# tune_vk_plain_loads_fp32_7cda0fe.json, tune_vk_no_gates_fp32_03e7307.json). Nsight Compute: the
+# many-warp programs are bound by instruction issue, each warp repeating the program's fixed work
+# (NOTES.md, twenty-sixth session).
 VK_TILE_VARIANTS["vk_tile_register_loads"] = [
     ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
     ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
@@ -463,37 +468,16 @@ VK_TILE_VARIANTS["vk_tile_register_loads"] = [
     ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
      "        S = S_in.to(gl.float32)\n"),
 ]
-# Two steps apart from it, to split what keeps the four-warp tile under the four-warp stream:
-# the same with the rows stored unchanged (a ceiling: the store then waits on the state's load
-# alone, as the stream's does), and the same with q, k and v by plain loads too (no TMA, no
-# barrier wait; every warp loads all of q and k, as it reads them from shared memory in the kernel).
-VK_TILE_VARIANTS["vk_tile_register_loads_unchanged"] = VK_TILE_VARIANTS["vk_tile_register_loads"] + [
-    ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),\n",
-     "        gl.store(state_rows + (i * ROWS) * s_sv, S.to(state_desc.dtype),\n"),
-]
-VK_TILE_VARIANTS["vk_tile_plain_loads"] = VK_TILE_VARIANTS["vk_tile_register_loads"] + [
-    ("s_sb, s_sh, s_sv, rows_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, q_ptr, k_ptr, v_ptr, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,\n"),
-    ("        rows if rows is not None else state,\n",
-     ("        rows if rows is not None else state, q3, k3, v3, *q3.stride()[:2], *k3.stride()[:2],\n"
-      "        *v3.stride()[:2],\n")),
-    ("""    mbarrier.expect(bar, nbytes)
-    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)
-    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)
-""", """    q = gl.load(q_ptr + row.to(gl.int64) * s_qb + (hv // GROUP) * s_qh + keys).to(gl.float32)
-    k = gl.load(k_ptr + row.to(gl.int64) * s_kb + (hv // GROUP) * s_kh + keys).to(gl.float32)
-    v_tile = gl.load(v_ptr + row.to(gl.int64) * s_vb + hv * s_vh + v0 + tile_rows)
-"""),
-    ("    mbarrier.wait(bar, 0)\n", ""),
-    ("    q = q_smem.reshape([NK, C]).load(keys_layout).to(gl.float32)\n", ""),
-    ("    k = k_smem.reshape([NK, C]).load(keys_layout).to(gl.float32)\n", ""),
-    ("    values = v_smem.reshape([BV])\n", ""),
-    ("values.slice(i * ROWS, ROWS).load(values_layout)", "v_tile"),
-]
-
+# (vk_tile_register_loads_unchanged, a ceiling with the rows stored unchanged, read 1.7-2.1 points
+# under the decode at four warps; vk_tile_plain_loads, q, k and v by plain loads too, lost 6.4-7.1
+# points at four warps and ran within 0.2 of register loads at one (H200, fp32 B=32-128, given the
+# order, tune_vk_plain_loads_fp32_7cda0fe.json). Retired after the measurement; they patch the
+# kernel at commit 73e01f4.)
 # A ceiling: the same without its four gate loads a program (a, b, A_log, dt_bias; each warp loads
 # each one for itself), the gates made from the head's index instead. Whether a four-warp program's
-# small loads, four times a one-warp program's, are what it loses to the four-warp stream.
+# small loads, four times a one-warp program's, are what it loses to the four-warp stream. H200,
+# fp32 B=32 given the order: worth 0.3 points at four warps and 0.5 at one
+# (tune_vk_no_gates_fp32_03e7307.json).
 VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] = VK_TILE_VARIANTS["vk_tile_register_loads"] + [
     ("    gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)\n",
      "    gate_a = (hv % 7).to(gl.float32) * 0.25\n"),
@@ -512,22 +496,10 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
      "        q = q * scale\n"),
 ]
 
-
-def _vk_tile_padding(words: int) -> list[tuple[str, str]]:
-    """The vk tile kernel with ``words`` int32 (a power of two) of unused shared memory beside its
-    tile (a corner written, so the allocation is kept): fewer programs then fit an SM, whatever
-    their registers. One buffer: Triton lays buffers whose uses do not overlap on the same bytes."""
-    alloc = "    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)\n"
-    return [(alloc, alloc + (
-        f"    pad_smem = gl.allocate_shared_memory(gl.int32, [{words}], gl.SwizzledSharedLayout(1, 1, 1, [0]))\n"
-        "    pad_smem.slice(0, 32 * WARPS).store(gl.zeros([32 * WARPS], gl.int32, gl.BlockedLayout([1], [32], [WARPS], [0])))\n"))]
-
-
-# The one-warp fp32 tile (4632 bytes of shared memory and 1 KB reserved a program; 25 an SM by its
-# registers) held to 16 and 10 programs an SM of 228 KB: whether fewer 4 KB runs open at once on an
-# SM is what the four-warp stream's lead over the one-warp one at fp32 B=32 comes from.
-VK_TILE_VARIANTS["vk_tile_16_per_sm"] = _vk_tile_padding(2048)
-VK_TILE_VARIANTS["vk_tile_10_per_sm"] = _vk_tile_padding(4096)
+# (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
+# unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200
+# (tune_vk_plain_loads_fp32_7cda0fe.json): fewer 4 KB runs open at once on an SM do not pay.
+# Retired after the measurement; they patch the kernel at commit 73e01f4.)
 
 # Tiles of fewer than 16 bytes of v (the 2 KB fp32 tile, 4 value rows, bf16 v): v arrives in the
 # 16-byte box (8 bf16 values) that holds the tile's values, a box starting on 16 bytes (one that
@@ -769,9 +741,8 @@ ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_
 _PATCHED_MODULES = ((VARIANTS, shipped), (TMA_VARIANTS, shipped_tma), (GLUON_VARIANTS, shipped_gluon),
                     (VK_TILE_VARIANTS, shipped_vk_tile), (KV_TILE_VARIANTS, shipped_kv_tile))
 # Variants whose output is not the decode step's: timed without the check against the reference.
-CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_rows_unchanged", "vk_tile_register_loads_unchanged",
-                    "vk_tile_register_loads_no_gates", "vk_tile_register_loads_light", "kv_tile_rows_unchanged",
-                    "kv_tile_copy_only"}
+CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_rows_unchanged", "vk_tile_register_loads_no_gates",
+                    "vk_tile_register_loads_light", "kv_tile_rows_unchanged", "kv_tile_copy_only"}
 
 
 @functools.cache
