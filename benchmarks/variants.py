@@ -473,9 +473,10 @@ VK_TILE_VARIANTS["vk_tile_register_loads"] = [
 # points at four warps and ran within 0.2 of register loads at one (H200, fp32 B=32-128, given the
 # order, tune_vk_plain_loads_fp32_7cda0fe.json). Retired after the measurement; they patch the
 # kernel at commit 73e01f4.)
-# A ceiling: the same without its four gate loads a program (a, b, A_log, dt_bias; each warp loads
-# each one for itself), the gates made from the head's index instead. Whether a four-warp program's
-# small loads, four times a one-warp program's, are what it loses to the four-warp stream. H200,
+# A ceiling: `vk_tile_register_loads` without its four gate loads a program (a, b, A_log, dt_bias;
+# each warp loads each one for itself), the gates made from the head's index instead. Whether a
+# four-warp program's small loads, four times a one-warp program's, are what it loses to the
+# four-warp stream. H200,
 # fp32 B=32 given the order: worth 0.3 points at four warps and 0.5 at one
 # (tune_vk_no_gates_fp32_03e7307.json).
 VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] = VK_TILE_VARIANTS["vk_tile_register_loads"] + [
