@@ -497,6 +497,27 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
      "        q = q * scale\n"),
 ]
 
+# q, k and v on the program's barrier and the state on a second one, so that the norms of q and
+# k, k . q and the gates run while the state is still arriving, and only the rows' own work follows
+# it. The shipped kernel waits for all four copies at once. What a one-warp program does after its
+# state lands is ~0.4 of its instructions (the rows) plus the norms; Nsight Compute put ~28% of a
+# one-warp fp32 program's cycles outside the wait on memory (NOTES.md, twenty-sixth session).
+VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
+    ("    mbarrier.init(bar, count=1)\n",
+     ("    mbarrier.init(bar, count=1)\n"
+      "    state_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n"
+      "    mbarrier.init(state_bar, count=1)\n")),
+    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
+     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes"),
+    ("    mbarrier.expect(bar, nbytes)\n    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
+     ("    mbarrier.expect(state_bar, state_desc.block_type.nbytes)\n"
+      "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)\n"
+      "    mbarrier.expect(bar, nbytes)\n")),
+    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n",
+     "    mbarrier.wait(state_bar, 0)\n    rows_smem = tile_smem.reshape([BV, NK, C])\n"),
+    ("    mbarrier.invalidate(bar)\n", "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
+]
+
 # (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
 # unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200
 # (tune_vk_plain_loads_fp32_7cda0fe.json): fewer 4 KB runs open at once on an SM do not pay.
