@@ -498,10 +498,10 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
 ]
 
 # q, k and v on the program's barrier and the state on a second one, so that the norms of q and
-# k, k . q and the gates run while the state is still arriving, and only the rows' own work follows
-# it. The shipped kernel waits for all four copies at once. What a one-warp program does after its
-# state lands is ~0.4 of its instructions (the rows) plus the norms; Nsight Compute put ~28% of a
-# one-warp fp32 program's cycles outside the wait on memory (NOTES.md, twenty-sixth session).
+# k and k . q run while the state is still arriving, and only the rows' own work follows it. The
+# shipped kernel waits for all four copies at once, so a one-warp program does its norms and its
+# rows (~0.6 of its instructions) after its state lands; Nsight Compute put over a third of a
+# one-warp fp32 program's warp cycles outside the wait on memory (NOTES.md, twenty-sixth session).
 VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.init(bar, count=1)\n",
      ("    mbarrier.init(bar, count=1)\n"
