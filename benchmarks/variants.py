@@ -490,7 +490,9 @@ VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] = VK_TILE_VARIANTS["vk_tile_
 # A ceiling further down: also without the norms of q and k (two of a program's three sums over the
 # keys, each a five-level shuffle tree, and a square root and a division each, done by every warp).
 # Nsight Compute put the four- and eight-warp programs at 0.87-0.90 instructions issued a cycle per
-# scheduler, against 0.40 for one warp: each warp repeats the program's fixed work.
+# scheduler, against 0.40 for one warp: each warp repeats the program's fixed work. H200, fp32 given
+# the order, B = 32 / 64 / 128: four warps 89.23 / 91.72 / 94.26, one warp 88.93 / 91.74 / 95.21,
+# eight warps 65.4-67.6 (tune_vk_state_barrier_fp32_6bfac9a.json).
 VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] + [
     (("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
       "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"),
@@ -502,6 +504,9 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
 # shipped kernel waits for all four copies at once, so a one-warp program does its norms and its
 # rows (~0.6 of its instructions) after its state lands; Nsight Compute put over a third of a
 # one-warp fp32 program's warp cycles outside the wait on memory (NOTES.md, twenty-sixth session).
+# H200, against the shipped tile in the same runs: bf16 B=256-512 +0.04..+0.51 in all fifteen
+# readings (given the order, with the rank kernel, unsorted); fp32 B=32-128 -0.70..+0.38, level
+# (tune_vk_state_barrier_*_6bfac9a.json). Not yet folded into the kernel (NOTES.md, Next).
 VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.init(bar, count=1)\n",
      ("    mbarrier.init(bar, count=1)\n"
