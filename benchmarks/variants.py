@@ -506,7 +506,8 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
 # one-warp fp32 program's warp cycles outside the wait on memory (NOTES.md, twenty-sixth session).
 # H200, against the shipped tile in the same runs: bf16 B=256-512 +0.04..+0.51 in all fifteen
 # readings (given the order, with the rank kernel, unsorted); fp32 B=32-128 -0.70..+0.38, level
-# (tune_vk_state_barrier_*_6bfac9a.json). Not yet folded into the kernel (NOTES.md, Next).
+# (tune_vk_state_barrier_*_6bfac9a.json). Folded on the branch fold-state-barrier (6bcb143), whose
+# vk sweep read level with the kernel here (sweep_vk_37efcf0.json); not merged (NOTES.md, Next).
 VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.init(bar, count=1)\n",
      ("    mbarrier.init(bar, count=1)\n"
