@@ -397,6 +397,9 @@ _TILE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel
 _VK_TILE_COPIES = """    mbarrier.expect(bar, nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
 """
+# the expected bytes of the program's barrier without the state's, for variants that move the state off it
+_VK_NBYTES_WITHOUT_STATE = ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
+                            "    nbytes: gl.constexpr = (q_desc.block_type.nbytes")
 # the wait and trigger where the early-state variants put them, after the state's copies
 _EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
 VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
@@ -453,9 +456,8 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # (NOTES.md, twenty-sixth session).
 VK_TILE_VARIANTS["vk_tile_register_loads"] = [
     ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
-    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
-     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes"),
-    ("    mbarrier.expect(bar, nbytes)\n    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
+    _VK_NBYTES_WITHOUT_STATE,
+    (_VK_TILE_COPIES,
      ("    gl.static_assert(STEPS == 1, \"one step a tile: rows == BV\")\n"
       "    keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
       "            + gl.arange(0, C, layout=gl.SliceLayout(0, keys_layout))[None, :])\n"
@@ -476,8 +478,7 @@ VK_TILE_VARIANTS["vk_tile_register_loads"] = [
 # A ceiling: `vk_tile_register_loads` without its four gate loads a program (a, b, A_log, dt_bias;
 # each warp loads each one for itself), the gates made from the head's index instead. Whether a
 # four-warp program's small loads, four times a one-warp program's, are what it loses to the
-# four-warp stream. H200,
-# fp32 B=32 given the order: worth 0.3 points at four warps and 0.5 at one
+# four-warp stream. H200, fp32 B=32 given the order: worth 0.3 points at four warps and 0.5 at one
 # (tune_vk_no_gates_fp32_03e7307.json).
 VK_TILE_VARIANTS["vk_tile_register_loads_no_gates"] = VK_TILE_VARIANTS["vk_tile_register_loads"] + [
     ("    gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)\n",
@@ -513,9 +514,8 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
      ("    mbarrier.init(bar, count=1)\n"
       "    state_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n"
       "    mbarrier.init(state_bar, count=1)\n")),
-    ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
-     "    nbytes: gl.constexpr = (q_desc.block_type.nbytes"),
-    ("    mbarrier.expect(bar, nbytes)\n    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n",
+    _VK_NBYTES_WITHOUT_STATE,
+    (_VK_TILE_COPIES,
      ("    mbarrier.expect(state_bar, state_desc.block_type.nbytes)\n"
       "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)\n"
       "    mbarrier.expect(bar, nbytes)\n")),
@@ -701,8 +701,8 @@ KV_TILE_VARIANTS["kv_tile_five_per_sm"] = _kv_tile_padding(2048)
 _CLOCK = 'gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)'
 
 
-def _timeline_patches(kernel_args: tuple[str, str], launch_args: tuple[str, str], started_after: str, waited_before: str,
-              ended_after: str, launcher: str) -> list[tuple[str, str]]:
+def _timeline_patches(kernel_args: tuple[str, str], launch_args: tuple[str, str], started_after: str,
+                      waited_before: str, ended_after: str, launcher: str) -> list[tuple[str, str]]:
     """The patches that make a tile kernel record its programs: ``kernel_args`` and
     ``launch_args`` are the (text, text with the buffer) of its signature and its launch, the
     records are taken after ``started_after``, before ``waited_before`` and after ``ended_after``,
