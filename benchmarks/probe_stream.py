@@ -16,10 +16,12 @@ through the shuffled slot indices:
 * ``async:w{W}:b{N}:p{P}``: a persistent Gluon kernel, ``P`` programs of ``W`` warps per SM, each
   head through cp.async (16 bytes per thread, like a plain load) into a ring of ``N`` buffers,
   then to registers and out by plain 16-byte stores: the data movement of a register-path decode.
-* ``reg:w{W}[:c{E}][:oop][:seq]``: one Triton program per head (per ``E``-element chunk of a head
-  with ``c{E}``), ``W`` warps, the bytes loaded into registers in 16-byte vectors and stored back
-  (times one, so the store is not of the loaded registers verbatim). Small chunks give the geometry
-  of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern too.
+* ``reg:w{W}[:c{E}][:x{G}][:oop][:seq]``: one Triton program per head (per ``E``-element chunk of a
+  head with ``c{E}``), ``W`` warps, the bytes loaded into registers in 16-byte vectors and stored
+  back (times one, so the store is not of the loaded registers verbatim). Small chunks give the
+  geometry of PyTorch's copy kernel; with ``oop`` and ``seq`` as well, the copy's access pattern
+  too. ``x{G}`` runs the programs across the batch rows, ``G`` at a time in each row (the same
+  places of every row before the next ones), an order that needs no sort of the slots.
 * ``decode[:seq][:plan]``: the shipped decode step (``launch_decode`` with its defaults), for scale;
   ``seq`` gives it the slots in ascending order, which tells what the shuffle costs a decode;
   ``plan`` gives it its slot order computed before capture (``initial_state_order``).
@@ -137,13 +139,19 @@ def _async_issue(tile, num_tiles, pool_ptr, indices_ptr, offs, buf, HV: gl.const
 
 
 @triton.jit
-def _reg_stream_kernel(src_ptr, dst_ptr, indices_ptr, scale, HV: tl.constexpr, HEAD: tl.constexpr,
-                       CHUNK: tl.constexpr):
-    """Program i moves chunk i % (HEAD // CHUNK) of addressed head i // (HEAD // CHUNK)."""
+def _reg_stream_kernel(src_ptr, dst_ptr, indices_ptr, scale, rows, HV: tl.constexpr, HEAD: tl.constexpr,
+                       CHUNK: tl.constexpr, ACROSS: tl.constexpr):
+    """Program i moves chunk i % (HEAD // CHUNK) of addressed head i // (HEAD // CHUNK); with
+    ``ACROSS`` = G > 0 the programs go across the ``rows`` instead: G programs in one row, the next
+    G at the same place of the next row, and after the last row on to the row's next G."""
     CHUNKS: tl.constexpr = HEAD // CHUNK
-    head = tl.program_id(0) // CHUNKS
+    program = tl.program_id(0)
+    if ACROSS > 0:
+        group = program // ACROSS
+        program = (group % rows) * (HV * CHUNKS) + (group // rows) * ACROSS + program % ACROSS
+    head = program // CHUNKS
     slot = tl.load(indices_ptr + head // HV).to(tl.int64)
-    start = (slot * HV + head % HV) * HEAD + (tl.program_id(0) % CHUNKS) * CHUNK
+    start = (slot * HV + head % HV) * HEAD + (program % CHUNKS) * CHUNK
     offs = start + tl.arange(0, CHUNK)
     x = tl.load(src_ptr + offs)
     tl.store(dst_ptr + offs, (x.to(tl.float32) * scale).to(x.dtype))
@@ -205,6 +213,7 @@ def async_provider(num_warps: int, num_buf: int, programs_per_sm: int, options: 
 
 def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
     chunk = next((int(o[1:]) for o in options if o.startswith("c")), None)
+    across = next((int(o[1:]) for o in options if o.startswith("x")), 0)
 
     def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
         if "seq" in options:
@@ -214,10 +223,13 @@ def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
         size = chunk or K * V
         if (K * V) % size:
             raise ValueError(f"reg stream: chunk c{size} must divide a head's {K * V} elements")
+        if across and (HV * (K * V // size)) % across:
+            raise ValueError(f"reg stream: x{across} must divide a row's {HV * (K * V // size)} programs")
         grid = (cfg.B * HV * (K * V // size),)
 
         def step():
-            _reg_stream_kernel[grid](pool, dst, indices, 1.0, HV=HV, HEAD=K * V, CHUNK=size, num_warps=num_warps)
+            _reg_stream_kernel[grid](pool, dst, indices, 1.0, cfg.B, HV=HV, HEAD=K * V, CHUNK=size, ACROSS=across,
+                                     num_warps=num_warps)
             return dst
 
         return step
@@ -226,7 +238,7 @@ def reg_provider(num_warps: int, options: tuple[str, ...] = ()) -> Provider:
 
 
 def reg_stream(spec: str) -> Provider:
-    """:func:`reg_provider` from its spec, ``WARPS[:cCHUNK][:oop][:seq]`` (``--reg``'s syntax)."""
+    """:func:`reg_provider` from its spec, ``WARPS[:cCHUNK][:xGROUP][:oop][:seq]`` (``--reg``'s syntax)."""
     warps, *options = spec.split(":")
     return reg_provider(int(warps), tuple(options))
 
@@ -272,7 +284,7 @@ def main() -> None:
     ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
                                                  "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop", "1:2:2:0:seq"],
                     metavar="HEADS:BUFFERS:PROGRAMS_PER_SM:LAG[:oop][:seq]")
-    ap.add_argument("--reg", nargs="*", default=["2", "4", "8", "4:seq"], metavar="WARPS[:cCHUNK][:oop][:seq]")
+    ap.add_argument("--reg", nargs="*", default=["2", "4", "8", "4:seq"], metavar="WARPS[:cCHUNK][:xGROUP][:oop][:seq]")
     ap.add_argument("--async", dest="async_", nargs="*", default=["4:2:3", "4:3:2", "8:2:3", "4:4:1", "8:3:2"],
                     metavar="WARPS:BUFFERS:PROGRAMS_PER_SM[:seq]")
     ap.add_argument("--dtype", default="bfloat16", help="the pool's dtype")

@@ -524,6 +524,25 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.invalidate(bar)\n", "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
 ]
 
+def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:
+    """The vk tile's programs taken across the batch rows, ``group`` (a constexpr expression of the
+    kernel) at a time in each row: the same places of every row before the next ones. An order of
+    the grid that needs no sort of the slots; rows in slot order (``SORTED_ROWS``) are crossed in
+    that order."""
+    return [("    tile = gl.program_id(0)\n",
+             ("    tile = gl.program_id(0)\n"
+              f"    ACROSS: gl.constexpr = {group}\n"
+              "    rows = num_tiles // (NV * HV)\n"
+              "    tile = (tile // ACROSS % rows) * (NV * HV) + tile // ACROSS // rows * ACROSS + tile % ACROSS\n"))]
+
+
+# Programs across the rows, one tile (across_rows) or one head's tiles (across_heads) a row at a
+# time: whether the order that sorting the slots buys (1.3-4.1 points at B*HV >= 4096, the rank
+# kernel costing ~1.8 of them unless the caller gives the order) can be had from the grid alone.
+VK_TILE_VARIANTS["vk_tile_across_rows"] = _vk_tile_across_rows("1")
+VK_TILE_VARIANTS["vk_tile_across_heads"] = _vk_tile_across_rows("NV")
+
+
 # (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
 # unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200
 # (tune_vk_plain_loads_fp32_7cda0fe.json): fewer 4 KB runs open at once on an SM do not pay.

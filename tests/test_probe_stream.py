@@ -53,7 +53,8 @@ def test_gluon_streams_compile_for_sm90_with_their_buffers(kind):
     assert int(stdout.split()[-1]) >= 3 * head  # three whole bf16 heads in flight
 
 
-@pytest.mark.parametrize("spec", ["4", "2:c256", "1:c128:oop", "2:c512:seq", "2:c256:oop:seq"])
+@pytest.mark.parametrize("spec", ["4", "2:c256", "1:c128:oop", "2:c512:seq", "2:c256:oop:seq", "1:c128:x1:oop",
+                                  "1:c256:x4:oop:seq", "2:x2:oop"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_register_streams_move_exactly_the_addressed_heads(spec, dtype):
     """Whole heads or chunks of them, in place or into a second pool: the check the probe runs
@@ -75,6 +76,16 @@ def test_a_register_stream_chunk_must_divide_a_head():
     pool = torch.zeros(4, 4, 16, 32)
     with pytest.raises(ValueError, match="chunk c384 must divide a head's 512 elements"):
         reg_provider(2, ("c384",)).make(cfg, pool, torch.arange(3, dtype=torch.int32), {})
+
+
+def test_a_register_stream_group_across_rows_must_divide_a_row():
+    from benchmarks.probe_stream import reg_provider
+    from benchmarks.providers import Config
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="kv")
+    pool = torch.zeros(4, 4, 16, 32)
+    with pytest.raises(ValueError, match="x3 must divide a row's 16 programs"):
+        reg_provider(1, ("c128", "x3")).make(cfg, pool, torch.arange(3, dtype=torch.int32), {})
 
 
 def test_the_decode_in_slot_order_is_the_decode_of_ascending_indices():
