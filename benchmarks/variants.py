@@ -543,6 +543,14 @@ VK_TILE_VARIANTS["vk_tile_across_rows"] = _vk_tile_across_rows("1")
 VK_TILE_VARIANTS["vk_tile_across_heads"] = _vk_tile_across_rows("NV")
 
 
+# The updated rows stored with a cache hint: streaming (`.cs`, which the per-tile Triton kernel's
+# state store has carried since the first session) or evict-first in L2.
+_VK_STATE_STORE = ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :])"
+                   ".to(state_desc.dtype),\n                 mask=live)\n")
+VK_TILE_VARIANTS["vk_tile_cs_store"] = [(_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, cache_modifier=".cs")'))]
+VK_TILE_VARIANTS["vk_tile_store_evict_first"] = [
+    (_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, eviction_policy="evict_first")'))]
+
 # (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
 # unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200
 # (tune_vk_plain_loads_fp32_7cda0fe.json): fewer 4 KB runs open at once on an SM do not pay.
