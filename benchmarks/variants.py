@@ -50,6 +50,11 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
     ],
+    # the state store evict-first in L2 instead of .cs (the vk tile's store hints, twenty-seventh session)
+    "store_evict_first": [
+        ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
+         "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, eviction_policy=\"evict_first\")"),
+    ],
     # the .cs state store is shipped (2026-11-27); this restores the plain store for comparison
     "plain_store": [
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
@@ -701,6 +706,12 @@ _KV_ROW_STORES = (
 KV_TILE_VARIANTS["kv_tile_row_stores"] = [
     (old, _KV_ROW_STORES if old == _KV_TILE_UPDATE_CALL else new)
     for old, new in KV_TILE_VARIANTS["kv_tile_reg_stores"]]
+# The same with the vk tile's store hints (vk_tile_cs_store, vk_tile_store_evict_first): rows that
+# leave from registers can carry them, TMA stores in Gluon cannot.
+for _hint, _name in (('cache_modifier=".cs"', "kv_tile_row_stores_cs"),
+                     ('eviction_policy="evict_first"', "kv_tile_row_stores_evict_first")):
+    KV_TILE_VARIANTS[_name] = [(old, new.replace("mask=live)\n", f"mask=live, {_hint})\n"))
+                               for old, new in KV_TILE_VARIANTS["kv_tile_row_stores"]]
 
 
 def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
