@@ -555,6 +555,8 @@ _VK_STATE_STORE = ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay 
 VK_TILE_VARIANTS["vk_tile_cs_store"] = [(_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, cache_modifier=".cs")'))]
 VK_TILE_VARIANTS["vk_tile_store_evict_first"] = [
     (_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, eviction_policy="evict_first")'))]
+VK_TILE_VARIANTS["vk_tile_store_evict_last"] = [
+    (_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, eviction_policy="evict_last")'))]
 
 # (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
 # unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200
@@ -709,7 +711,8 @@ KV_TILE_VARIANTS["kv_tile_row_stores"] = [
 # The same with the vk tile's store hints (vk_tile_cs_store, vk_tile_store_evict_first): rows that
 # leave from registers can carry them, TMA stores in Gluon cannot.
 for _hint, _name in (('cache_modifier=".cs"', "kv_tile_row_stores_cs"),
-                     ('eviction_policy="evict_first"', "kv_tile_row_stores_evict_first")):
+                     ('eviction_policy="evict_first"', "kv_tile_row_stores_evict_first"),
+                     ('eviction_policy="evict_last"', "kv_tile_row_stores_evict_last")):
     KV_TILE_VARIANTS[_name] = [(old, new.replace("mask=live)\n", f"mask=live, {_hint})\n"))
                                for old, new in KV_TILE_VARIANTS["kv_tile_row_stores"]]
 
