@@ -1,0 +1,128 @@
+"""What a decode call costs the kernel after it: each call followed by a GEMM of a layer's size.
+
+The benchmark chains decode calls, so whatever one call leaves in L2 (dirty rows, lines marked by
+a cache-policy hint) is met by the next decode call. In a model the decode is followed by the
+layer's other kernels, which stream their own weights. This script times, interleaved and cold
+as ``tune_decode`` does, graphs whose every call is a decode on its own pool followed by
+``y = x @ W`` on its own weight (``x [B, K]``, ``W [K, N]`` in the activations' dtype; the
+default is the size of Qwen3-Next's linear-attention input projection, 2048 x 12288), beside the
+same decodes alone and the GEMMs alone. ``(decode + GEMM) - decode`` is what the GEMM costs after
+that decode; a kernel change that moves cost into its neighbour shows there and not in the
+benchmark.
+
+    python -m benchmarks.neighbour_gemm --dtypes bfloat16 --layouts vk --batches 256 \\
+        --specs t16:1:16:24:8:sort --variants vk_tile_store_evict_last --step-order
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.providers import (
+    Config,
+    Provider,
+    launcher_provider,
+    make_problem,
+    passing,
+    reference,
+)
+from benchmarks.timing import copy_bandwidth
+from benchmarks.tune_decode import (
+    add_grid_arguments,
+    dtype_name,
+    time_interleaved,
+    tuning_grid,
+)
+from benchmarks.tune_tma import parse_spec, variant_launch, variants_of
+from benchmarks.tuning_results import write_results
+
+GEMM_ONLY = "gemm"
+
+
+def gemm_factory(K: int, N: int):
+    """``make(cfg, inputs)`` of one call's GEMM: a fresh random ``W [K, N]`` and ``x [cfg.B, K]``
+    in the activations' dtype (each call its own weight, so every GEMM reads it cold, as each layer
+    of a model reads its own), returning the call."""
+
+    def make(cfg: Config, inputs: dict):
+        device, dtype = inputs["q"].device, cfg.act_dtype
+        w = torch.randn(K, N, device=device, dtype=dtype)
+        x = torch.randn(cfg.B, K, device=device, dtype=dtype)
+        y = torch.empty(cfg.B, N, device=device, dtype=dtype)
+        return lambda: torch.mm(x, w, out=y)
+
+    return make
+
+
+def with_gemm(provider: Provider, K: int, N: int) -> Provider:
+    """``provider`` with each call followed by its own GEMM (:func:`gemm_factory`); a call returns
+    what the decode returned."""
+    gemm = gemm_factory(K, N)
+
+    def make(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: dict):
+        decode, after = provider.make(cfg, pool, indices, inputs), gemm(cfg, inputs)
+
+        def step():
+            out = decode()
+            after()
+            return out
+
+        return step
+
+    return Provider(f"{provider.name}+gemm", make, provider.layouts)
+
+
+def gemm_only(K: int, N: int) -> Provider:
+    """The GEMMs alone, one a call, for scale."""
+    gemm = gemm_factory(K, N)
+    return Provider(GEMM_ONLY, lambda cfg, pool, indices, inputs: gemm(cfg, inputs), yardstick=True)
+
+
+def decode_providers(specs: list[str], variants: list[str], layout: str, step_order: bool) -> list[Provider]:
+    """The launcher's default and each spec (``tune_tma``'s syntax) with each variant of its
+    kernel that ``variants`` names, given the slot order when ``step_order``."""
+    suffix = "+order" if step_order else ""
+    providers = [launcher_provider("default" + suffix, step_order=step_order)]
+    for spec in specs:
+        config = parse_spec(spec)
+        providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
+        providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config, step_order=step_order)
+                      for v in variants if v in variants_of(config, layout)]
+    return providers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_grid_arguments(ap, batches=[256], dtypes=["bfloat16"], layouts=["vk"])
+    ap.add_argument("--specs", nargs="*", default=[], metavar="tune_tma's spec")
+    ap.add_argument("--variants", nargs="*", default=[], help="variants of benchmarks/variants.py, at each spec")
+    ap.add_argument("--step-order", action="store_true", help="give each decode the step's slot order")
+    ap.add_argument("--gemm", default="2048:12288", metavar="K:N", help="the GEMM after each decode")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default="neighbour_gemm")
+    ap.add_argument("--mem-budget-gb", type=float, default=40.0)
+    args = ap.parse_args()
+    K, N = map(int, args.gemm.split(":"))
+    bw = copy_bandwidth()
+    records = []
+    for cfg in tuning_grid(args):
+        problem = make_problem(cfg, "cuda")
+        decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
+                                  problem, reference(cfg, problem))
+        runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
+        after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
+        records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
+                        "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],
+                        "errors": failed, "us": times, "gemm_after_decode_us": after})
+        print(f"{dtype_name(cfg.state_dtype):8s} {cfg.layout} B={cfg.B:5d}  gemm alone {times[GEMM_ONLY]:.1f} us  "
+              + "  ".join(f"{n} {times[n]:.1f} us, +gemm {times[n + '+gemm']:.1f} (gemm after it {after[n]:.1f})"
+                          for n in after), failed or "", flush=True)
+    write_results(args.out, args.tag, records, bw)
+
+
+if __name__ == "__main__":
+    main()

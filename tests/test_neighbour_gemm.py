@@ -1,0 +1,50 @@
+"""benchmarks/neighbour_gemm.py: a decode call followed by its own GEMM leaves the decode's result
+as the decode alone does, and the GEMM is the one asked for (off a GPU the decode runs in Triton's
+interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TRITON_INTERPRET
+
+needs_interpreter_or_gpu = pytest.mark.skipif(not TRITON_INTERPRET and not torch.cuda.is_available(),
+                                              reason="needs Triton's interpreter or a GPU")
+
+
+@needs_interpreter_or_gpu
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_each_call_is_the_decode_then_its_own_gemm(monkeypatch, layout):
+    from benchmarks.neighbour_gemm import with_gemm
+    from benchmarks.providers import Config, launcher_provider, make_problem
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout=layout)
+    problem = make_problem(cfg, device)
+    pool = problem.pool.clone()
+    decode = launcher_provider("default")
+    expected_out = decode.make(cfg, pool, problem.indices, problem.inputs)().clone()
+
+    products = []
+    real_mm = torch.mm
+
+    def mm(a, b, *, out):
+        products.append((a.clone(), b.clone()))
+        return real_mm(a, b, out=out)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    step = with_gemm(decode, 8, 40).make(cfg, problem.pool, problem.indices, problem.inputs)
+    assert torch.equal(step(), expected_out)
+    assert torch.equal(problem.pool, pool)
+    [(x, w)] = products
+    assert x.shape == (3, 8) and w.shape == (8, 40) and x.dtype == w.dtype == cfg.act_dtype
+    assert with_gemm(decode, 8, 40).name == "default+gemm"
+
+
+def test_the_decodes_are_the_default_each_spec_and_its_variants():
+    from benchmarks.neighbour_gemm import decode_providers
+
+    names = [p.name for p in decode_providers(["t16:1:16:24:8:sort", "64:4:3:4"],
+                                              ["vk_tile_store_evict_last", "kv_tile_row_stores"], "vk", True)]
+    assert names == ["default+order", "t16:1:16:24:8:sort+order",
+                     "variant:vk_tile_store_evict_last:t16:1:16:24:8:sort+order", "64:4:3:4+order"]
