@@ -11,7 +11,7 @@ that decode; a kernel change that moves cost into its neighbour shows there and 
 benchmark.
 
     python -m benchmarks.neighbour_gemm --dtypes bfloat16 --layouts vk --batches 256 \\
-        --specs t16:1:16:24:8:sort --variants vk_tile_store_evict_last --step-order
+        --specs t16:1:16:24:8:sort t16:1:16:24:8:el:sort --variants vk_tile_cs_store --step-order
 """
 
 from __future__ import annotations

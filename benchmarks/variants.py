@@ -549,14 +549,17 @@ VK_TILE_VARIANTS["vk_tile_across_heads"] = _vk_tile_across_rows("NV")
 
 
 # The updated rows stored with a cache hint: streaming (`.cs`, which the per-tile Triton kernel's
-# state store has carried since the first session) or evict-first in L2.
+# state store has carried since the first session) or evict-first in L2, in place of the
+# configuration's policy. On the H200 both lost 0.5-2.3 points at fp32 vk B=32-128 and bf16 vk
+# B=256-512 (results/h200/tune_vk_store_hint_*_2970fee.json). The third, evict-last
+# (vk_tile_store_evict_last, tune_vk_store_evict_last_*_dab202c.json), gained from B*HV 4096 and is
+# the kernel's GluonTileConfig.store_eviction (NOTES.md, twenty-seventh session).
 _VK_STATE_STORE = ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :])"
-                   ".to(state_desc.dtype),\n                 mask=live)\n")
-VK_TILE_VARIANTS["vk_tile_cs_store"] = [(_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, cache_modifier=".cs")'))]
+                   ".to(state_desc.dtype),\n                 mask=live, eviction_policy=STORE_EVICTION)\n")
+VK_TILE_VARIANTS["vk_tile_cs_store"] = [
+    (_VK_STATE_STORE, _VK_STATE_STORE.replace("eviction_policy=STORE_EVICTION)", 'cache_modifier=".cs")'))]
 VK_TILE_VARIANTS["vk_tile_store_evict_first"] = [
-    (_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, eviction_policy="evict_first")'))]
-VK_TILE_VARIANTS["vk_tile_store_evict_last"] = [
-    (_VK_STATE_STORE, _VK_STATE_STORE.replace("mask=live)", 'mask=live, eviction_policy="evict_last")'))]
+    (_VK_STATE_STORE, _VK_STATE_STORE.replace("eviction_policy=STORE_EVICTION)", 'eviction_policy="evict_first")'))]
 
 # (vk_tile_16_per_sm, vk_tile_10_per_sm: the one-warp fp32 tile held to 16 and 10 programs an SM by
 # unused shared memory, lost 0.3-1.3 and 5.3-5.6 points at fp32 B=32-128 given the order on the H200

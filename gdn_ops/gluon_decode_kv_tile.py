@@ -240,6 +240,9 @@ class GluonTileConfig(NamedTuple):
     # kernel takes 1 (no split measured faster there).
     tail_split: int = 1
     tail_per_sm: int = 0
+    # vk kernel: the L2 eviction policy its updated rows are stored with ("" or one of Triton's:
+    # "evict_first", "evict_last"); the kv kernel's rows leave by TMA stores, which take none
+    store_eviction: str = ""
 
     @property
     def maxnreg(self) -> int:
@@ -387,6 +390,8 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
     if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
+    if config.store_eviction:
+        return f"store_eviction='' (this kernel's rows leave by TMA stores, which take no cache hint; got {config.store_eviction!r})"
     if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
         return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
                 f"tail_per_sm={config.tail_per_sm} >= 0")

@@ -71,7 +71,7 @@ def _decode_vk_tile_kernel(
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr,
+    L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -147,7 +147,7 @@ def _decode_vk_tile_kernel(
         Sq = gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)
         u = beta * (values.slice(i * ROWS, ROWS).load(values_layout).to(gl.float32) - decay * Sk)
         gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype),
-                 mask=live)
+                 mask=live, eviction_policy=STORE_EVICTION)
         o = gl.where(live, decay * Sq + u * kq, 0.0)
         gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
     mbarrier.invalidate(bar)
@@ -181,14 +181,21 @@ VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=2
 class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel for a 2-byte pool: with the rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``). A 4-byte pool takes it wherever
-    its rows are sorted."""
+    its rows are sorted. From ``evict_last_from`` the updated rows are stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
+    evict_last_from: int
 
 
 # By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
-VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024)}
+# Rows stored evict-last from B*HV 4096 on the H200 (results/h200/tune_vk_store_evict_last_*_dab202c.json;
+# NOTES.md, twenty-seventh session): +0.3..+0.9 points of copy bandwidth at fp32 B=128 and bf16
+# B=256-512 (TP=1), sorting or given the order, in two runs, and the GEMM of a layer's input
+# projection after the decode took no longer (neighbour_gemm_*_37eccf4.json); at fp32 B=32 (B*HV
+# 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2 meeting the next
+# call's reads. Plain stores below, and .cs or evict-first stores lost 0.5-2.3 everywhere.
+VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024, evict_last_from=4096)}
 
 
 @functools.cache
@@ -203,7 +210,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one
-    only in slot order; ``None`` otherwise. Metadata only."""
+    only in slot order; either with its rows stored evict-last from the rule's ``evict_last_from``;
+    ``None`` otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
@@ -216,6 +224,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         config = VK_2B_TILE_CONFIG if rows_x_heads >= start else None
     else:
         config = VK_4B_TILE_CONFIG if sorted_rows else None
+    if config is not None and rows_x_heads >= rule.evict_last_from:
+        config = config._replace(store_eviction="evict_last")
     return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
 
 
@@ -255,6 +265,8 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
         return f"parts=1 (this kernel loads its tile in one copy; got parts={config.parts})"
     if config.tail_split != 1:
         return f"tail_split=1 (this kernel's grid has no tail split; got tail_split={config.tail_split})"
+    if config.store_eviction not in ("", "evict_first", "evict_last"):
+        return f"store_eviction '', 'evict_first' or 'evict_last' (got {config.store_eviction!r})"
     rows_per_warp = lanes_along_values(K, itemsize, config.vec)
     if rows_per_warp is None:
         return (f"vec={config.vec} dividing C={chunk_columns(K, itemsize)} keys into lanes that cover whole rows of "
@@ -299,7 +311,7 @@ def launch_decode_vk_tile(
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        num_warps=config.num_warps,
+        STORE_EVICTION=config.store_eviction, num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -108,6 +108,8 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=3), "parts=3 dividing K=32 into parts of whole steps"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=4), "parts=4 dividing K=32 into parts of whole steps of rows=16"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_last"),
+         "store_eviction='' .this kernel's rows leave by TMA stores, which take no cache hint"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),
          r"the tail tiles of tail_split=8: BV=4 in chunks of C=4 columns, C a multiple of num_warps\*vec=8"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),

@@ -43,6 +43,7 @@ SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, prog
                  "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
+                 "shipped-evict-last": VK_2B_TILE_CONFIG._replace(store_eviction="evict_last"),
                  "whole-head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
@@ -78,11 +79,13 @@ def test_model_shape_matches_reference(heads, variant, config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("sort_rows", [False, True], ids=["unsorted", "sorted"])
-def test_fp32_pool_configuration_matches_reference(heads, sort_rows):
-    """The configuration an fp32 pool ships (one warp on 8 value rows, 16 bytes a lane) at
-    Qwen3-Next's head shape, more tiles than fit on the GPU at once and padding rows."""
+@pytest.mark.parametrize("store_eviction", ["", "evict_last"])
+def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_eviction):
+    """The configuration an fp32 pool ships (one warp on 8 value rows, 16 bytes a lane), with plain
+    and evict-last state stores, at Qwen3-Next's head shape, more tiles than fit on the GPU at once
+    and padding rows."""
     case = model_case(heads, "vk", {"state_dtype": torch.float32}, seed=8)
-    check_launch(case, VK_4B_TILE_CONFIG._replace(sort_rows=sort_rows))
+    check_launch(case, VK_4B_TILE_CONFIG._replace(sort_rows=sort_rows, store_eviction=store_eviction))
 
 
 @pytest.mark.gpu
@@ -132,7 +135,8 @@ def test_default_kernel_choice_and_result(changes, tile):
     if tile:
         sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * 32, given_order)
         shipped = VK_4B_TILE_CONFIG if case.state_dtype == torch.float32 else VK_2B_TILE_CONFIG
-        assert launched == [shipped._replace(sort_rows=sort_rows)]
+        eviction = "evict_last" if B * 32 >= rule.evict_last_from else ""
+        assert launched == [shipped._replace(sort_rows=sort_rows, store_eviction=eviction)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
 
@@ -149,6 +153,8 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=2, tail_per_sm=1),
          "tail_split=1 .this kernel's grid has no tail split; got tail_split=2"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
+         "store_eviction '', 'evict_first' or 'evict_last' .got 'evict_later'"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["whole-head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
     ],
 )
@@ -184,13 +190,15 @@ def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) ->
     # o is bf16, stored one value a lane (st.global.b16); every other store is a state row's, of
     # a lane's `vec` contiguous keys
     lane_vector = {16: "v4.b32", 8: "v2.b32", 4: "b32"}[config.vec * {"bf16": 2, "fp32": 4}[state]]
-    vectors = len(re.findall(rf"st\.global\.{lane_vector} ", ptx))
+    hint = rf"L1::{config.store_eviction}\.L2::cache_hint\." if config.store_eviction else ""
+    vectors = len(re.findall(rf"st\.global\.{hint}{lane_vector} ", ptx))
     others = len(re.findall(r"st\.global\.", ptx)) - vectors - len(re.findall(r"st\.global\.b16 ", ptx))
     return compiled.metadata.shared, f"{vectors} {others}", ptxas_report(ptx)
 
 
-@pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32")],
-                         ids=[*MODEL_CONFIGS, "fp32-shipped"])
+@pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32"),
+                                               (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32")],
+                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
     """As launched on a dense pool: shared memory holds the tile, q, k, v and the barrier and nothing
     more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped
@@ -204,7 +212,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     # the shipped 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
     # Triton 3.7 spills 8 bytes there (gluon_decode_vk_tile.VK_2B_TILE_CONFIG)
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
-    shipped = config._replace(sort_rows=False) == VK_2B_TILE_CONFIG
+    shipped = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_CONFIG
     assert_no_spills(report, at_most=8 if newer_triton and shipped else 0)
 
 

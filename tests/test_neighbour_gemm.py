@@ -45,6 +45,6 @@ def test_the_decodes_are_the_default_each_spec_and_its_variants():
     from benchmarks.neighbour_gemm import decode_providers
 
     names = [p.name for p in decode_providers(["t16:1:16:24:8:sort", "64:4:3:4"],
-                                              ["vk_tile_store_evict_last", "kv_tile_row_stores"], "vk", True)]
+                                              ["vk_tile_cs_store", "kv_tile_row_stores"], "vk", True)]
     assert names == ["default+order", "t16:1:16:24:8:sort+order",
-                     "variant:vk_tile_store_evict_last:t16:1:16:24:8:sort+order", "64:4:3:4+order"]
+                     "variant:vk_tile_cs_store:t16:1:16:24:8:sort+order", "64:4:3:4+order"]
