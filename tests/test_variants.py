@@ -126,6 +126,30 @@ def test_tile_variant_compiles_for_sm90(name):
     assert int(stdout) > 0
 
 
+def kv_tma_store_hints() -> tuple[int, int, int]:
+    """In the PTX of ``kv_tile_tma_store_evict_last`` at the H200's bf16 tile (8 parts, a tail in
+    quarters), compiled for sm_90: TMA stores with the L2 hint, plain TMA stores, evict-last
+    policies created."""
+    import torch
+    from tile_kernel_checks import compile_recorded_launch
+
+    from benchmarks.tune_tma import parse_spec
+
+    ptx = compile_recorded_launch(load_variant("kv_tile_tma_store_evict_last"), "_decode_kv_tile_kernel",
+                                  "launch_decode_kv_tile", "kv", parse_spec("t128:4:8:6:8:p8:tail4x1"),
+                                  torch.bfloat16).asm["ptx"]
+    return (ptx.count("bulk_group.L2::cache_hint"), ptx.count("bulk_group ["),
+            ptx.count("createpolicy.fractional.L2::evict_last"))
+
+
+def test_the_kv_tma_store_variant_stores_with_an_evict_last_policy():
+    """Its PTX rewrite reaches the compiled kernel: each of the 12 TMA stores (8 parts, and 4 for
+    the tail's pieces) carries the L2 hint, none is left plain, one policy is made."""
+    from sm90_compile import run_in_child
+
+    assert run_in_child("test_variants", "t.kv_tma_store_hints()").strip() == "(12, 0, 1)"
+
+
 @pytest.mark.parametrize("layout", ["vk", "kv"])
 def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     """``tune_tma`` times a Gluon tile variant through the shipped ``launch_decode`` with the
