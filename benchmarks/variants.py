@@ -53,7 +53,8 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
     ],
-    # the state store evict-first in L2 instead of .cs (the vk tile's store hints, twenty-seventh session)
+    # the state store evict-first in L2 instead of .cs (the vk tile's store hints, twenty-seventh
+    # session): level with .cs at fp32 vk B=8 on the H200 (tune_triton_store_hint_fp32_2970fee.json)
     "store_evict_first": [
         ("tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=\".cs\")",
          "tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, eviction_policy=\"evict_first\")"),
@@ -532,6 +533,7 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.invalidate(bar)\n", "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
 ]
 
+
 def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:
     """The vk tile's programs taken across the batch rows, ``group`` (a constexpr expression of the
     kernel) at a time in each row: the same places of every row before the next ones. An order of
@@ -547,6 +549,10 @@ def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:
 # Programs across the rows, one tile (across_rows) or one head's tiles (across_heads) a row at a
 # time: whether the order that sorting the slots buys (1.3-4.1 points at B*HV >= 4096, the rank
 # kernel costing ~1.8 of them unless the caller gives the order) can be had from the grid alone.
+# It cannot: on the H200 both ran 1.6-3.1 points under the plain row order at bf16 vk B=256-512 and
+# fp32 vk B=128, and 90.0-91.1% on sorted rows given the order, where the shipped tile read
+# 94.7-97.0 (results/h200/tune_across_*_2d7e686.json; the bare 4 KB streams the same,
+# probe_across_*_vk_2d7e686.json).
 VK_TILE_VARIANTS["vk_tile_across_rows"] = _vk_tile_across_rows("1")
 VK_TILE_VARIANTS["vk_tile_across_heads"] = _vk_tile_across_rows("NV")
 
@@ -714,8 +720,12 @@ _KV_ROW_STORES = (
 KV_TILE_VARIANTS["kv_tile_row_stores"] = [
     (old, _KV_ROW_STORES if old == _KV_TILE_UPDATE_CALL else new)
     for old, new in KV_TILE_VARIANTS["kv_tile_reg_stores"]]
-# The same with the vk tile's store hints (vk_tile_cs_store, vk_tile_store_evict_first): rows that
-# leave from registers can carry them, TMA stores in Gluon cannot.
+# The same with the vk tile's store hints (vk_tile_cs_store, vk_tile_store_evict_first, and
+# evict-last): rows that leave from registers can carry them, TMA stores in Gluon cannot. On the
+# H200, given the order: .cs and evict-first 0.5-1.3 under the plain register stores; evict-last
+# level with the shipped TMA stores at bf16 kv B=512 (94.8), 0.2 under at B=256, 0.2 over at fp32
+# B=128 and 2.5 under at fp32 B=32 (results/h200/tune_kv_store_hint_*_2970fee.json,
+# tune_kv_store_evict_last_*_dab202c.json).
 for _hint, _name in (('cache_modifier=".cs"', "kv_tile_row_stores_cs"),
                      ('eviction_policy="evict_first"', "kv_tile_row_stores_evict_first"),
                      ('eviction_policy="evict_last"', "kv_tile_row_stores_evict_last")):

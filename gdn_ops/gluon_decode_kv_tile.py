@@ -391,7 +391,8 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
     if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
     if config.store_eviction:
-        return f"store_eviction='' (this kernel's rows leave by TMA stores, which take no cache hint; got {config.store_eviction!r})"
+        return (f"store_eviction='' (this kernel's rows leave by TMA stores, which take no cache hint; "
+                f"got {config.store_eviction!r})")
     if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
         return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
                 f"tail_per_sm={config.tail_per_sm} >= 0")

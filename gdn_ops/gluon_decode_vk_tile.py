@@ -16,7 +16,8 @@ program:
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
    ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
-   ``d S + u k^T`` and the step's ``o`` straight from registers.
+   ``d S + u k^T`` and the step's ``o`` straight from registers, the rows with the
+   configuration's L2 eviction policy (evict-last on large grids: ``VK_TILE_RULES``).
 
 The rows leave as soon as their step is done, each warp writing whole rows in 16-byte vectors, so
 in a tile of several steps the stores overlap the later ones. With the whole-head tile this kernel
