@@ -36,7 +36,7 @@ from benchmarks.tune_decode import (
     time_interleaved,
     tuning_grid,
 )
-from benchmarks.tune_tma import parse_spec, variant_launch, variants_of
+from benchmarks.tune_tma import parse_spec, spec_variant_providers
 from benchmarks.tuning_results import write_results
 
 GEMM_ONLY = "gemm"
@@ -89,9 +89,19 @@ def decode_providers(specs: list[str], variants: list[str], layout: str, step_or
     for spec in specs:
         config = parse_spec(spec)
         providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
-        providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config, step_order=step_order)
-                      for v in variants if v in variants_of(config, layout)]
+        providers += spec_variant_providers(spec, config, variants, layout, step_order)
     return providers
+
+
+def gemm_shape(text: str) -> tuple[int, int]:
+    """``--gemm``'s ``K:N``, two positive integers."""
+    try:
+        K, N = map(int, text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gemm expects K:N, two integers (got {text!r})") from None
+    if K <= 0 or N <= 0:
+        raise argparse.ArgumentTypeError(f"--gemm expects K:N, both positive (got {text!r})")
+    return K, N
 
 
 def main() -> None:
@@ -100,12 +110,12 @@ def main() -> None:
     ap.add_argument("--specs", nargs="*", default=[], metavar="tune_tma's spec")
     ap.add_argument("--variants", nargs="*", default=[], help="variants of benchmarks/variants.py, at each spec")
     ap.add_argument("--step-order", action="store_true", help="give each decode the step's slot order")
-    ap.add_argument("--gemm", default="2048:12288", metavar="K:N", help="the GEMM after each decode")
+    ap.add_argument("--gemm", type=gemm_shape, default=(2048, 12288), metavar="K:N", help="the GEMM after each decode")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="neighbour_gemm")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0)
     args = ap.parse_args()
-    K, N = map(int, args.gemm.split(":"))
+    K, N = args.gemm
     bw = copy_bandwidth()
     records = []
     for cfg in tuning_grid(args):

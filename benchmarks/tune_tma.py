@@ -8,8 +8,9 @@ or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort]`` for t
 one program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool;
 ``pPARTS``: the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole
 tiles per SM cut S ways; ``el``: the vk tile's rows stored evict-last in L2; ``sort``: the rows in
-slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the split-K kv prototype (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH
-parts at a time, under a register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
+slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:sort]`` for the split-K kv prototype
+(benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under a
+register cap), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
 columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
 all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is its ceiling without
@@ -168,6 +169,15 @@ def variant_launch(name: str):
     return launch
 
 
+def spec_variant_providers(spec: str, config, variants: list[str], layout: str, step_order: bool) -> list:
+    """A provider for each of ``variants`` that patches the kernel ``config`` runs on a ``layout``
+    pool (:func:`variants_of`), at ``config``, named ``variant:<name>:<spec>`` (``+order`` given
+    the step's slot order)."""
+    suffix = "+order" if step_order else ""
+    return [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config, step_order=step_order)
+            for v in variants if v in variants_of(config, layout)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     add_grid_arguments(ap, batches=[32, 128, 512, 1024], dtypes=["bfloat16"], layouts=["kv"])
@@ -206,9 +216,7 @@ def main() -> None:
                 if args.without_pdl:
                     providers.append(launcher_provider(spec + suffix + "+no_pdl", launch, config=config,
                                                        step_order=step_order, pdl=False))
-                providers += [launcher_provider(f"variant:{v}:{spec}{suffix}", variant_launch(v), config,
-                                                step_order=step_order)
-                              for v in args.variants if v in variants_of(config, layout)]
+                providers += spec_variant_providers(spec, config, args.variants, layout, step_order)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                "slot_pad": cfg.slot_pad, "per_tile": list(per_tile), "results": {}}
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON

@@ -48,3 +48,14 @@ def test_the_decodes_are_the_default_each_spec_and_its_variants():
                                               ["vk_tile_cs_store", "kv_tile_row_stores"], "vk", True)]
     assert names == ["default+order", "t16:1:16:24:8:sort+order",
                      "variant:vk_tile_cs_store:t16:1:16:24:8:sort+order", "64:4:3:4+order"]
+
+
+def test_the_gemm_shape_is_two_positive_integers():
+    import argparse
+
+    from benchmarks.neighbour_gemm import gemm_shape
+
+    assert gemm_shape("2048:12288") == (2048, 12288)
+    for bad, why in (("2048", "two integers"), ("2048:x", "two integers"), ("0:16", "both positive")):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"--gemm expects K:N, {why}"):
+            gemm_shape(bad)
