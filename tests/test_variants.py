@@ -142,6 +142,19 @@ def kv_tma_store_hints() -> tuple[int, int, int]:
             ptx.count("createpolicy.fractional.L2::evict_last"))
 
 
+def test_the_tma_store_rewrite_hints_each_store_after_the_declarations():
+    from benchmarks.variants import tma_stores_evict_last
+
+    ptx = (".entry k(\n\t.param .u64 p\n)\n{\n\t.reg .b32 %r<3>;\n$L__begin:\n\tmov.u32 %r1, 0;\n"
+           "\t@%p1 cp.async.bulk.tensor.5d.global.shared::cta.bulk_group [%rd1, {%r1, %r1, %r1, %r1, %r1}], [%r2];\n}")
+    lines = tma_stores_evict_last(ptx).split("\n")
+    policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"
+    assert lines.index("\t" + policy) == lines.index("\tmov.u32 %r1, 0;") - 1 > lines.index("\t.reg .b32 %r<3>;")
+    assert lines[-2].endswith("bulk_group.L2::cache_hint [%rd1, {%r1, %r1, %r1, %r1, %r1}], [%r2], %gdn_l2_evict_last;")
+    with pytest.raises(ValueError, match="no TMA store in the PTX"):
+        tma_stores_evict_last(".entry k()\n{\n\tret;\n}")
+
+
 def test_the_kv_tma_store_variant_stores_with_an_evict_last_policy():
     """Its PTX rewrite reaches the compiled kernel: each of the 12 TMA stores (8 parts, and 4 for
     the tail's pieces) carries the L2 hint, none is left plain, one policy is made."""
