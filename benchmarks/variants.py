@@ -9,10 +9,7 @@ exact code reproducible without a flag per experiment in the shipped kernel.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
-import inspect
-import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -733,63 +730,10 @@ for _hint, _name in (('cache_modifier=".cs"', "kv_tile_row_stores_cs"),
                                for old, new in KV_TILE_VARIANTS["kv_tile_row_stores"]]
 
 
-# The kv tile's TMA stores with the vk tile's evict-last L2 policy (GluonTileConfig.store_eviction),
-# which Gluon's TMA store cannot express: the kernel is renamed, and a Triton compile-stage hook
-# (_PTX_REWRITES, installed by load_variant) rewrites that kernel's PTX so that each
-# `cp.async.bulk.tensor...global.shared::cta.bulk_group` store carries `.L2::cache_hint` with a
-# policy from `createpolicy.fractional.L2::evict_last`. The shipped name stays bound to the renamed
-# kernel, so the launcher (and the tests that record its launch) call it as before.
-_KV_EVICT_LAST_KERNEL = "_decode_kv_tile_kernel_tma_evict_last"
-_KV_TILE_LAUNCH_END = "                                    TAIL_C=chunk_columns(tail.BV, state.element_size()), **kwargs)\n    return config\n"
-KV_TILE_VARIANTS["kv_tile_tma_store_evict_last"] = [
-    ("def _decode_kv_tile_kernel(", f"def {_KV_EVICT_LAST_KERNEL}("),
-    (_KV_TILE_LAUNCH_END, _KV_TILE_LAUNCH_END + f"\n\n_decode_kv_tile_kernel = {_KV_EVICT_LAST_KERNEL}\n"),
-]
-_TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bulk_group) (\[[^;]*\]);")
-_L2_POLICY = "%gdn_l2_evict_last"
-
-
-def tma_stores_evict_last(ptx: str) -> str:
-    """``ptx`` with every TMA store given an evict-last L2 policy, created once at the kernel's
-    first instruction (after its declarations)."""
-    ptx, stores = _TMA_STORE.subn(rf"\1.L2::cache_hint \2, {_L2_POLICY};", ptx)
-    if not stores:
-        raise ValueError("tma_stores_evict_last: no TMA store in the PTX")
-    body = ptx.index("{", ptx.index(".entry"))
-    lines = ptx[body + 1:].split("\n")
-    first = next(i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith((".", "//", "$")))
-    lines[first:first] = [f"\t.reg .b64 {_L2_POLICY};",
-                          f"\tcreatepolicy.fractional.L2::evict_last.b64 {_L2_POLICY}, 1.0;"]
-    return ptx[:body + 1] + "\n".join(lines)
-
-
-# variant -> (the kernel whose PTX is rewritten, the rewrite)
-_PTX_REWRITES = {"kv_tile_tma_store_evict_last": (_KV_EVICT_LAST_KERNEL, tma_stores_evict_last)}
-
-
-def _install_ptx_rewrite(kernel: str, rewrite) -> None:
-    """Have Triton pass the PTX of ``kernel`` (its entry's name) through ``rewrite`` before ptxas,
-    beside whatever stage hook is already installed. Triton 3.7 also calls the hook without
-    arguments for a key to cache its compiles under, here a hash of the rewrite's and this
-    function's source (3.6 does not: there a changed rewrite needs a fresh cache)."""
-    import triton.knobs
-
-    previous = triton.knobs.runtime.add_stages_inspection_hook
-    sources = kernel + inspect.getsource(rewrite) + inspect.getsource(_install_ptx_rewrite)
-    digest = hashlib.sha256(sources.encode()).hexdigest()[:16]
-
-    def hook(*args):
-        if not args:
-            key, value = previous() if previous is not None else ("", "")
-            return f"{key}-ptx-rewrite-{digest}", f"{value}{digest}"
-        backend, stages, options, language, capability = args
-        if previous is not None:
-            previous(backend, stages, options, language, capability)
-        make_ptx = stages["ptx"]
-        stages["ptx"] = lambda src, metadata: (
-            rewrite(ptx) if f".entry {kernel}(" in (ptx := make_ptx(src, metadata)) else ptx)
-
-    triton.knobs.runtime.add_stages_inspection_hook = hook
+# The kv tile's TMA stores with the vk tile's evict-last L2 policy, by a PTX rewrite (Gluon's TMA
+# store takes no hint), gained from B*HV 4096 and is the kernel's GluonTileConfig.store_eviction
+# with gdn_ops.ptx_rewrite (results/h200/tune_kv_tma_evict_last_*_b9b0c46.json; NOTES.md,
+# twenty-eighth session).
 
 
 def _kv_tile_padding(words: int) -> list[tuple[str, str]]:
@@ -901,8 +845,6 @@ def load_variant(name: str) -> ModuleType:
         if old not in source:
             raise ValueError(f"variant {name!r}: pattern not found in {Path(target.__file__).name}: {old!r}")
         source = source.replace(old, new)
-    if name in _PTX_REWRITES:
-        _install_ptx_rewrite(*_PTX_REWRITES[name])
     path = Path(tempfile.gettempdir()) / f"gdn_decode_variant_{name}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"gdn_decode_variant_{name}", path)

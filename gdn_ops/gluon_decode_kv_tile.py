@@ -13,7 +13,9 @@ is that structure with the step in it. Each program:
 3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
    (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
 4. reads the rows again and writes ``d S + k u^T`` back in place;
-5. sends the tile home by TMA stores, one per part.
+5. sends the tile home by TMA stores, one per part; from the rule's ``evict_last_from`` with an
+   evict-last L2 policy, which Gluon cannot express, so the launcher compiles that binary with its
+   PTX rewritten (``gdn_ops.ptx_rewrite``).
 
 Only a few rows are in registers at a time, so the register file does not limit how many
 programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.
@@ -35,6 +37,7 @@ the pool: TMA zero-fills those loads and drops those stores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -61,6 +64,7 @@ from gdn_ops.gluon_decode_kv import (
     lanes_along_keys,
     shared_memory_reason,
 )
+from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 
@@ -184,6 +188,7 @@ def _decode_kv_tile_kernel(
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
     TAIL_SPLIT: gl.constexpr, TAIL_C: gl.constexpr, TAIL_ROWS: gl.constexpr, TAIL_PARTS: gl.constexpr,
+    STORE_EVICTION: gl.constexpr,  # not read here: it keys the binary whose PTX the launcher rewrites
 ):
     tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV // C, C], state_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
@@ -240,8 +245,9 @@ class GluonTileConfig(NamedTuple):
     # kernel takes 1 (no split measured faster there).
     tail_split: int = 1
     tail_per_sm: int = 0
-    # vk kernel: the L2 eviction policy its updated rows are stored with ("" or one of Triton's:
-    # "evict_first", "evict_last"); the kv kernel's rows leave by TMA stores, which take none
+    # the L2 eviction policy the updated rows are stored with: "" or, in the vk kernel, one of
+    # Triton's ("evict_first", "evict_last"); in the kv kernel, whose rows leave by TMA stores,
+    # "evict_last" (by a PTX rewrite, gdn_ops.ptx_rewrite)
     store_eviction: str = ""
 
     @property
@@ -288,6 +294,7 @@ class TileRule(NamedTuple):
     tail_steps: tuple[tuple[int, int, int], ...] = ()
     small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
     fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
+    evict_last_from: int | None = None  # the tile stored evict-last in L2 from here (None: never)
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -316,13 +323,19 @@ TILE_PARTS = 8
 # at TP=4: B*HV 512 +0.7-1.9, 768 +0.7-1.3, 640, 896 and the TP=4 points from 768 within -0.1 to
 # +0.5; in quarters it was level or slower.
 
+# The tile's TMA stores with an evict-last L2 policy (results/h200/tune_kv_tma_evict_last_*_b9b0c46.json;
+# NOTES.md, twenty-eighth session), against the same tile, sorting or given the order, two runs: from
+# B*HV 4096 -0.14..+0.78 points of copy bandwidth (21 of 24 pairs gained; bf16 B=512 +0.5-0.8), at
+# 1024 (fp32 B=32, 64 MB of state a call, about the L2) -0.5..-1.1 in all 8: so from 4096, where the
+# vk tile's rows are stored so too.
+
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
 # on the H200 only.
 TILE_RULES = {
     "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
                      tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),
-                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1))),
+                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), evict_last_from=4096),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -364,6 +377,8 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     tail = next(((split, per_sm) for start, split, per_sm in reversed(tail_steps) if rows_x_heads >= start), None)
     if tail is not None:
         config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
+    if rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
+        config = config._replace(store_eviction="evict_last")
     return config
 
 
@@ -390,8 +405,8 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
     if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
-    if config.store_eviction:
-        return (f"store_eviction='' (this kernel's rows leave by TMA stores, which take no cache hint; "
+    if config.store_eviction not in ("", "evict_last"):
+        return (f"store_eviction '' or 'evict_last' (the only L2 policy given to this kernel's TMA stores; "
                 f"got {config.store_eviction!r})")
     if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
         return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
@@ -438,8 +453,19 @@ def launch_decode_kv_tile(
         softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, state_desc=state_desc)
     tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
     tail_desc = state_desc if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
-    _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
-                                    ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
-                                    TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
-                                    TAIL_C=chunk_columns(tail.BV, state.element_size()), **kwargs)
+    with store_policy(config):
+        _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
+                                        ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
+                                        TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
+                                        TAIL_C=chunk_columns(tail.BV, state.element_size()),
+                                        STORE_EVICTION=config.store_eviction, **kwargs)
     return config
+
+
+def store_policy(config: GluonTileConfig) -> contextlib.AbstractContextManager:
+    """What the kernel is launched (and compiled) inside for ``config``: with
+    ``store_eviction == "evict_last"`` the PTX rewrite that gives its TMA stores that L2 policy
+    (the kernel's ``STORE_EVICTION`` keys that binary apart), otherwise nothing."""
+    if config.store_eviction == "evict_last":
+        return ptx_rewrite("_decode_kv_tile_kernel", tma_stores_evict_last)
+    return contextlib.nullcontext()

@@ -97,6 +97,26 @@ def test_model_shape_matches_reference(heads, variant, config):
     check_launch(case, chosen)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("store_eviction", ["", "evict_last"])
+def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_eviction):
+    """On the GPU, through Triton's JIT as the decode launches it (the H200 rule's bf16 tile from
+    B*HV 8192): with the evict-last policy each of its 12 TMA stores carries the L2 hint, without
+    it none does; either way the decode matches the reference."""
+    kernel = tile_module._decode_kv_tile_kernel
+    ran = []
+
+    class Recording:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: ran.append(kernel[grid](*args, **kwargs))
+
+    monkeypatch.setattr(tile_module, "_decode_kv_tile_kernel", Recording())
+    config = KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS, tail_split=4, tail_per_sm=1, store_eviction=store_eviction)
+    check_launch(model_case((16, 32), "kv", {}, seed=7), config)
+    ptx = ran[-1].asm["ptx"]
+    assert (ptx.count("bulk_group.L2::cache_hint"), ptx.count("bulk_group [")) == ((12, 0) if store_eviction else (0, 12))
+
+
 @pytest.mark.parametrize(
     ("changes", "config", "needs"),
     [
@@ -108,8 +128,8 @@ def test_model_shape_matches_reference(heads, variant, config):
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=3), "parts=3 dividing K=32 into parts of whole steps"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=4), "parts=4 dividing K=32 into parts of whole steps of rows=16"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
-        ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_last"),
-         "store_eviction='' .this kernel's rows leave by TMA stores, which take no cache hint"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_first"),
+         "store_eviction '' or 'evict_last' .the only L2 policy given to this kernel's TMA stores; got 'evict_first'"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),
          r"the tail tiles of tail_split=8: BV=4 in chunks of C=4 columns, C a multiple of num_warps\*vec=8"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
@@ -152,19 +172,25 @@ def _tail(config: GluonTileConfig, per_sm: int, split: int = 4) -> GluonTileConf
     return config._replace(tail_split=split, tail_per_sm=per_sm)
 
 
+def _evict_last(config: GluonTileConfig) -> GluonTileConfig:
+    return config._replace(store_eviction="evict_last")
+
+
 @pytest.mark.parametrize(("itemsize", "rows_x_heads", "expected"), [
     (2, 256, None), (2, 511, None), (2, 512, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
     (2, 1023, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
     (2, 1024, _tail(KV_2B_TILE_CONFIG, 1)), (2, 2048, _tail(KV_2B_TILE_CONFIG, 2)),
-    (2, 4096, _tail(KV_2B_TILE_CONFIG, 2)), (2, 8192, _tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
+    (2, 4095, _tail(KV_2B_TILE_CONFIG, 2)), (2, 4096, _evict_last(_tail(KV_2B_TILE_CONFIG, 2))),
+    (2, 8192, _evict_last(_tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
     (4, 256, None), (4, 512, _tail(KV_4B_TILE_CONFIG, 1)), (4, 1024, _tail(KV_4B_TILE_CONFIG, 2)),
-    (4, 2048, _tail(KV_4B_TILE_CONFIG, 2)), (4, 4096, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
-    (4, 32768, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))])
+    (4, 2048, _tail(KV_4B_TILE_CONFIG, 2)), (4, 4095, _tail(KV_4B_TILE_CONFIG, 2)),
+    (4, 4096, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
+    (4, 32768, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)))])
 def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
     1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
     pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1; the
-    quarter-head 2-byte tile's end in halves, 2 per SM."""
+    quarter-head 2-byte tile's end in halves, 2 per SM; the rows stored evict-last from 4096."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
@@ -202,12 +228,27 @@ def test_model_configurations_fit(config):
 def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
     """Shared memory and ``ptxas -v`` report of the kernel as launched with ``config`` on a
     Qwen3-Next head with bf16 activations and a dense ``state`` (bf16 or fp32) pool, compiled for
-    sm_90 (an H200's 132 SMs for the grid's tail)."""
+    sm_90 (an H200's 132 SMs for the grid's tail) as the launcher compiles it (its store policy's
+    PTX rewrite included)."""
+    kernel = compiled_kernel(config, state)
+    return kernel.metadata.shared, ptxas_report(kernel.asm["ptx"])
+
+
+def compiled_kernel(config: GluonTileConfig, state: str = "bf16"):
+    """The kernel compiled for sm_90 as :func:`compiled` describes."""
     import gdn_ops.gluon_decode_kv_tile as tile
 
-    compiled = compile_recorded_launch(tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv", config,
+    with tile.store_policy(config):
+        return compile_recorded_launch(tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv", config,
                                        {"bf16": torch.bfloat16, "fp32": torch.float32}[state])
-    return compiled.metadata.shared, ptxas_report(compiled.asm["ptx"])
+
+
+def tma_store_hints(config: GluonTileConfig, state: str) -> tuple[int, int, int]:
+    """In the PTX of :func:`compiled_kernel`: TMA stores with an L2 hint, plain TMA stores, and
+    evict-last policies made."""
+    ptx = compiled_kernel(config, state).asm["ptx"]
+    return (ptx.count("bulk_group.L2::cache_hint"), ptx.count("bulk_group ["),
+            ptx.count("createpolicy.fractional.L2::evict_last"))
 
 
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
@@ -236,6 +277,18 @@ def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
     assert int(shared) == K * config.BV * itemsize + 2 * K * 2 + 8 * config.parts
     assert int(re.search(r"Used (\d+) registers", report)[1]) <= config.maxnreg == 80
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize(("state", "rows_x_heads", "expected"), [
+    ("bf16", 4095, "(0, 2, 0)"), ("bf16", 8192, "(12, 0, 1)"), ("fp32", 2048, "(0, 2, 0)"), ("fp32", 4096, "(12, 0, 1)")])
+def test_the_h200_rule_stores_evict_last_from_its_threshold(state, rows_x_heads, expected):
+    """As the launcher compiles the rule's tile for sm_90: from ``evict_last_from`` each TMA store
+    (one per part, and one per part of the tail's pieces) carries the L2 hint of one evict-last
+    policy, none is left plain; below it none is hinted. (Hinted, the tile's registers and stack
+    are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
+    config = rule_config(TILE_RULES["H200"], {"bf16": 2, "fp32": 4}[state], rows_x_heads)
+    assert (config.store_eviction == "evict_last") == (rows_x_heads >= TILE_RULES["H200"].evict_last_from)
+    assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_store_hints(t.{config!r}, {state!r})").strip() == expected
 
 
 @pytest.mark.parametrize("launcher", ["persistent", "tile"])

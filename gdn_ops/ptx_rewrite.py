@@ -1,0 +1,77 @@
+"""A kernel's PTX rewritten before ptxas, for what Gluon cannot say: an L2 policy on TMA stores.
+
+Gluon's TMA store (``tma.async_copy_shared_to_global``, Triton 3.6 and 3.7) takes no cache hint,
+but the PTX instruction under it does: ``cp.async.bulk.tensor...bulk_group.L2::cache_hint`` with a
+64-bit policy made by ``createpolicy``. The kv tile kernel stores its rows evict-last from the B*HV
+where that pays (``gluon_decode_kv_tile.TileRule.evict_last_from``; NOTES.md, twenty-eighth
+session), so its launcher compiles that specialisation inside :func:`ptx_rewrite`.
+
+The rewrite is installed as Triton's compile-stage hook only while the block runs (so no other
+kernel compiled elsewhere sees it), chained to any hook already there, and touches only the PTX
+whose entry is the named kernel. The kernel must tell the hinted binary apart from the plain one
+by a constexpr of its own: Triton 3.6 keys its caches without the hook (3.7 adds the hook's key).
+Triton's knobs are process-wide, so a compile on another thread during the block could see the
+hook; it would rewrite only this kernel's PTX, and a cache hint does not change what is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import re
+from collections.abc import Callable, Iterator
+
+_TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bulk_group) (\[[^;]*\]);")
+_L2_POLICY = "%gdn_l2_evict_last"
+
+
+def tma_stores_evict_last(ptx: str) -> str:
+    """``ptx`` (one kernel) with every TMA store carrying an evict-last L2 policy, made once at the
+    kernel's first instruction (after its declarations). Raises ``ValueError`` where the PTX has no
+    TMA store to hint (a Triton whose PTX this does not recognise)."""
+    ptx, stores = _TMA_STORE.subn(rf"\1.L2::cache_hint \2, {_L2_POLICY};", ptx)
+    if not stores:
+        raise ValueError("tma_stores_evict_last: no TMA store (cp.async.bulk.tensor...bulk_group) in the PTX")
+    body = ptx.index("{", ptx.index(".entry"))
+    lines = ptx[body + 1:].split("\n")
+    first = next(i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith((".", "//", "$")))
+    lines[first:first] = [f"\t.reg .b64 {_L2_POLICY};",
+                          f"\tcreatepolicy.fractional.L2::evict_last.b64 {_L2_POLICY}, 1.0;"]
+    return ptx[:body + 1] + "\n".join(lines)
+
+
+@functools.cache
+def _digest(kernel: str, rewrite: Callable[[str], str]) -> str:
+    """A short hash of ``kernel`` and ``rewrite``'s source (cached: read on every launch)."""
+    return hashlib.sha256((kernel + inspect.getsource(rewrite)).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def ptx_rewrite(kernel: str, rewrite: Callable[[str], str]) -> Iterator[None]:
+    """While the block runs, Triton compiles the kernel whose PTX entry is ``kernel`` with its PTX
+    passed through ``rewrite`` before ptxas; any compile-stage hook already installed still runs,
+    and is restored afterwards. (Triton 3.7 also asks the hook, without arguments, for a key to
+    cache compiles under: here a hash of the kernel name and the rewrite's source.)"""
+    import triton.knobs
+
+    previous = triton.knobs.runtime.add_stages_inspection_hook
+    digest = _digest(kernel, rewrite)
+
+    def hook(*args):
+        if not args:
+            key, value = previous() if previous is not None else ("", "")
+            return f"{key}-ptx-rewrite-{digest}", f"{value}{digest}"
+        backend, stages, options, language, capability = args
+        if previous is not None:
+            previous(backend, stages, options, language, capability)
+        make_ptx = stages["ptx"]
+        stages["ptx"] = lambda src, metadata: (
+            rewrite(ptx) if f".entry {kernel}(" in (ptx := make_ptx(src, metadata)) else ptx)
+
+    triton.knobs.runtime.add_stages_inspection_hook = hook
+    try:
+        yield
+    finally:
+        triton.knobs.runtime.add_stages_inspection_hook = previous
