@@ -54,6 +54,7 @@ from benchmarks.variants import (
     CEILING_VARIANTS,
     GLUON_VARIANTS,
     KV_TILE_VARIANTS,
+    SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
     VK_TILE_VARIANTS,
     load_variant,
@@ -122,7 +123,8 @@ def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvS
     if isinstance(config, (KvSplitConfig, KvClusterConfig)):
         return {}
     if isinstance(config, GluonTileConfig):
-        return VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS
+        # the rank kernel's variants where the tile sorts its rows
+        return (VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS) | (SLOT_ORDER_VARIANTS if config.sort_rows else {})
     return GLUON_VARIANTS if isinstance(config, GluonKVConfig) else TMA_VARIANTS
 
 
@@ -139,7 +141,8 @@ def variant_launch(name: str):
     TMA_VARIANTS patch the Triton kernel, GLUON_VARIANTS the persistent Gluon one, VK_TILE_VARIANTS
     and KV_TILE_VARIANTS the Gluon tile kernels); the variant decides which state layout it serves.
     A tile variant runs inside the shipped ``launch_decode`` (its launcher and checks swapped in), so it
-    checks, sorts and takes a given slot order as the shipped kernel does."""
+    checks, sorts and takes a given slot order as the shipped kernel does; a SLOT_ORDER_VARIANTS
+    one is the shipped decode with the patched rank kernel swapped in."""
     import gdn_ops.triton_decode as shipped
 
     module = load_variant(name)
@@ -149,6 +152,13 @@ def variant_launch(name: str):
 
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl, order=None):
+        if name in SLOT_ORDER_VARIANTS:
+            with mock.patch.object(shipped, "slot_order", module.slot_order):
+                return shipped.launch_decode(
+                    q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
+                    use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,
+                    softplus_beta=softplus_beta, softplus_threshold=softplus_threshold,
+                    config=GluonTileConfig(*config), pdl=pdl, order=order)
         if tile_launcher:
             # the variant's own checks too, so that a variant may widen what its kernel takes
             reason = "vk_tile_reason" if name in VK_TILE_VARIANTS else "tile_reason"

@@ -8,6 +8,7 @@ import pytest
 from benchmarks.variants import (
     ALL_VARIANTS,
     KV_TILE_VARIANTS,
+    SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
     VARIANTS,
     VK_TILE_VARIANTS,
@@ -20,7 +21,8 @@ def test_variant_patches_the_current_source(name):
     module = load_variant(name)
     launcher = ("launch_decode" if name in VARIANTS else "launch_decode_kv_tma" if name in TMA_VARIANTS
                 else "launch_decode_vk_tile" if name in VK_TILE_VARIANTS
-                else "launch_decode_kv_tile" if name in KV_TILE_VARIANTS else "launch_decode_kv_gluon")
+                else "launch_decode_kv_tile" if name in KV_TILE_VARIANTS
+                else "slot_order" if name in SLOT_ORDER_VARIANTS else "launch_decode_kv_gluon")
     assert callable(getattr(module, launcher))
 
 
@@ -59,8 +61,10 @@ def test_tune_tma_applies_each_family_of_variants_to_its_kernel():
     from gdn_ops.triton_decode_tma import PersistentConfig
 
     tile = GluonTileConfig(128, 4, 16, 6, 8)
-    assert variants_of(tile, "vk") is VK_TILE_VARIANTS
-    assert variants_of(tile, "kv") is KV_TILE_VARIANTS
+    assert variants_of(tile, "vk") == VK_TILE_VARIANTS
+    assert variants_of(tile, "kv") == KV_TILE_VARIANTS
+    # the rank kernel's variants where the tile sorts
+    assert variants_of(tile._replace(sort_rows=True), "vk") == VK_TILE_VARIANTS | SLOT_ORDER_VARIANTS
     assert variants_of(GluonKVConfig(128, 4, 2, 2), "kv") is GLUON_VARIANTS
     assert variants_of(PersistentConfig(64, 4, 3, 4), "kv") is TMA_VARIANTS
 
@@ -197,3 +201,24 @@ def test_a_vk_tile_variant_is_checked_by_its_own_rules(monkeypatch):
                x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout="vk", softplus_beta=1.0,
                softplus_threshold=20.0, config=tuple(GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4)),
                pdl=False)
+
+
+@pytest.mark.parametrize("name", sorted(SLOT_ORDER_VARIANTS))
+@pytest.mark.parametrize("pdl", [False, pytest.param(True, marks=pytest.mark.gpu)])
+def test_rank_kernel_variants_sort_as_the_shipped_one(name, pdl):
+    """Each rank-kernel variant gives the stable argsort of the slots (with PDL on the GPU, where
+    ``rank_before_wait`` counts before its wait and checks the slots after it), at batch sizes of
+    one step of columns, padding repeated."""
+    import torch
+
+    if pdl and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = load_variant(name)
+    gen = torch.Generator().manual_seed(3)
+    for B in (1, 5, 130, 1024, 2048):
+        slots = torch.randperm(B + 40, generator=gen)[:B].to(torch.int32)
+        slots[torch.rand(B, generator=gen) < 0.2] = -1
+        sorted_slots, rows = module.slot_order(slots.to(device), pdl=pdl).cpu()
+        expected_slots, expected_rows = torch.sort(slots, stable=True)
+        assert torch.equal(rows, expected_rows.to(torch.int32)) and torch.equal(sorted_slots, expected_slots)
