@@ -826,54 +826,16 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
 
 
 # The rank kernel (gdn_ops/triton_slot_order.py) that a sorting decode launches when the caller
-# gives no order: without the order it cost ~1.2-1.8 points at bf16 vk B=256 and fp32 vk B=128
-# (NOTES.md). Its programs wait for the previous kernel before reading the slots, then let the
-# decode launch. `rank_trigger_first` lets the decode launch first (its programs then take the SM
-# slots the previous kernel frees and wait there for this kernel, which still waits for the
-# previous one, so the order of completions is kept). `rank_before_wait` also counts from the
-# slots read before the wait, then reads them again after it (past L1) and counts again only if
-# any changed: the count and the first read's DRAM latency move under the previous kernel's
-# tail. One step of columns only (B <= MAX_COLUMNS), which covers the benchmark's grid.
-SLOT_ORDER_VARIANTS: dict[str, list[tuple[str, str]]] = {}
-_RANK_WAIT = "        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n"
-SLOT_ORDER_VARIANTS["rank_trigger_first"] = [
-    (_RANK_WAIT, "        tl.extra.cuda.gdc_launch_dependents()\n        tl.extra.cuda.gdc_wait()\n")]
-_RANK_BODY_START = "    if PDL:\n        # the indices may come from the previous kernel"
-_RANK_BODY_END = "    tl.store(sorted_slots_ptr + rank, mine, mask=live)\n"
-_RANK_BEFORE_WAIT = """    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    live = rows < B
-    others = tl.arange(0, COLUMNS)
-    mine = tl.load(indices_ptr + rows, mask=live, other=0)
-    theirs = tl.load(indices_ptr + others, mask=others < B, other=0)
-    before = (theirs[None, :] < mine[:, None]) | ((theirs[None, :] == mine[:, None]) & (others[None, :] < rows[:, None]))
-    rank = tl.sum((before & (others < B)[None, :]).to(tl.int32), axis=1)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        mine_now = tl.load(indices_ptr + rows, mask=live, other=0, cache_modifier=".cg")
-        theirs_now = tl.load(indices_ptr + others, mask=others < B, other=0, cache_modifier=".cg")
-        changed = tl.sum((mine_now != mine).to(tl.int32), axis=0) + tl.sum((theirs_now != theirs).to(tl.int32), axis=0)
-        if changed > 0:
-            mine = mine_now
-            before = ((theirs_now[None, :] < mine_now[:, None])
-                      | ((theirs_now[None, :] == mine_now[:, None]) & (others[None, :] < rows[:, None])))
-            rank = tl.sum((before & (others < B)[None, :]).to(tl.int32), axis=1)
-"""
-
-
-def _shipped_rank_body() -> str:
-    """The shipped rank kernel's source from its wait to its stores."""
-    source = Path(shipped_slot_order.__file__).read_text()
-    return source[source.index(_RANK_BODY_START):source.index(_RANK_BODY_END)]
-
-
-SLOT_ORDER_VARIANTS["rank_before_wait"] = [
-    (_shipped_rank_body(), _RANK_BEFORE_WAIT),
-    ("    if B:\n        columns = ",
-     ("    if B > MAX_COLUMNS:\n        raise ValueError(f'rank_before_wait: B={B} > {MAX_COLUMNS}')\n"
-      "    if B:\n        columns = ")),
-]
+# gives no order. Two variants ran against it at 5c25153 (NOTES.md, twenty-ninth session; results/h200/
+# tune_rank_*_5c25153.json): `rank_trigger_first` (let the decode launch before the wait for the
+# previous kernel) -0.25..+0.39 points, within the spread; `rank_before_wait` (that, and count from
+# the slots read before the wait, check them after it, count again only if one changed) +0.00..+0.61
+# in all 10 pairs without the order, 0.1-1.0 us: folded as the kernel's one-step path.
+# `rank_waits_first` is the kernel before the fold (wait, let the decode launch, then count), to
+# run that comparison again.
+SLOT_ORDER_VARIANTS: dict[str, list[tuple[str, str]]] = {
+    "rank_waits_first": [("ONE_STEP=B <= MAX_COLUMNS", "ONE_STEP=False")],
+}
 
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS

@@ -9,7 +9,8 @@ their slot (ties, such as -1 padding, by row), as two vectors the decode reads i
 where the order pays (hundreds to a few thousand rows) that is little work, and what it costs is
 latency, between the previous kernel's end and the decode's start. So each program compares its
 few rows with all B slots at once (one load, one reduction) rather than in a loop of steps, and
-there are many programs. No host sync, and the same launch every call (CUDA-graph safe).
+there are many programs; and under PDL it counts before the previous kernel ends, then checks
+the slots. No host sync, and the same launch every call (CUDA-graph safe).
 
 The order depends on the slot indices alone, which an engine shares between every GDN layer of a
 step: computed once per step (:func:`slot_order`) and passed to each layer's call
@@ -66,23 +67,51 @@ def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int, gi
 
 
 @triton.jit
+def _ranks(mine, rows, theirs, others, B):
+    """For each of this program's rows (slot ``mine``, row number ``rows``), how many of the rows
+    ``others`` (slots ``theirs``; those past ``B`` not counted) come before it in the order."""
+    before = (theirs[None, :] < mine[:, None]) | ((theirs[None, :] == mine[:, None]) & (others[None, :] < rows[:, None]))
+    return tl.sum((before & (others < B)[None, :]).to(tl.int32), axis=1)
+
+
+@triton.jit
 def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.constexpr, COLUMNS: tl.constexpr,
-                       PDL: tl.constexpr):
-    if PDL:
-        # the indices may come from the previous kernel; the decode after this one may start now
-        # and waits for this kernel in its own gdc_wait
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+                       ONE_STEP: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < B
-    mine = tl.load(indices_ptr + rows, mask=live, other=0)
-    rank = tl.zeros([ROWS], tl.int32)
-    for start in range(0, B, COLUMNS):
-        others = start + tl.arange(0, COLUMNS)
+    if ONE_STEP:
+        # All B slots in one step (B <= COLUMNS). Under PDL the slots may come from the previous
+        # kernel, still running: count from what they hold now, then, after the wait, read them
+        # again past L1 and count again only if one changed. The count and the slots' first read
+        # move under the previous kernel's tail (0.1-1.0 us at B = 128-512; NOTES.md, twenty-ninth
+        # session). The decode may launch at once: it waits in its own gdc_wait for this kernel
+        # to end, and this kernel ends after the previous one.
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        others = tl.arange(0, COLUMNS)
+        mine = tl.load(indices_ptr + rows, mask=live, other=0)
         theirs = tl.load(indices_ptr + others, mask=others < B, other=0)
-        before = (theirs[None, :] < mine[:, None]) | ((theirs[None, :] == mine[:, None])
-                                                      & (others[None, :] < rows[:, None]))
-        rank += tl.sum((before & (others < B)[None, :]).to(tl.int32), axis=1)
+        rank = _ranks(mine, rows, theirs, others, B)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            mine_now = tl.load(indices_ptr + rows, mask=live, other=0, cache_modifier=".cg")
+            theirs_now = tl.load(indices_ptr + others, mask=others < B, other=0, cache_modifier=".cg")
+            # both reads compared: each may have seen a different moment of the previous kernel's writes
+            changed = tl.sum((mine_now != mine).to(tl.int32), axis=0) + tl.sum((theirs_now != theirs).to(tl.int32),
+                                                                              axis=0)
+            if changed > 0:
+                mine = mine_now
+                rank = _ranks(mine_now, rows, theirs_now, others, B)
+    else:
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        mine = tl.load(indices_ptr + rows, mask=live, other=0)
+        rank = tl.zeros([ROWS], tl.int32)
+        for start in range(0, B, COLUMNS):
+            others = start + tl.arange(0, COLUMNS)
+            theirs = tl.load(indices_ptr + others, mask=others < B, other=0)
+            rank += _ranks(mine, rows, theirs, others, B)
     tl.store(sorted_slots_ptr + rank, mine, mask=live)
     tl.store(rows_ptr + rank, rows, mask=live)
 
@@ -102,6 +131,7 @@ def slot_order(indices: torch.Tensor, pdl: bool = False) -> torch.Tensor:
         columns = min(triton.next_power_of_2(B), MAX_COLUMNS)
         per_program = max(1, min(64, COMPARISONS // columns))
         _slot_order_kernel[(triton.cdiv(B, per_program),)](indices, order[0], order[1], B, ROWS=per_program,
-                                                          COLUMNS=columns, PDL=pdl, num_warps=4,
+                                                          COLUMNS=columns, ONE_STEP=B <= MAX_COLUMNS, PDL=pdl,
+                                                          num_warps=4,
                                                           **({"launch_pdl": True} if pdl else {}))
     return order

@@ -206,9 +206,8 @@ def test_a_vk_tile_variant_is_checked_by_its_own_rules(monkeypatch):
 @pytest.mark.parametrize("name", sorted(SLOT_ORDER_VARIANTS))
 @pytest.mark.parametrize("pdl", [False, pytest.param(True, marks=pytest.mark.gpu)])
 def test_rank_kernel_variants_sort_as_the_shipped_one(name, pdl):
-    """Each rank-kernel variant gives the stable argsort of the slots (with PDL on the GPU, where
-    ``rank_before_wait`` counts before its wait and checks the slots after it), at batch sizes of
-    one step of columns, padding repeated."""
+    """Each rank-kernel variant gives the stable argsort of the slots (with PDL on the GPU too), at
+    batch sizes of one step of columns, padding repeated."""
     import torch
 
     if pdl and not torch.cuda.is_available():
