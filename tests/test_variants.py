@@ -221,3 +221,45 @@ def test_rank_kernel_variants_sort_as_the_shipped_one(name, pdl):
         sorted_slots, rows = module.slot_order(slots.to(device), pdl=pdl).cpu()
         expected_slots, expected_rows = torch.sort(slots, stable=True)
         assert torch.equal(rows, expected_rows.to(torch.int32)) and torch.equal(sorted_slots, expected_slots)
+
+
+def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
+    """``tune_tma`` times a SLOT_ORDER_VARIANTS variant as the shipped decode with the variant's
+    ``slot_order`` in place of the shipped one: called where the decode sorts by itself, not where
+    the order is given. (The tile launcher records; the sm_90 check is lifted; runs on CPU too.)"""
+    from types import SimpleNamespace
+
+    import torch
+
+    import gdn_ops
+    import gdn_ops.triton_decode as shipped
+    from benchmarks import tune_tma
+    from benchmarks.providers import Config, make_problem
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+    from gdn_ops.triton_slot_order import slot_order
+
+    ranked, launched = [], []
+
+    def variant_slot_order(indices, pdl=False):
+        ranked.append(indices)
+        return slot_order(indices, pdl=pdl)
+
+    monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(slot_order=variant_slot_order))
+    monkeypatch.setattr(shipped, "tma_config_reason", lambda *args: None)
+    monkeypatch.setattr(shipped, "launch_decode_kv_tile",
+                        lambda *args, rows=None, config, **kwargs: launched.append((args[8], rows)))
+    launch = tune_tma.variant_launch(next(iter(SLOT_ORDER_VARIANTS)))
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout="kv")
+    problem = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    x = problem.inputs
+    config = GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, sort_rows=True)
+    order = gdn_ops.slot_order(problem.indices)
+    for given in (None, order):
+        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
+               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout="kv", softplus_beta=1.0,
+               softplus_threshold=20.0, config=tuple(config), pdl=False, order=given)
+    assert len(ranked) == 1 and ranked[0] is problem.indices
+    assert all(torch.equal(slots, order[0]) and torch.equal(rows, order[1]) for slots, rows in launched)
+    assert len(launched) == 2
+    # outside the block the shipped decode has its own rank kernel again
+    assert shipped.slot_order is slot_order
