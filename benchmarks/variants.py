@@ -834,12 +834,12 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
 # `rank_waits_first` is the kernel before the fold (wait, let the decode launch, then count), to
 # run that comparison again.
 # `rank_comparisons_{2048,512}` (at d94f041) held 4 and 16 times fewer comparisons a program than
-# the 8192 shipped (more programs, each shorter after the wait): 2048 -0.28..+0.65 points
-# without the order, +0.4..+0.65 in 3 of 4 pairs at B=128, where 8192 makes 2 programs. To be
-# folded once the GPU tests have run with it (NOTES.md, Next 0); 512 lost a little at B*HV 16384.
+# the 8192 then shipped (more programs, each shorter after the wait): 2048 -0.28..+0.65 points
+# without the order, +0.4..+0.65 in 3 of 4 pairs at B=128, where 8192 made 2 programs; folded.
+# `rank_comparisons_8192` is the kernel before that fold.
 SLOT_ORDER_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "rank_waits_first": [("ONE_STEP=B <= MAX_COLUMNS", "ONE_STEP=False")],
-    "rank_comparisons_2048": [("COMPARISONS = 8192\n", "COMPARISONS = 2048\n")],
+    "rank_comparisons_8192": [("COMPARISONS = 2048\n", "COMPARISONS = 8192\n")],
 }
 
 

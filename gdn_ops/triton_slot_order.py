@@ -26,12 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-# Elements of the [rows, slots] comparison one program holds at once (64 per thread of 4 warps),
-# and the most slots compared in one step: up to MAX_COLUMNS rows, one step. 2048 (B=128 in 8
-# programs, not 2) measured +0.0..+0.65 points without the order at B*HV 4096-8192 on the H200 as
-# the variant `rank_comparisons_2048` (tune_rank_programs_*_d94f041.json; NOTES.md, twenty-ninth
-# session); not taken until the GPU tests have run with it.
-COMPARISONS = 8192
+# Elements of the [rows, slots] comparison one program holds at once (16 per thread of 4 warps),
+# and the most slots compared in one step: up to MAX_COLUMNS rows, one step. With 8192 (64 a
+# thread) B=128 ran in 2 programs; 2048 (8 there) gained +0.0..+0.65 points without the order at
+# B*HV 4096-8192 on the H200 and was level at 16384 (tune_rank_programs_*_d94f041.json; NOTES.md,
+# twenty-ninth session); 512 gained as much at B=128 and lost a little at 16384.
+COMPARISONS = 2048
 MAX_COLUMNS = 2048
 
 # From which B*HV the decode takes its rows in slot order, by (GPU name part, pool layout, state
