@@ -37,14 +37,19 @@ MAX_COLUMNS = 2048
 # From which B*HV the decode takes its rows in slot order, by (GPU name part, pool layout, state
 # element size); not on other GPUs (not measured there). Chosen on the H200 under PDL against the
 # same kernel unsorted (results/h200/tune_sort_*.json, tune_sort2_*.json; NOTES.md, twelfth and
-# thirteenth sessions). fp32 vk (per-tile Triton kernel): +1.0-1.5 points at B*HV 4096-32768
-# (TP=1), +0.6-0.8 at 4096-8192 (TP=4); at 2048 -0.8 in one run and +0.9 in another, so not there.
-# fp32 kv (Gluon tile): +0.2 at 4096, +0.5-0.9 from 8192. 2-byte states (Gluon tiles), with the
-# one-step rank kernel: -0.8 to +0.1 at 4096, +0.3-0.4 at 8192, and +1.5-2.1 from 16384 in the sweep;
-# a 2-byte vk pool's one-warp 4 KB tile (twenty-first session): level at 4096 (TP=1), +1.3 there at
-# TP=4, +1.4-4.1 from 8192 (tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json).
-SORT_ROWS_FROM = {("H200", "vk", 4): 4096, ("H200", "kv", 4): 8192, ("H200", "vk", 2): 4096,
-                  ("H200", "kv", 2): 8192}
+# thirteenth sessions), then moved down once the rank kernel counted before the previous kernel's end
+# and held 2048 comparisons a program (results/h200/tune_sort3_*_a761e73.{json,txt}; NOTES.md,
+# thirtieth session), two runs each, sorted against the shipped unsorted default:
+# fp32 vk: +1.0-1.5 points at B*HV 4096-32768 (TP=1), +0.6-0.8 at 4096-8192 (TP=4); at 2048 (the vk
+# tile sorted against the per-tile Triton kernel) +1.0 / +1.1, at 1024 -0.3 / -0.1.
+# fp32 kv (Gluon tile): +0.5-0.9 from 8192; at 4096 +0.9 / +0.8 (TP=1), +1.5 / +2.2 (TP=4), and
+# +0.2..+0.9 in seven tuning runs of the rank kernel before; at 2048 -0.3 / -0.3, 1024 -1.3 / -0.6.
+# 2-byte states (Gluon tiles): kv +0.3 / +0.8 at 4096, -1.2 / -0.6 at 2048, +0.3-0.4 at 8192 and
+# +1.5-2.1 from 16384 in the sweep; a 2-byte vk pool's one-warp 4 KB tile (twenty-first session):
+# level at 4096 (TP=1), +1.3 there at TP=4, +1.4-4.1 from 8192 (tune_vk_bf16_onewarp2_56118ca.json,
+# tune_vk_bf16_onewarp_tp4_56118ca.json); at 2048 -0.5 / -0.6.
+SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk", 2): 4096,
+                  ("H200", "kv", 2): 4096}
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
 # the H200 (results/h200/probe_given_order_*.json, probe_plan_*.json; NOTES.md, fourteenth
 # session), sorted against unsorted: fp32 vk +2.0-2.4 points at B*HV 1024-4096 in the probe,
