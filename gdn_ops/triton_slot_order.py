@@ -47,7 +47,9 @@ MAX_COLUMNS = 2048
 # 2-byte states (Gluon tiles): kv +0.3 / +0.8 at 4096, -1.2 / -0.6 at 2048, +0.3-0.4 at 8192 and
 # +1.5-2.1 from 16384 in the sweep; a 2-byte vk pool's one-warp 4 KB tile (twenty-first session):
 # level at 4096 (TP=1), +1.3 there at TP=4, +1.4-4.1 from 8192 (tune_vk_bf16_onewarp2_56118ca.json,
-# tune_vk_bf16_onewarp_tp4_56118ca.json); at 2048 -0.5 / -0.6.
+# tune_vk_bf16_onewarp_tp4_56118ca.json); at 2048 -0.5 / -0.6. A third run after the move
+# (tune_sort4_*_9c7adf0.json): fp32 vk 2048 +2.4 (TP=1), +0.9 (TP=4); fp32 kv 4096 +0.7, +2.0 (TP=4);
+# 2-byte kv 4096 -0.1, +0.8 (TP=4).
 SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk", 2): 4096,
                   ("H200", "kv", 2): 4096}
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
