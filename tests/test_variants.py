@@ -16,6 +16,26 @@ from benchmarks.variants import (
 )
 
 
+def _tiny_problem(layout: str, device: str | None = None):
+    """A 5-row fp32 problem (HK=2, HV=4, K=16, V=32) of ``benchmarks.providers``, on the GPU when
+    there is one (the rank kernel runs on it), else the CPU."""
+    import torch
+
+    from benchmarks.providers import Config, make_problem
+
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout=layout)
+    return make_problem(cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _launch(launch, problem, layout: str, config, order=None):
+    """``launch`` (``launch_decode``'s signature, as ``tune_tma.variant_launch`` returns) on
+    ``problem`` with the tile ``config``, without PDL, given ``order`` or not."""
+    x = problem.inputs
+    return launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
+                  x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout=layout, softplus_beta=1.0,
+                  softplus_threshold=20.0, config=tuple(config), pdl=False, order=order)
+
+
 @pytest.mark.parametrize("name", sorted(ALL_VARIANTS))
 def test_variant_patches_the_current_source(name):
     module = load_variant(name)
@@ -153,7 +173,6 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     import gdn_ops
     import gdn_ops.triton_decode as shipped
     from benchmarks import tune_tma
-    from benchmarks.providers import Config, make_problem
     from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 
     name = {"vk": "launch_decode_vk_tile", "kv": "launch_decode_kv_tile"}[layout]
@@ -163,15 +182,11 @@ def test_tile_variants_run_inside_the_shipped_launcher(monkeypatch, layout):
     monkeypatch.setattr(shipped, "tma_config_reason", lambda *args: None)
     launch = tune_tma.variant_launch(next(v for v in ALL_VARIANTS if v in (VK_TILE_VARIANTS if layout == "vk"
                                                                           else KV_TILE_VARIANTS)))
-    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout=layout)
-    problem = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")  # the rank kernel runs on it
-    x = problem.inputs
+    problem = _tiny_problem(layout)
     config = GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, sort_rows=True)
     order = gdn_ops.slot_order(problem.indices)
     for given in (None, order):
-        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
-               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout=layout, softplus_beta=1.0,
-               softplus_threshold=20.0, config=tuple(config), pdl=False, order=given)
+        _launch(launch, problem, layout, config, given)
     (ranked_slots, ranked_rows, first), (slots, rows, second) = calls
     assert first == second == config
     assert torch.equal(slots, order[0]) and torch.equal(rows, order[1])
@@ -185,22 +200,14 @@ def test_a_vk_tile_variant_is_checked_by_its_own_rules(monkeypatch):
     not the shipped one's."""
     from types import SimpleNamespace
 
-    import torch
-
     from benchmarks import tune_tma
-    from benchmarks.providers import Config, make_problem
     from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 
     monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(
         launch_decode_vk_tile=lambda *args, **kwargs: None, vk_tile_reason=lambda *args: "the variant's rule"))
     launch = tune_tma.variant_launch(next(iter(VK_TILE_VARIANTS)))
-    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout="vk")
-    x = (problem := make_problem(cfg, "cpu")).inputs
     with pytest.raises(ValueError, match="needs the variant's rule"):
-        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
-               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout="vk", softplus_beta=1.0,
-               softplus_threshold=20.0, config=tuple(GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4)),
-               pdl=False)
+        _launch(launch, _tiny_problem("vk", "cpu"), "vk", GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4))
 
 
 @pytest.mark.parametrize("name", sorted(SLOT_ORDER_VARIANTS))
@@ -234,7 +241,6 @@ def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
     import gdn_ops
     import gdn_ops.triton_decode as shipped
     from benchmarks import tune_tma
-    from benchmarks.providers import Config, make_problem
     from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
     from gdn_ops.triton_slot_order import slot_order
 
@@ -249,15 +255,11 @@ def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
     monkeypatch.setattr(shipped, "launch_decode_kv_tile",
                         lambda *args, rows=None, config, **kwargs: launched.append((args[8], rows)))
     launch = tune_tma.variant_launch(next(iter(SLOT_ORDER_VARIANTS)))
-    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=5, state_dtype=torch.float32, layout="kv")
-    problem = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")
-    x = problem.inputs
+    problem = _tiny_problem("kv")
     config = GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, sort_rows=True)
     order = gdn_ops.slot_order(problem.indices)
     for given in (None, order):
-        launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
-               x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout="kv", softplus_beta=1.0,
-               softplus_threshold=20.0, config=tuple(config), pdl=False, order=given)
+        _launch(launch, problem, "kv", config, given)
     assert len(ranked) == 1 and ranked[0] is problem.indices
     assert all(torch.equal(slots, order[0]) and torch.equal(rows, order[1]) for slots, rows in launched)
     assert len(launched) == 2
