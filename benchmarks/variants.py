@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import tempfile
 import textwrap
 from pathlib import Path
@@ -866,7 +867,11 @@ def load_variant(name: str) -> ModuleType:
             raise ValueError(f"variant {name!r}: pattern not found in {Path(target.__file__).name}: {old!r}")
         source = source.replace(old, new)
     path = Path(tempfile.gettempdir()) / f"gdn_decode_variant_{name}.py"
-    path.write_text(source)
+    # written under a name of this process's own, then renamed: pytest-xdist workers load the same
+    # variant at once, and one must never import (or Triton read) a file another is half-way through
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.stem, suffix=".part", delete=False) as part:
+        part.write(source)
+    os.replace(part.name, path)
     spec = importlib.util.spec_from_file_location(f"gdn_decode_variant_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
