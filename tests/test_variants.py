@@ -265,3 +265,73 @@ def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
     assert len(launched) == 2
     # outside the block the shipped decode has its own rank kernel again
     assert shipped.slot_order is slot_order
+
+
+def _rank_in_tile_launch(inp, launch, config) -> None:
+    """``inp`` (a vk :class:`DecodeCase`'s inputs) through ``launch`` (``launch_decode``'s signature)
+    with ``config``, the rows sorted by the decode itself (no order given)."""
+    c = inp.case
+    launch(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+           scale=c.K**-0.5, use_qk_l2norm_in_kernel=False, state_layout="vk", softplus_beta=1.0,
+           softplus_threshold=20.0, config=tuple(config), pdl=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("B", "index_dtype"), [(32, "int32"), (50, "int64"), (128, "int32")])
+def test_rank_in_tile_variant_matches_the_reference(B, index_dtype):
+    """``vk_tile_rank_in_tile`` (each program ranks the slots itself) as ``tune_tma`` times it: the
+    shipped decode with the variant's launcher and pass-through ``slot_order``, on Qwen3-Next's
+    heads with padding rows at the start, middle and end, against the float64 reference with
+    guards; the rank kernel never runs."""
+    import torch
+    from decode_case import DecodeCase, build, check
+
+    import gdn_ops.triton_decode as shipped
+    from benchmarks import tune_tma
+    from gdn_ops.gluon_decode_vk_tile import VK_4B_TILE_CONFIG
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      index_dtype=getattr(torch, index_dtype), padding_rows=(0, B // 2, B - 1), spare_slots=9,
+                      pool_guard=64, out_given=True, seed=B)
+    launch = tune_tma.variant_launch("vk_tile_rank_in_tile")
+    config = VK_4B_TILE_CONFIG._replace(sort_rows=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shipped, "slot_order", lambda *args, **kwargs: pytest.fail("the rank kernel ran"))
+        check(build(case, "cuda"), lambda inp: _rank_in_tile_launch(inp, launch, config) or inp.out.view)
+
+
+def compiled_rank_in_tile(B: int) -> str:
+    """``ptxas -v``'s report of ``vk_tile_rank_in_tile``'s kernel compiled for sm_90 on the shipped
+    fp32 tile with its rank in the tile (the rows handed through as the slots), recorded on CPU."""
+    import torch
+    from decode_case import DecodeCase, build
+    from sm90_compile import compile_launch_sm90, ptxas_report
+    from tile_kernel_checks import kernel_calls
+
+    from gdn_ops.gluon_decode_vk_tile import VK_4B_TILE_CONFIG
+
+    module = load_variant("vk_tile_rank_in_tile")
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      padding_rows=(1,), spare_slots=3, pool_guard=64, out_given=True)
+    inp = build(case, "cpu")
+    with kernel_calls(module, "_decode_vk_tile_kernel") as calls:
+        module.launch_decode_vk_tile(
+            inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+            scale=0.125, use_qk_l2norm_in_kernel=False, softplus_beta=1.0, softplus_threshold=20.0,
+            config=VK_4B_TILE_CONFIG, pdl=True, l2_eps=1e-6, rows=inp.indices)
+    (_, args, kwargs), = calls
+    assert kwargs["RANK_HERE"] and kwargs["BLOCK_B"] == max(32, 1 << (B - 1).bit_length())
+    return ptxas_report(compile_launch_sm90(module._decode_vk_tile_kernel, list(args), kwargs).asm["ptx"])
+
+
+@pytest.mark.parametrize("B", [32, 64])
+def test_rank_in_tile_variant_compiles_without_spills(B):
+    """The variant's rank path (not what the compile test above builds: no rows there) compiles for
+    sm_90 on the fp32 tile, inside the tile's register cap without spilling, at the batch sizes it
+    is timed at."""
+    from sm90_compile import run_in_child
+
+    report = run_in_child("test_variants", f"t.compiled_rank_in_tile({B})")
+    assert "0 bytes spill stores" in report, report
