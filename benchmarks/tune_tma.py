@@ -162,10 +162,8 @@ def variant_launch(name: str):
         if tile_launcher:
             # the variant's own checks too, so that a variant may widen what its kernel takes
             reason = "vk_tile_reason" if name in VK_TILE_VARIANTS else "tile_reason"
-            # (and its own slot_order where it has one: vk_tile_rank_in_tile ranks in the tile)
             with mock.patch.object(shipped, tile_launcher, getattr(module, tile_launcher)), \
-                    mock.patch.object(shipped, reason, getattr(module, reason, getattr(shipped, reason))), \
-                    mock.patch.object(shipped, "slot_order", getattr(module, "slot_order", shipped.slot_order)):
+                    mock.patch.object(shipped, reason, getattr(module, reason, getattr(shipped, reason))):
                 return shipped.launch_decode(
                     q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
                     use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,

@@ -607,63 +607,15 @@ VK_TILE_VARIANTS["vk_tile_v_box_floor"] = [
 # (vk_reg_store, the rows stored from registers, was folded into the kernel; the TMA-store version
 # it replaced is the kernel at commit 3b75ddc.)
 
-# The rows in slot order without the rank kernel: where the decode sorts by itself, each program
-# ranks all B slots (B x B comparisons, a warp's lanes across the columns) after the wait for the
-# previous kernel and takes the row that comes at its place; the launcher's `slot_order` hands the
-# slots through unranked. What the rank kernel costs after the previous kernel's end (its second
-# read, comparisons, stores, its end and the decode's wait: 2.3 points at fp32 vk B=32, TP=1, the
-# gap between sorting by itself and being given the order) is then a few hundred comparisons on
-# each program's path to its first load. Given the order, the kernel is the shipped one.
-_RANK_IN_TILE_MAX_ROWS = 256
-_ROW_OF_RANK = """@gluon.jit
-def _row_of_rank(place, indices_ptr, B, BLOCK_B: gl.constexpr, WARPS: gl.constexpr):
-    \"\"\"The batch row whose slot comes ``place``-th in ascending slot order (ties by row, as
-    ``triton_slot_order.slot_order`` ranks them), and that slot. A lane holds rows and compares
-    each with all B slots, a chunk of CH at a time in its own registers.\"\"\"
-    CH: gl.constexpr = 32 if BLOCK_B > 32 else BLOCK_B
-    pairs: gl.constexpr = gl.BlockedLayout([1, CH], [32, 1], [WARPS, 1], [1, 0])
-    mine_rows = gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, pairs))
-    mine = gl.load(indices_ptr + mine_rows, mask=mine_rows < B, other=0)
-    rank = gl.zeros([BLOCK_B], gl.int32, layout=gl.SliceLayout(1, pairs))
-    for c in gl.static_range(0, BLOCK_B, CH):
-        other_rows = c + gl.arange(0, CH, layout=gl.SliceLayout(0, pairs))
-        theirs = gl.load(indices_ptr + other_rows, mask=other_rows < B, other=0)
-        before = ((theirs[None, :] < mine[:, None])
-                  | ((theirs[None, :] == mine[:, None]) & (other_rows[None, :] < mine_rows[:, None])))
-        rank += gl.sum((before & (other_rows < B)[None, :]).to(gl.int32), axis=1)
-    hit = (rank == place) & (mine_rows < B)
-    return gl.sum(gl.where(hit, mine_rows, 0), axis=0), gl.sum(gl.where(hit, mine, 0), axis=0)
-
-
-"""
-_SHIPPED_VK_ROW_AND_SLOT = (
-    "    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n"
-    "    slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)\n")
-VK_TILE_VARIANTS["vk_tile_rank_in_tile"] = [
-    ("@gluon.jit\ndef _decode_vk_tile_kernel(", _ROW_OF_RANK + "@gluon.jit\ndef _decode_vk_tile_kernel("),
-    ("SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,\n",
-     "SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,\n    RANK_HERE: gl.constexpr, BLOCK_B: gl.constexpr,\n"),
-    (_SHIPPED_VK_ROW_AND_SLOT,
-     ("    if RANK_HERE:\n"
-      "        # indices_ptr holds the slots in batch order: this program finds its row by ranking them\n"
-      "        row, slot = _row_of_rank(tile // NV // HV, indices_ptr, num_tiles // (NV * HV), BLOCK_B, WARPS)\n"
-      "        in_batch = tile < num_tiles\n"
-      "        slot = gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)\n"
-      "    else:\n" + textwrap.indent(_SHIPPED_VK_ROW_AND_SLOT, "    "))),
-    ("SORTED_ROWS=rows is not None,",
-     ("SORTED_ROWS=rows is not None, RANK_HERE=rows is not None and rows is indices,\n"
-      "        BLOCK_B=max(32, 1 << (B - 1).bit_length()),")),
-    ("    num_tiles = B * HV * (V // config.BV)\n",
-     ("    num_tiles = B * HV * (V // config.BV)\n"
-      f"    if rows is not None and rows is indices and B > {_RANK_IN_TILE_MAX_ROWS}:\n"
-      f"        raise ValueError(f'vk_tile_rank_in_tile: at most {_RANK_IN_TILE_MAX_ROWS} rows ranked in the tile, got B={{B}}')\n")),
-    ("def lanes_along_values(",
-     ("def slot_order(indices: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:\n"
-      "    \"\"\"In place of the rank kernel: the slots as they are, twice (the launcher sees ``rows is\n"
-      "    indices`` and the kernel ranks them itself).\"\"\"\n"
-      "    return indices, indices\n\n\n"
-      "def lanes_along_values(")),
-]
+# (vk_tile_rank_in_tile: the rows in slot order without the rank kernel, each vk tile program
+# ranking the B slots itself after its wait (B x B comparisons, 32 columns a lane at a time) and
+# taking the row at its place, the launcher's slot_order handing the slots through. On the H200,
+# without the order, against the sorting spec with the rank kernel: fp32 TP=1 B=32 +0.8, +0.7
+# points (+0.9, +0.1 over the shipped unsorted default), but B=64 -5.2, -5.4, TP=4 B=128 (B*HV
+# 1024) 36.9% of copy against 86.7; bf16 B=32 +0.5, +0.2, B=64 -10.5, -10.8, TP=4 B=128 31.5%
+# against 79.0 (results/h200/tune_rank_in_tile_*_7553381.json; NOTES.md, thirty-first session): the
+# comparisons grow as B^2 in every one of the B*HV*V/BV programs. Retired after the measurement;
+# it patches the kernel at commit 7553381, with tune_tma swapping in the variant's slot_order.)
 
 KV_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "kv_tile_trigger_at_end": _gluon_trigger_at_end("        mbarrier.invalidate(bars.index(j))\n"),
