@@ -15,6 +15,15 @@ columns (4 KB in 8 parts for bf16, 16 for fp32):
 3. it sets the counter back to zero, so the scratch is ready for the next call (and for a CUDA
    graph's next replay) without a memset.
 
+With ``wait`` (thirty-second session) no program rewrites another's rows: every program of a head
+waits at the head's counter until all ``PARTS`` have counted in, reads their partial ``S^T k``
+back, and writes its own rows from registers (the head's first program also the output). The
+counter only ever grows, by ``PARTS`` a call, so it needs no reset between calls or replays (an
+int32 counter: good for 2^31 / PARTS calls, which a benchmark never reaches). Programs that wait
+on each other need the whole head resident at once; the grid's programs start in order and a head
+is ``PARTS`` consecutive programs, far fewer than an SM holds, so a head's last program always
+finds a slot. The interpreter runs one program at a time, so this mode runs on a GPU only.
+
 The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
 shape; it is allocated the first time a shape is seen, which must not be during a capture.
 
@@ -24,6 +33,7 @@ copy bandwidth at bf16 B=256-512 and fp32 B=128-256, where the shipped kv tile r
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -46,6 +56,7 @@ class KvSplitConfig(NamedTuple):
     sort_rows: bool = False
     depth: int = 1  # parts the last program reads from L2 before writing any (a divisor of parts)
     maxnreg: int = 0  # a register cap (0: none), so that more programs fit an SM; the last program spills
+    wait: bool = False  # every program waits for its head's partials and writes its own rows
 
 
 @triton.jit
@@ -55,7 +66,7 @@ def _kv_split_kernel(
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
-    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr,
+    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
@@ -92,7 +103,13 @@ def _kv_split_kernel(
     tl.store(partial + V + cols, tl.sum(S * q_part[:, None], axis=0))
     # release: the partials above are visible to the program that counts in last
     arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel")
-    if arrived == PARTS - 1:
+    if WAIT:
+        _write_own_rows(S, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+                        q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
+                        count_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
+                        s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING,
+                        USE_L2NORM, L2_EPS)
+    elif arrived == PARTS - 1:
         Sk = tl.zeros([V], tl.float32)
         Sq = tl.zeros([V], tl.float32)
         for p in tl.static_range(PARTS):
@@ -135,13 +152,63 @@ def _kv_split_kernel(
         tl.store(count_ptr + head, 0)
 
 
+@triton.jit
+def _write_own_rows(
+    S, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr, count_ptr,
+    scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh,
+    s_ob, s_oh, s_A, s_dt, s_sk,
+    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
+    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
+):
+    """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
+    (this call's target is the next multiple of ``PARTS`` above the count this program found), then
+    update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
+    head's summed partials."""
+    target = (arrived // PARTS + 1) * PARTS
+    seen = arrived + 1
+    while seen - target < 0:
+        seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+    head_partials = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + cols
+    Sk = tl.zeros([V], tl.float32)
+    for p in tl.static_range(PARTS):
+        Sk += tl.load(head_partials + p * (2 * V), cache_modifier=".cg")
+    all_keys = tl.arange(0, K)
+    k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
+    q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
+    if USE_L2NORM:
+        k_factor = 1.0 / tl.sqrt(tl.sum(k_all * k_all, axis=0) + L2_EPS)
+        q_factor = scale / tl.sqrt(tl.sum(q_all * q_all, axis=0) + L2_EPS)
+    else:
+        k_factor = 1.0
+        q_factor = scale
+    hv = head % HV
+    gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
+    gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
+    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+    g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+    decay = tl.exp(g)
+    v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
+    u = beta * (v_head - decay * Sk * k_factor)
+    tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
+             (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
+    if part == 0:
+        Sq = tl.zeros([V], tl.float32)
+        for p in tl.static_range(PARTS):
+            Sq += tl.load(head_partials + p * (2 * V) + V, cache_modifier=".cg")
+        kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+        o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
+        tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
+
+
 _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _scratch(device: torch.device, heads: int, parts: int, V: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The partial sums (written before they are read) and the counters (zeroed here, set back to
-    zero by each head's last program) for ``heads`` heads."""
-    key = (device, heads, parts, V)
+def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partial sums (written before they are read) and the counters (zeroed here; set back to
+    zero by each head's last program, or with ``wait`` grown by ``parts`` a call) for ``heads``
+    heads."""
+    key = (device, heads, parts, V, wait)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty(heads * parts * 2 * V, dtype=torch.float32, device=device),
                          torch.zeros(heads, dtype=torch.int32, device=device))
@@ -168,9 +235,12 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     rows = None
     if config.sort_rows and indices is not None:
         indices, rows = order if order is not None else slot_order(indices.contiguous(), pdl=bool(pdl))
+    if config.wait and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("launch_decode_kv_split: config.wait has a head's programs wait for each other, which "
+                         "the interpreter (one program at a time) cannot run; it needs a GPU")
     if B == 0:
         return config
-    partial, count = _scratch(state.device, B * HV, config.parts, V)
+    partial, count = _scratch(state.device, B * HV, config.parts, V, config.wait)
     fused = A_log is not None
     _kv_split_kernel[(B * HV * config.parts,)](
         q, k, v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a, state,
@@ -182,7 +252,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, num_warps=config.num_warps,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait, num_warps=config.num_warps,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config
