@@ -57,6 +57,8 @@ class KvSplitConfig(NamedTuple):
     depth: int = 1  # parts the last program reads from L2 before writing any (a divisor of parts)
     maxnreg: int = 0  # a register cap (0: none), so that more programs fit an SM; the last program spills
     wait: bool = False  # every program waits for its head's partials and writes its own rows
+    poll_load: bool = False  # with wait: poll the counter by volatile loads (one acquire at the end)
+    skip: str = ""  # "wait": the wait mode's ceiling, no program waiting (wrong results; for timing only)
 
 
 @triton.jit
@@ -66,7 +68,7 @@ def _kv_split_kernel(
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
-    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr,
+    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
@@ -108,7 +110,7 @@ def _kv_split_kernel(
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
                         count_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
                         s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING,
-                        USE_L2NORM, L2_EPS)
+                        USE_L2NORM, L2_EPS, POLL)
     elif arrived == PARTS - 1:
         Sk = tl.zeros([V], tl.float32)
         Sq = tl.zeros([V], tl.float32)
@@ -159,15 +161,20 @@ def _write_own_rows(
     scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh,
     s_ob, s_oh, s_A, s_dt, s_sk,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
-    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
+    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
-    head's summed partials."""
+    head's summed partials. ``POLL``: by acquire atomics, by volatile loads, or not at all (a ceiling)."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
-    while seen - target < 0:
+    if POLL == "atomic":
+        while seen - target < 0:
+            seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+    elif POLL == "load":
+        while seen - target < 0:
+            seen = tl.load(count_ptr + head, volatile=True)
         seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
     head_partials = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + cols
     Sk = tl.zeros([V], tl.float32)
@@ -252,7 +259,8 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait, num_warps=config.num_warps,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait,
+        POLL="none" if config.skip == "wait" else "load" if config.poll_load else "atomic", num_warps=config.num_warps,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config

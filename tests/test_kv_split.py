@@ -60,22 +60,27 @@ def test_split_specs_parse():
     assert parse_spec("s8:1:r64") == KvSplitConfig(8, 1, maxnreg=64)
     assert parse_spec("s16:1:wait:sort") == KvSplitConfig(16, 1, sort_rows=True, wait=True)
     assert parse_spec("s16:1:sort:wait") == KvSplitConfig(16, 1, sort_rows=True, wait=True)
-    for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait"):
+    assert parse_spec("s8:2:wait:pollload:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, poll_load=True)
+    assert parse_spec("s8:2:wait:skipwait") == KvSplitConfig(8, 2, wait=True, skip="wait")
+    for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
+                "s8:2:skipwait:sort"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "sort_rows", "step_order"), [(4, False, False), (8, True, False), (16, True, True)])
-def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order):
+@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load"),
+                         [(4, False, False, False), (8, True, False, True), (16, True, True, False)])
+def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order, poll_load):
     """``wait``: each program writes its own rows once its head's partials are in; its counter grows
     by ``parts`` a call, so three calls in a row must each be right."""
     cfg = Config(tp=0, HK=2, HV=4, K=64, V=32, B=5, state_dtype=state_dtype, layout="kv")
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
     provider = launcher_provider("split_wait", launch_decode_kv_split,
-                                 KvSplitConfig(parts, 1, sort_rows, wait=True), step_order=step_order)
+                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load),
+                                 step_order=step_order)
     for _ in range(3):
         result = check(cfg, provider, problem, ref)
         assert result.ok, result.message
