@@ -60,7 +60,9 @@ class KvSplitConfig(NamedTuple):
     maxnreg: int = 0  # a register cap (0: none), so that more programs fit an SM; the last program spills
     wait: bool = False  # every program waits for its head's partials and writes its own rows
     poll_load: bool = False  # with wait: poll the counter by volatile loads (one acquire at the end)
-    skip: str = ""  # "wait": the wait mode's ceiling, no program waiting (wrong results; for timing only)
+    # the wait mode's ceilings (wrong results; for timing only): "wait", no program waits; "fence", nor
+    # does its count order the partials (a relaxed atomic); "exchange", no partials, count or wait at all
+    skip: str = ""
 
 
 @triton.jit
@@ -71,6 +73,7 @@ def _kv_split_kernel(
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
     L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL: tl.constexpr,
+    SKIP: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
@@ -103,16 +106,24 @@ def _kv_split_kernel(
     k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
     q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
     partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
-    tl.store(partial + cols, tl.sum(S * k_part[:, None], axis=0))
-    tl.store(partial + V + cols, tl.sum(S * q_part[:, None], axis=0))
-    # release: the partials above are visible to the program that counts in last
-    arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel")
+    own_Sk = tl.sum(S * k_part[:, None], axis=0)
+    own_Sq = tl.sum(S * q_part[:, None], axis=0)
+    if SKIP == "exchange":
+        arrived = part
+    else:
+        tl.store(partial + cols, own_Sk)
+        tl.store(partial + V + cols, own_Sq)
+        # release: the partials above are visible to the program that counts in last
+        if SKIP == "fence":
+            arrived = tl.atomic_add(count_ptr + head, 1, sem="relaxed")
+        else:
+            arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel")
     if WAIT:
-        _write_own_rows(S, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+        _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
                         count_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
                         s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING,
-                        USE_L2NORM, L2_EPS, POLL)
+                        USE_L2NORM, L2_EPS, POLL, SKIP == "exchange")
     elif arrived == PARTS - 1:
         Sk = tl.zeros([V], tl.float32)
         Sq = tl.zeros([V], tl.float32)
@@ -158,12 +169,12 @@ def _kv_split_kernel(
 
 @triton.jit
 def _write_own_rows(
-    S, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+    S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr, count_ptr,
     scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh,
     s_ob, s_oh, s_A, s_dt, s_sk,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
-    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL: tl.constexpr,
+    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL: tl.constexpr, OWN_SUMS_ONLY: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
@@ -179,9 +190,12 @@ def _write_own_rows(
             seen = tl.load(count_ptr + head, volatile=True)
         seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
     head_partials = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + cols
-    Sk = tl.zeros([V], tl.float32)
-    for p in tl.static_range(PARTS):
-        Sk += tl.load(head_partials + p * (2 * V), cache_modifier=".cg")
+    if OWN_SUMS_ONLY:
+        Sk = own_Sk
+    else:
+        Sk = tl.zeros([V], tl.float32)
+        for p in tl.static_range(PARTS):
+            Sk += tl.load(head_partials + p * (2 * V), cache_modifier=".cg")
     all_keys = tl.arange(0, K)
     k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
     q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
@@ -202,9 +216,12 @@ def _write_own_rows(
     tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
              (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
     if part == 0:
-        Sq = tl.zeros([V], tl.float32)
-        for p in tl.static_range(PARTS):
-            Sq += tl.load(head_partials + p * (2 * V) + V, cache_modifier=".cg")
+        if OWN_SUMS_ONLY:
+            Sq = own_Sq
+        else:
+            Sq = tl.zeros([V], tl.float32)
+            for p in tl.static_range(PARTS):
+                Sq += tl.load(head_partials + p * (2 * V) + V, cache_modifier=".cg")
         kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
@@ -262,7 +279,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
         L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait,
-        POLL="none" if config.skip == "wait" else "load" if config.poll_load else "atomic", num_warps=config.num_warps,
+        POLL="none" if config.skip else "load" if config.poll_load else "atomic", SKIP=config.skip, num_warps=config.num_warps,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -62,8 +62,9 @@ def test_split_specs_parse():
     assert parse_spec("s16:1:sort:wait") == KvSplitConfig(16, 1, sort_rows=True, wait=True)
     assert parse_spec("s8:2:wait:pollload:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, poll_load=True)
     assert parse_spec("s8:2:wait:skipwait") == KvSplitConfig(8, 2, wait=True, skip="wait")
+    assert parse_spec("s8:2:wait:skipexchange:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, skip="exchange")
     for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
-                "s8:2:skipwait:sort"):
+                "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
