@@ -24,7 +24,10 @@ on each other need the whole head resident at once; the grid's programs start in
 is ``PARTS`` consecutive programs, far fewer than an SM holds, so a head's last program always
 finds a slot. The interpreter runs one program at a time, so this mode runs on a GPU only.
 Measured on an H200 (NOTES.md, thirty-second session): correct, and 37-67% of copy bandwidth at
-fp32 kv B=32 and 128 and bf16 kv B=256 and 512, where the shipped kv tile runs 86-95.5%.
+fp32 kv B=32 and 128 and bf16 kv B=256 and 512, where the shipped kv tile runs 86-95.5%. Its
+ceilings (``KvSplitConfig.skip``) place the cost: without the exchange of partials the same
+program ran at 95.2-95.9% at fp32 kv B=128 (one warp, 8 key rows), with the exchange but no wait
+at 64-72%.
 
 The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
 shape; it is allocated the first time a shape is seen, which must not be during a capture.
