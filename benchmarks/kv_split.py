@@ -69,6 +69,34 @@ class KvSplitConfig(NamedTuple):
 
 
 @triton.jit
+def _head_update(
+    Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+    softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+    K: tl.constexpr, FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
+):
+    """A head's step from its summed ``Sk = S^T k`` (raw k, ``[V]``): ``u = beta (v - d S^T k)`` with
+    k normalised, the factors that normalise k and q (q's with ``scale``), the normalised ``k . q``
+    and the decay ``d = exp(g)``."""
+    all_keys = tl.arange(0, K)
+    k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
+    q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
+    if USE_L2NORM:
+        k_factor = 1.0 / tl.sqrt(tl.sum(k_all * k_all, axis=0) + L2_EPS)
+        q_factor = scale / tl.sqrt(tl.sum(q_all * q_all, axis=0) + L2_EPS)
+    else:
+        k_factor = 1.0
+        q_factor = scale
+    kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
+    gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
+    gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
+    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+    g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+    decay = tl.exp(g)
+    v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
+    return beta * (v_head - decay * Sk * k_factor), k_factor, q_factor, kq, decay
+
+
+@triton.jit
 def _kv_split_kernel(
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
     partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
@@ -134,23 +162,10 @@ def _kv_split_kernel(
             other = partial_ptr + (head * PARTS + p).to(tl.int64) * (2 * V)
             Sk += tl.load(other + cols, cache_modifier=".cg")
             Sq += tl.load(other + V + cols, cache_modifier=".cg")
-        all_keys = tl.arange(0, K)
-        k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
-        q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
-        if USE_L2NORM:
-            k_factor = 1.0 / tl.sqrt(tl.sum(k_all * k_all, axis=0) + L2_EPS)
-            q_factor = scale / tl.sqrt(tl.sum(q_all * q_all, axis=0) + L2_EPS)
-        else:
-            k_factor = 1.0
-            q_factor = scale
-        kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
-        gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
-        gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
-        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
-        g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
-        decay = tl.exp(g)
-        v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
-        u = beta * (v_head - decay * Sk * k_factor)
+        u, k_factor, q_factor, kq, decay = _head_update(
+            Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+            softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+            K, FUSED_GATING, USE_L2NORM, L2_EPS)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
         # DEPTH parts' rows requested before any of them is written: the stores may alias the
@@ -199,23 +214,11 @@ def _write_own_rows(
         Sk = tl.zeros([V], tl.float32)
         for p in tl.static_range(PARTS):
             Sk += tl.load(head_partials + p * (2 * V), cache_modifier=".cg")
-    all_keys = tl.arange(0, K)
-    k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
-    q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
-    if USE_L2NORM:
-        k_factor = 1.0 / tl.sqrt(tl.sum(k_all * k_all, axis=0) + L2_EPS)
-        q_factor = scale / tl.sqrt(tl.sum(q_all * q_all, axis=0) + L2_EPS)
-    else:
-        k_factor = 1.0
-        q_factor = scale
     hv = head % HV
-    gate_a = tl.load(gate_a_ptr + row * s_ab + hv * s_ah).to(tl.float32)
-    gate_b = tl.load(gate_b_ptr + row * s_bb + hv * s_bh).to(tl.float32)
-    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
-    g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
-    decay = tl.exp(g)
-    v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
-    u = beta * (v_head - decay * Sk * k_factor)
+    u, k_factor, q_factor, kq, decay = _head_update(
+        Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+        K, FUSED_GATING, USE_L2NORM, L2_EPS)
     tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
              (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
     if part == 0:
@@ -225,7 +228,6 @@ def _write_own_rows(
             Sq = tl.zeros([V], tl.float32)
             for p in tl.static_range(PARTS):
                 Sq += tl.load(head_partials + p * (2 * V) + V, cache_modifier=".cg")
-        kq = tl.sum(k_all * q_all, axis=0) * (k_factor * q_factor)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
 
