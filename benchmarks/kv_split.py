@@ -69,6 +69,17 @@ class KvSplitConfig(NamedTuple):
 
 
 @triton.jit
+def _summed_partials(partial_ptr, head, cols, offset, PARTS: tl.constexpr, V: tl.constexpr):
+    """``[V]``: the head's ``PARTS`` partial vectors at ``offset`` (0: ``S^T k``, ``V``: ``S^T q``) of
+    their ``2 V`` scratch rows, added in a fixed order (from L2: another program wrote them)."""
+    rows = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + offset + cols
+    total = tl.zeros([V], tl.float32)
+    for p in tl.static_range(PARTS):
+        total += tl.load(rows + p * (2 * V), cache_modifier=".cg")
+    return total
+
+
+@triton.jit
 def _head_update(
     Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
     softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
@@ -103,7 +114,7 @@ def _kv_split_kernel(
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
-    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL: tl.constexpr,
+    L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL_LOAD: tl.constexpr,
     SKIP: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
@@ -154,14 +165,10 @@ def _kv_split_kernel(
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
                         count_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
                         s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING,
-                        USE_L2NORM, L2_EPS, POLL, SKIP == "exchange")
+                        USE_L2NORM, L2_EPS, POLL_LOAD, SKIP)
     elif arrived == PARTS - 1:
-        Sk = tl.zeros([V], tl.float32)
-        Sq = tl.zeros([V], tl.float32)
-        for p in tl.static_range(PARTS):
-            other = partial_ptr + (head * PARTS + p).to(tl.int64) * (2 * V)
-            Sk += tl.load(other + cols, cache_modifier=".cg")
-            Sq += tl.load(other + V + cols, cache_modifier=".cg")
+        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         u, k_factor, q_factor, kq, decay = _head_update(
             Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
             softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
@@ -192,28 +199,27 @@ def _write_own_rows(
     scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh,
     s_ob, s_oh, s_A, s_dt, s_sk,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
-    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL: tl.constexpr, OWN_SUMS_ONLY: tl.constexpr,
+    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL_LOAD: tl.constexpr, SKIP: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
-    head's summed partials. ``POLL``: by acquire atomics, by volatile loads, or not at all (a ceiling)."""
+    head's summed partials, polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
+    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
-    if POLL == "atomic":
-        while seen - target < 0:
+    if SKIP == "":
+        if POLL_LOAD:
+            while seen - target < 0:
+                seen = tl.load(count_ptr + head, volatile=True)
             seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
-    elif POLL == "load":
-        while seen - target < 0:
-            seen = tl.load(count_ptr + head, volatile=True)
-        seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
-    head_partials = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + cols
-    if OWN_SUMS_ONLY:
+        else:
+            while seen - target < 0:
+                seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+    if SKIP == "exchange":
         Sk = own_Sk
     else:
-        Sk = tl.zeros([V], tl.float32)
-        for p in tl.static_range(PARTS):
-            Sk += tl.load(head_partials + p * (2 * V), cache_modifier=".cg")
+        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
     hv = head % HV
     u, k_factor, q_factor, kq, decay = _head_update(
         Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
@@ -222,12 +228,10 @@ def _write_own_rows(
     tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
              (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
     if part == 0:
-        if OWN_SUMS_ONLY:
+        if SKIP == "exchange":
             Sq = own_Sq
         else:
-            Sq = tl.zeros([V], tl.float32)
-            for p in tl.static_range(PARTS):
-                Sq += tl.load(head_partials + p * (2 * V) + V, cache_modifier=".cg")
+            Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
 
@@ -283,8 +287,8 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait,
-        POLL="none" if config.skip else "load" if config.poll_load else "atomic", SKIP=config.skip, num_warps=config.num_warps,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait, POLL_LOAD=config.poll_load,
+        SKIP=config.skip, num_warps=config.num_warps,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config
