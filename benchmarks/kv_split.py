@@ -66,6 +66,7 @@ class KvSplitConfig(NamedTuple):
     # the wait mode's ceilings (wrong results; for timing only): "wait", no program waits; "fence", nor
     # does its count order the partials (a relaxed atomic); "exchange", no partials, count or wait at all
     skip: str = ""
+    heads: int = 1  # with wait: consecutive heads a program, the next one's rows requested before each wait
 
 
 @triton.jit
@@ -108,6 +109,54 @@ def _head_update(
 
 
 @triton.jit
+def _head_place(head, B, num_slots, rows_ptr, indices_ptr, state_ptr, s_sb, s_sh, HV: tl.constexpr,
+                GROUP: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr):
+    """``(row, in_batch, live, head_state, qk_head)`` of ``head`` (its place in the (slot-ordered)
+    batch times ``HV`` plus its value head): its batch row (0 when not in the batch), whether the row is
+    in the batch, whether its slot is in the pool (a padded row's is not), its state's base pointer
+    (slot 0's when not live) and its q/k head. A place past the batch is neither in it nor live."""
+    place = head // HV
+    hv = head % HV
+    in_range = place < B
+    if SORTED_ROWS:
+        row = tl.load(rows_ptr + place, mask=in_range, other=-1)
+        in_batch = (row >= 0) & (row < B)
+        row = tl.where(in_batch, row, 0).to(tl.int64)
+    else:
+        row = tl.where(in_range, place, 0).to(tl.int64)
+        in_batch = in_range
+    if HAS_INDICES:
+        slot = tl.load(indices_ptr + (place if SORTED_ROWS else row), mask=in_range, other=-1).to(tl.int64)
+    else:
+        slot = row
+    live = in_batch & (slot >= 0) & (slot < num_slots)
+    slot = tl.where(live, slot, 0)
+    return row, in_batch, live, state_ptr + slot * s_sb + hv * s_sh, (hv // GROUP).to(tl.int64)
+
+
+@triton.jit
+def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, cols, active, PARTS: tl.constexpr,
+                      V: tl.constexpr, SKIP: tl.constexpr):
+    """``(own_Sk, own_Sq, arrived)``: this program's share ``[V]`` of ``S^T k`` and ``S^T q`` over its
+    rows ``S [K / PARTS, V]`` (fp32), stored to its scratch row, and the head's count it found when it
+    counted in (acquire-release, so the stores are visible to whoever sees the count). Nothing is
+    stored or counted unless ``active``; with ``SKIP`` (``KvSplitConfig.skip``) less or nothing."""
+    own_Sk = tl.sum(S * k_part[:, None], axis=0)
+    own_Sq = tl.sum(S * q_part[:, None], axis=0)
+    if SKIP == "exchange":
+        arrived = part
+    else:
+        partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
+        tl.store(partial + cols, own_Sk, mask=active)
+        tl.store(partial + V + cols, own_Sq, mask=active)
+        if SKIP == "fence":
+            arrived = tl.atomic_add(count_ptr + head, 1, sem="relaxed", mask=active)
+        else:
+            arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel", mask=active)
+    return own_Sk, own_Sq, arrived
+
+
+@triton.jit
 def _kv_split_kernel(
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
     partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
@@ -121,45 +170,19 @@ def _kv_split_kernel(
     pid = tl.program_id(0)
     head = pid // PARTS  # place in the (slot-ordered) batch * HV + value head
     part = pid % PARTS
-    place = head // HV
     hv = head % HV
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if SORTED_ROWS:
-        row = tl.load(rows_ptr + place)
-        in_batch = (row >= 0) & (row < B)
-        row = tl.where(in_batch, row, 0).to(tl.int64)
-    else:
-        row = place.to(tl.int64)
-        in_batch = place < B
-    if HAS_INDICES:
-        slot = tl.load(indices_ptr + (place if SORTED_ROWS else row)).to(tl.int64)
-    else:
-        slot = row
-    live = in_batch & (slot >= 0) & (slot < num_slots)
-    slot = tl.where(live, slot, 0)
+    row, in_batch, live, head_state, qk_head = _head_place(head, B, num_slots, rows_ptr, indices_ptr, state_ptr,
+                                                           s_sb, s_sh, HV, GROUP, HAS_INDICES, SORTED_ROWS)
     cols = tl.arange(0, V)
-    head_state = state_ptr + slot * s_sb + hv * s_sh
-    qk_head = (hv // GROUP).to(tl.int64)
-
     keys = part * RP + tl.arange(0, RP)
     S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0).to(tl.float32)
     k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
     q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
-    partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
-    own_Sk = tl.sum(S * k_part[:, None], axis=0)
-    own_Sq = tl.sum(S * q_part[:, None], axis=0)
-    if SKIP == "exchange":
-        arrived = part
-    else:
-        tl.store(partial + cols, own_Sk)
-        tl.store(partial + V + cols, own_Sq)
-        # release: the partials above are visible to the program that counts in last
-        if SKIP == "fence":
-            arrived = tl.atomic_add(count_ptr + head, 1, sem="relaxed")
-        else:
-            arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel")
+    own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, cols,
+                                                part < PARTS, PARTS, V, SKIP)  # always active
     if WAIT:
         _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
@@ -236,6 +259,60 @@ def _write_own_rows(
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
 
 
+@triton.jit
+def _kv_split_pipelined_kernel(
+    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
+    partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
+    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
+    HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
+    HEADS: tl.constexpr, FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr,
+    SORTED_ROWS: tl.constexpr, L2_EPS: tl.constexpr, PDL: tl.constexpr, POLL_LOAD: tl.constexpr,
+    SKIP: tl.constexpr,
+):
+    """The ``wait`` mode over ``HEADS`` consecutive heads a program (``KvSplitConfig.heads``), one
+    part of each, pipelined: the next head's rows are requested before this head's wait, so that a
+    program's state bytes keep moving while its head's partials are exchanged. A group of ``PARTS``
+    consecutive programs shares the heads; the last group's heads past the batch run the exchange on
+    scratch rows of their own and touch neither the pool nor the output."""
+    RP: tl.constexpr = K // PARTS
+    pid = tl.program_id(0)
+    part = pid % PARTS
+    head = (pid // PARTS) * HEADS
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    cols = tl.arange(0, V)
+    keys = part * RP + tl.arange(0, RP)
+    row, in_batch, live, head_state, qk_head = _head_place(head, B, num_slots, rows_ptr, indices_ptr, state_ptr,
+                                                           s_sb, s_sh, HV, GROUP, HAS_INDICES, SORTED_ROWS)
+    S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0)
+    k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys)
+    q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys)
+    own_Sk, own_Sq, arrived = _publish_partials(S.to(tl.float32), k_part.to(tl.float32), q_part.to(tl.float32),
+                                                partial_ptr, count_ptr, head, part, cols, part < PARTS, PARTS, V,
+                                                SKIP)
+    for j in range(HEADS):
+        has_next = j + 1 < HEADS
+        n_row, n_in_batch, n_live, n_head_state, n_qk_head = _head_place(
+            head + 1, B, num_slots, rows_ptr, indices_ptr, state_ptr, s_sb, s_sh, HV, GROUP, HAS_INDICES, SORTED_ROWS)
+        # requested now, used after this head's exchange: kept in the pool's dtype until then, since a
+        # conversion here would wait for the bytes
+        n_S = tl.load(n_head_state + keys[:, None] * s_sk + cols[None, :], mask=n_live & has_next, other=0.0)
+        n_k_part = tl.load(k_ptr + n_row * s_kb + n_qk_head * s_kh + keys)
+        n_q_part = tl.load(q_ptr + n_row * s_qb + n_qk_head * s_qh + keys)
+        _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, part, row, live,
+                        in_batch, head_state, cols, qk_head, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
+                        dt_bias_ptr, o_ptr, partial_ptr, count_ptr, scale, softplus_beta, softplus_threshold, s_qb,
+                        s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V,
+                        PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP)
+        own_Sk, own_Sq, arrived = _publish_partials(n_S.to(tl.float32), n_k_part.to(tl.float32),
+                                                    n_q_part.to(tl.float32), partial_ptr, count_ptr, head + 1, part,
+                                                    cols, has_next, PARTS, V, SKIP)
+        head += 1
+        row, in_batch, live, head_state, qk_head = n_row, n_in_batch, n_live, n_head_state, n_qk_head
+        S, k_part, q_part = n_S, n_k_part, n_q_part
+
+
 _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -273,11 +350,21 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if config.wait and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("launch_decode_kv_split: config.wait has a head's programs wait for each other, which "
                          "the interpreter (one program at a time) cannot run; it needs a GPU")
+    if config.heads > 1 and not config.wait:
+        raise ValueError(f"launch_decode_kv_split: config.heads={config.heads} pipelines the wait mode; it needs "
+                         "config.wait")
     if B == 0:
         return config
-    partial, count = _scratch(state.device, B * HV, config.parts, V, config.wait)
+    groups = triton.cdiv(B * HV, config.heads)
+    partial, count = _scratch(state.device, groups * config.heads, config.parts, V, config.wait)
     fused = A_log is not None
-    _kv_split_kernel[(B * HV * config.parts,)](
+    if config.heads > 1:
+        kernel, grid = _kv_split_pipelined_kernel, (groups * config.parts,)
+        options = {"HEADS": config.heads, "num_stages": 1}  # the loop is pipelined by hand
+    else:
+        kernel, grid = _kv_split_kernel, (B * HV * config.parts,)
+        options = {"DEPTH": config.depth, "WAIT": config.wait}
+    kernel[grid](
         q, k, v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a, state,
         indices if indices is not None else state, rows if rows is not None else state, out, partial, count,
         B, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
@@ -287,8 +374,8 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), DEPTH=config.depth, WAIT=config.wait, POLL_LOAD=config.poll_load,
-        SKIP=config.skip, num_warps=config.num_warps,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), POLL_LOAD=config.poll_load, SKIP=config.skip, num_warps=config.num_warps,
+        **options,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -63,24 +63,29 @@ def test_split_specs_parse():
     assert parse_spec("s8:2:wait:pollload:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, poll_load=True)
     assert parse_spec("s8:2:wait:skipwait") == KvSplitConfig(8, 2, wait=True, skip="wait")
     assert parse_spec("s8:2:wait:skipexchange:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, skip="exchange")
+    assert parse_spec("s16:1:r96:h8:wait:sort") == KvSplitConfig(16, 1, sort_rows=True, maxnreg=96, wait=True, heads=8)
+    assert parse_spec("s16:2:h4:wait") == KvSplitConfig(16, 2, wait=True, heads=4)
     for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
-                "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence"):
+                "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence", "s8:2:h4", "s8:2:h4:r64:wait", "s8:2:hx:wait"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load"),
-                         [(4, False, False, False), (8, True, False, True), (16, True, True, False)])
-def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order, poll_load):
+@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load", "heads"),
+                         [(4, False, False, False, 1), (8, True, False, True, 1), (16, True, True, False, 1),
+                          (4, True, False, False, 3), (8, False, False, True, 4), (16, True, True, False, 8)])
+def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order, poll_load,
+                                                                 heads):
     """``wait``: each program writes its own rows once its head's partials are in; its counter grows
-    by ``parts`` a call, so three calls in a row must each be right."""
+    by ``parts`` a call, so three calls in a row must each be right. With ``heads`` a program takes
+    that many heads in turn (20 heads here: with 3 or 8 a program the last group runs past the batch)."""
     cfg = Config(tp=0, HK=2, HV=4, K=64, V=32, B=5, state_dtype=state_dtype, layout="kv")
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
     provider = launcher_provider("split_wait", launch_decode_kv_split,
-                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load),
+                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load, heads=heads),
                                  step_order=step_order)
     for _ in range(3):
         result = check(cfg, provider, problem, ref)
@@ -94,3 +99,11 @@ def test_the_waiting_split_refuses_the_interpreter():
     result = check(cfg, launcher_provider("split_wait", launch_decode_kv_split, KvSplitConfig(4, 1, wait=True)),
                    problem, reference(cfg, problem))
     assert not result.ok and "needs a GPU" in result.message
+
+
+def test_the_split_pipelines_only_the_waiting_mode():
+    cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="kv")
+    problem = make_problem(cfg, DEVICE)
+    result = check(cfg, launcher_provider("split", launch_decode_kv_split, KvSplitConfig(4, 1, heads=2)),
+                   problem, reference(cfg, problem))
+    assert not result.ok and "config.heads=2 pipelines the wait mode" in result.message
