@@ -67,6 +67,7 @@ class KvSplitConfig(NamedTuple):
     # does its count order the partials (a relaxed atomic); "exchange", no partials, count or wait at all
     skip: str = ""
     heads: int = 1  # with wait: consecutive heads a program, the next one's rows requested before each wait
+    sum_once: bool = False  # with wait: the last program to count in adds the partials, the others read its totals
 
 
 @triton.jit
@@ -159,12 +160,12 @@ def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, col
 @triton.jit
 def _kv_split_kernel(
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
-    partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
+    partial_ptr, count_ptr, total_ptr, done_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
     L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL_LOAD: tl.constexpr,
-    SKIP: tl.constexpr,
+    SKIP: tl.constexpr, SUM_ONCE: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
@@ -186,9 +187,9 @@ def _kv_split_kernel(
     if WAIT:
         _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
-                        count_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
-                        s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING,
-                        USE_L2NORM, L2_EPS, POLL_LOAD, SKIP)
+                        count_ptr, total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb,
+                        s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS,
+                        FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE)
     elif arrived == PARTS - 1:
         Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
         Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
@@ -216,22 +217,49 @@ def _kv_split_kernel(
 
 
 @triton.jit
+def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, PARTS: tl.constexpr, V: tl.constexpr):
+    """``(Sk, Sq)``, the head's summed ``S^T k`` and ``S^T q`` (``Sq`` for part 0 only), added up once
+    a head: the ``last`` program to count in adds the partials (all visible to it: its count was an
+    acquire), stores the totals and releases them by growing the head's done count to ``calls``
+    (this call's number, so no reset is needed); the others wait for that and read the totals."""
+    totals = total_ptr + head.to(tl.int64) * (2 * V)
+    if last:
+        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
+        tl.store(totals + cols, Sk)
+        tl.store(totals + V + cols, Sq)
+        tl.atomic_add(done_ptr + head, 1, sem="release")
+    else:
+        done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
+        while done - calls < 0:
+            done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
+        Sk = tl.load(totals + cols, cache_modifier=".cg")
+        Sq = tl.load(totals + V + cols, mask=(cols >= 0) & (part == 0), other=0.0, cache_modifier=".cg")
+    return Sk, Sq
+
+
+@triton.jit
 def _write_own_rows(
     S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr, count_ptr,
-    scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh,
-    s_ob, s_oh, s_A, s_dt, s_sk,
+    total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah,
+    s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
     USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL_LOAD: tl.constexpr, SKIP: tl.constexpr,
+    SUM_ONCE: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
     head's summed partials, polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
-    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting."""
+    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. With ``SUM_ONCE`` the last
+    program to count in sums the partials and publishes the totals, which the others wait for."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
-    if SKIP == "":
+    if SUM_ONCE:
+        Sk, Sq = _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, seen == target, target // PARTS,
+                            PARTS, V)
+    elif SKIP == "":
         if POLL_LOAD:
             while seen - target < 0:
                 seen = tl.load(count_ptr + head, volatile=True)
@@ -241,7 +269,7 @@ def _write_own_rows(
                 seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
     if SKIP == "exchange":
         Sk = own_Sk
-    else:
+    elif not SUM_ONCE:
         Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
     hv = head % HV
     u, k_factor, q_factor, kq, decay = _head_update(
@@ -253,7 +281,7 @@ def _write_own_rows(
     if part == 0:
         if SKIP == "exchange":
             Sq = own_Sq
-        else:
+        elif not SUM_ONCE:
             Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
@@ -262,12 +290,12 @@ def _write_own_rows(
 @triton.jit
 def _kv_split_pipelined_kernel(
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
-    partial_ptr, count_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
+    partial_ptr, count_ptr, total_ptr, done_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
     s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sb, s_sh, s_sk,
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     HEADS: tl.constexpr, FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr,
     SORTED_ROWS: tl.constexpr, L2_EPS: tl.constexpr, PDL: tl.constexpr, POLL_LOAD: tl.constexpr,
-    SKIP: tl.constexpr,
+    SKIP: tl.constexpr, SUM_ONCE: tl.constexpr,
 ):
     """The ``wait`` mode over ``HEADS`` consecutive heads a program (``KvSplitConfig.heads``), one
     part of each, pipelined: the next head's rows are requested before this head's wait, so that a
@@ -302,9 +330,9 @@ def _kv_split_pipelined_kernel(
         n_q_part = tl.load(q_ptr + n_row * s_qb + n_qk_head * s_qh + keys)
         _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, part, row, live,
                         in_batch, head_state, cols, qk_head, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
-                        dt_bias_ptr, o_ptr, partial_ptr, count_ptr, scale, softplus_beta, softplus_threshold, s_qb,
-                        s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V,
-                        PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP)
+                        dt_bias_ptr, o_ptr, partial_ptr, count_ptr, total_ptr, done_ptr, scale, softplus_beta,
+                        softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh,
+                        s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE)
         own_Sk, own_Sq, arrived = _publish_partials(n_S.to(tl.float32), n_k_part.to(tl.float32),
                                                     n_q_part.to(tl.float32), partial_ptr, count_ptr, head + 1, part,
                                                     cols, has_next, PARTS, V, SKIP)
@@ -317,13 +345,14 @@ _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The partial sums (written before they are read) and the counters (zeroed here; set back to
-    zero by each head's last program, or with ``wait`` grown by ``parts`` a call) for ``heads``
-    heads."""
+    """The partial sums, then each head's totals (``sum_once``), all written before they are read;
+    and the counters, then the done counts (``sum_once``), zeroed here: a counter is set back to zero
+    by each head's last program, or with ``wait`` grown by ``parts`` a call, a done count by one a
+    call. For ``heads`` heads."""
     key = (device, heads, parts, V, wait)
     if key not in _SCRATCH:
-        _SCRATCH[key] = (torch.empty(heads * parts * 2 * V, dtype=torch.float32, device=device),
-                         torch.zeros(heads, dtype=torch.int32, device=device))
+        _SCRATCH[key] = (torch.empty(heads * (parts + 1) * 2 * V, dtype=torch.float32, device=device),
+                         torch.zeros(2 * heads, dtype=torch.int32, device=device))
     return _SCRATCH[key]
 
 
@@ -353,10 +382,14 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if config.heads > 1 and not config.wait:
         raise ValueError(f"launch_decode_kv_split: config.heads={config.heads} pipelines the wait mode; it needs "
                          "config.wait")
+    if config.sum_once and (not config.wait or config.skip or config.poll_load):
+        raise ValueError("launch_decode_kv_split: config.sum_once changes how the wait mode exchanges; it needs "
+                         "config.wait, without config.skip or config.poll_load")
     if B == 0:
         return config
     groups = triton.cdiv(B * HV, config.heads)
-    partial, count = _scratch(state.device, groups * config.heads, config.parts, V, config.wait)
+    heads = groups * config.heads
+    partial, count = _scratch(state.device, heads, config.parts, V, config.wait)
     fused = A_log is not None
     if config.heads > 1:
         kernel, grid = _kv_split_pipelined_kernel, (groups * config.parts,)
@@ -367,6 +400,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     kernel[grid](
         q, k, v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a, state,
         indices if indices is not None else state, rows if rows is not None else state, out, partial, count,
+        partial[heads * config.parts * 2 * V:], count[heads:],
         B, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2), gate_a.stride(0),
         gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
@@ -374,7 +408,8 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         state.stride(2),
         HV=HV, GROUP=HV // HK, K=K, V=V, PARTS=config.parts, FUSED_GATING=fused,
         USE_L2NORM=bool(use_qk_l2norm_in_kernel), HAS_INDICES=indices is not None, SORTED_ROWS=rows is not None,
-        L2_EPS=L2NORM_EPS, PDL=bool(pdl), POLL_LOAD=config.poll_load, SKIP=config.skip, num_warps=config.num_warps,
+        L2_EPS=L2NORM_EPS, PDL=bool(pdl), POLL_LOAD=config.poll_load, SKIP=config.skip, SUM_ONCE=config.sum_once,
+        num_warps=config.num_warps,
         **options,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}), **({"launch_pdl": True} if pdl else {}),
     )

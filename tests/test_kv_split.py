@@ -65,27 +65,34 @@ def test_split_specs_parse():
     assert parse_spec("s8:2:wait:skipexchange:sort") == KvSplitConfig(8, 2, sort_rows=True, wait=True, skip="exchange")
     assert parse_spec("s16:1:r96:h8:wait:sort") == KvSplitConfig(16, 1, sort_rows=True, maxnreg=96, wait=True, heads=8)
     assert parse_spec("s16:2:h4:wait") == KvSplitConfig(16, 2, wait=True, heads=4)
+    assert parse_spec("s16:1:h4:wait:once:sort") == KvSplitConfig(16, 1, sort_rows=True, wait=True, heads=4,
+                                                                  sum_once=True)
     for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
-                "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence", "s8:2:h4", "s8:2:h4:r64:wait", "s8:2:hx:wait"):
+                "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence", "s8:2:h4", "s8:2:h4:r64:wait", "s8:2:hx:wait", "s8:2:once", "s8:2:wait:once:pollload",
+                "s8:2:wait:once:skipwait"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load", "heads"),
-                         [(4, False, False, False, 1), (8, True, False, True, 1), (16, True, True, False, 1),
-                          (4, True, False, False, 3), (8, False, False, True, 4), (16, True, True, False, 8)])
+@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load", "heads", "sum_once"),
+                         [(4, False, False, False, 1, False), (8, True, False, True, 1, False),
+                          (16, True, True, False, 1, False), (4, True, False, False, 3, False),
+                          (8, False, False, True, 4, False), (16, True, True, False, 8, False),
+                          (8, True, False, False, 1, True), (16, False, True, False, 3, True)])
 def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order, poll_load,
-                                                                 heads):
+                                                                 heads, sum_once):
     """``wait``: each program writes its own rows once its head's partials are in; its counter grows
     by ``parts`` a call, so three calls in a row must each be right. With ``heads`` a program takes
-    that many heads in turn (20 heads here: with 3 or 8 a program the last group runs past the batch)."""
+    that many heads in turn (20 heads here: with 3 or 8 a program the last group runs past the batch);
+    with ``sum_once`` the head's last program adds the partials for the others."""
     cfg = Config(tp=0, HK=2, HV=4, K=64, V=32, B=5, state_dtype=state_dtype, layout="kv")
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
     provider = launcher_provider("split_wait", launch_decode_kv_split,
-                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load, heads=heads),
+                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load, heads=heads,
+                                               sum_once=sum_once),
                                  step_order=step_order)
     for _ in range(3):
         result = check(cfg, provider, problem, ref)
