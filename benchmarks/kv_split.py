@@ -70,6 +70,11 @@ class KvSplitConfig(NamedTuple):
     sum_once: bool = False  # with wait: the last program to count in adds the partials, the others read its totals
 
 
+# a wait gives up after this many polls (about a second, far beyond any wait that will end), so that a bug in
+# the protocol fails the reference check instead of hanging the GPU
+MAX_POLLS: tl.constexpr = tl.constexpr(1 << 20)
+
+
 @triton.jit
 def _summed_partials(partial_ptr, head, cols, offset, PARTS: tl.constexpr, V: tl.constexpr):
     """``[V]``: the head's ``PARTS`` partial vectors at ``offset`` (0: ``S^T k``, ``V``: ``S^T q``) of
@@ -231,8 +236,10 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
         tl.atomic_add(done_ptr + head, 1, sem="release")
     else:
         done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
-        while done - calls < 0:
+        polls = 0
+        while (done - calls < 0) & (polls < MAX_POLLS):
             done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
+            polls += 1
         Sk = tl.load(totals + cols, cache_modifier=".cg")
         Sq = tl.load(totals + V + cols, mask=(cols >= 0) & (part == 0), other=0.0, cache_modifier=".cg")
     return Sk, Sq
@@ -261,12 +268,16 @@ def _write_own_rows(
                             PARTS, V)
     elif SKIP == "":
         if POLL_LOAD:
-            while seen - target < 0:
+            polls = 0
+            while (seen - target < 0) & (polls < MAX_POLLS):
                 seen = tl.load(count_ptr + head, volatile=True)
+                polls += 1
             seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
         else:
-            while seen - target < 0:
+            polls = 0
+            while (seen - target < 0) & (polls < MAX_POLLS):
                 seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+                polls += 1
     if SKIP == "exchange":
         Sk = own_Sk
     elif not SUM_ONCE:
@@ -344,12 +355,13 @@ def _kv_split_pipelined_kernel(
 _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool,
+             sum_once: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The partial sums, then each head's totals (``sum_once``), all written before they are read;
     and the counters, then the done counts (``sum_once``), zeroed here: a counter is set back to zero
     by each head's last program, or with ``wait`` grown by ``parts`` a call, a done count by one a
     call. For ``heads`` heads."""
-    key = (device, heads, parts, V, wait)
+    key = (device, heads, parts, V, wait, sum_once)  # a done count must see every call its counter sees
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty(heads * (parts + 1) * 2 * V, dtype=torch.float32, device=device),
                          torch.zeros(2 * heads, dtype=torch.int32, device=device))
@@ -389,7 +401,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         return config
     groups = triton.cdiv(B * HV, config.heads)
     heads = groups * config.heads
-    partial, count = _scratch(state.device, heads, config.parts, V, config.wait)
+    partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once)
     fused = A_log is not None
     if config.heads > 1:
         kernel, grid = _kv_split_pipelined_kernel, (groups * config.parts,)
