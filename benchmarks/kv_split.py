@@ -155,6 +155,8 @@ def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, col
         partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
         tl.store(partial + cols, own_Sk, mask=active)
         tl.store(partial + V + cols, own_Sq, mask=active)
+        # every warp's stores before the one thread's count: its release covers only what precedes it
+        tl.debug_barrier()
         if SKIP == "fence":
             arrived = tl.atomic_add(count_ptr + head, 1, sem="relaxed", mask=active)
         else:
@@ -196,6 +198,7 @@ def _kv_split_kernel(
                         s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS,
                         FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE)
     elif arrived == PARTS - 1:
+        tl.debug_barrier()  # every warp's reads after the acquire
         Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
         Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         u, k_factor, q_factor, kq, decay = _head_update(
@@ -233,6 +236,7 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
         Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         tl.store(totals + cols, Sk)
         tl.store(totals + V + cols, Sq)
+        tl.debug_barrier()
         tl.atomic_add(done_ptr + head, 1, sem="release")
     else:
         done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
@@ -240,6 +244,7 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
         while (done - calls < 0) & (polls < MAX_POLLS):
             done = tl.atomic_add(done_ptr + head, 0, sem="acquire")
             polls += 1
+        tl.debug_barrier()  # every warp's reads after the acquire
         Sk = tl.load(totals + cols, cache_modifier=".cg")
         Sq = tl.load(totals + V + cols, mask=(cols >= 0) & (part == 0), other=0.0, cache_modifier=".cg")
     return Sk, Sq
@@ -278,6 +283,7 @@ def _write_own_rows(
             while (seen - target < 0) & (polls < MAX_POLLS):
                 seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
                 polls += 1
+        tl.debug_barrier()  # every warp's reads after the acquire
     if SKIP == "exchange":
         Sk = own_Sk
     elif not SUM_ONCE:

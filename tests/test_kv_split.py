@@ -76,13 +76,14 @@ def test_split_specs_parse():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "sort_rows", "step_order", "poll_load", "heads", "sum_once"),
-                         [(4, False, False, False, 1, False), (8, True, False, True, 1, False),
-                          (16, True, True, False, 1, False), (4, True, False, False, 3, False),
-                          (8, False, False, True, 4, False), (16, True, True, False, 8, False),
-                          (8, True, False, False, 1, True), (16, False, True, False, 3, True)])
-def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, sort_rows, step_order, poll_load,
-                                                                 heads, sum_once):
+@pytest.mark.parametrize(("parts", "warps", "sort_rows", "step_order", "poll_load", "heads", "sum_once"),
+                         [(4, 1, False, False, False, 1, False), (8, 2, True, False, True, 1, False),
+                          (16, 1, True, True, False, 1, False), (4, 2, True, False, False, 3, False),
+                          (8, 1, False, False, True, 4, False), (16, 2, True, True, False, 8, False),
+                          (8, 1, True, False, False, 1, True), (16, 2, False, True, False, 3, True),
+                          (16, 2, True, False, False, 8, True)])
+def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, warps, sort_rows, step_order,
+                                                                 poll_load, heads, sum_once):
     """``wait``: each program writes its own rows once its head's partials are in; its counter grows
     by ``parts`` a call, so three calls in a row must each be right. With ``heads`` a program takes
     that many heads in turn (20 heads here: with 3 or 8 a program the last group runs past the batch);
@@ -91,7 +92,7 @@ def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, pa
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
     provider = launcher_provider("split_wait", launch_decode_kv_split,
-                                 KvSplitConfig(parts, 1, sort_rows, wait=True, poll_load=poll_load, heads=heads,
+                                 KvSplitConfig(parts, warps, sort_rows, wait=True, poll_load=poll_load, heads=heads,
                                                sum_once=sum_once),
                                  step_order=step_order)
     for _ in range(3):
