@@ -29,6 +29,13 @@ ceilings (``KvSplitConfig.skip``) place the cost: without the exchange of partia
 program ran at 95.2-95.9% at fp32 kv B=128 (one warp, 8 key rows), with the exchange but no wait
 at 64-72%.
 
+Two more forms of the wait (thirty-third session), both worse: with ``heads`` a program takes one
+part of that many consecutive heads in turn and requests the next head's rows before each wait
+(``_kv_split_pipelined_kernel``), 41-47% at fp32 kv B=128 and 20-33% at bf16 kv B=256; with
+``sum_once`` the head's last program to count in adds the partials and the others read its totals
+(one vector instead of ``PARTS``), 56% and 52%. So neither a latency that overlap hides nor the
+partials' read volume is the exchange's cost.
+
 The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
 shape; it is allocated the first time a shape is seen, which must not be during a capture.
 
