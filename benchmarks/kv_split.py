@@ -36,8 +36,9 @@ part of that many consecutive heads in turn and requests the next head's rows be
 (one vector instead of ``PARTS``), 56% and 52%. So neither a latency that overlap hides nor the
 partials' read volume is the exchange's cost.
 
-The scratch (``PARTS`` rows of ``2 V`` floats and one counter per head) is kept per device and
-shape; it is allocated the first time a shape is seen, which must not be during a capture.
+The scratch (``PARTS + 1`` rows of ``2 V`` floats and two counters per head) is kept per device,
+shape and mode (``_scratch``: counters that share it must grow in step); it is allocated the first
+time a shape is seen, which must not be during a capture.
 
 Measured on an H200 (NOTES.md, twenty-second session, calls 10-12): correct, and at best 57-62% of
 copy bandwidth at bf16 B=256-512 and fp32 B=128-256, where the shipped kv tile runs 92.5-96%.
