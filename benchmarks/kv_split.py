@@ -254,7 +254,7 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
             polls += 1
         tl.debug_barrier()  # every warp's reads after the acquire
         Sk = tl.load(totals + cols, cache_modifier=".cg")
-        Sq = tl.load(totals + V + cols, mask=(cols >= 0) & (part == 0), other=0.0, cache_modifier=".cg")
+        Sq = tl.load(totals + V + cols, mask=part == 0, other=0.0, cache_modifier=".cg")
     return Sk, Sq
 
 
@@ -398,10 +398,6 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if not powers_of_two or K % config.parts or config.parts % config.depth:
         raise ValueError(f"launch_decode_kv_split: K={K}, V={V} and config.parts={config.parts} powers of two, "
                          f"parts dividing K, and config.depth={config.depth} dividing config.parts")
-    pdl = default_pdl(state.device) if pdl is None else pdl
-    rows = None
-    if config.sort_rows and indices is not None:
-        indices, rows = order if order is not None else slot_order(indices.contiguous(), pdl=bool(pdl))
     if config.wait and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("launch_decode_kv_split: config.wait has a head's programs wait for each other, which "
                          "the interpreter (one program at a time) cannot run; it needs a GPU")
@@ -411,6 +407,10 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if config.sum_once and (not config.wait or config.skip or config.poll_load):
         raise ValueError("launch_decode_kv_split: config.sum_once changes how the wait mode exchanges; it needs "
                          "config.wait, without config.skip or config.poll_load")
+    pdl = default_pdl(state.device) if pdl is None else pdl
+    rows = None
+    if config.sort_rows and indices is not None:
+        indices, rows = order if order is not None else slot_order(indices.contiguous(), pdl=bool(pdl))
     if B == 0:
         return config
     groups = triton.cdiv(B * HV, config.heads)

@@ -109,9 +109,11 @@ def test_the_waiting_split_refuses_the_interpreter():
     assert not result.ok and "needs a GPU" in result.message
 
 
-def test_the_split_pipelines_only_the_waiting_mode():
+@pytest.mark.parametrize(("config", "message"),
+                         [(KvSplitConfig(4, 1, heads=2), "config.heads=2 pipelines the wait mode"),
+                          (KvSplitConfig(4, 1, sort_rows=True, sum_once=True), "config.sum_once changes how")])
+def test_the_split_refuses_wait_options_without_the_wait(config, message):
     cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="kv")
     problem = make_problem(cfg, DEVICE)
-    result = check(cfg, launcher_provider("split", launch_decode_kv_split, KvSplitConfig(4, 1, heads=2)),
-                   problem, reference(cfg, problem))
-    assert not result.ok and "config.heads=2 pipelines the wait mode" in result.message
+    result = check(cfg, launcher_provider("split", launch_decode_kv_split, config), problem, reference(cfg, problem))
+    assert not result.ok and message in result.message
