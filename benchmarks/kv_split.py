@@ -36,6 +36,11 @@ part of that many consecutive heads in turn and requests the next head's rows be
 (one vector instead of ``PARTS``), 56% and 52%. So neither a latency that overlap hides nor the
 partials' read volume is the exchange's cost.
 
+Two more ceilings (thirty-fourth session) take the exchange apart: ``skip="read"`` stores the
+partials and nothing else, ``skip="store"`` only reads them back; with ``ring`` the heads share
+``ring`` heads' scratch rows, so that the scratch stays in L2 instead of being written back to DRAM
+(64 MB a call at fp32 kv B=128 with 16 parts: an eighth of the call's traffic).
+
 The scratch (``PARTS + 1`` rows of ``2 V`` floats and two counters per head) is kept per device,
 shape and mode (``_scratch``: counters that share it must grow in step); it is allocated the first
 time a shape is seen, which must not be during a capture.
@@ -72,10 +77,15 @@ class KvSplitConfig(NamedTuple):
     wait: bool = False  # every program waits for its head's partials and writes its own rows
     poll_load: bool = False  # with wait: poll the counter by volatile loads (one acquire at the end)
     # the wait mode's ceilings (wrong results; for timing only): "wait", no program waits; "fence", nor
-    # does its count order the partials (a relaxed atomic); "exchange", no partials, count or wait at all
+    # does its count order the partials (a relaxed atomic); "exchange", no partials, count or wait at all;
+    # "read", the partials stored but neither counted nor read back (each program updates from its own
+    # sums); "store", nothing stored or counted, the scratch's partials read back as they stand
     skip: str = ""
     heads: int = 1  # with wait: consecutive heads a program, the next one's rows requested before each wait
     sum_once: bool = False  # with wait: the last program to count in adds the partials, the others read its totals
+    # with a skip: head h uses the scratch rows and counter of h % ring (0: its own), so that the scratch
+    # (ring * parts * 2 V floats) stays in L2; heads sharing rows race, so a ceiling only
+    ring: int = 0
 
 
 # a wait gives up after this many polls (about a second, far beyond any wait that will end), so that a bug in
@@ -149,26 +159,30 @@ def _head_place(head, B, num_slots, rows_ptr, indices_ptr, state_ptr, s_sb, s_sh
 
 
 @triton.jit
-def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, cols, active, PARTS: tl.constexpr,
+def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, cols, active, PARTS: tl.constexpr,
                       V: tl.constexpr, SKIP: tl.constexpr):
     """``(own_Sk, own_Sq, arrived)``: this program's share ``[V]`` of ``S^T k`` and ``S^T q`` over its
     rows ``S [K / PARTS, V]`` (fp32), stored to its scratch row, and the head's count it found when it
     counted in (acquire-release, so the stores are visible to whoever sees the count). Nothing is
-    stored or counted unless ``active``; with ``SKIP`` (``KvSplitConfig.skip``) less or nothing."""
+    stored or counted unless ``active``; with ``SKIP`` (``KvSplitConfig.skip``) less or nothing. The
+    scratch row and counter are the head's ``scratch`` (``KvSplitConfig.ring``)."""
     own_Sk = tl.sum(S * k_part[:, None], axis=0)
     own_Sq = tl.sum(S * q_part[:, None], axis=0)
-    if SKIP == "exchange":
+    if SKIP == "exchange" or SKIP == "store":
         arrived = part
     else:
-        partial = partial_ptr + (head * PARTS + part).to(tl.int64) * (2 * V)
+        partial = partial_ptr + (scratch * PARTS + part).to(tl.int64) * (2 * V)
         tl.store(partial + cols, own_Sk, mask=active)
         tl.store(partial + V + cols, own_Sq, mask=active)
-        # every warp's stores before the one thread's count: its release covers only what precedes it
-        tl.debug_barrier()
-        if SKIP == "fence":
-            arrived = tl.atomic_add(count_ptr + head, 1, sem="relaxed", mask=active)
+        if SKIP == "read":
+            arrived = part
         else:
-            arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel", mask=active)
+            # every warp's stores before the one thread's count: its release covers only what precedes it
+            tl.debug_barrier()
+            if SKIP == "fence":
+                arrived = tl.atomic_add(count_ptr + scratch, 1, sem="relaxed", mask=active)
+            else:
+                arrived = tl.atomic_add(count_ptr + scratch, 1, sem="acq_rel", mask=active)
     return own_Sk, own_Sq, arrived
 
 
@@ -180,13 +194,14 @@ def _kv_split_kernel(
     HV: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr,
     FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, HAS_INDICES: tl.constexpr, SORTED_ROWS: tl.constexpr,
     L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL_LOAD: tl.constexpr,
-    SKIP: tl.constexpr, SUM_ONCE: tl.constexpr,
+    SKIP: tl.constexpr, SUM_ONCE: tl.constexpr, RING: tl.constexpr,
 ):
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
     head = pid // PARTS  # place in the (slot-ordered) batch * HV + value head
     part = pid % PARTS
     hv = head % HV
+    scratch = head % RING if RING else head
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -197,10 +212,10 @@ def _kv_split_kernel(
     S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0).to(tl.float32)
     k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
     q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
-    own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, head, part, cols,
+    own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, cols,
                                                 part < PARTS, PARTS, V, SKIP)  # always active
     if WAIT:
-        _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+        _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state, cols, qk_head,
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
                         count_ptr, total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb,
                         s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS,
@@ -260,7 +275,7 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
 
 @triton.jit
 def _write_own_rows(
-    S, own_Sk, own_Sq, k_part, keys, arrived, head, part, row, live, in_batch, head_state, cols, qk_head,
+    S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state, cols, qk_head,
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr, count_ptr,
     total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah,
     s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk,
@@ -272,30 +287,31 @@ def _write_own_rows(
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
     head's summed partials, polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
-    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. With ``SUM_ONCE`` the last
+    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. The scratch rows and counter
+    are the head's ``scratch`` (``KvSplitConfig.ring``). With ``SUM_ONCE`` the last
     program to count in sums the partials and publishes the totals, which the others wait for."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
     if SUM_ONCE:
-        Sk, Sq = _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, seen == target, target // PARTS,
+        Sk, Sq = _sums_once(partial_ptr, total_ptr, done_ptr, scratch, part, cols, seen == target, target // PARTS,
                             PARTS, V)
     elif SKIP == "":
         if POLL_LOAD:
             polls = 0
             while (seen - target < 0) & (polls < MAX_POLLS):
-                seen = tl.load(count_ptr + head, volatile=True)
+                seen = tl.load(count_ptr + scratch, volatile=True)
                 polls += 1
-            seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+            seen = tl.atomic_add(count_ptr + scratch, 0, sem="acquire")
         else:
             polls = 0
             while (seen - target < 0) & (polls < MAX_POLLS):
-                seen = tl.atomic_add(count_ptr + head, 0, sem="acquire")
+                seen = tl.atomic_add(count_ptr + scratch, 0, sem="acquire")
                 polls += 1
         tl.debug_barrier()  # every warp's reads after the acquire
-    if SKIP == "exchange":
+    if SKIP == "exchange" or SKIP == "read":
         Sk = own_Sk
     elif not SUM_ONCE:
-        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
+        Sk = _summed_partials(partial_ptr, scratch, cols, 0, PARTS, V)
     hv = head % HV
     u, k_factor, q_factor, kq, decay = _head_update(
         Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
@@ -304,10 +320,10 @@ def _write_own_rows(
     tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
              (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
     if part == 0:
-        if SKIP == "exchange":
+        if SKIP == "exchange" or SKIP == "read":
             Sq = own_Sq
         elif not SUM_ONCE:
-            Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
+            Sq = _summed_partials(partial_ptr, scratch, cols, V, PARTS, V)
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
 
@@ -353,7 +369,8 @@ def _kv_split_pipelined_kernel(
         n_S = tl.load(n_head_state + keys[:, None] * s_sk + cols[None, :], mask=n_live & has_next, other=0.0)
         n_k_part = tl.load(k_ptr + n_row * s_kb + n_qk_head * s_kh + keys)
         n_q_part = tl.load(q_ptr + n_row * s_qb + n_qk_head * s_qh + keys)
-        _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, part, row, live,
+        _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, head, part, row,
+                        live,
                         in_batch, head_state, cols, qk_head, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
                         dt_bias_ptr, o_ptr, partial_ptr, count_ptr, total_ptr, done_ptr, scale, softplus_beta,
                         softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh,
@@ -398,6 +415,9 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if not powers_of_two or K % config.parts or config.parts % config.depth:
         raise ValueError(f"launch_decode_kv_split: K={K}, V={V} and config.parts={config.parts} powers of two, "
                          f"parts dividing K, and config.depth={config.depth} dividing config.parts")
+    if config.ring < 0 or config.ring and (not config.skip or config.heads > 1 or config.sum_once):
+        raise ValueError(f"launch_decode_kv_split: config.ring={config.ring} shares scratch rows between heads, "
+                         "which only a ceiling may do; it needs config.skip, one head a program and no sum_once")
     if config.wait and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("launch_decode_kv_split: config.wait has a head's programs wait for each other, which "
                          "the interpreter (one program at a time) cannot run; it needs a GPU")
@@ -414,7 +434,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if B == 0:
         return config
     groups = triton.cdiv(B * HV, config.heads)
-    heads = groups * config.heads
+    heads = min(groups * config.heads, config.ring or B * HV)  # scratch rows
     partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once)
     fused = A_log is not None
     if config.heads > 1:
@@ -422,7 +442,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         options = {"HEADS": config.heads, "num_stages": 1}  # the loop is pipelined by hand
     else:
         kernel, grid = _kv_split_kernel, (B * HV * config.parts,)
-        options = {"DEPTH": config.depth, "WAIT": config.wait}
+        options = {"DEPTH": config.depth, "WAIT": config.wait, "RING": config.ring}
     kernel[grid](
         q, k, v, gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a, state,
         indices if indices is not None else state, rows if rows is not None else state, out, partial, count,

@@ -67,9 +67,13 @@ def test_split_specs_parse():
     assert parse_spec("s16:2:h4:wait") == KvSplitConfig(16, 2, wait=True, heads=4)
     assert parse_spec("s16:1:h4:wait:once:sort") == KvSplitConfig(16, 1, sort_rows=True, wait=True, heads=4,
                                                                   sum_once=True)
+    assert parse_spec("s16:1:r80:wait:skipread:ring512:sort") == KvSplitConfig(16, 1, sort_rows=True, maxnreg=80,
+                                                                              wait=True, skip="read", ring=512)
+    assert parse_spec("s8:2:wait:skipstore:ring64") == KvSplitConfig(8, 2, wait=True, skip="store", ring=64)
     for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
                 "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence", "s8:2:h4", "s8:2:h4:r64:wait", "s8:2:hx:wait", "s8:2:once", "s8:2:wait:once:pollload",
-                "s8:2:wait:once:skipwait"):
+                "s8:2:wait:once:skipwait", "s8:2:wait:ring64", "s8:2:ring64", "s8:2:wait:skipread:ringx",
+                "s8:2:skipstore"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
@@ -111,8 +115,10 @@ def test_the_waiting_split_refuses_the_interpreter():
 
 @pytest.mark.parametrize(("config", "message"),
                          [(KvSplitConfig(4, 1, heads=2), "config.heads=2 pipelines the wait mode"),
-                          (KvSplitConfig(4, 1, sort_rows=True, sum_once=True), "config.sum_once changes how")])
-def test_the_split_refuses_wait_options_without_the_wait(config, message):
+                          (KvSplitConfig(4, 1, sort_rows=True, sum_once=True), "config.sum_once changes how"),
+                          (KvSplitConfig(4, 1, ring=2), "config.ring=2 shares scratch rows"),
+                          (KvSplitConfig(4, 1, wait=True, ring=2), "config.ring=2 shares scratch rows")])
+def test_the_split_refuses_options_it_cannot_honour(config, message):
     cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="kv")
     problem = make_problem(cfg, DEVICE)
     result = check(cfg, launcher_provider("split", launch_decode_kv_split, config), problem, reference(cfg, problem))
