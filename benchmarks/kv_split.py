@@ -39,7 +39,9 @@ partials' read volume is the exchange's cost.
 Two more ceilings (thirty-fourth session) take the exchange apart: ``skip="read"`` stores the
 partials and nothing else, ``skip="store"`` only reads them back; with ``ring`` the heads share
 ``ring`` heads' scratch rows, so that the scratch stays in L2 instead of being written back to DRAM
-(64 MB a call at fp32 kv B=128 with 16 parts: an eighth of the call's traffic).
+(64 MB a call at fp32 kv B=128 with 16 parts: an eighth of the call's traffic). Without a skip a
+ring is a real exchange: a head's programs wait until the previous head on the rows has counted
+its readers out (the done counts), and count themselves out once they have read them.
 
 The scratch (``PARTS + 1`` rows of ``2 V`` floats and two counters per head) is kept per device,
 shape and mode (``_scratch``: counters that share it must grow in step); it is allocated the first
@@ -83,8 +85,9 @@ class KvSplitConfig(NamedTuple):
     skip: str = ""
     heads: int = 1  # with wait: consecutive heads a program, the next one's rows requested before each wait
     sum_once: bool = False  # with wait: the last program to count in adds the partials, the others read its totals
-    # with a skip: head h uses the scratch rows and counter of h % ring (0: its own), so that the scratch
-    # (ring * parts * 2 V floats) stays in L2; heads sharing rows race, so a ceiling only
+    # head h uses the scratch rows and counter of h % ring (0: its own), so that the scratch (ring * parts
+    # * 2 V floats) stays in L2: with a skip the heads sharing rows race (a ceiling); with wait alone each
+    # head waits until the previous head on its rows has read them (one warp a program)
     ring: int = 0
 
 
@@ -94,13 +97,14 @@ MAX_POLLS: tl.constexpr = tl.constexpr(1 << 20)
 
 
 @triton.jit
-def _summed_partials(partial_ptr, head, cols, offset, PARTS: tl.constexpr, V: tl.constexpr):
+def _summed_partials(partial_ptr, head, cols, offset, active, PARTS: tl.constexpr, V: tl.constexpr):
     """``[V]``: the head's ``PARTS`` partial vectors at ``offset`` (0: ``S^T k``, ``V``: ``S^T q``) of
-    their ``2 V`` scratch rows, added in a fixed order (from L2: another program wrote them)."""
+    their ``2 V`` scratch rows, added in a fixed order (from L2: another program wrote them); zeros
+    unless ``active``."""
     rows = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + offset + cols
     total = tl.zeros([V], tl.float32)
     for p in tl.static_range(PARTS):
-        total += tl.load(rows + p * (2 * V), cache_modifier=".cg")
+        total += tl.load(rows + p * (2 * V), mask=active, other=0.0, cache_modifier=".cg")
     return total
 
 
@@ -187,6 +191,23 @@ def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, 
 
 
 @triton.jit
+def _wait_for_rows(count_ptr, done_ptr, head, scratch, heads, PARTS: tl.constexpr, RING: tl.constexpr):
+    """With a ring of scratch rows (``KvSplitConfig.ring``): wait until the previous head on this
+    head's rows ``scratch`` has read them. This head is use ``c * uses + head // RING`` of the rows,
+    where ``uses`` of the call's ``heads`` share them and ``c`` calls came before; until this program
+    counts in, the count holds ``c * uses * PARTS`` and this call's uses up to its own, which gives
+    ``c``. Each use's ``PARTS`` readers count out on ``done_ptr``."""
+    uses = (heads - 1 - scratch) // RING + 1
+    before = tl.load(count_ptr + scratch, volatile=True)
+    use = before // (uses * PARTS) * uses + head // RING
+    freed = tl.atomic_add(done_ptr + scratch, 0, sem="acquire")
+    polls = 0
+    while (freed - use * PARTS < 0) & (polls < MAX_POLLS):
+        freed = tl.atomic_add(done_ptr + scratch, 0, sem="acquire")
+        polls += 1
+
+
+@triton.jit
 def _kv_split_kernel(
     q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, state_ptr, indices_ptr, rows_ptr, o_ptr,
     partial_ptr, count_ptr, total_ptr, done_ptr, B, num_slots, scale, softplus_beta, softplus_threshold,
@@ -196,6 +217,7 @@ def _kv_split_kernel(
     L2_EPS: tl.constexpr, PDL: tl.constexpr, DEPTH: tl.constexpr, WAIT: tl.constexpr, POLL_LOAD: tl.constexpr,
     SKIP: tl.constexpr, SUM_ONCE: tl.constexpr, RING: tl.constexpr,
 ):
+    FREE_ROWS: tl.constexpr = RING > 0 and SKIP == "" and WAIT
     RP: tl.constexpr = K // PARTS
     pid = tl.program_id(0)
     head = pid // PARTS  # place in the (slot-ordered) batch * HV + value head
@@ -212,6 +234,8 @@ def _kv_split_kernel(
     S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0).to(tl.float32)
     k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
     q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
+    if FREE_ROWS:
+        _wait_for_rows(count_ptr, done_ptr, head, scratch, B * HV, PARTS, RING)
     own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, cols,
                                                 part < PARTS, PARTS, V, SKIP)  # always active
     if WAIT:
@@ -219,11 +243,11 @@ def _kv_split_kernel(
                         q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
                         count_ptr, total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb,
                         s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS,
-                        FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE)
+                        FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE, FREE_ROWS)
     elif arrived == PARTS - 1:
         tl.debug_barrier()  # every warp's reads after the acquire
-        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
-        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
+        Sk = _summed_partials(partial_ptr, head, cols, 0, True, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, True, PARTS, V)
         u, k_factor, q_factor, kq, decay = _head_update(
             Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
             softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
@@ -255,8 +279,8 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
     (this call's number, so no reset is needed); the others wait for that and read the totals."""
     totals = total_ptr + head.to(tl.int64) * (2 * V)
     if last:
-        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
-        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
+        Sk = _summed_partials(partial_ptr, head, cols, 0, True, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, True, PARTS, V)
         tl.store(totals + cols, Sk)
         tl.store(totals + V + cols, Sq)
         tl.debug_barrier()
@@ -281,7 +305,7 @@ def _write_own_rows(
     s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk,
     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
     USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL_LOAD: tl.constexpr, SKIP: tl.constexpr,
-    SUM_ONCE: tl.constexpr,
+    SUM_ONCE: tl.constexpr, FREE_ROWS: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
@@ -289,7 +313,9 @@ def _write_own_rows(
     head's summed partials, polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
     with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. The scratch rows and counter
     are the head's ``scratch`` (``KvSplitConfig.ring``). With ``SUM_ONCE`` the last
-    program to count in sums the partials and publishes the totals, which the others wait for."""
+    program to count in sums the partials and publishes the totals, which the others wait for. With
+    ``FREE_ROWS`` (a ring of scratch rows, ``KvSplitConfig.ring``) the program counts itself out on
+    ``done_ptr`` once it has read all it needs of them, so that the next head may reuse them."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
     if SUM_ONCE:
@@ -311,7 +337,11 @@ def _write_own_rows(
     if SKIP == "exchange" or SKIP == "read":
         Sk = own_Sk
     elif not SUM_ONCE:
-        Sk = _summed_partials(partial_ptr, scratch, cols, 0, PARTS, V)
+        Sk = _summed_partials(partial_ptr, scratch, cols, 0, True, PARTS, V)
+    if FREE_ROWS and part != 0:
+        # the release orders this warp's reads of the rows (one warp: the launcher refuses more)
+        # before the count that lets the next head overwrite them; part 0 reads S^T q as well, below
+        tl.atomic_add(done_ptr + scratch, 1, sem="release")
     hv = head % HV
     u, k_factor, q_factor, kq, decay = _head_update(
         Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
@@ -323,7 +353,9 @@ def _write_own_rows(
         if SKIP == "exchange" or SKIP == "read":
             Sq = own_Sq
         elif not SUM_ONCE:
-            Sq = _summed_partials(partial_ptr, scratch, cols, V, PARTS, V)
+            Sq = _summed_partials(partial_ptr, scratch, cols, V, True, PARTS, V)
+            if FREE_ROWS:
+                tl.atomic_add(done_ptr + scratch, 1, sem="release")
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)
         tl.store(o_ptr + row * s_ob + hv * s_oh + cols, o.to(o_ptr.dtype.element_ty), mask=in_batch)
 
@@ -374,7 +406,8 @@ def _kv_split_pipelined_kernel(
                         in_batch, head_state, cols, qk_head, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
                         dt_bias_ptr, o_ptr, partial_ptr, count_ptr, total_ptr, done_ptr, scale, softplus_beta,
                         softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh,
-                        s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE)
+                        s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE,
+                        False)
         own_Sk, own_Sq, arrived = _publish_partials(n_S.to(tl.float32), n_k_part.to(tl.float32),
                                                     n_q_part.to(tl.float32), partial_ptr, count_ptr, head + 1, part,
                                                     cols, has_next, PARTS, V, SKIP)
@@ -386,13 +419,14 @@ def _kv_split_pipelined_kernel(
 _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool,
-             sum_once: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool, sum_once: bool,
+             shared_by: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The partial sums, then each head's totals (``sum_once``), all written before they are read;
     and the counters, then the done counts (``sum_once``), zeroed here: a counter is set back to zero
     by each head's last program, or with ``wait`` grown by ``parts`` a call, a done count by one a
-    call. For ``heads`` heads."""
-    key = (device, heads, parts, V, wait, sum_once)  # a done count must see every call its counter sees
+    call; with a ring, the done counts count each use's readers out. For ``heads`` heads, or a ring of
+    ``heads`` rows shared by ``shared_by`` heads (0: none; a ring's counts hold for one number of heads)."""
+    key = (device, heads, parts, V, wait, sum_once, shared_by)  # a done count must see every call its counter sees
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty(heads * (parts + 1) * 2 * V, dtype=torch.float32, device=device),
                          torch.zeros(2 * heads, dtype=torch.int32, device=device))
@@ -415,9 +449,11 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if not powers_of_two or K % config.parts or config.parts % config.depth:
         raise ValueError(f"launch_decode_kv_split: K={K}, V={V} and config.parts={config.parts} powers of two, "
                          f"parts dividing K, and config.depth={config.depth} dividing config.parts")
-    if config.ring < 0 or config.ring and (not config.skip or config.heads > 1 or config.sum_once):
-        raise ValueError(f"launch_decode_kv_split: config.ring={config.ring} shares scratch rows between heads, "
-                         "which only a ceiling may do; it needs config.skip, one head a program and no sum_once")
+    if config.ring < 0 or config.ring and (config.heads > 1 or config.sum_once or not config.skip and (
+            not config.wait or config.num_warps > 1)):
+        raise ValueError(f"launch_decode_kv_split: config.ring={config.ring} shares scratch rows between heads: "
+                         "with config.skip (a ceiling), or with config.wait and one warp a program (whose release "
+                         "orders its reads of the rows), in either case one head a program and no sum_once")
     if config.wait and os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("launch_decode_kv_split: config.wait has a head's programs wait for each other, which "
                          "the interpreter (one program at a time) cannot run; it needs a GPU")
@@ -435,7 +471,8 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
         return config
     groups = triton.cdiv(B * HV, config.heads)
     heads = min(groups * config.heads, config.ring or B * HV)  # scratch rows
-    partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once)
+    partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once,
+                              B * HV if config.ring else 0)
     fused = A_log is not None
     if config.heads > 1:
         kernel, grid = _kv_split_pipelined_kernel, (groups * config.parts,)

@@ -8,13 +8,13 @@ or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort]`` for t
 one program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool;
 ``pPARTS``: the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole
 tiles per SM cut S ways; ``el``: the vk tile's rows stored evict-last in L2; ``sort``: the rows in
-slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX[:ringN]]][:sort]`` for the split-K kv prototype
+slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` for the split-K kv prototype
 (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under a
 register cap; with ``wait`` each waits for the head's partials, polling by atomics or with ``pollload``
 by volatile loads, and writes its own rows, with ``hHEADS`` over HEADS consecutive heads a program, the
 next head's rows requested before each wait, and with ``once`` the head's last program adding the partials
 for the others; ``skipwait``, ``skipfence``, ``skipexchange``, ``skipread`` and ``skipstore`` are its
-ceilings, ``KvSplitConfig.skip``, and ``ringN`` has a ceiling's heads share N heads' scratch rows), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
+ceilings, ``KvSplitConfig.skip``, and with ``ringN`` the heads share N heads' scratch rows), or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter][:sort]``
 for the cluster kv prototype (benchmarks/kv_cluster.py: CTAS programs of one cluster a tile of BV
 columns, each K / CTAS key rows, exchanging their partial sums in distributed shared memory, all to
 all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is its ceiling without
@@ -73,7 +73,7 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
     (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort]`` (Gluon,
-    one program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX[:ringN]]][:sort]`` (the split-K kv prototype,
+    one program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` (the split-K kv prototype,
     ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter]
     [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
     if spec[:1] == "c":
@@ -99,13 +99,13 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
         maxnreg = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "r" else "0"
         depth = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "d" else "1"
         if (len(fields) != 2 or not all(f.isdigit() for f in (*fields, depth, maxnreg, heads, ring))
-                or ring != "0" and not set(skips) & set(words)
+                or ring != "0" and "wait" not in words
                 or ({"pollload", "once", *skips} & set(words) or heads != "1") and "wait" not in words
                 or len(set(skips) & set(words)) > 1 or "once" in words and {"pollload", *skips} & set(words)):
             raise ValueError(f"spec {spec!r}: expected BV:warps:... (sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS]"
-                             "[:wait[:pollload|once][:skipwait|skipfence|skipexchange|skipread|skipstore[:ringN]]]"
-                             "[:sort] for the split-K prototype, hHEADS with wait, once without pollload or a skip, "
-                             "ringN with a skip)")
+                             "[:wait[:pollload|once][:skipwait|skipfence|skipexchange|skipread|skipstore][:ringN]]"
+                             "[:sort] for the split-K prototype, hHEADS, once and ringN with wait, once without "
+                             "pollload or a skip)")
         return KvSplitConfig(int(fields[0]), int(fields[1]), sort_rows="sort" in words, depth=int(depth),
                              maxnreg=int(maxnreg), wait="wait" in words, poll_load="pollload" in words,
                              skip=next((w[4:] for w in words if w in skips), ""), heads=int(heads),

@@ -70,9 +70,10 @@ def test_split_specs_parse():
     assert parse_spec("s16:1:r80:wait:skipread:ring512:sort") == KvSplitConfig(16, 1, sort_rows=True, maxnreg=80,
                                                                               wait=True, skip="read", ring=512)
     assert parse_spec("s8:2:wait:skipstore:ring64") == KvSplitConfig(8, 2, wait=True, skip="store", ring=64)
+    assert parse_spec("s16:1:wait:ring256:sort") == KvSplitConfig(16, 1, sort_rows=True, wait=True, ring=256)
     for bad in ("s8", "s8:x", "s8:4:4", "s8:2:dx", "s8:2:d4:4", "s8:2:r64:d2", "s8:2:wait:wait", "s8:2:pollload",
                 "s8:2:skipwait:sort", "s8:2:wait:skipwait:skipfence", "s8:2:h4", "s8:2:h4:r64:wait", "s8:2:hx:wait", "s8:2:once", "s8:2:wait:once:pollload",
-                "s8:2:wait:once:skipwait", "s8:2:wait:ring64", "s8:2:ring64", "s8:2:wait:skipread:ringx",
+                "s8:2:wait:once:skipwait", "s8:2:ring64", "s8:2:wait:skipread:ringx",
                 "s8:2:skipstore"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
@@ -80,24 +81,26 @@ def test_split_specs_parse():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("parts", "warps", "sort_rows", "step_order", "poll_load", "heads", "sum_once"),
-                         [(4, 1, False, False, False, 1, False), (8, 2, True, False, True, 1, False),
-                          (16, 1, True, True, False, 1, False), (4, 2, True, False, False, 3, False),
-                          (8, 1, False, False, True, 4, False), (16, 2, True, True, False, 8, False),
-                          (8, 1, True, False, False, 1, True), (16, 2, False, True, False, 3, True),
-                          (16, 2, True, False, False, 8, True)])
+@pytest.mark.parametrize(("parts", "warps", "sort_rows", "step_order", "poll_load", "heads", "sum_once", "ring"),
+                         [(4, 1, False, False, False, 1, False, 0), (8, 2, True, False, True, 1, False, 0),
+                          (16, 1, True, True, False, 1, False, 0), (4, 2, True, False, False, 3, False, 0),
+                          (8, 1, False, False, True, 4, False, 0), (16, 2, True, True, False, 8, False, 0),
+                          (8, 1, True, False, False, 1, True, 0), (16, 2, False, True, False, 3, True, 0),
+                          (16, 2, True, False, False, 8, True, 0), (4, 1, True, False, False, 1, False, 3),
+                          (16, 1, False, True, True, 1, False, 7), (8, 1, True, True, False, 1, False, 32)])
 def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, parts, warps, sort_rows, step_order,
-                                                                 poll_load, heads, sum_once):
+                                                                 poll_load, heads, sum_once, ring):
     """``wait``: each program writes its own rows once its head's partials are in; its counter grows
     by ``parts`` a call, so three calls in a row must each be right. With ``heads`` a program takes
     that many heads in turn (20 heads here: with 3 or 8 a program the last group runs past the batch);
-    with ``sum_once`` the head's last program adds the partials for the others."""
+    with ``sum_once`` the head's last program adds the partials for the others; with ``ring`` the 20
+    heads share that many heads' scratch rows in turn (3 and 7 do not divide 20; 32 exceeds it)."""
     cfg = Config(tp=0, HK=2, HV=4, K=64, V=32, B=5, state_dtype=state_dtype, layout="kv")
     problem = make_problem(cfg, DEVICE)
     ref = reference(cfg, problem)
     provider = launcher_provider("split_wait", launch_decode_kv_split,
                                  KvSplitConfig(parts, warps, sort_rows, wait=True, poll_load=poll_load, heads=heads,
-                                               sum_once=sum_once),
+                                               sum_once=sum_once, ring=ring),
                                  step_order=step_order)
     for _ in range(3):
         result = check(cfg, provider, problem, ref)
@@ -117,7 +120,8 @@ def test_the_waiting_split_refuses_the_interpreter():
                          [(KvSplitConfig(4, 1, heads=2), "config.heads=2 pipelines the wait mode"),
                           (KvSplitConfig(4, 1, sort_rows=True, sum_once=True), "config.sum_once changes how"),
                           (KvSplitConfig(4, 1, ring=2), "config.ring=2 shares scratch rows"),
-                          (KvSplitConfig(4, 1, wait=True, ring=2), "config.ring=2 shares scratch rows")])
+                          (KvSplitConfig(4, 2, wait=True, ring=2), "config.ring=2 shares scratch rows"),
+                          (KvSplitConfig(4, 1, wait=True, ring=2, sum_once=True), "config.ring=2 shares scratch rows")])
 def test_the_split_refuses_options_it_cannot_honour(config, message):
     cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="kv")
     problem = make_problem(cfg, DEVICE)
