@@ -117,6 +117,23 @@ def _head_update(
     """A head's step from its summed ``Sk = S^T k`` (raw k, ``[V]``): ``u = beta (v - d S^T k)`` with
     k normalised, the factors that normalise k and q (q's with ``scale``), the normalised ``k . q``
     and the decay ``d = exp(g)``."""
+    beta, v_head, k_factor, q_factor, kq, decay = _head_inputs(
+        q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+        K, FUSED_GATING, USE_L2NORM, L2_EPS)
+    return beta * (v_head - decay * Sk * k_factor), k_factor, q_factor, kq, decay
+
+
+@triton.jit
+def _head_inputs(
+    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+    softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+    K: tl.constexpr, FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
+):
+    """What a head's step needs besides ``S^T k``: ``(beta, v [V], k_factor, q_factor, kq, decay)``
+    (see :func:`_head_update`). Loaded before a program stores anything: the compiler cannot move
+    these loads above a store it cannot prove apart from them, and each load left behind the
+    exchange's stores is one more round trip to L2 in the program's life (thirty-fourth session)."""
     all_keys = tl.arange(0, K)
     k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
     q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
@@ -133,7 +150,7 @@ def _head_update(
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
     decay = tl.exp(g)
     v_head = tl.load(v_ptr + row * s_vb + hv * s_vh + cols).to(tl.float32)
-    return beta * (v_head - decay * Sk * k_factor), k_factor, q_factor, kq, decay
+    return beta, v_head, k_factor, q_factor, kq, decay
 
 
 @triton.jit
@@ -234,16 +251,19 @@ def _kv_split_kernel(
     S = tl.load(head_state + keys[:, None] * s_sk + cols[None, :], mask=live, other=0.0).to(tl.float32)
     k_part = tl.load(k_ptr + row * s_kb + qk_head * s_kh + keys).to(tl.float32)
     q_part = tl.load(q_ptr + row * s_qb + qk_head * s_qh + keys).to(tl.float32)
+    if WAIT:
+        beta, v_head, k_factor, q_factor, kq, decay = _head_inputs(
+            q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+        K, FUSED_GATING, USE_L2NORM, L2_EPS)
     if FREE_ROWS:
         _wait_for_rows(count_ptr, done_ptr, head, scratch, B * HV, PARTS, RING)
     own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, cols,
                                                 part < PARTS, PARTS, V, SKIP)  # always active
     if WAIT:
-        _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state, cols, qk_head,
-                        q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr,
-                        count_ptr, total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb,
-                        s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk, HV, K, V, PARTS,
-                        FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE, FREE_ROWS)
+        _write_own_rows(S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state,
+                        cols, beta, v_head, k_factor, q_factor, kq, decay, o_ptr, partial_ptr, count_ptr, total_ptr,
+                        done_ptr, s_ob, s_oh, s_sk, HV, V, PARTS, POLL_LOAD, SKIP, SUM_ONCE, FREE_ROWS)
     elif arrived == PARTS - 1:
         tl.debug_barrier()  # every warp's reads after the acquire
         Sk = _summed_partials(partial_ptr, head, cols, 0, True, PARTS, V)
@@ -299,18 +319,15 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
 
 @triton.jit
 def _write_own_rows(
-    S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state, cols, qk_head,
-    q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, o_ptr, partial_ptr, count_ptr,
-    total_ptr, done_ptr, scale, softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah,
-    s_bb, s_bh, s_ob, s_oh, s_A, s_dt, s_sk,
-    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, FUSED_GATING: tl.constexpr,
-    USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr, POLL_LOAD: tl.constexpr, SKIP: tl.constexpr,
+    S, own_Sk, own_Sq, k_part, keys, arrived, head, scratch, part, row, live, in_batch, head_state, cols,
+    beta, v_head, k_factor, q_factor, kq, decay, o_ptr, partial_ptr, count_ptr, total_ptr, done_ptr, s_ob, s_oh, s_sk,
+    HV: tl.constexpr, V: tl.constexpr, PARTS: tl.constexpr, POLL_LOAD: tl.constexpr, SKIP: tl.constexpr,
     SUM_ONCE: tl.constexpr, FREE_ROWS: tl.constexpr,
 ):
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
-    head's summed partials, polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
+    head's summed partials and the rest of its step (:func:`_head_inputs`), polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
     with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. The scratch rows and counter
     are the head's ``scratch`` (``KvSplitConfig.ring``). With ``SUM_ONCE`` the last
     program to count in sums the partials and publishes the totals, which the others wait for. With
@@ -343,10 +360,7 @@ def _write_own_rows(
         # before the count that lets the next head overwrite them; part 0 reads S^T q as well, below
         tl.atomic_add(done_ptr + scratch, 1, sem="release")
     hv = head % HV
-    u, k_factor, q_factor, kq, decay = _head_update(
-        Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
-        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
-        K, FUSED_GATING, USE_L2NORM, L2_EPS)
+    u = beta * (v_head - decay * Sk * k_factor)
     tl.store(head_state + keys[:, None] * s_sk + cols[None, :],
              (S * decay + (k_part * k_factor)[:, None] * u[None, :]).to(head_state.dtype.element_ty), mask=live)
     if part == 0:
@@ -401,13 +415,15 @@ def _kv_split_pipelined_kernel(
         n_S = tl.load(n_head_state + keys[:, None] * s_sk + cols[None, :], mask=n_live & has_next, other=0.0)
         n_k_part = tl.load(k_ptr + n_row * s_kb + n_qk_head * s_kh + keys)
         n_q_part = tl.load(q_ptr + n_row * s_qb + n_qk_head * s_qh + keys)
+        hv = head % HV
+        beta, v_head, k_factor, q_factor, kq, decay = _head_inputs(
+            q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
+        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
+        K, FUSED_GATING, USE_L2NORM, L2_EPS)
         _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, head, part, row,
-                        live,
-                        in_batch, head_state, cols, qk_head, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr,
-                        dt_bias_ptr, o_ptr, partial_ptr, count_ptr, total_ptr, done_ptr, scale, softplus_beta,
-                        softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh,
-                        s_A, s_dt, s_sk, HV, K, V, PARTS, FUSED_GATING, USE_L2NORM, L2_EPS, POLL_LOAD, SKIP, SUM_ONCE,
-                        False)
+                        live, in_batch, head_state, cols, beta, v_head, k_factor, q_factor, kq, decay, o_ptr,
+                        partial_ptr, count_ptr, total_ptr, done_ptr, s_ob, s_oh, s_sk, HV, V, PARTS, POLL_LOAD, SKIP,
+                        SUM_ONCE, False)
         own_Sk, own_Sq, arrived = _publish_partials(n_S.to(tl.float32), n_k_part.to(tl.float32),
                                                     n_q_part.to(tl.float32), partial_ptr, count_ptr, head + 1, part,
                                                     cols, has_next, PARTS, V, SKIP)
@@ -470,7 +486,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     if B == 0:
         return config
     groups = triton.cdiv(B * HV, config.heads)
-    heads = min(groups * config.heads, config.ring or B * HV)  # scratch rows
+    heads = min(groups * config.heads, config.ring) if config.ring else groups * config.heads  # scratch rows
     partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once,
                               B * HV if config.ring else 0)
     fused = A_log is not None
