@@ -436,13 +436,15 @@ _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _scratch(device: torch.device, heads: int, parts: int, V: int, wait: bool, sum_once: bool,
-             shared_by: int) -> tuple[torch.Tensor, torch.Tensor]:
+             shared_by: int, skip: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The partial sums, then each head's totals (``sum_once``), all written before they are read;
     and the counters, then the done counts (``sum_once``), zeroed here: a counter is set back to zero
     by each head's last program, or with ``wait`` grown by ``parts`` a call, a done count by one a
     call; with a ring, the done counts count each use's readers out. For ``heads`` heads, or a ring of
-    ``heads`` rows shared by ``shared_by`` heads (0: none; a ring's counts hold for one number of heads)."""
-    key = (device, heads, parts, V, wait, sum_once, shared_by)  # a done count must see every call its counter sees
+    ``heads`` rows shared by ``shared_by`` heads (0: none; a ring's counts hold for one number of heads).
+    Kept apart by every mode and ceiling (``skip``), since a counter must see every call its done count
+    sees: a ceiling that counts in but never out would leave a real ring's waits unending."""
+    key = (device, heads, parts, V, wait, sum_once, shared_by, skip)
     if key not in _SCRATCH:
         _SCRATCH[key] = (torch.empty(heads * (parts + 1) * 2 * V, dtype=torch.float32, device=device),
                          torch.zeros(2 * heads, dtype=torch.int32, device=device))
@@ -488,7 +490,7 @@ def launch_decode_kv_split(q, k, v, gate_a, gate_b, A_log, dt_bias, state, indic
     groups = triton.cdiv(B * HV, config.heads)
     heads = min(groups * config.heads, config.ring) if config.ring else groups * config.heads  # scratch rows
     partial, count = _scratch(state.device, heads, config.parts, V, config.wait, config.sum_once,
-                              B * HV if config.ring else 0)
+                              B * HV if config.ring else 0, config.skip)
     fused = A_log is not None
     if config.heads > 1:
         kernel, grid = _kv_split_pipelined_kernel, (groups * config.parts,)

@@ -107,6 +107,22 @@ def test_the_waiting_split_matches_the_reference_on_every_replay(state_dtype, pa
         assert result.ok, result.message
 
 
+@pytest.mark.gpu
+def test_a_ceiling_on_the_same_ring_leaves_the_real_exchange_right():
+    """A ceiling counts in on its ring's counters and never out; the real ring that follows on the
+    same shape must not inherit those counts (it would wait for readers that never come)."""
+    cfg = Config(tp=0, HK=2, HV=4, K=64, V=32, B=5, state_dtype=torch.float32, layout="kv")
+    problem = make_problem(cfg, DEVICE)
+    ref = reference(cfg, problem)
+    for skip in ("fence", "wait"):
+        check(cfg, launcher_provider("split_ceiling", launch_decode_kv_split,
+                                     KvSplitConfig(4, 1, wait=True, skip=skip, ring=3)), problem, ref)
+    real = launcher_provider("split_ring", launch_decode_kv_split, KvSplitConfig(4, 1, wait=True, ring=3))
+    for _ in range(2):
+        result = check(cfg, real, problem, ref)
+        assert result.ok, result.message
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's refusal")
 def test_the_waiting_split_refuses_the_interpreter():
     cfg = Config(tp=0, HK=2, HV=4, K=32, V=16, B=3, state_dtype=torch.float32, layout="kv")
