@@ -134,9 +134,10 @@ def _head_inputs(
     K: tl.constexpr, FUSED_GATING: tl.constexpr, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr,
 ):
     """What a head's step needs besides ``S^T k``: ``(beta, v [V], k_factor, q_factor, kq, decay)``
-    (see :func:`_head_update`). Loaded before a program stores anything: the compiler cannot move
-    these loads above a store it cannot prove apart from them, and each load left behind the
-    exchange's stores is one more round trip to L2 in the program's life (thirty-fourth session)."""
+    (see :func:`_head_update`). The wait mode loads them before it stores anything, since the
+    compiler cannot move a load above a store it cannot prove apart from it; timed, that order
+    changed nothing (thirty-fourth session, call 3), but it keeps each ceiling's SASS to what its
+    exchange needs."""
     all_keys = tl.arange(0, K)
     k_all = tl.load(k_ptr + row * s_kb + qk_head * s_kh + all_keys).to(tl.float32)
     q_all = tl.load(q_ptr + row * s_qb + qk_head * s_qh + all_keys).to(tl.float32)
@@ -257,8 +258,8 @@ def _kv_split_kernel(
     if WAIT:
         beta, v_head, k_factor, q_factor, kq, decay = _head_inputs(
             q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
-        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
-        K, FUSED_GATING, USE_L2NORM, L2_EPS)
+            softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A,
+            s_dt, K, FUSED_GATING, USE_L2NORM, L2_EPS)
     if FREE_ROWS:
         _wait_for_rows(count_ptr, done_ptr, head, scratch, B * HV, PARTS, RING)
     own_Sk, own_Sq, arrived = _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, cols,
@@ -330,12 +331,13 @@ def _write_own_rows(
     """The ``wait`` mode's second half: wait until the head's ``PARTS`` programs have counted in
     (this call's target is the next multiple of ``PARTS`` above the count this program found), then
     update this program's rows ``S [K / PARTS, V]`` (keys ``keys``, whose k is ``k_part``) from the
-    head's summed partials and the rest of its step (:func:`_head_inputs`), polling the counter by acquire atomics or (``POLL_LOAD``) volatile loads;
-    with ``SKIP`` (``KvSplitConfig.skip``, a ceiling) without waiting. The scratch rows and counter
-    are the head's ``scratch`` (``KvSplitConfig.ring``). With ``SUM_ONCE`` the last
-    program to count in sums the partials and publishes the totals, which the others wait for. With
-    ``FREE_ROWS`` (a ring of scratch rows, ``KvSplitConfig.ring``) the program counts itself out on
-    ``done_ptr`` once it has read all it needs of them, so that the next head may reuse them."""
+    head's summed partials and the rest of its step (:func:`_head_inputs`), polling the counter by
+    acquire atomics or (``POLL_LOAD``) volatile loads; with ``SKIP`` (``KvSplitConfig.skip``, a
+    ceiling) without waiting. The scratch rows and counter are the head's ``scratch``
+    (``KvSplitConfig.ring``). With ``SUM_ONCE`` the last program to count in sums the partials and
+    publishes the totals, which the others wait for. With ``FREE_ROWS`` (a real ring) the program
+    counts itself out on ``done_ptr`` once it has read all it needs of the rows, so that the next
+    head on them may overwrite them."""
     target = (arrived // PARTS + 1) * PARTS
     seen = arrived + 1
     if SUM_ONCE:
@@ -421,8 +423,8 @@ def _kv_split_pipelined_kernel(
         hv = head % HV
         beta, v_head, k_factor, q_factor, kq, decay = _head_inputs(
             q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
-        softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
-        K, FUSED_GATING, USE_L2NORM, L2_EPS)
+            softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A,
+            s_dt, K, FUSED_GATING, USE_L2NORM, L2_EPS)
         _write_own_rows(S.to(tl.float32), own_Sk, own_Sq, k_part.to(tl.float32), keys, arrived, head, head, part, row,
                         live, in_batch, head_state, cols, beta, v_head, k_factor, q_factor, kq, decay, o_ptr,
                         partial_ptr, count_ptr, total_ptr, done_ptr, s_ob, s_oh, s_sk, HV, V, PARTS, POLL_LOAD, SKIP,
