@@ -100,14 +100,13 @@ MAX_POLLS: tl.constexpr = tl.constexpr(1 << 20)
 
 
 @triton.jit
-def _summed_partials(partial_ptr, head, cols, offset, active, PARTS: tl.constexpr, V: tl.constexpr):
+def _summed_partials(partial_ptr, head, cols, offset, PARTS: tl.constexpr, V: tl.constexpr):
     """``[V]``: the head's ``PARTS`` partial vectors at ``offset`` (0: ``S^T k``, ``V``: ``S^T q``) of
-    their ``2 V`` scratch rows, added in a fixed order (from L2: another program wrote them); zeros
-    unless ``active``."""
+    their ``2 V`` scratch rows, added in a fixed order (from L2: another program wrote them)."""
     rows = partial_ptr + (head * PARTS).to(tl.int64) * (2 * V) + offset + cols
     total = tl.zeros([V], tl.float32)
     for p in tl.static_range(PARTS):
-        total += tl.load(rows + p * (2 * V), mask=active, other=0.0, cache_modifier=".cg")
+        total += tl.load(rows + p * (2 * V), cache_modifier=".cg")
     return total
 
 
@@ -270,8 +269,8 @@ def _kv_split_kernel(
                         done_ptr, s_ob, s_oh, s_sk, HV, V, PARTS, POLL_LOAD, SKIP, SUM_ONCE, FREE_ROWS)
     elif arrived == PARTS - 1:
         tl.debug_barrier()  # every warp's reads after the acquire
-        Sk = _summed_partials(partial_ptr, head, cols, 0, True, PARTS, V)
-        Sq = _summed_partials(partial_ptr, head, cols, V, True, PARTS, V)
+        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         u, k_factor, q_factor, kq, decay = _head_update(
             Sk, q_ptr, k_ptr, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, row, qk_head, hv, cols, scale,
             softplus_beta, softplus_threshold, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ab, s_ah, s_bb, s_bh, s_A, s_dt,
@@ -303,8 +302,8 @@ def _sums_once(partial_ptr, total_ptr, done_ptr, head, part, cols, last, calls, 
     (this call's number, so no reset is needed); the others wait for that and read the totals."""
     totals = total_ptr + head.to(tl.int64) * (2 * V)
     if last:
-        Sk = _summed_partials(partial_ptr, head, cols, 0, True, PARTS, V)
-        Sq = _summed_partials(partial_ptr, head, cols, V, True, PARTS, V)
+        Sk = _summed_partials(partial_ptr, head, cols, 0, PARTS, V)
+        Sq = _summed_partials(partial_ptr, head, cols, V, PARTS, V)
         tl.store(totals + cols, Sk)
         tl.store(totals + V + cols, Sq)
         tl.debug_barrier()
@@ -359,7 +358,7 @@ def _write_own_rows(
     if SKIP == "exchange" or SKIP == "read":
         Sk = own_Sk
     elif not SUM_ONCE:
-        Sk = _summed_partials(partial_ptr, scratch, cols, 0, True, PARTS, V)
+        Sk = _summed_partials(partial_ptr, scratch, cols, 0, PARTS, V)
     if FREE_ROWS and part != 0:
         # the release orders this warp's reads of the rows (one warp: the launcher refuses more)
         # before the count that lets the next head overwrite them; part 0 reads S^T q as well, below
@@ -372,7 +371,7 @@ def _write_own_rows(
         if SKIP == "exchange" or SKIP == "read":
             Sq = own_Sq
         elif not SUM_ONCE:
-            Sq = _summed_partials(partial_ptr, scratch, cols, V, True, PARTS, V)
+            Sq = _summed_partials(partial_ptr, scratch, cols, V, PARTS, V)
             if FREE_ROWS:
                 tl.atomic_add(done_ptr + scratch, 1, sem="release")
         o = tl.where(live, decay * Sq * q_factor + u * kq, 0.0)

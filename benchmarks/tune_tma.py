@@ -88,13 +88,15 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
                                skip="sums" if "skipsums" in words else "",
                                exchange="scatter" if "scatter" in words else "all")
     if spec[:1] == "s":
-        fields, words = spec[1:].split(":"), []
+        fields, words, ring = spec[1:].split(":"), [], "0"
         skips = ("skipwait", "skipfence", "skipexchange", "skipread", "skipstore")
-        while fields and fields[-1] in ("sort", "wait", "pollload", "once", *skips) and fields[-1] not in words:
-            words.append(fields.pop())
-        ring = fields.pop()[4:] if len(fields) > 2 and fields[-1][:4] == "ring" else "0"
-        while fields and fields[-1] in ("sort", "wait", "pollload", "once", *skips) and fields[-1] not in words:
-            words.append(fields.pop())
+        while fields and (fields[-1] in ("sort", "wait", "pollload", "once", *skips) and fields[-1] not in words
+                          or len(fields) > 2 and fields[-1][:4] == "ring" and ring == "0"):
+            field = fields.pop()
+            if field[:4] == "ring":
+                ring = field[4:]
+            else:
+                words.append(field)
         heads = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "h" else "1"
         maxnreg = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "r" else "0"
         depth = fields.pop()[1:] if len(fields) > 2 and fields[-1][:1] == "d" else "1"
