@@ -30,11 +30,12 @@ from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_CONFIG,
     VK_4B_TILE_CONFIG,
+    VK_4B_TILE_TWO_WARP_CONFIG,
     lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
 )
-from gdn_ops.triton_slot_order import SORT_ROWS_FROM, slot_order, sorts_rows
+from gdn_ops.triton_slot_order import slot_order, sorts_rows
 
 # K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
 SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
@@ -80,12 +81,13 @@ def test_model_shape_matches_reference(heads, variant, config):
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("sort_rows", [False, True], ids=["unsorted", "sorted"])
 @pytest.mark.parametrize("store_eviction", ["", "evict_last"])
-def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_eviction):
-    """The configuration an fp32 pool ships (one warp on 8 value rows, 16 bytes a lane), with plain
-    and evict-last state stores, at Qwen3-Next's head shape, more tiles than fit on the GPU at once
-    and padding rows."""
+@pytest.mark.parametrize("config", [VK_4B_TILE_CONFIG, VK_4B_TILE_TWO_WARP_CONFIG], ids=["one-warp", "two-warp"])
+def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_eviction, config):
+    """The configurations an fp32 pool ships (one or two warps on 8 value rows, 16 bytes a lane),
+    with plain and evict-last state stores, at Qwen3-Next's head shape, more tiles than fit on the
+    GPU at once and padding rows."""
     case = model_case(heads, "vk", {"state_dtype": torch.float32}, seed=8)
-    check_launch(case, VK_4B_TILE_CONFIG._replace(sort_rows=sort_rows, store_eviction=store_eviction))
+    check_launch(case, config._replace(sort_rows=sort_rows, store_eviction=store_eviction))
 
 
 @pytest.mark.gpu
@@ -99,7 +101,8 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
         ({"B": "below-given-order"}, False),
         ({"slot_pad": 3}, False),  # slot stride not 16-byte aligned: no TMA
         ({"qkv_layout": "transposed"}, False),  # q, k, v not contiguous
-        ({"state_dtype": torch.float32}, True),  # an fp32 pool where its rows are sorted (H200: B*HV 4096)
+        ({"state_dtype": torch.float32}, True),  # an fp32 pool from its B*HV (H200: 1024), rows in batch order
+        ({"state_dtype": torch.float32, "B": "large"}, True),  # and where its rows are sorted (H200: from 2048)
         ({"state_dtype": torch.float32, "B": -1}, False),
         ({"state_dtype": torch.float16}, True),
         ({"state_dtype": torch.float16, "act_dtype": torch.float16}, True),
@@ -110,17 +113,16 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
 )
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
-    dtype (from a lower one when the caller gives the slot order), and a 4-byte one where its rows
-    are sorted, but only when TMA can address every operand (with the rows in slot order where
-    ``sorts_rows`` says); every case matches the reference with guards and padding rows."""
+    dtype (from a lower one when the caller gives the slot order), and a 4-byte one from its own
+    threshold (on two warps a tile below the rule's ``four_byte_one_warp_from``), but only when TMA
+    can address every operand (with the rows in slot order where ``sorts_rows`` says); every case
+    matches the reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
     if rule is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
     gpu = torch.cuda.get_device_name()
     state_dtype = changes.get("state_dtype", torch.bfloat16)
-    # a 4-byte pool takes the kernel where its rows are sorted
-    start = (rule.two_byte_from if state_dtype.itemsize == 2 else
-             min(s for (name, layout, size), s in SORT_ROWS_FROM.items() if name in gpu and (layout, size) == ("vk", 4)))
+    start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
     B = {-1: start // 32 - 1, "large": 4 * start // 32 + 2, "given-order": rule.two_byte_sorted_from // 32 + 1,
          "below-given-order": rule.two_byte_sorted_from // 32 - 1}.get(changes.get("B"), start // 32 + 2)
     given_order = changes.get("B") in ("given-order", "below-given-order")
@@ -134,7 +136,8 @@ def test_default_kernel_choice_and_result(changes, tile):
           lambda inp: run_triton(inp, None, launched, order=slot_order(inp.indices) if given_order else None))
     if tile:
         sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * 32, given_order)
-        shipped = VK_4B_TILE_CONFIG if case.state_dtype == torch.float32 else VK_2B_TILE_CONFIG
+        shipped = (VK_2B_TILE_CONFIG if case.state_dtype != torch.float32 else
+                   VK_4B_TILE_CONFIG if B * 32 >= rule.four_byte_one_warp_from else VK_4B_TILE_TWO_WARP_CONFIG)
         eviction = "evict_last" if B * 32 >= rule.evict_last_from else ""
         assert launched == [shipped._replace(sort_rows=sort_rows, store_eviction=eviction)]
     else:
@@ -197,8 +200,9 @@ def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) ->
 
 
 @pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32"),
-                                               (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32")],
-                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last"])
+                                               (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32"),
+                                               (VK_4B_TILE_TWO_WARP_CONFIG, "fp32")],
+                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-two-warp"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
     """As launched on a dense pool: shared memory holds the tile, q, k, v and the barrier and nothing
     more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped
@@ -216,8 +220,9 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     assert_no_spills(report, at_most=8 if newer_triton and shipped else 0)
 
 
-@pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8), (VK_4B_TILE_CONFIG, "fp32", 4)],
-                         ids=["bf16", "fp32"])
+@pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8), (VK_4B_TILE_CONFIG, "fp32", 4),
+                                                           (VK_4B_TILE_TWO_WARP_CONFIG, "fp32", 4)],
+                         ids=["bf16", "fp32", "fp32-two-warp"])
 def test_page_strided_pool_still_stores_whole_vectors(config, state, slot_pad):
     """A pool whose slots lie 16 bytes further apart than dense (a slot stride TMA takes, but not
     a multiple of 16 elements, which Triton would otherwise assume unaligned) stores each lane's
