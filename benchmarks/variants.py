@@ -512,8 +512,10 @@ VK_TILE_VARIANTS["vk_tile_register_loads_light"] = VK_TILE_VARIANTS["vk_tile_reg
 # and row indices; what is left is the in-place stream (the slot, the rows by plain 16-byte loads and
 # stores) with the rows' own arithmetic (S k, S q, k . q, the update, o). Whether a program of four
 # or eight warps whose fixed work were done once could reach the four- and eight-warp streams
-# (91.6-91.8% at fp32 B=32 given the order, against 89.2-89.5 for one and two warps): if this reads
-# under 90 there, no program of these shapes meets the B=32 target (NOTES.md, thirty-fifth session).
+# (91.3-92.0% at fp32 B=32 in slot order, against 88.9-89.5 for one and two warps). H200, fp32 B=32
+# given the order: four warps 88.3-89.0, eight 84.0-84.4, two 89.9-90.0, one 87.6-87.8, so no
+# program of four or eight warps reaches 90 there (tune_vk_bare_fp32_*_85cc4f7.json; NOTES.md,
+# thirty-fifth session).
 VK_TILE_VARIANTS["vk_tile_register_loads_bare"] = VK_TILE_VARIANTS["vk_tile_register_loads_light"] + [
     (("    mbarrier.expect(bar, nbytes)\n"
       "    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)\n"

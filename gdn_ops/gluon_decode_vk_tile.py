@@ -9,7 +9,8 @@ but holds its whole tile in registers, widened to fp32: for a 2-byte state the r
 the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
 and registers hold a step of rows only once it has landed. Both pools' shipped tiles are 4 KB for
 one warp (16 rows of a 2-byte state, 8 of an fp32 one), 24 programs per SM: short programs, so an
-SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-first sessions). Each
+SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-first sessions); an
+fp32 pool's smaller grids take the same 4 KB on two warps, 16 programs per SM (thirty-fifth). Each
 program:
 
 1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
