@@ -213,10 +213,11 @@ def _publish_partials(S, k_part, q_part, partial_ptr, count_ptr, scratch, part, 
 @triton.jit
 def _wait_for_rows(count_ptr, done_ptr, head, scratch, heads, PARTS: tl.constexpr, RING: tl.constexpr):
     """With a ring of scratch rows (``KvSplitConfig.ring``): wait until the previous head on this
-    head's rows ``scratch`` has read them. This head is use ``c * uses + head // RING`` of the rows,
-    where ``uses`` of the call's ``heads`` share them and ``c`` calls came before; until this program
-    counts in, the count holds ``c * uses * PARTS`` and this call's uses up to its own, which gives
-    ``c``. Each use's ``PARTS`` readers count out on ``done_ptr``."""
+    head's rows ``scratch`` has read them. ``uses`` of the call's ``heads`` share the rows, and this
+    head's turn on them is ``c * uses + head // RING``, ``c`` being the number of calls before this
+    one. Until this program counts in, the rows' count holds ``c * uses * PARTS`` plus this call's
+    earlier turns (fewer than ``uses * PARTS``), which gives ``c``. Each turn's ``PARTS`` readers
+    count out on ``done_ptr``, so the wait ends once ``turn * PARTS`` have."""
     uses = (heads - 1 - scratch) // RING + 1
     before = tl.load(count_ptr + scratch, volatile=True)
     use = before // (uses * PARTS) * uses + head // RING
