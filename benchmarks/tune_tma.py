@@ -22,7 +22,8 @@ the exchange, timed unchecked).
 Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
 cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
-``launch_decode`` picks by itself (``default_no_pdl``: without PDL); ``--variants`` adds patched
+``launch_decode`` picks by itself (``default_no_pdl``: without PDL; ``--sort-default``'s ``default:sort``:
+what it would pick if its rule sorted the rows at that shape); ``--variants`` adds patched
 copies of the kernels (``TMA_VARIANTS`` at each Triton spec, ``GLUON_VARIANTS`` at each persistent
 Gluon spec, ``VK_TILE_VARIANTS`` / ``KV_TILE_VARIANTS`` at each tile spec on a vk / kv pool, in
 ``benchmarks/variants.py``); a ``CEILING_VARIANTS`` entry is not a decode step and is timed without
@@ -41,6 +42,7 @@ import torch
 from benchmarks.kv_cluster import KvClusterConfig, launch_decode_kv_cluster
 from benchmarks.kv_split import KvSplitConfig, launch_decode_kv_split
 from benchmarks.providers import (
+    Provider,
     launcher_provider,
     make_problem,
     passing,
@@ -198,6 +200,25 @@ def variant_launch(name: str):
     return launch
 
 
+def sorting_default_provider(step_order: bool) -> Provider:
+    """``default:sort`` (``+order`` given the step's slot order): what ``launch_decode`` would pick by
+    itself if ``triton_slot_order.sorts_rows`` said yes at this shape, the rows then in slot order
+    (through the rank kernel unless given the order). Tells whether a sort threshold should move."""
+    import gdn_ops.triton_decode as shipped
+
+    name = "default:sort" + ("+order" if step_order else "")
+
+    def make(cfg, pool, indices, inputs):
+        with mock.patch.object(shipped, "sorts_rows", lambda *args, **kwargs: True):
+            config = shipped.default_config(inputs["q"], inputs["k"], inputs["v"], pool, cfg.layout)
+        if not hasattr(config, "sort_rows"):
+            raise ValueError(f"{name}: the default configuration {config} cannot sort its rows")
+        config = config._replace(sort_rows=True)  # decode_config is cached: its answer may predate the patch
+        return launcher_provider(name, config=config, step_order=step_order).make(cfg, pool, indices, inputs)
+
+    return Provider(name, make)
+
+
 def spec_variant_providers(spec: str, config, variants: list[str], layout: str, step_order: bool) -> list:
     """A provider for each of ``variants`` that patches the kernel ``config`` runs on a ``layout``
     pool (:func:`variants_of`), at ``config``, named ``variant:<name>:<spec>`` (``+order`` given
@@ -217,6 +238,8 @@ def main() -> None:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all configurations)")
     ap.add_argument("--step-order", action="store_true",
                     help="also time the default and each sorting spec given the step's slot order (initial_state_order)")
+    ap.add_argument("--sort-default", action="store_true",
+                    help="also time the default configuration as the rule would pick it sorting its rows (default:sort)")
     ap.add_argument("--without-pdl", action="store_true",
                     help="also time each spec launched without programmatic dependent launch (name+no_pdl)")
     args = ap.parse_args()
@@ -233,6 +256,8 @@ def main() -> None:
                      launcher_provider("default_no_pdl", pdl=False)]
         if args.step_order:
             providers.append(launcher_provider("default+order", step_order=True))
+        if args.sort_default:
+            providers += [sorting_default_provider(order) for order in [False] + [True] * args.step_order]
         for spec in args.specs:
             config = parse_spec(spec)
             given = [False] + ([True] if args.step_order and getattr(config, "sort_rows", False) else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
@@ -127,3 +128,36 @@ def test_step_order_gives_sorting_tiles_their_order_and_checks_out():
     with kernel_calls(module, "_slot_order_kernel") as ranks:
         step()
     assert ranks == []
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_the_sorting_default_ranks_its_rows_unless_given_the_order(layout):
+    """``--sort-default``: ``default:sort`` runs the default configuration with its rows in slot
+    order (the rank kernel in its call), ``default:sort+order`` the same given the order (no rank
+    kernel); both pass the benchmark's check against the reference."""
+    import gdn_ops.triton_slot_order as module
+    from benchmarks.providers import Config, check, make_problem, reference
+    from benchmarks.tune_tma import sorting_default_provider
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = Config(tp=0, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout=layout)
+    problem = make_problem(cfg, device)
+    ref = reference(cfg, problem)
+    providers = [sorting_default_provider(False), sorting_default_provider(True)]
+    for provider in providers:
+        assert check(cfg, provider, problem, ref).ok, provider.name
+    ranks, kernel = [], module._slot_order_kernel
+
+    class Counted:  # launches the rank kernel and counts its launches
+        def __getitem__(self, grid):
+            ranks.append(grid)
+            return kernel[grid]
+
+    launches = {}
+    for provider in providers:  # after the checks: each step updates the problem's pool in place
+        step = provider.make(cfg, problem.pool, problem.indices, problem.inputs)  # given: ranks once, here
+        ranks.clear()
+        with mock.patch.object(module, "_slot_order_kernel", Counted()):
+            step()
+        launches[provider.name] = len(ranks)
+    assert launches == {"default:sort": 1, "default:sort+order": 0}
