@@ -181,12 +181,14 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm
 VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
 
 # The same 4 KB fp32 tile on two warps of 4 rows, 16 programs per SM (a 64-register cap, 59 used, no
-# spills), below the rule's ``four_byte_one_warp_from``. On the H200 (results/h200/tune_vk_two_warps_*.json;
+# spills), below the rule's ``four_byte_one_warp_from`` (and above it with ``four_byte_two_warp_heads``). On the H200 (results/h200/tune_vk_two_warps_*.json;
 # NOTES.md, thirty-fifth session), against the one-warp tile in the same runs, given the order: TP=1
 # B*HV 1024 +0.45 points on average over six readings, 2048 +0.76 over three, TP=4 1024 / 2048 +0.3 /
 # +0.5; with the rows in batch order at 1024, +0.6..+1.1 over the per-tile Triton kernel at TP=1 and
-# +0.3 at TP=4. From 4096 (stores evict-last) it gained +0.3..+0.9 at TP=1 but lost 0.75-0.9 at TP=4,
-# so the one-warp tile keeps those grids. Two warps on the 2-byte tile lost 0.6-8 points.
+# +0.3 at TP=4. From 4096 (stores evict-last) it gained +0.3..+0.9 at TP=1 but lost 0.75-0.9 at TP=4;
+# again (tune_vk_el_*_c178b41.json; thirty-sixth session) +0.2..+0.7 at HV=32 in all twelve readings,
+# -0.04..+0.34 at HV=16 and -0.6..+0.1 at HV=8, so from there it keeps pools of 32 heads a row or more
+# and the one-warp tile takes the rest. Two warps on the 2-byte tile lost 0.6-8 points.
 VK_4B_TILE_TWO_WARP_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=16, vec=4)
 
 
@@ -194,13 +196,15 @@ class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel for a 2-byte pool: with the rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``). A 4-byte pool takes it wherever
     its rows are sorted, and from ``four_byte_from`` in batch order too, on two warps a tile below
-    ``four_byte_one_warp_from`` and on one from there. From ``evict_last_from`` the updated rows are
-    stored evict-last in L2."""
+    ``four_byte_one_warp_from`` and on one from there, unless its rows have ``four_byte_two_warp_heads``
+    heads or more (HV), which stay on two. From ``evict_last_from`` the updated rows are stored
+    evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
     four_byte_one_warp_from: int
+    four_byte_two_warp_heads: int
     evict_last_from: int
 
 
@@ -212,7 +216,7 @@ class VkTileRule(NamedTuple):
 # 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2 meeting the next
 # call's reads. Plain stores below, and .cs or evict-first stores lost 0.5-2.3 everywhere.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    four_byte_one_warp_from=4096, evict_last_from=4096)}
+                                    four_byte_one_warp_from=4096, four_byte_two_warp_heads=32, evict_last_from=4096)}
 
 
 @functools.cache
@@ -227,7 +231,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
-    slot order or from the rule's ``four_byte_from`` (two warps a tile below ``four_byte_one_warp_from``);
+    slot order or from the rule's ``four_byte_from`` (two warps a tile below ``four_byte_one_warp_from``,
+    or with ``four_byte_two_warp_heads`` heads a row);
     either with its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise.
     Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
@@ -241,7 +246,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
         config = VK_2B_TILE_CONFIG if rows_x_heads >= start else None
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
-        config = VK_4B_TILE_CONFIG if rows_x_heads >= rule.four_byte_one_warp_from else VK_4B_TILE_TWO_WARP_CONFIG
+        one_warp = rows_x_heads >= rule.four_byte_one_warp_from and v.shape[2] < rule.four_byte_two_warp_heads
+        config = VK_4B_TILE_CONFIG if one_warp else VK_4B_TILE_TWO_WARP_CONFIG
     else:
         config = None
     if config is not None and rows_x_heads >= rule.evict_last_from:

@@ -262,11 +262,12 @@ VK_4B_NEW_STATE_ROWS = {"H200": (256, 511)}
 
 @functools.cache
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
-                  gpu: str = "", act_itemsize: int = 2, given_order: bool = False) -> DecodeConfig:
+                  gpu: str = "", act_itemsize: int = 2, given_order: bool = False,
+                  heads: int | None = None) -> DecodeConfig:
     """Deterministic tile choice from shape, dtype, layout, GPU name (``gpu``, e.g.
     ``torch.cuda.get_device_name()``; empty: the default tables), the bytes of an activation
-    element (q's) and whether the caller gives the slot order; never autotuned. Cached: the
-    launcher asks on every call."""
+    element (q's), whether the caller gives the slot order and the heads a row (HV; None: the sort
+    rules for any number of heads only); never autotuned. Cached: the launcher asks on every call."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
@@ -282,7 +283,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         new_state = not tile.from_old_state or (state_dtype.itemsize == 4 and act_itemsize == 2 and any(
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
-                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order))
+                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads))
 
 
 def launch_decode(
@@ -430,13 +431,13 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     gpu = gpu_name(state.device)
-    sort = sorts_rows(gpu, state_layout, state.element_size(), B * HV, given_order)
+    sort = sorts_rows(gpu, state_layout, state.element_size(), B * HV, given_order, HV)
     tile = (tile_config(q, k, state, state_layout, B * HV)
             or vk_tile_config(q, k, v, state, state_layout, B * HV, sorted_rows=sort))
     if tile is not None:
         return tile._replace(sort_rows=True) if sort else tile
     return (persistent_config(q, k, state, state_layout, B * HV)
-            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order))
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order, HV))
 
 
 @functools.cache

@@ -61,19 +61,38 @@ SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk
 # but fp32 kv at 1024 (its Gluon tile, B=32 at TP=1) gained +0.9, +0.9 and +0.6 in three later runs
 # (tune_fp32_kv_sort_1024.json, tune_fp32_kv_sort_given_3.json; NOTES.md, seventeenth and
 # eighteenth sessions), so from there.
-SORT_ROWS_GIVEN_ORDER_FROM = {("H200", "vk", 4): 1024, ("H200", "kv", 4): 1024, ("H200", "vk", 2): 1024,
-                              ("H200", "kv", 2): 1024}
+# Given the order, an fp32 vk pool and a 2-byte kv pool sort from 512 (tune_vk_small_*_c178b41.json,
+# tune_sort_hv*_0e03f0f.json; NOTES.md, thirty-sixth session): fp32 vk +0.1..+1.8 points at HV = 8,
+# 16 and 32 in ten readings (+1.05 on average), 2-byte kv +1.5..+3.2 in six; fp32 kv and 2-byte vk
+# were level there.
+SORT_ROWS_GIVEN_ORDER_FROM = {("H200", "vk", 4): 512, ("H200", "kv", 4): 1024, ("H200", "vk", 2): 1024,
+                              ("H200", "kv", 2): 512}
+# Rows of few heads sort by themselves from smaller grids, by (GPU name part, pool layout, state
+# element size): (most heads a row, from which B*HV). A row's slot holds its heads' states, so
+# with fewer heads a row a wave of programs in batch order spans more slots (at HV=8 an fp32 slot is
+# 512 KB, a quarter of HV=32's). The thresholds above were measured at HV=32 (TP=1). On the H200,
+# sorting against batch order (tune_sort_hv*_0e03f0f.json, tune_vk_1024_tp4_*_c178b41.json; NOTES.md,
+# thirty-sixth session): fp32 vk at HV=8, B*HV 1024 +1.8..+2.5 in four readings (at HV=16 -0.3 /
+# +0.6, at 32 level); fp32 kv at 2048 +0.9..+1.4 at HV = 8 and 16 (at 32 -0.9 / -0.2); 2-byte vk at
+# 2048 +0.9 / +1.4 at HV=8 (HV=16 +0.3 / +0.6, HV=32 -0.5 / -0.4). 2-byte kv had no such gain.
+SORT_ROWS_FEW_HEADS_FROM = {("H200", "vk", 4): (8, 1024), ("H200", "kv", 4): (16, 2048), ("H200", "vk", 2): (8, 2048)}
 
 
 @functools.cache
-def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int, given_order: bool = False) -> bool:
+def sorts_rows(gpu: str, state_layout: str, itemsize: int, rows_x_heads: int, given_order: bool = False,
+               heads: int | None = None) -> bool:
     """Whether the decode on this GPU (``gpu``: its name, empty off the GPU) takes the rows in slot
     order for this pool layout, state element size and B*HV (:data:`SORT_ROWS_FROM`, or
-    :data:`SORT_ROWS_GIVEN_ORDER_FROM` when the caller gives the order). Cached: the launcher asks
-    on every call."""
+    :data:`SORT_ROWS_GIVEN_ORDER_FROM` when the caller gives the order), or for ``heads`` (HV) a row
+    from :data:`SORT_ROWS_FEW_HEADS_FROM` (not consulted when ``heads`` is None). Cached: the
+    launcher asks on every call."""
     table = SORT_ROWS_GIVEN_ORDER_FROM if given_order else SORT_ROWS_FROM
-    return any(name in gpu and (layout, size) == (state_layout, itemsize) and rows_x_heads >= start
-               for (name, layout, size), start in table.items())
+    if any(name in gpu and (layout, size) == (state_layout, itemsize) and rows_x_heads >= start
+           for (name, layout, size), start in table.items()):
+        return True
+    return heads is not None and any(
+        name in gpu and (layout, size) == (state_layout, itemsize) and heads <= most_heads and rows_x_heads >= start
+        for (name, layout, size), (most_heads, start) in SORT_ROWS_FEW_HEADS_FROM.items())
 
 
 @triton.jit

@@ -387,7 +387,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         from gdn_ops.triton_slot_order import sorts_rows
 
         assert launched[0].sort_rows == sorts_rows(torch.cuda.get_device_name(), "kv", case.state_dtype.itemsize,
-                                                   row_heads)
+                                                   row_heads, heads=32)
         launched = [launched[0]._replace(sort_rows=False)]
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]

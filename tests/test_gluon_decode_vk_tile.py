@@ -104,6 +104,9 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
         ({"state_dtype": torch.float32}, True),  # an fp32 pool from its B*HV (H200: 1024), rows in batch order
         ({"state_dtype": torch.float32, "B": "large"}, True),  # and where its rows are sorted (H200: from 2048)
         ({"state_dtype": torch.float32, "B": -1}, False),
+        # 8 heads a row (TP=4): sorted from 1024 by itself, and on one warp from 4096
+        ({"state_dtype": torch.float32, "HK": 4}, True),
+        ({"state_dtype": torch.float32, "HK": 4, "B": "large"}, True),
         ({"state_dtype": torch.float16}, True),
         ({"state_dtype": torch.float16, "act_dtype": torch.float16}, True),
         ({"act_dtype": torch.float32}, True),
@@ -114,17 +117,19 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
     dtype (from a lower one when the caller gives the slot order), and a 4-byte one from its own
-    threshold (on two warps a tile below the rule's ``four_byte_one_warp_from``), but only when TMA
-    can address every operand (with the rows in slot order where ``sorts_rows`` says); every case
-    matches the reference with guards and padding rows."""
+    threshold (on two warps a tile below the rule's ``four_byte_one_warp_from``, and above it with
+    ``four_byte_two_warp_heads`` heads a row), but only when TMA can address every operand (with the
+    rows in slot order where ``sorts_rows`` says, for the case's heads a row); every case matches the
+    reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
     if rule is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
     gpu = torch.cuda.get_device_name()
     state_dtype = changes.get("state_dtype", torch.bfloat16)
     start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
-    B = {-1: start // 32 - 1, "large": 4 * start // 32 + 2, "given-order": rule.two_byte_sorted_from // 32 + 1,
-         "below-given-order": rule.two_byte_sorted_from // 32 - 1}.get(changes.get("B"), start // 32 + 2)
+    heads = changes.get("HK", 16) * 2  # HV
+    B = {-1: start // heads - 1, "large": 4 * start // heads + 2, "given-order": rule.two_byte_sorted_from // heads + 1,
+         "below-given-order": rule.two_byte_sorted_from // heads - 1}.get(changes.get("B"), start // heads + 2)
     given_order = changes.get("B") in ("given-order", "below-given-order")
     changes = {name: value for name, value in changes.items() if name != "B"}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
@@ -135,10 +140,11 @@ def test_default_kernel_choice_and_result(changes, tile):
     check(build(case, "cuda"),
           lambda inp: run_triton(inp, None, launched, order=slot_order(inp.indices) if given_order else None))
     if tile:
-        sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * 32, given_order)
+        sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * heads, given_order, heads)
+        one_warp = B * heads >= rule.four_byte_one_warp_from and heads < rule.four_byte_two_warp_heads
         shipped = (VK_2B_TILE_CONFIG if case.state_dtype != torch.float32 else
-                   VK_4B_TILE_CONFIG if B * 32 >= rule.four_byte_one_warp_from else VK_4B_TILE_TWO_WARP_CONFIG)
-        eviction = "evict_last" if B * 32 >= rule.evict_last_from else ""
+                   VK_4B_TILE_CONFIG if one_warp else VK_4B_TILE_TWO_WARP_CONFIG)
+        eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
         assert launched == [shipped._replace(sort_rows=sort_rows, store_eviction=eviction)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]

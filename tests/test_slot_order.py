@@ -137,6 +137,32 @@ def test_a_given_order_sorts_from_its_own_measured_grid(gpu):
     assert all(SORT_ROWS_GIVEN_ORDER_FROM[key] <= start for key, start in SORT_ROWS_FROM.items())
 
 
+@pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", ""])
+def test_rows_of_few_heads_sort_by_themselves_from_smaller_grids(gpu):
+    """Without the order, a pool of at most :data:`SORT_ROWS_FEW_HEADS_FROM`'s heads a row sorts from
+    its smaller B*HV on the H200 (only where the caller says how many heads); more heads a row, or
+    no heads given, keep :data:`SORT_ROWS_FROM`; the order given sorts from its own table as before."""
+    from gdn_ops.triton_decode import decode_config
+    from gdn_ops.triton_slot_order import (
+        SORT_ROWS_FEW_HEADS_FROM,
+        SORT_ROWS_FROM,
+        SORT_ROWS_GIVEN_ORDER_FROM,
+        sorts_rows,
+    )
+
+    for (name, layout, itemsize), (most_heads, start) in SORT_ROWS_FEW_HEADS_FROM.items():
+        assert SORT_ROWS_GIVEN_ORDER_FROM[name, layout, itemsize] <= start < SORT_ROWS_FROM[name, layout, itemsize]
+        dtype = torch.float32 if itemsize == 4 else torch.bfloat16
+        for heads, rows_x_heads, expected in ((most_heads, start, True), (most_heads // 2, start, True),
+                                              (most_heads, start - 1, False), (2 * most_heads, start, False),
+                                              (None, start, False)):
+            expected = expected and name in gpu
+            assert sorts_rows(gpu, layout, itemsize, rows_x_heads, heads=heads) == expected, (heads, rows_x_heads)
+            config = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, 2, heads=heads)
+            assert config.sort_rows == expected
+            assert sorts_rows(gpu, layout, itemsize, rows_x_heads, True, heads) == (name in gpu)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["vk", "kv"])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
