@@ -118,7 +118,7 @@ def capture_graph(calls: Sequence[Callable[[], object]], warmup: int = 2) -> tor
 
 
 def time_graphs_interleaved(
-    graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], replays: int = 30, settle_rounds: int = 3
+    graphs: dict[str, tuple[torch.cuda.CUDAGraph, int]], replays: int = 30, settle_rounds: int = 3, seed: int = 0
 ) -> dict[str, Timing]:
     """Time several captured graphs (``name -> (graph, calls in it)``) in interleaved rounds.
 
@@ -128,7 +128,9 @@ def time_graphs_interleaved(
     from the one before it (the L2 lines that graph left dirty). With the rounds only rotated, each
     graph always followed the same one, and at B <= 16 the same launch read up to 9% slower after
     the copy than after a decode (NOTES.md, fourteenth session). ``settle_rounds`` untimed rounds go
-    first. Each replay is timed alone with CUDA events.
+    first. Each replay is timed alone with CUDA events. ``seed`` picks the rounds' orders: runs of
+    one seed give each graph the same neighbours, so repeating a run with another seed is what
+    varies them.
     """
     names = list(graphs)
     for _ in range(settle_rounds):
@@ -137,7 +139,7 @@ def time_graphs_interleaved(
     torch.cuda.synchronize()
     events = {n: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(replays)] for n in names}
-    rounds = random.Random(0)
+    rounds = random.Random(seed)
     for r in range(replays):
         for name in rounds.sample(names, len(names)):
             start, end = events[name][r]

@@ -129,9 +129,11 @@ def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[Decode
     return providers
 
 
-def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15) -> dict[str, float]:
+def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15,
+                     seed: int = 0) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
-    (timing one provider after another let the first one timed at a point read ~10% slow).
+    (timing one provider after another let the first one timed at a point read ~10% slow), in the
+    rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`).
 
     Every provider's graph rotates through the same pools (each updated in place by whichever
     provider runs): the pools alone total the cold-L2 multiple, so sharing them keeps each call
@@ -146,7 +148,7 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
         graphs[prov.name] = (capture_graph(calls), len(calls))
         # a graph replays raw addresses: whatever a call allocated for itself must outlive the replays
         keep.append(calls)
-    timings = time_graphs_interleaved(graphs, replays=replays)
+    timings = time_graphs_interleaved(graphs, replays=replays, seed=seed)
     del graphs, problems, keep
     return {name: t.p50_us for name, t in timings.items()}
 
