@@ -181,14 +181,16 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm
 VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
 
 # The same 4 KB fp32 tile on two warps of 4 rows, 16 programs per SM (a 64-register cap, 59 used, no
-# spills), below the rule's ``four_byte_one_warp_from`` (and above it with ``four_byte_two_warp_heads``). On the H200 (results/h200/tune_vk_two_warps_*.json;
+# spills), below the rule's ``four_byte_one_warp_from``, and above it for rows of
+# ``four_byte_two_warp_heads``. On the H200 (results/h200/tune_vk_two_warps_*.json;
 # NOTES.md, thirty-fifth session), against the one-warp tile in the same runs, given the order: TP=1
 # B*HV 1024 +0.45 points on average over six readings, 2048 +0.76 over three, TP=4 1024 / 2048 +0.3 /
 # +0.5; with the rows in batch order at 1024, +0.6..+1.1 over the per-tile Triton kernel at TP=1 and
 # +0.3 at TP=4. From 4096 (stores evict-last) it gained +0.3..+0.9 at TP=1 but lost 0.75-0.9 at TP=4;
-# again (tune_vk_el_*_c178b41.json; thirty-sixth session) +0.2..+0.7 at HV=32 in all twelve readings,
-# -0.04..+0.34 at HV=16 and -0.6..+0.1 at HV=8, so from there it keeps pools of 32 heads a row or more
-# and the one-warp tile takes the rest. Two warps on the 2-byte tile lost 0.6-8 points.
+# again (tune_vk_el_*_c178b41.json, fold_fp32_vk_hv32_c003eab.json, seed_tp1_*_61627f0.json;
+# thirty-sixth session) +0.2..+0.7 at HV=32 in all 36 readings under four seeds of the rounds'
+# order, -0.04..+0.34 at HV=16 and -0.6..+0.1 at HV=8, so from there it keeps pools of 32 heads a row
+# or more and the one-warp tile takes the rest. Two warps on the 2-byte tile lost 0.6-8 points.
 VK_4B_TILE_TWO_WARP_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=16, vec=4)
 
 

@@ -62,9 +62,10 @@ SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk
 # (tune_fp32_kv_sort_1024.json, tune_fp32_kv_sort_given_3.json; NOTES.md, seventeenth and
 # eighteenth sessions), so from there.
 # Given the order, an fp32 vk pool and a 2-byte kv pool sort from 512 (tune_vk_small_*_c178b41.json,
-# tune_sort_hv*_0e03f0f.json; NOTES.md, thirty-sixth session): fp32 vk +0.1..+1.8 points at HV = 8,
-# 16 and 32 in ten readings (+1.05 on average), 2-byte kv +1.5..+3.2 in six; fp32 kv and 2-byte vk
-# were level there.
+# tune_sort_hv*_0e03f0f.json, seed_tp*_61627f0.json; NOTES.md, thirty-sixth session): fp32 vk
+# +0.1..+1.8 points at HV = 8, 16 and 32 in ten readings of one seed of the rounds' order (+1.05 on
+# average) and +0.25..+1.0 under three others (+0.48 at HV=32, +0.81 at HV=8 on average), 2-byte
+# kv +1.5..+3.2 in six; fp32 kv and 2-byte vk were level there.
 SORT_ROWS_GIVEN_ORDER_FROM = {("H200", "vk", 4): 512, ("H200", "kv", 4): 1024, ("H200", "vk", 2): 1024,
                               ("H200", "kv", 2): 512}
 # Rows of few heads sort by themselves from smaller grids, by (GPU name part, pool layout, state
