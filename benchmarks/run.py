@@ -72,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="GPU memory for the rotated pools of one point (at least 2 pools are used)")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="start no new point after this many seconds; results so far are written")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the inputs' and the interleaved rounds' orders; a rerun under another seed gives each "
+                         "implementation other neighbours")
     args = ap.parse_args(argv)
     if args.quick:
         args.batches = args.batches or list(QUICK_BATCHES)
@@ -226,7 +228,7 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
             _free()
     errs = {name: res for name, _, res in passed}
     try:
-        timings = timing.time_graphs_interleaved(graphs, replays=args.replays) if graphs else {}
+        timings = timing.time_graphs_interleaved(graphs, replays=args.replays, seed=args.seed) if graphs else {}
     except Exception as exc:
         timings = {}
         for name in graphs:
