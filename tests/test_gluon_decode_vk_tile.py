@@ -207,8 +207,10 @@ def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) ->
 
 @pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32"),
                                                (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32"),
-                                               (VK_4B_TILE_TWO_WARP_CONFIG, "fp32")],
-                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-two-warp"])
+                                               (VK_4B_TILE_TWO_WARP_CONFIG, "fp32"),
+                                               (VK_4B_TILE_TWO_WARP_CONFIG._replace(store_eviction="evict_last"), "fp32")],
+                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-two-warp",
+                              "fp32-two-warp-evict-last"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
     """As launched on a dense pool: shared memory holds the tile, q, k, v and the barrier and nothing
     more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped

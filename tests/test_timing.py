@@ -32,10 +32,14 @@ class _Graph:
         self.log.append(self.name)
 
 
-def _rounds(monkeypatch, seed: int, names=("a", "b", "c", "d"), replays: int = 6, settle: int = 2) -> list[list[str]]:
-    """The timed rounds' replay orders of ``time_graphs_interleaved`` under ``seed``."""
+@pytest.fixture(autouse=True)
+def _fake_events(monkeypatch):
     monkeypatch.setattr(timing.torch.cuda, "Event", _Clock)
     monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda: None)
+
+
+def _rounds(seed: int, names=("a", "b", "c", "d"), replays: int = 6, settle: int = 2) -> list[list[str]]:
+    """The timed rounds' replay orders of ``time_graphs_interleaved`` under ``seed``."""
     log: list[str] = []
     result = timing.time_graphs_interleaved({n: (_Graph(n, log), 4) for n in names}, replays=replays,
                                             settle_rounds=settle, seed=seed)
@@ -44,24 +48,22 @@ def _rounds(monkeypatch, seed: int, names=("a", "b", "c", "d"), replays: int = 6
     return [timed[i:i + len(names)] for i in range(0, len(timed), len(names))]
 
 
-def test_every_round_replays_each_graph_once(monkeypatch):
-    rounds = _rounds(monkeypatch, seed=0)
+def test_every_round_replays_each_graph_once():
+    rounds = _rounds(seed=0)
     assert len(rounds) == 6
     assert all(sorted(r) == ["a", "b", "c", "d"] for r in rounds)
 
 
-def test_the_seed_sets_the_rounds_orders(monkeypatch):
+def test_the_seed_sets_the_rounds_orders():
     """One seed repeats its orders (a rerun replays alike); another seed gives the graphs other
     neighbours, which is what a repeat under another seed is for."""
-    assert _rounds(monkeypatch, seed=0) == _rounds(monkeypatch, seed=0)
-    assert _rounds(monkeypatch, seed=0) != _rounds(monkeypatch, seed=1)
+    assert _rounds(seed=0) == _rounds(seed=0)
+    assert _rounds(seed=0) != _rounds(seed=1)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
-def test_a_call_is_a_replay_over_its_calls(monkeypatch, seed):
+def test_a_call_is_a_replay_over_its_calls(seed):
     """Each sample is one replay's time divided by the calls in its graph (4 here)."""
-    monkeypatch.setattr(timing.torch.cuda, "Event", _Clock)
-    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda: None)
     log: list[str] = []
     result = timing.time_graphs_interleaved({"a": (_Graph("a", log), 4)}, replays=3, settle_rounds=0, seed=seed)
     # a replay between two records is one tick of the fake clock: 1 ms, 1000 us, over 4 calls
