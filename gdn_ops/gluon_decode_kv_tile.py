@@ -13,8 +13,8 @@ is that structure with the step in it. Each program:
 3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
    (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
 4. reads the rows again and writes ``d S + k u^T`` back in place;
-5. sends the tile home by TMA stores, one per part; on large grids (the rule's
-   ``evict_last_from`` / ``fp32_evict_last_from``) with an evict-last L2 policy, which Gluon cannot express, so the launcher compiles that binary with its
+5. sends the tile home by TMA stores, one per part; from the rule's ``evict_last_from`` with an
+   evict-last L2 policy, which Gluon cannot express, so the launcher compiles that binary with its
    PTX rewritten (``gdn_ops.ptx_rewrite``).
 
 Only a few rows are in registers at a time, so the register file does not limit how many
@@ -294,12 +294,7 @@ class TileRule(NamedTuple):
     tail_steps: tuple[tuple[int, int, int], ...] = ()
     small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
     fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
-    evict_last_from: int | None = None  # a 2-byte state's tile stored evict-last in L2 from here (None: never)
-    fp32_evict_last_from: int | None = None  # the same for an fp32 state
-
-    def evict_last_start(self, itemsize: int) -> int | None:
-        """From which B*HV a state of ``itemsize``-byte elements is stored evict-last (None: never)."""
-        return self.fp32_evict_last_from if itemsize == 4 else self.evict_last_from
+    evict_last_from: int | None = None  # the tile stored evict-last in L2 from here (None: never)
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -329,14 +324,10 @@ TILE_PARTS = 8
 # +0.5; in quarters it was level or slower.
 
 # The tile's TMA stores with an evict-last L2 policy (results/h200/tune_kv_tma_evict_last_*_b9b0c46.json;
-# NOTES.md, twenty-eighth session), against the same tile, sorting or given the order, two runs of one
-# seed of the rounds' order: from B*HV 4096 -0.14..+0.78 points of copy bandwidth, at 1024 (fp32 B=32,
-# 64 MB of state a call, about the L2) -0.5..-1.1 in all 8. Under three other seeds (results/h200/
-# kv_el_*_8298ccf.json, kv_el2_*_cd3f147.json; NOTES.md, thirty-seventh session) it went by the state's
-# bytes a call: at 128-256 MB it lost in all 30 pairs (fp32 B*HV 4096 -0.16..-0.46 on average per point,
-# 2-byte 8192 -0.25..-0.47 and 4096 -1.4), from 512 MB it gained (fp32 8192 +0.3, 2-byte 32768 +0.4,
-# fp32 32768 level). So from 512 MB: fp32 from 8192, 2-byte from 16384, where the vk tile's rows are
-# stored so too.
+# NOTES.md, twenty-eighth session), against the same tile, sorting or given the order, two runs: from
+# B*HV 4096 -0.14..+0.78 points of copy bandwidth (21 of 24 pairs gained; bf16 B=512 +0.5-0.8), at
+# 1024 (fp32 B=32, 64 MB of state a call, about the L2) -0.5..-1.1 in all 8: so from 4096, where the
+# vk tile's rows are stored so too.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
@@ -344,8 +335,7 @@ TILE_PARTS = 8
 TILE_RULES = {
     "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
                      tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),
-                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), evict_last_from=16384,
-                     fp32_evict_last_from=8192),
+                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), evict_last_from=4096),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -387,8 +377,7 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     tail = next(((split, per_sm) for start, split, per_sm in reversed(tail_steps) if rows_x_heads >= start), None)
     if tail is not None:
         config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
-    evict_last_from = rule.evict_last_start(itemsize)
-    if evict_last_from is not None and rows_x_heads >= evict_last_from:
+    if rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
         config = config._replace(store_eviction="evict_last")
     return config
 

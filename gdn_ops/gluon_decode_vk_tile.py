@@ -199,36 +199,26 @@ class VkTileRule(NamedTuple):
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``). A 4-byte pool takes it wherever
     its rows are sorted, and from ``four_byte_from`` in batch order too, on two warps a tile below
     ``four_byte_one_warp_from`` and on one from there, unless its rows have ``four_byte_two_warp_heads``
-    heads or more (HV), which stay on two. From ``two_byte_evict_last_from`` (a 2-byte pool) or
-    ``four_byte_evict_last_from`` (a 4-byte one) the updated rows are stored evict-last in L2."""
+    heads or more (HV), which stay on two. From ``evict_last_from`` the updated rows are stored
+    evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
     four_byte_one_warp_from: int
     four_byte_two_warp_heads: int
-    two_byte_evict_last_from: int
-    four_byte_evict_last_from: int
-
-    def evict_last_start(self, itemsize: int) -> int:
-        """From which B*HV a pool of ``itemsize``-byte elements has its rows stored evict-last."""
-        return self.two_byte_evict_last_from if itemsize == 2 else self.four_byte_evict_last_from
+    evict_last_from: int
 
 
 # By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
-# Rows stored evict-last on the H200 (results/h200/tune_vk_store_evict_last_*_dab202c.json; NOTES.md,
-# twenty-seventh session): +0.3..+0.9 points of copy bandwidth at fp32 B=128 and bf16 B=256-512
-# (TP=1), sorting or given the order, in two runs of one seed of the rounds' order, and the GEMM of
-# a layer's input projection after the decode took no longer (neighbour_gemm_*_37eccf4.json); at
-# fp32 B=32 (B*HV 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2
-# meeting the next call's reads. .cs or evict-first stores lost 0.5-2.3 everywhere. Under three
-# other seeds (results/h200/vk_el_*_cd3f147.json; NOTES.md, thirty-seventh session) it went by the
-# state's bytes a call, as the kv tile's did: at 256 MB (fp32 B*HV 4096, 2-byte 8192) -0.23..-0.41
-# (fp32) and -0.10 (2-byte) against plain stores, at 1 GB (fp32 16384, 2-byte 32768) +0.67..+0.87.
-# So from 512 MB of state: B*HV 8192 for an fp32 pool, 16384 for a 2-byte one.
+# Rows stored evict-last from B*HV 4096 on the H200 (results/h200/tune_vk_store_evict_last_*_dab202c.json;
+# NOTES.md, twenty-seventh session): +0.3..+0.9 points of copy bandwidth at fp32 B=128 and bf16
+# B=256-512 (TP=1), sorting or given the order, in two runs, and the GEMM of a layer's input
+# projection after the decode took no longer (neighbour_gemm_*_37eccf4.json); at fp32 B=32 (B*HV
+# 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2 meeting the next
+# call's reads. Plain stores below, and .cs or evict-first stores lost 0.5-2.3 everywhere.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    four_byte_one_warp_from=4096, four_byte_two_warp_heads=32,
-                                    two_byte_evict_last_from=16384, four_byte_evict_last_from=8192)}
+                                    four_byte_one_warp_from=4096, four_byte_two_warp_heads=32, evict_last_from=4096)}
 
 
 @functools.cache
@@ -245,7 +235,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
     slot order or from the rule's ``four_byte_from`` (two warps a tile below ``four_byte_one_warp_from``,
     or with ``four_byte_two_warp_heads`` heads a row);
-    either with its rows stored evict-last from the rule's ``evict_last_start``; ``None`` otherwise.
+    either with its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise.
     Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
@@ -262,7 +252,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         config = VK_4B_TILE_CONFIG if one_warp else VK_4B_TILE_TWO_WARP_CONFIG
     else:
         config = None
-    if config is not None and rows_x_heads >= rule.evict_last_start(state.element_size()):
+    if config is not None and rows_x_heads >= rule.evict_last_from:
         config = config._replace(store_eviction="evict_last")
     return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
 

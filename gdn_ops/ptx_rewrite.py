@@ -3,8 +3,8 @@
 Gluon's TMA store (``tma.async_copy_shared_to_global``, Triton 3.6 and 3.7) takes no cache hint,
 but the PTX instruction under it does: ``cp.async.bulk.tensor...bulk_group.L2::cache_hint`` with a
 64-bit policy made by ``createpolicy``. The kv tile kernel stores its rows evict-last from the B*HV
-where that pays (``gluon_decode_kv_tile.TileRule.evict_last_start``; NOTES.md, twenty-eighth and
-thirty-seventh sessions), so its launcher compiles that specialisation inside :func:`ptx_rewrite`.
+where that pays (``gluon_decode_kv_tile.TileRule.evict_last_from``; NOTES.md, twenty-eighth
+session), so its launcher compiles that specialisation inside :func:`ptx_rewrite`.
 
 The rewrite is installed as Triton's compile-stage hook only while the block runs (so no other
 kernel compiled elsewhere sees it), chained to any hook already there, and touches only the PTX

@@ -396,8 +396,7 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         # thresholds (the "large" cases on the H200), and with its grid's end in pieces where the rule says
         expected = rule_config(gluon, case.state_dtype.itemsize, row_heads)
         assert launched == [expected]
-        evict_last_from = gluon.evict_last_start(case.state_dtype.itemsize)
-        evict_last = evict_last_from is not None and row_heads >= evict_last_from
+        evict_last = gluon.evict_last_from is not None and row_heads >= gluon.evict_last_from
         assert expected.store_eviction == ("evict_last" if evict_last else "")
         assert expected._replace(parts=1, tail_split=1, tail_per_sm=0, store_eviction="") == (
             KV_4B_TILE_CONFIG if case.state_dtype == torch.float32

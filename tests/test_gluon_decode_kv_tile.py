@@ -180,22 +180,17 @@ def _evict_last(config: GluonTileConfig) -> GluonTileConfig:
     (2, 256, None), (2, 511, None), (2, 512, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
     (2, 1023, _tail(KV_2B_TILE_SMALL_CONFIG, 2, split=2)),
     (2, 1024, _tail(KV_2B_TILE_CONFIG, 1)), (2, 2048, _tail(KV_2B_TILE_CONFIG, 2)),
-    (2, 4095, _tail(KV_2B_TILE_CONFIG, 2)), (2, 4096, _tail(KV_2B_TILE_CONFIG, 2)),
-    (2, 8192, _tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
-    (2, 16383, _tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
-    (2, 16384, _evict_last(_tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
+    (2, 4095, _tail(KV_2B_TILE_CONFIG, 2)), (2, 4096, _evict_last(_tail(KV_2B_TILE_CONFIG, 2))),
+    (2, 8192, _evict_last(_tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
     (4, 256, None), (4, 512, _tail(KV_4B_TILE_CONFIG, 1)), (4, 1024, _tail(KV_4B_TILE_CONFIG, 2)),
     (4, 2048, _tail(KV_4B_TILE_CONFIG, 2)), (4, 4095, _tail(KV_4B_TILE_CONFIG, 2)),
-    (4, 4096, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
-    (4, 8191, _tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)),
-    (4, 8192, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
+    (4, 4096, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
     (4, 32768, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)))])
 def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
     1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
     pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1; the
-    quarter-head 2-byte tile's end in halves, 2 per SM; the rows stored evict-last from 512 MB of
-    state a call (B*HV 16384 for a 2-byte state, 8192 for fp32)."""
+    quarter-head 2-byte tile's end in halves, 2 per SM; the rows stored evict-last from 4096."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
@@ -285,15 +280,14 @@ def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
 
 
 @pytest.mark.parametrize(("state", "rows_x_heads", "expected"), [
-    ("bf16", 8192, "(0, 12, 0)"), ("bf16", 16384, "(12, 0, 1)"), ("fp32", 4096, "(0, 12, 0)"), ("fp32", 8192, "(12, 0, 1)")])
+    ("bf16", 4095, "(0, 2, 0)"), ("bf16", 8192, "(12, 0, 1)"), ("fp32", 2048, "(0, 2, 0)"), ("fp32", 4096, "(12, 0, 1)")])
 def test_the_h200_rule_stores_evict_last_from_its_threshold(state, rows_x_heads, expected):
-    """As the launcher compiles the rule's tile for sm_90: from ``evict_last_start`` each TMA store
+    """As the launcher compiles the rule's tile for sm_90: from ``evict_last_from`` each TMA store
     (one per part, and one per part of the tail's pieces) carries the L2 hint of one evict-last
     policy, none is left plain; below it none is hinted. (Hinted, the tile's registers and stack
     are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
-    itemsize = {"bf16": 2, "fp32": 4}[state]
-    config = rule_config(TILE_RULES["H200"], itemsize, rows_x_heads)
-    assert (config.store_eviction == "evict_last") == (rows_x_heads >= TILE_RULES["H200"].evict_last_start(itemsize))
+    config = rule_config(TILE_RULES["H200"], {"bf16": 2, "fp32": 4}[state], rows_x_heads)
+    assert (config.store_eviction == "evict_last") == (rows_x_heads >= TILE_RULES["H200"].evict_last_from)
     assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_store_hints(t.{config!r}, {state!r})").strip() == expected
 
 

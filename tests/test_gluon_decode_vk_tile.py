@@ -96,7 +96,6 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
     [
         ({}, True),
         ({"B": "large"}, True),
-        ({"B": "evict-last"}, True),  # from 512 MB of state a call its rows are stored evict-last
         ({"B": -1}, False),  # one row fewer than the GPU's threshold
         ({"B": "given-order"}, True),  # under that threshold, but the caller gives the slot order
         ({"B": "below-given-order"}, False),
@@ -104,7 +103,6 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
         ({"qkv_layout": "transposed"}, False),  # q, k, v not contiguous
         ({"state_dtype": torch.float32}, True),  # an fp32 pool from its B*HV (H200: 1024), rows in batch order
         ({"state_dtype": torch.float32, "B": "large"}, True),  # and where its rows are sorted (H200: from 2048)
-        ({"state_dtype": torch.float32, "B": "evict-last"}, True),
         ({"state_dtype": torch.float32, "B": -1}, False),
         # 8 heads a row (TP=4): sorted from 1024 by itself, and on one warp from 4096
         ({"state_dtype": torch.float32, "HK": 4}, True),
@@ -131,7 +129,6 @@ def test_default_kernel_choice_and_result(changes, tile):
     start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
     heads = changes.get("HK", 16) * 2  # HV
     B = {-1: start // heads - 1, "large": 4 * start // heads + 2, "given-order": rule.two_byte_sorted_from // heads + 1,
-         "evict-last": rule.evict_last_start(state_dtype.itemsize) // heads + 2,
          "below-given-order": rule.two_byte_sorted_from // heads - 1}.get(changes.get("B"), start // heads + 2)
     given_order = changes.get("B") in ("given-order", "below-given-order")
     changes = {name: value for name, value in changes.items() if name != "B"}
@@ -147,7 +144,7 @@ def test_default_kernel_choice_and_result(changes, tile):
         one_warp = B * heads >= rule.four_byte_one_warp_from and heads < rule.four_byte_two_warp_heads
         shipped = (VK_2B_TILE_CONFIG if case.state_dtype != torch.float32 else
                    VK_4B_TILE_CONFIG if one_warp else VK_4B_TILE_TWO_WARP_CONFIG)
-        eviction = "evict_last" if B * heads >= rule.evict_last_start(case.state_dtype.itemsize) else ""
+        eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
         assert launched == [shipped._replace(sort_rows=sort_rows, store_eviction=eviction)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
