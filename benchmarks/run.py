@@ -15,7 +15,7 @@ token (T=1) of bf16 activations:
    reported as failing and not timed;
 2. N independent calls, each with its own pool addressed through shuffled int32 slot indices, are
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
-   a memory budget; at least 2), so every call starts with a cold L2;
+   a memory budget; at least ``--min-pools``, 2 by default), so every call starts with a cold L2;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, the starting provider rotating), so drifts of clock or power hit all
    alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
@@ -69,7 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tag", help="output file stem (default: quick or sweep)")
     ap.add_argument("--replays", type=int, default=30, help="timed graph replays per point")
     ap.add_argument("--mem-budget-gb", type=float, default=4.0,
-                    help="GPU memory for the rotated pools of one point (at least 2 pools are used)")
+                    help="GPU memory for the rotated pools of one point (at least --min-pools are used)")
+    # With 2 calls a graph (every point from 256 MB of state a call), half of the calls start on what
+    # the previous provider's graph left in the L2, and the last call's dirty rows are written back
+    # while the next graph runs: more calls a graph dilute what the neighbours add (NOTES.md,
+    # thirty-seventh session).
+    ap.add_argument("--min-pools", type=int, default=2,
+                    help="fewest calls (pools) in one graph, whatever the cold-L2 multiple needs")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="start no new point after this many seconds; results so far are written")
     ap.add_argument("--seed", type=int, default=0,
@@ -147,7 +153,7 @@ def header(args, copy_bw: float, provider_sources: dict, notes: dict) -> dict:
         "copy_bandwidth_Bps": copy_bw,
         "method": (
             f"per-call time = CUDA-graph replay time / N calls, each on its own pool (pools >= "
-            f"{timing.COLD_L2_FACTOR}x L2, at least 2); providers' graphs replayed in {args.replays} "
+            f"{timing.COLD_L2_FACTOR}x L2, at least {args.min_pools}); providers' graphs replayed in {args.replays} "
             "interleaved rounds (each in its own seeded order); p20/p50/p80 over replays; "
             "pct_of_copy_bw = bytes / p50 / copy_bandwidth; bytes = 2 x state + q,k,v,a,b,o,indices,A_log,dt_bias"
         ),
@@ -212,7 +218,7 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     _free()
 
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # the state is read and written in place
-    n = timing.pools_for_cold_l2(footprint, l2, int(args.mem_budget_gb * 2**30))
+    n = timing.pools_for_cold_l2(footprint, l2, int(args.mem_budget_gb * 2**30), min_pools=args.min_pools)
     pools = [P.make_problem(cfg, DEVICE) for _ in range(n)]
     # Capture every provider's graph first, then time them all in interleaved rounds: a provider
     # timed alone and first at a point was seen to run ~10% slower in part of its replays.

@@ -68,3 +68,14 @@ def test_a_call_is_a_replay_over_its_calls(seed):
     result = timing.time_graphs_interleaved({"a": (_Graph("a", log), 4)}, replays=3, settle_rounds=0, seed=seed)
     # a replay between two records is one tick of the fake clock: 1 ms, 1000 us, over 4 calls
     assert result["a"].samples_us == [250.0, 250.0, 250.0]
+
+
+@pytest.mark.parametrize(("bytes_per_call", "budget", "min_pools", "expected"), [
+    (10, 10_000, 2, 40),  # the cold-L2 multiple: 4 x 100 bytes of L2 in 10-byte calls
+    (10, 200, 2, 20),  # what the budget affords
+    (1_000, 10_000, 2, 2),  # each pool beyond the L2: the minimum rules
+    (1_000, 10_000, 8, 8),  # more calls a graph, to dilute what the neighbouring graphs add
+    (1_000, 1_000, 8, 8),  # the minimum even over the budget
+])
+def test_pools_for_cold_l2(bytes_per_call, budget, min_pools, expected):
+    assert timing.pools_for_cold_l2(bytes_per_call, 100, budget, factor=4, min_pools=min_pools) == expected
