@@ -70,10 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--replays", type=int, default=30, help="timed graph replays per point")
     ap.add_argument("--mem-budget-gb", type=float, default=4.0,
                     help="GPU memory for the rotated pools of one point (at least --min-pools are used)")
-    # With 2 calls a graph (every point from 256 MB of state a call), half of the calls start on what
-    # the previous provider's graph left in the L2, and the last call's dirty rows are written back
-    # while the next graph runs: more calls a graph dilute what the neighbours add (NOTES.md,
-    # thirty-seventh session).
+    # A replay's two ends (the first call starts on the previous graph's leftovers with nothing to
+    # overlap, the last has nothing after it) cost 1.5-6.5 us on the H200 at TP=1 B=128-256, where
+    # 2 calls a graph carry half of it each; 8 read every implementation 0.3-1.7 points higher there
+    # (results/h200/pools{2,8}_1906cd1.json; NOTES.md, thirty-seventh session).
     ap.add_argument("--min-pools", type=int, default=2,
                     help="fewest calls (pools) in one graph, whatever the cold-L2 multiple needs")
     ap.add_argument("--time-budget-s", type=float, default=None,
@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the inputs' and the interleaved rounds' orders; a rerun under another seed gives each "
                          "implementation other neighbours")
     args = ap.parse_args(argv)
+    if args.min_pools < 2:
+        ap.error(f"--min-pools must be at least 2: one pool is read warm from the replay before (got {args.min_pools})")
     if args.quick:
         args.batches = args.batches or list(QUICK_BATCHES)
         args.tp = args.tp or [1]

@@ -1,4 +1,5 @@
-"""The interleaved replay timer's rounds, on CPU: graphs and CUDA events replaced by recorders."""
+"""The interleaved replay timer's rounds, on CPU (graphs and CUDA events replaced by recorders),
+and how many calls one graph holds."""
 
 from __future__ import annotations
 
@@ -79,3 +80,12 @@ def test_a_call_is_a_replay_over_its_calls(seed):
 ])
 def test_pools_for_cold_l2(bytes_per_call, budget, min_pools, expected):
     assert timing.pools_for_cold_l2(bytes_per_call, 100, budget, factor=4, min_pools=min_pools) == expected
+
+
+def test_the_sweep_takes_its_fewest_calls_a_graph():
+    from benchmarks.run import parse_args
+
+    assert parse_args([]).min_pools == 2
+    assert parse_args(["--min-pools", "8"]).min_pools == 8
+    with pytest.raises(SystemExit):
+        parse_args(["--min-pools", "1"])
