@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0)
     ap.add_argument("--seed", type=int, default=0, help="the interleaved rounds' orders (as tune_tma's)")
     ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
+    ap.add_argument("--min-pools", type=int, default=2, help="fewest calls in one graph (benchmarks.run's option)")
     args = ap.parse_args()
     K, N = args.gemm
     bw = copy_bandwidth()
@@ -125,7 +126,8 @@ def main() -> None:
         decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
                                   problem, reference(cfg, problem))
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed)
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed,
+                                 args.min_pools)
         after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
         records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
                         "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],
@@ -133,7 +135,7 @@ def main() -> None:
         print(f"{dtype_name(cfg.state_dtype):8s} {cfg.layout} B={cfg.B:5d}  gemm alone {times[GEMM_ONLY]:.1f} us  "
               + "  ".join(f"{n} {times[n]:.1f} us, +gemm {times[n + '+gemm']:.1f} (gemm after it {after[n]:.1f})"
                           for n in after), failed or "", flush=True)
-    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays)
+    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays, min_pools=args.min_pools)
 
 
 if __name__ == "__main__":

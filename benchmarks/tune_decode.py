@@ -130,7 +130,7 @@ def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[Decode
 
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, min_pools: int = 2) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow), in the
     rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`).
@@ -138,9 +138,10 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
     Every provider's graph rotates through the same pools (each updated in place by whichever
     provider runs): the pools alone total the cold-L2 multiple, so sharing them keeps each call
     cold while the memory no longer grows with the number of providers (per-provider pools ran
-    an 80 GB card out of memory with every tile at B=1024)."""
+    an 80 GB card out of memory with every tile at B=1024). At least ``min_pools`` calls a graph
+    (``benchmarks.run --min-pools``: a replay's two ends weigh less in more calls)."""
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # distinct bytes: the state is updated in place
-    n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget)
+    n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget, min_pools=min_pools)
     problems = [make_problem(cfg, "cuda") for _ in range(n)]
     graphs, keep = {}, []
     for prov in providers:

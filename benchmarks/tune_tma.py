@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0,
                     help="the interleaved rounds' orders; a repeat run with another seed gives each configuration other neighbours")
     ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
+    ap.add_argument("--min-pools", type=int, default=2, help="fewest calls in one graph (benchmarks.run's option)")
     ap.add_argument("--without-pdl", action="store_true",
                     help="also time each spec launched without programmatic dependent launch (name+no_pdl)")
     args = ap.parse_args()
@@ -283,7 +284,8 @@ def main() -> None:
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         runnable += ceilings
         row["results"].update({name: {"error": message} for name, message in failed.items()})
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed)
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed,
+                                 args.min_pools)
         for prov in runnable:
             us = times[prov.name]
             row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
@@ -291,7 +293,7 @@ def main() -> None:
                             for n, r in row["results"].items())
         print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
         records.append(row)
-    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays)
+    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays, min_pools=args.min_pools)
 
 
 if __name__ == "__main__":

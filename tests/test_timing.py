@@ -89,3 +89,23 @@ def test_the_sweep_takes_its_fewest_calls_a_graph():
     assert parse_args(["--min-pools", "8"]).min_pools == 8
     with pytest.raises(SystemExit):
         parse_args(["--min-pools", "1"])
+
+
+@pytest.mark.parametrize("min_pools", [2, 8])
+def test_the_tuning_timer_holds_at_least_min_pools_calls(monkeypatch, min_pools):
+    """``tune_decode.time_interleaved`` (which tune_tma and neighbour_gemm call) captures one call a
+    pool into each provider's graph, at least ``min_pools`` of them where each pool alone passes the
+    L2 (problems, capture and replays replaced by recorders)."""
+    from types import SimpleNamespace
+
+    from benchmarks import tune_decode
+
+    monkeypatch.setattr(tune_decode, "l2_cache_bytes", lambda: 100)
+    monkeypatch.setattr(tune_decode, "make_problem",
+                        lambda cfg, device: SimpleNamespace(pool=None, indices=None, inputs={}))
+    monkeypatch.setattr(tune_decode, "capture_graph", lambda calls: calls)
+    monkeypatch.setattr(tune_decode, "time_graphs_interleaved", lambda graphs, replays, seed: {
+        name: SimpleNamespace(p50_us=float(calls)) for name, (graph, calls) in graphs.items()})
+    cfg = SimpleNamespace(bytes_per_call=lambda: 2_000, state_bytes=1_000)  # 1000 distinct bytes a call
+    provider = SimpleNamespace(name="p", make=lambda cfg, pool, indices, inputs: (lambda: None))
+    assert tune_decode.time_interleaved(cfg, [provider], budget=10**9, min_pools=min_pools) == {"p": float(min_pools)}
