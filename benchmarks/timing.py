@@ -68,6 +68,8 @@ def pools_for_cold_l2(
     fewer than ``min_pools`` (a single pool would be re-read warm from the replay before). At large
     batch each pool alone exceeds L2 many times over, and the minimum rules.
     """
+    if min_pools < 2:
+        raise ValueError(f"min_pools must be at least 2: one pool is read warm from the replay before (got {min_pools})")
     wanted = math.ceil(factor * l2_bytes / max(1, bytes_per_call))
     affordable = mem_budget_bytes // max(1, bytes_per_call)
     return max(min_pools, min(wanted, affordable, max_pools))

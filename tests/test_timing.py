@@ -82,6 +82,11 @@ def test_pools_for_cold_l2(bytes_per_call, budget, min_pools, expected):
     assert timing.pools_for_cold_l2(bytes_per_call, 100, budget, factor=4, min_pools=min_pools) == expected
 
 
+def test_one_pool_a_graph_is_refused():
+    with pytest.raises(ValueError, match="min_pools must be at least 2"):
+        timing.pools_for_cold_l2(1_000, 100, 10_000, min_pools=1)
+
+
 def test_the_sweep_takes_its_fewest_calls_a_graph():
     from benchmarks.run import parse_args
 
