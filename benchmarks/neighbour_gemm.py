@@ -32,6 +32,7 @@ from benchmarks.providers import (
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import (
     add_grid_arguments,
+    add_timing_arguments,
     dtype_name,
     time_interleaved,
     tuning_grid,
@@ -114,9 +115,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="neighbour_gemm")
     ap.add_argument("--mem-budget-gb", type=float, default=40.0)
-    ap.add_argument("--seed", type=int, default=0, help="the interleaved rounds' orders (as tune_tma's)")
-    ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
-    ap.add_argument("--min-pools", type=int, default=2, help="fewest calls in one graph (benchmarks.run's option)")
+    add_timing_arguments(ap)
     args = ap.parse_args()
     K, N = args.gemm
     bw = copy_bandwidth()
@@ -126,8 +125,8 @@ def main() -> None:
         decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
                                   problem, reference(cfg, problem))
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed,
-                                 args.min_pools)
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
+                                 seed=args.seed, min_pools=args.min_pools)
         after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
         records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
                         "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],

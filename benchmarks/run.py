@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # overlap, the last has nothing after it) cost 1.5-6.5 us on the H200 at TP=1 B=128-256, where
     # 2 calls a graph carry half of it each; 8 read every implementation 0.3-1.7 points higher there
     # (results/h200/pools{2,8}_1906cd1.json; NOTES.md, thirty-seventh session).
-    ap.add_argument("--min-pools", type=int, default=2,
+    ap.add_argument("--min-pools", type=timing.min_pools_arg, default=2,
                     help="fewest calls (pools) in one graph, whatever the cold-L2 multiple needs")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="start no new point after this many seconds; results so far are written")
@@ -82,8 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the inputs' and the interleaved rounds' orders; a rerun under another seed gives each "
                          "implementation other neighbours")
     args = ap.parse_args(argv)
-    if args.min_pools < 2:
-        ap.error(f"--min-pools must be at least 2: one pool is read warm from the replay before (got {args.min_pools})")
     if args.quick:
         args.batches = args.batches or list(QUICK_BATCHES)
         args.tp = args.tp or [1]

@@ -10,6 +10,7 @@ used: its L2 flush writes 256 MB of dirty lines whose write-back lands inside th
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import random
@@ -53,6 +54,20 @@ def copy_bandwidth(nbytes: int = 2 << 30, iters: int = 10, device: str = "cuda")
     return 2 * n * 4 / (median_ms * 1e-3)
 
 
+_ONE_POOL = "one pool is read warm from the replay before"
+
+
+def min_pools_arg(text: str) -> int:
+    """``--min-pools``' value (argparse type): an integer of at least 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2: {_ONE_POOL} (got {value})")
+    return value
+
+
 def pools_for_cold_l2(
     bytes_per_call: int,
     l2_bytes: int,
@@ -69,7 +84,7 @@ def pools_for_cold_l2(
     batch each pool alone exceeds L2 many times over, and the minimum rules.
     """
     if min_pools < 2:
-        raise ValueError(f"min_pools must be at least 2: one pool is read warm from the replay before (got {min_pools})")
+        raise ValueError(f"min_pools must be at least 2: {_ONE_POOL} (got {min_pools})")
     wanted = math.ceil(factor * l2_bytes / max(1, bytes_per_call))
     affordable = mem_budget_bytes // max(1, bytes_per_call)
     return max(min_pools, min(wanted, affordable, max_pools))

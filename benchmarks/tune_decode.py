@@ -31,6 +31,7 @@ from benchmarks.timing import (
     capture_graph,
     copy_bandwidth,
     l2_cache_bytes,
+    min_pools_arg,
     pools_for_cold_l2,
     time_graphs_interleaved,
 )
@@ -53,6 +54,15 @@ def add_grid_arguments(ap: argparse.ArgumentParser, *, batches: list[int], dtype
     ap.add_argument("--heads", default="16,32", help="HK,HV")
     ap.add_argument("--slot-pad", type=int, default=0,
                     help="elements between one slot's state and the next beyond a dense pool (a page-strided pool)")
+
+
+def add_timing_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of :func:`time_interleaved` that a tuning script passes through: the rounds'
+    seed, their number and the fewest calls a graph."""
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the interleaved rounds' orders; a repeat run with another seed gives each configuration other neighbours")
+    ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
+    ap.add_argument("--min-pools", type=min_pools_arg, default=2, help="fewest calls in one graph (benchmarks.run's option)")
 
 
 def tuning_grid(args: argparse.Namespace) -> list[Config]:

@@ -51,6 +51,7 @@ from benchmarks.providers import (
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import (
     add_grid_arguments,
+    add_timing_arguments,
     dtype_name,
     time_interleaved,
     tuning_grid,
@@ -240,10 +241,7 @@ def main() -> None:
                     help="also time the default and each sorting spec given the step's slot order (initial_state_order)")
     ap.add_argument("--sort-default", action="store_true",
                     help="also time the default configuration as the rule would pick it sorting its rows (default:sort)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the interleaved rounds' orders; a repeat run with another seed gives each configuration other neighbours")
-    ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
-    ap.add_argument("--min-pools", type=int, default=2, help="fewest calls in one graph (benchmarks.run's option)")
+    add_timing_arguments(ap)
     ap.add_argument("--without-pdl", action="store_true",
                     help="also time each spec launched without programmatic dependent launch (name+no_pdl)")
     args = ap.parse_args()
@@ -284,8 +282,8 @@ def main() -> None:
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         runnable += ceilings
         row["results"].update({name: {"error": message} for name, message in failed.items()})
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), args.replays, args.seed,
-                                 args.min_pools)
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
+                                 seed=args.seed, min_pools=args.min_pools)
         for prov in runnable:
             us = times[prov.name]
             row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}

@@ -114,3 +114,21 @@ def test_the_tuning_timer_holds_at_least_min_pools_calls(monkeypatch, min_pools)
     cfg = SimpleNamespace(bytes_per_call=lambda: 2_000, state_bytes=1_000)  # 1000 distinct bytes a call
     provider = SimpleNamespace(name="p", make=lambda cfg, pool, indices, inputs: (lambda: None))
     assert tune_decode.time_interleaved(cfg, [provider], budget=10**9, min_pools=min_pools) == {"p": float(min_pools)}
+
+
+def test_the_tuning_scripts_share_the_timers_options():
+    """``--seed``, ``--replays`` and ``--min-pools`` of tune_tma and neighbour_gemm, one definition;
+    a count of pools is an integer of at least 2, refused at parse time otherwise."""
+    import argparse
+
+    from benchmarks.tune_decode import add_timing_arguments
+
+    ap = argparse.ArgumentParser()
+    add_timing_arguments(ap)
+    args = ap.parse_args([])
+    assert (args.seed, args.replays, args.min_pools) == (0, 15, 2)
+    assert ap.parse_args(["--min-pools", "8", "--seed", "3"]).min_pools == 8
+    assert timing.min_pools_arg("2") == 2
+    for text in ("1", "0", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            timing.min_pools_arg(text)
