@@ -49,7 +49,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
 from benchmarks.run import GEOMETRY
 from benchmarks.timing import capture_graph, copy_bandwidth
-from benchmarks.tune_decode import time_interleaved
+from benchmarks.tune_decode import add_timing_arguments, time_interleaved
 from benchmarks.tuning_results import write_results
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
@@ -278,8 +278,9 @@ def check_stream(cfg: Config, provider: Provider, device: str = "cuda") -> str |
     return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def parser() -> argparse.ArgumentParser:
+    """The script's options."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.probe_stream")
     ap.add_argument("--batches", type=int, nargs="*", default=[256, 1024])
     ap.add_argument("--tma", nargs="*", default=["1:2:2:0", "1:2:2:1", "1:4:1:0", "1:4:1:2", "1:6:1:2", "2:3:1:0",
                                                  "2:3:1:1", "1:2:2:0:oop", "2:3:1:1:oop", "1:2:2:0:seq"],
@@ -296,7 +297,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="probe_stream")
     ap.add_argument("--mem-budget-gb", type=float, default=24.0)
-    args = ap.parse_args()
+    add_timing_arguments(ap)
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     bw = copy_bandwidth()
     peers, _ = load_providers(("copy",))
     streams = [tma_provider(*map(int, s.split(":")[:4]), tuple(s.split(":")[4:])) for s in args.tma]
@@ -313,7 +319,8 @@ def main() -> None:
             errors[p.name] = check_stream(cfg, p)
         runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
         runnable += [decode_provider(tuple(spec.split(":")[1:])) for spec in args.decode]
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30))
+        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
+                                 seed=args.seed, min_pools=args.min_pools)
         row = {"B": B, "bytes": cfg.bytes_per_call(), "state_bytes": 2 * cfg.state_bytes,
                "errors": {n: e for n, e in errors.items() if e}, "results": {}}
         for name, us in times.items():

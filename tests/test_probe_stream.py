@@ -26,6 +26,17 @@ def test_specs_name_the_streams():
     assert all(p.yardstick for p in (tma_provider(1, 2, 2, 0), async_provider(4, 2, 3), reg_provider(8)))
 
 
+def test_the_probe_takes_the_timers_options():
+    """The streams are timed as the tuning scripts time (``tune_decode.add_timing_arguments``), so a
+    ceiling and the decode it bounds can be read with as many calls a graph as the sweep."""
+    from benchmarks.probe_stream import parser
+
+    args = parser().parse_args(["--reg", "1:c2048:seq", "--tma", "--async", "--min-pools", "8", "--seed", "2"])
+    assert (args.reg, args.tma, args.async_, args.min_pools, args.seed) == (["1:c2048:seq"], [], [], 8, 2)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--min-pools", "1"])
+
+
 def compiled_shared_bytes(kind: str, num_buf: int) -> int:
     """Shared memory of a stream kernel compiled for sm_90 on a bf16 Qwen3-Next pool, without a GPU."""
     from benchmarks.probe_stream import _async_stream_kernel, _tma_stream_kernel
