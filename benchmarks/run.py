@@ -15,7 +15,7 @@ token (T=1) of bf16 activations:
    reported as failing and not timed;
 2. N independent calls, each with its own pool addressed through shuffled int32 slot indices, are
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
-   a memory budget; at least ``--min-pools``, 2 by default), so every call starts with a cold L2;
+   a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, the starting provider rotating), so drifts of clock or power hit all
    alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
@@ -70,11 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--replays", type=int, default=30, help="timed graph replays per point")
     ap.add_argument("--mem-budget-gb", type=float, default=4.0,
                     help="GPU memory for the rotated pools of one point (at least --min-pools are used)")
-    # A replay's two ends (the first call starts on the previous graph's leftovers with nothing to
-    # overlap, the last has nothing after it) cost 1.5-6.5 us on the H200 at TP=1 B=128-256, where
-    # 2 calls a graph carry half of it each; 8 read every implementation 0.3-1.7 points higher there
-    # (results/h200/pools{2,8}_1906cd1.json; NOTES.md, thirty-seventh session).
-    ap.add_argument("--min-pools", type=timing.min_pools_arg, default=2,
+    ap.add_argument("--min-pools", type=timing.min_pools_arg, default=timing.MIN_POOLS,
                     help="fewest calls (pools) in one graph, whatever the cold-L2 multiple needs")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="start no new point after this many seconds; results so far are written")

@@ -20,6 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 COLD_L2_FACTOR = 4
+# The fewest calls one graph holds, whatever the cold-L2 multiple asks. A replay's two ends (the
+# first call starts on the previous graph's leftovers with nothing to overlap, the last has nothing
+# after it) cost a few us a graph whatever it holds; in an engine's step graph a decode sits among a
+# layer's other kernels and pays none of that. With 2 calls a graph each carried half of it: 8 read
+# every implementation +0.1..+2.1 points of copy bandwidth higher where the minimum ruled (the
+# largest where a call is shortest), within the spread elsewhere (H200,
+# results/h200/sweep8_tp{1,4}_b517e34.json against sweep_c003eab.json; NOTES.md, thirty-eighth session).
+MIN_POOLS = 8
 
 
 def l2_cache_bytes(device: torch.device | int | None = None) -> int:
@@ -74,7 +82,7 @@ def pools_for_cold_l2(
     mem_budget_bytes: int,
     *,
     factor: int = COLD_L2_FACTOR,
-    min_pools: int = 2,
+    min_pools: int = MIN_POOLS,
     max_pools: int = 1024,
 ) -> int:
     """How many independent calls (each with its own pool) one graph rotates through.

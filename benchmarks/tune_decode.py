@@ -28,6 +28,7 @@ from benchmarks.providers import (
     reference,
 )
 from benchmarks.timing import (
+    MIN_POOLS,
     capture_graph,
     copy_bandwidth,
     l2_cache_bytes,
@@ -62,7 +63,7 @@ def add_timing_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0,
                     help="the interleaved rounds' orders; a repeat run with another seed gives each configuration other neighbours")
     ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
-    ap.add_argument("--min-pools", type=min_pools_arg, default=2, help="fewest calls in one graph (benchmarks.run's option)")
+    ap.add_argument("--min-pools", type=min_pools_arg, default=MIN_POOLS, help="fewest calls in one graph (benchmarks.run's option)")
 
 
 def tuning_grid(args: argparse.Namespace) -> list[Config]:
@@ -140,7 +141,7 @@ def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[Decode
 
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15,
-                     seed: int = 0, min_pools: int = 2) -> dict[str, float]:
+                     seed: int = 0, min_pools: int = MIN_POOLS) -> dict[str, float]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow), in the
     rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`).

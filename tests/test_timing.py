@@ -90,7 +90,7 @@ def test_one_pool_a_graph_is_refused():
 def test_the_sweep_takes_its_fewest_calls_a_graph():
     from benchmarks.run import parse_args
 
-    assert parse_args([]).min_pools == 2
+    assert parse_args([]).min_pools == timing.MIN_POOLS == 8
     assert parse_args(["--min-pools", "8"]).min_pools == 8
     with pytest.raises(SystemExit):
         parse_args(["--min-pools", "1"])
@@ -126,7 +126,7 @@ def test_the_tuning_scripts_share_the_timers_options():
     ap = argparse.ArgumentParser()
     add_timing_arguments(ap)
     args = ap.parse_args([])
-    assert (args.seed, args.replays, args.min_pools) == (0, 15, 2)
+    assert (args.seed, args.replays, args.min_pools) == (0, 15, timing.MIN_POOLS)
     assert ap.parse_args(["--min-pools", "8", "--seed", "3"]).min_pools == 8
     assert timing.min_pools_arg("2") == 2
     for text in ("1", "0", "x"):
