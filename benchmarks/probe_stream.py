@@ -329,7 +329,8 @@ def main() -> None:
         print(f"B={B:5d}  " + "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)"
                                         for n, r in row["results"].items()), row["errors"] or "", flush=True)
         records.append(row)
-    write_results(args.out, args.tag, records, bw, triton_path=triton.__file__)
+    write_results(args.out, args.tag, records, bw, triton_path=triton.__file__, seed=args.seed, replays=args.replays,
+                  min_pools=args.min_pools)
 
 
 if __name__ == "__main__":
