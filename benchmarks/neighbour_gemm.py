@@ -34,7 +34,8 @@ from benchmarks.tune_decode import (
     add_grid_arguments,
     add_timing_arguments,
     dtype_name,
-    time_interleaved,
+    time_as_asked,
+    timing_options,
     tuning_grid,
 )
 from benchmarks.tune_tma import parse_spec, spec_variant_providers
@@ -125,8 +126,7 @@ def main() -> None:
         decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
                                   problem, reference(cfg, problem))
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
-                                 seed=args.seed, min_pools=args.min_pools)
+        times = time_as_asked(cfg, runnable, args)
         after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
         records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
                         "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],
@@ -134,7 +134,7 @@ def main() -> None:
         print(f"{dtype_name(cfg.state_dtype):8s} {cfg.layout} B={cfg.B:5d}  gemm alone {times[GEMM_ONLY]:.1f} us  "
               + "  ".join(f"{n} {times[n]:.1f} us, +gemm {times[n + '+gemm']:.1f} (gemm after it {after[n]:.1f})"
                           for n in after), failed or "", flush=True)
-    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays, min_pools=args.min_pools)
+    write_results(args.out, args.tag, records, bw, **timing_options(args))
 
 
 if __name__ == "__main__":

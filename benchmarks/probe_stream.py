@@ -49,7 +49,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from benchmarks.providers import Config, Provider, launcher_provider, load_providers
 from benchmarks.run import GEOMETRY
 from benchmarks.timing import capture_graph, copy_bandwidth
-from benchmarks.tune_decode import add_timing_arguments, time_interleaved
+from benchmarks.tune_decode import add_timing_arguments, time_as_asked, timing_options
 from benchmarks.tuning_results import write_results
 from gdn_ops.gluon_decode_kv import _cta_barrier, _shared_layout, chunk_columns
 from gdn_ops.triton_decode_tma import sm_count
@@ -319,8 +319,7 @@ def main() -> None:
             errors[p.name] = check_stream(cfg, p)
         runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
         runnable += [decode_provider(tuple(spec.split(":")[1:])) for spec in args.decode]
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
-                                 seed=args.seed, min_pools=args.min_pools)
+        times = time_as_asked(cfg, runnable, args)
         row = {"B": B, "bytes": cfg.bytes_per_call(), "state_bytes": 2 * cfg.state_bytes,
                "errors": {n: e for n, e in errors.items() if e}, "results": {}}
         for name, us in times.items():
@@ -329,8 +328,7 @@ def main() -> None:
         print(f"B={B:5d}  " + "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)"
                                         for n, r in row["results"].items()), row["errors"] or "", flush=True)
         records.append(row)
-    write_results(args.out, args.tag, records, bw, triton_path=triton.__file__, seed=args.seed, replays=args.replays,
-                  min_pools=args.min_pools)
+    write_results(args.out, args.tag, records, bw, triton_path=triton.__file__, **timing_options(args))
 
 
 if __name__ == "__main__":

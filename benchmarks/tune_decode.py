@@ -66,6 +66,11 @@ def add_timing_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--min-pools", type=min_pools_arg, default=MIN_POOLS, help="fewest calls in one graph (benchmarks.run's option)")
 
 
+def timing_options(args: argparse.Namespace) -> dict[str, int]:
+    """The options of :func:`add_timing_arguments` as given, for a results file's header."""
+    return {"seed": args.seed, "replays": args.replays, "min_pools": args.min_pools}
+
+
 def tuning_grid(args: argparse.Namespace) -> list[Config]:
     """One point per pool dtype, layout and batch (in that nesting) of the options of
     :func:`add_grid_arguments`, at Qwen3-Next's head size (K = V = 128)."""
@@ -165,6 +170,12 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
     return {name: t.p50_us for name, t in timings.items()}
 
 
+def time_as_asked(cfg: Config, providers: list[Provider], args: argparse.Namespace) -> dict[str, float]:
+    """:func:`time_interleaved` under a script's options: its pools within ``--mem-budget-gb`` (GiB)
+    and the options of :func:`add_timing_arguments`."""
+    return time_interleaved(cfg, providers, int(args.mem_budget_gb * 2**30), **timing_options(args))
+
+
 def parser() -> argparse.ArgumentParser:
     """The script's options."""
     ap = argparse.ArgumentParser()
@@ -186,13 +197,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--peers", nargs="*", default=["sglang"],
                     choices=[n for n in PROVIDER_NAMES if not n.startswith("gdn_ops")],
                     help="peers timed in the same interleaved rounds (unchecked)")
-    ap.add_argument("--replays", type=int, default=15, help="interleaved rounds of graph replays")
+    add_timing_arguments(ap)
     return ap
 
 
 def main() -> None:
     args = parser().parse_args()
-    budget = int(args.mem_budget_gb * 2**30)
     bw = copy_bandwidth()
     peers, _ = load_providers(tuple(args.peers))
     records = []
@@ -212,7 +222,7 @@ def main() -> None:
         runnable, failed = passing(cfg, providers, problem, ref)
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
-        times = time_interleaved(cfg, runnable + peers_here, budget, args.replays)
+        times = time_as_asked(cfg, runnable + peers_here, args)
         for prov in runnable:
             row["tiles"][prov.name] = {"us": times[prov.name]}
         for peer in peers_here:
@@ -234,7 +244,7 @@ def main() -> None:
         records.append(row)
         del problem, ref
         torch.cuda.empty_cache()
-    write_results(Path(args.out), args.tag, records, bw, host=platform.node())
+    write_results(Path(args.out), args.tag, records, bw, host=platform.node(), **timing_options(args))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ from benchmarks.tune_decode import (
     add_grid_arguments,
     add_timing_arguments,
     dtype_name,
-    time_interleaved,
+    time_as_asked,
+    timing_options,
     tuning_grid,
 )
 from benchmarks.tuning_results import write_results
@@ -282,8 +283,7 @@ def main() -> None:
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         runnable += ceilings
         row["results"].update({name: {"error": message} for name, message in failed.items()})
-        times = time_interleaved(cfg, runnable, int(args.mem_budget_gb * 2**30), replays=args.replays,
-                                 seed=args.seed, min_pools=args.min_pools)
+        times = time_as_asked(cfg, runnable, args)
         for prov in runnable:
             us = times[prov.name]
             row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
@@ -291,7 +291,7 @@ def main() -> None:
                             for n, r in row["results"].items())
         print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)
         records.append(row)
-    write_results(args.out, args.tag, records, bw, seed=args.seed, replays=args.replays, min_pools=args.min_pools)
+    write_results(args.out, args.tag, records, bw, **timing_options(args))
 
 
 if __name__ == "__main__":

@@ -132,3 +132,24 @@ def test_the_tuning_scripts_share_the_timers_options():
     for text in ("1", "0", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             timing.min_pools_arg(text)
+
+
+def test_every_tuning_script_times_as_asked(monkeypatch):
+    """``tune_decode.time_as_asked`` hands ``time_interleaved`` the script's memory budget in bytes
+    and its timer options, and ``timing_options`` puts the same three in a results file's header;
+    tune_decode takes those options from the one definition too."""
+    import argparse
+
+    from benchmarks import tune_decode
+
+    asked = {}
+    monkeypatch.setattr(tune_decode, "time_interleaved",
+                        lambda cfg, providers, budget, **options: asked.update(budget=budget, **options) or {"p": 1.0})
+    args = argparse.Namespace(mem_budget_gb=1.5, seed=3, replays=7, min_pools=4)
+    assert tune_decode.time_as_asked(None, [], args) == {"p": 1.0}
+    assert asked == {"budget": 3 * 2**29, "seed": 3, "replays": 7, "min_pools": 4}
+    assert tune_decode.timing_options(args) == {"seed": 3, "replays": 7, "min_pools": 4}
+    parsed = tune_decode.parser().parse_args(["--seed", "2", "--min-pools", "8"])
+    assert tune_decode.timing_options(parsed) == {"seed": 2, "replays": 15, "min_pools": 8}
+    with pytest.raises(SystemExit):
+        tune_decode.parser().parse_args(["--min-pools", "1"])
