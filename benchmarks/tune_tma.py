@@ -6,7 +6,7 @@ Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gate
 ``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
 or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort]`` for the Gluon kernel of
 one program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool;
-``pPARTS``: the tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole
+``pPARTS``: the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole
 tiles per SM cut S ways; ``el``: the vk tile's rows stored evict-last in L2; ``sort``: the rows in
 slot order), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` for the split-K kv prototype
 (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under a

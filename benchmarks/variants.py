@@ -859,6 +859,13 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
 # the kv kernel gained from it and took it as its ``GluonTileConfig.parts``. Retired when the vk
 # kernel's step moved into a helper for the tail split; they patch the kernel at commit fc01092.)
 
+# (The one-warp tile over two or four 4 KB parts, each on its own barrier, as ``GluonTileConfig.parts``
+# in the kernel at ebd4538: at bf16 B=128 (TP=1) and B=512 (TP=4), given the order, two parts
+# 0.6-1.1 points under the shipped 4 KB tile and 1.6-1.9 over the same 8 KB on one barrier, four
+# parts 1.5-3.4 under; at fp32 TP=4 B=256 0.1-1.6 under the shipped two-warp tile, in two runs
+# (results/h200/parts_*_ebd4538.json; NOTES.md, thirty-ninth session). Not kept: the kernel is back
+# to one copy, which these variants' patches expect.)
+
 
 # The rank kernel (gdn_ops/triton_slot_order.py) that a sorting decode launches when the caller
 # gives no order. Two variants ran against it at 5c25153 (NOTES.md, twenty-ninth session; results/h200/

@@ -239,7 +239,7 @@ class GluonTileConfig(NamedTuple):
     programs_per_sm: int
     vec: int = 4
     sort_rows: bool = False  # the rows in slot order (triton_slot_order), as DecodeConfig.sort_rows
-    parts: int = 1  # the tile's state arrives in this many TMA copies, each on its own barrier
+    parts: int = 1  # kv kernel: the tile's state arrives in this many TMA copies (the vk kernel takes 1)
     # kv kernel: the grid's last programs, which start last, take tiles cut tail_split ways, covering
     # tail_per_sm whole tiles per SM: the launch's last slots then empty sooner (split_grid). The vk
     # kernel takes 1 (no split measured faster there).

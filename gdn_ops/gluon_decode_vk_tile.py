@@ -13,9 +13,8 @@ SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-firs
 fp32 pool's smaller grids take the same 4 KB on two warps, 16 programs per SM (thirty-fifth). Each
 program:
 
-1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier
-   (or the tile in ``parts`` copies, each on its own barrier, q, k and v with the first);
-2. for each step of ``ROWS`` value rows, once its part has landed: sums ``S k`` and ``S q`` along the keys (inside a warp),
+1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
+2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
    ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
    ``d S + u k^T`` and the step's ``o`` straight from registers, the rows with the
@@ -75,12 +74,10 @@ def _decode_vk_tile_kernel(
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
-    PARTS: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
     STEPS: gl.constexpr = BV // ROWS
-    PART: gl.constexpr = BV // PARTS  # value rows per TMA copy, a multiple of ROWS
     # [ROWS, NK, C]: a step of value rows, each cut into NK chunks of C keys. Each lane holds VEC
     # contiguous keys; the lanes of a warp cover whole rows, so a row's sums stay in the warp, and
     # warps sit one above the other along the rows.
@@ -93,9 +90,8 @@ def _decode_vk_tile_kernel(
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, NK, C], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, NK, C], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [PARTS, 1], mbarrier.MBarrierLayout())
-    for j in gl.static_range(PARTS):
-        mbarrier.init(bars.index(j), count=1)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
 
     tile = gl.program_id(0)
     hv = tile // NV % HV
@@ -108,25 +104,20 @@ def _decode_vk_tile_kernel(
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
     row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
-    # q, k, v and the first part of the tile on barrier 0, each further part on its own
     nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
                             + v_desc.block_type.nbytes)
-    mbarrier.expect(bars.index(0), nbytes)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bars.index(0), tile_smem.slice(0, PART, dim=2))
-    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bars.index(0), q_smem)
-    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bars.index(0), k_smem)
-    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bars.index(0), v_smem)
-    for j in gl.static_range(1, PARTS):
-        mbarrier.expect(bars.index(j), state_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(state_desc, [slot, hv, v0 + j * PART, 0, 0], bars.index(j),
-                                        tile_smem.slice(j * PART, PART, dim=2))
+    mbarrier.expect(bar, nbytes)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
+    tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)
+    tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)
 
     gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)
     gate_b = gl.load(gate_b_ptr + row.to(gl.int64) * s_bb + hv * s_bh).to(gl.float32)
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
-    mbarrier.wait(bars.index(0), 0)
+    mbarrier.wait(bar, 0)
 
     # every warp holds all of q and k, laid out as the keys of a row
     q = q_smem.reshape([NK, C]).load(keys_layout).to(gl.float32)
@@ -153,8 +144,6 @@ def _decode_vk_tile_kernel(
     # one mask for a whole program, so that the stores stay 16-byte vectors
     live = slot < num_slots
     for i in gl.static_range(STEPS):
-        if i > 0 and (i * ROWS) % PART == 0:
-            mbarrier.wait(bars.index(i * ROWS // PART), 0)
         S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
         Sk = gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)
         Sq = gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)
@@ -163,8 +152,7 @@ def _decode_vk_tile_kernel(
                  mask=live, eviction_policy=STORE_EVICTION)
         o = gl.where(live, decay * Sq + u * kq, 0.0)
         gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
-    for j in gl.static_range(PARTS):
-        mbarrier.invalidate(bars.index(j))
+    mbarrier.invalidate(bar)
 
 
 # One warp on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 24 programs per
@@ -301,9 +289,8 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
 def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
                       config: GluonTileConfig) -> str | None:
     """The part of :func:`vk_tile_reason` that reads only sizes (cached: asked on every launch)."""
-    if config.parts < 1 or config.BV % config.parts or (config.BV // config.parts) % config.rows:
-        return (f"parts={config.parts} dividing BV={config.BV} into TMA copies of a whole number of steps of "
-                f"rows={config.rows}")
+    if config.parts != 1:
+        return f"parts=1 (this kernel loads its tile in one copy; got parts={config.parts})"
     if config.tail_split != 1:
         return f"tail_split=1 (this kernel's grid has no tail split; got tail_split={config.tail_split})"
     if config.store_eviction not in ("", "evict_first", "evict_last"):
@@ -315,7 +302,7 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
     if config.BV % config.rows or config.rows % (rows_per_warp * config.num_warps):
         return (f"rows={config.rows} dividing BV={config.BV} and a multiple of the {rows_per_warp * config.num_warps} "
                 f"rows that num_warps={config.num_warps} warps cover")
-    shared = config.BV * K * itemsize + 2 * K * qk_itemsize + config.BV * v_itemsize + 8 * config.parts
+    shared = config.BV * K * itemsize + 2 * K * qk_itemsize + config.BV * v_itemsize + 8
     return shared_memory_reason(shared, config.programs_per_sm, "a tile with q, k and v")
 
 
@@ -342,7 +329,7 @@ def launch_decode_vk_tile(
         tma_descriptor(k3, [B, HK, K // C, C], [*k3.stride()[:2], C, 1], [1, 1, K // C, C]),
         tma_descriptor(v3, list(v3.shape), list(v3.stride()), [1, 1, config.BV]),
         tma_descriptor(state, [*state.shape[:3], K // C, C], [*state.stride()[:3], C, 1],
-                       [1, 1, config.BV // config.parts, K // C, C]),
+                       [1, 1, config.BV, K // C, C]),
         gate_a, gate_b, A_log if fused else gate_a, dt_bias if fused else gate_a,
         indices if indices is not None else state, out, state,
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
@@ -352,7 +339,7 @@ def launch_decode_vk_tile(
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        STORE_EVICTION=config.store_eviction, PARTS=config.parts, num_warps=config.num_warps,
+        STORE_EVICTION=config.store_eviction, num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

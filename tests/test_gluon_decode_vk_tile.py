@@ -41,9 +41,7 @@ from gdn_ops.triton_slot_order import slot_order, sorts_rows
 SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
                         padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
 SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8),
-                 "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8),
-                 "two-parts": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8, parts=2),
-                 "four-parts": GluonTileConfig(BV=64, num_warps=1, rows=8, programs_per_sm=4, vec=8, parts=4)}
+                 "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
                  "shipped-evict-last": VK_2B_TILE_CONFIG._replace(store_eviction="evict_last"),
@@ -51,9 +49,7 @@ MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
                  "head-vec4": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=4),
-                 "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8),
-                 "quarter-head-two-parts": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8,
-                                                           parts=2)}
+                 "quarter-head": GluonTileConfig(BV=32, num_warps=1, rows=16, programs_per_sm=12, vec=8)}
 VARIANTS = {**PERSISTENT_VARIANTS, "fp32-state": {"state_dtype": torch.float32},
             "fp16-state": {"state_dtype": torch.float16}, "fp32-activations": {"act_dtype": torch.float32},
             "fp16": {"state_dtype": torch.float16, "act_dtype": torch.float16}, "fp32-out": {"out_dtype": torch.float32}}
@@ -163,8 +159,7 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(BV=128), "V a multiple of BV=128"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(vec=3), "vec=3 dividing C=32 keys"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(rows=8), "rows=8 dividing BV=64 and a multiple of the 16 rows"),
-        ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=3), "parts=3 dividing BV=64 into TMA copies"),
-        ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=8), "whole number of steps of rows=16"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=2, tail_per_sm=1),
          "tail_split=1 .this kernel's grid has no tail split; got tail_split=2"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
@@ -223,7 +218,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r}, {state!r})))")
     shared, stores, report = stdout.split("\n", 2)
     K, state_bytes = 128, 4 if state == "fp32" else 2
-    assert int(shared) == K * config.BV * state_bytes + (2 * K + config.BV) * 2 + 8 * config.parts
+    assert int(shared) == K * config.BV * state_bytes + (2 * K + config.BV) * 2 + 8
     lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
     assert stores == f"{lane_vectors} 0"
     # the shipped 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
@@ -244,19 +239,17 @@ def test_page_strided_pool_still_stores_whole_vectors(config, state, slot_pad):
     assert stdout.strip() == f"{config.BV * 128 // (config.vec * 32 * config.num_warps)} 0"
 
 
-@pytest.mark.parametrize("config", ["half-head", "quarter-head-two-parts"])
-def test_launch_arguments_match_the_kernel_parameters(config):
+def test_launch_arguments_match_the_kernel_parameters():
     """Each positional argument lands on the kernel parameter of its kind (descriptor, pointer,
     scalar) and the keywords are exactly the kernel's constexprs. Recorded on CPU with the kernel
     replaced."""
     import gdn_ops.gluon_decode_vk_tile as tile
 
-    config = MODEL_CONFIGS[config]
+    config = MODEL_CONFIGS["half-head"]
     grid, args, _ = record_launch(tile, "_decode_vk_tile_kernel", "launch_decode_vk_tile", "vk", config)
     assert args["num_tiles"] == 3 * 32 * (128 // config.BV) == grid[0]
-    # value rows of 128 keys in two 64-key chunks, a part of the tile's rows a TMA copy; the
-    # pool's strides reach the register stores
-    assert list(args["state_desc"].block_shape) == [1, 1, config.BV // config.parts, 2, 64]
+    # value rows of 128 keys in two 64-key chunks; the pool's strides reach the register stores
+    assert list(args["state_desc"].block_shape) == [1, 1, config.BV, 2, 64]
     assert list(args["v_desc"].block_shape) == [1, 1, config.BV]
     assert (args["s_sb"], args["s_sh"], args["s_sv"]) == args["state_ptr"].stride()[:3]
 
