@@ -566,6 +566,31 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
     ("    mbarrier.invalidate(bar)\n", "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
 ]
 
+# q and k enter the rows' sums as loaded, and their norms (and the scale) are factors on each row's
+# two sums and on u, as the kv tile takes them: the norms' shuffle trees, square roots and
+# divisions leave the path from the state's arrival to the rows' stores. Against a two-warp stream
+# of the same 4 KB pieces (95.7% given the order at bf16 B=128), the norms cost a two-warp program
+# 1.6 points and its rows' arithmetic 2.0, a one-warp program next to nothing (NOTES.md,
+# thirty-ninth session). Alone and with the state on its own barrier.
+_VK_NORM_FACTORS = [
+    (("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
+      "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"
+      "    else:\n"
+      "        q = q * scale\n"
+      "    kq = gl.sum(gl.sum(k * q, axis=1), axis=0)\n"),
+     ("        q_factor = scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS)\n"
+      "        k_factor = 1.0 / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"
+      "    else:\n"
+      "        q_factor = scale\n"
+      "        k_factor = 1.0\n"
+      "    kq = gl.sum(gl.sum(k * q, axis=1), axis=0) * (k_factor * q_factor)\n")),
+    ("gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)", "gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1) * k_factor"),
+    ("gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)", "gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1) * q_factor"),
+    ("(S * decay + u[:, None, None] * k[None, :, :])", "(S * decay + (u * k_factor)[:, None, None] * k[None, :, :])"),
+]
+VK_TILE_VARIANTS["vk_tile_norm_factors"] = _VK_NORM_FACTORS
+VK_TILE_VARIANTS["vk_tile_norm_factors_state_barrier"] = VK_TILE_VARIANTS["vk_tile_state_barrier"] + _VK_NORM_FACTORS
+
 
 def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:
     """The vk tile's programs taken across the batch rows, ``group`` (a constexpr expression of the
