@@ -590,6 +590,11 @@ _VK_NORM_FACTORS = [
 ]
 VK_TILE_VARIANTS["vk_tile_norm_factors"] = _VK_NORM_FACTORS
 VK_TILE_VARIANTS["vk_tile_norm_factors_state_barrier"] = VK_TILE_VARIANTS["vk_tile_state_barrier"] + _VK_NORM_FACTORS
+# The state on its own barrier with each lane on every chunk of its row (`vk_tile_chunks_per_lane`):
+# a row's sums then take a shuffle tree of 3 levels instead of 4, where a two-warp program's stores
+# wait on them (NOTES.md, thirty-ninth session, call 7).
+VK_TILE_VARIANTS["vk_tile_chunks_per_lane_state_barrier"] = (VK_TILE_VARIANTS["vk_tile_state_barrier"]
+                                                             + VK_TILE_VARIANTS["vk_tile_chunks_per_lane"])
 
 
 def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:
