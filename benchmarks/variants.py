@@ -410,6 +410,10 @@ _VK_NBYTES_WITHOUT_STATE = ("    nbytes: gl.constexpr = (state_desc.block_type.n
                             "    nbytes: gl.constexpr = (q_desc.block_type.nbytes")
 # the wait and trigger where the early-state variants put them, after the state's copies
 _EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
+# the kernel's row sums and row update, as written in its step loop, for variants that change them
+_VK_SUM_K = "gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)"
+_VK_SUM_Q = "gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)"
+_VK_ROW_UPDATE = "(S * decay + u[:, None, None] * k[None, :, :])"
 VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "vk_tile_trigger_at_end": _gluon_trigger_at_end("    mbarrier.invalidate(bar)\n"),
     # The slot (and row) and the tile's state read before the wait, q, k and v after it (under the
@@ -445,10 +449,8 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("gl.sum(gl.sum(k * k, axis=1), axis=0)", "gl.sum(gl.sum(k * k, axis=0), axis=0)"),
         ("gl.sum(gl.sum(k * q, axis=1), axis=0)", "gl.sum(gl.sum(k * q, axis=0), axis=0)"),
         # (the same rows by lane as the values' layout, which slices the keys first)
-        ("gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)",
-         "gl.convert_layout(gl.sum(gl.sum(S * k[None, :, :], axis=1), axis=1), values_layout)"),
-        ("gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)",
-         "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
+        (_VK_SUM_K, "gl.convert_layout(gl.sum(gl.sum(S * k[None, :, :], axis=1), axis=1), values_layout)"),
+        (_VK_SUM_Q, "gl.convert_layout(gl.sum(gl.sum(S * q[None, :, :], axis=1), axis=1), values_layout)"),
     ],
 }
 # The tile's state through registers: each lane loads its 16-byte pieces of whole rows by plain
@@ -534,12 +536,15 @@ VK_TILE_VARIANTS["vk_tile_register_loads_bare"] = VK_TILE_VARIANTS["vk_tile_regi
 
 # The in-place stream inside the tile's own program: `vk_tile_register_loads_bare` without the rows'
 # sums (S k, S q) and with the rows stored as loaded, so what is left is the slot, the PDL wait, the
-# rows by plain 16-byte loads and their stores. Against `_bare` it prices the rows' arithmetic, for a
-# 2-byte pool twice the elements a byte of an fp32 one (NOTES.md, thirty-ninth session).
+# rows by plain 16-byte loads and their stores. Against `_bare` it prices the rows' arithmetic. H200,
+# given the order: one warp level with `_bare` or 0.5 under it (bf16 B=128 94.4-94.5, TP=4 B=512
+# 94.8-94.9, TP=4 fp32 B=256 94.5), two warps 95.7-95.9 at bf16, where the decode on two warps reads
+# 91-94 (results/h200/sums_*_d1a8ae1.json, warps_stream_*_1aa65a6.json, ladder2_*_f8869f2.json;
+# NOTES.md, thirty-ninth session).
 VK_TILE_VARIANTS["vk_tile_register_loads_stream"] = VK_TILE_VARIANTS["vk_tile_register_loads_bare"] + [
-    ("gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)", "gl.zeros([ROWS], gl.float32, values_layout)"),
-    ("gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)", "gl.zeros([ROWS], gl.float32, values_layout)"),
-    ("(S * decay + u[:, None, None] * k[None, :, :]).to(state_desc.dtype)", "S_in"),
+    (_VK_SUM_K, "gl.zeros([ROWS], gl.float32, values_layout)"),
+    (_VK_SUM_Q, "gl.zeros([ROWS], gl.float32, values_layout)"),
+    (_VK_ROW_UPDATE + ".to(state_desc.dtype)", "S_in"),
 ]
 
 # q, k and v on the program's barrier and the state on a second one, so that the norms of q and
@@ -570,8 +575,11 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
 # two sums and on u, as the kv tile takes them: the norms' shuffle trees, square roots and
 # divisions leave the path from the state's arrival to the rows' stores. Against a two-warp stream
 # of the same 4 KB pieces (95.7% given the order at bf16 B=128), the norms cost a two-warp program
-# 1.6 points and its rows' arithmetic 2.0, a one-warp program next to nothing (NOTES.md,
-# thirty-ninth session). Alone and with the state on its own barrier.
+# 1.6 points and its rows' arithmetic 2.0, a one-warp program next to nothing. Alone and with the
+# state on its own barrier. H200, bf16 vk given the order: on one warp -0.2..+0.1 against the
+# shipped tile at B=128, 256 and TP=4 B=512; on two warps -0.3..+0.6 against the same spec, and
+# with the state's barrier it undoes that barrier's +1.9..+2.1 (results/h200/normf_*_c99c1f9.json;
+# NOTES.md, thirty-ninth session).
 _VK_NORM_FACTORS = [
     (("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
       "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"
@@ -584,15 +592,16 @@ _VK_NORM_FACTORS = [
       "        q_factor = scale\n"
       "        k_factor = 1.0\n"
       "    kq = gl.sum(gl.sum(k * q, axis=1), axis=0) * (k_factor * q_factor)\n")),
-    ("gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1)", "gl.sum(gl.sum(S * k[None, :, :], axis=2), axis=1) * k_factor"),
-    ("gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1)", "gl.sum(gl.sum(S * q[None, :, :], axis=2), axis=1) * q_factor"),
-    ("(S * decay + u[:, None, None] * k[None, :, :])", "(S * decay + (u * k_factor)[:, None, None] * k[None, :, :])"),
+    (_VK_SUM_K, _VK_SUM_K + " * k_factor"),
+    (_VK_SUM_Q, _VK_SUM_Q + " * q_factor"),
+    (_VK_ROW_UPDATE, "(S * decay + (u * k_factor)[:, None, None] * k[None, :, :])"),
 ]
 VK_TILE_VARIANTS["vk_tile_norm_factors"] = _VK_NORM_FACTORS
 VK_TILE_VARIANTS["vk_tile_norm_factors_state_barrier"] = VK_TILE_VARIANTS["vk_tile_state_barrier"] + _VK_NORM_FACTORS
 # The state on its own barrier with each lane on every chunk of its row (`vk_tile_chunks_per_lane`):
 # a row's sums then take a shuffle tree of 3 levels instead of 4, where a two-warp program's stores
-# wait on them (NOTES.md, thirty-ninth session, call 7).
+# wait on them. H200, bf16 vk B=128 and TP=4 B=512 given the order, two warps: 1.1-1.4 points under
+# the state's barrier alone (results/h200/cpl_*_831cefa.json; NOTES.md, thirty-ninth session).
 VK_TILE_VARIANTS["vk_tile_chunks_per_lane_state_barrier"] = (VK_TILE_VARIANTS["vk_tile_state_barrier"]
                                                              + VK_TILE_VARIANTS["vk_tile_chunks_per_lane"])
 
@@ -626,8 +635,8 @@ VK_TILE_VARIANTS["vk_tile_across_heads"] = _vk_tile_across_rows("NV")
 # B=256-512 (results/h200/tune_vk_store_hint_*_2970fee.json). The third, evict-last
 # (vk_tile_store_evict_last, tune_vk_store_evict_last_*_dab202c.json), gained from B*HV 4096 and is
 # the kernel's GluonTileConfig.store_eviction (NOTES.md, twenty-seventh session).
-_VK_STATE_STORE = ("        gl.store(state_rows + (i * ROWS) * s_sv, (S * decay + u[:, None, None] * k[None, :, :])"
-                   ".to(state_desc.dtype),\n                 mask=live, eviction_policy=STORE_EVICTION)\n")
+_VK_STATE_STORE = (f"        gl.store(state_rows + (i * ROWS) * s_sv, {_VK_ROW_UPDATE}.to(state_desc.dtype),\n"
+                   "                 mask=live, eviction_policy=STORE_EVICTION)\n")
 VK_TILE_VARIANTS["vk_tile_cs_store"] = [
     (_VK_STATE_STORE, _VK_STATE_STORE.replace("eviction_policy=STORE_EVICTION)", 'cache_modifier=".cs")'))]
 VK_TILE_VARIANTS["vk_tile_store_evict_first"] = [
