@@ -402,12 +402,11 @@ def _gluon_trigger_at_end(invalidate: str) -> list[tuple[str, str]]:
 _TILE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
               "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"
               + _GLUON_WAIT)
-_VK_TILE_COPIES = """    mbarrier.expect(bar, nbytes)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
+# the state's copy on its own barrier, before q, k and v's
+_VK_TILE_COPIES = """    mbarrier.expect(state_bar, state_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
 """
-# the expected bytes of the program's barrier without the state's, for variants that move the state off it
-_VK_NBYTES_WITHOUT_STATE = ("    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes",
-                            "    nbytes: gl.constexpr = (q_desc.block_type.nbytes")
+_VK_STATE_WAIT = "    mbarrier.wait(state_bar, 0)\n"
 # the wait and trigger where the early-state variants put them, after the state's copies
 _EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
 # the kernel's row sums and row update, as written in its step loop, for variants that change them
@@ -466,7 +465,6 @@ VK_TILE_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # (NOTES.md, twenty-sixth session).
 VK_TILE_VARIANTS["vk_tile_register_loads"] = [
     ("    tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, BV, NK, C], state_desc.layout)\n", ""),
-    _VK_NBYTES_WITHOUT_STATE,
     (_VK_TILE_COPIES,
      ("    gl.static_assert(STEPS == 1, \"one step a tile: rows == BV\")\n"
       "    keys = (gl.arange(0, NK, layout=gl.SliceLayout(1, keys_layout))[:, None] * C\n"
@@ -474,9 +472,8 @@ VK_TILE_VARIANTS["vk_tile_register_loads"] = [
       "    tile_rows = gl.arange(0, ROWS, layout=values_layout)\n"
       "    tile_starts = gl.multiple_of(slot.to(gl.int64) * s_sb + hv * s_sh + (v0 + tile_rows).to(gl.int64) * s_sv,\n"
       "                                 128 // state_desc.dtype.primitive_bitwidth)\n"
-      "    S_in = gl.load(state_ptr + tile_starts[:, None, None] + keys[None, :, :], mask=slot < num_slots, other=0.0)\n"
-      "    mbarrier.expect(bar, nbytes)\n")),
-    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n", ""),
+      "    S_in = gl.load(state_ptr + tile_starts[:, None, None] + keys[None, :, :], mask=slot < num_slots, other=0.0)\n")),
+    (_VK_STATE_WAIT + "    rows_smem = tile_smem.reshape([BV, NK, C])\n", ""),
     ("        S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)\n",
      "        S = S_in.to(gl.float32)\n"),
 ]
@@ -547,28 +544,19 @@ VK_TILE_VARIANTS["vk_tile_register_loads_stream"] = VK_TILE_VARIANTS["vk_tile_re
     (_VK_ROW_UPDATE + ".to(state_desc.dtype)", "S_in"),
 ]
 
-# q, k and v on the program's barrier and the state on a second one, so that the norms of q and
-# k and k . q run while the state is still arriving, and only the rows' own work follows it. The
-# shipped kernel waits for all four copies at once, so a one-warp program does its norms and its
-# rows (~0.6 of its instructions) after its state lands; Nsight Compute put over a third of a
-# one-warp fp32 program's warp cycles outside the wait on memory (NOTES.md, twenty-sixth session).
-# H200, against the shipped tile in the same runs: bf16 B=256-512 +0.04..+0.51 in all fifteen
-# readings (given the order, with the rank kernel, unsorted); fp32 B=32-128 -0.70..+0.38, level
-# (tune_vk_state_barrier_*_6bfac9a.json). Folded on the branch fold-state-barrier (6bcb143), whose
-# vk sweep read level with the kernel here (sweep_vk_37efcf0.json); not merged (NOTES.md, Next).
-VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
-    ("    mbarrier.init(bar, count=1)\n",
-     ("    mbarrier.init(bar, count=1)\n"
-      "    state_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())\n"
-      "    mbarrier.init(state_bar, count=1)\n")),
-    _VK_NBYTES_WITHOUT_STATE,
-    (_VK_TILE_COPIES,
-     ("    mbarrier.expect(state_bar, state_desc.block_type.nbytes)\n"
-      "    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)\n"
-      "    mbarrier.expect(bar, nbytes)\n")),
-    ("    rows_smem = tile_smem.reshape([BV, NK, C])\n",
-     "    mbarrier.wait(state_bar, 0)\n    rows_smem = tile_smem.reshape([BV, NK, C])\n"),
-    ("    mbarrier.invalidate(bar)\n", "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
+# The kernel before the fortieth session: the state on the program's one barrier with q, k and v, so
+# that the norms of q and k and k . q wait for the state too. The state on a barrier of its own
+# (vk_tile_state_barrier until then) read +0.04..+0.51 on one-warp bf16 tiles at B=256-512 in
+# fifteen readings and fp32 B=32-128 -0.70..+0.38 (tune_vk_state_barrier_*_6bfac9a.json; NOTES.md,
+# twenty-sixth session), +0.0..+0.2 in six more (normf_*_c99c1f9.json), and +1.9..+2.1 on two-warp
+# bf16 tiles (thirty-ninth session), which with 18 programs an SM then led the one-warp tile
+# (w2_*_1c2b670.json, g_*_76d4a1f.json; fortieth session); folded there.
+VK_TILE_VARIANTS["vk_tile_one_barrier"] = [
+    (_VK_TILE_COPIES + "    nbytes: gl.constexpr = q_desc.block_type.nbytes",
+     ("    nbytes: gl.constexpr = state_desc.block_type.nbytes + q_desc.block_type.nbytes")),
+    ("    mbarrier.expect(bar, nbytes)\n",
+     "    mbarrier.expect(bar, nbytes)\n    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)\n"),
+    (_VK_STATE_WAIT, ""),
 ]
 
 # q and k enter the rows' sums as loaded, and their norms (and the scale) are factors on each row's
@@ -579,7 +567,8 @@ VK_TILE_VARIANTS["vk_tile_state_barrier"] = [
 # state on its own barrier. H200, bf16 vk given the order: on one warp -0.2..+0.1 against the
 # shipped tile at B=128, 256 and TP=4 B=512; on two warps -0.3..+0.6 against the same spec, and
 # with the state's barrier it undoes that barrier's +1.9..+2.1 (results/h200/normf_*_c99c1f9.json;
-# NOTES.md, thirty-ninth session).
+# NOTES.md, thirty-ninth session). (vk_tile_norm_factors_state_barrier, the same with the state on
+# its own barrier, is now this variant on the kernel; it measured with the norm factors above.)
 _VK_NORM_FACTORS = [
     (("        q = q * (scale / gl.sqrt(gl.sum(gl.sum(q * q, axis=1), axis=0) + L2_EPS))\n"
       "        k = k / gl.sqrt(gl.sum(gl.sum(k * k, axis=1), axis=0) + L2_EPS)\n"
@@ -597,13 +586,11 @@ _VK_NORM_FACTORS = [
     (_VK_ROW_UPDATE, "(S * decay + (u * k_factor)[:, None, None] * k[None, :, :])"),
 ]
 VK_TILE_VARIANTS["vk_tile_norm_factors"] = _VK_NORM_FACTORS
-VK_TILE_VARIANTS["vk_tile_norm_factors_state_barrier"] = VK_TILE_VARIANTS["vk_tile_state_barrier"] + _VK_NORM_FACTORS
-# The state on its own barrier with each lane on every chunk of its row (`vk_tile_chunks_per_lane`):
-# a row's sums then take a shuffle tree of 3 levels instead of 4, where a two-warp program's stores
-# wait on them. H200, bf16 vk B=128 and TP=4 B=512 given the order, two warps: 1.1-1.4 points under
-# the state's barrier alone (results/h200/cpl_*_831cefa.json; NOTES.md, thirty-ninth session).
-VK_TILE_VARIANTS["vk_tile_chunks_per_lane_state_barrier"] = (VK_TILE_VARIANTS["vk_tile_state_barrier"]
-                                                             + VK_TILE_VARIANTS["vk_tile_chunks_per_lane"])
+# (vk_tile_chunks_per_lane_state_barrier, `vk_tile_chunks_per_lane` with the state on its own
+# barrier, a shuffle tree of 3 levels instead of 4 where a two-warp program's stores wait on it:
+# H200, bf16 vk B=128 and TP=4 B=512 given the order, two warps, 1.1-1.4 points under the state's
+# barrier alone (results/h200/cpl_*_831cefa.json; NOTES.md, thirty-ninth session). With the state's
+# barrier in the kernel it is `vk_tile_chunks_per_lane` now.)
 
 
 def _vk_tile_across_rows(group: str) -> list[tuple[str, str]]:

@@ -7,13 +7,14 @@ A row needs nothing from any other row, and the whole step is one pass over the 
 The Triton per-tile kernel (``triton_decode.py``) already works one short-lived program per tile,
 but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
 the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
-and registers hold a step of rows only once it has landed. Both pools' shipped tiles are 4 KB for
-one warp (16 rows of a 2-byte state, 8 of an fp32 one), 24 programs per SM: short programs, so an
-SM's slots empty and refill in small steps (NOTES.md, nineteenth and twenty-first sessions); an
-fp32 pool's smaller grids take the same 4 KB on two warps, 16 programs per SM (thirty-fifth). Each
-program:
+and registers hold a step of rows only once it has landed. The shipped tiles are 4 KB on two warps
+(16 rows of a 2-byte state at 18 programs per SM, 8 of an fp32 one at 16 or 20), and for a 2-byte
+pool with few heads a row on large grids 4 KB on one warp, 24 per SM: short programs, so an SM's
+slots empty and refill in small steps (NOTES.md, nineteenth, twenty-first, thirty-fifth and
+fortieth sessions). Each program:
 
-1. loads its tile ``[BV, K]`` with q, k and its ``BV`` values of v by TMA, all on one barrier;
+1. loads its tile ``[BV, K]`` by TMA on a barrier of its own, and q, k and its ``BV`` values of v
+   on another, and takes q and k's norms and the gates while the tile is still arriving;
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
    ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
@@ -90,8 +91,12 @@ def _decode_vk_tile_kernel(
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, NK, C], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [1, 1, NK, C], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [1, 1, BV], v_desc.layout)
+    # q, k and v arrive on one barrier and the state on its own, so that q and k's norms run while
+    # the state is still on its way and only the rows' own work follows it
     bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(bar, count=1)
+    state_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(state_bar, count=1)
 
     tile = gl.program_id(0)
     hv = tile // NV % HV
@@ -104,10 +109,10 @@ def _decode_vk_tile_kernel(
     # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
     row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
     slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
-    nbytes: gl.constexpr = (state_desc.block_type.nbytes + q_desc.block_type.nbytes + k_desc.block_type.nbytes
-                            + v_desc.block_type.nbytes)
+    mbarrier.expect(state_bar, state_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
+    nbytes: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes + v_desc.block_type.nbytes
     mbarrier.expect(bar, nbytes)
-    tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], bar, tile_smem)
     tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)
     tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)
     tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)
@@ -129,6 +134,7 @@ def _decode_vk_tile_kernel(
         q = q * scale
     kq = gl.sum(gl.sum(k * q, axis=1), axis=0)
 
+    mbarrier.wait(state_bar, 0)
     rows_smem = tile_smem.reshape([BV, NK, C])
     values = v_smem.reshape([BV])
     step_rows = gl.arange(0, ROWS, layout=values_layout)
@@ -153,60 +159,62 @@ def _decode_vk_tile_kernel(
         o = gl.where(live, decay * Sq + u * kq, 0.0)
         gl.store(o_rows + (i * ROWS) * s_ov, o.to(o_ptr.dtype.element_ty), mask=in_batch)
     mbarrier.invalidate(bar)
+    mbarrier.invalidate(state_bar)
 
 
-# One warp on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 24 programs per
-# SM (an 80-register cap). On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
-# tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json,
-# tune_vk_fp16_onewarp_56118ca.json, tune_vk_bf16_20v24*_f984c00.json; NOTES.md, twenty-first
-# session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
-# replaced (128 rows, 4 warps, 6 per SM) in slot order at B*HV = 4096-32768, and 1.8 ahead unsorted
-# at 4096; 1.4-1.9 ahead of the per-tile Triton kernel at 2048, level at 1024 unsorted and 1.1-2.6
-# ahead there in slot order; 2.8 behind at 512. Its programs are 8x shorter than the whole head's,
-# so an SM's slots empty and refill in small steps. 20, 28 and 32 per SM ran within 0.6 points of
-# 24 in slot order; unsorted, 20 ran 0.5-1.8 behind from B*HV 2048. 8-row steps, two warps and
-# 8 KB tiles were slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton
-# 3.7 spills 8 bytes at this cap (not measured).
-VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
+# Two warps on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 18 programs per
+# SM (a 56-register cap, no spills). Two-warp programs had lost to one warp while every program
+# waited for its state and q, k, v together; with the state on a barrier of its own and 18 programs
+# an SM they lead. On the H200, against the one-warp tile below (the shipped one before; NOTES.md,
+# fortieth session, results/h200/w2_*_1c2b670.json, g_*_76d4a1f.json), seeds 0 and 1, sorting /
+# given the order: TP=1 (HV=32) B=128 +0.6..+0.7 / +0.7, B=256 +0.5 / +0.3, B=512 +0.25 / +0.2,
+# B=1024 +0.2 / +0.1; TP=4 (HV=8) B*HV 4096 +0.3 / level; at 1024-2048 +0.4..+1.3 given the order,
+# and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. At TP=4 B*HV 8192 it lost 0.2 /
+# 0.4, so rows of few heads keep one warp there.
+VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
-# An fp32 pool where the decode takes its rows in slot order (triton_slot_order.sorts_rows): one
-# warp on 8 value rows (4 KB, the per-tile Triton kernel's tile), 16 bytes a lane, so a store covers
-# whole 512-byte rows; 24 programs per SM set an 80-register cap. On the H200, against the
-# per-tile Triton kernel on the same sorted 4 KB tile: +1.3-2.2 points sorting by itself (TP=1,
-# B*HV 4096-32768), +1.5-2.3 given the order (1024-32768); at 32 programs per SM, the one count
-# also run at TP=4, +0.8-1.1 and +0.2-1.5 there (results/h200/tune_vk_one_warp_fp32.json,
-# tune_vk_gluon_fp32_confirm*.json; NOTES.md, nineteenth session). Unsorted it was within -1..+0.6
-# at 1024-2048. Measured with bf16 activations. The rule gives it the grids from B*HV 4096; smaller
-# ones take the two-warp tile below.
-VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=1, rows=8, programs_per_sm=24, vec=4)
+# One warp on the same 4 KB, 24 programs per SM (an 80-register cap), for rows of fewer than
+# ``VkTileRule.many_heads`` heads from ``two_byte_few_heads_from``. On the H200
+# (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
+# tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first session) this geometry ran 1.4-3.0
+# points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6 per SM);
+# 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower. Compiled by
+# Triton 3.6 (the version measured) it does not spill; Triton 3.7 spills 16 bytes at this cap.
+VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
 
-# The same 4 KB fp32 tile on two warps of 4 rows, 16 programs per SM (a 64-register cap, 59 used, no
-# spills), below the rule's ``four_byte_one_warp_from``, and above it for rows of
-# ``four_byte_two_warp_heads``. On the H200 (results/h200/tune_vk_two_warps_*.json;
-# NOTES.md, thirty-fifth session), against the one-warp tile in the same runs, given the order: TP=1
-# B*HV 1024 +0.45 points on average over six readings, 2048 +0.76 over three, TP=4 1024 / 2048 +0.3 /
-# +0.5; with the rows in batch order at 1024, +0.6..+1.1 over the per-tile Triton kernel at TP=1 and
-# +0.3 at TP=4. From 4096 (stores evict-last) it gained +0.3..+0.9 at TP=1 but lost 0.75-0.9 at TP=4;
-# again (tune_vk_el_*_c178b41.json, fold_fp32_vk_hv32_c003eab.json, seed_tp1_*_61627f0.json;
-# thirty-sixth session) +0.2..+0.7 at HV=32 in all 36 readings under four seeds of the rounds'
-# order, -0.04..+0.34 at HV=16 and -0.6..+0.1 at HV=8, so from there it keeps pools of 32 heads a row
-# or more and the one-warp tile takes the rest. Two warps on the 2-byte tile lost 0.6-8 points.
-VK_4B_TILE_TWO_WARP_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=16, vec=4)
+# An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
+# 16 bytes a lane, 16 programs per SM (a 64-register cap, no spills). On the H200
+# (results/h200/tune_vk_two_warps_*.json; NOTES.md, thirty-fifth session), against the one-warp
+# tile at 24 an SM, given the order: TP=1 B*HV 1024 +0.45 on average over six readings, 2048 +0.76
+# over three, from 4096 +0.2..+0.7 at HV=32 in all 36 readings under four seeds of the rounds'
+# order (tune_vk_el_*_c178b41.json, fold_fp32_vk_hv32_c003eab.json, seed_tp1_*_61627f0.json;
+# thirty-sixth session). With the state on its own barrier it gained a little more: +0.1..+0.3
+# at TP=1 B=32-256 (g_fp32_*_76d4a1f.json; fortieth session).
+VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=16, vec=4)
+
+# The same tile at 20 programs per SM (48 registers, no spills), for rows of fewer than
+# ``VkTileRule.many_heads`` heads from ``four_byte_few_heads_from``. On the H200, with the state on
+# its own barrier, seeds 0 and 1, sorting / given the order (w2_fp32vk_tp4_*_1c2b670.json,
+# g_fp32_tp4_*_76d4a1f.json; fortieth session): TP=4 (HV=8) B*HV 2048 +0.1..+0.4 / +0.4..+0.5 over
+# 16 an SM, and at 4096 and 8192 +0.3..+0.5 / +0.35..+0.5 over the one-warp tile (24 an SM) that
+# those grids took before. At HV=32 20 an SM ran 0.1-0.3 under 16.
+VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4)
 
 
 class VkTileRule(NamedTuple):
-    """From which B*HV a GPU picks this kernel for a 2-byte pool: with the rows in their batch order
-    (``two_byte_from``) and in slot order (``two_byte_sorted_from``). A 4-byte pool takes it wherever
-    its rows are sorted, and from ``four_byte_from`` in batch order too, on two warps a tile below
-    ``four_byte_one_warp_from`` and on one from there, unless its rows have ``four_byte_two_warp_heads``
-    heads or more (HV), which stay on two. From ``evict_last_from`` the updated rows are stored
-    evict-last in L2."""
+    """From which B*HV a GPU picks this kernel: a 2-byte pool with its rows in their batch order
+    (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
+    rows are sorted and from ``four_byte_from`` in batch order too. Rows of fewer than ``many_heads``
+    heads (HV) take the few-heads tile of their pool from ``two_byte_few_heads_from`` or
+    ``four_byte_few_heads_from``. From ``evict_last_from`` the updated rows are stored evict-last
+    in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
-    four_byte_one_warp_from: int
-    four_byte_two_warp_heads: int
+    many_heads: int
+    two_byte_few_heads_from: int
+    four_byte_few_heads_from: int
     evict_last_from: int
 
 
@@ -217,8 +225,9 @@ class VkTileRule(NamedTuple):
 # projection after the decode took no longer (neighbour_gemm_*_37eccf4.json); at fp32 B=32 (B*HV
 # 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2 meeting the next
 # call's reads. Plain stores below, and .cs or evict-first stores lost 0.5-2.3 everywhere.
-VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=2048, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    four_byte_one_warp_from=4096, four_byte_two_warp_heads=32, evict_last_from=4096)}
+VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
+                                    many_heads=32, two_byte_few_heads_from=8192, four_byte_few_heads_from=2048,
+                                    evict_last_from=4096)}
 
 
 @functools.cache
@@ -233,10 +242,9 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
-    slot order or from the rule's ``four_byte_from`` (two warps a tile below ``four_byte_one_warp_from``,
-    or with ``four_byte_two_warp_heads`` heads a row);
-    either with its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise.
-    Metadata only."""
+    slot order or from the rule's ``four_byte_from``; rows of few heads on large grids take their
+    pool's few-heads tile; either with its rows stored evict-last from the rule's ``evict_last_from``;
+    ``None`` otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
@@ -244,12 +252,14 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     rule = vk_tile_rule(state.device.index or 0)
     if rule is None:
         return None
+    few_heads = v.shape[2] < rule.many_heads
     if state.element_size() == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
-        config = VK_2B_TILE_CONFIG if rows_x_heads >= start else None
+        one_warp = few_heads and rows_x_heads >= rule.two_byte_few_heads_from
+        config = None if rows_x_heads < start else VK_2B_TILE_FEW_HEADS_CONFIG if one_warp else VK_2B_TILE_CONFIG
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
-        one_warp = rows_x_heads >= rule.four_byte_one_warp_from and v.shape[2] < rule.four_byte_two_warp_heads
-        config = VK_4B_TILE_CONFIG if one_warp else VK_4B_TILE_TWO_WARP_CONFIG
+        more_programs = few_heads and rows_x_heads >= rule.four_byte_few_heads_from
+        config = VK_4B_TILE_FEW_HEADS_CONFIG if more_programs else VK_4B_TILE_CONFIG
     else:
         config = None
     if config is not None and rows_x_heads >= rule.evict_last_from:

@@ -49,8 +49,11 @@ MAX_COLUMNS = 2048
 # level at 4096 (TP=1), +1.3 there at TP=4, +1.4-4.1 from 8192 (tune_vk_bf16_onewarp2_56118ca.json,
 # tune_vk_bf16_onewarp_tp4_56118ca.json); at 2048 -0.5 / -0.6. A third run after the move
 # (tune_sort4_*_9c7adf0.json): fp32 vk 2048 +2.4 (TP=1), +0.9 (TP=4); fp32 kv 4096 +0.7, +2.0 (TP=4);
-# 2-byte kv 4096 -0.1, +0.8 (TP=4).
-SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk", 2): 4096,
+# 2-byte kv 4096 -0.1, +0.8 (TP=4). A 2-byte vk pool sorts from 2048 since its tile went to two warps
+# with the state on its own barrier (results/h200/g_bf16_small_*_76d4a1f.json; NOTES.md, fortieth
+# session): that tile sorting, rank kernel included, against it in batch order at HV=32, B*HV 2048:
+# +0.7, +0.9 (at HV=8 rows had sorted from 2048 already, below).
+SORT_ROWS_FROM = {("H200", "vk", 4): 2048, ("H200", "kv", 4): 4096, ("H200", "vk", 2): 2048,
                   ("H200", "kv", 2): 4096}
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
 # the H200 (results/h200/probe_given_order_*.json, probe_plan_*.json; NOTES.md, fourteenth
@@ -75,8 +78,9 @@ SORT_ROWS_GIVEN_ORDER_FROM = {("H200", "vk", 4): 512, ("H200", "kv", 4): 1024, (
 # sorting against batch order (tune_sort_hv*_0e03f0f.json, tune_vk_1024_tp4_*_c178b41.json; NOTES.md,
 # thirty-sixth session): fp32 vk at HV=8, B*HV 1024 +1.8..+2.5 in four readings (at HV=16 -0.3 /
 # +0.6, at 32 level); fp32 kv at 2048 +0.9..+1.4 at HV = 8 and 16 (at 32 -0.9 / -0.2); 2-byte vk at
-# 2048 +0.9 / +1.4 at HV=8 (HV=16 +0.3 / +0.6, HV=32 -0.5 / -0.4). 2-byte kv had no such gain.
-SORT_ROWS_FEW_HEADS_FROM = {("H200", "vk", 4): (8, 1024), ("H200", "kv", 4): (16, 2048), ("H200", "vk", 2): (8, 2048)}
+# 2048 +0.9 / +1.4 at HV=8 (HV=16 +0.3 / +0.6, HV=32 -0.5 / -0.4), now in SORT_ROWS_FROM for every
+# HV. 2-byte kv had no such gain.
+SORT_ROWS_FEW_HEADS_FROM = {("H200", "vk", 4): (8, 1024), ("H200", "kv", 4): (16, 2048)}
 
 
 @functools.cache
