@@ -249,6 +249,10 @@ class GluonTileConfig(NamedTuple):
     # Triton's ("evict_first", "evict_last"); in the kv kernel, whose rows leave by TMA stores,
     # "evict_last" (by a PTX rewrite, gdn_ops.ptx_rewrite)
     store_eviction: str = ""
+    # vk kernel, with sort_rows: each program ranks the batch's slots itself to find the row at its
+    # place, instead of the rank kernel launched before it (small batches only: B^2 comparisons a
+    # program, gluon_decode_vk_tile.RANK_IN_PROGRAM_MAX_ROWS); a given slot order is read as usual
+    rank_in_program: bool = False
 
     @property
     def maxnreg(self) -> int:
@@ -405,6 +409,8 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
                 f"of {period_rows} rows (1024 bytes, a whole swizzle block)")
     if config.parts < 1 or K % config.parts or (K // config.parts) % config.rows:
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
+    if config.rank_in_program:
+        return "rank_in_program=False (only the vk kernel ranks its rows in the program)"
     if config.store_eviction not in ("", "evict_last"):
         return (f"store_eviction '' or 'evict_last' (the only L2 policy given to this kernel's TMA stores; "
                 f"got {config.store_eviction!r})")

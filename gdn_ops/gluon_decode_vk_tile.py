@@ -43,6 +43,7 @@ import functools
 from typing import NamedTuple
 
 import torch
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -65,6 +66,27 @@ from gdn_ops.triton_gating import decode_gates, head_gate_params
 
 
 @gluon.jit
+def _row_at_place(place, indices_ptr, B, num_slots, BLOCK_B: gl.constexpr, WARPS: gl.constexpr):
+    """``(row, slot)``: the batch row that comes ``place``-th when the ``B <= BLOCK_B`` rows are
+    ranked by their slots at ``indices_ptr`` (batch order; padding, a slot outside
+    ``[0, num_slots)``, first; ties by row), and that row's slot, ``num_slots`` for padding. Each
+    lane ranks one row against all B slots, which it holds in registers: B^2 comparisons a
+    program, so for small batches only (``RANK_IN_PROGRAM_MAX_ROWS``)."""
+    pairs: gl.constexpr = gl.BlockedLayout([1, BLOCK_B], [32, 1], [WARPS, 1], [1, 0])
+    mine_rows = gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, pairs))
+    slot = gl.load(indices_ptr + mine_rows, mask=mine_rows < B, other=0)
+    slot = gl.where((slot >= 0) & (slot < num_slots), slot, -1).to(gl.int32)
+    # rows past B rank after every row of the batch
+    mine = gl.where(mine_rows < B, slot, 2147483647)
+    theirs = gl.convert_layout(mine, gl.SliceLayout(0, pairs))  # every lane holds all B slots
+    their_rows = gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, pairs))
+    before = ((theirs[None, :] < mine[:, None])
+              | ((theirs[None, :] == mine[:, None]) & (their_rows[None, :] < mine_rows[:, None])))
+    hit = gl.sum(before.to(gl.int32), axis=1) == place
+    return gl.sum(gl.where(hit, mine_rows, 0), axis=0), gl.sum(gl.where(hit, slot, 0), axis=0)
+
+
+@gluon.jit
 def _decode_vk_tile_kernel(
     q_desc, k_desc, v_desc, state_desc,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -75,6 +97,7 @@ def _decode_vk_tile_kernel(
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
+    RANK_IN_PROGRAM: gl.constexpr, BLOCK_B: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -106,9 +129,17 @@ def _decode_vk_tile_kernel(
         # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)
         _gdc_wait()
         _gdc_launch_dependents()
-    # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
-    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
-    slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)
+    if RANK_IN_PROGRAM:
+        # the rows in slot order with no rank kernel: indices_ptr holds the slots in batch order,
+        # and this program finds the row at its place by ranking them
+        row, slot = _row_at_place(tile // NV // HV, indices_ptr, num_tiles // (NV * HV), num_slots, BLOCK_B, WARPS)
+        in_batch = tile < num_tiles
+        slot = gl.where(slot >= 0, slot, num_slots)
+    else:
+        # with SORTED_ROWS, indices_ptr holds the slots in ascending order and rows_ptr their rows
+        row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
+        slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES),
+                        num_slots)
     mbarrier.expect(state_bar, state_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
     nbytes: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes + v_desc.block_type.nbytes
@@ -201,6 +232,11 @@ VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=1
 VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4)
 
 
+# The most rows a program ranks by itself (GluonTileConfig.rank_in_program): each lane holds one row
+# and compares it with all B slots, so a program's comparisons grow as B^2.
+RANK_IN_PROGRAM_MAX_ROWS = 64
+
+
 class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel: a 2-byte pool with its rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
@@ -291,6 +327,8 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     reason = tma_step_reason(q, state, state.shape[-2], config.BV, (("q", q), ("k", k), ("v", v)))
     if reason is not None:
         return reason
+    if config.rank_in_program and q.shape[0] > RANK_IN_PROGRAM_MAX_ROWS:
+        return f"at most {RANK_IN_PROGRAM_MAX_ROWS} rows to rank them in the program (got B={q.shape[0]})"
     K = q.shape[-1]
     return _vk_config_reason(K, state.element_size(), q.element_size(), v.element_size(), config)
 
@@ -324,7 +362,9 @@ def launch_decode_vk_tile(
     """Launch the kernel on validated arguments that pass :func:`vk_tile_reason`:
     ``q, k [B, 1, HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, V, K]`` (vk layout),
     ``out [B, 1, HV, V]``; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
-    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order."""
+    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order; without them a
+    ``config`` that sorts its rows and ranks them in the program (``rank_in_program``) takes
+    ``indices`` in batch order."""
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     num_tiles = B * HV * (V // config.BV)
@@ -349,7 +389,9 @@ def launch_decode_vk_tile(
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        STORE_EVICTION=config.store_eviction, num_warps=config.num_warps,
+        STORE_EVICTION=config.store_eviction,
+        RANK_IN_PROGRAM=config.sort_rows and config.rank_in_program and rows is None and indices is not None,
+        BLOCK_B=max(32, triton.next_power_of_2(B)), num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -352,7 +352,7 @@ def launch_decode(
         # every kernel reads the slots as a dense vector; a strided view (a column of a larger
         # tensor) is copied first, a small kernel that CUDA-graph capture records like any other
         indices = indices.contiguous()
-    if sorts and rows is None:
+    if sorts and rows is None and not getattr(config, "rank_in_program", False):
         indices, rows = slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):
         launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile

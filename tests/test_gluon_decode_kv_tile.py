@@ -128,6 +128,8 @@ def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_evicti
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=3), "parts=3 dividing K=32 into parts of whole steps"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(parts=4), "parts=4 dividing K=32 into parts of whole steps of rows=16"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(sort_rows=True, rank_in_program=True),
+         "rank_in_program=False .only the vk kernel ranks its rows in the program"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_first"),
          "store_eviction '' or 'evict_last' .the only L2 policy given to this kernel's TMA stores; got 'evict_first'"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),

@@ -9,6 +9,7 @@ nothing more (no row sum through shared memory), and the register cap that lets
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from gdn_ops.gluon_decode_vk_tile import (
     VK_2B_TILE_FEW_HEADS_CONFIG,
     VK_4B_TILE_CONFIG,
     VK_4B_TILE_FEW_HEADS_CONFIG,
+    RANK_IN_PROGRAM_MAX_ROWS,
     lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
@@ -91,6 +93,26 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
     GPU at once and padding rows."""
     case = model_case(heads, "vk", {"state_dtype": torch.float32}, seed=8)
     check_launch(case, config._replace(sort_rows=sort_rows, store_eviction=store_eviction))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 29, 64])
+@pytest.mark.parametrize("variant", ["fused", "past-pool-int64", "bf16-state", "tp4"])
+def test_rows_ranked_in_the_program_match_reference(B, variant):
+    """Rows in slot order with each program ranking the slots itself (``rank_in_program``): no rank
+    kernel runs, and every row, padding ones (first, middle, last; -1 or past the pool) included,
+    matches the reference with its guards, up to the most rows a program ranks."""
+    import gdn_ops.triton_decode as launcher
+
+    changes = {"fused": {}, "past-pool-int64": PERSISTENT_VARIANTS["past-pool-int64"],
+               "bf16-state": {"state_dtype": torch.bfloat16}, "tp4": {"HK": 4}}[variant]
+    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      padding_rows=tuple(sorted({0, B // 2, B - 1})) if B > 2 else (), spare_slots=7, slot_pad=8,
+                      pool_guard=64, out_given=True, seed=B)
+    case = dataclasses.replace(case, **changes)
+    shipped = VK_2B_TILE_CONFIG if case.state_dtype == torch.bfloat16 else VK_4B_TILE_CONFIG
+    with mock.patch.object(launcher, "slot_order", side_effect=AssertionError("the rank kernel ran")):
+        check_launch(case, shipped._replace(sort_rows=True, rank_in_program=True))
 
 
 @pytest.mark.gpu
@@ -174,6 +196,9 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
          "store_eviction '', 'evict_first' or 'evict_last' .got 'evict_later'"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["whole-head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
+        ({"B": RANK_IN_PROGRAM_MAX_ROWS + 1, "padding_rows": ()},
+         SMALL_CONFIGS["whole-rows"]._replace(sort_rows=True, rank_in_program=True),
+         f"at most {RANK_IN_PROGRAM_MAX_ROWS} rows to rank them in the program .got B={RANK_IN_PROGRAM_MAX_ROWS + 1}"),
     ],
 )
 def test_refuses_operands_it_cannot_run(changes, config, needs):
@@ -237,6 +262,20 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
     one_warp = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_FEW_HEADS_CONFIG
     assert_no_spills(report, at_most=16 if newer_triton and one_warp else 0)
+
+
+@pytest.mark.parametrize(("config", "state"), [(VK_2B_TILE_CONFIG, "bf16"), (VK_4B_TILE_CONFIG, "fp32")],
+                         ids=["bf16", "fp32"])
+def test_rows_ranked_in_the_program_compile_without_spills(config, state):
+    """Ranking the rows in the program (``rank_in_program``, up to 32 rows here) fits the shipped
+    register cap with no spills; the slots reach every lane through shared memory (one int32 a row)
+    beside what the tile needs."""
+    plain = run_in_child("test_gluon_decode_vk_tile", f"t.compiled(t.{config!r}, {state!r})[0]")
+    ranked = config._replace(sort_rows=True, rank_in_program=True)
+    stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{ranked!r}, {state!r})))")
+    shared, _, report = stdout.split("\n", 2)
+    assert int(plain) < int(shared) <= int(plain) + 32 * 4
+    assert_no_spills(report)
 
 
 @pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8),
