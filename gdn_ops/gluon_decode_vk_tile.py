@@ -43,7 +43,6 @@ import functools
 from typing import NamedTuple
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -66,20 +65,20 @@ from gdn_ops.triton_gating import decode_gates, head_gate_params
 
 
 @gluon.jit
-def _row_at_place(place, indices_ptr, B, num_slots, BLOCK_B: gl.constexpr, WARPS: gl.constexpr):
-    """``(row, slot)``: the batch row that comes ``place``-th when the ``B <= BLOCK_B`` rows are
+def _row_at_place(place, indices_ptr, B, num_slots, WARPS: gl.constexpr):
+    """``(row, slot)``: the batch row that comes ``place``-th when the ``B <= 32`` rows are
     ranked by their slots at ``indices_ptr`` (batch order; padding, a slot outside
     ``[0, num_slots)``, first; ties by row), and that row's slot, ``num_slots`` for padding. Each
     lane ranks one row against all B slots, which it holds in registers: B^2 comparisons a
     program, so for small batches only (``RANK_IN_PROGRAM_MAX_ROWS``)."""
-    pairs: gl.constexpr = gl.BlockedLayout([1, BLOCK_B], [32, 1], [WARPS, 1], [1, 0])
-    mine_rows = gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, pairs))
+    pairs: gl.constexpr = gl.BlockedLayout([1, 32], [32, 1], [WARPS, 1], [1, 0])
+    mine_rows = gl.arange(0, 32, layout=gl.SliceLayout(1, pairs))
     slot = gl.load(indices_ptr + mine_rows, mask=mine_rows < B, other=0)
     slot = gl.where((slot >= 0) & (slot < num_slots), slot, -1).to(gl.int32)
     # rows past B rank after every row of the batch
     mine = gl.where(mine_rows < B, slot, 2147483647)
     theirs = gl.convert_layout(mine, gl.SliceLayout(0, pairs))  # every lane holds all B slots
-    their_rows = gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, pairs))
+    their_rows = gl.arange(0, 32, layout=gl.SliceLayout(0, pairs))
     before = ((theirs[None, :] < mine[:, None])
               | ((theirs[None, :] == mine[:, None]) & (their_rows[None, :] < mine_rows[:, None])))
     hit = gl.sum(before.to(gl.int32), axis=1) == place
@@ -97,7 +96,7 @@ def _decode_vk_tile_kernel(
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
-    RANK_IN_PROGRAM: gl.constexpr, BLOCK_B: gl.constexpr,
+    RANK_IN_PROGRAM: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -132,7 +131,7 @@ def _decode_vk_tile_kernel(
     if RANK_IN_PROGRAM:
         # the rows in slot order with no rank kernel: indices_ptr holds the slots in batch order,
         # and this program finds the row at its place by ranking them
-        row, slot = _row_at_place(tile // NV // HV, indices_ptr, num_tiles // (NV * HV), num_slots, BLOCK_B, WARPS)
+        row, slot = _row_at_place(tile // NV // HV, indices_ptr, num_tiles // (NV * HV), num_slots, WARPS)
         in_batch = tile < num_tiles
         slot = gl.where(slot >= 0, slot, num_slots)
     else:
@@ -233,8 +232,10 @@ VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, program
 
 
 # The most rows a program ranks by itself (GluonTileConfig.rank_in_program): each lane holds one row
-# and compares it with all B slots, so a program's comparisons grow as B^2.
-RANK_IN_PROGRAM_MAX_ROWS = 64
+# and compares it with all B slots, so a program's comparisons grow as B^2. At 64 rows (two lanes'
+# worth) the fp32 tile ran at 79.5% of copy bandwidth against 93.5 with the rank kernel (H200,
+# results/h200/rank_fp32_*_56d1070.json; NOTES.md, forty-first session).
+RANK_IN_PROGRAM_MAX_ROWS = 32
 
 
 class VkTileRule(NamedTuple):
@@ -242,8 +243,9 @@ class VkTileRule(NamedTuple):
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
     rows are sorted and from ``four_byte_from`` in batch order too. Rows of fewer than ``many_heads``
     heads (HV) take the few-heads tile of their pool from ``two_byte_few_heads_from`` or
-    ``four_byte_few_heads_from``. From ``evict_last_from`` the updated rows are stored evict-last
-    in L2."""
+    ``four_byte_few_heads_from``. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes
+    them in slot order, each program ranking them itself (``rank_in_program``). From
+    ``evict_last_from`` the updated rows are stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
@@ -252,6 +254,7 @@ class VkTileRule(NamedTuple):
     two_byte_few_heads_from: int
     four_byte_few_heads_from: int
     evict_last_from: int
+    four_byte_ranked_rows: int = 0
 
 
 # By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
@@ -261,9 +264,14 @@ class VkTileRule(NamedTuple):
 # projection after the decode took no longer (neighbour_gemm_*_37eccf4.json); at fp32 B=32 (B*HV
 # 1024, 64 MB of state a call, about the L2) it lost 0.6-1.6, the rows held in L2 meeting the next
 # call's reads. Plain stores below, and .cs or evict-first stores lost 0.5-2.3 everywhere.
+# A 4-byte pool of at most 32 rows ranks them in its programs (results/h200/rank_fp32_*_56d1070.json;
+# NOTES.md, forty-first session): at fp32 B=32 (HV=32, B*HV 1024) without the order, seeds 0 and 1,
+# 90.09 / 90.25% of copy bandwidth against 89.08 / 89.10 sorted by the rank kernel and 88.84 / 88.65
+# in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
+# the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
                                     many_heads=32, two_byte_few_heads_from=8192, four_byte_few_heads_from=2048,
-                                    evict_last_from=4096)}
+                                    evict_last_from=4096, four_byte_ranked_rows=32)}
 
 
 @functools.cache
@@ -278,9 +286,10 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     """This kernel's configuration when this GPU's rule picks it and it can run these operands
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
-    slot order or from the rule's ``four_byte_from``; rows of few heads on large grids take their
-    pool's few-heads tile; either with its rows stored evict-last from the rule's ``evict_last_from``;
-    ``None`` otherwise. Metadata only."""
+    slot order or from the rule's ``four_byte_from``, with few enough rows in slot order ranked in
+    the program; rows of few heads on large grids take their pool's few-heads tile; either with
+    its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise. Metadata
+    only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
@@ -296,6 +305,9 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
         more_programs = few_heads and rows_x_heads >= rule.four_byte_few_heads_from
         config = VK_4B_TILE_FEW_HEADS_CONFIG if more_programs else VK_4B_TILE_CONFIG
+        if q.shape[0] <= rule.four_byte_ranked_rows:
+            # (given the order, the launcher reads it instead)
+            config = config._replace(sort_rows=True, rank_in_program=True)
     else:
         config = None
     if config is not None and rows_x_heads >= rule.evict_last_from:
@@ -391,7 +403,7 @@ def launch_decode_vk_tile(
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
         STORE_EVICTION=config.store_eviction,
         RANK_IN_PROGRAM=config.sort_rows and config.rank_in_program and rows is None and indices is not None,
-        BLOCK_B=max(32, triton.next_power_of_2(B)), num_warps=config.num_warps,
+        num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )
     return config

@@ -96,7 +96,7 @@ def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_evict
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B", [1, 29, 64])
+@pytest.mark.parametrize("B", [1, 29, RANK_IN_PROGRAM_MAX_ROWS])
 @pytest.mark.parametrize("variant", ["fused", "past-pool-int64", "bf16-state", "tp4"])
 def test_rows_ranked_in_the_program_match_reference(B, variant):
     """Rows in slot order with each program ranking the slots itself (``rank_in_program``): no rank
@@ -129,6 +129,8 @@ def test_rows_ranked_in_the_program_match_reference(B, variant):
         ({"state_dtype": torch.float32}, True),  # an fp32 pool from its B*HV (H200: 1024), rows in batch order
         ({"state_dtype": torch.float32, "B": "large"}, True),  # and where its rows are sorted (H200: from 2048)
         ({"state_dtype": torch.float32, "B": -1}, False),
+        # at most the rule's ranked rows (H200: 32): in slot order, ranked by the programs themselves
+        ({"state_dtype": torch.float32, "B": "ranked"}, True),
         # 8 heads a row (TP=4): sorted from 1024 by itself, and the few-heads tile from 2048
         ({"state_dtype": torch.float32, "HK": 4}, True),
         ({"state_dtype": torch.float32, "HK": 4, "B": "few-heads-from"}, True),
@@ -160,7 +162,8 @@ def test_default_kernel_choice_and_result(changes, tile):
     heads = changes.get("HK", 16) * 2  # HV
     B = {-1: start // heads - 1, "large": 4 * start // heads + 2, "given-order": rule.two_byte_sorted_from // heads + 1,
          "below-given-order": rule.two_byte_sorted_from // heads - 1,
-         "few-heads-from": few_heads_from // heads + 1}.get(changes.get("B"), start // heads + 2)
+         "few-heads-from": few_heads_from // heads + 1, "ranked": rule.four_byte_ranked_rows}.get(changes.get("B"),
+                                                                                                start // heads + 2)
     given_order = changes.get("B") in ("given-order", "below-given-order")
     changes = {name: value for name, value in changes.items() if name != "B"}
     case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.bfloat16,
@@ -176,7 +179,9 @@ def test_default_kernel_choice_and_result(changes, tile):
         shipped = ((VK_2B_TILE_FEW_HEADS_CONFIG if few_heads else VK_2B_TILE_CONFIG) if case.state_dtype != torch.float32
                    else VK_4B_TILE_FEW_HEADS_CONFIG if few_heads else VK_4B_TILE_CONFIG)
         eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
-        assert launched == [shipped._replace(sort_rows=sort_rows, store_eviction=eviction)]
+        ranked = case.state_dtype == torch.float32 and B <= rule.four_byte_ranked_rows
+        assert launched == [shipped._replace(sort_rows=sort_rows or ranked, store_eviction=eviction,
+                                             rank_in_program=ranked)]
     else:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
 
