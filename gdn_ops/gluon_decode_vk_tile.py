@@ -13,6 +13,10 @@ pool with few heads a row on large grids 4 KB on one warp, 24 per SM: short prog
 slots empty and refill in small steps (NOTES.md, nineteenth, twenty-first, thirty-fifth and
 fortieth sessions). Each program:
 
+0. with its rows in slot order, finds its row at its place in that order: read from the rank
+   kernel's output (``triton_slot_order``) or the caller's, or for an fp32 pool of few rows
+   (``rank_in_program``) by ranking the batch's slots itself, so that no rank kernel runs between
+   the previous kernel's end and this one's start;
 1. loads its tile ``[BV, K]`` by TMA on a barrier of its own, and q, k and its ``BV`` values of v
    on another, and takes q and k's norms and the gates while the tile is still arriving;
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
