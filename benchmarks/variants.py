@@ -919,6 +919,14 @@ SLOT_ORDER_VARIANTS: dict[str, list[tuple[str, str]]] = {
     "rank_waits_first": [("ONE_STEP=B <= MAX_COLUMNS", "ONE_STEP=False")],
     "rank_comparisons_8192": [("COMPARISONS = 2048\n", "COMPARISONS = 8192\n")],
 }
+# The rank kernel's programs on one warp instead of four (64 comparisons a thread before the wait):
+# after the wait, the check of the slots and the counts' sums stay inside a warp (no shared memory,
+# no CTA barrier), and a program of one warp finds a slot beside the previous kernel's last wave more
+# easily. With 512 comparisons a program as well, four times the programs, each a quarter as long.
+SLOT_ORDER_VARIANTS["rank_one_warp"] = [("                                                          num_warps=4,\n",
+                                         "                                                          num_warps=1,\n")]
+SLOT_ORDER_VARIANTS["rank_one_warp_512"] = [*SLOT_ORDER_VARIANTS["rank_one_warp"],
+                                            ("COMPARISONS = 2048\n", "COMPARISONS = 512\n")]
 
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS

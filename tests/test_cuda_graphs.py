@@ -128,21 +128,24 @@ def test_persistent_kernel_replays_match_reference(B):
     _replay_against_reference(_capture(step), slots, pool, gen, (B - 7, B, B // 2), "kv")
 
 
-@pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile"])
+@pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile", "gluon-vk-tile-ranked"])
 def test_rows_in_slot_order_replay_with_each_steps_indices(kernel):
-    """A decode that sorts its rows by slot (``sort_rows``): the sort runs inside the graph, so each
-    replay must order that step's indices, padding included, and leave unaddressed slots alone."""
+    """A decode that sorts its rows by slot (``sort_rows``): the sort runs inside the graph (the
+    rank kernel, or each program ranking the slots itself), so each replay must order that step's
+    indices, padding included, and leave unaddressed slots alone."""
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
+    from gdn_ops.gluon_decode_vk_tile import RANK_IN_PROGRAM_MAX_ROWS, VK_4B_TILE_CONFIG
     from gdn_ops.triton_decode import DecodeConfig, is_sm90_gpu, launch_decode
 
-    layout = "vk" if kernel == "per-tile-vk" else "kv"
-    if layout == "kv" and not is_sm90_gpu(torch.device("cuda")):
-        pytest.skip("the Gluon kernel needs sm_90+")
-    config = (DecodeConfig(BV=8, BK=128, num_warps=1, sort_rows=True) if layout == "vk"
-              else KV_2B_TILE_CONFIG._replace(sort_rows=True))
-    state_dtype = torch.float32 if layout == "vk" else torch.bfloat16
+    layout = "kv" if kernel == "gluon-kv-tile" else "vk"
+    if kernel.startswith("gluon") and not is_sm90_gpu(torch.device("cuda")):
+        pytest.skip("the Gluon kernels need sm_90+")
+    config = {"per-tile-vk": DecodeConfig(BV=8, BK=128, num_warps=1, sort_rows=True),
+              "gluon-kv-tile": KV_2B_TILE_CONFIG._replace(sort_rows=True),
+              "gluon-vk-tile-ranked": VK_4B_TILE_CONFIG._replace(sort_rows=True, rank_in_program=True)}[kernel]
+    state_dtype = torch.bfloat16 if layout == "kv" else torch.float32
     gen = torch.Generator().manual_seed(11)
-    B, num_slots = 96, 120
+    B, num_slots = (RANK_IN_PROGRAM_MAX_ROWS, 40) if kernel == "gluon-vk-tile-ranked" else (96, 120)
     slots = DecodeSlots(B)
     inner = (HV, V, K) if layout == "vk" else (HV, K, V)
     pool = torch.randn(num_slots, *inner, generator=gen).to(state_dtype).cuda()
