@@ -923,6 +923,10 @@ SLOT_ORDER_VARIANTS: dict[str, list[tuple[str, str]]] = {
 # after the wait, the check of the slots and the counts' sums stay inside a warp (no shared memory,
 # no CTA barrier), and a program of one warp finds a slot beside the previous kernel's last wave more
 # easily. With 512 comparisons a program as well, four times the programs, each a quarter as long.
+# H200, without the order, seeds 0 and 1 (results/h200/rk{1,4}_*_c332fd7.json; NOTES.md, forty-first
+# session): one warp -0.13..+0.44 against the shipped rank kernel at bf16 vk B=128, fp32 kv B=128 and
+# TP=4 bf16 vk B=512, fp32 vk B=256, fp32 kv B=512; with 512 comparisons -1.1..+0.25 (it loses at 512
+# rows). Neither folded.
 SLOT_ORDER_VARIANTS["rank_one_warp"] = [("                                                          num_warps=4,\n",
                                          "                                                          num_warps=1,\n")]
 SLOT_ORDER_VARIANTS["rank_one_warp_512"] = [*SLOT_ORDER_VARIANTS["rank_one_warp"],
