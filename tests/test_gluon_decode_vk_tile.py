@@ -29,11 +29,11 @@ from tile_kernel_checks import (
 
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
+    RANK_IN_PROGRAM_MAX_ROWS,
     VK_2B_TILE_CONFIG,
     VK_2B_TILE_FEW_HEADS_CONFIG,
     VK_4B_TILE_CONFIG,
     VK_4B_TILE_FEW_HEADS_CONFIG,
-    RANK_IN_PROGRAM_MAX_ROWS,
     lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
