@@ -236,9 +236,9 @@ VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, program
 
 
 # The most rows a program ranks by itself (GluonTileConfig.rank_in_program): each lane holds one row
-# and compares it with all B slots, so a program's comparisons grow as B^2. At 64 rows (two lanes'
-# worth) the fp32 tile ran at 79.5% of copy bandwidth against 93.5 with the rank kernel (H200,
-# results/h200/rank_fp32_*_56d1070.json; NOTES.md, forty-first session).
+# and compares it with all B slots, so a program's comparisons grow as B^2. At 64 rows (a layout of
+# 64, measured before this limit) the fp32 tile ran at 79.5% of copy bandwidth against 93.5 with the
+# rank kernel (H200, results/h200/rank_fp32_*_56d1070.json; NOTES.md, forty-first session).
 RANK_IN_PROGRAM_MAX_ROWS = 32
 
 
