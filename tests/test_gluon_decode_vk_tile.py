@@ -15,6 +15,8 @@ import pytest
 import torch
 import triton
 from decode_case import PERSISTENT_VARIANTS, DecodeCase, build, check, run_triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sm90_compile import (
     assert_no_spills,
     ptxas_report,
@@ -113,6 +115,26 @@ def test_rows_ranked_in_the_program_match_reference(B, variant):
     shipped = VK_2B_TILE_CONFIG if case.state_dtype == torch.bfloat16 else VK_4B_TILE_CONFIG
     with mock.patch.object(launcher, "slot_order", side_effect=AssertionError("the rank kernel ran")):
         check_launch(case, shipped._replace(sort_rows=True, rank_in_program=True))
+
+
+@pytest.mark.gpu
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, RANK_IN_PROGRAM_MAX_ROWS), data=st.data())
+def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
+    """Property: for any batch up to the limit, int32 or int64 slots, dense or strided, any padding
+    rows with any padding value (-1, another negative, the pool's size, past int32), the programs
+    that rank their rows themselves match the reference and touch no other slot."""
+    import gdn_ops.triton_decode as launcher
+
+    index_dtype = data.draw(st.sampled_from((torch.int32, torch.int64)))
+    case = DecodeCase(B=B, T=1, HK=2, group=2, K=128, V=128, state_layout="vk", state_dtype=torch.float32,
+                      index_dtype=index_dtype, padding_rows=tuple(sorted(data.draw(st.sets(st.integers(0, B - 1))))),
+                      indices_stride=data.draw(st.sampled_from((1, 3))), spare_slots=data.draw(st.integers(0, 5)),
+                      slot_pad=8, pool_guard=64, out_given=True, seed=data.draw(st.integers(0, 2**31 - 1)))
+    padding_value = data.draw(st.sampled_from((-1, -7, case.num_slots, 2**31 - 1 if index_dtype == torch.int32 else 2**40)))
+    case = dataclasses.replace(case, padding_value=padding_value)
+    with mock.patch.object(launcher, "slot_order", side_effect=AssertionError("the rank kernel ran")):
+        check_launch(case, VK_4B_TILE_CONFIG._replace(sort_rows=True, rank_in_program=True))
 
 
 @pytest.mark.gpu
