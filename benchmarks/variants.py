@@ -936,6 +936,17 @@ SLOT_ORDER_VARIANTS["rank_one_warp_512"] = [*SLOT_ORDER_VARIANTS["rank_one_warp"
 # slots; the benchmark's slots are written long before, so its results still pass the check. What
 # is left between the previous kernel's end and the decode is then the wait, the stores and the
 # kernel boundary: how much of the rank kernel's cost the second read is.
+# The slots read before the wait with an evict-last L2 policy, so that their line is still in L2 for
+# the second read after it: the previous decode's last wave stores its rows evict-last from B*HV 4096
+# and may push a line of normal priority out to DRAM in the meantime.
+SLOT_ORDER_VARIANTS["rank_slots_evict_last"] = [(
+    """        others = tl.arange(0, COLUMNS)
+        mine = tl.load(indices_ptr + rows, mask=live, other=0)
+        theirs = tl.load(indices_ptr + others, mask=others < B, other=0)
+""", """        others = tl.arange(0, COLUMNS)
+        mine = tl.load(indices_ptr + rows, mask=live, other=0, eviction_policy="evict_last")
+        theirs = tl.load(indices_ptr + others, mask=others < B, other=0, eviction_policy="evict_last")
+""")]
 SLOT_ORDER_VARIANTS["rank_no_recheck"] = [(
     """        if PDL:
             tl.extra.cuda.gdc_wait()
