@@ -938,7 +938,10 @@ SLOT_ORDER_VARIANTS["rank_one_warp_512"] = [*SLOT_ORDER_VARIANTS["rank_one_warp"
 # kernel boundary: how much of the rank kernel's cost the second read is.
 # The slots read before the wait with an evict-last L2 policy, so that their line is still in L2 for
 # the second read after it: the previous decode's last wave stores its rows evict-last from B*HV 4096
-# and may push a line of normal priority out to DRAM in the meantime.
+# and may push a line of normal priority out to DRAM in the meantime. H200, without the order, seeds
+# 0 and 1 (results/h200/el{1,4}_*_9493701.json; NOTES.md, forty-first session): -0.2..-0.05 against
+# the shipped rank kernel, where rank_no_recheck (below) ran +0.25..+0.75 (and +0.33..+0.68 in
+# nr{1,4}_*_dd5d654.json): the line was in L2 already, and the second read's round trip is the cost.
 SLOT_ORDER_VARIANTS["rank_slots_evict_last"] = [(
     """        others = tl.arange(0, COLUMNS)
         mine = tl.load(indices_ptr + rows, mask=live, other=0)
