@@ -66,26 +66,25 @@ from gdn_ops.gluon_decode_kv import (
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
 from gdn_ops.triton_gating import decode_gates, head_gate_params
+from gdn_ops.triton_slot_order import _ranks
 
 
 @gluon.jit
 def _row_at_place(place, indices_ptr, B, num_slots, WARPS: gl.constexpr):
     """``(row, slot)``: the batch row that comes ``place``-th when the ``B <= 32`` rows are
     ranked by their slots at ``indices_ptr`` (batch order; padding, a slot outside
-    ``[0, num_slots)``, first; ties by row), and that row's slot, ``num_slots`` for padding. Each
+    ``[0, num_slots)``, first; ties by row), and that row's slot, -1 for padding. Each
     lane ranks one row against all B slots, which it holds in registers: B^2 comparisons a
     program, so for small batches only (``RANK_IN_PROGRAM_MAX_ROWS``)."""
     pairs: gl.constexpr = gl.BlockedLayout([1, 32], [32, 1], [WARPS, 1], [1, 0])
     mine_rows = gl.arange(0, 32, layout=gl.SliceLayout(1, pairs))
     slot = gl.load(indices_ptr + mine_rows, mask=mine_rows < B, other=0)
     slot = gl.where((slot >= 0) & (slot < num_slots), slot, -1).to(gl.int32)
-    # rows past B rank after every row of the batch
+    # rows past B rank after every row of the batch, so all 32 are counted (no mask a comparison)
     mine = gl.where(mine_rows < B, slot, 2147483647)
     theirs = gl.convert_layout(mine, gl.SliceLayout(0, pairs))  # every lane holds all B slots
-    their_rows = gl.arange(0, 32, layout=gl.SliceLayout(0, pairs))
-    before = ((theirs[None, :] < mine[:, None])
-              | ((theirs[None, :] == mine[:, None]) & (their_rows[None, :] < mine_rows[:, None])))
-    hit = gl.sum(before.to(gl.int32), axis=1) == place
+    # the rank kernel's count (triton_slot_order), on the slots as this program read them once
+    hit = _ranks(mine, mine_rows, theirs, gl.arange(0, 32, layout=gl.SliceLayout(0, pairs)), 32) == place
     return gl.sum(gl.where(hit, mine_rows, 0), axis=0), gl.sum(gl.where(hit, slot, 0), axis=0)
 
 
