@@ -406,7 +406,7 @@ _TILE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel
 _VK_TILE_COPIES = """    mbarrier.expect(state_bar, state_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
 """
-_VK_STATE_WAIT = "    mbarrier.wait(state_bar, 0)\n"
+_VK_STATE_WAIT = "    mbarrier.wait(state_bar, state_phase)\n"
 # the wait and trigger where the early-state variants put them, after the state's copies
 _EARLY_WAIT = "    if PDL:\n" + _GLUON_WAIT
 # the kernel's row sums and row update, as written in its step loop, for variants that change them
@@ -736,9 +736,10 @@ KV_TILE_VARIANTS["kv_tile_copy_only"] = [
 # twentieth session). The kernel and its launcher take the pool's pointer and strides. H200: 3.5-4.7
 # points under the shipped TMA stores given the order at bf16 B=128-1024 and fp32 B=128-512, and
 # half the speed at fp32 B=32 (results/h200/tune_kv_reg_stores_*_f5b7ddd.json).
-_KV_STATE_ARGS = "rows_ptr, state_ptr, s_sb, s_sh, s_sk,"
+_KV_STATE_ARGS = "rows_ptr, batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,"
 KV_TILE_VARIANTS["kv_tile_reg_stores"] = [
-    ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,\n", f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
+    ("s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, batch_indices_ptr,\n",
+     f"s_ob, s_oh, s_ov, s_A, s_dt, {_KV_STATE_ARGS}\n"),
     ("rows_ptr, tail_state_desc, whole_tiles,\n", "rows_ptr, tail_state_desc, whole_tiles, state_ptr, s_sb, s_sh, s_sk,\n"),
     ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n",
      ("(*args, rows if rows is not None else state, tail_desc, whole_tiles,\n"
@@ -868,9 +869,10 @@ KV_TILE_VARIANTS["kv_tile_timeline"] = _timeline_patches(
     "        mbarrier.invalidate(bars.index(j))\n", "launch_decode_kv_tile")
 # The same records of the vk tile kernel's one-warp programs (NOTES.md, twenty-fifth session).
 VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
-    ("s_sb, s_sh, s_sv, rows_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, timeline_ptr,\n"),
-    ("        rows if rows is not None else state,\n",
-     "        rows if rows is not None else state, _timeline(num_tiles, state.device),\n"),
+    ("s_sb, s_sh, s_sv, rows_ptr, batch_indices_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, batch_indices_ptr, timeline_ptr,\n"),
+    ("        rows if rows is not None else state, batch_indices if batch_indices is not None else state,\n",
+     ("        rows if rows is not None else state, batch_indices if batch_indices is not None else state,\n"
+      "        _timeline(num_tiles, state.device),\n")),
     "    mbarrier.init(bar, count=1)\n", "    # with SORTED_ROWS, indices_ptr holds", "    mbarrier.invalidate(bar)\n",
     "launch_decode_vk_tile")
 

@@ -72,6 +72,15 @@ def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl
 
 
 @gluon.jit
+def _row_slot_now(row, in_batch, indices_ptr, num_slots):
+    """The slot of batch row ``row`` as ``indices_ptr`` (the slots in batch order) holds it after
+    this kernel's wait, read past L1: ``num_slots`` for padding or a row outside the batch. Checks
+    a slot order ranked from a snapshot (``triton_slot_order.snapshot_slot_order``)."""
+    slot = gl.load(indices_ptr + row, mask=in_batch, other=-1, cache_modifier=".cg")
+    return gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
+
+
+@gluon.jit
 def _tile_row(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SORTED_ROWS: gl.constexpr):
     """``(row, in_batch)``: the batch row ``tile`` works for, its place in the grid or with
     ``SORTED_ROWS`` the row at that place of ``rows_ptr`` (the rows in slot order,

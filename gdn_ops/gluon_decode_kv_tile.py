@@ -55,6 +55,7 @@ from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
     _issue_tile,
+    _row_slot_now,
     _tile_columns,
     _tile_inputs,
     _tile_row,
@@ -67,6 +68,7 @@ from gdn_ops.gluon_decode_kv import (
 from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
+from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS
 
 
 @gluon.jit
@@ -87,17 +89,17 @@ def qk_factors(q_smem, k_smem, scale, K: gl.constexpr, flat_layout: gl.constexpr
 
 @gluon.jit
 def key_sums(rows_smem, q_keys, k_keys, bars, ROWS: gl.constexpr, STEPS: gl.constexpr, PART: gl.constexpr,
-             rows_layout: gl.constexpr, keys_layout: gl.constexpr):
+             rows_layout: gl.constexpr, keys_layout: gl.constexpr, phase=0):
     """Each thread's share ``[ROWS, NC, C]`` of ``S^T k`` and ``S^T q`` (raw q, k) over the
     ``STEPS * ROWS`` key rows of ``rows_smem``, a step as soon as its part of ``PART`` rows has
-    landed (barrier 0 is waited on before)."""
+    landed, the barriers' ``phase`` (barrier 0 is waited on before)."""
     NC: gl.constexpr = rows_smem.shape[1]
     C: gl.constexpr = rows_smem.shape[2]
     sk = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
     sq = gl.zeros([ROWS, NC, C], gl.float32, rows_layout)
     for i in gl.static_range(STEPS):
         if i > 0 and (i * ROWS) % PART == 0:
-            mbarrier.wait(bars.index(i * ROWS // PART), 0)
+            mbarrier.wait(bars.index(i * ROWS // PART), phase)
         S = rows_smem.slice(i * ROWS, ROWS).load(rows_layout).to(gl.float32)
         sk += S * k_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
         sq += S * q_keys.slice(i * ROWS, ROWS).load(keys_layout).to(gl.float32)[:, None, None]
@@ -118,11 +120,11 @@ def update_rows(rows_smem, k_keys, k_factor, decay, u, ROWS: gl.constexpr, STEPS
 def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
              gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
              num_slots, scale, softplus_beta, softplus_threshold,
-             s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+             s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, batch_indices_ptr,
              HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
              C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
              FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
-             L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr):
+             L2_EPS: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr, CHECK_SLOTS: gl.constexpr):
     """The step on tile ``tile`` of ``num_tiles`` (``BV`` value columns of one row's head, all K
     keys), through ``tile_smem [1, 1, K, BV // C, C]``, q and k buffers and ``PARTS`` barriers;
     ``state_desc`` moves ``K // PARTS`` key rows of ``BV`` columns at a time."""
@@ -144,6 +146,10 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
         tile, row, num_tiles, indices_ptr, num_slots, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr,
         s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_A, s_dt, NV, HV, BV, C, HAS_INDICES, FUSED_GATING, cols_layout)
     slot = gl.where(in_batch, slot, num_slots)
+    if CHECK_SLOTS:
+        # the order was ranked from the slots as read before the previous kernel's end: this row's
+        # slot as it is now, checked below while the tile's copies are in flight
+        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr, num_slots)
     _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
                 NV, HV, GROUP, NC, PART, PARTS)
 
@@ -152,12 +158,24 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
     g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
                            dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
-    mbarrier.wait(bars.index(0), 0)
+    phase = 0
+    if CHECK_SLOTS:
+        # where the slot changed, the tile comes again from there once the stale copies have landed
+        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
+        if slot_now != slot:
+            for j in gl.static_range(PARTS):
+                mbarrier.wait(bars.index(j), 0)
+            _issue_tile(tile, slot_now, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
+                        NV, HV, GROUP, NC, PART, PARTS)
+        phase = (slot_now != slot).to(gl.int32)
+        slot = slot_now
+    mbarrier.wait(bars.index(0), phase)
 
     q_factor, k_factor, kq = qk_factors(q_smem, k_smem, scale, K, flat_layout, USE_L2NORM, L2_EPS)
     rows_smem = tile_smem.reshape([K, NC, C])
     k_keys = k_smem.reshape([K])
-    sk, sq = key_sums(rows_smem, q_smem.reshape([K]), k_keys, bars, ROWS, STEPS, PART, rows_layout, keys_layout)
+    sk, sq = key_sums(rows_smem, q_smem.reshape([K]), k_keys, bars, ROWS, STEPS, PART, rows_layout, keys_layout,
+                      phase)
     Sk = gl.sum(sk, axis=0) * k_factor
     Sq = gl.sum(sq, axis=0) * q_factor
     u = beta * (v_in.to(gl.float32) - decay * Sk)
@@ -183,12 +201,14 @@ def _decode_kv_tile_kernel(
     A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
     s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, tail_state_desc, whole_tiles,
+    batch_indices_ptr,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
     TAIL_SPLIT: gl.constexpr, TAIL_C: gl.constexpr, TAIL_ROWS: gl.constexpr, TAIL_PARTS: gl.constexpr,
     STORE_EVICTION: gl.constexpr,  # not read here: it keys the binary whose PTX the launcher rewrites
+    CHECK_SLOTS: gl.constexpr,
 ):
     tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV // C, C], state_desc.layout)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [1, 1, K], q_desc.layout)
@@ -207,9 +227,9 @@ def _decode_kv_tile_kernel(
         _kv_tile(pid, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_smem, bars, v_ptr,
                  gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
                  num_slots, scale, softplus_beta, softplus_threshold,
-                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, batch_indices_ptr,
                  HV, GROUP, K, V, BV, C, ROWS, WARPS, VEC, LANES_C, FUSED_GATING, USE_L2NORM, HAS_INDICES,
-                 L2_EPS, SORTED_ROWS, PARTS)
+                 L2_EPS, SORTED_ROWS, PARTS, CHECK_SLOTS)
     else:
         # the grid's last programs (started last) split the remaining whole tiles TAIL_SPLIT ways;
         # numbered as tiles of BV // TAIL_SPLIT columns, whole tile w is tail tiles w * TAIL_SPLIT + j.
@@ -221,9 +241,9 @@ def _decode_kv_tile_kernel(
                                         tail_state_desc.layout),
                  q_smem, k_smem, bars, v_ptr, gate_a_ptr, gate_b_ptr, A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr,
                  num_slots, scale, softplus_beta, softplus_threshold,
-                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr,
+                 s_vb, s_vh, s_vv, s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, rows_ptr, batch_indices_ptr,
                  HV, GROUP, K, V, TAIL_BV, TAIL_C, TAIL_ROWS, WARPS, VEC, TAIL_C // (WARPS * VEC), FUSED_GATING,
-                 USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS)
+                 USE_L2NORM, HAS_INDICES, L2_EPS, SORTED_ROWS, TAIL_PARTS, CHECK_SLOTS)
     for j in gl.static_range(PARTS):
         mbarrier.invalidate(bars.index(j))
 
@@ -253,6 +273,11 @@ class GluonTileConfig(NamedTuple):
     # place, instead of the rank kernel launched before it (small batches only: B^2 comparisons a
     # program, gluon_decode_vk_tile.RANK_IN_PROGRAM_MAX_ROWS); a given slot order is read as usual
     rank_in_program: bool = False
+    # with sort_rows and no order given: the rows ranked in one program from the slots as read once,
+    # maybe before the previous kernel's end (triton_slot_order.snapshot_slot_order), with no second
+    # read after it; each program then checks its own row's slot after its wait and takes its state
+    # again where that slot changed (at most triton_slot_order.SNAPSHOT_MAX_ROWS rows)
+    snapshot_order: bool = False
 
     @property
     def maxnreg(self) -> int:
@@ -391,7 +416,15 @@ def tile_reason(q: torch.Tensor, state: torch.Tensor, config: GluonTileConfig) -
     (``triton_decode_tma.unsupported_reason``), or ``None`` if it can: its layout must cover
     ``[rows, BV]`` row steps that divide K and whole swizzle periods, and ``programs_per_sm``
     programs must fit one SM's shared memory. Metadata only."""
-    return _tile_reason(q.shape[-1], state.element_size(), q.element_size(), config)
+    return snapshot_order_reason(q, config) or _tile_reason(q.shape[-1], state.element_size(), q.element_size(), config)
+
+
+def snapshot_order_reason(q: torch.Tensor, config: GluonTileConfig) -> str | None:
+    """Why ``config.snapshot_order`` cannot order this batch (``q [B, ...]``): more rows than one
+    program sorts (``triton_slot_order.SNAPSHOT_MAX_ROWS``); ``None`` if it can or is off."""
+    if config.snapshot_order and q.shape[0] > SNAPSHOT_MAX_ROWS:
+        return f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program (got B={q.shape[0]})"
+    return None
 
 
 @functools.cache
@@ -442,11 +475,14 @@ def launch_decode_kv_tile(
     q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
     scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
     config: GluonTileConfig, pdl: bool, l2_eps: float, rows: torch.Tensor | None = None,
+    batch_indices: torch.Tensor | None = None,
 ) -> GluonTileConfig:
     """Launch the kernel on validated arguments that TMA can address (the checks of
     ``triton_decode_tma.unsupported_reason`` and :func:`tile_reason`): ``state [slots, HV, K, V]``
     in the kv layout, T == 1; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
-    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order."""
+    ``triton_slot_order.slot_order``), ``indices`` are the slots in that order; with
+    ``batch_indices`` too (the slots in batch order), ``indices`` and ``rows`` are a snapshot
+    order (``triton_slot_order.snapshot_slot_order``) whose slots each program checks."""
     K, V = q.shape[-1], v.shape[3]
     num_tiles = q.shape[0] * v.shape[2] * (V // config.BV)
     if num_tiles == 0:
@@ -461,6 +497,8 @@ def launch_decode_kv_tile(
     tail_desc = state_desc if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
     with store_policy(config):
         _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
+                                        batch_indices if batch_indices is not None else state,
+                                        CHECK_SLOTS=rows is not None and batch_indices is not None,
                                         ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
                                         TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
                                         TAIL_C=chunk_columns(tail.BV, state.element_size()),

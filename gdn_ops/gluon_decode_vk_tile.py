@@ -57,13 +57,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
+    _row_slot_now,
     _tile_row,
     _tile_slot,
     chunk_columns,
     shared_memory_reason,
     tma_descriptor,
 )
-from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
+from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, snapshot_order_reason
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_slot_order import _ranks
@@ -94,12 +95,12 @@ def _decode_vk_tile_kernel(
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
     A_log_ptr, dt_bias_ptr, indices_ptr, o_ptr, state_ptr,
     num_tiles, num_slots, scale, softplus_beta, softplus_threshold,
-    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr,
+    s_ab, s_ah, s_bb, s_bh, s_ob, s_oh, s_ov, s_A, s_dt, s_sb, s_sh, s_sv, rows_ptr, batch_indices_ptr,
     HV: gl.constexpr, GROUP: gl.constexpr, K: gl.constexpr, V: gl.constexpr, BV: gl.constexpr,
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
-    RANK_IN_PROGRAM: gl.constexpr,
+    RANK_IN_PROGRAM: gl.constexpr, CHECK_SLOTS: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -142,6 +143,10 @@ def _decode_vk_tile_kernel(
         row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)
         slot = gl.where(in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES),
                         num_slots)
+    if CHECK_SLOTS:
+        # the order was ranked from the slots as read before the previous kernel's end: this row's
+        # slot as it is now, checked below while the state's copy is in flight
+        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr, num_slots)
     mbarrier.expect(state_bar, state_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
     nbytes: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes + v_desc.block_type.nbytes
@@ -155,6 +160,16 @@ def _decode_vk_tile_kernel(
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
+    state_phase = 0
+    if CHECK_SLOTS:
+        # where the slot changed, the state comes again from there once the stale copy has landed
+        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
+        if slot_now != slot:
+            mbarrier.wait(state_bar, 0)
+            mbarrier.expect(state_bar, state_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(state_desc, [slot_now, hv, v0, 0, 0], state_bar, tile_smem)
+        state_phase = (slot_now != slot).to(gl.int32)
+        slot = slot_now
     mbarrier.wait(bar, 0)
 
     # every warp holds all of q and k, laid out as the keys of a row
@@ -167,7 +182,7 @@ def _decode_vk_tile_kernel(
         q = q * scale
     kq = gl.sum(gl.sum(k * q, axis=1), axis=0)
 
-    mbarrier.wait(state_bar, 0)
+    mbarrier.wait(state_bar, state_phase)
     rows_smem = tile_smem.reshape([BV, NK, C])
     values = v_smem.reshape([BV])
     step_rows = gl.arange(0, ROWS, layout=values_layout)
@@ -344,6 +359,9 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         return reason
     if config.rank_in_program and q.shape[0] > RANK_IN_PROGRAM_MAX_ROWS:
         return f"at most {RANK_IN_PROGRAM_MAX_ROWS} rows to rank them in the program (got B={q.shape[0]})"
+    reason = snapshot_order_reason(q, config)
+    if reason is not None:
+        return reason
     K = q.shape[-1]
     return _vk_config_reason(K, state.element_size(), q.element_size(), v.element_size(), config)
 
@@ -373,13 +391,16 @@ def launch_decode_vk_tile(
     q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, *,
     scale: float, use_qk_l2norm_in_kernel: bool, softplus_beta: float, softplus_threshold: float,
     config: GluonTileConfig, pdl: bool, l2_eps: float, rows: torch.Tensor | None = None,
+    batch_indices: torch.Tensor | None = None,
 ) -> GluonTileConfig:
     """Launch the kernel on validated arguments that pass :func:`vk_tile_reason`:
     ``q, k [B, 1, HK, K]``, ``v [B, 1, HV, V]``, ``state [slots, HV, V, K]`` (vk layout),
     ``out [B, 1, HV, V]``; sm_90+ only (no interpreter). With ``rows`` (the rows in slot order,
     ``triton_slot_order.slot_order``), ``indices`` are the slots in that order; without them a
     ``config`` that sorts its rows and ranks them in the program (``rank_in_program``) takes
-    ``indices`` in batch order."""
+    ``indices`` in batch order. With ``batch_indices`` (the slots in batch order), ``indices`` and
+    ``rows`` are a snapshot order (``triton_slot_order.snapshot_slot_order``) whose slots each
+    program checks against them."""
     B, _, HK, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     num_tiles = B * HV * (V // config.BV)
@@ -400,12 +421,13 @@ def launch_decode_vk_tile(
         num_tiles, state.shape[0], float(scale), float(softplus_beta), float(softplus_threshold),
         gate_a.stride(0), gate_a.stride(2), gate_b.stride(0), gate_b.stride(2), out.stride(0), out.stride(2),
         out.stride(3), A_log.stride(0) if fused else 0, dt_bias.stride(0) if fused else 0, *state.stride()[:3],
-        rows if rows is not None else state,
+        rows if rows is not None else state, batch_indices if batch_indices is not None else state,
         HV=HV, GROUP=HV // HK, K=K, V=V, BV=config.BV, C=C, ROWS=config.rows, WARPS=config.num_warps,
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
         STORE_EVICTION=config.store_eviction,
         RANK_IN_PROGRAM=config.sort_rows and config.rank_in_program and rows is None and indices is not None,
+        CHECK_SLOTS=rows is not None and batch_indices is not None,
         num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )

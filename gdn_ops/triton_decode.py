@@ -54,7 +54,7 @@ from gdn_ops.triton_decode_tma import (
     unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
-from gdn_ops.triton_slot_order import slot_order, sorts_rows
+from gdn_ops.triton_slot_order import slot_order, snapshot_slot_order, sorts_rows
 from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state
 
 # Programmatic dependent launch (sm_90+): GDN_OPS_PDL=0 turns it off for every launch.
@@ -352,7 +352,12 @@ def launch_decode(
         # every kernel reads the slots as a dense vector; a strided view (a column of a larger
         # tensor) is copied first, a small kernel that CUDA-graph capture records like any other
         indices = indices.contiguous()
-    if sorts and rows is None and not getattr(config, "rank_in_program", False):
+    batch_indices = None
+    if sorts and rows is None and getattr(config, "snapshot_order", False):
+        # ranked from one read of the slots; the tile checks each row's slot against batch_indices
+        batch_indices = indices
+        indices, rows = snapshot_slot_order(indices, state.shape[0], pdl=bool(pdl))
+    elif sorts and rows is None and not getattr(config, "rank_in_program", False):
         indices, rows = slot_order(indices, pdl=bool(pdl))
     if isinstance(config, GluonTileConfig):
         launch = launch_decode_vk_tile if state_layout == "vk" else launch_decode_kv_tile
@@ -360,6 +365,7 @@ def launch_decode(
             q, k, v, gate_a, gate_b, A_log, dt_bias, state, indices, out, scale=scale,
             use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, softplus_beta=softplus_beta,
             softplus_threshold=softplus_threshold, config=config, pdl=pdl, l2_eps=L2NORM_EPS, rows=rows,
+            batch_indices=batch_indices,
         )
     if isinstance(config, GluonKVConfig):
         return launch_decode_kv_gluon(

@@ -150,6 +150,55 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
     tl.store(rows_ptr + rank, rows, mask=live)
 
 
+# The most rows the one-program order (snapshot_slot_order) sorts; larger batches take the checked
+# rank kernel above.
+SNAPSHOT_MAX_ROWS = 2048
+
+
+@triton.jit
+def _snapshot_order_kernel(indices_ptr, order_ptr, B, num_slots, N: tl.constexpr, PDL: tl.constexpr):
+    # One program, one read of each slot: whatever the previous kernel (still running under PDL)
+    # writes meanwhile, the keys sorted are one set of values, so the rows come out a permutation.
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    rows = tl.arange(0, N)
+    slot = tl.load(indices_ptr + rows, mask=rows < B, other=-1).to(tl.int64)
+    slot = tl.where((slot >= 0) & (slot < num_slots), slot, -1)
+    # (slot + 1, row) in one ascending int64 key; rows past B after every row of the batch
+    key = tl.where(rows < B, ((slot + 1) << 32) | rows, 9223372036854775807)
+    key = tl.sort(key)
+    if PDL:
+        # the order buffer may still be read by the previous decode
+        tl.extra.cuda.gdc_wait()
+    tl.store(order_ptr + rows, ((key >> 32) - 1).to(tl.int32), mask=rows < B)
+    tl.store(order_ptr + B + rows, (key & 0xFFFFFFFF).to(tl.int32), mask=rows < B)
+
+
+def snapshot_slot_order(indices: torch.Tensor, num_slots: int, pdl: bool = False) -> torch.Tensor:
+    """``indices [B]`` (contiguous int32 or int64 slots, ``B <=`` :data:`SNAPSHOT_MAX_ROWS`) ->
+    ``order [2, B]`` int32: ``order[1]`` the rows in ascending slot order (slots outside
+    ``[0, num_slots)`` count as -1: first; ties by row), ``order[0]`` their slots, -1 for padding.
+
+    Unlike :func:`slot_order` it reads each slot once, in one program, with ``pdl`` before the
+    previous kernel has ended, and does not read them again after: ``order[1]`` is always a
+    permutation of the rows, but ``order[0]`` may be what the slots held before the previous
+    kernel wrote them. A decode that reads it must check each row's slot after its own wait
+    (``GluonTileConfig.snapshot_order``)."""
+    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
+        raise ValueError(f"snapshot_slot_order: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; "
+                         f"got {indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
+    B = indices.shape[0]
+    if B > SNAPSHOT_MAX_ROWS:
+        raise ValueError(f"snapshot_slot_order: argument 'indices' may hold at most {SNAPSHOT_MAX_ROWS} rows "
+                         f"(got {B})")
+    order = torch.empty(2, B, dtype=torch.int32, device=indices.device)
+    if B:
+        N = max(16, triton.next_power_of_2(B))
+        _snapshot_order_kernel[(1,)](indices, order, B, num_slots, N=N, PDL=pdl,
+                                     num_warps=max(4, min(16, N // 64)), **({"launch_pdl": True} if pdl else {}))
+    return order
+
+
 def slot_order(indices: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """``indices [B]`` (int32 or int64 slots, any values, padding too) -> ``order [2, B]`` of
     ``indices``' dtype: ``order[1]`` is the stable argsort of ``indices`` (the rows in ascending slot

@@ -56,3 +56,16 @@ def decode_cases(draw, small: bool = False, state_dtypes=STATE_DTYPES) -> Decode
     elif padding_value == "huge":
         padding_value = 2**31 - 1 if index_dtype == torch.int32 else 2**40
     return dataclasses.replace(case, out_dtype=out_dtype, padding_value=padding_value)
+
+
+@st.composite
+def slot_vectors(draw):
+    """Distinct slots of a pool in a shuffled order, with padding: -1, repeated, and out-of-range
+    values past int32 in an int64 vector (which a cast to int32 would turn into real slots)."""
+    B = draw(st.integers(0, 300))
+    dtype = draw(st.sampled_from([torch.int32, torch.int64]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    slots = torch.randperm(B + draw(st.integers(0, 64)), generator=gen)[:B].to(dtype)
+    padding = torch.rand(B, generator=gen) < draw(st.sampled_from([0.0, 0.2, 1.0]))
+    pad = (2**32 + 5) if dtype == torch.int64 and draw(st.booleans()) else -1
+    return torch.where(padding, torch.tensor(pad, dtype=dtype), slots)

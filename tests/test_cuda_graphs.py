@@ -128,21 +128,25 @@ def test_persistent_kernel_replays_match_reference(B):
     _replay_against_reference(_capture(step), slots, pool, gen, (B - 7, B, B // 2), "kv")
 
 
-@pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile", "gluon-vk-tile-ranked"])
+@pytest.mark.parametrize("kernel", ["per-tile-vk", "gluon-kv-tile", "gluon-vk-tile-ranked", "gluon-vk-tile-snapshot",
+                                    "gluon-kv-tile-snapshot"])
 def test_rows_in_slot_order_replay_with_each_steps_indices(kernel):
     """A decode that sorts its rows by slot (``sort_rows``): the sort runs inside the graph (the
     rank kernel, or each program ranking the slots itself), so each replay must order that step's
-    indices, padding included, and leave unaddressed slots alone."""
+    indices, padding included, and leave unaddressed slots alone. The snapshot order
+    (``snapshot_order``) is sorted in one program and checked slot by slot in the tiles."""
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
     from gdn_ops.gluon_decode_vk_tile import RANK_IN_PROGRAM_MAX_ROWS, VK_4B_TILE_CONFIG
     from gdn_ops.triton_decode import DecodeConfig, is_sm90_gpu, launch_decode
 
-    layout = "kv" if kernel == "gluon-kv-tile" else "vk"
+    layout = "kv" if kernel.startswith("gluon-kv-tile") else "vk"
     if kernel.startswith("gluon") and not is_sm90_gpu(torch.device("cuda")):
         pytest.skip("the Gluon kernels need sm_90+")
     config = {"per-tile-vk": DecodeConfig(BV=8, BK=128, num_warps=1, sort_rows=True),
               "gluon-kv-tile": KV_2B_TILE_CONFIG._replace(sort_rows=True),
-              "gluon-vk-tile-ranked": VK_4B_TILE_CONFIG._replace(sort_rows=True, rank_in_program=True)}[kernel]
+              "gluon-vk-tile-ranked": VK_4B_TILE_CONFIG._replace(sort_rows=True, rank_in_program=True),
+              "gluon-vk-tile-snapshot": VK_4B_TILE_CONFIG._replace(sort_rows=True, snapshot_order=True),
+              "gluon-kv-tile-snapshot": KV_2B_TILE_CONFIG._replace(sort_rows=True, snapshot_order=True)}[kernel]
     state_dtype = torch.bfloat16 if layout == "kv" else torch.float32
     gen = torch.Generator().manual_seed(11)
     B, num_slots = (RANK_IN_PROGRAM_MAX_ROWS, 40) if kernel == "gluon-vk-tile-ranked" else (96, 120)

@@ -47,6 +47,7 @@ from gdn_ops.gluon_decode_kv_tile import (
     split_grid,
     tile_reason,
 )
+from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS
 
 # K = 32: 8 lanes along the keys, steps of 16 rows (the swizzle's period for 64-byte rows)
 SMALL_CONFIGS = {"half-rows": GluonTileConfig(BV=32, num_warps=2, rows=16, programs_per_sm=4),
@@ -130,6 +131,8 @@ def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_evicti
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(sort_rows=True, rank_in_program=True),
          "rank_in_program=False .only the vk kernel ranks its rows in the program"),
+        ({"B": SNAPSHOT_MAX_ROWS + 1, "padding_rows": ()}, SMALL_CONFIGS["half-rows"]._replace(sort_rows=True, snapshot_order=True),
+         f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_first"),
          "store_eviction '' or 'evict_last' .the only L2 policy given to this kernel's TMA stores; got 'evict_first'"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),

@@ -40,7 +40,7 @@ from gdn_ops.gluon_decode_vk_tile import (
     vk_tile_reason,
     vk_tile_rule,
 )
-from gdn_ops.triton_slot_order import slot_order, sorts_rows
+from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS, slot_order, sorts_rows
 
 # K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
 SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", state_dtype=torch.bfloat16,
@@ -220,6 +220,8 @@ def test_default_kernel_choice_and_result(changes, tile):
         ({}, SMALL_CONFIGS["whole-rows"]._replace(parts=2), "parts=1 .this kernel loads its tile in one copy"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(tail_split=2, tail_per_sm=1),
          "tail_split=1 .this kernel's grid has no tail split; got tail_split=2"),
+        ({"B": SNAPSHOT_MAX_ROWS + 1, "padding_rows": ()}, SMALL_CONFIGS["whole-rows"]._replace(sort_rows=True, snapshot_order=True),
+         f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
          "store_eviction '', 'evict_first' or 'evict_last' .got 'evict_later'"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["whole-head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),

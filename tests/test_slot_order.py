@@ -16,24 +16,12 @@ import triton.language as tl
 from decode_case import DecodeCase, build, check, run_triton
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import slot_vectors
 from tile_kernel_checks import kernel_calls
 
 from gdn_ops.triton_slot_order import slot_order
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@st.composite
-def slot_vectors(draw):
-    """Distinct slots of a pool in a shuffled order, with padding: -1, repeated, and out-of-range
-    values past int32 in an int64 vector (which a cast to int32 would turn into real slots)."""
-    B = draw(st.integers(0, 300))
-    dtype = draw(st.sampled_from([torch.int32, torch.int64]))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    slots = torch.randperm(B + draw(st.integers(0, 64)), generator=gen)[:B].to(dtype)
-    padding = torch.rand(B, generator=gen) < draw(st.sampled_from([0.0, 0.2, 1.0]))
-    pad = (2**32 + 5) if dtype == torch.int64 and draw(st.booleans()) else -1
-    return torch.where(padding, torch.tensor(pad, dtype=dtype), slots)
 
 
 @given(slot_vectors(), st.sampled_from([None, 32]))

@@ -50,10 +50,10 @@ def kernel_calls(module: ModuleType, kernel_name: str) -> Iterator[list[tuple]]:
 
 def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str,
                   config, state_dtype: torch.dtype = torch.bfloat16,
-                  slot_pad: int = 8) -> tuple[tuple, dict[str, object], dict]:
+                  slot_pad: int = 8, snapshot_order: bool = False) -> tuple[tuple, dict[str, object], dict]:
     """One launch of ``module.<launcher_name>`` on a small case on CPU (Qwen3-Next's heads, bf16
     activations, a ``state_dtype`` pool whose slots are ``slot_pad`` elements further apart than
-    dense), with the kernel
+    dense; with ``snapshot_order`` the rows in slot order from a snapshot the kernel checks), with the kernel
     ``module.<kernel_name>`` replaced by a recorder. Returns the grid, the positional arguments by
     the kernel parameter each lands on (checked to be of that parameter's kind: descriptor,
     pointer or scalar), and the keywords (checked to be exactly the kernel's constexprs and the
@@ -62,11 +62,15 @@ def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, stat
     case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=state_layout, state_dtype=state_dtype,
                       padding_rows=(1,), spare_slots=3, slot_pad=slot_pad, pool_guard=64, out_given=True)
     inp = build(case, "cpu")
+    indices, order = inp.indices, {}
+    if snapshot_order:
+        rows = torch.argsort(inp.indices, stable=True).to(torch.int32)
+        indices, order = inp.indices[rows].to(torch.int32), {"rows": rows, "batch_indices": inp.indices}
     with kernel_calls(module, kernel_name) as calls:
         getattr(module, launcher_name)(
-            inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices, inp.out.view,
+            inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, indices, inp.out.view,
             scale=0.125, use_qk_l2norm_in_kernel=True, softplus_beta=1.0, softplus_threshold=20.0, config=config,
-            pdl=True, l2_eps=1e-6)
+            pdl=True, l2_eps=1e-6, **order)
     (grid, args, kwargs), = calls
     params = list(inspect.signature(kernel.fn).parameters)
     positional, constexprs = params[:len(args)], params[len(args):]
@@ -78,7 +82,8 @@ def record_launch(module: ModuleType, kernel_name: str, launcher_name: str, stat
 
 
 def compile_recorded_launch(module: ModuleType, kernel_name: str, launcher_name: str, state_layout: str, config,
-                            state_dtype: torch.dtype = torch.bfloat16, slot_pad: int = 0):
+                            state_dtype: torch.dtype = torch.bfloat16, slot_pad: int = 0,
+                            snapshot_order: bool = False):
     """``module.<kernel_name>`` compiled for sm_90 as Triton specialises its launch by
     ``module.<launcher_name>`` with ``config`` on a ``state_dtype`` pool, dense by default (as
     engines allocate it and the benchmark times it) or with slots ``slot_pad`` elements further
@@ -88,5 +93,6 @@ def compile_recorded_launch(module: ModuleType, kernel_name: str, launcher_name:
 
     sms = mock.patch.object(module, "sm_count", lambda index: 132) if hasattr(module, "sm_count") else contextlib.nullcontext()
     with sms:
-        _, args, kwargs = record_launch(module, kernel_name, launcher_name, state_layout, config, state_dtype, slot_pad)
+        _, args, kwargs = record_launch(module, kernel_name, launcher_name, state_layout, config, state_dtype, slot_pad,
+                                        snapshot_order)
     return compile_launch_sm90(getattr(module, kernel_name), list(args.values()), kwargs)
