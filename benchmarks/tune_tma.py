@@ -178,7 +178,8 @@ def variant_launch(name: str):
     def launch(q, k, v, a, b, A_log, dt_bias, state, indices, out, *, scale, use_qk_l2norm_in_kernel,
                state_layout, softplus_beta, softplus_threshold, config, pdl, order=None):
         if name in SLOT_ORDER_VARIANTS:
-            with mock.patch.object(shipped, "slot_order", module.slot_order):
+            with mock.patch.object(shipped, "slot_order", module.slot_order), \
+                    mock.patch.object(shipped, "snapshot_slot_order", module.snapshot_slot_order):
                 return shipped.launch_decode(
                     q, k, v, a, b, A_log, dt_bias, state, indices, out, scale=scale,
                     use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout,

@@ -234,7 +234,7 @@ def test_rank_kernel_variants_sort_as_the_shipped_one(name, pdl):
 
 def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
     """``tune_tma`` times a SLOT_ORDER_VARIANTS variant as the shipped decode with the variant's
-    ``slot_order`` in place of the shipped one: called where the decode sorts by itself, not where
+    ``slot_order`` (and ``snapshot_slot_order``) in place of the shipped one: called where the decode sorts by itself, not where
     the order is given. (The tile launcher records; the sm_90 check is lifted; runs on CPU too.)"""
     from types import SimpleNamespace
 
@@ -252,7 +252,8 @@ def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
         ranked.append(indices)
         return slot_order(indices, pdl=pdl)
 
-    monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(slot_order=variant_slot_order))
+    monkeypatch.setattr(tune_tma, "load_variant", lambda variant: SimpleNamespace(
+        slot_order=variant_slot_order, snapshot_slot_order=shipped.snapshot_slot_order))
     monkeypatch.setattr(shipped, "tma_config_reason", lambda *args: None)
     monkeypatch.setattr(shipped, "launch_decode_kv_tile",
                         lambda *args, rows=None, config, **kwargs: launched.append((args[8], rows)))
