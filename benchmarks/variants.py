@@ -981,6 +981,13 @@ SLOT_ORDER_VARIANTS["snapshot_count"] = [(
     tl.store(order_ptr + rank, slot.to(tl.int32), mask=rows < B)
     tl.store(order_ptr + B + rank, rows, mask=rows < B)
 """)]
+# The snapshot's one program on fewer warps: tl.sort exchanges keys between warps through shared
+# memory (with a barrier) and within a warp by shuffles, so on one warp (up to 8 keys a lane at
+# B=256) a stage never leaves the warp; few_warps keeps 128 keys a warp.
+SLOT_ORDER_VARIANTS["snapshot_one_warp"] = [
+    ("num_warps=max(4, min(16, N // 64))", "num_warps=1")]
+SLOT_ORDER_VARIANTS["snapshot_few_warps"] = [
+    ("num_warps=max(4, min(16, N // 64))", "num_warps=max(1, min(16, N // 128))")]
 # Ceilings, not safe kernels: the tiles take the snapshot order's slots without checking them against
 # the slots after the wait (wrong whenever the previous kernel writes the slots; the benchmark's are
 # written long before). What the check costs a tile.

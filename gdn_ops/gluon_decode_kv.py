@@ -72,11 +72,17 @@ def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl
 
 
 @gluon.jit
-def _row_slot_now(row, in_batch, indices_ptr, num_slots):
+def _row_slot_now(row, in_batch, indices_ptr):
     """The slot of batch row ``row`` as ``indices_ptr`` (the slots in batch order) holds it after
-    this kernel's wait, read past L1: ``num_slots`` for padding or a row outside the batch. Checks
-    a slot order ranked from a snapshot (``triton_slot_order.snapshot_slot_order``)."""
-    slot = gl.load(indices_ptr + row, mask=in_batch, other=-1, cache_modifier=".cg")
+    this kernel's wait, read past L1 and as stored (:func:`_in_pool` takes it to the pool): checks
+    a slot order ranked from a snapshot (``triton_slot_order.snapshot_slot_order``). Its use
+    belongs after the state's copies are issued, so that they do not wait for this read."""
+    return gl.load(indices_ptr + row, mask=in_batch, other=-1, cache_modifier=".cg")
+
+
+@gluon.jit
+def _in_pool(slot, num_slots):
+    """``slot`` as an int32 slot of the pool, ``num_slots`` (one past it) for padding."""
     return gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
 
 

@@ -55,6 +55,7 @@ from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
     _issue_tile,
+    _in_pool,
     _row_slot_now,
     _tile_columns,
     _tile_inputs,
@@ -149,7 +150,7 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
     if CHECK_SLOTS:
         # the order was ranked from the slots as read before the previous kernel's end: this row's
         # slot as it is now, checked below while the tile's copies are in flight
-        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr, num_slots)
+        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr)
     _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
                 NV, HV, GROUP, NC, PART, PARTS)
 
@@ -162,6 +163,7 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
     if CHECK_SLOTS:
         # where the slot changed, the tile comes again from there once the stale copies have landed
         # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
+        slot_now = _in_pool(slot_now, num_slots)
         if slot_now != slot:
             for j in gl.static_range(PARTS):
                 mbarrier.wait(bars.index(j), 0)

@@ -57,6 +57,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from gdn_ops.gluon_decode_kv import (
     _gdc_launch_dependents,
     _gdc_wait,
+    _in_pool,
     _row_slot_now,
     _tile_row,
     _tile_slot,
@@ -146,7 +147,7 @@ def _decode_vk_tile_kernel(
     if CHECK_SLOTS:
         # the order was ranked from the slots as read before the previous kernel's end: this row's
         # slot as it is now, checked below while the state's copy is in flight
-        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr, num_slots)
+        slot_now = _row_slot_now(row, in_batch, batch_indices_ptr)
     mbarrier.expect(state_bar, state_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(state_desc, [slot, hv, v0, 0, 0], state_bar, tile_smem)
     nbytes: gl.constexpr = q_desc.block_type.nbytes + k_desc.block_type.nbytes + v_desc.block_type.nbytes
@@ -164,6 +165,7 @@ def _decode_vk_tile_kernel(
     if CHECK_SLOTS:
         # where the slot changed, the state comes again from there once the stale copy has landed
         # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
+        slot_now = _in_pool(slot_now, num_slots)
         if slot_now != slot:
             mbarrier.wait(state_bar, 0)
             mbarrier.expect(state_bar, state_desc.block_type.nbytes)
