@@ -159,19 +159,22 @@ def _kv_tile(tile, num_tiles, q_desc, k_desc, state_desc, tile_smem, q_smem, k_s
     g, beta = decode_gates(gate_a_in.to(gl.float32), gate_b_in.to(gl.float32), neg_exp_A,
                            dt_bias_in.to(gl.float32), softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
+    mbarrier.wait(bars.index(0), 0)
     phase = 0
     if CHECK_SLOTS:
         # where the slot changed, the tile comes again from there once the stale copies have landed
-        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
+        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale). Here,
+        # after the first part has landed: ptxas hoists the comparison above what comes before it
+        # (in the vk tile above copies and loads, which then waited for the slot's read).
         slot_now = _in_pool(slot_now, num_slots)
         if slot_now != slot:
-            for j in gl.static_range(PARTS):
+            for j in gl.static_range(1, PARTS):
                 mbarrier.wait(bars.index(j), 0)
             _issue_tile(tile, slot_now, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,
                         NV, HV, GROUP, NC, PART, PARTS)
+            mbarrier.wait(bars.index(0), 1)
         phase = (slot_now != slot).to(gl.int32)
         slot = slot_now
-    mbarrier.wait(bars.index(0), phase)
 
     q_factor, k_factor, kq = qk_factors(q_smem, k_smem, scale, K, flat_layout, USE_L2NORM, L2_EPS)
     rows_smem = tile_smem.reshape([K, NC, C])

@@ -161,17 +161,6 @@ def _decode_vk_tile_kernel(
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
     decay = gl.exp(g)
-    state_phase = 0
-    if CHECK_SLOTS:
-        # where the slot changed, the state comes again from there once the stale copy has landed
-        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale)
-        slot_now = _in_pool(slot_now, num_slots)
-        if slot_now != slot:
-            mbarrier.wait(state_bar, 0)
-            mbarrier.expect(state_bar, state_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(state_desc, [slot_now, hv, v0, 0, 0], state_bar, tile_smem)
-        state_phase = (slot_now != slot).to(gl.int32)
-        slot = slot_now
     mbarrier.wait(bar, 0)
 
     # every warp holds all of q and k, laid out as the keys of a row
@@ -184,6 +173,20 @@ def _decode_vk_tile_kernel(
         q = q * scale
     kq = gl.sum(gl.sum(k * q, axis=1), axis=0)
 
+    state_phase = 0
+    if CHECK_SLOTS:
+        # where the slot changed, the state comes again from there once the stale copy has landed
+        # (the rows stay a permutation whatever the snapshot saw; only a slot can be stale). Here,
+        # after q, k and v have landed: ptxas hoists the comparison, and above that wait it put it
+        # before v's copy and a gate's load, which then waited for the slot's read (-1.5 points
+        # at bf16 B=128; NOTES.md, forty-second session).
+        slot_now = _in_pool(slot_now, num_slots)
+        if slot_now != slot:
+            mbarrier.wait(state_bar, 0)
+            mbarrier.expect(state_bar, state_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(state_desc, [slot_now, hv, v0, 0, 0], state_bar, tile_smem)
+        state_phase = (slot_now != slot).to(gl.int32)
+        slot = slot_now
     mbarrier.wait(state_bar, state_phase)
     rows_smem = tile_smem.reshape([BV, NK, C])
     values = v_smem.reshape([BV])
