@@ -281,7 +281,9 @@ class GluonTileConfig(NamedTuple):
     # with sort_rows and no order given: the rows ranked in one program from the slots as read once,
     # maybe before the previous kernel's end (triton_slot_order.snapshot_slot_order), with no second
     # read after it; each program then checks its own row's slot after its wait and takes its state
-    # again where that slot changed (at most triton_slot_order.SNAPSHOT_MAX_ROWS rows)
+    # again where that slot changed (at most triton_slot_order.SNAPSHOT_MAX_ROWS rows). No rule
+    # picks it: on the H200 it ran level with the rank kernel at kv and fp32 vk points and 0.5 behind
+    # at bf16 vk B=128 (results/h200/sl*_7200a1c.json; NOTES.md, forty-second session)
     snapshot_order: bool = False
 
     @property

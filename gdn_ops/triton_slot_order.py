@@ -150,8 +150,12 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
     tl.store(rows_ptr + rank, rows, mask=live)
 
 
-# The most rows the one-program order (snapshot_slot_order) sorts; larger batches take the checked
-# rank kernel above.
+# The most rows the one-program order (snapshot_slot_order) sorts; a tile configured to take it
+# refuses a larger batch (gluon_decode_kv_tile.snapshot_order_reason). Alone on the H200 it sorts in
+# 1.5-1.8 us up to B=128, 3.4 at 512, 7.3 at 1024 and 18.9 at 2048, where the rank kernel above
+# takes 1.4-1.5, 1.8, 2.0 and 3.8 (results/h200/probe_rank*.json);
+# tl.sort on one warp or 128 keys a warp was no faster, and counting ranks in registers far slower
+# (NOTES.md, forty-second session).
 SNAPSHOT_MAX_ROWS = 2048
 
 
