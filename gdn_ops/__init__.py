@@ -18,13 +18,13 @@ from gdn_ops.reference import (
 )
 
 __all__ = [
-    "delta_rule_step_reference",
-    "fused_sigmoid_gating_delta_rule_reference",
     "fused_sigmoid_gating_delta_rule_update",
-    "gdn_gating",
-    "gdn_gating_reference",
-    "recurrent_gated_delta_rule_reference",
     "recurrent_gated_delta_rule_update",
+    "gdn_gating",
     "slot_order",
+    "fused_sigmoid_gating_delta_rule_reference",
+    "recurrent_gated_delta_rule_reference",
+    "gdn_gating_reference",
+    "delta_rule_step_reference",
 ]
 __version__ = "0.1.0"
