@@ -59,13 +59,18 @@ def _gdc_launch_dependents():
 
 
 @gluon.jit
+def _in_pool(slot, num_slots):
+    """``slot`` as an int32 slot of the pool, ``num_slots`` (one past it) for padding."""
+    return gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
+
+
+@gluon.jit
 def _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl.constexpr,
                HAS_INDICES: gl.constexpr):
     """The pool slot ``tile`` reads and writes: ``num_slots`` (one past the pool) for padding."""
     row = tile // NV // HV
     if HAS_INDICES:
-        slot = gl.load(indices_ptr + row, mask=tile < num_tiles, other=-1)
-        slot = gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
+        slot = _in_pool(gl.load(indices_ptr + row, mask=tile < num_tiles, other=-1), num_slots)
     else:
         slot = row
     return slot
@@ -78,12 +83,6 @@ def _row_slot_now(row, in_batch, indices_ptr):
     a slot order ranked from a snapshot (``triton_slot_order.snapshot_slot_order``). Its use
     belongs after the state's copies are issued, so that they do not wait for this read."""
     return gl.load(indices_ptr + row, mask=in_batch, other=-1, cache_modifier=".cg")
-
-
-@gluon.jit
-def _in_pool(slot, num_slots):
-    """``slot`` as an int32 slot of the pool, ``num_slots`` (one past it) for padding."""
-    return gl.where((slot >= 0) & (slot < num_slots), slot, num_slots).to(gl.int32)
 
 
 @gluon.jit

@@ -150,6 +150,14 @@ def _slot_order_kernel(indices_ptr, sorted_slots_ptr, rows_ptr, B, ROWS: tl.cons
     tl.store(rows_ptr + rank, rows, mask=live)
 
 
+def _check_slots(caller: str, indices: torch.Tensor) -> None:
+    """The order kernels read ``indices`` as a dense vector of int32 or int64 slots: a clear error
+    naming ``caller`` otherwise, from metadata only."""
+    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
+        raise ValueError(f"{caller}: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; got "
+                         f"{indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
+
+
 # The most rows the one-program order (snapshot_slot_order) sorts; a tile configured to take it
 # refuses a larger batch (gluon_decode_kv_tile.snapshot_order_reason). Alone on the H200 it sorts in
 # 1.5-1.8 us up to B=128, 3.4 at 512, 7.3 at 1024 and 18.9 at 2048, where the rank kernel above
@@ -188,9 +196,7 @@ def snapshot_slot_order(indices: torch.Tensor, num_slots: int, pdl: bool = False
     permutation of the rows, but ``order[0]`` may be what the slots held before the previous
     kernel wrote them. A decode that reads it must check each row's slot after its own wait
     (``GluonTileConfig.snapshot_order``)."""
-    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
-        raise ValueError(f"snapshot_slot_order: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; "
-                         f"got {indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
+    _check_slots("snapshot_slot_order", indices)
     B = indices.shape[0]
     if B > SNAPSHOT_MAX_ROWS:
         raise ValueError(f"snapshot_slot_order: argument 'indices' may hold at most {SNAPSHOT_MAX_ROWS} rows "
@@ -209,9 +215,7 @@ def slot_order(indices: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     order) and ``order[0] = indices[order[1]]`` (their slots), so ``sorted_slots, rows = order``.
     ``pdl`` launches with programmatic dependent launch (sm_90+). Reads the slots as a dense vector,
     so ``indices`` must be contiguous; checked from metadata only."""
-    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1 or not indices.is_contiguous():
-        raise ValueError(f"slot_order: argument 'indices' must be a contiguous 1-D int32 or int64 tensor; got "
-                         f"{indices.dtype} of shape {list(indices.shape)} and strides {list(indices.stride())}")
+    _check_slots("slot_order", indices)
     B = indices.shape[0]
     order = torch.empty(2, B, dtype=indices.dtype, device=indices.device)
     if B:
