@@ -996,6 +996,99 @@ VK_TILE_VARIANTS["vk_tile_snapshot_unchecked"] = [
 KV_TILE_VARIANTS["kv_tile_snapshot_unchecked"] = VK_TILE_VARIANTS["vk_tile_snapshot_unchecked"]
 
 
+
+# The tile kernels prefetching into L2 the state of the tile `ahead` tiles per SM later in the grid
+# (one bulk prefetch, cp.async.bulk.prefetch.L2, per state row of that tile; 132 SMs, the H200's,
+# assumed). The reason: a launch loses about 4 us to its end (the last programs' slots empty one by
+# one while their loads queue at DRAM; timelines, thirty-seventh session), against about 2 for
+# the copy. A program whose state is already in L2 when it starts lives shorter, so the launch's
+# last programs should end sooner while the DRAM reads, as many, are issued earlier. The read of
+# the later tile's slot is issued after the program's own copies and used just before it waits
+# for its state. `tail`: only the programs whose later tile is among the grid's last 2 x ahead x
+# 132 prefetch; `evict_last`: the prefetched lines carry the evict-last L2 policy.
+_PREFETCH_HELPER = """@gluon.jit
+def _prefetch_rows_l2(row0_ptr, row_stride, NROWS: gl.constexpr, ROW_BYTES: gl.constexpr, WARPS: gl.constexpr):
+    \"\"\"Bulk L2 prefetches of ``NROWS`` rows of ``ROW_BYTES`` bytes, ``row_stride`` elements apart
+    from ``row0_ptr``, one row a thread.\"\"\"
+    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    for r0 in gl.static_range(0, NROWS, 32 * WARPS):
+        r = r0 + gl.arange(0, 32 * WARPS, layout=lanes)
+        gl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b64 pol; setp.lt.s32 p, $2, $3; POLICY_SETUP"
+            "@p cp.async.bulk.prefetch.L2.globalPOLICY_HINT [$1], $4POLICY_OPERAND; mov.u32 $0, 0; }",
+            "=r,l,r,r,r", [row0_ptr + r.to(gl.int64) * row_stride, r, gl.full([32 * WARPS], NROWS, gl.int32, lanes),
+                           gl.full([32 * WARPS], ROW_BYTES, gl.int32, lanes)],
+            dtype=gl.int32, is_pure=False, pack=1)
+
+
+"""
+
+
+def _prefetch_helper(evict_last: bool) -> str:
+    if evict_last:
+        return (_PREFETCH_HELPER.replace("POLICY_SETUP", "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; ")
+                .replace("POLICY_HINT", ".L2::cache_hint").replace("POLICY_OPERAND", ", pol"))
+    return _PREFETCH_HELPER.replace("POLICY_SETUP", "").replace("POLICY_HINT", "").replace("POLICY_OPERAND", "")
+
+
+def _prefetch_condition(ahead: int, tail: bool) -> str:
+    tail_term = f" & (ahead >= num_tiles - {2 * ahead * 132})" if tail else ""
+    return f"(ahead < num_tiles) & (ahead_slot < num_slots){tail_term}"
+
+
+def _vk_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
+    return [
+        ("@gluon.jit\ndef _decode_vk_tile_kernel(", _prefetch_helper(evict_last) + "@gluon.jit\ndef _decode_vk_tile_kernel("),
+        # the later slot read with the gates and used after them (held to the state's wait, it
+        # spilled 12 bytes of the bf16 tile)
+        ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
+         ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
+          f"    ahead = tile + {ahead * 132}\n"
+          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n")),
+        ("    decay = gl.exp(g)\n    mbarrier.wait(bar, 0)\n",
+         ("    decay = gl.exp(g)\n"
+          f"    if {_prefetch_condition(ahead, tail)}:\n"
+          "        _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+          "                          + ((ahead % NV) * BV).to(gl.int64) * s_sv, s_sv, BV,\n"
+          "                          K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)\n"
+          "    mbarrier.wait(bar, 0)\n")),
+    ]
+
+
+def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
+    return [
+        ("@gluon.jit\ndef _kv_tile(", _prefetch_helper(evict_last) + "@gluon.jit\ndef _kv_tile("),
+        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+        ("s_A, s_dt, rows_ptr, batch_indices_ptr,\n", "s_A, s_dt, rows_ptr, batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n"),
+        ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
+        ("batch_indices if batch_indices is not None else state,\n",
+         ("batch_indices if batch_indices is not None else state,\n"
+          "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
+        ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
+         "                NV, HV, GROUP, NC, PART, PARTS)\n\n",
+         ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
+          "                NV, HV, GROUP, NC, PART, PARTS)\n"
+          f"    ahead = tile + {ahead * 132}\n"
+          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n\n")),
+        ("    decay = gl.exp(g)\n    mbarrier.wait(bars.index(0), 0)\n",
+         ("    decay = gl.exp(g)\n"
+          f"    if {_prefetch_condition(ahead, tail)}:\n"
+          "        _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+          "                          + (ahead % NV) * BV, s_sk, K, BV * (state_desc.dtype.primitive_bitwidth // 8),\n"
+          "                          WARPS)\n"
+          "    mbarrier.wait(bars.index(0), 0)\n")),
+    ]
+
+
+for _ahead in (8, 16, 32):
+    VK_TILE_VARIANTS[f"vk_tile_prefetch{_ahead}"] = _vk_tile_prefetch(_ahead)
+VK_TILE_VARIANTS["vk_tile_prefetch16_tail"] = _vk_tile_prefetch(16, tail=True)
+VK_TILE_VARIANTS["vk_tile_prefetch16_evict_last"] = _vk_tile_prefetch(16, evict_last=True)
+for _ahead in (3, 6, 12):
+    KV_TILE_VARIANTS[f"kv_tile_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead)
+KV_TILE_VARIANTS["kv_tile_prefetch6_tail"] = _kv_tile_prefetch(6, tail=True)
+KV_TILE_VARIANTS["kv_tile_prefetch6_evict_last"] = _kv_tile_prefetch(6, evict_last=True)
+
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS
 # The module each family of variants patches.
 _PATCHED_MODULES = ((VARIANTS, shipped), (TMA_VARIANTS, shipped_tma), (GLUON_VARIANTS, shipped_gluon),
