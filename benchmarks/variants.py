@@ -1089,6 +1089,82 @@ for _ahead in (3, 6, 12):
 KV_TILE_VARIANTS["kv_tile_prefetch6_tail"] = _kv_tile_prefetch(6, tail=True)
 KV_TILE_VARIANTS["kv_tile_prefetch6_evict_last"] = _kv_tile_prefetch(6, evict_last=True)
 
+# The same with fewer prefetches a program (call 1 of the forty-third session: the row-by-row forms
+# lost 8-25 points but for the fp32 vk tile's 8 rows, and lost more the more rows a program
+# prefetched): one bulk prefetch of a contiguous span, the vk tile's rows where the head's rows are
+# dense, a whole kv head (in 16 KB pieces, or `_whole` in one) from the program of its first
+# columns; or `lines`, the vk tile's 128-byte lines by `prefetch.global.L2`, one a thread.
+_SPAN_HELPER = """@gluon.jit
+def _prefetch_span_l2(start_ptr, PIECES: gl.constexpr, PIECE_ELEMS: gl.constexpr, PIECE_BYTES: gl.constexpr,
+                      WARPS: gl.constexpr):
+    \"\"\"Bulk L2 prefetches of ``PIECES`` consecutive pieces of ``PIECE_BYTES`` bytes from
+    ``start_ptr``, one a thread.\"\"\"
+    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    r = gl.arange(0, 32 * WARPS, layout=lanes)
+    gl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.lt.s32 p, $2, $3; @p cp.async.bulk.prefetch.L2.global [$1], $4; mov.u32 $0, 0; }",
+        "=r,l,r,r,r", [start_ptr + r.to(gl.int64) * PIECE_ELEMS, r, gl.full([32 * WARPS], PIECES, gl.int32, lanes),
+                       gl.full([32 * WARPS], PIECE_BYTES, gl.int32, lanes)],
+        dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _prefetch_lines_l2(start_ptr, LINES: gl.constexpr, LINE_ELEMS: gl.constexpr, WARPS: gl.constexpr):
+    \"\"\"``prefetch.global.L2`` of ``LINES`` consecutive 128-byte lines from ``start_ptr``, one a thread.\"\"\"
+    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    r = gl.arange(0, 32 * WARPS, layout=lanes)
+    gl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.lt.s32 p, $2, $3; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+        "=r,l,r,r", [start_ptr + r.to(gl.int64) * LINE_ELEMS, r, gl.full([32 * WARPS], LINES, gl.int32, lanes)],
+        dtype=gl.int32, is_pure=False, pack=1)
+
+
+"""
+
+
+def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, str]]:
+    elem = "(state_desc.dtype.primitive_bitwidth // 8)"
+    call = (f"        _prefetch_lines_l2(start, BV * K * {elem} // 128, 128 // {elem}, WARPS)\n" if lines else
+            f"        _prefetch_span_l2(start, 1, BV * K, BV * K * {elem}, WARPS)\n")
+    return [
+        ("@gluon.jit\ndef _decode_vk_tile_kernel(", _SPAN_HELPER + "@gluon.jit\ndef _decode_vk_tile_kernel("),
+        ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
+         ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
+          f"    ahead = tile + {ahead * 132}\n"
+          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n")),
+        ("    decay = gl.exp(g)\n    mbarrier.wait(bar, 0)\n",
+         ("    decay = gl.exp(g)\n"
+          f"    if {_prefetch_condition(ahead, False)} & (s_sv == K):\n"
+          "        start = (state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+          "                 + ((ahead % NV) * BV).to(gl.int64) * s_sv)\n"
+          + call +
+          "    mbarrier.wait(bar, 0)\n")),
+    ]
+
+
+def _kv_tile_prefetch_span(ahead: int, whole: bool = False) -> list[tuple[str, str]]:
+    elem = "(state_desc.dtype.primitive_bitwidth // 8)"
+    pieces = "1, K * V, K * V" if whole else f"K * V * {elem} // 16384, 16384 // {elem}, 16384"
+    patches = _kv_tile_prefetch(ahead)
+    patches[0] = ("@gluon.jit\ndef _kv_tile(", _SPAN_HELPER + "@gluon.jit\ndef _kv_tile(")
+    patches[-1] = (
+        "    decay = gl.exp(g)\n    mbarrier.wait(bars.index(0), 0)\n",
+        ("    decay = gl.exp(g)\n"
+         f"    if {_prefetch_condition(ahead, False)} & (ahead % NV == 0) & (s_sk == V):\n"
+         "        _prefetch_span_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh,\n"
+         f"                          {pieces}{' * ' + elem if whole else ''}, WARPS)\n"
+         "    mbarrier.wait(bars.index(0), 0)\n"))
+    return patches
+
+
+for _ahead in (2, 4, 8):
+    VK_TILE_VARIANTS[f"vk_tile_prefetch_span{_ahead}"] = _vk_tile_prefetch_span(_ahead)
+for _ahead in (4, 8):
+    VK_TILE_VARIANTS[f"vk_tile_prefetch_lines{_ahead}"] = _vk_tile_prefetch_span(_ahead, lines=True)
+for _ahead in (1, 2, 3):
+    KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch_span(_ahead)
+KV_TILE_VARIANTS["kv_tile_prefetch_span2_whole"] = _kv_tile_prefetch_span(2, whole=True)
+
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS
 # The module each family of variants patches.
 _PATCHED_MODULES = ((VARIANTS, shipped), (TMA_VARIANTS, shipped_tma), (GLUON_VARIANTS, shipped_gluon),
