@@ -1080,7 +1080,7 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) 
     ]
 
 
-for _ahead in (8, 16, 32):
+for _ahead in (4, 6, 8, 12, 16, 32):
     VK_TILE_VARIANTS[f"vk_tile_prefetch{_ahead}"] = _vk_tile_prefetch(_ahead)
 VK_TILE_VARIANTS["vk_tile_prefetch16_tail"] = _vk_tile_prefetch(16, tail=True)
 VK_TILE_VARIANTS["vk_tile_prefetch16_evict_last"] = _vk_tile_prefetch(16, evict_last=True)
