@@ -77,7 +77,7 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
-    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort|rank|snap]`` (Gluon,
+    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:pfAHEAD][:sort|rank|snap]`` (Gluon,
     one program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` (the split-K kv prototype,
     ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter]
     [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
@@ -122,14 +122,17 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     options = {}
     while kind == "t" and fields and not fields[-1].isdigit():
         word = fields.pop()
-        name = word if word in ("sort", "rank", "snap", "el") else "tail" if word.startswith("tail") else word[:1]
+        name = (word if word in ("sort", "rank", "snap", "el") else "tail" if word.startswith("tail")
+                else "pf" if word.startswith("pf") else word[:1])
         options[name] = word[len(name):]
     tail = options.get("tail", "1x0").split("x")
-    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields) or not set(options) <= {"sort", "rank", "snap", "p", "tail", "el"}
-            or not options.get("p", "1").isdigit() or len(tail) != 2 or not all(t.isdigit() for t in tail)):
+    if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields)
+            or not set(options) <= {"sort", "rank", "snap", "p", "tail", "el", "pf"}
+            or not options.get("p", "1").isdigit() or not options.get("pf", "0").isdigit()
+            or len(tail) != 2 or not all(t.isdigit() for t in tail)):
         raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates], "
                          "gBV:warps:buffers:programs_per_sm[:vec] or "
-                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort|rank|snap], in integers")
+                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:pfAHEAD][:sort|rank|snap], in integers")
     values = list(map(int, fields))
     if kind == "g":
         return GluonKVConfig(*values)
@@ -137,7 +140,8 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
         return GluonTileConfig(*values, sort_rows=bool({"sort", "rank", "snap"} & set(options)),
                                rank_in_program="rank" in options, snapshot_order="snap" in options, parts=int(options.get("p", 1)),
                                tail_split=int(tail[0]), tail_per_sm=int(tail[1]),
-                               store_eviction="evict_last" if "el" in options else "")
+                               store_eviction="evict_last" if "el" in options else "",
+                               prefetch_ahead=int(options.get("pf", 0)))
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 
 

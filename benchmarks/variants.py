@@ -1064,8 +1064,8 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) 
         ("batch_indices if batch_indices is not None else state,\n",
          ("batch_indices if batch_indices is not None else state,\n"
           "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
-        ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
-         "                NV, HV, GROUP, NC, PART, PARTS)\n\n",
+        (("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
+          "                NV, HV, GROUP, NC, PART, PARTS)\n\n"),
          ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
           "                NV, HV, GROUP, NC, PART, PARTS)\n"
           f"    ahead = tile + {ahead * 132}\n"

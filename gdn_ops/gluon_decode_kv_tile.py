@@ -285,6 +285,9 @@ class GluonTileConfig(NamedTuple):
     # picks it: on the H200 it ran level with the rank kernel at kv and fp32 vk points and 0.5 behind
     # at bf16 vk B=128 (results/h200/sl*_7200a1c.json; NOTES.md, forty-second session)
     snapshot_order: bool = False
+    # vk kernel: each program prefetches into L2 the state rows of the tile prefetch_ahead x SMs
+    # further on in the grid (0: none)
+    prefetch_ahead: int = 0
 
     @property
     def maxnreg(self) -> int:
@@ -451,6 +454,8 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
         return f"parts={config.parts} dividing K={K} into parts of whole steps of rows={config.rows} key rows"
     if config.rank_in_program:
         return "rank_in_program=False (only the vk kernel ranks its rows in the program)"
+    if config.prefetch_ahead:
+        return f"prefetch_ahead=0 (only the vk kernel prefetches a later tile; got {config.prefetch_ahead})"
     if config.store_eviction not in ("", "evict_last"):
         return (f"store_eviction '' or 'evict_last' (the only L2 policy given to this kernel's TMA stores; "
                 f"got {config.store_eviction!r})")

@@ -66,7 +66,7 @@ from gdn_ops.gluon_decode_kv import (
     tma_descriptor,
 )
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, snapshot_order_reason
-from gdn_ops.triton_decode_tma import sm90_gpu_rule, tma_step_reason
+from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, tma_step_reason
 from gdn_ops.triton_gating import decode_gates, head_gate_params
 from gdn_ops.triton_slot_order import _ranks
 
@@ -91,6 +91,20 @@ def _row_at_place(place, indices_ptr, B, num_slots, WARPS: gl.constexpr):
 
 
 @gluon.jit
+def _prefetch_rows_l2(row0_ptr, row_stride, NROWS: gl.constexpr, ROW_BYTES: gl.constexpr, WARPS: gl.constexpr):
+    """Bulk L2 prefetches (``cp.async.bulk.prefetch.L2``) of ``NROWS <= 32 * WARPS`` rows of
+    ``ROW_BYTES`` bytes, ``row_stride`` elements apart from ``row0_ptr``, one row a thread. A hint:
+    nothing waits for it, and L2 keeps it coherent with every write."""
+    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
+    r = gl.arange(0, 32 * WARPS, layout=lanes)
+    gl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.lt.s32 p, $2, $3; @p cp.async.bulk.prefetch.L2.global [$1], $4; mov.u32 $0, 0; }",
+        "=r,l,r,r,r", [row0_ptr + r.to(gl.int64) * row_stride, r, gl.full([32 * WARPS], NROWS, gl.int32, lanes),
+                       gl.full([32 * WARPS], ROW_BYTES, gl.int32, lanes)],
+        dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _decode_vk_tile_kernel(
     q_desc, k_desc, v_desc, state_desc,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -101,7 +115,7 @@ def _decode_vk_tile_kernel(
     C: gl.constexpr, ROWS: gl.constexpr, WARPS: gl.constexpr, VEC: gl.constexpr, LANES_C: gl.constexpr,
     FUSED_GATING: gl.constexpr, USE_L2NORM: gl.constexpr, HAS_INDICES: gl.constexpr,
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, STORE_EVICTION: gl.constexpr,
-    RANK_IN_PROGRAM: gl.constexpr, CHECK_SLOTS: gl.constexpr,
+    RANK_IN_PROGRAM: gl.constexpr, CHECK_SLOTS: gl.constexpr, PREFETCH_AHEAD: gl.constexpr,
 ):
     NV: gl.constexpr = V // BV
     NK: gl.constexpr = K // C
@@ -155,11 +169,21 @@ def _decode_vk_tile_kernel(
     tma.async_copy_global_to_shared(q_desc, [row, hv // GROUP, 0, 0], bar, q_smem)
     tma.async_copy_global_to_shared(k_desc, [row, hv // GROUP, 0, 0], bar, k_smem)
     tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)
+    if PREFETCH_AHEAD > 0:
+        # the slot of the tile PREFETCH_AHEAD further on, whose rows this program prefetches into
+        # L2 below (read here so that its latency hides behind the gates')
+        ahead = tile + PREFETCH_AHEAD
+        ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)
 
     gate_a = gl.load(gate_a_ptr + row.to(gl.int64) * s_ab + hv * s_ah).to(gl.float32)
     gate_b = gl.load(gate_b_ptr + row.to(gl.int64) * s_bb + hv * s_bh).to(gl.float32)
     neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
+    if PREFETCH_AHEAD > 0:  # noqa: SIM102 (a constexpr test: the runtime one exists only with it)
+        if (ahead < num_tiles) & (ahead_slot < num_slots):
+            _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh
+                              + ((ahead % NV) * BV).to(gl.int64) * s_sv, s_sv, BV,
+                              K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)
     decay = gl.exp(g)
     mbarrier.wait(bar, 0)
 
@@ -233,7 +257,12 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6 per SM);
 # 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower. Compiled by
 # Triton 3.6 (the version measured) it does not spill; Triton 3.7 spills 16 bytes at this cap.
-VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8)
+# Each program prefetches into L2 the rows of the tile 8 x SMs further on (prefetch_ahead; as the
+# fp32 few-heads tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given
+# the order, seeds 0 and 1 (results/h200/pd4_bf16vk1024_*_60eac00.json; NOTES.md, forty-third
+# session). The two-warp bf16 tile above lost 2-8 points with it.
+VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8,
+                                              prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
 # 16 bytes a lane, 16 programs per SM (a 64-register cap, no spills). On the H200
@@ -251,7 +280,14 @@ VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=1
 # g_fp32_tp4_*_76d4a1f.json; fortieth session): TP=4 (HV=8) B*HV 2048 +0.1..+0.4 / +0.4..+0.5 over
 # 16 an SM, and at 4096 and 8192 +0.3..+0.5 / +0.35..+0.5 over the one-warp tile (24 an SM) that
 # those grids took before. At HV=32 20 an SM ran 0.1-0.3 under 16.
-VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4)
+# Each program issues, after its own copies and gates, bulk L2 prefetches of the 8 state rows of the
+# tile 8 x SMs further on in the grid (prefetch_ahead), so that the reads run ahead of the programs.
+# On the H200, against the same tile, seeds 0 and 1, sorting / given the order (results/h200/
+# pf4_*_83b3794.json, ps4_*_198f16c.json, pe4_*_24be9a5.json, pd4_*_60eac00.json; NOTES.md,
+# forty-third session): TP=4 B=256 +0.3..+0.9 in all ten readings (given the order 94.4 -> 94.9-95.2),
+# B=512 +0.1..+0.5, B=1024 +0.0..+0.4; 4 and 12 a SM ahead were worse, 32 lost 10 points. The same
+# prefetch at HV=32 read level (B=64-128), and on the two-warp bf16 tile it lost 2-8 points.
+VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4, prefetch_ahead=8)
 
 
 # The most rows a program ranks by itself (GluonTileConfig.rank_in_program): each lane holds one row
@@ -381,6 +417,11 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
         return f"tail_split=1 (this kernel's grid has no tail split; got tail_split={config.tail_split})"
     if config.store_eviction not in ("", "evict_first", "evict_last"):
         return f"store_eviction '', 'evict_first' or 'evict_last' (got {config.store_eviction!r})"
+    if config.prefetch_ahead < 0:
+        return f"prefetch_ahead >= 0 tiles per SM (got {config.prefetch_ahead})"
+    if config.prefetch_ahead and config.BV > 32 * config.num_warps:
+        return (f"BV={config.BV} value rows at most 32 * num_warps={config.num_warps} to prefetch them, one a "
+                f"thread (or prefetch_ahead=0)")
     rows_per_warp = lanes_along_values(K, itemsize, config.vec)
     if rows_per_warp is None:
         return (f"vec={config.vec} dividing C={chunk_columns(K, itemsize)} keys into lanes that cover whole rows of "
@@ -413,6 +454,7 @@ def launch_decode_vk_tile(
         return config
     fused = A_log is not None
     C = chunk_columns(K, state.element_size())
+    rank_in_program = config.sort_rows and config.rank_in_program and rows is None and indices is not None
     # q and k seen in chunks of C keys, as the rows of the state are
     q3, k3, v3 = q[:, 0], k[:, 0], v[:, 0]
     _decode_vk_tile_kernel[(num_tiles,)](
@@ -431,8 +473,11 @@ def launch_decode_vk_tile(
         VEC=config.vec, LANES_C=C // config.vec, FUSED_GATING=fused, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         HAS_INDICES=indices is not None, L2_EPS=l2_eps, PDL=bool(pdl), SORTED_ROWS=rows is not None,
         STORE_EVICTION=config.store_eviction,
-        RANK_IN_PROGRAM=config.sort_rows and config.rank_in_program and rows is None and indices is not None,
+        RANK_IN_PROGRAM=rank_in_program,
         CHECK_SLOTS=rows is not None and batch_indices is not None,
+        # a program that ranks its rows would prefetch by the slots in batch order: none there
+        PREFETCH_AHEAD=config.prefetch_ahead * sm_count(state.device.index or 0)
+        if config.prefetch_ahead and not rank_in_program else 0,
         num_warps=config.num_warps,
         maxnreg=config.maxnreg, **({"launch_pdl": True} if pdl else {}),
     )

@@ -131,6 +131,8 @@ def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_evicti
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=3, tail_per_sm=1), "tail_split=3 >= 1 dividing BV=32"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(sort_rows=True, rank_in_program=True),
          "rank_in_program=False .only the vk kernel ranks its rows in the program"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(prefetch_ahead=8),
+         "prefetch_ahead=0 .only the vk kernel prefetches a later tile; got 8"),
         ({"B": SNAPSHOT_MAX_ROWS + 1, "padding_rows": ()}, SMALL_CONFIGS["half-rows"]._replace(sort_rows=True, snapshot_order=True),
          f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_first"),

@@ -224,6 +224,9 @@ def test_default_kernel_choice_and_result(changes, tile):
          f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
          "store_eviction '', 'evict_first' or 'evict_last' .got 'evict_later'"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(prefetch_ahead=-1), "prefetch_ahead >= 0 tiles per SM .got -1"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(num_warps=1, prefetch_ahead=8),
+         "BV=64 value rows at most 32 . num_warps=1 to prefetch them, one a thread"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["whole-head"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
         ({"B": RANK_IN_PROGRAM_MAX_ROWS + 1, "padding_rows": ()},
          SMALL_CONFIGS["whole-rows"]._replace(sort_rows=True, rank_in_program=True),
@@ -248,7 +251,8 @@ def test_model_configurations_fit(config):
 
 
 def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) -> tuple[int, str, str]:
-    """Shared memory, state stores (``"<one a lane's keys> <other>"``) and ``ptxas -v`` report of the
+    """Shared memory, state stores and L2 prefetches (``"<stores of one a lane's keys> <other stores>
+    <bulk prefetches>"``) and ``ptxas -v`` report of the
     kernel as launched with ``config`` on a Qwen3-Next head with bf16 activations and a ``state``
     (``bf16`` or ``fp32``) pool, dense or with slots ``slot_pad`` elements further apart, compiled
     for sm_90."""
@@ -265,19 +269,22 @@ def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) ->
     hint = rf"L1::{config.store_eviction}\.L2::cache_hint\." if config.store_eviction else ""
     vectors = len(re.findall(rf"st\.global\.{hint}{lane_vector} ", ptx))
     others = len(re.findall(r"st\.global\.", ptx)) - vectors - len(re.findall(r"st\.global\.b16 ", ptx))
-    return compiled.metadata.shared, f"{vectors} {others}", ptxas_report(ptx)
+    prefetches = len(re.findall(r"cp\.async\.bulk\.prefetch\.L2\.global ", ptx))
+    return compiled.metadata.shared, f"{vectors} {others} {prefetches}", ptxas_report(ptx)
 
 
 @pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32"),
                                                (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32"),
                                                (VK_4B_TILE_FEW_HEADS_CONFIG, "fp32"),
-                                               (VK_4B_TILE_FEW_HEADS_CONFIG._replace(store_eviction="evict_last"), "fp32")],
+                                               (VK_4B_TILE_FEW_HEADS_CONFIG._replace(store_eviction="evict_last"), "fp32"),
+                                               (VK_4B_TILE_FEW_HEADS_CONFIG._replace(prefetch_ahead=0), "fp32")],
                          ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-few-heads",
-                              "fp32-few-heads-evict-last"])
+                              "fp32-few-heads-evict-last", "fp32-few-heads-no-prefetch"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
     """As launched on a dense pool: shared memory holds the tile, q, k, v and the two barriers and nothing
     more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped
-    configurations); nothing spills."""
+    configurations); a configuration with ``prefetch_ahead`` has its one bulk L2 prefetch
+    (issued by a thread a row), the others none; nothing spills."""
     stdout = run_in_child("test_gluon_decode_vk_tile", f"'\\n'.join(map(str, t.compiled(t.{config!r}, {state!r})))")
     shared, stores, report = stdout.split("\n", 2)
     K, state_bytes = 128, 4 if state == "fp32" else 2
@@ -285,7 +292,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     data = K * config.BV * state_bytes + (2 * K + config.BV) * 2
     assert int(shared) == -(-data // 16) * 16 + 16 + 8
     lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
-    assert stores == f"{lane_vectors} 0"
+    assert stores == f"{lane_vectors} 0 {int(config.prefetch_ahead > 0)}"
     # the one-warp 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
     # Triton 3.7 spills 16 bytes there (gluon_decode_vk_tile.VK_2B_TILE_FEW_HEADS_CONFIG)
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
@@ -317,7 +324,7 @@ def test_page_strided_pool_still_stores_whole_vectors(config, state, slot_pad):
     a multiple of 16 elements, which Triton would otherwise assume unaligned) stores each lane's
     keys as the dense pool does: one vector."""
     stdout = run_in_child("test_gluon_decode_vk_tile", f"t.compiled(t.{config!r}, {state!r}, {slot_pad})[1]")
-    assert stdout.strip() == f"{config.BV * 128 // (config.vec * 32 * config.num_warps)} 0"
+    assert stdout.strip() == f"{config.BV * 128 // (config.vec * 32 * config.num_warps)} 0 {int(config.prefetch_ahead > 0)}"
 
 
 def test_launch_arguments_match_the_kernel_parameters():

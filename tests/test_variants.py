@@ -69,8 +69,10 @@ def test_tune_tma_specs_name_each_tma_kernel():
                                                                   store_eviction="evict_last")
     assert parse_spec("t8:2:8:16:4:rank") == GluonTileConfig(8, 2, 8, 16, 4, sort_rows=True, rank_in_program=True)
     assert parse_spec("t8:2:8:16:4:snap") == GluonTileConfig(8, 2, 8, 16, 4, sort_rows=True, snapshot_order=True)
+    assert parse_spec("t8:2:8:20:4:el:pf8:sort") == GluonTileConfig(8, 2, 8, 20, 4, sort_rows=True,
+                                                                   store_eviction="evict_last", prefetch_ahead=8)
     for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16", "t64:4:8:6:px", "t64:4:8:6:p", "t64:4:8:6:tail2",
-                "t64:4:8:6:tailx3", "t64:4:8:6:q2", "t16:1:16:24:8:ef"):
+                "t64:4:8:6:tailx3", "t64:4:8:6:q2", "t16:1:16:24:8:ef", "t8:2:8:20:4:pfx"):
         with pytest.raises(ValueError, match="expected BV:warps"):
             parse_spec(bad)
 
