@@ -247,7 +247,7 @@ def _decode_vk_tile_kernel(
 # given the order: TP=1 (HV=32) B=128 +0.6..+0.7 / +0.7, B=256 +0.5 / +0.3, B=512 +0.25 / +0.2,
 # B=1024 +0.2 / +0.1; TP=4 (HV=8) B*HV 4096 +0.3 / level; at 1024-2048 +0.4..+1.3 given the order,
 # and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. At TP=4 B*HV 8192 it lost 0.2 /
-# 0.4, so rows of few heads keep one warp there.
+# 0.4, so rows of few heads keep one warp there; and since that tile prefetches (below), from 4096.
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
 # One warp on the same 4 KB, 24 programs per SM (an 80-register cap), for rows of fewer than
@@ -260,7 +260,10 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # Each program prefetches into L2 the rows of the tile 8 x SMs further on (prefetch_ahead; as the
 # fp32 few-heads tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given
 # the order, seeds 0 and 1 (results/h200/pd4_bf16vk1024_*_60eac00.json; NOTES.md, forty-third
-# session). The two-warp bf16 tile above lost 2-8 points with it.
+# session). The two-warp bf16 tile above lost 2-8 points with it. With the prefetch it also leads
+# the two-warp tile at TP=4 B=512 (B*HV 4096): +0.29 / +0.40 sorting, +0.63 / +0.67 given the order
+# (95.24 / 95.20), seeds 0 and 1; at 32 heads a row (TP=1 B=128) -0.02..+0.40, so those keep two
+# warps (results/h200/pw*_600ad10.json; NOTES.md, forty-third session).
 VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8,
                                               prefetch_ahead=8)
 
@@ -329,7 +332,7 @@ class VkTileRule(NamedTuple):
 # in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
 # the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    many_heads=32, two_byte_few_heads_from=8192, four_byte_few_heads_from=2048,
+                                    many_heads=32, two_byte_few_heads_from=4096, four_byte_few_heads_from=2048,
                                     evict_last_from=4096, four_byte_ranked_rows=32)}
 
 

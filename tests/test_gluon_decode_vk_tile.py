@@ -157,7 +157,7 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
         ({"state_dtype": torch.float32, "HK": 4}, True),
         ({"state_dtype": torch.float32, "HK": 4, "B": "few-heads-from"}, True),
         ({"state_dtype": torch.float32, "HK": 4, "B": "large"}, True),
-        # a 2-byte pool's rows of 8 heads: one warp a tile from 8192
+        # a 2-byte pool's rows of 8 heads: one warp a tile from its few-heads threshold (H200: 4096)
         ({"HK": 4, "B": "large"}, True),
         ({"HK": 4, "B": "few-heads-from"}, True),
         ({"state_dtype": torch.float16}, True),
