@@ -998,37 +998,36 @@ KV_TILE_VARIANTS["kv_tile_snapshot_unchecked"] = VK_TILE_VARIANTS["vk_tile_snaps
 
 
 # The tile kernels prefetching into L2 the state of the tile `ahead` tiles per SM later in the grid
-# (one bulk prefetch, cp.async.bulk.prefetch.L2, per state row of that tile; 132 SMs, the H200's,
-# assumed). The reason: a launch loses about 4 us to its end (the last programs' slots empty one by
-# one while their loads queue at DRAM; timelines, thirty-seventh session), against about 2 for
-# the copy. A program whose state is already in L2 when it starts lives shorter, so the launch's
-# last programs should end sooner while the DRAM reads, as many, are issued earlier. The read of
-# the later tile's slot is issued after the program's own copies and used just before it waits
-# for its state. `tail`: only the programs whose later tile is among the grid's last 2 x ahead x
-# 132 prefetch; `evict_last`: the prefetched lines carry the evict-last L2 policy.
-_PREFETCH_HELPER = """@gluon.jit
-def _prefetch_rows_l2(row0_ptr, row_stride, NROWS: gl.constexpr, ROW_BYTES: gl.constexpr, WARPS: gl.constexpr):
-    \"\"\"Bulk L2 prefetches of ``NROWS`` rows of ``ROW_BYTES`` bytes, ``row_stride`` elements apart
-    from ``row0_ptr``, one row a thread.\"\"\"
-    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    for r0 in gl.static_range(0, NROWS, 32 * WARPS):
-        r = r0 + gl.arange(0, 32 * WARPS, layout=lanes)
-        gl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .b64 pol; setp.lt.s32 p, $2, $3; POLICY_SETUP"
-            "@p cp.async.bulk.prefetch.L2.globalPOLICY_HINT [$1], $4POLICY_OPERAND; mov.u32 $0, 0; }",
-            "=r,l,r,r,r", [row0_ptr + r.to(gl.int64) * row_stride, r, gl.full([32 * WARPS], NROWS, gl.int32, lanes),
-                           gl.full([32 * WARPS], ROW_BYTES, gl.int32, lanes)],
-            dtype=gl.int32, is_pure=False, pack=1)
+# (bulk prefetches, cp.async.bulk.prefetch.L2, by the vk tile's shipped `_prefetch_rows_l2`; 132
+# SMs, the H200's, assumed). The reason: a launch loses about 4 us to its end (the last programs'
+# slots empty one by one while their loads queue at DRAM; timelines, thirty-seventh session),
+# against about 2 for the copy. A program whose state is already in L2 when it starts lives
+# shorter, so the launch's last programs should end sooner while the DRAM reads, as many, are
+# issued earlier. The read of the later tile's slot is issued after the program's own copies and
+# used after its gates. Forms: `rows`, one prefetch a state row (the vk tile's shipped form, its
+# GluonTileConfig.prefetch_ahead since the forty-third session); `span`, one a contiguous span (the
+# vk tile's rows where the head's rows are dense; a whole kv head in 16 KB pieces, or `_whole` in
+# one, from the program of the head's first columns); `lines`, the vk tile's 128-byte lines by
+# `prefetch.global.L2`. `_tail`: only the programs whose later tile is among the grid's last
+# 2 x ahead x 132; `_evict_last`: the prefetched lines carry the evict-last L2 policy. On the H200
+# every kv form lost 0.3-25 points and the two-warp bf16 vk tile 2-8 (results/h200/pf*_83b3794.json,
+# ps*_198f16c.json; NOTES.md, forty-third session).
+_PREFETCH_ROW = "@p cp.async.bulk.prefetch.L2.global [$1], $4;"
 
 
-"""
+def _prefetch_helper(name: str, instruction: str = _PREFETCH_ROW) -> str:
+    """The vk tile's ``_prefetch_rows_l2`` (one instruction a thread, up to ``NROWS`` threads),
+    renamed ``name``, with ``instruction`` (it may name a 64-bit ``pol`` register) instead."""
+    source = Path(shipped_vk_tile.__file__).read_text()
+    start = source.index("@gluon.jit\ndef _prefetch_rows_l2(")
+    helper = source[start:source.index("@gluon.jit\n", start + 1)]
+    return (helper.replace("def _prefetch_rows_l2(", f"def {name}(").replace(_PREFETCH_ROW, instruction)
+            .replace("{ .reg .pred p;", "{ .reg .pred p; .reg .b64 pol;"))
 
 
-def _prefetch_helper(evict_last: bool) -> str:
-    if evict_last:
-        return (_PREFETCH_HELPER.replace("POLICY_SETUP", "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; ")
-                .replace("POLICY_HINT", ".L2::cache_hint").replace("POLICY_OPERAND", ", pol"))
-    return _PREFETCH_HELPER.replace("POLICY_SETUP", "").replace("POLICY_HINT", "").replace("POLICY_OPERAND", "")
+_EVICT_LAST_ROW = ("createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
+                   "@p cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $4, pol;")
+_ELEM = "(state_desc.dtype.primitive_bitwidth // 8)"
 
 
 def _prefetch_condition(ahead: int, tail: bool) -> str:
@@ -1036,28 +1035,57 @@ def _prefetch_condition(ahead: int, tail: bool) -> str:
     return f"(ahead < num_tiles) & (ahead_slot < num_slots){tail_term}"
 
 
-def _vk_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
+def _vk_tile_prefetch_call(ahead: int, helper: str, call: str, condition: str = "") -> list[tuple[str, str]]:
+    """The vk tile with ``helper`` defined and ``call`` made (from ``start``, the later tile's first
+    row) after the gates where ``condition`` holds too; the later slot read with the gates (held to
+    the state's wait, it spilled 12 bytes of the bf16 tile)."""
     return [
-        ("@gluon.jit\ndef _decode_vk_tile_kernel(", _prefetch_helper(evict_last) + "@gluon.jit\ndef _decode_vk_tile_kernel("),
-        # the later slot read with the gates and used after them (held to the state's wait, it
-        # spilled 12 bytes of the bf16 tile)
+        ("@gluon.jit\ndef _decode_vk_tile_kernel(", helper + "@gluon.jit\ndef _decode_vk_tile_kernel("),
         ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
          ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
           f"    ahead = tile + {ahead * 132}\n"
           "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n")),
         ("    decay = gl.exp(g)\n    mbarrier.wait(bar, 0)\n",
          ("    decay = gl.exp(g)\n"
-          f"    if {_prefetch_condition(ahead, tail)}:\n"
-          "        _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
-          "                          + ((ahead % NV) * BV).to(gl.int64) * s_sv, s_sv, BV,\n"
-          "                          K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)\n"
+          f"    if {condition or _prefetch_condition(ahead, False)}:\n"
+          "        start = (state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+          "                 + ((ahead % NV) * BV).to(gl.int64) * s_sv)\n"
+          f"        {call}\n"
           "    mbarrier.wait(bar, 0)\n")),
     ]
 
 
-def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
+def _vk_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
+    return _vk_tile_prefetch_call(
+        ahead, _prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last else "",
+        f"_prefetch_rows_l2(start, s_sv, BV, K * {_ELEM}, WARPS)", _prefetch_condition(ahead, tail))
+
+
+def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, str]]:
+    dense = f"{_prefetch_condition(ahead, False)} & (s_sv == K)"
+    if lines:
+        return _vk_tile_prefetch_call(ahead, _prefetch_helper("_prefetch_lines_l2", "@p prefetch.global.L2 [$1];"),
+                                      f"_prefetch_lines_l2(start, 128 // {_ELEM}, BV * K * {_ELEM} // 128, 128, WARPS)",
+                                      dense)
+    return _vk_tile_prefetch_call(ahead, "", f"_prefetch_rows_l2(start, BV * K, 1, BV * K * {_ELEM}, WARPS)", dense)
+
+
+def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, span: str = "") -> list[tuple[str, str]]:
+    """The kv tile's programs prefetching the state of the tile ``ahead`` a SM further on: its key rows
+    (``rows`` form), or with ``span`` (``_prefetch_rows_l2``'s piece elements, pieces and bytes)
+    the whole head from the program of its first columns."""
+    helper = (_prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last
+              else "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n")
+    if span:
+        condition = f"{_prefetch_condition(ahead, tail)} & (ahead % NV == 0) & (s_sk == V)"
+        call = (f"_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh, {span},\n"
+                "                          WARPS)\n")
+    else:
+        condition = _prefetch_condition(ahead, tail)
+        call = ("_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+                f"                          + (ahead % NV) * BV, s_sk, K, BV * {_ELEM}, WARPS)\n")
     return [
-        ("@gluon.jit\ndef _kv_tile(", _prefetch_helper(evict_last) + "@gluon.jit\ndef _kv_tile("),
+        ("@gluon.jit\ndef _kv_tile(", helper + "@gluon.jit\ndef _kv_tile("),
         ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
         ("s_A, s_dt, rows_ptr, batch_indices_ptr,\n", "s_A, s_dt, rows_ptr, batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n"),
         ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
@@ -1072,10 +1100,8 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) 
           "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n\n")),
         ("    decay = gl.exp(g)\n    mbarrier.wait(bars.index(0), 0)\n",
          ("    decay = gl.exp(g)\n"
-          f"    if {_prefetch_condition(ahead, tail)}:\n"
-          "        _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
-          "                          + (ahead % NV) * BV, s_sk, K, BV * (state_desc.dtype.primitive_bitwidth // 8),\n"
-          "                          WARPS)\n"
+          f"    if {condition}:\n"
+          f"        {call}"
           "    mbarrier.wait(bars.index(0), 0)\n")),
     ]
 
@@ -1088,82 +1114,14 @@ for _ahead in (3, 6, 12):
     KV_TILE_VARIANTS[f"kv_tile_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead)
 KV_TILE_VARIANTS["kv_tile_prefetch6_tail"] = _kv_tile_prefetch(6, tail=True)
 KV_TILE_VARIANTS["kv_tile_prefetch6_evict_last"] = _kv_tile_prefetch(6, evict_last=True)
-
-# The same with fewer prefetches a program (call 1 of the forty-third session: the row-by-row forms
-# lost 8-25 points but for the fp32 vk tile's 8 rows, and lost more the more rows a program
-# prefetched): one bulk prefetch of a contiguous span, the vk tile's rows where the head's rows are
-# dense, a whole kv head (in 16 KB pieces, or `_whole` in one) from the program of its first
-# columns; or `lines`, the vk tile's 128-byte lines by `prefetch.global.L2`, one a thread.
-_SPAN_HELPER = """@gluon.jit
-def _prefetch_span_l2(start_ptr, PIECES: gl.constexpr, PIECE_ELEMS: gl.constexpr, PIECE_BYTES: gl.constexpr,
-                      WARPS: gl.constexpr):
-    \"\"\"Bulk L2 prefetches of ``PIECES`` consecutive pieces of ``PIECE_BYTES`` bytes from
-    ``start_ptr``, one a thread.\"\"\"
-    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    r = gl.arange(0, 32 * WARPS, layout=lanes)
-    gl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.lt.s32 p, $2, $3; @p cp.async.bulk.prefetch.L2.global [$1], $4; mov.u32 $0, 0; }",
-        "=r,l,r,r,r", [start_ptr + r.to(gl.int64) * PIECE_ELEMS, r, gl.full([32 * WARPS], PIECES, gl.int32, lanes),
-                       gl.full([32 * WARPS], PIECE_BYTES, gl.int32, lanes)],
-        dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _prefetch_lines_l2(start_ptr, LINES: gl.constexpr, LINE_ELEMS: gl.constexpr, WARPS: gl.constexpr):
-    \"\"\"``prefetch.global.L2`` of ``LINES`` consecutive 128-byte lines from ``start_ptr``, one a thread.\"\"\"
-    lanes: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    r = gl.arange(0, 32 * WARPS, layout=lanes)
-    gl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.lt.s32 p, $2, $3; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
-        "=r,l,r,r", [start_ptr + r.to(gl.int64) * LINE_ELEMS, r, gl.full([32 * WARPS], LINES, gl.int32, lanes)],
-        dtype=gl.int32, is_pure=False, pack=1)
-
-
-"""
-
-
-def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, str]]:
-    elem = "(state_desc.dtype.primitive_bitwidth // 8)"
-    call = (f"        _prefetch_lines_l2(start, BV * K * {elem} // 128, 128 // {elem}, WARPS)\n" if lines else
-            f"        _prefetch_span_l2(start, 1, BV * K, BV * K * {elem}, WARPS)\n")
-    return [
-        ("@gluon.jit\ndef _decode_vk_tile_kernel(", _SPAN_HELPER + "@gluon.jit\ndef _decode_vk_tile_kernel("),
-        ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
-         ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
-          f"    ahead = tile + {ahead * 132}\n"
-          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n")),
-        ("    decay = gl.exp(g)\n    mbarrier.wait(bar, 0)\n",
-         ("    decay = gl.exp(g)\n"
-          f"    if {_prefetch_condition(ahead, False)} & (s_sv == K):\n"
-          "        start = (state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
-          "                 + ((ahead % NV) * BV).to(gl.int64) * s_sv)\n"
-          + call +
-          "    mbarrier.wait(bar, 0)\n")),
-    ]
-
-
-def _kv_tile_prefetch_span(ahead: int, whole: bool = False) -> list[tuple[str, str]]:
-    elem = "(state_desc.dtype.primitive_bitwidth // 8)"
-    pieces = "1, K * V, K * V" if whole else f"K * V * {elem} // 16384, 16384 // {elem}, 16384"
-    patches = _kv_tile_prefetch(ahead)
-    patches[0] = ("@gluon.jit\ndef _kv_tile(", _SPAN_HELPER + "@gluon.jit\ndef _kv_tile(")
-    patches[-1] = (
-        "    decay = gl.exp(g)\n    mbarrier.wait(bars.index(0), 0)\n",
-        ("    decay = gl.exp(g)\n"
-         f"    if {_prefetch_condition(ahead, False)} & (ahead % NV == 0) & (s_sk == V):\n"
-         "        _prefetch_span_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh,\n"
-         f"                          {pieces}{' * ' + elem if whole else ''}, WARPS)\n"
-         "    mbarrier.wait(bars.index(0), 0)\n"))
-    return patches
-
-
 for _ahead in (2, 4, 8):
     VK_TILE_VARIANTS[f"vk_tile_prefetch_span{_ahead}"] = _vk_tile_prefetch_span(_ahead)
 for _ahead in (4, 8):
     VK_TILE_VARIANTS[f"vk_tile_prefetch_lines{_ahead}"] = _vk_tile_prefetch_span(_ahead, lines=True)
+_KV_HEAD_PIECES = f"16384 // {_ELEM}, K * V * {_ELEM} // 16384, 16384"  # a head in 16 KB bulk prefetches
 for _ahead in (1, 2, 3):
-    KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch_span(_ahead)
-KV_TILE_VARIANTS["kv_tile_prefetch_span2_whole"] = _kv_tile_prefetch_span(2, whole=True)
+    KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES)
+KV_TILE_VARIANTS["kv_tile_prefetch_span2_whole"] = _kv_tile_prefetch(2, span=f"K * V, 1, K * V * {_ELEM}")
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS
 # The module each family of variants patches.
