@@ -18,7 +18,10 @@ fortieth sessions). Each program:
    (``rank_in_program``) by ranking the batch's slots itself, so that no rank kernel runs between
    the previous kernel's end and this one's start;
 1. loads its tile ``[BV, K]`` by TMA on a barrier of its own, and q, k and its ``BV`` values of v
-   on another, and takes q and k's norms and the gates while the tile is still arriving;
+   on another, and takes q and k's norms and the gates while the tile is still arriving; in the
+   few-heads tiles (``prefetch_ahead``) it also asks L2 for the rows of the tile ``prefetch_ahead``
+   x SMs further on in the grid, so that the pool's reads run ahead of the programs (NOTES.md,
+   forty-third session);
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
    ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
