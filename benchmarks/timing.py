@@ -26,7 +26,7 @@ COLD_L2_FACTOR = 4
 # layer's other kernels and pays none of that. With 2 calls a graph each carried half of it: 8 read
 # every implementation +0.1..+2.1 points of copy bandwidth higher where the minimum ruled (the
 # largest where a call is shortest), within the spread elsewhere (H200,
-# results/h200/sweep8_tp{1,4}_b517e34.json against sweep_c003eab.json; NOTES.md, thirty-eighth session).
+# results/h200/sweep8_tp{1,4}_b517e34.json against sweep_c003eab.json.gz; NOTES.md, thirty-eighth session).
 MIN_POOLS = 8
 
 
