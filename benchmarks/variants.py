@@ -1035,39 +1035,37 @@ def _prefetch_condition(ahead: int, tail: bool) -> str:
     return f"(ahead < num_tiles) & (ahead_slot < num_slots){tail_term}"
 
 
-def _vk_tile_prefetch_call(ahead: int, helper: str, call: str, condition: str = "") -> list[tuple[str, str]]:
-    """The vk tile with ``helper`` defined and ``call`` made (from ``start``, the later tile's first
-    row) after the gates where ``condition`` holds too; the later slot read with the gates (held to
-    the state's wait, it spilled 12 bytes of the bf16 tile)."""
-    return [
-        ("@gluon.jit\ndef _decode_vk_tile_kernel(", helper + "@gluon.jit\ndef _decode_vk_tile_kernel("),
-        ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n",
-         ("    tma.async_copy_global_to_shared(v_desc, [row, hv, v0], bar, v_smem)\n"
-          f"    ahead = tile + {ahead * 132}\n"
-          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n")),
-        ("    decay = gl.exp(g)\n    mbarrier.wait(bar, 0)\n",
-         ("    decay = gl.exp(g)\n"
-          f"    if {condition or _prefetch_condition(ahead, False)}:\n"
-          "        start = (state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
-          "                 + ((ahead % NV) * BV).to(gl.int64) * s_sv)\n"
-          f"        {call}\n"
-          "    mbarrier.wait(bar, 0)\n")),
-    ]
+# The vk tile's variants are its shipped prefetch (GluonTileConfig.prefetch_ahead) changed: at
+# `ahead` a SM whatever the configuration says, and then only near the grid's end, with another L2
+# policy or another instruction. (Measured before the prefetch shipped, as the same code spelled
+# out in the variant; its PTX differs from this only in the order of the gates' arithmetic.)
+_VK_PREFETCH_DISTANCE = ("PREFETCH_AHEAD=config.prefetch_ahead * sm_count(state.device.index or 0)\n"
+                         "        if config.prefetch_ahead and not rank_in_program else 0,")
+_VK_PREFETCH_TEST = "        if (ahead < num_tiles) & (ahead_slot < num_slots):\n"
+_VK_PREFETCH_ROWS = ", s_sv, BV,\n                              K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)\n"
 
 
 def _vk_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False) -> list[tuple[str, str]]:
-    return _vk_tile_prefetch_call(
-        ahead, _prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last else "",
-        f"_prefetch_rows_l2(start, s_sv, BV, K * {_ELEM}, WARPS)", _prefetch_condition(ahead, tail))
+    patches = [(_VK_PREFETCH_DISTANCE, f"PREFETCH_AHEAD=0 if rank_in_program else {ahead} * sm_count(state.device.index or 0),")]
+    if tail:
+        patches.append((_VK_PREFETCH_TEST, _VK_PREFETCH_TEST.replace("):", ") & (ahead >= num_tiles - 2 * PREFETCH_AHEAD):")))
+    if evict_last:
+        patches.append(("{ .reg .pred p; setp.lt.s32 p, $2, $3; " + _PREFETCH_ROW,
+                        "{ .reg .pred p; .reg .b64 pol; setp.lt.s32 p, $2, $3; " + _EVICT_LAST_ROW))
+    return patches
 
 
 def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, str]]:
-    dense = f"{_prefetch_condition(ahead, False)} & (s_sv == K)"
+    """One bulk prefetch of the later tile's rows as a span where the head's rows are dense, or with
+    ``lines`` its 128-byte lines by ``prefetch.global.L2``."""
     if lines:
-        return _vk_tile_prefetch_call(ahead, _prefetch_helper("_prefetch_lines_l2", "@p prefetch.global.L2 [$1];"),
-                                      f"_prefetch_lines_l2(start, 128 // {_ELEM}, BV * K * {_ELEM} // 128, 128, WARPS)",
-                                      dense)
-    return _vk_tile_prefetch_call(ahead, "", f"_prefetch_rows_l2(start, BV * K, 1, BV * K * {_ELEM}, WARPS)", dense)
+        call = [("@gluon.jit\ndef _decode_vk_tile_kernel(",
+                 _prefetch_helper("_prefetch_lines_l2", "@p prefetch.global.L2 [$1];") + "@gluon.jit\ndef _decode_vk_tile_kernel("),
+                ("            _prefetch_rows_l2(state_ptr", "            _prefetch_lines_l2(state_ptr"),
+                (_VK_PREFETCH_ROWS, f", 128 // {_ELEM}, BV * K * {_ELEM} // 128, 128, WARPS)\n")]
+    else:
+        call = [(_VK_PREFETCH_ROWS, f", BV * K, 1, BV * K * {_ELEM}, WARPS)\n")]
+    return [*_vk_tile_prefetch(ahead), (_VK_PREFETCH_TEST, _VK_PREFETCH_TEST.replace("):", ") & (s_sv == K):")), *call]
 
 
 def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, span: str = "") -> list[tuple[str, str]]:
