@@ -9,9 +9,9 @@ but holds its whole tile in registers, widened to fp32: for a 2-byte state the r
 the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
 and registers hold a step of rows only once it has landed. The shipped tiles are 4 KB on two warps
 (16 rows of a 2-byte state at 18 programs per SM, 8 of an fp32 one at 16 or 20), and for a 2-byte
-pool with few heads a row on large grids 4 KB on one warp, 24 per SM: short programs, so an SM's
-slots empty and refill in small steps (NOTES.md, nineteenth, twenty-first, thirty-fifth and
-fortieth sessions). Each program:
+pool on large grids 4 KB on one warp, 24 per SM: short programs, so an SM's slots empty and refill
+in small steps (NOTES.md, nineteenth, twenty-first, thirty-fifth, fortieth and forty-fourth
+sessions). Each program:
 
 0. with its rows in slot order, finds its row at its place in that order: read from the rank
    kernel's output (``triton_slot_order``) or the caller's, or for an fp32 pool of few rows
@@ -19,9 +19,9 @@ fortieth sessions). Each program:
    the previous kernel's end and this one's start;
 1. loads its tile ``[BV, K]`` by TMA on a barrier of its own, and q, k and its ``BV`` values of v
    on another, and takes q and k's norms and the gates while the tile is still arriving; in the
-   few-heads tiles (``prefetch_ahead``) it also asks L2 for the rows of the tile ``prefetch_ahead``
+   large grids' tiles (``prefetch_ahead``) it also asks L2 for the rows of the tile ``prefetch_ahead``
    x SMs further on in the grid, so that the pool's reads run ahead of the programs (NOTES.md,
-   forty-third session);
+   forty-third and forty-fourth sessions);
 2. for each step of ``ROWS`` value rows: sums ``S k`` and ``S q`` along the keys (inside a warp),
    takes ``u = beta (v - d S k)`` and ``o = d S q + u (k . q)`` with ``d = exp(g)`` (the step of
    ``triton_step.delta_rule_step``, ``o`` from the old state), and stores the updated rows
@@ -249,26 +249,27 @@ def _decode_vk_tile_kernel(
 # fortieth session, results/h200/w2_*_1c2b670.json, g_*_76d4a1f.json), seeds 0 and 1, sorting /
 # given the order: TP=1 (HV=32) B=128 +0.6..+0.7 / +0.7, B=256 +0.5 / +0.3, B=512 +0.25 / +0.2,
 # B=1024 +0.2 / +0.1; TP=4 (HV=8) B*HV 4096 +0.3 / level; at 1024-2048 +0.4..+1.3 given the order,
-# and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. At TP=4 B*HV 8192 it lost 0.2 /
-# 0.4, so rows of few heads keep one warp there; and since that tile prefetches (below), from 4096.
+# and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. From B*HV 4096 the one-warp tile
+# below, with its L2 prefetch, leads it.
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
-# One warp on the same 4 KB, 24 programs per SM (an 80-register cap), for rows of fewer than
-# ``VkTileRule.many_heads`` heads from ``two_byte_few_heads_from``. On the H200
-# (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
-# tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first session) this geometry ran 1.4-3.0
-# points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6 per SM);
-# 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower. Compiled by
-# Triton 3.6 (the version measured) it does not spill; Triton 3.7 spills 16 bytes at this cap.
+# One warp on the same 4 KB, 24 programs per SM (an 80-register cap), from the rule's
+# ``two_byte_large_from``. On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
+# tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first
+# session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
+# replaced (128 rows, 4 warps, 6 per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and
+# 8 KB tiles slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton 3.7
+# spills 16 bytes at this cap.
 # Each program prefetches into L2 the rows of the tile 8 x SMs further on (prefetch_ahead; as the
-# fp32 few-heads tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given
-# the order, seeds 0 and 1 (results/h200/pd4_bf16vk1024_*_60eac00.json; NOTES.md, forty-third
-# session). The two-warp bf16 tile above lost 2-8 points with it. With the prefetch it also leads
-# the two-warp tile at TP=4 B=512 (B*HV 4096): +0.29 / +0.40 sorting, +0.63 / +0.67 given the order
-# (95.24 / 95.20), seeds 0 and 1; at 32 heads a row (TP=1 B=128) -0.02..+0.40, so those keep two
-# warps (results/h200/pw*_600ad10.json; NOTES.md, forty-third session).
-VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8,
-                                              prefetch_ahead=8)
+# fp32 tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given the
+# order, seeds 0 and 1 (results/h200/pd4_bf16vk1024_*_60eac00.json; NOTES.md, forty-third session);
+# the two-warp tile above lost 2-8 points with it. With the prefetch it leads the two-warp tile from
+# B*HV 4096 at every head count measured, seeds 0 and 1, sorting / given the order: 8 heads a row
+# +0.3..+0.4 / +0.6..+0.7 (results/h200/pw*_600ad10.json), 16 heads -0.1..+1.1 / +0.4..+1.3
+# (hv16_bf16_*_feec93c.json), 32 heads B=128 -0.02..+0.30 / +0.12..+0.48, B=256 +0.34..+0.37 /
+# +0.52..+0.57, B=512 +0.33 / +0.42 (hv32_bf16_*_2e08c43.json, pw1_*_600ad10.json; NOTES.md,
+# forty-fourth session).
+VK_2B_TILE_LARGE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
 # 16 bytes a lane, 16 programs per SM (a 64-register cap, no spills). On the H200
@@ -280,20 +281,23 @@ VK_2B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, progr
 # at TP=1 B=32-256 (g_fp32_*_76d4a1f.json; fortieth session).
 VK_4B_TILE_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=16, vec=4)
 
-# The same tile at 20 programs per SM (48 registers, no spills), for rows of fewer than
-# ``VkTileRule.many_heads`` heads from ``four_byte_few_heads_from``. On the H200, with the state on
-# its own barrier, seeds 0 and 1, sorting / given the order (w2_fp32vk_tp4_*_1c2b670.json,
-# g_fp32_tp4_*_76d4a1f.json; fortieth session): TP=4 (HV=8) B*HV 2048 +0.1..+0.4 / +0.4..+0.5 over
-# 16 an SM, and at 4096 and 8192 +0.3..+0.5 / +0.35..+0.5 over the one-warp tile (24 an SM) that
-# those grids took before. At HV=32 20 an SM ran 0.1-0.3 under 16.
+# The same tile at 20 programs per SM (48 registers, no spills), from the rule's
+# ``four_byte_large_from``. On the H200, with the state on its own barrier, seeds 0 and 1, sorting /
+# given the order (w2_fp32vk_tp4_*_1c2b670.json, g_fp32_tp4_*_76d4a1f.json; fortieth session): TP=4
+# (HV=8) B*HV 2048 +0.1..+0.4 / +0.4..+0.5 over 16 an SM, and at 4096 and 8192 +0.3..+0.5 /
+# +0.35..+0.5 over the one-warp tile (24 an SM) that those grids took before. At HV=32, without the
+# prefetch below, 20 an SM ran 0.1-0.3 under 16.
 # Each program issues, after its own copies and gates, bulk L2 prefetches of the 8 state rows of the
 # tile 8 x SMs further on in the grid (prefetch_ahead), so that the reads run ahead of the programs.
 # On the H200, against the same tile, seeds 0 and 1, sorting / given the order (results/h200/
 # pf4_*_83b3794.json, ps4_*_198f16c.json, pe4_*_24be9a5.json, pd4_*_60eac00.json; NOTES.md,
 # forty-third session): TP=4 B=256 +0.3..+0.9 in all ten readings (given the order 94.4 -> 94.9-95.2),
-# B=512 +0.1..+0.5, B=1024 +0.0..+0.4; 4 and 12 a SM ahead were worse, 32 lost 10 points. The same
-# prefetch at HV=32 read level (B=64-128), and on the two-warp bf16 tile it lost 2-8 points.
-VK_4B_TILE_FEW_HEADS_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4, prefetch_ahead=8)
+# B=512 +0.1..+0.5, B=1024 +0.0..+0.4; 4 and 12 a SM ahead were worse, 32 lost 10 points. Against 16
+# an SM without it (forty-fourth session, seeds 0 and 1, sorting / given the order): 16 heads a row
+# B*HV 2048 +0.4 / +0.5..+0.7, 4096 +0.4 / +0.5, 8192 +0.6 / +0.65 (hv16*_fp32_*_feec93c.json);
+# 32 heads 2048 +0.3..+0.5 / +0.55, 4096 -0.01..+0.28 / 0.0..+0.1, 8192 +0.2 / +0.1..+0.2
+# (hv32*_fp32_*_2e08c43.json).
+VK_4B_TILE_LARGE_CONFIG = GluonTileConfig(BV=8, num_warps=2, rows=8, programs_per_sm=20, vec=4, prefetch_ahead=8)
 
 
 # The most rows a program ranks by itself (GluonTileConfig.rank_in_program): each lane holds one row
@@ -306,18 +310,16 @@ RANK_IN_PROGRAM_MAX_ROWS = 32
 class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel: a 2-byte pool with its rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
-    rows are sorted and from ``four_byte_from`` in batch order too. Rows of fewer than ``many_heads``
-    heads (HV) take the few-heads tile of their pool from ``two_byte_few_heads_from`` or
-    ``four_byte_few_heads_from``. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes
+    rows are sorted and from ``four_byte_from`` in batch order too. Large grids take their pool's
+    prefetching tile from ``two_byte_large_from`` or ``four_byte_large_from``. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes
     them in slot order, each program ranking them itself (``rank_in_program``). From
     ``evict_last_from`` the updated rows are stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
-    many_heads: int
-    two_byte_few_heads_from: int
-    four_byte_few_heads_from: int
+    two_byte_large_from: int
+    four_byte_large_from: int
     evict_last_from: int
     four_byte_ranked_rows: int = 0
 
@@ -335,7 +337,7 @@ class VkTileRule(NamedTuple):
 # in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
 # the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    many_heads=32, two_byte_few_heads_from=4096, four_byte_few_heads_from=2048,
+                                    two_byte_large_from=4096, four_byte_large_from=2048,
                                     evict_last_from=4096, four_byte_ranked_rows=32)}
 
 
@@ -352,7 +354,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
     slot order or from the rule's ``four_byte_from``, with few enough rows in slot order ranked in
-    the program; rows of few heads on large grids take their pool's few-heads tile; either with
+    the program; large grids take their pool's prefetching tile; either with
     its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise. Metadata
     only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
@@ -362,14 +364,12 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     rule = vk_tile_rule(state.device.index or 0)
     if rule is None:
         return None
-    few_heads = v.shape[2] < rule.many_heads
     if state.element_size() == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
-        one_warp = few_heads and rows_x_heads >= rule.two_byte_few_heads_from
-        config = None if rows_x_heads < start else VK_2B_TILE_FEW_HEADS_CONFIG if one_warp else VK_2B_TILE_CONFIG
+        large = rows_x_heads >= rule.two_byte_large_from
+        config = None if rows_x_heads < start else VK_2B_TILE_LARGE_CONFIG if large else VK_2B_TILE_CONFIG
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
-        more_programs = few_heads and rows_x_heads >= rule.four_byte_few_heads_from
-        config = VK_4B_TILE_FEW_HEADS_CONFIG if more_programs else VK_4B_TILE_CONFIG
+        config = VK_4B_TILE_LARGE_CONFIG if rows_x_heads >= rule.four_byte_large_from else VK_4B_TILE_CONFIG
         if q.shape[0] <= rule.four_byte_ranked_rows:
             # (given the order, the launcher reads it instead)
             config = config._replace(sort_rows=True, rank_in_program=True)

@@ -33,9 +33,9 @@ from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     RANK_IN_PROGRAM_MAX_ROWS,
     VK_2B_TILE_CONFIG,
-    VK_2B_TILE_FEW_HEADS_CONFIG,
+    VK_2B_TILE_LARGE_CONFIG,
     VK_4B_TILE_CONFIG,
-    VK_4B_TILE_FEW_HEADS_CONFIG,
+    VK_4B_TILE_LARGE_CONFIG,
     lanes_along_values,
     vk_tile_reason,
     vk_tile_rule,
@@ -50,7 +50,7 @@ SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, prog
 MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
                  "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
                  "shipped-evict-last": VK_2B_TILE_CONFIG._replace(store_eviction="evict_last"),
-                 "few-heads-evict-last": VK_2B_TILE_FEW_HEADS_CONFIG._replace(sort_rows=True, store_eviction="evict_last"),
+                 "large-evict-last": VK_2B_TILE_LARGE_CONFIG._replace(sort_rows=True, store_eviction="evict_last"),
                  "whole-head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
@@ -87,7 +87,7 @@ def test_model_shape_matches_reference(heads, variant, config):
 @pytest.mark.parametrize("heads", [(16, 32), (4, 8)], ids=["tp1", "tp4"])
 @pytest.mark.parametrize("sort_rows", [False, True], ids=["unsorted", "sorted"])
 @pytest.mark.parametrize("store_eviction", ["", "evict_last"])
-@pytest.mark.parametrize("config", [VK_4B_TILE_CONFIG, VK_4B_TILE_FEW_HEADS_CONFIG], ids=["shipped", "few-heads"])
+@pytest.mark.parametrize("config", [VK_4B_TILE_CONFIG, VK_4B_TILE_LARGE_CONFIG], ids=["shipped", "large"])
 def test_fp32_pool_configuration_matches_reference(heads, sort_rows, store_eviction, config):
     """The configurations an fp32 pool ships (two warps on 8 value rows, 16 bytes a lane, at 16 or
     20 programs an SM),
@@ -153,13 +153,15 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
         ({"state_dtype": torch.float32, "B": -1}, False),
         # at most the rule's ranked rows (H200: 32): in slot order, ranked by the programs themselves
         ({"state_dtype": torch.float32, "B": "ranked"}, True),
-        # 8 heads a row (TP=4): sorted from 1024 by itself, and the few-heads tile from 2048
+        # each pool's large-grid tile from its own threshold (H200: fp32 2048, 2-byte 4096), at 32
+        # heads a row and at 8 (TP=4: an fp32 pool sorted from 1024 by itself)
+        ({"state_dtype": torch.float32, "B": "large-from"}, True),
         ({"state_dtype": torch.float32, "HK": 4}, True),
-        ({"state_dtype": torch.float32, "HK": 4, "B": "few-heads-from"}, True),
+        ({"state_dtype": torch.float32, "HK": 4, "B": "large-from"}, True),
         ({"state_dtype": torch.float32, "HK": 4, "B": "large"}, True),
-        # a 2-byte pool's rows of 8 heads: one warp a tile from its few-heads threshold (H200: 4096)
+        ({"B": "large-from"}, True),
         ({"HK": 4, "B": "large"}, True),
-        ({"HK": 4, "B": "few-heads-from"}, True),
+        ({"HK": 4, "B": "large-from"}, True),
         ({"state_dtype": torch.float16}, True),
         ({"state_dtype": torch.float16, "act_dtype": torch.float16}, True),
         ({"act_dtype": torch.float32}, True),
@@ -170,8 +172,7 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
     dtype (from a lower one when the caller gives the slot order), and a 4-byte one from its own
-    threshold, each pool's few-heads tile for rows of fewer than the rule's ``many_heads`` heads from
-    its own B*HV, but only when TMA can address every operand (with the
+    threshold, each pool's large-grid tile from its own B*HV, but only when TMA can address every operand (with the
     rows in slot order where ``sorts_rows`` says, for the case's heads a row); every case matches the
     reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
@@ -180,11 +181,11 @@ def test_default_kernel_choice_and_result(changes, tile):
     gpu = torch.cuda.get_device_name()
     state_dtype = changes.get("state_dtype", torch.bfloat16)
     start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
-    few_heads_from = rule.two_byte_few_heads_from if state_dtype.itemsize == 2 else rule.four_byte_few_heads_from
+    large_from = rule.two_byte_large_from if state_dtype.itemsize == 2 else rule.four_byte_large_from
     heads = changes.get("HK", 16) * 2  # HV
     B = {-1: start // heads - 1, "large": 4 * start // heads + 2, "given-order": rule.two_byte_sorted_from // heads + 1,
          "below-given-order": rule.two_byte_sorted_from // heads - 1,
-         "few-heads-from": few_heads_from // heads + 1, "ranked": rule.four_byte_ranked_rows}.get(changes.get("B"),
+         "large-from": large_from // heads + 1, "ranked": rule.four_byte_ranked_rows}.get(changes.get("B"),
                                                                                                 start // heads + 2)
     given_order = changes.get("B") in ("given-order", "below-given-order")
     changes = {name: value for name, value in changes.items() if name != "B"}
@@ -197,9 +198,9 @@ def test_default_kernel_choice_and_result(changes, tile):
           lambda inp: run_triton(inp, None, launched, order=slot_order(inp.indices) if given_order else None))
     if tile:
         sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * heads, given_order, heads)
-        few_heads = B * heads >= few_heads_from and heads < rule.many_heads
-        shipped = ((VK_2B_TILE_FEW_HEADS_CONFIG if few_heads else VK_2B_TILE_CONFIG) if case.state_dtype != torch.float32
-                   else VK_4B_TILE_FEW_HEADS_CONFIG if few_heads else VK_4B_TILE_CONFIG)
+        large = B * heads >= large_from
+        shipped = ((VK_2B_TILE_LARGE_CONFIG if large else VK_2B_TILE_CONFIG) if case.state_dtype != torch.float32
+                   else VK_4B_TILE_LARGE_CONFIG if large else VK_4B_TILE_CONFIG)
         eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
         ranked = case.state_dtype == torch.float32 and B <= rule.four_byte_ranked_rows
         assert launched == [shipped._replace(sort_rows=sort_rows or ranked, store_eviction=eviction,
@@ -275,11 +276,11 @@ def compiled(config: GluonTileConfig, state: str = "bf16", slot_pad: int = 0) ->
 
 @pytest.mark.parametrize(("config", "state"), [*((c, "bf16") for c in MODEL_CONFIGS.values()), (VK_4B_TILE_CONFIG, "fp32"),
                                                (VK_4B_TILE_CONFIG._replace(store_eviction="evict_last"), "fp32"),
-                                               (VK_4B_TILE_FEW_HEADS_CONFIG, "fp32"),
-                                               (VK_4B_TILE_FEW_HEADS_CONFIG._replace(store_eviction="evict_last"), "fp32"),
-                                               (VK_4B_TILE_FEW_HEADS_CONFIG._replace(prefetch_ahead=0), "fp32")],
-                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-few-heads",
-                              "fp32-few-heads-evict-last", "fp32-few-heads-no-prefetch"])
+                                               (VK_4B_TILE_LARGE_CONFIG, "fp32"),
+                                               (VK_4B_TILE_LARGE_CONFIG._replace(store_eviction="evict_last"), "fp32"),
+                                               (VK_4B_TILE_LARGE_CONFIG._replace(prefetch_ahead=0), "fp32")],
+                         ids=[*MODEL_CONFIGS, "fp32-shipped", "fp32-shipped-evict-last", "fp32-large",
+                              "fp32-large-evict-last", "fp32-large-no-prefetch"])
 def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(config, state):
     """As launched on a dense pool: shared memory holds the tile, q, k, v and the two barriers and nothing
     more; each lane's ``vec`` keys of a row leave as one vector store (16 bytes in the shipped
@@ -294,9 +295,9 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
     assert stores == f"{lane_vectors} 0 {int(config.prefetch_ahead > 0)}"
     # the one-warp 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
-    # Triton 3.7 spills 16 bytes there (gluon_decode_vk_tile.VK_2B_TILE_FEW_HEADS_CONFIG)
+    # Triton 3.7 spills 16 bytes there (gluon_decode_vk_tile.VK_2B_TILE_LARGE_CONFIG)
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
-    one_warp = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_FEW_HEADS_CONFIG
+    one_warp = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_LARGE_CONFIG
     assert_no_spills(report, at_most=16 if newer_triton and one_warp else 0)
 
 
@@ -315,10 +316,10 @@ def test_rows_ranked_in_the_program_compile_without_spills(config, state):
 
 
 @pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8),
-                                                           (VK_2B_TILE_FEW_HEADS_CONFIG, "bf16", 8),
+                                                           (VK_2B_TILE_LARGE_CONFIG, "bf16", 8),
                                                            (VK_4B_TILE_CONFIG, "fp32", 4),
-                                                           (VK_4B_TILE_FEW_HEADS_CONFIG, "fp32", 4)],
-                         ids=["bf16", "bf16-few-heads", "fp32", "fp32-few-heads"])
+                                                           (VK_4B_TILE_LARGE_CONFIG, "fp32", 4)],
+                         ids=["bf16", "bf16-large", "fp32", "fp32-large"])
 def test_page_strided_pool_still_stores_whole_vectors(config, state, slot_pad):
     """A pool whose slots lie 16 bytes further apart than dense (a slot stride TMA takes, but not
     a multiple of 16 elements, which Triton would otherwise assume unaligned) stores each lane's
