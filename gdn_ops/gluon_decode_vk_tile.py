@@ -267,8 +267,8 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # B*HV 4096 at every head count measured, seeds 0 and 1, sorting / given the order: 8 heads a row
 # +0.3..+0.4 / +0.6..+0.7 (results/h200/pw*_600ad10.json), 16 heads -0.1..+1.1 / +0.4..+1.3
 # (hv16_bf16_*_feec93c.json), 32 heads B=128 -0.02..+0.30 / +0.12..+0.48, B=256 +0.34..+0.37 /
-# +0.52..+0.57, B=512 +0.33 / +0.42 (hv32_bf16_*_2e08c43.json, pw1_*_600ad10.json; NOTES.md,
-# forty-fourth session).
+# +0.52..+0.57, B=512 +0.33 / +0.42, B=1024 +1.9..+2.4 (hv32_bf16_*_2e08c43.json, pw1_*_600ad10.json,
+# hv32[cd]_bf16_*.json; NOTES.md, forty-fourth session).
 VK_2B_TILE_LARGE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
