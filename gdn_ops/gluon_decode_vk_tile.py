@@ -311,9 +311,10 @@ class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel: a 2-byte pool with its rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
     rows are sorted and from ``four_byte_from`` in batch order too. Large grids take their pool's
-    prefetching tile from ``two_byte_large_from`` or ``four_byte_large_from``. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes
-    them in slot order, each program ranking them itself (``rank_in_program``). From
-    ``evict_last_from`` the updated rows are stored evict-last in L2."""
+    prefetching tile from ``two_byte_large_from`` or ``four_byte_large_from``, whatever their heads
+    a row. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes them in slot order, each
+    program ranking them itself (``rank_in_program``). From ``evict_last_from`` the updated rows are
+    stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int

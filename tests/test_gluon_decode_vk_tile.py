@@ -172,9 +172,9 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
     dtype (from a lower one when the caller gives the slot order), and a 4-byte one from its own
-    threshold, each pool's large-grid tile from its own B*HV, but only when TMA can address every operand (with the
-    rows in slot order where ``sorts_rows`` says, for the case's heads a row); every case matches the
-    reference with guards and padding rows."""
+    threshold, each pool's large-grid tile from its own B*HV whatever the heads a row, but only when
+    TMA can address every operand (with the rows in slot order where ``sorts_rows`` says, for the
+    case's heads a row); every case matches the reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
     if rule is None:
         pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
