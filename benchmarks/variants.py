@@ -996,7 +996,6 @@ VK_TILE_VARIANTS["vk_tile_snapshot_unchecked"] = [
 KV_TILE_VARIANTS["kv_tile_snapshot_unchecked"] = VK_TILE_VARIANTS["vk_tile_snapshot_unchecked"]
 
 
-
 # The tile kernels prefetching into L2 the state of the tile `ahead` tiles per SM later in the grid
 # (bulk prefetches, cp.async.bulk.prefetch.L2, by the vk tile's shipped `_prefetch_rows_l2`; 132
 # SMs, the H200's, assumed). The reason: a launch loses about 4 us to its end (the last programs'
@@ -1030,11 +1029,6 @@ _EVICT_LAST_ROW = ("createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
 _ELEM = "(state_desc.dtype.primitive_bitwidth // 8)"
 
 
-def _prefetch_condition(ahead: int, tail: bool) -> str:
-    tail_term = f" & (ahead >= num_tiles - {2 * ahead * 132})" if tail else ""
-    return f"(ahead < num_tiles) & (ahead_slot < num_slots){tail_term}"
-
-
 # The vk tile's variants are its shipped prefetch (GluonTileConfig.prefetch_ahead) changed: at
 # `ahead` a SM whatever the configuration says, and then only near the grid's end, with another L2
 # policy or another instruction. (Measured before the prefetch shipped, as the same code spelled
@@ -1042,6 +1036,13 @@ def _prefetch_condition(ahead: int, tail: bool) -> str:
 _VK_PREFETCH_DISTANCE = ("PREFETCH_AHEAD=config.prefetch_ahead * sm_count(state.device.index or 0)\n"
                          "        if config.prefetch_ahead and not rank_in_program else 0,")
 _VK_PREFETCH_TEST = "        if (ahead < num_tiles) & (ahead_slot < num_slots):\n"
+
+
+def _prefetch_condition(ahead: int, tail: bool) -> str:
+    """The shipped vk prefetch's test of the later tile (the kv variants' too), and with ``tail``
+    only where that tile is among the grid's last ``2 x ahead x 132``."""
+    tail_term = f" & (ahead >= num_tiles - {2 * ahead * 132})" if tail else ""
+    return _VK_PREFETCH_TEST.strip().removeprefix("if ").removesuffix(":") + tail_term
 _VK_PREFETCH_ROWS = ", s_sv, BV,\n                              K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)\n"
 
 
