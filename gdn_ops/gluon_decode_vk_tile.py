@@ -7,11 +7,10 @@ A row needs nothing from any other row, and the whole step is one pass over the 
 The Triton per-tile kernel (``triton_decode.py``) already works one short-lived program per tile,
 but holds its whole tile in registers, widened to fp32: for a 2-byte state the register file, not
 the memory system, caps the bytes in flight per SM. Here the tile lands in shared memory by TMA,
-and registers hold a step of rows only once it has landed. The shipped tiles are 4 KB on two warps
-(16 rows of a 2-byte state at 18 programs per SM, 8 of an fp32 one at 16 or 20), and for a 2-byte
-pool on large grids 4 KB on one warp, 24 per SM: short programs, so an SM's slots empty and refill
-in small steps (NOTES.md, nineteenth, twenty-first, thirty-fifth, fortieth and forty-fourth
-sessions). Each program:
+and registers hold a step of rows only once it has landed. The shipped tiles are 4 KB: 16 rows of
+a 2-byte state on one warp, 24 programs per SM, and 8 rows of an fp32 one on two warps, 16 or 20
+per SM: short programs, so an SM's slots empty and refill in small steps (NOTES.md, nineteenth,
+twenty-first, thirty-fifth, fortieth, forty-fourth and forty-fifth sessions). Each program:
 
 0. with its rows in slot order, finds its row at its place in that order: read from the rank
    kernel's output (``triton_slot_order``) or the caller's, or for an fp32 pool of few rows
@@ -249,8 +248,9 @@ def _decode_vk_tile_kernel(
 # fortieth session, results/h200/w2_*_1c2b670.json, g_*_76d4a1f.json), seeds 0 and 1, sorting /
 # given the order: TP=1 (HV=32) B=128 +0.6..+0.7 / +0.7, B=256 +0.5 / +0.3, B=512 +0.25 / +0.2,
 # B=1024 +0.2 / +0.1; TP=4 (HV=8) B*HV 4096 +0.3 / level; at 1024-2048 +0.4..+1.3 given the order,
-# and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. From B*HV 4096 the one-warp tile
-# below, with its L2 prefetch, leads it.
+# and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. The one-warp tile below, with
+# its L2 prefetch, leads it at every B*HV measured, so no H200 rule picks it now (a tune spec,
+# t16:2:16:18:8, and the tests' plain configuration).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
 # One warp on the same 4 KB, 24 programs per SM (an 80-register cap), from the rule's
@@ -268,7 +268,10 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # +0.3..+0.4 / +0.6..+0.7 (results/h200/pw*_600ad10.json), 16 heads -0.1..+1.1 / +0.4..+1.3
 # (hv16_bf16_*_feec93c.json), 32 heads B=128 -0.02..+0.30 / +0.12..+0.48, B=256 +0.34..+0.37 /
 # +0.52..+0.57, B=512 +0.33 / +0.42, B=1024 +1.9..+2.4 (hv32_bf16_*_2e08c43.json, pw1_*_600ad10.json,
-# hv32[cd]_bf16_*.json; NOTES.md, forty-fourth session).
+# hv32[cd]_bf16_*.json; NOTES.md, forty-fourth session); and from 1024, where the two-warp tile had
+# run, seeds 0 and 1, batch order / sorting / given the order (results/h200/n1_tp*_3adf0c0.json;
+# forty-fifth session): B*HV 1024 +1.4..+2.0 / - / +0.8..+2.6, 2048 - / -0.1..+0.6 / +0.45..+0.9,
+# 3072 - / +0.35..+0.7 / +0.5..+0.9, at 16 and 32 heads a row (TP=4 and TP=1).
 VK_2B_TILE_LARGE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
@@ -338,7 +341,7 @@ class VkTileRule(NamedTuple):
 # in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
 # the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    two_byte_large_from=4096, four_byte_large_from=2048,
+                                    two_byte_large_from=1024, four_byte_large_from=2048,
                                     evict_last_from=4096, four_byte_ranked_rows=32)}
 
 
