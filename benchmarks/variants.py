@@ -1117,6 +1117,15 @@ for _ahead in (2, 4, 8):
     VK_TILE_VARIANTS[f"vk_tile_prefetch_span{_ahead}"] = _vk_tile_prefetch_span(_ahead)
 for _ahead in (4, 8):
     VK_TILE_VARIANTS[f"vk_tile_prefetch_lines{_ahead}"] = _vk_tile_prefetch_span(_ahead, lines=True)
+# The prefetched rows dealt across the warps (row i on warp i % WARPS) instead of all on the first
+# warp's lanes. ptxas issues the per-thread bulk prefetch in a loop over a warp's lanes, and in a
+# two-warp tile the CTA barrier after it held the other warp until the first had done all the rows
+# (25% of the two-warp bf16 tile's stall samples; NOTES.md, forty-fifth session): each warp's loop
+# is half as long here. A one-warp tile is unchanged.
+VK_TILE_VARIANTS["vk_tile_prefetch_rows_by_warp"] = [
+    ("    r = gl.arange(0, 32 * WARPS, layout=lanes)\n",
+     "    lane = gl.arange(0, 32 * WARPS, layout=lanes)\n    r = lane % 32 * WARPS + lane // 32\n"),
+]
 _KV_HEAD_PIECES = f"16384 // {_ELEM}, K * V * {_ELEM} // 16384, 16384"  # a head in 16 KB bulk prefetches
 for _ahead in (1, 2, 3):
     KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES)
