@@ -269,9 +269,9 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # (hv16_bf16_*_feec93c.json), 32 heads B=128 -0.02..+0.30 / +0.12..+0.48, B=256 +0.34..+0.37 /
 # +0.52..+0.57, B=512 +0.33 / +0.42, B=1024 +1.9..+2.4 (hv32_bf16_*_2e08c43.json, pw1_*_600ad10.json,
 # hv32[cd]_bf16_*.json; NOTES.md, forty-fourth session); and from 1024, where the two-warp tile had
-# run, seeds 0 and 1, batch order / sorting / given the order (results/h200/n1_tp*_3adf0c0.json;
-# forty-fifth session): B*HV 1024 +1.4..+2.0 / - / +0.8..+2.6, 2048 - / -0.1..+0.6 / +0.45..+0.9,
-# 3072 - / +0.35..+0.7 / +0.5..+0.9, at 16 and 32 heads a row (TP=4 and TP=1).
+# run, on two machines, seeds 0-3, batch order / sorting / given the order (results/h200/
+# n1_tp*_3adf0c0.json, n1b_tp*_a07df9f.json; forty-fifth session): B*HV 1024 +1.4..+2.6 / - /
+# +0.6..+2.6, 2048-3072 - / -0.14..+0.7 / +0.45..+1.0, at 16 and 32 heads a row (TP=4 and TP=1).
 VK_2B_TILE_LARGE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
