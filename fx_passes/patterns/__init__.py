@@ -4,12 +4,15 @@
    the unfused op (its gating stays PyTorch, for rewrite 3 to take).
 2. :mod:`.torch_l2norm_into_decode_op` folds a PyTorch q/k L2 norm into either op.
 3. :mod:`.torch_gating_into_recurrent_op` folds PyTorch gating into the fused op.
+4. :mod:`.repeated_key_heads_into_decode_op` hands either op q and k's own key heads where PyTorch
+   repeated them to the value heads.
 """
 
 from __future__ import annotations
 
 from fx_passes.patterns import (
     hf_torch_recurrent_gated_delta_rule,
+    repeated_key_heads_into_decode_op,
     torch_gating_into_recurrent_op,
     torch_l2norm_into_decode_op,
 )
@@ -19,6 +22,7 @@ REWRITES: tuple[Rewrite, ...] = (
     hf_torch_recurrent_gated_delta_rule.REWRITE,
     torch_l2norm_into_decode_op.REWRITE,
     torch_gating_into_recurrent_op.REWRITE,
+    repeated_key_heads_into_decode_op.REWRITE,
 )
 
 __all__ = ["REWRITES", "Rewrite"]

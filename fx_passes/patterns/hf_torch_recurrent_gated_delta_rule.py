@@ -21,7 +21,8 @@ graph can only hold this code if its module was imported). Unavailable (skipped,
 log) when transformers is not installed, defines no such function, or its function does not
 trace. Left alone: T != 1, a state that is not fp32 with dense inner dims, or inputs whose dtype
 or shape the op refuses (e.g. fp64). Where a release repeats the key heads in the module (before
-the function), the op receives the repeated q/k (HK == HV): correct, a little more q/k traffic.
+the function), this rewrite gives the op the repeated q/k (HK == HV), and
+:mod:`.repeated_key_heads_into_decode_op` then hands it the key heads themselves.
 """
 
 from __future__ import annotations

@@ -1,0 +1,112 @@
+"""Rewrite ``key_heads``: q and k's key heads repeated in PyTorch in front of a decode op -> the op's
+own grouping of value heads over key heads."""
+
+from __future__ import annotations
+
+import unittest
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from fx_models import (
+    FUSED,
+    RECURRENT,
+    CapturePostPassGraph,
+    assert_close,
+    assert_state_written_only_by,
+    decode_inputs,
+    op_calls,
+    run_both,
+)
+
+import gdn_ops
+from fx_passes.patterns import repeated_key_heads_into_decode_op as key_heads_module
+
+try:
+    import expecttest
+
+    _SnapshotCase = expecttest.TestCase
+except ImportError:  # the GPU machines may lack it
+    expecttest = None
+    _SnapshotCase = unittest.TestCase
+
+
+def _gates(inputs):
+    with torch.no_grad():
+        return gdn_ops.gdn_gating_reference(inputs["A_log"], inputs["a"], inputs["dt_bias"], inputs["b"])
+
+
+def repeated_decode(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2):
+    """Layer 1: the unfused op on q and k repeated from 1 to 4 heads; layer 2: the fused op on them
+    repeated from 2 to 4, as transformers 5.17's Qwen3-Next module does (``repeat_interleave``)."""
+    groups = v.shape[2] // q.shape[2]
+    q1, k1 = q[:, :, :1].repeat_interleave(v.shape[2], dim=2), k[:, :, :1].repeat_interleave(v.shape[2], dim=2)
+    o1 = gdn_ops.recurrent_gated_delta_rule_update(q1, k1, v, g, beta, pool, idx, use_qk_l2norm_in_kernel=True)
+    q2, k2 = q.repeat_interleave(groups, dim=2), k.repeat_interleave(groups, dim=2)
+    return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+        A_log, a, dt_bias, 1.0, 20.0, q2, k2, o1, b, pool2, idx, use_qk_l2norm_in_kernel=True
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_repeated_key_heads_fold_into_either_op(dtype):
+    inputs = decode_inputs(dtype=dtype, HK=2, HV=4)
+    g, beta = _gates(inputs)
+    inputs.update(g=g, beta=beta, pool2=inputs["pool"].clone() + 0.5)
+    actual, expected, comp, eager, code, counts = run_both(repeated_decode, inputs)
+    assert counts == {"key_heads": 2 * key_heads_module.REWRITE.EXPECTED_MATCHES}
+    for op in (RECURRENT, FUSED):
+        assert_state_written_only_by(code, op, expected_calls=1)
+    assert_close(actual, expected, dtype)
+    for name in ("pool", "pool2"):
+        assert_close(comp[name], eager[name], dtype)
+
+
+def test_other_repeats_are_left_alone():
+    """A tiled repeat (head h from key head h % HK), q repeated but not k, and q and k repeated by
+    different factors to the same heads: none is the op's grouping of both."""
+    inputs = decode_inputs(dtype=torch.float32, HK=2, HV=4)
+    g, beta = _gates(inputs)
+    inputs.update(g=g, beta=beta)
+
+    def three_calls(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta):
+        cases = [
+            (q.repeat(1, 1, 2, 1), k.repeat(1, 1, 2, 1)),
+            (q.repeat_interleave(2, dim=2), torch.cat([k, k.flip(2)], dim=2)),
+            (q.repeat_interleave(2, dim=2), k[:, :, :1].repeat_interleave(4, dim=2)),
+        ]
+        out = 0
+        for qr, kr in cases:
+            out = out + gdn_ops.recurrent_gated_delta_rule_update(qr, kr, v, g, beta, pool, idx)
+        return out
+
+    actual, expected, comp, eager, code, counts = run_both(three_calls, inputs)
+    assert counts == {}
+    assert len(op_calls(code, RECURRENT)) == 3
+    assert_close(actual, expected, torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)
+
+
+@unittest.skipIf(expecttest is None, "expecttest is not installed")
+class TestKeyHeadsGraph(_SnapshotCase):
+    def test_the_op_reads_the_key_heads_themselves(self):
+        inputs = decode_inputs(B=2, dtype=torch.float32, HK=2, HV=4)
+
+        def fused_on_repeated(q, k, v, a, b, A_log, dt_bias, pool, idx):
+            return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+                A_log, a, dt_bias, 1.0, 20.0, q.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2), v, b,
+                pool, idx, use_qk_l2norm_in_kernel=True
+            )
+
+        capture = CapturePostPassGraph()
+        torch._dynamo.reset()
+        with inductor_config.patch(force_disable_caches=True, post_grad_custom_post_pass=capture), torch.no_grad():
+            torch.compile(fused_on_repeated)(**inputs)
+        self.assertEqual(len(capture.texts), 1)
+        self.assertExpectedInline(capture.texts[0], """\
+n0 = aten.empty.memory_format([2, 1, 4, 8], dtype=float32)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, b=b, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', initial_state_order=None, _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0])
+n2 = getitem(n1, 1)
+n3 = getitem(n1, 2)
+n4 = aten.copy_.default(initial_state_source, n2)
+return [n3]""")
