@@ -1,17 +1,13 @@
 """Rewrite ``key_heads``: q and k's key heads repeated in PyTorch in front of a decode op -> the op's
-own grouping of value heads over key heads."""
+own grouping of value heads over key heads (its graph snapshot: test_fx_pass.py)."""
 
 from __future__ import annotations
 
-import unittest
-
 import pytest
 import torch
-import torch._inductor.config as inductor_config
 from fx_models import (
     FUSED,
     RECURRENT,
-    CapturePostPassGraph,
     assert_close,
     assert_state_written_only_by,
     decode_inputs,
@@ -21,14 +17,6 @@ from fx_models import (
 
 import gdn_ops
 from fx_passes.patterns import repeated_key_heads_into_decode_op as key_heads_module
-
-try:
-    import expecttest
-
-    _SnapshotCase = expecttest.TestCase
-except ImportError:  # the GPU machines may lack it
-    expecttest = None
-    _SnapshotCase = unittest.TestCase
 
 
 def _gates(inputs):
@@ -87,26 +75,20 @@ def test_other_repeats_are_left_alone():
     assert_close(comp["pool"], eager["pool"], torch.float32)
 
 
-@unittest.skipIf(expecttest is None, "expecttest is not installed")
-class TestKeyHeadsGraph(_SnapshotCase):
-    def test_the_op_reads_the_key_heads_themselves(self):
-        inputs = decode_inputs(B=2, dtype=torch.float32, HK=2, HV=4)
+def test_a_repeat_read_before_its_input_is_written_keeps_the_old_values():
+    """q and k repeated, then q written in place before the op: the op must see the repeat of the
+    old q, folded or not."""
+    inputs = decode_inputs(dtype=torch.float32, HK=2, HV=4)
+    g, beta = _gates(inputs)
+    inputs.update(g=g, beta=beta)
 
-        def fused_on_repeated(q, k, v, a, b, A_log, dt_bias, pool, idx):
-            return gdn_ops.fused_sigmoid_gating_delta_rule_update(
-                A_log, a, dt_bias, 1.0, 20.0, q.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2), v, b,
-                pool, idx, use_qk_l2norm_in_kernel=True
-            )
+    def written_after_repeat(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta):
+        qr, kr = q.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2)
+        q.mul_(3.0)
+        return gdn_ops.recurrent_gated_delta_rule_update(qr, kr, v, g, beta, pool, idx)
 
-        capture = CapturePostPassGraph()
-        torch._dynamo.reset()
-        with inductor_config.patch(force_disable_caches=True, post_grad_custom_post_pass=capture), torch.no_grad():
-            torch.compile(fused_on_repeated)(**inputs)
-        self.assertEqual(len(capture.texts), 1)
-        self.assertExpectedInline(capture.texts[0], """\
-n0 = aten.empty.memory_format([2, 1, 4, 8], dtype=float32)
-n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, b=b, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', initial_state_order=None, _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0])
-n2 = getitem(n1, 1)
-n3 = getitem(n1, 2)
-n4 = aten.copy_.default(initial_state_source, n2)
-return [n3]""")
+    actual, expected, comp, eager, code, counts = run_both(written_after_repeat, inputs)
+    assert set(counts) <= {"key_heads"}
+    assert_close(actual, expected, torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)
+    assert_close(comp["q"], eager["q"], torch.float32)

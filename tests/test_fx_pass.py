@@ -284,6 +284,22 @@ n3 = getitem(n1, 2)
 n4 = aten.copy_.default(initial_state_source, n2)
 return [n3]""")
 
+    def test_repeated_key_heads(self):
+        def fused_on_repeated(q, k, v, a, b, A_log, dt_bias, pool, idx):
+            return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+                A_log, a, dt_bias, 1.0, 20.0, q.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2), v, b,
+                pool, idx, use_qk_l2norm_in_kernel=True
+            )
+
+        text = self.capture(fused_on_repeated, **decode_inputs(B=2, dtype=torch.float32, HK=2, HV=4))
+        self.assertExpectedInline(text, """\
+n0 = aten.empty.memory_format([2, 1, 4, 8], dtype=float32)
+n1 = auto_functionalized_v2(gdn_ops.fused_sigmoid_gating_delta_rule_update.default, A_log=A_log, a=a, dt_bias=dt_bias, softplus_beta=1, softplus_threshold=20, q=q, k=k, v=v, b=b, initial_state_indices=initial_state_indices, scale=None, use_qk_l2norm_in_kernel=True, state_layout='vk', initial_state_order=None, _initial_state_source_base_index=0, _out_base_index=1, _all_bases=[initial_state_source, n0])
+n2 = getitem(n1, 1)
+n3 = getitem(n1, 2)
+n4 = aten.copy_.default(initial_state_source, n2)
+return [n3]""")
+
     def test_transformers_decode_step(self):
         # the same graph under 5.17, whose module repeats the key heads before the recurrence (the
         # pass hands the op the heads themselves), and 5.24, whose recurrence repeats them
