@@ -58,13 +58,13 @@ def _repeated_heads(op_input):
         return None
     x = unsqueeze.args[0]
     xv, ev, rv = val(x), val(expand), val(reshape)
-    if not all(isinstance(t, torch.Tensor) for t in (xv, ev, rv)) or xv.dim() != 4:
+    if not all(isinstance(t, torch.Tensor) for t in (xv, ev, rv)) or (xv.dim(), ev.dim(), rv.dim()) != (4, 5, 4):
         return None
     if unsqueeze.args[1] not in (3, -2):  # a new axis after the heads: each head repeated in place
         return None
     B, T, HK, K = xv.shape
     G = ev.shape[3]
-    if not isinstance(G, int) or ev.dim() != 5 or rv.dim() != 4:
+    if not isinstance(G, int):
         return None
     if not all(known_equal(a, b) for a, b in zip(ev.shape, (B, T, HK, G, K))):
         return None
