@@ -1126,6 +1126,27 @@ VK_TILE_VARIANTS["vk_tile_prefetch_rows_by_warp"] = [
     ("    r = gl.arange(0, 32 * WARPS, layout=lanes)\n",
      "    lane = gl.arange(0, 32 * WARPS, layout=lanes)\n    r = lane % 32 * WARPS + lane // 32\n"),
 ]
+# The one-warp bf16 tile's prefetch moved later in the program. Where it is, its loop waits for
+# the later tile's slot (a load issued with the gates): 9.6% of the tile's stall samples sat on that
+# loop's branch, waiting on it (ncu/src_t16-1-16-24-8-el-pf8-sort_3adf0c0.csv.gz; NOTES.md,
+# forty-fifth session). `_after_state`: once the tile's own state has landed; `_at_end`: after the
+# rows are stored, where that load has long returned. Either asks L2 for the later tile about a
+# program's lifetime later than now, still 8 x SMs tiles ahead.
+_VK_PREFETCH_BLOCK = """    if PREFETCH_AHEAD > 0:  # noqa: SIM102 (a constexpr test: the runtime one exists only with it)
+        if (ahead < num_tiles) & (ahead_slot < num_slots):
+            _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh
+                              + ((ahead % NV) * BV).to(gl.int64) * s_sv, s_sv, BV,
+                              K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)
+"""
+VK_TILE_VARIANTS["vk_tile_prefetch_after_state"] = [
+    (_VK_PREFETCH_BLOCK, ""),
+    ("    mbarrier.wait(state_bar, state_phase)\n", "    mbarrier.wait(state_bar, state_phase)\n" + _VK_PREFETCH_BLOCK),
+]
+VK_TILE_VARIANTS["vk_tile_prefetch_at_end"] = [
+    (_VK_PREFETCH_BLOCK, ""),
+    ("    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n",
+     _VK_PREFETCH_BLOCK + "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
+]
 _KV_HEAD_PIECES = f"16384 // {_ELEM}, K * V * {_ELEM} // 16384, 16384"  # a head in 16 KB bulk prefetches
 for _ahead in (1, 2, 3):
     KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES)
