@@ -1012,14 +1012,14 @@ KV_TILE_VARIANTS["kv_tile_snapshot_unchecked"] = VK_TILE_VARIANTS["vk_tile_snaps
 # every kv form lost 0.3-25 points and the two-warp bf16 vk tile 2-8 (results/h200/pf*_83b3794.json,
 # ps*_198f16c.json; NOTES.md, forty-third session).
 _PREFETCH_ROW = "@p cp.async.bulk.prefetch.L2.global [$1], $4;"
+_VK_SOURCE = Path(shipped_vk_tile.__file__).read_text()
 
 
 def _prefetch_helper(name: str, instruction: str = _PREFETCH_ROW) -> str:
     """The vk tile's ``_prefetch_rows_l2`` (one instruction a thread, up to ``NROWS`` threads),
     renamed ``name``, with ``instruction`` (it may name a 64-bit ``pol`` register) instead."""
-    source = Path(shipped_vk_tile.__file__).read_text()
-    start = source.index("@gluon.jit\ndef _prefetch_rows_l2(")
-    helper = source[start:source.index("@gluon.jit\n", start + 1)]
+    start = _VK_SOURCE.index("@gluon.jit\ndef _prefetch_rows_l2(")
+    helper = _VK_SOURCE[start:_VK_SOURCE.index("@gluon.jit\n", start + 1)]
     return (helper.replace("def _prefetch_rows_l2(", f"def {name}(").replace(_PREFETCH_ROW, instruction)
             .replace("{ .reg .pred p;", "{ .reg .pred p; .reg .b64 pol;"))
 
@@ -1132,12 +1132,9 @@ VK_TILE_VARIANTS["vk_tile_prefetch_rows_by_warp"] = [
 # forty-fifth session). `_after_state`: once the tile's own state has landed; `_at_end`: after the
 # rows are stored, where that load has long returned. Either asks L2 for the later tile about a
 # program's lifetime later than now, still 8 x SMs tiles ahead.
-_VK_PREFETCH_BLOCK = """    if PREFETCH_AHEAD > 0:  # noqa: SIM102 (a constexpr test: the runtime one exists only with it)
-        if (ahead < num_tiles) & (ahead_slot < num_slots):
-            _prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh
-                              + ((ahead % NV) * BV).to(gl.int64) * s_sv, s_sv, BV,
-                              K * (state_desc.dtype.primitive_bitwidth // 8), WARPS)
-"""
+# the shipped kernel's prefetch, from its constexpr test to the line before the exponent
+_VK_PREFETCH_BLOCK = _VK_SOURCE[_VK_SOURCE.index("    if PREFETCH_AHEAD > 0:  # noqa: SIM102"):
+                                _VK_SOURCE.index("    decay = gl.exp(g)\n")]
 VK_TILE_VARIANTS["vk_tile_prefetch_after_state"] = [
     (_VK_PREFETCH_BLOCK, ""),
     ("    mbarrier.wait(state_bar, state_phase)\n", "    mbarrier.wait(state_bar, state_phase)\n" + _VK_PREFETCH_BLOCK),
