@@ -163,8 +163,10 @@ def test_a_stale_snapshot_is_corrected_row_by_row(layout, state_dtype):
 @pytest.mark.parametrize(("layout", "state_dtype"), LAYOUTS, ids=LAYOUT_IDS)
 def test_slots_written_by_the_previous_kernel_under_pdl(layout, state_dtype):
     """The previous kernel lets the decode's launches start, holds 2 ms, then writes the slots: the
-    one-program rank reads them before that write (asserted from the order it stored), and the
-    tiles must still update the slots written."""
+    one-program rank reads them before that write (seen from the order it stored), and the tiles
+    must still update the slots written. PDL lets the rank start early but does not promise it
+    (with other processes' kernels on the GPU it may not), so the step is taken until one stale read
+    is seen, each result checked against the reference."""
     import gdn_ops.triton_decode as launcher
 
     B = 160
@@ -183,10 +185,16 @@ def test_slots_written_by_the_previous_kernel_under_pdl(layout, state_dtype):
         _write_slots_late[(1,)](after, inp.indices, B, hold_ns, BLOCK=1024)
         return run_triton(inp, config)
 
+    def stale_rows() -> int:
+        inp = build(case, "cuda")  # the slots as written
+        sorted_slots, rows = orders[-1].long()
+        return int((sorted_slots != torch.where(inp.indices >= 0, inp.indices, -1)[rows]).sum())
+
     with mock.patch.object(launcher, "snapshot_slot_order", snapshot_kept):
         step(build(case, "cuda"), 0)  # compiles every kernel of the step first
-        check(build(case, "cuda"), lambda inp: step(inp, 2_000_000))
-    inp = build(case, "cuda")
-    sorted_slots, rows = orders[-1].long()
-    stale = sorted_slots != torch.where(inp.indices >= 0, inp.indices, -1)[rows]
-    assert int(stale.sum()) > B // 2, "the rank read the slots after the previous kernel wrote them"
+        for _ in range(5):
+            check(build(case, "cuda"), lambda inp: step(inp, 2_000_000))
+            if stale_rows() > B // 2:
+                break
+        else:
+            pytest.fail("in 5 steps the rank never read the slots before the previous kernel wrote them")
