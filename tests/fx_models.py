@@ -23,6 +23,7 @@ RECURRENT = "recurrent_gated_delta_rule_update"
 STATE_ARG = {FUSED: 9, RECURRENT: 5}
 L2NORM_ARG = {FUSED: 12, RECURRENT: 8}
 LAYOUT_ARG = {FUSED: 13, RECURRENT: 9}
+QK_ARGS = {FUSED: (5, 6), RECURRENT: (0, 1)}
 
 # compiled vs eager: the fused kernel keeps the gates in fp32 where the unfused PyTorch code may
 # round them to the activation dtype, so half-precision cases get half-precision tolerances.
@@ -189,6 +190,16 @@ def assert_state_written_only_by(code: str, op: str, expected_calls: int) -> lis
         others = [line for line in lines_touching(code, state) if f"gdn_ops.{op}" not in line]
         assert not others, f"the state {state} is also touched by:\n" + "\n".join(others)
     return calls
+
+
+def assert_qk_read_in_place(code: str) -> None:
+    """Every decode call reads q and k as graph inputs (or views of them), not as buffers the
+    compiled code fills first: a rewrite that hands an op other q and k must leave Inductor no
+    record of the old ones' layout to copy the new ones into."""
+    for op, positions in QK_ARGS.items():
+        for args in op_calls(code, op):
+            for i in positions:
+                assert re.fullmatch(r"(reinterpret_tensor\()?arg\d+_\d+\b.*", args[i]), f"{op} reads {args[i]}:\n{code}"
 
 
 def assert_close(actual, expected, dtype) -> None:

@@ -9,6 +9,7 @@ from fx_models import (
     FUSED,
     RECURRENT,
     assert_close,
+    assert_qk_read_in_place,
     assert_state_written_only_by,
     decode_inputs,
     op_calls,
@@ -45,6 +46,7 @@ def test_repeated_key_heads_fold_into_either_op(dtype):
     assert counts == {"key_heads": 2 * key_heads_module.REWRITE.EXPECTED_MATCHES}
     for op in (RECURRENT, FUSED):
         assert_state_written_only_by(code, op, expected_calls=1)
+    assert_qk_read_in_place(code)
     assert_close(actual, expected, dtype)
     for name in ("pool", "pool2"):
         assert_close(comp[name], eager[name], dtype)

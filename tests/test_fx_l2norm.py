@@ -10,6 +10,7 @@ from fx_models import (
     L2NORM_ARG,
     RECURRENT,
     assert_close,
+    assert_qk_read_in_place,
     assert_state_written_only_by,
     decode_inputs,
     l2norm_div,
@@ -53,6 +54,27 @@ def test_pytorch_l2norm_folds_into_either_op(norm, dtype):
     assert_close(actual, expected, dtype)
     for name in ("pool", "pool2"):
         assert_close(comp[name], eager[name], dtype)
+
+
+def test_the_op_reads_q_and_k_where_they_are():
+    """q and k as slices of one projection, as a model lays them out (rows of 2K): once the norm is
+    folded the op reads them in place, not copies in the layout of the normed tensors it read before."""
+    inputs = decode_inputs(dtype=torch.float32)
+    with torch.no_grad():
+        g, beta = gdn_ops.gdn_gating_reference(inputs["A_log"], inputs["a"], inputs["dt_bias"], inputs["b"])
+    inputs = {"qk": torch.cat([inputs["q"], inputs["k"]], dim=-1), "v": inputs["v"], "pool": inputs["pool"],
+              "idx": inputs["idx"], "g": g, "beta": beta}
+
+    def layer(qk, v, pool, idx, g, beta):
+        K = qk.shape[-1] // 2
+        return gdn_ops.recurrent_gated_delta_rule_update(l2norm_rsqrt(qk[..., :K]), l2norm_rsqrt(qk[..., K:]), v, g,
+                                                         beta, pool, idx)
+
+    actual, expected, comp, eager, code, counts = run_both(layer, inputs)
+    assert counts == {"qk_l2norm": 1}
+    assert_qk_read_in_place(code)
+    assert_close(actual, expected, torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)
 
 
 def test_norms_the_kernel_does_not_compute_are_left_alone():

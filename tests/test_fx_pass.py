@@ -119,7 +119,8 @@ def test_compile_options_recipe_logs_each_rewrite_and_counts(clean_config, caplo
             inductor_config.patch(force_disable_caches=True):
         out = compiled(**inputs)
         expected = gated_decode(**eager)
-    assert fx_passes.last_counts() == {"hf_recurrence": 0, "qk_l2norm": 1, "gating": 1, "key_heads": 0}
+    assert fx_passes.last_counts() == {"hf_recurrence": 0, "qk_l2norm": 1, "gating": 1, "key_heads": 0,
+                                      "slot_order": 0}
     assert fx_passes.total_counts() == {"qk_l2norm": 1, "gating": 1}
     assert dict(torch._dynamo.utils.counters["gdn_ops"]) == {"qk_l2norm": 1, "gating": 1}
     messages = [r.getMessage() for r in caplog.records if r.name == fx_passes.LOGGER_NAME and r.levelno == logging.INFO]

@@ -6,6 +6,9 @@
 3. :mod:`.torch_gating_into_recurrent_op` folds PyTorch gating into the fused op.
 4. :mod:`.repeated_key_heads_into_decode_op` hands either op q and k's own key heads where PyTorch
    repeated them to the value heads.
+5. :mod:`.shared_slot_order` computes one slot order for the decode calls that share their slot
+   indices, where the launcher would sort their rows given it (last: the rewrites before it
+   replace op calls).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from fx_passes.patterns import (
     hf_torch_recurrent_gated_delta_rule,
     repeated_key_heads_into_decode_op,
+    shared_slot_order,
     torch_gating_into_recurrent_op,
     torch_l2norm_into_decode_op,
 )
@@ -23,6 +27,7 @@ REWRITES: tuple[Rewrite, ...] = (
     torch_l2norm_into_decode_op.REWRITE,
     torch_gating_into_recurrent_op.REWRITE,
     repeated_key_heads_into_decode_op.REWRITE,
+    shared_slot_order.REWRITE,
 )
 
 __all__ = ["REWRITES", "Rewrite"]

@@ -160,6 +160,18 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def set_decode_kwargs(node: torch.fx.Node, **changes: Any) -> None:
+    """Change arguments of a functionalized decode-op call, and with them the eager-mode values
+    Inductor keeps beside them (``meta["eager_input_vals"]``). Inductor holds a custom op's inputs
+    to those values' strides and traces the call's decomposition from them, so a stale entry
+    would copy a new input into the old one's layout, or bring the old argument back."""
+    node.kwargs = {**node.kwargs, **changes}
+    eager = node.meta.get("eager_input_vals")
+    if eager is not None:
+        args, kwargs = eager
+        node.meta["eager_input_vals"] = (args, {**kwargs, **{name: val(v) for name, v in changes.items()}})
+
+
 def swap_decode_op(node: torch.fx.Node, op: Any, kwargs: dict[str, Any]) -> torch.fx.Node:
     """Replace a functionalized decode-op call by one of ``op`` with ``kwargs``, same wrapper.
 

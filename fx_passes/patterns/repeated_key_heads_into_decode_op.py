@@ -30,6 +30,7 @@ from fx_passes.patterns._common import (
     mutation_regions,
     same_region,
     same_shape,
+    set_decode_kwargs,
     val,
 )
 
@@ -94,7 +95,7 @@ class RepeatedKeyHeadsIntoDecodeOp(Rewrite):
             if not same_region(regions, [node, *q_nodes, *k_nodes]):
                 log.debug("key_heads: left %s alone: a mutation lies between the repeat and the op", node.name)
                 continue
-            node.kwargs = {**node.kwargs, "q": xq, "k": xk}
+            set_decode_kwargs(node, q=xq, k=xk)
             log.info("key_heads: %s reads q and k's %d key heads, not their %d-fold repeat", node.name,
                      val(xq).shape[2], gq)
             count += 1

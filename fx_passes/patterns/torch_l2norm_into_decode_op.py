@@ -31,6 +31,7 @@ from fx_passes.patterns._common import (
     mutation_regions,
     same_region,
     same_shape,
+    set_decode_kwargs,
     strip_casts,
     strip_upcast,
     val,
@@ -104,7 +105,7 @@ class TorchL2NormIntoDecodeOp(Rewrite):
             if why is not None:
                 log.debug("qk_l2norm: left %s alone: %s", node.name, why)
                 continue
-            node.kwargs = {**node.kwargs, "q": found[0][0], "k": found[1][0], "use_qk_l2norm_in_kernel": True}
+            set_decode_kwargs(node, q=found[0][0], k=found[1][0], use_qk_l2norm_in_kernel=True)
             log.info("qk_l2norm: folded the q/k L2 norm into %s (use_qk_l2norm_in_kernel=True)", node.name)
             count += 1
         return count
