@@ -29,6 +29,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import torch._inductor.config as inductor_config
 import triton
 
 import fx_passes
@@ -71,18 +72,21 @@ def compiled_step_graph(layout: str, inputs: dict, shared_order: bool, expected:
     """The step compiled with the pass (the rewrite kept from applying where ``shared_order`` is
     False), checked against the eager step from the same pools, then captured in a CUDA graph at
     once: dynamo keys its cache by the step's code, which both variants share. Returns the graph and
-    the rewrite counts."""
+    the pass's counts (``fx_passes.last_counts``)."""
     torch._dynamo.reset()
     fx_passes.reset_counts()
     compiled = torch.compile(make_step(layout), options=fx_passes.inductor_options())
     keep_off = mock.patch.object(shared_slot_order, "sorts_given_order", lambda node: False)
-    with keep_off if not shared_order else contextlib.nullcontext(), torch.no_grad():
+    # no FX graph cache: a hit would serve the other variant's code without running the pass
+    with keep_off if not shared_order else contextlib.nullcontext(), torch.no_grad(), \
+            inductor_config.patch(force_disable_caches=True):
         out = compiled(inputs["layers"], inputs["idx"])
+        counts = fx_passes.last_counts()
+        assert counts, "the pass did not run"
         for got, want in zip(out, expected):
             torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
         for x, want in zip(inputs["layers"], expected_pools):
             torch.testing.assert_close(x["pool"].float(), want.float(), atol=3e-2, rtol=3e-2)
-        counts = fx_passes.total_counts()
         graph = capture_graph([lambda: compiled(inputs["layers"], inputs["idx"])])
     return graph, counts
 
