@@ -76,7 +76,7 @@ def compiled_step_graph(layout: str, inputs: dict, shared_order: bool, expected:
     torch._dynamo.reset()
     fx_passes.reset_counts()
     compiled = torch.compile(make_step(layout), options=fx_passes.inductor_options())
-    keep_off = mock.patch.object(shared_slot_order, "sorts_given_order", lambda node: False)
+    keep_off = mock.patch.object(shared_slot_order, "ranks_its_own_slots", lambda node: False)
     # no FX graph cache: a hit would serve the other variant's code without running the pass
     with keep_off if not shared_order else contextlib.nullcontext(), torch.no_grad(), \
             inductor_config.patch(force_disable_caches=True):

@@ -1,5 +1,5 @@
 """Rewrite ``slot_order``: decode calls that share their slot indices take one ``gdn_ops.slot_order``
-of them, where the launcher would sort their rows given it."""
+of them, where the launcher would otherwise rank the slots in each call."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ SLOT_ORDER_CALL = "torch.ops.gdn_ops.slot_order.default("
 
 @pytest.fixture
 def every_call_sorts(monkeypatch):
-    """The launcher's table says yes for every call (off the GPU it says no to all)."""
-    monkeypatch.setattr(shared_slot_order, "sorts_given_order", lambda node: True)
+    """The launcher's table says every call ranks its own slots (off the GPU it says none does)."""
+    monkeypatch.setattr(shared_slot_order, "ranks_its_own_slots", lambda node: True)
 
 
 def _with_gates(inputs):
@@ -63,7 +63,7 @@ def test_calls_sharing_their_slots_take_one_order(every_call_sorts, layout):
 
 
 def test_left_alone_where_no_call_would_sort():
-    """As the launcher's table decides here: off the GPU, and on it at this B * HV (12), nothing sorts."""
+    """As the launcher's table decides here: off the GPU, and on it at this B * HV (12), no call sorts."""
     inputs = _with_gates(decode_inputs(B=3, dtype=torch.bfloat16))
     actual, expected, comp, eager, code, counts = run_both(three_layers, inputs)
     assert counts == {}
@@ -114,17 +114,19 @@ def test_an_order_of_the_same_slots_already_in_the_graph_is_used(every_call_sort
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["vk", "kv"])
 def test_on_the_gpu_the_launchers_table_decides_and_the_sorted_step_is_right(layout):
-    """Qwen3-Next-sized heads at B*HV 1024 with an fp32 pool: sorted given the order on the H200
-    (the launcher's table), so both calls take one order, and the step matches eager PyTorch."""
+    """Qwen3-Next's TP=1 heads at B*HV 4096 with an fp32 pool, where the H200's launcher sorts the
+    rows with no order given (a rank kernel a call): both calls take one order, and the step matches
+    eager PyTorch."""
     from gdn_ops.triton_decode import gpu_name
     from gdn_ops.triton_slot_order import sorts_rows
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    B, HV = 64, 16
-    if not sorts_rows(gpu_name(torch.device("cuda", torch.cuda.current_device())), layout, 4, B * HV, True, HV):
-        pytest.skip(f"{torch.cuda.get_device_name()} does not sort these rows given the order")
-    inputs = _with_gates(decode_inputs(B=B, HK=8, HV=HV, K=128, V=128, dtype=torch.bfloat16, layout=layout, slots=80))
+    B, HV = 128, 32
+    if not sorts_rows(gpu_name(torch.device("cuda", torch.cuda.current_device())), layout, 4, B * HV, False, HV):
+        pytest.skip(f"{torch.cuda.get_device_name()} does not sort these rows with no order given")
+    inputs = _with_gates(decode_inputs(B=B, HK=16, HV=HV, K=128, V=128, dtype=torch.bfloat16, layout=layout,
+                                       slots=B + 9))
     del inputs["pool3"]
 
     def step(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2):

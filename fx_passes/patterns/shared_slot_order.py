@@ -8,10 +8,13 @@ session). Given ``initial_state_order`` it launches none, and sorts from smaller
 rewrite inserts ``gdn_ops.slot_order(indices)`` once, before the first call that reads those
 indices, and hands it to every such call, the way the op's documentation asks an engine to.
 
-Only where it pays on the GPU the graph is compiled for: two or more of the calls must be ones
-the launcher would sort given the order (its own table, ``sorts_rows``, for their B * HV, state
-dtype and layout). Elsewhere the order would be a kernel no call reads, so graphs on the CPU,
-on GPUs without a slot-order rule, with a batch size unknown at compile time, or of small
+Only where it saves kernels on the GPU the graph is compiled for: two or more of the calls must
+be ones the launcher sorts with no order given (its own table, ``sorts_rows``, for their B * HV,
+state dtype and layout), each of which would launch a rank kernel of its own. Where only a given
+order would make the calls sort (the launcher's given-order table starts at smaller grids), the
+rewrite would add a kernel a step for a gain per call that eight layers did not show (H200, bf16
+vk B*HV 1024: level within 0.5 us a step; NOTES.md, forty-sixth session), so it does not. Graphs on
+the CPU, on GPUs without a slot-order rule, with a batch size unknown at compile time, or of small
 batches are left alone. Calls that already have an order keep it; a ``slot_order`` of the same
 indices already in the graph before the calls is used rather than a second one.
 """
@@ -43,10 +46,10 @@ def _state(node: torch.fx.Node) -> torch.Tensor | None:
     return val(node.kwargs.get("initial_state_source"))
 
 
-def sorts_given_order(node: torch.fx.Node) -> bool:
-    """Whether the launcher takes this call's rows in slot order when handed the order: the
-    launcher's table for this GPU, B * HV, the pool's element size and layout. False where B or HV
-    is not known at compile time, or off the GPU."""
+def ranks_its_own_slots(node: torch.fx.Node) -> bool:
+    """Whether the launcher, given no order, takes this call's rows in slot order, ranking the
+    slots by a kernel of its own: the launcher's table for this GPU, B * HV, the pool's element size
+    and layout. False where B or HV is not known at compile time, or off the GPU."""
     from gdn_ops.triton_decode import gpu_name
     from gdn_ops.triton_slot_order import sorts_rows
 
@@ -56,7 +59,7 @@ def sorts_given_order(node: torch.fx.Node) -> bool:
     B, HV = q.shape[0], v.shape[2]
     if not (isinstance(B, int) and isinstance(HV, int)):
         return False
-    return sorts_rows(gpu_name(q.device), node.kwargs["state_layout"], state.element_size(), B * HV, True, HV)
+    return sorts_rows(gpu_name(q.device), node.kwargs["state_layout"], state.element_size(), B * HV, False, HV)
 
 
 def _existing_order(indices: torch.fx.Node, before: torch.fx.Node) -> torch.fx.Node | None:
@@ -90,8 +93,8 @@ class SharedSlotOrder(Rewrite):
         regions = None
         count = 0
         for indices, calls in groups.items():
-            sorting = sum(sorts_given_order(call) for call in calls)
-            if sorting < 2:
+            ranking = sum(ranks_its_own_slots(call) for call in calls)
+            if ranking < 2:
                 continue
             calls.sort(key=position.__getitem__)
             regions = regions if regions is not None else mutation_regions(graph)
@@ -108,8 +111,8 @@ class SharedSlotOrder(Rewrite):
                     order.meta["val"] = SLOT_ORDER_OP(fake)
             for call in calls:
                 set_decode_kwargs(call, initial_state_order=order)
-            log.info("slot_order: %d decode calls on %s take one slot order (%d would sort given it)",
-                     len(calls), indices.name, sorting)
+            log.info("slot_order: %d decode calls on %s take one slot order (%d would rank the slots themselves)",
+                     len(calls), indices.name, ranking)
             count += len(calls)
         return count
 
