@@ -140,3 +140,31 @@ def test_on_the_gpu_the_launchers_table_decides_and_the_sorted_step_is_right(lay
     assert code.count(SLOT_ORDER_CALL) == 1
     assert_close(actual, expected, torch.bfloat16)
     _check_pools(comp, eager, torch.bfloat16, names=("pool", "pool2"))
+
+
+def test_a_batch_unknown_at_compile_time_is_left_alone(monkeypatch):
+    """With a dynamic batch dimension B * HV is a symbol, so the launcher's table cannot say whether
+    a call ranks its slots: the rewrite stays out, even where the table would say yes to any size."""
+    import gdn_ops.triton_slot_order as slot_order_module
+
+    monkeypatch.setattr(slot_order_module, "sorts_rows", lambda *args: True)
+    inputs = _with_gates(decode_inputs(B=5, dtype=torch.float32, slots=9))
+    for name in ("q", "k", "v", "a", "b", "idx", "g", "beta"):
+        torch._dynamo.mark_dynamic(inputs[name], 0)
+    actual, expected, comp, eager, code, counts = run_both(three_layers, inputs)
+    assert counts == {}
+    assert SLOT_ORDER_CALL not in code
+    assert_close(actual, expected, torch.float32)
+    _check_pools(comp, eager, torch.float32)
+
+
+def test_with_a_static_batch_the_same_table_answer_makes_the_rewrite(monkeypatch):
+    """The counterpart of the test above: the same table answer and a static batch."""
+    import gdn_ops.triton_slot_order as slot_order_module
+
+    monkeypatch.setattr(slot_order_module, "sorts_rows", lambda *args: True)
+    inputs = _with_gates(decode_inputs(B=5, dtype=torch.float32, slots=9))
+    actual, expected, comp, eager, code, counts = run_both(three_layers, inputs)
+    assert counts == {"slot_order": 3}
+    assert code.count(SLOT_ORDER_CALL) == 1
+    assert_close(actual, expected, torch.float32)
