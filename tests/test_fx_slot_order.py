@@ -168,3 +168,4 @@ def test_with_a_static_batch_the_same_table_answer_makes_the_rewrite(monkeypatch
     assert counts == {"slot_order": 3}
     assert code.count(SLOT_ORDER_CALL) == 1
     assert_close(actual, expected, torch.float32)
+    _check_pools(comp, eager, torch.float32)
