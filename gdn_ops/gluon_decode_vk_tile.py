@@ -253,8 +253,8 @@ def _decode_vk_tile_kernel(
 # t16:2:16:18:8, and the tests' plain configuration).
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
-# One warp on the same 4 KB, 24 programs per SM (an 80-register cap), from the rule's
-# ``two_byte_large_from``. On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
+# One warp on the same 4 KB, 24 programs per SM (an 80-register cap): every 2-byte pool the rule
+# gives this kernel (the name is from when it took large grids only). On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
 # tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first
 # session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
 # replaced (128 rows, 4 warps, 6 per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and
@@ -313,16 +313,15 @@ RANK_IN_PROGRAM_MAX_ROWS = 32
 class VkTileRule(NamedTuple):
     """From which B*HV a GPU picks this kernel: a 2-byte pool with its rows in their batch order
     (``two_byte_from``) and in slot order (``two_byte_sorted_from``), a 4-byte pool wherever its
-    rows are sorted and from ``four_byte_from`` in batch order too. Large grids take their pool's
-    prefetching tile from ``two_byte_large_from`` or ``four_byte_large_from``, whatever their heads
-    a row. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes them in slot order, each
+    rows are sorted and from ``four_byte_from`` in batch order too. A 2-byte pool takes the one-warp
+    prefetching tile; a 4-byte pool its prefetching tile from ``four_byte_large_from``, whatever its
+    heads a row. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes them in slot order, each
     program ranking them itself (``rank_in_program``). From ``evict_last_from`` the updated rows are
     stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
-    two_byte_large_from: int
     four_byte_large_from: int
     evict_last_from: int
     four_byte_ranked_rows: int = 0
@@ -341,8 +340,7 @@ class VkTileRule(NamedTuple):
 # in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
 # the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
 VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    two_byte_large_from=1024, four_byte_large_from=2048,
-                                    evict_last_from=4096, four_byte_ranked_rows=32)}
+                                    four_byte_large_from=2048, evict_last_from=4096, four_byte_ranked_rows=32)}
 
 
 @functools.cache
@@ -358,8 +356,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     (a vk state, T == 1, q, k, v and pool all TMA-addressable): a 2-byte pool from the rule's B*HV
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
     slot order or from the rule's ``four_byte_from``, with few enough rows in slot order ranked in
-    the program; large grids take their pool's prefetching tile; either with
-    its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise. Metadata
+    the program; a 2-byte pool takes the one-warp prefetching tile, a 4-byte one its prefetching
+    tile on large grids; either with its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise. Metadata
     only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
@@ -370,8 +368,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         return None
     if state.element_size() == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
-        large = rows_x_heads >= rule.two_byte_large_from
-        config = None if rows_x_heads < start else VK_2B_TILE_LARGE_CONFIG if large else VK_2B_TILE_CONFIG
+        config = None if rows_x_heads < start else VK_2B_TILE_LARGE_CONFIG
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
         config = VK_4B_TILE_LARGE_CONFIG if rows_x_heads >= rule.four_byte_large_from else VK_4B_TILE_CONFIG
         if q.shape[0] <= rule.four_byte_ranked_rows:

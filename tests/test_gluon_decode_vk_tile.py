@@ -153,8 +153,8 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
         ({"state_dtype": torch.float32, "B": -1}, False),
         # at most the rule's ranked rows (H200: 32): in slot order, ranked by the programs themselves
         ({"state_dtype": torch.float32, "B": "ranked"}, True),
-        # each pool's large-grid tile from its own threshold (H200: fp32 2048, 2-byte 4096), at 32
-        # heads a row and at 8 (TP=4: an fp32 pool sorted from 1024 by itself)
+        # an fp32 pool's large-grid tile from its threshold (H200: 2048), and a 2-byte pool's one tile
+        # there too, at 32 heads a row and at 8 (TP=4: an fp32 pool sorted from 1024 by itself)
         ({"state_dtype": torch.float32, "B": "large-from"}, True),
         ({"state_dtype": torch.float32, "HK": 4}, True),
         ({"state_dtype": torch.float32, "HK": 4, "B": "large-from"}, True),
@@ -171,8 +171,9 @@ def test_rows_ranked_in_the_program_take_any_slots_and_padding(B, data):
 )
 def test_default_kernel_choice_and_result(changes, tile):
     """From the GPU's B*HV threshold a 2-byte vk state takes this kernel, whatever the activations'
-    dtype (from a lower one when the caller gives the slot order), and a 4-byte one from its own
-    threshold, each pool's large-grid tile from its own B*HV whatever the heads a row, but only when
+    dtype (from a lower one when the caller gives the slot order), always as the one-warp tile, and
+    a 4-byte one from its own threshold, its large-grid tile from its own B*HV whatever the heads a
+    row, but only when
     TMA can address every operand (with the rows in slot order where ``sorts_rows`` says, for the
     case's heads a row); every case matches the reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
@@ -181,7 +182,7 @@ def test_default_kernel_choice_and_result(changes, tile):
     gpu = torch.cuda.get_device_name()
     state_dtype = changes.get("state_dtype", torch.bfloat16)
     start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
-    large_from = rule.two_byte_large_from if state_dtype.itemsize == 2 else rule.four_byte_large_from
+    large_from = rule.four_byte_large_from
     heads = changes.get("HK", 16) * 2  # HV
     B = {-1: start // heads - 1, "large": 4 * start // heads + 2, "given-order": rule.two_byte_sorted_from // heads + 1,
          "below-given-order": rule.two_byte_sorted_from // heads - 1,
@@ -199,7 +200,7 @@ def test_default_kernel_choice_and_result(changes, tile):
     if tile:
         sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * heads, given_order, heads)
         large = B * heads >= large_from
-        shipped = ((VK_2B_TILE_LARGE_CONFIG if large else VK_2B_TILE_CONFIG) if case.state_dtype != torch.float32
+        shipped = (VK_2B_TILE_LARGE_CONFIG if case.state_dtype != torch.float32
                    else VK_4B_TILE_LARGE_CONFIG if large else VK_4B_TILE_CONFIG)
         eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
         ranked = case.state_dtype == torch.float32 and B <= rule.four_byte_ranked_rows
