@@ -16,9 +16,10 @@ or for one compile::
 What it rewrites (see :mod:`fx_passes.patterns`): transformers' plain-PyTorch Qwen3-Next /
 Qwen3.5 decode step, PyTorch q/k L2 norms in front of a decode op, PyTorch gating in front of
 ``recurrent_gated_delta_rule_update``, q/k key heads repeated in PyTorch in front of a decode op,
-and one slot order for the decode calls that share their slot indices. Counters: :func:`last_counts`, :func:`total_counts`
-(also mirrored in ``torch._dynamo.utils.counters["gdn_ops"]``); one INFO log line per rewrite on
-the logger ``"gdn_ops.fx_passes"``.
+and one slot order for the decode calls that share their slot indices. Counters:
+:func:`last_counts`, :func:`total_counts` (also mirrored in
+``torch._dynamo.utils.counters["gdn_ops"]``); one INFO log line per rewrite on the logger
+``"gdn_ops.fx_passes"``.
 """
 
 from __future__ import annotations

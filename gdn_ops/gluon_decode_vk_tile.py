@@ -254,11 +254,11 @@ def _decode_vk_tile_kernel(
 VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
 # One warp on the same 4 KB, 24 programs per SM (an 80-register cap): every 2-byte pool the rule
-# gives this kernel (the name is from when it took large grids only). On the H200 (results/h200/tune_vk_bf16_onewarp_f947d67.json,
-# tune_vk_bf16_onewarp2_56118ca.json, tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first
-# session) this geometry ran 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it
-# replaced (128 rows, 4 warps, 6 per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and
-# 8 KB tiles slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton 3.7
+# gives this kernel (the name is from when it took large grids only). On the H200
+# (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
+# tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first session) this geometry ran
+# 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6
+# per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton 3.7
 # spills 16 bytes at this cap.
 # Each program prefetches into L2 the rows of the tile 8 x SMs further on (prefetch_ahead; as the
 # fp32 tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given the
@@ -357,8 +357,8 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     (a smaller one where the decode takes its rows in slot order, ``sorted_rows``), a 4-byte one in
     slot order or from the rule's ``four_byte_from``, with few enough rows in slot order ranked in
     the program; a 2-byte pool takes the one-warp prefetching tile, a 4-byte one its prefetching
-    tile on large grids; either with its rows stored evict-last from the rule's ``evict_last_from``; ``None`` otherwise. Metadata
-    only."""
+    tile on large grids; either with its rows stored evict-last from the rule's
+    ``evict_last_from``; ``None`` otherwise. Metadata only."""
     # an fp16 pool and fp32 activations gain here as bf16 does (tune_vk_tile_fp16_h200.json,
     # tune_vk_tile_act32_h200.json)
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):

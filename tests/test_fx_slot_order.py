@@ -22,7 +22,8 @@ def every_call_sorts(monkeypatch):
 def _with_gates(inputs):
     with torch.no_grad():
         g, beta = gdn_ops.gdn_gating_reference(inputs["A_log"], inputs["a"], inputs["dt_bias"], inputs["b"])
-    return {**inputs, "g": g, "beta": beta, "pool2": inputs["pool"].clone() + 0.5, "pool3": inputs["pool"].clone() - 0.5}
+    pools = {"pool2": inputs["pool"].clone() + 0.5, "pool3": inputs["pool"].clone() - 0.5}
+    return {**inputs, "g": g, "beta": beta, **pools}
 
 
 def three_layers(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2, pool3):

@@ -7,8 +7,8 @@
 4. :mod:`.repeated_key_heads_into_decode_op` hands either op q and k's own key heads where PyTorch
    repeated them to the value heads.
 5. :mod:`.shared_slot_order` computes one slot order for the decode calls that share their slot
-   indices, where the launcher would sort their rows given it (last: the rewrites before it
-   replace op calls).
+   indices, where each would otherwise rank the slots itself (last: the rewrites before it replace
+   op calls).
 """
 
 from __future__ import annotations
