@@ -258,8 +258,9 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
 # tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first session) this geometry ran
 # 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6
-# per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower. Compiled by Triton 3.6 (the version measured) it does not spill; Triton 3.7
-# spills 16 bytes at this cap.
+# per SM); 20, 28 and 32 per SM ran within 0.6 of 24, 8-row steps and 8 KB tiles slower.
+# Compiled by Triton 3.6 (the version measured) it does not spill; Triton 3.7 spills 16 bytes at
+# this cap.
 # Each program prefetches into L2 the rows of the tile 8 x SMs further on (prefetch_ahead; as the
 # fp32 tile below): at TP=4 B=1024 +0.3..+0.5 points of copy bandwidth, sorting and given the
 # order, seeds 0 and 1 (results/h200/pd4_bf16vk1024_*_60eac00.json; NOTES.md, forty-third session);
