@@ -867,6 +867,7 @@ KV_TILE_VARIANTS["kv_tile_timeline"] = _timeline_patches(
      "(*args, rows if rows is not None else state, tail_desc, whole_tiles, _timeline(grid, state.device),\n"),
     "        mbarrier.init(bars.index(j), count=1)\n", "    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
     "        mbarrier.invalidate(bars.index(j))\n", "launch_decode_kv_tile")
+
 # The same records of the vk tile kernel's one-warp programs (NOTES.md, twenty-fifth session).
 VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
     ("s_sb, s_sh, s_sv, rows_ptr, batch_indices_ptr,\n", "s_sb, s_sh, s_sv, rows_ptr, batch_indices_ptr, timeline_ptr,\n"),
@@ -875,6 +876,28 @@ VK_TILE_VARIANTS["vk_tile_timeline"] = _timeline_patches(
       "        _timeline(num_tiles, state.device),\n")),
     "    mbarrier.init(bar, count=1)\n", "    # with SORTED_ROWS, indices_ptr holds", "    mbarrier.invalidate(bar)\n",
     "launch_decode_vk_tile")
+
+
+def _kv_tile_stagger(step_ns: int) -> list[tuple[str, str]]:
+    """The kv tile's first wave started in steps: within an SM the six programs of a launch start
+    together and then run in lockstep (forty-sixth session, call 2); here the r-th program of an SM
+    (program id // SMs) spins until ``r * step_ns`` after its PDL wait returned, so that the SM's
+    programs start, end and are replaced at staggered times. A test of whether the lockstep costs
+    the body, for the H200 (6 programs an SM, 132 SMs)."""
+    return [("    pid = gl.program_id(0)\n    if TAIL_SPLIT == 1",
+             ("    pid = gl.program_id(0)\n"
+              "    if pid < 6 * 132:\n"
+              f"        now = {_CLOCK}\n"
+              f"        until = now + (pid // 132).to(gl.int64) * {step_ns}\n"
+              "        while now < until:\n"
+              f"            now = {_CLOCK}\n"
+              "    if TAIL_SPLIT == 1"))]
+
+
+KV_TILE_VARIANTS["kv_tile_stagger1000"] = _kv_tile_stagger(1000)
+KV_TILE_VARIANTS["kv_tile_stagger2000"] = _kv_tile_stagger(2000)
+# the same with the timeline's records (benchmarks/timeline_kv.py --variant), to see the lockstep go
+KV_TILE_VARIANTS["kv_tile_stagger2000_timeline"] = KV_TILE_VARIANTS["kv_tile_timeline"] + _kv_tile_stagger(2000)
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
 # barriers, the tail's pieces one a program, to halve the slots' turnovers; kv_tile_two_tiles_strided:
