@@ -14,7 +14,7 @@ SLOT_ORDER_CALL = "torch.ops.gdn_ops.slot_order.default("
 
 
 @pytest.fixture
-def every_call_sorts(monkeypatch):
+def every_call_ranks(monkeypatch):
     """The launcher's table says every call ranks its own slots (off the GPU it says none does)."""
     monkeypatch.setattr(shared_slot_order, "ranks_its_own_slots", lambda node: True)
 
@@ -44,7 +44,7 @@ def _check_pools(comp, eager, dtype, names=("pool", "pool2", "pool3")):
 
 
 @pytest.mark.parametrize("layout", ["vk", "kv"])
-def test_calls_sharing_their_slots_take_one_order(every_call_sorts, layout):
+def test_calls_sharing_their_slots_take_one_order(every_call_ranks, layout):
     inputs = _with_gates(decode_inputs(B=5, dtype=torch.float32, layout=layout, slots=9))
 
     def step(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2, pool3):
@@ -73,7 +73,7 @@ def test_left_alone_where_no_call_would_sort():
     _check_pools(comp, eager, torch.bfloat16)
 
 
-def test_a_call_alone_on_its_slots_and_a_call_with_its_own_order_are_left_as_they_are(every_call_sorts):
+def test_a_call_alone_on_its_slots_and_a_call_with_its_own_order_are_left_as_they_are(every_call_ranks):
     """Two calls on one set of slots share an order; a third on other slots keeps ranking its own, and
     a fourth given an order by the caller keeps that one."""
     inputs = _with_gates(decode_inputs(B=4, dtype=torch.float32, slots=9))
@@ -95,7 +95,7 @@ def test_a_call_alone_on_its_slots_and_a_call_with_its_own_order_are_left_as_the
     _check_pools(comp, eager, torch.float32)
 
 
-def test_an_order_of_the_same_slots_already_in_the_graph_is_used(every_call_sorts):
+def test_an_order_of_the_same_slots_already_in_the_graph_is_used(every_call_ranks):
     inputs = _with_gates(decode_inputs(B=4, dtype=torch.float32, slots=9))
 
     def step(q, k, v, a, b, A_log, dt_bias, pool, idx, g, beta, pool2, pool3):
