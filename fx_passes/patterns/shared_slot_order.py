@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from fx_passes.counters import log
 from fx_passes.patterns._common import (
@@ -104,9 +105,12 @@ class SharedSlotOrder(Rewrite):
             first = calls[0]
             order = _existing_order(indices, first)
             if order is None:
+                fake = val(indices)
+                if not isinstance(fake, FakeTensor):  # e.g. a constant: nothing to trace the order's value from
+                    log.debug("slot_order: left the calls on %s alone: no fake value for the indices", indices.name)
+                    continue
                 with graph.inserting_before(first):
                     order = graph.call_function(SLOT_ORDER_OP, (indices,))
-                fake = val(indices)
                 with fake.fake_mode:
                     order.meta["val"] = SLOT_ORDER_OP(fake)
             for call in calls:
