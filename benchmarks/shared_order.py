@@ -34,30 +34,19 @@ import triton
 
 import fx_passes
 import gdn_ops
+from benchmarks.providers import Config, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.timing import capture_graph, time_graphs_interleaved
 from fx_passes.patterns import shared_slot_order
 
 
-def layer_inputs(layers: int, B: int, HK: int, HV: int, state_dtype: torch.dtype, layout: str, seed: int) -> dict:
-    """One step's inputs: per layer q, k, v, a, b, A_log, dt_bias and a pool of 2B slots; the B slots
-    (a random subset, in a random order) shared by every layer."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    K = V = HEAD_DIM
-
-    def rnd(*shape, dtype=torch.bfloat16, scale=1.0):
-        return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(dtype)
-
-    slots = 2 * B
-    per_layer = []
-    for _ in range(layers):
-        per_layer.append({
-            "q": rnd(B, 1, HK, K), "k": rnd(B, 1, HK, K), "v": rnd(B, 1, HV, V),
-            "a": rnd(B, 1, HV), "b": rnd(B, 1, HV), "A_log": rnd(HV, scale=0.5), "dt_bias": rnd(HV, scale=0.5),
-            "pool": rnd(slots, HV, *((V, K) if layout == "vk" else (K, V)), dtype=state_dtype, scale=0.1),
-        })
-    idx = torch.randperm(slots, generator=gen, device="cuda")[:B].to(torch.int32)
-    return {"layers": per_layer, "idx": idx}
+def layer_inputs(layers: int, cfg: Config, seed: int, device: str = "cuda") -> dict:
+    """One step's inputs: each layer a problem of its own (``benchmarks.providers.make_problem``:
+    inputs and a pool of B slots), every layer addressing its pool through the first one's shuffled
+    slots."""
+    torch.manual_seed(seed)
+    problems = [make_problem(cfg, device) for _ in range(layers)]
+    return {"layers": [{**p.inputs, "pool": p.pool} for p in problems], "idx": problems[0].indices}
 
 
 def make_step(layout: str):
@@ -105,8 +94,8 @@ def main() -> None:
     args = parser.parse_args()
 
     HK, HV = GEOMETRY[args.tp]
-    state_dtype = DTYPES[args.state_dtype]
-    inputs = layer_inputs(args.layers, args.batch, HK, HV, state_dtype, args.layout, args.seed)
+    cfg = Config(args.tp, HK, HV, HEAD_DIM, HEAD_DIM, args.batch, DTYPES[args.state_dtype], args.layout)
+    inputs = layer_inputs(args.layers, cfg, args.seed)
     step = make_step(args.layout)
     pristine = [x["pool"].clone() for x in inputs["layers"]]
 

@@ -242,7 +242,8 @@ def _decode_vk_tile_kernel(
 
 
 # Two warps on 16 value rows (4 KB of a 2-byte state) in one step, 16 bytes a lane, 18 programs per
-# SM (a 56-register cap, no spills). Two-warp programs had lost to one warp while every program
+# SM (a 56-register cap, no spills); ``VK_2B_TILE_CONFIG`` in NOTES.md up to the forty-sixth
+# session. Two-warp programs had lost to one warp while every program
 # waited for its state and q, k, v together; with the state on a barrier of its own and 18 programs
 # an SM they lead. On the H200, against the one-warp tile below (the shipped one before; NOTES.md,
 # fortieth session, results/h200/w2_*_1c2b670.json, g_*_76d4a1f.json), seeds 0 and 1, sorting /
@@ -251,10 +252,11 @@ def _decode_vk_tile_kernel(
 # and unsorted +0.4..+1.0 over the per-tile Triton kernel at 1024. The one-warp tile below, with
 # its L2 prefetch, leads it at every B*HV measured, so no H200 rule picks it now (a tune spec,
 # t16:2:16:18:8, and the tests' plain configuration).
-VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
+VK_2B_TILE_TWO_WARP_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm=18, vec=8)
 
 # One warp on the same 4 KB, 24 programs per SM (an 80-register cap): every 2-byte pool the rule
-# gives this kernel (the name is from when it took large grids only). On the H200
+# gives this kernel (``VK_2B_TILE_LARGE_CONFIG`` in NOTES.md's forty-fourth and forty-fifth
+# sessions, when it took large grids only). On the H200
 # (results/h200/tune_vk_bf16_onewarp_f947d67.json, tune_vk_bf16_onewarp2_56118ca.json,
 # tune_vk_bf16_onewarp_tp4_56118ca.json; NOTES.md, twenty-first session) this geometry ran
 # 1.4-3.0 points of copy bandwidth ahead of the whole-head tile it replaced (128 rows, 4 warps, 6
@@ -273,7 +275,7 @@ VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=2, rows=16, programs_per_sm
 # run, on two machines, seeds 0-3, batch order / sorting / given the order (results/h200/
 # n1_tp*_3adf0c0.json, n1b_tp*_a07df9f.json; forty-fifth session): B*HV 1024 +1.4..+2.6 / - /
 # +0.6..+2.6, 2048-3072 - / -0.14..+0.7 / +0.45..+1.0, at 16 and 32 heads a row (TP=4 and TP=1).
-VK_2B_TILE_LARGE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
+VK_2B_TILE_CONFIG = GluonTileConfig(BV=16, num_warps=1, rows=16, programs_per_sm=24, vec=8, prefetch_ahead=8)
 
 # An fp32 pool: two warps of 4 rows on 8 value rows (4 KB, the per-tile Triton kernel's tile),
 # 16 bytes a lane, 16 programs per SM (a 64-register cap, no spills). On the H200
@@ -369,7 +371,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
         return None
     if state.element_size() == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
-        config = None if rows_x_heads < start else VK_2B_TILE_LARGE_CONFIG
+        config = None if rows_x_heads < start else VK_2B_TILE_CONFIG
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
         config = VK_4B_TILE_LARGE_CONFIG if rows_x_heads >= rule.four_byte_large_from else VK_4B_TILE_CONFIG
         if q.shape[0] <= rule.four_byte_ranked_rows:

@@ -438,12 +438,12 @@ def test_explicit_tma_configurations_are_checked_for_their_kernel_and_the_gpu(la
     configuration with, before any launch."""
     from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
-    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_TWO_WARP_CONFIG
     from gdn_ops.triton_decode import tma_config_reason
     from gdn_ops.triton_decode_tma import KV_2B_CONFIG
 
-    config = {"vk-tile": VK_2B_TILE_CONFIG, "kv-tile": KV_2B_TILE_CONFIG, "gluon": KV_2B_GLUON_CONFIG,
-              "persistent": KV_2B_CONFIG, "vk-tile-narrow": VK_2B_TILE_CONFIG._replace(BV=4)}[config_name]
+    config = {"vk-tile": VK_2B_TILE_TWO_WARP_CONFIG, "kv-tile": KV_2B_TILE_CONFIG, "gluon": KV_2B_GLUON_CONFIG,
+              "persistent": KV_2B_CONFIG, "vk-tile-narrow": VK_2B_TILE_TWO_WARP_CONFIG._replace(BV=4)}[config_name]
     case = DecodeCase(B=3, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=torch.bfloat16,
                       pool_guard=0)
     inp = build(case, "cpu")

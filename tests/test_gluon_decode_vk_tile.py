@@ -33,7 +33,7 @@ from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     RANK_IN_PROGRAM_MAX_ROWS,
     VK_2B_TILE_CONFIG,
-    VK_2B_TILE_LARGE_CONFIG,
+    VK_2B_TILE_TWO_WARP_CONFIG,
     VK_4B_TILE_CONFIG,
     VK_4B_TILE_LARGE_CONFIG,
     lanes_along_values,
@@ -47,10 +47,10 @@ SMALL_CASE = DecodeCase(B=3, T=1, HK=2, group=2, K=32, V=64, state_layout="vk", 
                         padding_rows=(1,), spare_slots=3, slot_pad=8, pool_guard=64, out_given=True)
 SMALL_CONFIGS = {"whole-rows": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=4, vec=8),
                  "half-rows": GluonTileConfig(BV=32, num_warps=1, rows=8, programs_per_sm=4, vec=8)}
-MODEL_CONFIGS = {"shipped": VK_2B_TILE_CONFIG,
-                 "shipped-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
-                 "shipped-evict-last": VK_2B_TILE_CONFIG._replace(store_eviction="evict_last"),
-                 "large-evict-last": VK_2B_TILE_LARGE_CONFIG._replace(sort_rows=True, store_eviction="evict_last"),
+MODEL_CONFIGS = {"shipped": VK_2B_TILE_TWO_WARP_CONFIG,
+                 "shipped-sorted": VK_2B_TILE_TWO_WARP_CONFIG._replace(sort_rows=True),
+                 "shipped-evict-last": VK_2B_TILE_TWO_WARP_CONFIG._replace(store_eviction="evict_last"),
+                 "large-evict-last": VK_2B_TILE_CONFIG._replace(sort_rows=True, store_eviction="evict_last"),
                  "whole-head": GluonTileConfig(BV=128, num_warps=4, rows=16, programs_per_sm=6, vec=8),
                  "half-head": GluonTileConfig(BV=64, num_warps=2, rows=16, programs_per_sm=12, vec=8),
                  "head-rows8": GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8),
@@ -112,7 +112,7 @@ def test_rows_ranked_in_the_program_match_reference(B, variant):
                       padding_rows=tuple(sorted({0, B // 2, B - 1})) if B > 2 else (), spare_slots=7, slot_pad=8,
                       pool_guard=64, out_given=True, seed=B)
     case = dataclasses.replace(case, **changes)
-    shipped = VK_2B_TILE_CONFIG if case.state_dtype == torch.bfloat16 else VK_4B_TILE_CONFIG
+    shipped = VK_2B_TILE_TWO_WARP_CONFIG if case.state_dtype == torch.bfloat16 else VK_4B_TILE_CONFIG
     with mock.patch.object(launcher, "slot_order", side_effect=AssertionError("the rank kernel ran")):
         check_launch(case, shipped._replace(sort_rows=True, rank_in_program=True))
 
@@ -200,7 +200,7 @@ def test_default_kernel_choice_and_result(changes, tile):
     if tile:
         sort_rows = sorts_rows(gpu, "vk", case.state_dtype.itemsize, B * heads, given_order, heads)
         large = B * heads >= large_from
-        shipped = (VK_2B_TILE_LARGE_CONFIG if case.state_dtype != torch.float32
+        shipped = (VK_2B_TILE_CONFIG if case.state_dtype != torch.float32
                    else VK_4B_TILE_LARGE_CONFIG if large else VK_4B_TILE_CONFIG)
         eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
         ranked = case.state_dtype == torch.float32 and B <= rule.four_byte_ranked_rows
@@ -296,13 +296,13 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
     lane_vectors = config.BV * K // (config.vec * 32 * config.num_warps)
     assert stores == f"{lane_vectors} 0 {int(config.prefetch_ahead > 0)}"
     # the one-warp 2-byte tile was measured with Triton 3.6, which fits it in its 80 registers;
-    # Triton 3.7 spills 16 bytes there (gluon_decode_vk_tile.VK_2B_TILE_LARGE_CONFIG)
+    # Triton 3.7 spills 16 bytes there (gluon_decode_vk_tile.VK_2B_TILE_CONFIG)
     newer_triton = tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7)
-    one_warp = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_LARGE_CONFIG
+    one_warp = config._replace(sort_rows=False, store_eviction="") == VK_2B_TILE_CONFIG
     assert_no_spills(report, at_most=16 if newer_triton and one_warp else 0)
 
 
-@pytest.mark.parametrize(("config", "state"), [(VK_2B_TILE_CONFIG, "bf16"), (VK_4B_TILE_CONFIG, "fp32")],
+@pytest.mark.parametrize(("config", "state"), [(VK_2B_TILE_TWO_WARP_CONFIG, "bf16"), (VK_4B_TILE_CONFIG, "fp32")],
                          ids=["bf16", "fp32"])
 def test_rows_ranked_in_the_program_compile_without_spills(config, state):
     """Ranking the rows in the program (``rank_in_program``, up to 32 rows here) fits the shipped
@@ -316,8 +316,8 @@ def test_rows_ranked_in_the_program_compile_without_spills(config, state):
     assert_no_spills(report)
 
 
-@pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_CONFIG, "bf16", 8),
-                                                           (VK_2B_TILE_LARGE_CONFIG, "bf16", 8),
+@pytest.mark.parametrize(("config", "state", "slot_pad"), [(VK_2B_TILE_TWO_WARP_CONFIG, "bf16", 8),
+                                                           (VK_2B_TILE_CONFIG, "bf16", 8),
                                                            (VK_4B_TILE_CONFIG, "fp32", 4),
                                                            (VK_4B_TILE_LARGE_CONFIG, "fp32", 4)],
                          ids=["bf16", "bf16-large", "fp32", "fp32-large"])

@@ -116,16 +116,16 @@ def test_tma_kernel_reads_wait_for_the_kernel_before(target, kernel):
     and the tiles that take the rows in slot order (a sort kernel between the writer and the decode)."""
     from gdn_ops import gluon_decode_kv as gluon
     from gdn_ops import gluon_decode_kv_tile as tile
-    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_TWO_WARP_CONFIG
     from gdn_ops.triton_decode import DecodeConfig
     from gdn_ops.triton_decode_tma import KV_2B_CONFIG
 
     config = {"triton": KV_2B_CONFIG, "gluon-small": gluon.KV_2B_GLUON_CONFIG,
               "gluon-large": gluon.KV_2B_GLUON_LARGE_CONFIG, "gluon-tile": tile.KV_2B_TILE_CONFIG,
               "gluon-tile-small": tile.KV_2B_TILE_SMALL_CONFIG,
-              "gluon-vk-tile": VK_2B_TILE_CONFIG,
+              "gluon-vk-tile": VK_2B_TILE_TWO_WARP_CONFIG,
               "gluon-tile-sorted": tile.KV_2B_TILE_CONFIG._replace(sort_rows=True),
-              "gluon-vk-tile-sorted": VK_2B_TILE_CONFIG._replace(sort_rows=True),
+              "gluon-vk-tile-sorted": VK_2B_TILE_TWO_WARP_CONFIG._replace(sort_rows=True),
               "vk-tile-sorted": DecodeConfig(BV=8, BK=128, num_warps=1, sort_rows=True)}[kernel]
     layout = "vk" if "vk" in kernel else "kv"
     launched = run_after_slow_writer(1024 // HV, layout, target, launch=functools.partial(launch_decode, config=config),

@@ -26,7 +26,7 @@ from gdn_ops.gluon_decode_kv_tile import (
     GluonTileConfig,
     snapshot_order_reason,
 )
-from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG, VK_4B_TILE_CONFIG
+from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_TWO_WARP_CONFIG, VK_4B_TILE_CONFIG
 from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS, snapshot_slot_order
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,7 +82,7 @@ def compiled_report(layout: str, config: GluonTileConfig, state: str) -> str:
 
 
 @pytest.mark.parametrize(("layout", "config", "state"), [
-    ("vk", VK_4B_TILE_CONFIG, "fp32"), ("vk", VK_2B_TILE_CONFIG._replace(store_eviction="evict_last"), "bf16"),
+    ("vk", VK_4B_TILE_CONFIG, "fp32"), ("vk", VK_2B_TILE_TWO_WARP_CONFIG._replace(store_eviction="evict_last"), "bf16"),
     ("kv", KV_4B_TILE_CONFIG._replace(parts=8, tail_split=4, tail_per_sm=1), "fp32"), ("kv", KV_2B_TILE_CONFIG, "bf16"),
 ], ids=["vk-fp32", "vk-bf16", "kv-fp32-parts-tail", "kv-bf16"])
 def test_checking_tiles_compile_without_spills(layout, config, state):
@@ -104,7 +104,7 @@ def _case(layout: str, state_dtype: torch.dtype, B: int, **changes) -> DecodeCas
 
 
 def _snapshot_config(layout: str, state_dtype: torch.dtype):
-    shipped = {("vk", 4): VK_4B_TILE_CONFIG, ("vk", 2): VK_2B_TILE_CONFIG, ("kv", 4): KV_4B_TILE_CONFIG,
+    shipped = {("vk", 4): VK_4B_TILE_CONFIG, ("vk", 2): VK_2B_TILE_TWO_WARP_CONFIG, ("kv", 4): KV_4B_TILE_CONFIG,
                ("kv", 2): KV_2B_TILE_CONFIG}[layout, state_dtype.itemsize]
     return shipped._replace(sort_rows=True, snapshot_order=True)
 

@@ -145,9 +145,9 @@ def compiled_variant_shared_memory(name: str) -> int:
     from tile_kernel_checks import compile_recorded_launch
 
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
-    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_TWO_WARP_CONFIG
 
-    layout, config = ("vk", VK_2B_TILE_CONFIG) if name in VK_TILE_VARIANTS else ("kv", KV_2B_TILE_CONFIG)
+    layout, config = ("vk", VK_2B_TILE_TWO_WARP_CONFIG) if name in VK_TILE_VARIANTS else ("kv", KV_2B_TILE_CONFIG)
     return compile_recorded_launch(load_variant(name), f"_decode_{layout}_tile_kernel", f"launch_decode_{layout}_tile",
                                    layout, config).metadata.shared
 

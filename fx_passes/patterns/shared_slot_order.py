@@ -63,16 +63,11 @@ def ranks_its_own_slots(node: torch.fx.Node) -> bool:
     return sorts_rows(gpu_name(q.device), node.kwargs["state_layout"], state.element_size(), B * HV, False, HV)
 
 
-def _existing_order(indices: torch.fx.Node, before: torch.fx.Node) -> torch.fx.Node | None:
-    """A ``slot_order(indices)`` node that comes before ``before`` in the graph, if there is one."""
-    for user in indices.users:
-        if user.op == "call_function" and user.target is SLOT_ORDER_OP and user.args == (indices,):
-            node = user
-            while node is not None and node is not before:
-                node = node.next
-            if node is before:
-                return user
-    return None
+def _existing_order(indices: torch.fx.Node, before: torch.fx.Node, position: dict) -> torch.fx.Node | None:
+    """A ``slot_order(indices)`` node that comes before ``before`` in the graph (``position``: each
+    node's place), if there is one."""
+    return next((user for user in indices.users if user.op == "call_function" and user.target is SLOT_ORDER_OP
+                 and user.args == (indices,) and position[user] < position[before]), None)
 
 
 class SharedSlotOrder(Rewrite):
@@ -103,7 +98,7 @@ class SharedSlotOrder(Rewrite):
                 log.debug("slot_order: left the calls on %s alone: a mutation lies between them", indices.name)
                 continue
             first = calls[0]
-            order = _existing_order(indices, first)
+            order = _existing_order(indices, first, position)
             if order is None:
                 fake = val(indices)
                 if not isinstance(fake, FakeTensor):  # e.g. a constant: nothing to trace the order's value from
