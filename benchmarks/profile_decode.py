@@ -9,6 +9,9 @@ profiled launch, so it sees the cold-L2 case the benchmark times. ``--no-pdl`` l
 programmatic dependent launch. ``--stream 1:c1024`` launches ``benchmarks.probe_stream``'s register
 stream of that spec on the same pool instead (no arithmetic), to profile beside the decode. Off a
 GPU it runs on the CPU (Triton's interpreter), which only checks that the launches run.
+``--pools 3`` gives each launch the next of three pools (and inputs), as the benchmark's rotation
+does, so that under ``--cache-control none`` the profiled launch inherits another pool's dirty L2
+lines rather than its own state.
 ``--tile 16:1:sort`` profiles a tile of the per-tile Triton kernel (``benchmarks.tune_decode``'s
 tile syntax), and ``--variant`` takes that kernel's VARIANTS too, at the given tile or the table's.
 ``--spec s8:1:sort`` launches the split-K kv prototype (``benchmarks.kv_split``), ``--spec
@@ -50,6 +53,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layout", choices=("vk", "kv"), default="vk")
     ap.add_argument("--tp", type=int, choices=sorted(GEOMETRY), default=1)
     ap.add_argument("--launches", type=int, default=3)
+    ap.add_argument("--pools", type=int, default=1, help="launches rotate through this many pools")
     ap.add_argument("--no-pdl", action="store_true")
     ap.add_argument("--spec", help="a TMA-kernel configuration in benchmarks.tune_tma's spec syntax (64:4:3:4, g64:4:2:4, "
                                    "t128:4:8:6:8), or the split-K or cluster kv prototype's (s8:1:sort, c2:128:4:8:8:sort)")
@@ -61,9 +65,10 @@ def main(argv=None) -> None:
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
-    p = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")
-    x = p.inputs
-    config = default_config(x["q"], x["k"], x["v"], p.pool, cfg.layout)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    problems = [make_problem(cfg, device) for _ in range(max(1, args.pools))]
+    x = problems[0].inputs
+    config = default_config(x["q"], x["k"], x["v"], problems[0].pool, cfg.layout)
     launch = None
     if args.spec:
         config = parse_spec(args.spec)
@@ -87,13 +92,14 @@ def main(argv=None) -> None:
     provider = launcher_provider("gdn_ops", launch, config, pdl=False if args.no_pdl else None)
     if args.stream:
         provider = reg_stream(args.stream)
-    step = provider.make(cfg, p.pool, p.indices, p.inputs)
-    for _ in range(args.launches):
-        step()
+    steps = [provider.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
+    for i in range(args.launches):
+        steps[i % len(steps)]()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     what = provider.name if args.stream else " ".join(filter(None, [args.variant, str(config)]))
-    print(f"{cfg.label()}: {args.launches} launches of {what}, {cfg.bytes_per_call() / 1e6:.1f} MB each")
+    print(f"{cfg.label()}: {args.launches} launches of {what} over {len(steps)} pool(s), "
+          f"{cfg.bytes_per_call() / 1e6:.1f} MB each")
 
 
 if __name__ == "__main__":

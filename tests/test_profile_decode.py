@@ -28,6 +28,14 @@ def test_profile_launches_the_decode_or_the_stream(capsys, extra, launched):
 
 
 @needs_interpreter_or_gpu
+def test_profile_rotates_launches_through_pools(capsys):
+    from benchmarks.profile_decode import main
+
+    main(["--batch", "1", "--tp", "4", "--state-dtype", "bf16", "--layout", "kv", "--launches", "3", "--pools", "2"])
+    assert "3 launches of DecodeConfig(BV=" in (out := capsys.readouterr().out) and "over 2 pool(s)" in out
+
+
+@needs_interpreter_or_gpu
 def test_profile_launches_the_split_prototype(capsys):
     from benchmarks.profile_decode import main
 
