@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from benchmarks.variants import (
     ALL_VARIANTS,
+    KV_TILE_STORE_POLICY_VARIANTS,
     KV_TILE_VARIANTS,
     SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
@@ -139,17 +142,39 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
     check(build(case, device), run)
 
 
+def compiled_variant_ptx(name: str) -> str:
+    """The PTX of kv tile variant ``name`` compiled for sm_90 at the shipped bf16 tile with its rows
+    stored evict-last, through the variant's own store policy."""
+    from tile_kernel_checks import compile_recorded_launch
+
+    from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
+
+    module, config = load_variant(name), KV_2B_TILE_CONFIG._replace(store_eviction="evict_last")
+    with module.store_policy(config):
+        return compile_recorded_launch(module, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv",
+                                       config).asm["ptx"]
+
+
 def compiled_variant_shared_memory(name: str) -> int:
     """Shared memory of Gluon tile variant ``name``'s kernel compiled for sm_90 as its own launcher
-    launches it at the shipped bf16 tile (recorded on CPU)."""
+    launches it at the shipped bf16 tile (recorded on CPU); a variant of the kv tile's store policy
+    with its rows stored evict-last, through its own PTX rewrite."""
     from tile_kernel_checks import compile_recorded_launch
 
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
     from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_TWO_WARP_CONFIG
 
-    layout, config = ("vk", VK_2B_TILE_TWO_WARP_CONFIG) if name in VK_TILE_VARIANTS else ("kv", KV_2B_TILE_CONFIG)
-    return compile_recorded_launch(load_variant(name), f"_decode_{layout}_tile_kernel", f"launch_decode_{layout}_tile",
-                                   layout, config).metadata.shared
+    module = load_variant(name)
+    if name in VK_TILE_VARIANTS:
+        layout, config, policy = "vk", VK_2B_TILE_TWO_WARP_CONFIG, contextlib.nullcontext()
+    else:
+        layout, config = "kv", KV_2B_TILE_CONFIG
+        if name in KV_TILE_STORE_POLICY_VARIANTS:
+            config = config._replace(store_eviction="evict_last")
+        policy = module.store_policy(config)
+    with policy:
+        return compile_recorded_launch(module, f"_decode_{layout}_tile_kernel", f"launch_decode_{layout}_tile",
+                                       layout, config).metadata.shared
 
 
 @pytest.mark.parametrize("name", sorted(VK_TILE_VARIANTS | KV_TILE_VARIANTS))
@@ -162,6 +187,23 @@ def test_tile_variant_compiles_for_sm90(name):
     from sm90_compile import run_in_child
 
     assert int(run_in_child("test_variants", f"t.compiled_variant_shared_memory({name!r})")) > 0
+
+
+@pytest.mark.parametrize(("name", "policies", "hinted_loads"), [
+    ("kv_tile_el_fraction25", ["evict_last.b64 %gdn_l2_evict_last, 0.25;"], 0),
+    ("kv_tile_loads_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
+                                   "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1),
+])
+def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads):
+    """The policy variants' binaries carry their L2 policies: stores evict-last on a fraction of the
+    lines, or the state's TMA load (not q's and k's) evict-first beside them."""
+    from sm90_compile import run_in_child
+
+    assert name in KV_TILE_STORE_POLICY_VARIANTS
+    ptx = run_in_child("test_variants", f"t.compiled_variant_ptx({name!r})")
+    assert [line.split("L2::", 1)[1].strip() for line in ptx.splitlines() if "createpolicy" in line] == policies
+    assert ptx.count("mbarrier::complete_tx::bytes.L2::cache_hint") == hinted_loads
+    assert ptx.count("bulk_group.L2::cache_hint") == 1
 
 
 @pytest.mark.parametrize("layout", ["vk", "kv"])
