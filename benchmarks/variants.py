@@ -900,17 +900,16 @@ KV_TILE_VARIANTS["kv_tile_stagger2000"] = _kv_tile_stagger(2000)
 KV_TILE_VARIANTS["kv_tile_stagger2000_timeline"] = KV_TILE_VARIANTS["kv_tile_timeline"] + _kv_tile_stagger(2000)
 
 
-def _kv_tile_store_policy(key: str, rewrite: str) -> list[tuple[str, str]]:
-    """The kv tile's evict-last binary (a spec with ``el``) compiled through ``rewrite``, the body of
-    a function of the PTX ``ptx`` (given ``tma_stores_evict_last``), in place of
+def _kv_tile_store_policy(key: str, body: str) -> list[tuple[str, str]]:
+    """The kv tile's evict-last binary (a spec with ``el``) compiled through a function of the PTX
+    ``ptx`` with ``body`` (which may call ``tma_stores_evict_last`` and ``re``) in place of
     ``tma_stores_evict_last``; ``key`` is added to the kernel's ``STORE_EVICTION`` constexpr, so that
     Triton's cache (keyed without the hook in 3.6) keeps this binary apart from the shipped one.
     A test of the forty-seventh session's reading: the kv tile pays for the dirty lines the
-    previous call's evict-last stores leave in L2 (ncu, call 2) about 3 us where the vk tile pays
-    0.6."""
+    previous call leaves in L2 (ncu, call 2) about 3 us where the vk tile pays 0.6."""
     return [("from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last\n",
              ("from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last\n\n\n"
-              f"def _variant_rewrite(ptx):\n    import re\n\n    return {rewrite}\n")),
+              "def _variant_rewrite(ptx):\n    import re\n\n" + textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    "))),
             ('return ptx_rewrite("_decode_kv_tile_kernel", tma_stores_evict_last)',
              'return ptx_rewrite("_decode_kv_tile_kernel", _variant_rewrite)'),
             ("STORE_EVICTION=config.store_eviction, **kwargs)",
@@ -922,19 +921,24 @@ KV_TILE_STORE_POLICY_VARIANTS: set[str] = set()
 # Only a fraction of the stored lines evict-last (createpolicy.fractional's fraction; the rest
 # evict-normal): fewer dirty lines held into the next call, and less of what evict-last gained
 for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_store_policy(
-        f"@{_percent}", f"tma_stores_evict_last(ptx).replace('L2::evict_last.b64 %gdn_l2_evict_last, 1.0;', "
-                        f"'L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};')")
+    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_store_policy(f"@{_percent}", f"""
+        return tma_stores_evict_last(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
+                                                  "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
+        """)
     KV_TILE_STORE_POLICY_VARIANTS.add(f"kv_tile_el_fraction{_percent}")
 # The state's TMA loads (5-d: the pool; q and k are 3-d) evict-first as well: a line read is dead
-# once in shared memory (the update rewrites it whole), so L2 may drop it before any dirty line
-KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy(
-    "@loads_ef",
-    "re.sub(r'(cp\\.async\\.bulk\\.tensor\\.5d\\.shared::cta\\.global\\.mbarrier::complete_tx::bytes) ([^;]*);', "
-    "r'\\1.L2::cache_hint \\2, %gdn_l2_evict_first;', tma_stores_evict_last(ptx)).replace("
-    "'createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;', "
-    "'createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;\\n\\t.reg .b64 %gdn_l2_evict_first;"
-    "\\n\\tcreatepolicy.fractional.L2::evict_first.b64 %gdn_l2_evict_first, 1.0;')")
+# once in shared memory (the update rewrites it whole), so L2 may drop it before any dirty line.
+# (Triton 3.6 writes these loads to shared::cluster, 3.7 to shared::cta; the forty-seventh
+# session's call 3 measured 3.6's binary before the pattern took both, so without the hint.)
+KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy("@loads_ef", r"""
+    ptx, loads = re.subn(r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) ([^;]*);",
+                         r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", tma_stores_evict_last(ptx))
+    if not loads:
+        raise ValueError("kv_tile_loads_evict_first: no TMA load of the state in the PTX")
+    policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"
+    return ptx.replace(policy, policy + "\n\t.reg .b64 %gdn_l2_evict_first;"
+                       "\n\tcreatepolicy.fractional.L2::evict_first.b64 %gdn_l2_evict_first, 1.0;")
+    """)
 KV_TILE_STORE_POLICY_VARIANTS.add("kv_tile_loads_evict_first")
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
