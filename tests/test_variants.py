@@ -189,21 +189,24 @@ def test_tile_variant_compiles_for_sm90(name):
     assert int(run_in_child("test_variants", f"t.compiled_variant_shared_memory({name!r})")) > 0
 
 
-@pytest.mark.parametrize(("name", "policies", "hinted_loads"), [
-    ("kv_tile_el_fraction25", ["evict_last.b64 %gdn_l2_evict_last, 0.25;"], 0),
+@pytest.mark.parametrize(("name", "policies", "hinted_loads", "hinted_stores"), [
+    ("kv_tile_el_fraction25", ["evict_last.b64 %gdn_l2_evict_last, 0.25;"], 0, 1),
     ("kv_tile_loads_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
-                                   "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1),
+                                   "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1, 1),
+    ("kv_tile_loads_evict_last", ["evict_last.b64 %gdn_l2_evict_last, 1.0;"], 1, 1),
+    ("kv_tile_loads_evict_last_stores_plain", ["evict_last.b64 %gdn_l2_evict_last, 1.0;"], 1, 0),
 ])
-def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads):
+def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads, hinted_stores):
     """The policy variants' binaries carry their L2 policies: stores evict-last on a fraction of the
-    lines, or the state's TMA load (not q's and k's) evict-first beside them."""
+    lines, or the state's TMA load (not q's and k's) hinted, the stores with or without their hint."""
     from sm90_compile import run_in_child
 
     assert name in KV_TILE_STORE_POLICY_VARIANTS
     ptx = run_in_child("test_variants", f"t.compiled_variant_ptx({name!r})")
     assert [line.split("L2::", 1)[1].strip() for line in ptx.splitlines() if "createpolicy" in line] == policies
     assert ptx.count("mbarrier::complete_tx::bytes.L2::cache_hint") == hinted_loads
-    assert ptx.count("bulk_group.L2::cache_hint") == 1
+    assert ptx.count("bulk_group.L2::cache_hint") == hinted_stores
+    assert ptx.count("cp.async.bulk.tensor.5d.global.shared::cta.bulk_group") == 1  # the store, either way
 
 
 @pytest.mark.parametrize("layout", ["vk", "kv"])
