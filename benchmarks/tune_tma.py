@@ -4,10 +4,11 @@
 
 Each spec is ``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (prefetch_gates 0 or 1, default 1),
 ``gBV:warps:buffers:programs_per_sm[:vec]`` for the persistent Gluon kernel (gdn_ops/gluon_decode_kv.py),
-or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:sort|rank|snap]`` for the Gluon kernel of
+or ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:lel][:sort|rank|snap]`` for the Gluon kernel of
 one program per tile (gdn_ops/gluon_decode_kv_tile.py, or gluon_decode_vk_tile.py on a vk pool;
 ``pPARTS``: the kv tile's state in that many TMA copies; ``tailSxT``: the kv tile grid's last T whole
-tiles per SM cut S ways; ``el``: the vk tile's rows stored evict-last in L2; ``sort``: the rows in
+tiles per SM cut S ways; ``el``: the tile's rows stored evict-last in L2; ``lel``: the kv tile's state loaded
+evict-last in L2; ``sort``: the rows in
 slot order; ``rank``: in slot order, the vk tile's programs ranking them without the rank kernel;
 ``snap``: in slot order ranked in one program from one read of the slots, each tile checking its slot), or ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` for the split-K kv prototype
 (benchmarks/kv_split.py: PARTS programs a head, the last rewriting it DEPTH parts at a time, under a
@@ -77,7 +78,7 @@ from gdn_ops.triton_decode_tma import PersistentConfig
 
 def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig | KvSplitConfig | KvClusterConfig:
     """``BV:warps:stages:programs_per_sm[:prefetch_gates]`` (Triton), ``gBV:warps:buffers:programs_per_sm[:vec]``
-    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:pfAHEAD][:sort|rank|snap]`` (Gluon,
+    (persistent Gluon), ``tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:lel][:pfAHEAD][:sort|rank|snap]`` (Gluon,
     one program per tile), ``sPARTS:warps[:dDEPTH][:rMAXNREG][:hHEADS][:wait[:pollload|once][:skipX][:ringN]][:sort]`` (the split-K kv prototype,
     ``benchmarks/kv_split.py``) or ``cCTAS:BV:warps:rows:programs_per_sm[:vec][:pPARTS][:skipsums][:scatter]
     [:sort]`` (the cluster kv prototype, ``benchmarks/kv_cluster.py``)."""
@@ -122,17 +123,17 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
     options = {}
     while kind == "t" and fields and not fields[-1].isdigit():
         word = fields.pop()
-        name = (word if word in ("sort", "rank", "snap", "el") else "tail" if word.startswith("tail")
+        name = (word if word in ("sort", "rank", "snap", "el", "lel") else "tail" if word.startswith("tail")
                 else "pf" if word.startswith("pf") else word[:1])
         options[name] = word[len(name):]
     tail = options.get("tail", "1x0").split("x")
     if (len(fields) not in (4, 5) or not all(f.isdigit() for f in fields)
-            or not set(options) <= {"sort", "rank", "snap", "p", "tail", "el", "pf"}
+            or not set(options) <= {"sort", "rank", "snap", "p", "tail", "el", "lel", "pf"}
             or not options.get("p", "1").isdigit() or not options.get("pf", "0").isdigit()
             or len(tail) != 2 or not all(t.isdigit() for t in tail)):
         raise ValueError(f"spec {spec!r}: expected BV:warps:stages:programs_per_sm[:prefetch_gates], "
                          "gBV:warps:buffers:programs_per_sm[:vec] or "
-                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:pfAHEAD][:sort|rank|snap], in integers")
+                         "tBV:warps:rows:programs_per_sm[:vec][:pPARTS][:tailSxT][:el][:lel][:pfAHEAD][:sort|rank|snap], in integers")
     values = list(map(int, fields))
     if kind == "g":
         return GluonKVConfig(*values)
@@ -141,6 +142,7 @@ def parse_spec(spec: str) -> PersistentConfig | GluonKVConfig | GluonTileConfig 
                                rank_in_program="rank" in options, snapshot_order="snap" in options, parts=int(options.get("p", 1)),
                                tail_split=int(tail[0]), tail_per_sm=int(tail[1]),
                                store_eviction="evict_last" if "el" in options else "",
+                               load_eviction="evict_last" if "lel" in options else "",
                                prefetch_ahead=int(options.get("pf", 0)))
     return PersistentConfig(*values[:4], *(bool(v) for v in values[4:]))
 

@@ -907,11 +907,10 @@ def _kv_tile_store_policy(key: str, body: str) -> list[tuple[str, str]]:
     Triton's cache (keyed without the hook in 3.6) keeps this binary apart from the shipped one.
     A test of the forty-seventh session's reading: the kv tile pays for the dirty lines the
     previous call leaves in L2 (ncu, call 2) about 3 us where the vk tile pays 0.6."""
-    return [("from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last\n",
-             ("from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last\n\n\n"
+    return [("    tma_stores_evict_last,\n)\n",
+             ("    tma_stores_evict_last,\n)\n\n\n"
               "def _variant_rewrite(ptx):\n    import re\n\n" + textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    "))),
-            ('return ptx_rewrite("_decode_kv_tile_kernel", tma_stores_evict_last)',
-             'return ptx_rewrite("_decode_kv_tile_kernel", _variant_rewrite)'),
+            ('("", "evict_last"): tma_stores_evict_last,', '("", "evict_last"): _variant_rewrite,'),
             ("STORE_EVICTION=config.store_eviction, **kwargs)",
              f"STORE_EVICTION=config.store_eviction + {key!r}, **kwargs)")]
 
@@ -926,37 +925,24 @@ for _percent in (25, 50, 75):
                                                   "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
         """)
     KV_TILE_STORE_POLICY_VARIANTS.add(f"kv_tile_el_fraction{_percent}")
-def _kv_tile_load_policy(name: str, load_policy: str, stores: str) -> list[tuple[str, str]]:
-    """The state's TMA loads (5-d: the pool; q and k are 3-d) with a ``load_policy`` L2 hint
-    (``evict_first`` or ``evict_last``), the stores ``evict_last`` (as the spec's ``el``) or
-    ``plain`` (their hint taken off again). Triton 3.6 writes these loads to shared::cluster, 3.7
-    to shared::cta; the forty-seventh session's call 3 measured 3.6's binary before the pattern took
-    both, so without the hint. The rewrite raises where it hints no load."""
-    plain_stores = "" if stores == "evict_last" else r"""
-        ptx = re.sub(r"(bulk_group)\.L2::cache_hint (\[[^;]*\]), %gdn_l2_evict_last;", r"\1 \2;", ptx)"""
-    new_policy = "" if load_policy == "evict_last" else f"""
-        policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"
-        ptx = ptx.replace(policy, policy + "\\n\\t.reg .b64 %gdn_l2_{load_policy};"
-                          "\\n\\tcreatepolicy.fractional.L2::{load_policy}.b64 %gdn_l2_{load_policy}, 1.0;")"""
-    return _kv_tile_store_policy(f"@loads_{load_policy}_{stores}", rf"""
-        ptx = tma_stores_evict_last(ptx){plain_stores}
-        ptx, loads = re.subn(r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) ([^;]*);",
-                             r"\1.L2::cache_hint \2, %gdn_l2_{load_policy};", ptx)
-        if not loads:
-            raise ValueError("{name}: no TMA load of the state in the PTX"){new_policy}
-        return ptx
-        """)
 
 
-# A line read is dead once in shared memory, the update rewriting it whole: evict-first loads let
-# L2 drop it before any dirty line (measured: 4-7 points lost, call 5). Evict-last loads keep it
-# until the program's store meets it, the reading call 5 suggested; with plain stores, the written
-# lines then leave before the read ones.
-for _name, _load, _stores in (("kv_tile_loads_evict_first", "evict_first", "evict_last"),
-                              ("kv_tile_loads_evict_last", "evict_last", "evict_last"),
-                              ("kv_tile_loads_evict_last_stores_plain", "evict_last", "plain")):
-    KV_TILE_VARIANTS[_name] = _kv_tile_load_policy(_name, _load, _stores)
-    KV_TILE_STORE_POLICY_VARIANTS.add(_name)
+# The state's TMA loads (5-d: the pool; q and k are 3-d) evict-first beside the evict-last stores:
+# a line read is dead once in shared memory, the update rewriting it whole, so L2 might drop it
+# before any dirty line. Measured (call 5): 4-7 points lost, and the loads evict-last gained (now
+# GluonTileConfig.load_eviction, tune spec word ``lel``). (Call 3 ran it under Triton 3.6, which
+# writes these loads shared::cluster where 3.7 writes shared::cta, before the pattern took both:
+# unhinted.) The rewrite raises where it hints no load.
+KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy("@loads_evict_first", r"""
+    ptx, loads = re.subn(r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) ([^;]*);",
+                         r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", tma_stores_evict_last(ptx))
+    if not loads:
+        raise ValueError("kv_tile_loads_evict_first: no TMA load of the state in the PTX")
+    policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"
+    return ptx.replace(policy, policy + "\n\t.reg .b64 %gdn_l2_evict_first;"
+                       "\n\tcreatepolicy.fractional.L2::evict_first.b64 %gdn_l2_evict_first, 1.0;")
+    """)
+KV_TILE_STORE_POLICY_VARIANTS.add("kv_tile_loads_evict_first")
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
 # barriers, the tail's pieces one a program, to halve the slots' turnovers; kv_tile_two_tiles_strided:

@@ -6,16 +6,18 @@ buffers. Moving the same bytes with one program per head, many of them resident 
 is that structure with the step in it. Each program:
 
 1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by ``PARTS`` TMA copies of
-   ``K / PARTS`` key rows, issued at once, each on its own barrier;
+   ``K / PARTS`` key rows, issued at once, each on its own barrier; from the rule's
+   ``loads_evict_last_from`` with an evict-last L2 policy, so that the tile's lines are still in
+   L2 when step 5 writes them (Gluon cannot express it: see step 5);
 2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``, each step as soon as its
    part has landed (so the sums start while later parts are still arriving). Every thread
    accumulates only its own elements, and one in-warp reduction at the end finishes both sums;
 3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
    (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
 4. reads the rows again and writes ``d S + k u^T`` back in place;
-5. sends the tile home by TMA stores, one per part; from the rule's ``evict_last_from`` with an
-   evict-last L2 policy, which Gluon cannot express, so the launcher compiles that binary with its
-   PTX rewritten (``gdn_ops.ptx_rewrite``).
+5. sends the tile home by TMA stores, one per part; with ``store_eviction`` (no rule picks it
+   now) with an evict-last L2 policy. Gluon cannot give a TMA copy a policy, so the launcher
+   compiles such a binary with its PTX rewritten (``gdn_ops.ptx_rewrite``).
 
 Only a few rows are in registers at a time, so the register file does not limit how many
 programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.
@@ -66,7 +68,12 @@ from gdn_ops.gluon_decode_kv import (
     lanes_along_keys,
     shared_memory_reason,
 )
-from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last
+from gdn_ops.ptx_rewrite import (
+    ptx_rewrite,
+    tma_state_loads_and_stores_evict_last,
+    tma_state_loads_evict_last,
+    tma_stores_evict_last,
+)
 from gdn_ops.triton_decode_tma import sm90_gpu_rule, sm_count, unsupported_reason
 from gdn_ops.triton_gating import decode_gates
 from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS
@@ -213,6 +220,7 @@ def _decode_kv_tile_kernel(
     L2_EPS: gl.constexpr, PDL: gl.constexpr, SORTED_ROWS: gl.constexpr, PARTS: gl.constexpr,
     TAIL_SPLIT: gl.constexpr, TAIL_C: gl.constexpr, TAIL_ROWS: gl.constexpr, TAIL_PARTS: gl.constexpr,
     STORE_EVICTION: gl.constexpr,  # not read here: it keys the binary whose PTX the launcher rewrites
+    LOAD_EVICTION: gl.constexpr,  # the same
     CHECK_SLOTS: gl.constexpr,
 ):
     tile_smem = gl.allocate_shared_memory(state_desc.dtype, [1, 1, K, BV // C, C], state_desc.layout)
@@ -288,6 +296,9 @@ class GluonTileConfig(NamedTuple):
     # vk kernel: each program prefetches into L2 the state rows of the tile prefetch_ahead x SMs
     # further on in the grid (0: none)
     prefetch_ahead: int = 0
+    # kv kernel: the L2 eviction policy the state's TMA loads carry, "" or "evict_last" (by the PTX
+    # rewrite, as store_eviction): a tile's lines then stay in L2 until its program stores them back
+    load_eviction: str = ""
 
     @property
     def maxnreg(self) -> int:
@@ -334,6 +345,7 @@ class TileRule(NamedTuple):
     small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
     fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
     evict_last_from: int | None = None  # the tile stored evict-last in L2 from here (None: never)
+    loads_evict_last_from: int | None = None  # the tile loaded evict-last in L2 from here (None: never)
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -365,8 +377,14 @@ TILE_PARTS = 8
 # The tile's TMA stores with an evict-last L2 policy (results/h200/tune_kv_tma_evict_last_*_b9b0c46.json;
 # NOTES.md, twenty-eighth session), against the same tile, sorting or given the order, two runs: from
 # B*HV 4096 -0.14..+0.78 points of copy bandwidth (21 of 24 pairs gained; bf16 B=512 +0.5-0.8), at
-# 1024 (fp32 B=32, 64 MB of state a call, about the L2) -0.5..-1.1 in all 8: so from 4096, where the
-# vk tile's rows are stored so too.
+# 1024 (fp32 B=32, 64 MB of state a call, about the L2) -0.5..-1.1 in all 8. The rule stored so from
+# 4096 until the state's loads took the policy instead (below).
+# The state's TMA loads evict-last, the stores plain (NOTES.md, forty-seventh session,
+# results/h200/el_*_902c0cb.json): a program stores the lines it read about 11 us before, and with L2
+# full of the previous call's dirty lines a read line left to the normal policy is often gone by then
+# (the loads evict-first lost 4-7 points). Against the stores evict-last, sorting / given the order:
+# bf16 B=128 +1.5 / +1.4, B=256 +2.1 / +2.3 (95.5 / 96.2% of copy); with the stores evict-last as
+# well +0.8..+1.6, so the stores go plain.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
@@ -374,7 +392,7 @@ TILE_PARTS = 8
 TILE_RULES = {
     "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
                      tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),
-                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), evict_last_from=4096),
+                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), loads_evict_last_from=4096),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -418,6 +436,8 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
         config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
     if rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
         config = config._replace(store_eviction="evict_last")
+    if rule.loads_evict_last_from is not None and rows_x_heads >= rule.loads_evict_last_from:
+        config = config._replace(load_eviction="evict_last")
     return config
 
 
@@ -459,6 +479,9 @@ def _tile_reason(K: int, itemsize: int, qk_itemsize: int, config: GluonTileConfi
     if config.store_eviction not in ("", "evict_last"):
         return (f"store_eviction '' or 'evict_last' (the only L2 policy given to this kernel's TMA stores; "
                 f"got {config.store_eviction!r})")
+    if config.load_eviction not in ("", "evict_last"):
+        return (f"load_eviction '' or 'evict_last' (the only L2 policy given to this kernel's TMA loads; "
+                f"got {config.load_eviction!r})")
     if config.tail_split < 1 or config.tail_per_sm < 0 or config.BV % config.tail_split:
         return (f"tail_split={config.tail_split} >= 1 dividing BV={config.BV}, and "
                 f"tail_per_sm={config.tail_per_sm} >= 0")
@@ -507,21 +530,28 @@ def launch_decode_kv_tile(
         softplus_threshold=softplus_threshold, pdl=pdl, l2_eps=l2_eps, state_desc=state_desc)
     tail = tail_tile(config, K, state.element_size()) if grid > whole_tiles else config
     tail_desc = state_desc if tail is config else kv_state_descriptor(state, tail.BV, K // tail.parts)
-    with store_policy(config):
+    with l2_policy(config):
         _decode_kv_tile_kernel[(grid,)](*args, rows if rows is not None else state, tail_desc, whole_tiles,
                                         batch_indices if batch_indices is not None else state,
                                         CHECK_SLOTS=rows is not None and batch_indices is not None,
                                         ROWS=config.rows, SORTED_ROWS=rows is not None, PARTS=config.parts,
                                         TAIL_SPLIT=config.BV // tail.BV, TAIL_ROWS=tail.rows, TAIL_PARTS=tail.parts,
                                         TAIL_C=chunk_columns(tail.BV, state.element_size()),
+                                        LOAD_EVICTION=config.load_eviction,
                                         STORE_EVICTION=config.store_eviction, **kwargs)
     return config
 
 
-def store_policy(config: GluonTileConfig) -> contextlib.AbstractContextManager:
-    """What the kernel is launched (and compiled) inside for ``config``: with
-    ``store_eviction == "evict_last"`` the PTX rewrite that gives its TMA stores that L2 policy
-    (the kernel's ``STORE_EVICTION`` keys that binary apart), otherwise nothing."""
-    if config.store_eviction == "evict_last":
-        return ptx_rewrite("_decode_kv_tile_kernel", tma_stores_evict_last)
-    return contextlib.nullcontext()
+# (load_eviction, store_eviction): the PTX rewrite that gives the kernel's TMA copies those policies
+_L2_REWRITES = {("", "evict_last"): tma_stores_evict_last,
+                ("evict_last", ""): tma_state_loads_evict_last,
+                ("evict_last", "evict_last"): tma_state_loads_and_stores_evict_last}
+
+
+def l2_policy(config: GluonTileConfig) -> contextlib.AbstractContextManager:
+    """What the kernel is launched (and compiled) inside for ``config``: where its state's loads or
+    its stores are evict-last (``load_eviction``, ``store_eviction``), the PTX rewrite that gives its
+    TMA copies that L2 policy (the kernel's ``LOAD_EVICTION`` and ``STORE_EVICTION`` key that
+    binary apart), otherwise nothing."""
+    rewrite = _L2_REWRITES.get((config.load_eviction, config.store_eviction))
+    return contextlib.nullcontext() if rewrite is None else ptx_rewrite("_decode_kv_tile_kernel", rewrite)

@@ -427,6 +427,8 @@ def _vk_config_reason(K: int, itemsize: int, qk_itemsize: int, v_itemsize: int,
         return f"tail_split=1 (this kernel's grid has no tail split; got tail_split={config.tail_split})"
     if config.store_eviction not in ("", "evict_first", "evict_last"):
         return f"store_eviction '', 'evict_first' or 'evict_last' (got {config.store_eviction!r})"
+    if config.load_eviction:
+        return f"load_eviction='' (only the kv kernel's loads take an L2 policy; got {config.load_eviction!r})"
     if config.prefetch_ahead < 0:
         return f"prefetch_ahead >= 0 tiles per SM (got {config.prefetch_ahead})"
     if config.prefetch_ahead and config.BV > 32 * config.num_warps:

@@ -1,10 +1,11 @@
-"""A kernel's PTX rewritten before ptxas, for what Gluon cannot say: an L2 policy on TMA stores.
+"""A kernel's PTX rewritten before ptxas, for what Gluon cannot say: an L2 policy on TMA copies.
 
-Gluon's TMA store (``tma.async_copy_shared_to_global``, Triton 3.6 and 3.7) takes no cache hint,
-but the PTX instruction under it does: ``cp.async.bulk.tensor...bulk_group.L2::cache_hint`` with a
-64-bit policy made by ``createpolicy``. The kv tile kernel stores its rows evict-last from the B*HV
-where that pays (``gluon_decode_kv_tile.TileRule.evict_last_from``; NOTES.md, twenty-eighth
-session), so its launcher compiles that specialisation inside :func:`ptx_rewrite`.
+Gluon's TMA copies (``tma.async_copy_global_to_shared``, ``tma.async_copy_shared_to_global``,
+Triton 3.6 and 3.7) take no cache hint, but the PTX instructions under them do (``.L2::cache_hint``
+with a 64-bit policy made by ``createpolicy``). The kv tile kernel loads its state evict-last from
+the B*HV where that pays (``gluon_decode_kv_tile.TileRule.loads_evict_last_from``; NOTES.md,
+forty-seventh session) and can store its rows so (``store_eviction``; twenty-eighth session), so
+its launcher compiles those specialisations inside :func:`ptx_rewrite`.
 
 The rewrite is installed as Triton's compile-stage hook only while the block runs (so no other
 kernel compiled elsewhere sees it), chained to any hook already there, and touches only the PTX
@@ -24,22 +25,46 @@ import re
 from collections.abc import Callable, Iterator
 
 _TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bulk_group) (\[[^;]*\]);")
+# the kv tile's state copies, its only 5-d TMA loads (q and k are 3-d); Triton 3.6 writes the
+# destination shared::cluster, 3.7 shared::cta
+_TMA_STATE_LOAD = re.compile(
+    r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) (\[[^;]*\]);")
 _L2_POLICY = "%gdn_l2_evict_last"
 
 
-def tma_stores_evict_last(ptx: str) -> str:
-    """``ptx`` (one kernel) with every TMA store carrying an evict-last L2 policy, made once at the
-    kernel's first instruction (after its declarations). Raises ``ValueError`` where the PTX has no
-    TMA store to hint (a Triton whose PTX this does not recognise)."""
-    ptx, stores = _TMA_STORE.subn(rf"\1.L2::cache_hint \2, {_L2_POLICY};", ptx)
-    if not stores:
-        raise ValueError("tma_stores_evict_last: no TMA store (cp.async.bulk.tensor...bulk_group) in the PTX")
+def _hinted(ptx: str, pattern: re.Pattern, what: str) -> str:
+    """``ptx`` (one kernel) with each ``pattern`` instruction carrying the evict-last L2 policy,
+    made once at the kernel's first instruction (after its declarations) unless already made."""
+    ptx, count = pattern.subn(rf"\1.L2::cache_hint \2, {_L2_POLICY};", ptx)
+    if not count:
+        raise ValueError(f"no {what} in the PTX")
+    if f".reg .b64 {_L2_POLICY};" in ptx:
+        return ptx
     body = ptx.index("{", ptx.index(".entry"))
     lines = ptx[body + 1:].split("\n")
     first = next(i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith((".", "//", "$")))
     lines[first:first] = [f"\t.reg .b64 {_L2_POLICY};",
                           f"\tcreatepolicy.fractional.L2::evict_last.b64 {_L2_POLICY}, 1.0;"]
     return ptx[:body + 1] + "\n".join(lines)
+
+
+def tma_stores_evict_last(ptx: str) -> str:
+    """``ptx`` (one kernel) with every TMA store carrying an evict-last L2 policy. Raises
+    ``ValueError`` where the PTX has no TMA store to hint (a Triton whose PTX this does not
+    recognise)."""
+    return _hinted(ptx, _TMA_STORE, "TMA store (cp.async.bulk.tensor...bulk_group)")
+
+
+def tma_state_loads_evict_last(ptx: str) -> str:
+    """``ptx`` (the kv tile kernel) with its state's TMA loads (its 5-d ones) carrying an evict-last
+    L2 policy: a tile's lines then stay in L2 until its program stores them back. Raises
+    ``ValueError`` where the PTX has no such load."""
+    return _hinted(ptx, _TMA_STATE_LOAD, "5-d TMA load (cp.async.bulk.tensor.5d...mbarrier)")
+
+
+def tma_state_loads_and_stores_evict_last(ptx: str) -> str:
+    """Both of the above: the state's TMA loads and every TMA store evict-last."""
+    return tma_stores_evict_last(tma_state_loads_evict_last(ptx))
 
 
 @functools.cache

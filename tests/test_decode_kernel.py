@@ -392,13 +392,13 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
     if not persistent:
         assert [type(c).__name__ for c in launched] == ["DecodeConfig"]
     elif gluon is not None:
-        # the tile of this GPU's rule for this B*HV, in parts and stored evict-last from its
+        # the tile of this GPU's rule for this B*HV, in parts and loaded evict-last from its
         # thresholds (the "large" cases on the H200), and with its grid's end in pieces where the rule says
         expected = rule_config(gluon, case.state_dtype.itemsize, row_heads)
         assert launched == [expected]
-        evict_last = gluon.evict_last_from is not None and row_heads >= gluon.evict_last_from
-        assert expected.store_eviction == ("evict_last" if evict_last else "")
-        assert expected._replace(parts=1, tail_split=1, tail_per_sm=0, store_eviction="") == (
+        evict_last = gluon.loads_evict_last_from is not None and row_heads >= gluon.loads_evict_last_from
+        assert expected.load_eviction == ("evict_last" if evict_last else "")
+        assert expected._replace(parts=1, tail_split=1, tail_per_sm=0, load_eviction="") == (
             KV_4B_TILE_CONFIG if case.state_dtype == torch.float32
             else KV_2B_TILE_CONFIG if row_heads >= gluon.large_from else KV_2B_TILE_SMALL_CONFIG)
     else:

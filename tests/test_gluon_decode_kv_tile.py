@@ -99,11 +99,13 @@ def test_model_shape_matches_reference(heads, variant, config):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("load_eviction", ["", "evict_last"])
 @pytest.mark.parametrize("store_eviction", ["", "evict_last"])
-def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_eviction):
+def test_the_binary_that_runs_carries_the_l2_policies(monkeypatch, store_eviction, load_eviction):
     """On the GPU, through Triton's JIT as the decode launches it (the H200 rule's bf16 tile from
-    B*HV 8192): with the evict-last policy each of its 12 TMA stores carries the L2 hint, without
-    it none does; either way the decode matches the reference."""
+    B*HV 8192): with the evict-last policy on the stores each of its 12 TMA stores carries the L2
+    hint, on the loads each of its 12 state loads does, and without it none does; either way the
+    decode matches the reference."""
     kernel = tile_module._decode_kv_tile_kernel
     ran = []
 
@@ -112,10 +114,12 @@ def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_evicti
             return lambda *args, **kwargs: ran.append(kernel[grid](*args, **kwargs))
 
     monkeypatch.setattr(tile_module, "_decode_kv_tile_kernel", Recording())
-    config = KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS, tail_split=4, tail_per_sm=1, store_eviction=store_eviction)
+    config = KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS, tail_split=4, tail_per_sm=1, store_eviction=store_eviction,
+                                        load_eviction=load_eviction)
     check_launch(model_case((16, 32), "kv", {}, seed=7), config)
     ptx = ran[-1].asm["ptx"]
     assert (ptx.count("bulk_group.L2::cache_hint"), ptx.count("bulk_group [")) == ((12, 0) if store_eviction else (0, 12))
+    assert ptx.count("complete_tx::bytes.L2::cache_hint") == (12 if load_eviction else 0)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +141,8 @@ def test_the_binary_that_runs_carries_the_store_policy(monkeypatch, store_evicti
          f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(store_eviction="evict_first"),
          "store_eviction '' or 'evict_last' .the only L2 policy given to this kernel's TMA stores; got 'evict_first'"),
+        ({}, SMALL_CONFIGS["half-rows"]._replace(load_eviction="evict_first"),
+         "load_eviction '' or 'evict_last' .the only L2 policy given to this kernel's TMA loads; got 'evict_first'"),
         ({}, SMALL_CONFIGS["half-rows"]._replace(tail_split=8, tail_per_sm=1),
          r"the tail tiles of tail_split=8: BV=4 in chunks of C=4 columns, C a multiple of num_warps\*vec=8"),
         ({"K": 128, "V": 128}, MODEL_CONFIGS["head-vec4"]._replace(programs_per_sm=7), "within an SM's 233472 bytes"),
@@ -180,7 +186,7 @@ def _tail(config: GluonTileConfig, per_sm: int, split: int = 4) -> GluonTileConf
 
 
 def _evict_last(config: GluonTileConfig) -> GluonTileConfig:
-    return config._replace(store_eviction="evict_last")
+    return config._replace(load_eviction="evict_last")
 
 
 @pytest.mark.parametrize(("itemsize", "rows_x_heads", "expected"), [
@@ -197,7 +203,7 @@ def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, exp
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
     1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
     pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1; the
-    quarter-head 2-byte tile's end in halves, 2 per SM; the rows stored evict-last from 4096."""
+    quarter-head 2-byte tile's end in halves, 2 per SM; the state loaded evict-last from 4096."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
@@ -235,7 +241,7 @@ def test_model_configurations_fit(config):
 def compiled(config: GluonTileConfig, state: str = "bf16") -> tuple[int, str]:
     """Shared memory and ``ptxas -v`` report of the kernel as launched with ``config`` on a
     Qwen3-Next head with bf16 activations and a dense ``state`` (bf16 or fp32) pool, compiled for
-    sm_90 (an H200's 132 SMs for the grid's tail) as the launcher compiles it (its store policy's
+    sm_90 (an H200's 132 SMs for the grid's tail) as the launcher compiles it (its L2 policies'
     PTX rewrite included)."""
     kernel = compiled_kernel(config, state)
     return kernel.metadata.shared, ptxas_report(kernel.asm["ptx"])
@@ -245,16 +251,17 @@ def compiled_kernel(config: GluonTileConfig, state: str = "bf16"):
     """The kernel compiled for sm_90 as :func:`compiled` describes."""
     import gdn_ops.gluon_decode_kv_tile as tile
 
-    with tile.store_policy(config):
+    with tile.l2_policy(config):
         return compile_recorded_launch(tile, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv", config,
                                        {"bf16": torch.bfloat16, "fp32": torch.float32}[state])
 
 
-def tma_store_hints(config: GluonTileConfig, state: str) -> tuple[int, int, int]:
-    """In the PTX of :func:`compiled_kernel`: TMA stores with an L2 hint, plain TMA stores, and
-    evict-last policies made."""
+def tma_hints(config: GluonTileConfig, state: str) -> tuple[int, int, int, int]:
+    """In the PTX of :func:`compiled_kernel`: TMA stores with an L2 hint, plain TMA stores, the
+    state's TMA loads (5-d) with an L2 hint, and evict-last policies made."""
     ptx = compiled_kernel(config, state).asm["ptx"]
     return (ptx.count("bulk_group.L2::cache_hint"), ptx.count("bulk_group ["),
+            len(re.findall(r"tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes\.L2::cache_hint", ptx)),
             ptx.count("createpolicy.fractional.L2::evict_last"))
 
 
@@ -287,15 +294,18 @@ def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
 
 
 @pytest.mark.parametrize(("state", "rows_x_heads", "expected"), [
-    ("bf16", 4095, "(0, 2, 0)"), ("bf16", 8192, "(12, 0, 1)"), ("fp32", 2048, "(0, 2, 0)"), ("fp32", 4096, "(12, 0, 1)")])
-def test_the_h200_rule_stores_evict_last_from_its_threshold(state, rows_x_heads, expected):
-    """As the launcher compiles the rule's tile for sm_90: from ``evict_last_from`` each TMA store
-    (one per part, and one per part of the tail's pieces) carries the L2 hint of one evict-last
-    policy, none is left plain; below it none is hinted. (Hinted, the tile's registers and stack
-    are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
-    config = rule_config(TILE_RULES["H200"], {"bf16": 2, "fp32": 4}[state], rows_x_heads)
-    assert (config.store_eviction == "evict_last") == (rows_x_heads >= TILE_RULES["H200"].evict_last_from)
-    assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_store_hints(t.{config!r}, {state!r})").strip() == expected
+    ("bf16", 4095, "(0, 2, 0, 0)"), ("bf16", 4096, "(0, 2, 2, 1)"), ("bf16", 8192, "(0, 12, 12, 1)"),
+    ("fp32", 2048, "(0, 2, 0, 0)"), ("fp32", 4096, "(0, 12, 12, 1)")])
+def test_the_h200_rule_loads_evict_last_from_its_threshold(state, rows_x_heads, expected):
+    """As the launcher compiles the rule's tile for sm_90: from ``loads_evict_last_from`` each of
+    the state's TMA loads (one per part, and one per part of the tail's pieces) carries the L2 hint
+    of one evict-last policy and the stores none; below it nothing is hinted. (Hinted, the tile's
+    registers and stack are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
+    rule = TILE_RULES["H200"]
+    config = rule_config(rule, {"bf16": 2, "fp32": 4}[state], rows_x_heads)
+    assert (config.load_eviction == "evict_last") == (rows_x_heads >= rule.loads_evict_last_from)
+    assert config.store_eviction == "" and rule.evict_last_from is None
+    assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_hints(t.{config!r}, {state!r})").strip() == expected
 
 
 @pytest.mark.parametrize("launcher", ["persistent", "tile"])

@@ -226,6 +226,8 @@ def test_default_kernel_choice_and_result(changes, tile):
          f"at most {SNAPSHOT_MAX_ROWS} rows for snapshot_order, sorted in one program .got B={SNAPSHOT_MAX_ROWS + 1}"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(store_eviction="evict_later"),
          "store_eviction '', 'evict_first' or 'evict_last' .got 'evict_later'"),
+        ({}, SMALL_CONFIGS["whole-rows"]._replace(load_eviction="evict_last"),
+         "load_eviction='' .only the kv kernel's loads take an L2 policy; got 'evict_last'"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(prefetch_ahead=-1), "prefetch_ahead >= 0 tiles per SM .got -1"),
         ({}, SMALL_CONFIGS["whole-rows"]._replace(num_warps=1, prefetch_ahead=8),
          "BV=64 value rows at most 32 . num_warps=1 to prefetch them, one a thread"),

@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import triton.knobs
 
-from gdn_ops.ptx_rewrite import ptx_rewrite, tma_stores_evict_last
+from gdn_ops.ptx_rewrite import (
+    ptx_rewrite,
+    tma_state_loads_and_stores_evict_last,
+    tma_state_loads_evict_last,
+    tma_stores_evict_last,
+)
 
 _STORE = "cp.async.bulk.tensor.5d.global.shared::cta.bulk_group [%rd1, {%r1, %r1, %r1, %r1, %r1}], [%r2]"
 
@@ -26,6 +31,32 @@ def test_each_tma_store_is_hinted_with_one_policy_made_after_the_declarations():
     assert len(hinted) == 2
     assert all(line.endswith("bulk_group.L2::cache_hint [%rd1, {%r1, %r1, %r1, %r1, %r1}], [%r2], %gdn_l2_evict_last;")
                for line in hinted)
+
+
+def _state_load(destination: str) -> str:
+    return (f"cp.async.bulk.tensor.5d.shared::{destination}.global.mbarrier::complete_tx::bytes [%r3], "
+            "[%rd2, {%r1, %r1, %r1, %r1, %r1}], [%r4]")
+
+
+_QK_LOAD = "cp.async.bulk.tensor.3d.shared::cta.global.mbarrier::complete_tx::bytes [%r5], [%rd3, {%r1, %r1, %r1}], [%r4]"
+
+
+@pytest.mark.parametrize("destination", ["cluster", "cta"])  # as Triton 3.6 and 3.7 write it
+def test_the_state_loads_and_the_stores_share_one_policy(destination):
+    """The state's loads (the 5-d ones) take the policy, q's and k's (3-d) do not; with the stores
+    hinted too, the policy is made once."""
+    ptx = _kernel_ptx("k").replace(f"\t{_STORE};\n}}", f"\t{_STORE};\n\t@%p2 {_state_load(destination)};\n\t{_QK_LOAD};\n}}")
+    loads = tma_state_loads_evict_last(ptx)
+    assert f"{_state_load(destination).replace('::bytes ', '::bytes.L2::cache_hint ')}, %gdn_l2_evict_last;" in loads
+    assert f"\t{_QK_LOAD};" in loads and loads.count("bulk_group [") == 2  # the stores as they were
+    both = tma_state_loads_and_stores_evict_last(ptx)
+    assert both.count(".L2::cache_hint") == 3 and both.count("createpolicy") == 1
+    assert both.count(".reg .b64 %gdn_l2_evict_last;") == 1
+
+
+def test_ptx_without_a_state_load_is_refused():
+    with pytest.raises(ValueError, match="no 5-d TMA load"):
+        tma_state_loads_evict_last(_kernel_ptx("k"))
 
 
 def test_ptx_without_a_tma_store_is_refused():

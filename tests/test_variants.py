@@ -74,6 +74,8 @@ def test_tune_tma_specs_name_each_tma_kernel():
     assert parse_spec("t8:2:8:16:4:snap") == GluonTileConfig(8, 2, 8, 16, 4, sort_rows=True, snapshot_order=True)
     assert parse_spec("t8:2:8:20:4:el:pf8:sort") == GluonTileConfig(8, 2, 8, 20, 4, sort_rows=True,
                                                                    store_eviction="evict_last", prefetch_ahead=8)
+    assert parse_spec("t128:4:8:6:8:p8:tail4x1:lel:sort") == GluonTileConfig(
+        128, 4, 8, 6, 8, sort_rows=True, parts=8, tail_split=4, tail_per_sm=1, load_eviction="evict_last")
     for bad in ("64:4:3", "g64:4:x:4", "64-4-3-4", "t128:4:16", "t64:4:8:6:px", "t64:4:8:6:p", "t64:4:8:6:tail2",
                 "t64:4:8:6:tailx3", "t64:4:8:6:q2", "t16:1:16:24:8:ef", "t8:2:8:20:4:pfx"):
         with pytest.raises(ValueError, match="expected BV:warps"):
@@ -150,7 +152,7 @@ def compiled_variant_ptx(name: str) -> str:
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
 
     module, config = load_variant(name), KV_2B_TILE_CONFIG._replace(store_eviction="evict_last")
-    with module.store_policy(config):
+    with module.l2_policy(config):
         return compile_recorded_launch(module, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv",
                                        config).asm["ptx"]
 
@@ -171,7 +173,7 @@ def compiled_variant_shared_memory(name: str) -> int:
         layout, config = "kv", KV_2B_TILE_CONFIG
         if name in KV_TILE_STORE_POLICY_VARIANTS:
             config = config._replace(store_eviction="evict_last")
-        policy = module.store_policy(config)
+        policy = module.l2_policy(config)
     with policy:
         return compile_recorded_launch(module, f"_decode_{layout}_tile_kernel", f"launch_decode_{layout}_tile",
                                        layout, config).metadata.shared
@@ -193,12 +195,10 @@ def test_tile_variant_compiles_for_sm90(name):
     ("kv_tile_el_fraction25", ["evict_last.b64 %gdn_l2_evict_last, 0.25;"], 0, 1),
     ("kv_tile_loads_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
                                    "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1, 1),
-    ("kv_tile_loads_evict_last", ["evict_last.b64 %gdn_l2_evict_last, 1.0;"], 1, 1),
-    ("kv_tile_loads_evict_last_stores_plain", ["evict_last.b64 %gdn_l2_evict_last, 1.0;"], 1, 0),
 ])
 def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads, hinted_stores):
     """The policy variants' binaries carry their L2 policies: stores evict-last on a fraction of the
-    lines, or the state's TMA load (not q's and k's) hinted, the stores with or without their hint."""
+    lines, or the state's TMA load (not q's and k's) evict-first beside them."""
     from sm90_compile import run_in_child
 
     assert name in KV_TILE_STORE_POLICY_VARIANTS
