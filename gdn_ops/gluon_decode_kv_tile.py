@@ -344,8 +344,9 @@ class TileRule(NamedTuple):
     tail_steps: tuple[tuple[int, int, int], ...] = ()
     small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
     fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
-    evict_last_from: int | None = None  # the tile stored evict-last in L2 from here (None: never)
-    loads_evict_last_from: int | None = None  # the tile loaded evict-last in L2 from here (None: never)
+    # the tile's state loaded evict-last in L2 from here (None: never); its stores stay plain (an
+    # evict-last store, GluonTileConfig.store_eviction, is a tune spec: no rule picks it now)
+    loads_evict_last_from: int | None = None
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -384,7 +385,10 @@ TILE_PARTS = 8
 # full of the previous call's dirty lines a read line left to the normal policy is often gone by then
 # (the loads evict-first lost 4-7 points). Against the stores evict-last, sorting / given the order:
 # bf16 B=128 +1.5 / +1.4, B=256 +2.1 / +2.3 (95.5 / 96.2% of copy); with the stores evict-last as
-# well +0.8..+1.6, so the stores go plain.
+# well +0.8..+1.6, so the stores go plain. Under a second seed at other points (el_*/lel_*_35e0d00.json):
+# fp32 B=128 +1.6 / +1.7, bf16 B=512 +3.2 / +3.1, TP=4 bf16 B=512 +1.5 / +1.5, fp32 B=512 +1.7 / +1.9;
+# each decode followed by the 48 MB input-projection GEMM (ngl_*_35e0d00.json), the pair 0.5-2.6 us
+# faster at bf16 B=128 and 256 and fp32 B=128 given the order. Below 4096 not measured.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
@@ -434,8 +438,6 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     tail = next(((split, per_sm) for start, split, per_sm in reversed(tail_steps) if rows_x_heads >= start), None)
     if tail is not None:
         config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
-    if rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
-        config = config._replace(store_eviction="evict_last")
     if rule.loads_evict_last_from is not None and rows_x_heads >= rule.loads_evict_last_from:
         config = config._replace(load_eviction="evict_last")
     return config
