@@ -1212,6 +1212,21 @@ VK_TILE_VARIANTS["vk_tile_prefetch_at_end"] = [
     ("    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n",
      _VK_PREFETCH_BLOCK + "    mbarrier.invalidate(bar)\n    mbarrier.invalidate(state_bar)\n"),
 ]
+# The vk tile's state loads evict-last (its one 5-d TMA copy a tile, the reload of a changed slot
+# aside), as the kv tile's from B*HV 4096 (forty-seventh session): there the kv tile's read lines
+# were evicted before its stores met them. The vk tile's rows leave by register stores (evict-last
+# from 4096 by the rule, so a spec's ``el``), and it paid 0.6 us for the previous call's dirty lines
+# where the kv tile paid 3.3, so less to gain. Compiled through the same PTX rewrite, inside the
+# launch; the unread LOAD_EVICTION constexpr keys the binary apart from the shipped one.
+VK_TILE_VARIANTS["vk_tile_loads_evict_last"] = [
+    ("STORE_EVICTION: gl.constexpr,", "STORE_EVICTION: gl.constexpr, LOAD_EVICTION: gl.constexpr,"),
+    ("        STORE_EVICTION=config.store_eviction,\n",
+     "        STORE_EVICTION=config.store_eviction,\n        LOAD_EVICTION=\"evict_last\",\n"),
+    ("    _decode_vk_tile_kernel[(num_tiles,)](\n",
+     ("    from gdn_ops.ptx_rewrite import ptx_rewrite, tma_state_loads_evict_last\n\n"
+      "    with ptx_rewrite(\"_decode_vk_tile_kernel\", tma_state_loads_evict_last):\n"
+      "     _decode_vk_tile_kernel[(num_tiles,)](\n")),
+]
 _KV_HEAD_PIECES = f"16384 // {_ELEM}, K * V * {_ELEM} // 16384, 16384"  # a head in 16 KB bulk prefetches
 for _ahead in (1, 2, 3):
     KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES)

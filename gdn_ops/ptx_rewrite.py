@@ -25,8 +25,8 @@ import re
 from collections.abc import Callable, Iterator
 
 _TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bulk_group) (\[[^;]*\]);")
-# the kv tile's state copies, its only 5-d TMA loads (q and k are 3-d); Triton 3.6 writes the
-# destination shared::cluster, 3.7 shared::cta
+# a tile kernel's state copies, its only 5-d TMA loads (the kv tile's q and k are 3-d, the vk
+# tile's 4-d); Triton 3.6 writes the destination shared::cluster, 3.7 shared::cta
 _TMA_STATE_LOAD = re.compile(
     r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) (\[[^;]*\]);")
 _L2_POLICY = "%gdn_l2_evict_last"
@@ -56,9 +56,9 @@ def tma_stores_evict_last(ptx: str) -> str:
 
 
 def tma_state_loads_evict_last(ptx: str) -> str:
-    """``ptx`` (the kv tile kernel) with its state's TMA loads (its 5-d ones) carrying an evict-last
-    L2 policy: a tile's lines then stay in L2 until its program stores them back. Raises
-    ``ValueError`` where the PTX has no such load."""
+    """``ptx`` (a tile kernel: its state's TMA loads are its only 5-d ones, in the kv and the vk
+    tile) with those loads carrying an evict-last L2 policy: a tile's lines then stay in L2 until
+    its program stores them back. Raises ``ValueError`` where the PTX has no such load."""
     return _hinted(ptx, _TMA_STATE_LOAD, "5-d TMA load (cp.async.bulk.tensor.5d...mbarrier)")
 
 

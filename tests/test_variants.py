@@ -157,6 +157,19 @@ def compiled_variant_ptx(name: str) -> str:
                                        config).asm["ptx"]
 
 
+def compiled_vk_loads_evict_last_ptx() -> str:
+    """The PTX of ``vk_tile_loads_evict_last`` compiled for sm_90 at the shipped one-warp bf16 tile
+    through the rewrite its launcher compiles it inside (the recording runs outside any compile)."""
+    from tile_kernel_checks import compile_recorded_launch
+
+    from gdn_ops.gluon_decode_vk_tile import VK_2B_TILE_CONFIG
+    from gdn_ops.ptx_rewrite import ptx_rewrite, tma_state_loads_evict_last
+
+    with ptx_rewrite("_decode_vk_tile_kernel", tma_state_loads_evict_last):
+        return compile_recorded_launch(load_variant("vk_tile_loads_evict_last"), "_decode_vk_tile_kernel",
+                                       "launch_decode_vk_tile", "vk", VK_2B_TILE_CONFIG).asm["ptx"]
+
+
 def compiled_variant_shared_memory(name: str) -> int:
     """Shared memory of Gluon tile variant ``name``'s kernel compiled for sm_90 as its own launcher
     launches it at the shipped bf16 tile (recorded on CPU); a variant of the kv tile's store policy
@@ -207,6 +220,18 @@ def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_
     assert ptx.count("mbarrier::complete_tx::bytes.L2::cache_hint") == hinted_loads
     assert ptx.count("bulk_group.L2::cache_hint") == hinted_stores
     assert ptx.count("cp.async.bulk.tensor.5d.global.shared::cta.bulk_group") == 1  # the store, either way
+
+
+def test_the_vk_loads_variant_hints_the_state_loads_only():
+    """The vk tile's state arrives by 5-d TMA copies (q and k 4-d, v 3-d): the rewrite hints those,
+    with one evict-last policy, and no other copy."""
+    from sm90_compile import run_in_child
+
+    ptx = run_in_child("test_variants", "t.compiled_vk_loads_evict_last_ptx()")
+    loads = [line for line in ptx.splitlines() if "mbarrier::complete_tx::bytes" in line]
+    assert any(".5d." in line for line in loads)
+    assert all((".L2::cache_hint" in line) == (".5d." in line) for line in loads)
+    assert ptx.count(".reg .b64 %gdn_l2_evict_last;") == 1
 
 
 @pytest.mark.parametrize("layout", ["vk", "kv"])
