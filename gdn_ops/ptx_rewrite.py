@@ -22,6 +22,7 @@ import functools
 import hashlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 _TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bulk_group) (\[[^;]*\]);")
@@ -69,8 +70,10 @@ def tma_state_loads_and_stores_evict_last(ptx: str) -> str:
 
 @functools.cache
 def _digest(kernel: str, rewrite: Callable[[str], str]) -> str:
-    """A short hash of ``kernel`` and ``rewrite``'s source (cached: read on every launch)."""
-    return hashlib.sha256((kernel + inspect.getsource(rewrite)).encode()).hexdigest()[:16]
+    """A short hash of ``kernel``, ``rewrite``'s source and this module's (whose helpers the
+    rewrites share), cached: read on every launch."""
+    sources = inspect.getsource(rewrite) + inspect.getsource(sys.modules[__name__])
+    return hashlib.sha256((kernel + sources).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
