@@ -915,7 +915,8 @@ def _kv_tile_store_policy(key: str, body: str) -> list[tuple[str, str]]:
              f"STORE_EVICTION=config.store_eviction + {key!r}, **kwargs)")]
 
 
-# the variants that change the evict-last binary's PTX rewrite: they act only at a spec with ``el``
+# the variants that change the evict-last stores' PTX rewrite: they act only at a spec with ``el``
+# and without ``lel`` (the launcher's rewrite for the loads and the stores is the shipped one)
 KV_TILE_STORE_POLICY_VARIANTS: set[str] = set()
 # Only a fraction of the stored lines evict-last (createpolicy.fractional's fraction; the rest
 # evict-normal): fewer dirty lines held into the next call, and less of what evict-last gained
