@@ -62,11 +62,13 @@ def main(argv=None) -> None:
     ap.add_argument("--stream", metavar="WARPS[:cCHUNK][:oop][:seq]",
                     help="profile probe_stream's register stream of this spec instead of the decode")
     args = ap.parse_args(argv)
+    if args.pools < 1:
+        ap.error(f"--pools: at least one pool (got {args.pools})")
     HK, HV = GEOMETRY[args.tp]
     cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
                  state_dtype=DTYPES[args.state_dtype], layout=args.layout)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    problems = [make_problem(cfg, device) for _ in range(max(1, args.pools))]
+    problems = [make_problem(cfg, device) for _ in range(args.pools)]
     x = problems[0].inputs
     config = default_config(x["q"], x["k"], x["v"], problems[0].pool, cfg.layout)
     launch = None

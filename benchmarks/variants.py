@@ -902,14 +902,14 @@ KV_TILE_VARIANTS["kv_tile_stagger2000_timeline"] = KV_TILE_VARIANTS["kv_tile_tim
 
 def _kv_tile_store_policy(key: str, body: str) -> list[tuple[str, str]]:
     """The kv tile's evict-last binary (a spec with ``el``) compiled through a function of the PTX
-    ``ptx`` with ``body`` (which may call ``tma_stores_evict_last`` and ``re``) in place of
+    ``ptx`` with ``body`` (which may call ``tma_stores_evict_last``) in place of
     ``tma_stores_evict_last``; ``key`` is added to the kernel's ``STORE_EVICTION`` constexpr, so that
     Triton's cache (keyed without the hook in 3.6) keeps this binary apart from the shipped one.
     A test of the forty-seventh session's reading: the kv tile pays for the dirty lines the
     previous call leaves in L2 (ncu, call 2) about 3 us where the vk tile pays 0.6."""
     return [("    tma_stores_evict_last,\n)\n",
              ("    tma_stores_evict_last,\n)\n\n\n"
-              "def _variant_rewrite(ptx):\n    import re\n\n" + textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    "))),
+              "def _variant_rewrite(ptx):\n" + textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    "))),
             ('("", "evict_last"): tma_stores_evict_last,', '("", "evict_last"): _variant_rewrite,'),
             ("STORE_EVICTION=config.store_eviction, **kwargs)",
              f"STORE_EVICTION=config.store_eviction + {key!r}, **kwargs)")]
@@ -935,8 +935,9 @@ for _percent in (25, 50, 75):
 # writes these loads shared::cluster where 3.7 writes shared::cta, before the pattern took both:
 # unhinted.) The rewrite raises where it hints no load.
 KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy("@loads_evict_first", r"""
-    ptx, loads = re.subn(r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) ([^;]*);",
-                         r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", tma_stores_evict_last(ptx))
+    from gdn_ops.ptx_rewrite import _TMA_STATE_LOAD  # the shipped rewrite's pattern of the state's loads
+
+    ptx, loads = _TMA_STATE_LOAD.subn(r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", tma_stores_evict_last(ptx))
     if not loads:
         raise ValueError("kv_tile_loads_evict_first: no TMA load of the state in the PTX")
     policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"

@@ -44,6 +44,14 @@ def test_profile_launches_the_split_prototype(capsys):
     assert "1 launches of KvSplitConfig(parts=8, num_warps=1, sort_rows=True" in capsys.readouterr().out
 
 
+def test_pools_must_be_at_least_one(capsys):
+    from benchmarks.profile_decode import main
+
+    with pytest.raises(SystemExit):
+        main(["--batch", "1", "--state-dtype", "bf16", "--layout", "kv", "--pools", "0"])
+    assert "--pools: at least one pool (got 0)" in capsys.readouterr().err
+
+
 def test_a_tile_variant_needs_its_tile(capsys):
     """A Gluon tile variant is profiled at the tile its spec names; without one the launcher would
     pick another kernel, so the command refuses before launching anything."""
