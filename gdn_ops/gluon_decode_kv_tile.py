@@ -7,7 +7,7 @@ is that structure with the step in it. Each program:
 
 1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by ``PARTS`` TMA copies of
    ``K / PARTS`` key rows, issued at once, each on its own barrier; from the rule's
-   ``loads_evict_last_from`` with an evict-last L2 policy, so that the tile's lines are still in
+   load thresholds (``TileRule.loads_evict_last``) with an evict-last L2 policy, so that the tile's lines are still in
    L2 when step 5 writes them (Gluon cannot express it: see step 5);
 2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``, each step as soon as its
    part has landed (so the sums start while later parts are still arriving). Every thread
@@ -344,9 +344,15 @@ class TileRule(NamedTuple):
     tail_steps: tuple[tuple[int, int, int], ...] = ()
     small_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the quarter-head 2-byte tile
     fp32_tail_steps: tuple[tuple[int, int, int], ...] = ()  # the same for the fp32 tile
-    # the tile's state loaded evict-last in L2 from here (None: never); its stores stay plain (an
-    # evict-last store, GluonTileConfig.store_eviction, is a tune spec: no rule picks it now)
+    # a 2-byte state's tile loaded evict-last in L2 from here (None: never); its stores stay plain
+    # (an evict-last store, GluonTileConfig.store_eviction, is a tune spec: no rule picks it now)
     loads_evict_last_from: int | None = None
+    fp32_loads_evict_last_from: int | None = None  # the same for an fp32 state
+
+    def loads_evict_last(self, itemsize: int, rows_x_heads: int) -> bool:
+        """Whether the tile of an ``itemsize``-byte state loads it evict-last at this B*HV."""
+        start = self.fp32_loads_evict_last_from if itemsize == 4 else self.loads_evict_last_from
+        return start is not None and rows_x_heads >= start
 
 
 # On the H200 (results/h200/tune_kv_parts_fp32.json, tune_kv_parts_bf16.json, tune_kv_tile_parts_*.json;
@@ -388,7 +394,10 @@ TILE_PARTS = 8
 # well +0.8..+1.6, so the stores go plain. Under a second seed at other points (el_*/lel_*_35e0d00.json):
 # fp32 B=128 +1.6 / +1.7, bf16 B=512 +3.2 / +3.1, TP=4 bf16 B=512 +1.5 / +1.5, fp32 B=512 +1.7 / +1.9;
 # each decode followed by the 48 MB input-projection GEMM (ngl_*_35e0d00.json), the pair 0.5-2.6 us
-# faster at bf16 B=128 and 256 and fp32 B=128 given the order. Below 4096 not measured.
+# faster at bf16 B=128 and 256 and fp32 B=128 given the order. Below 4096, seeds 0 and 1
+# (lelb_*_3d11214.json; NOTES.md, forty-eighth session): at B*HV 2048 an fp32 state (128 MB a call)
+# +1.6..+1.9, a bf16 one (64 MB) -0.2..+0.2; at 1024 an fp32 state (64 MB) -0.4..-0.6. The policy
+# pays from 128 MB of state a call, about twice the L2, whatever the dtype: from 2048 for fp32.
 
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). The fp32 rule was measured
@@ -396,7 +405,8 @@ TILE_PARTS = 8
 TILE_RULES = {
     "H200": TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
                      tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),
-                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), loads_evict_last_from=4096),
+                     fp32_tail_steps=((512, 4, 1), (1024, 4, 2), (4096, 4, 1)), loads_evict_last_from=4096,
+                     fp32_loads_evict_last_from=2048),
     "H100": TileRule(small_from=512, large_from=1024),
 }
 
@@ -438,7 +448,7 @@ def rule_config(rule: TileRule, itemsize: int, rows_x_heads: int) -> GluonTileCo
     tail = next(((split, per_sm) for start, split, per_sm in reversed(tail_steps) if rows_x_heads >= start), None)
     if tail is not None:
         config = config._replace(tail_split=tail[0], tail_per_sm=tail[1])
-    if rule.loads_evict_last_from is not None and rows_x_heads >= rule.loads_evict_last_from:
+    if rule.loads_evict_last(itemsize, rows_x_heads):
         config = config._replace(load_eviction="evict_last")
     return config
 

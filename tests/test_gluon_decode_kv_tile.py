@@ -275,7 +275,7 @@ def test_compiles_for_sm90_with_only_the_tile_in_shared_memory_and_no_spills(con
 
 
 @pytest.mark.parametrize(("state", "rows_x_heads"), [("bf16", 512), ("bf16", 2048), ("bf16", 8192), ("fp32", 1024),
-                                                           ("fp32", 4096)])
+                                                           ("fp32", 2048), ("fp32", 4096)])
 def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
     """The rule's configurations with a tail in pieces: the same shared memory (the pieces use the
     start of the whole tile's buffer) within the 80 registers that the rule's programs per SM allow
@@ -295,15 +295,16 @@ def test_compiles_the_h200_rule_with_tails_for_sm90(state, rows_x_heads):
 
 @pytest.mark.parametrize(("state", "rows_x_heads", "expected"), [
     ("bf16", 4095, "(0, 2, 0, 0)"), ("bf16", 4096, "(0, 2, 2, 1)"), ("bf16", 8192, "(0, 12, 12, 1)"),
-    ("fp32", 2048, "(0, 2, 0, 0)"), ("fp32", 4096, "(0, 12, 12, 1)")])
+    ("fp32", 1024, "(0, 2, 0, 0)"), ("fp32", 2048, "(0, 2, 2, 1)"), ("fp32", 4096, "(0, 12, 12, 1)")])
 def test_the_h200_rule_loads_evict_last_from_its_threshold(state, rows_x_heads, expected):
-    """As the launcher compiles the rule's tile for sm_90: from ``loads_evict_last_from`` each of
+    """As the launcher compiles the rule's tile for sm_90: from its dtype's threshold each of
     the state's TMA loads (one per part, and one per part of the tail's pieces) carries the L2 hint
     of one evict-last policy and the stores none; below it nothing is hinted. (Hinted, the tile's
     registers and stack are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
     rule = TILE_RULES["H200"]
     config = rule_config(rule, {"bf16": 2, "fp32": 4}[state], rows_x_heads)
-    assert (config.load_eviction == "evict_last") == (rows_x_heads >= rule.loads_evict_last_from)
+    start = rule.fp32_loads_evict_last_from if state == "fp32" else rule.loads_evict_last_from
+    assert (config.load_eviction == "evict_last") == (rows_x_heads >= start)
     assert config.store_eviction == ""
     assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_hints(t.{config!r}, {state!r})").strip() == expected
 
