@@ -196,14 +196,16 @@ def _evict_last(config: GluonTileConfig) -> GluonTileConfig:
     (2, 4095, _tail(KV_2B_TILE_CONFIG, 2)), (2, 4096, _evict_last(_tail(KV_2B_TILE_CONFIG, 2))),
     (2, 8192, _evict_last(_tail(KV_2B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
     (4, 256, None), (4, 512, _tail(KV_4B_TILE_CONFIG, 1)), (4, 1024, _tail(KV_4B_TILE_CONFIG, 2)),
-    (4, 2048, _tail(KV_4B_TILE_CONFIG, 2)), (4, 4095, _tail(KV_4B_TILE_CONFIG, 2)),
+    (4, 2047, _tail(KV_4B_TILE_CONFIG, 2)), (4, 2048, _evict_last(_tail(KV_4B_TILE_CONFIG, 2))),
+    (4, 4095, _evict_last(_tail(KV_4B_TILE_CONFIG, 2))),
     (4, 4096, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1))),
     (4, 32768, _evict_last(_tail(KV_4B_TILE_CONFIG._replace(parts=TILE_PARTS), 1)))])
 def test_the_h200_rule_picks_tiles_and_parts_by_grid(itemsize, rows_x_heads, expected):
     """The H200's thresholds (NOTES.md): the tile kernel from B*HV 512, whole 2-byte heads from
     1024, the tile in parts from 8192 (2-byte) and 4096 (fp32), and the grid's end in quarter
     pieces, 2 whole tiles per SM at B*HV 2048-4095 (2-byte) and 1024-4095 (fp32), else 1; the
-    quarter-head 2-byte tile's end in halves, 2 per SM; the state loaded evict-last from 4096."""
+    quarter-head 2-byte tile's end in halves, 2 per SM; the state loaded evict-last from 4096
+    (2-byte) and 2048 (fp32), 128 MB of state a call either way."""
     assert rule_config(TILE_RULES["H200"], itemsize, rows_x_heads) == expected
     if expected is not None:
         q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
