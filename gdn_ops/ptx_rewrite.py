@@ -3,7 +3,7 @@
 Gluon's TMA copies (``tma.async_copy_global_to_shared``, ``tma.async_copy_shared_to_global``,
 Triton 3.6 and 3.7) take no cache hint, but the PTX instructions under them do (``.L2::cache_hint``
 with a 64-bit policy made by ``createpolicy``). The kv tile kernel loads its state evict-last from
-the B*HV where that pays (``gluon_decode_kv_tile.TileRule.loads_evict_last_from``; NOTES.md,
+the B*HV where that pays (``gluon_decode_kv_tile.TileRule.loads_evict_last``; NOTES.md,
 forty-seventh session) and can store its rows so (``store_eviction``; twenty-eighth session), so
 its launcher compiles those specialisations inside :func:`ptx_rewrite`.
 
