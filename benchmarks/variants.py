@@ -900,19 +900,23 @@ KV_TILE_VARIANTS["kv_tile_stagger2000"] = _kv_tile_stagger(2000)
 KV_TILE_VARIANTS["kv_tile_stagger2000_timeline"] = KV_TILE_VARIANTS["kv_tile_timeline"] + _kv_tile_stagger(2000)
 
 
-def _kv_tile_store_policy(key: str, body: str) -> list[tuple[str, str]]:
-    """The kv tile's evict-last binary (a spec with ``el``) compiled through a function of the PTX
-    ``ptx`` with ``body`` (which may call ``tma_stores_evict_last``) in place of
-    ``tma_stores_evict_last``; ``key`` is added to the kernel's ``STORE_EVICTION`` constexpr, so that
-    Triton's cache (keyed without the hook in 3.6) keeps this binary apart from the shipped one.
-    A test of the forty-seventh session's reading: the kv tile pays for the dirty lines the
-    previous call leaves in L2 (ncu, call 2) about 3 us where the vk tile pays 0.6."""
+def _kv_tile_l2_policy(key: str, body: str, copies: str = "stores") -> list[tuple[str, str]]:
+    """The kv tile's binary whose ``copies`` ("stores": a spec with ``el``, "loads": one with
+    ``lel``, not both) the launcher hints evict-last, compiled through a function of the PTX ``ptx``
+    with ``body`` (which may call ``tma_stores_evict_last`` or ``tma_state_loads_evict_last``) in
+    place of that rewrite; ``key`` is added to the kernel's ``STORE_EVICTION`` or ``LOAD_EVICTION``
+    constexpr, so that Triton's cache (keyed without the hook in 3.6) keeps this binary apart from
+    the shipped one. Tests of the forty-seventh session's reading: the kv tile pays for the dirty
+    lines the previous call leaves in L2 (ncu, call 2) about 3 us where the vk tile pays 0.6."""
+    entry, rewrite, constexpr = {
+        "stores": ('("", "evict_last")', "tma_stores_evict_last", "STORE_EVICTION=config.store_eviction"),
+        "loads": ('("evict_last", "")', "tma_state_loads_evict_last", "LOAD_EVICTION=config.load_eviction"),
+    }[copies]
     return [("    tma_stores_evict_last,\n)\n",
              ("    tma_stores_evict_last,\n)\n\n\n"
               "def _variant_rewrite(ptx):\n" + textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    "))),
-            ('("", "evict_last"): tma_stores_evict_last,', '("", "evict_last"): _variant_rewrite,'),
-            ("STORE_EVICTION=config.store_eviction, **kwargs)",
-             f"STORE_EVICTION=config.store_eviction + {key!r}, **kwargs)")]
+            (f"{entry}: {rewrite},", f"{entry}: _variant_rewrite,"),
+            (f"{constexpr},", f"{constexpr} + {key!r},")]
 
 
 # the variants that change the evict-last stores' PTX rewrite: they act only at a spec with ``el``
@@ -921,7 +925,7 @@ KV_TILE_STORE_POLICY_VARIANTS: set[str] = set()
 # Only a fraction of the stored lines evict-last (createpolicy.fractional's fraction; the rest
 # evict-normal): fewer dirty lines held into the next call, and less of what evict-last gained
 for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_store_policy(f"@{_percent}", f"""
+    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_l2_policy(f"@{_percent}", f"""
         return tma_stores_evict_last(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
                                                   "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
         """)
@@ -934,7 +938,7 @@ for _percent in (25, 50, 75):
 # GluonTileConfig.load_eviction, tune spec word ``lel``). (Call 3 ran it under Triton 3.6, which
 # writes these loads shared::cluster where 3.7 writes shared::cta, before the pattern took both:
 # unhinted.) The rewrite raises where it hints no load.
-KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy("@loads_evict_first", r"""
+KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_l2_policy("@loads_evict_first", r"""
     from gdn_ops.ptx_rewrite import _TMA_STATE_LOAD  # the shipped rewrite's pattern of the state's loads
 
     ptx, loads = _TMA_STATE_LOAD.subn(r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", tma_stores_evict_last(ptx))
@@ -945,6 +949,20 @@ KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_store_policy("@loads_ev
                        "\n\tcreatepolicy.fractional.L2::evict_first.b64 %gdn_l2_evict_first, 1.0;")
     """)
 KV_TILE_STORE_POLICY_VARIANTS.add("kv_tile_loads_evict_first")
+
+# the variants that change the evict-last loads' PTX rewrite: they act only at a spec with ``lel``
+# and without ``el``
+KV_TILE_LOAD_POLICY_VARIANTS: set[str] = set()
+# Only a fraction of the state's loaded lines evict-last (NOTES.md, forty-eighth session): at 64 MB
+# of state a call (fp32 B*HV 1024, bf16 2048; about the L2) the whole state evict-last was level or
+# lost 0.2-0.6 points, where from 128 MB it gains 1.5-3; a fraction keeps some of a tile's lines
+# until its store without holding a whole call's state against the next call's reads.
+for _percent in (25, 50, 75):
+    KV_TILE_VARIANTS[f"kv_tile_lel_fraction{_percent}"] = _kv_tile_l2_policy(f"@{_percent}", f"""
+        return tma_state_loads_evict_last(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
+                                                       "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
+        """, copies="loads")
+    KV_TILE_LOAD_POLICY_VARIANTS.add(f"kv_tile_lel_fraction{_percent}")
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
 # barriers, the tail's pieces one a program, to halve the slots' turnovers; kv_tile_two_tiles_strided:

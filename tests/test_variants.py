@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.variants import (
     ALL_VARIANTS,
+    KV_TILE_LOAD_POLICY_VARIANTS,
     KV_TILE_STORE_POLICY_VARIANTS,
     KV_TILE_VARIANTS,
     SLOT_ORDER_VARIANTS,
@@ -144,14 +145,22 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
     check(build(case, device), run)
 
 
+def _policy_config(name: str, config):
+    """``config`` with the evict-last copies that kv tile policy variant ``name`` rewrites: its
+    state's loads (``KV_TILE_LOAD_POLICY_VARIANTS``) or its stores."""
+    if name in KV_TILE_LOAD_POLICY_VARIANTS:
+        return config._replace(load_eviction="evict_last")
+    return config._replace(store_eviction="evict_last") if name in KV_TILE_STORE_POLICY_VARIANTS else config
+
+
 def compiled_variant_ptx(name: str) -> str:
-    """The PTX of kv tile variant ``name`` compiled for sm_90 at the shipped bf16 tile with its rows
-    stored evict-last, through the variant's own store policy."""
+    """The PTX of kv tile policy variant ``name`` compiled for sm_90 at the shipped bf16 tile with
+    the copies it rewrites evict-last, through the variant's own rewrite."""
     from tile_kernel_checks import compile_recorded_launch
 
     from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
 
-    module, config = load_variant(name), KV_2B_TILE_CONFIG._replace(store_eviction="evict_last")
+    module, config = load_variant(name), _policy_config(name, KV_2B_TILE_CONFIG)
     with module.l2_policy(config):
         return compile_recorded_launch(module, "_decode_kv_tile_kernel", "launch_decode_kv_tile", "kv",
                                        config).asm["ptx"]
@@ -183,9 +192,7 @@ def compiled_variant_shared_memory(name: str) -> int:
     if name in VK_TILE_VARIANTS:
         layout, config, policy = "vk", VK_2B_TILE_TWO_WARP_CONFIG, contextlib.nullcontext()
     else:
-        layout, config = "kv", KV_2B_TILE_CONFIG
-        if name in KV_TILE_STORE_POLICY_VARIANTS:
-            config = config._replace(store_eviction="evict_last")
+        layout, config = "kv", _policy_config(name, KV_2B_TILE_CONFIG)
         policy = module.l2_policy(config)
     with policy:
         return compile_recorded_launch(module, f"_decode_{layout}_tile_kernel", f"launch_decode_{layout}_tile",
@@ -208,13 +215,15 @@ def test_tile_variant_compiles_for_sm90(name):
     ("kv_tile_el_fraction25", ["evict_last.b64 %gdn_l2_evict_last, 0.25;"], 0, 1),
     ("kv_tile_loads_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
                                    "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1, 1),
+    ("kv_tile_lel_fraction50", ["evict_last.b64 %gdn_l2_evict_last, 0.5;"], 1, 0),
 ])
-def test_store_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads, hinted_stores):
+def test_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads, hinted_stores):
     """The policy variants' binaries carry their L2 policies: stores evict-last on a fraction of the
-    lines, or the state's TMA load (not q's and k's) evict-first beside them."""
+    lines, the state's TMA load (not q's and k's) evict-first beside them, or that load evict-last
+    on a fraction of its lines and the stores plain."""
     from sm90_compile import run_in_child
 
-    assert name in KV_TILE_STORE_POLICY_VARIANTS
+    assert name in KV_TILE_STORE_POLICY_VARIANTS | KV_TILE_LOAD_POLICY_VARIANTS
     ptx = run_in_child("test_variants", f"t.compiled_variant_ptx({name!r})")
     assert [line.split("L2::", 1)[1].strip() for line in ptx.splitlines() if "createpolicy" in line] == policies
     assert ptx.count("mbarrier::complete_tx::bytes.L2::cache_hint") == hinted_loads
