@@ -919,16 +919,23 @@ def _kv_tile_l2_policy(key: str, body: str, copies: str = "stores") -> list[tupl
             (f"{constexpr},", f"{constexpr} + {key!r},")]
 
 
+def _kv_tile_fraction(copies: str, percent: int) -> list[tuple[str, str]]:
+    """The kv tile's evict-last ``copies`` ("stores" or "loads", as :func:`_kv_tile_l2_policy`) on
+    ``percent``% of their lines (``createpolicy.fractional``'s fraction; the rest evict-normal)."""
+    rewrite = {"stores": "tma_stores_evict_last", "loads": "tma_state_loads_evict_last"}[copies]
+    return _kv_tile_l2_policy(f"@{percent}", f"""
+        return {rewrite}(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
+                                      "L2::evict_last.b64 %gdn_l2_evict_last, {percent / 100};")
+        """, copies)
+
+
 # the variants that change the evict-last stores' PTX rewrite: they act only at a spec with ``el``
 # and without ``lel`` (the launcher's rewrite for the loads and the stores is the shipped one)
 KV_TILE_STORE_POLICY_VARIANTS: set[str] = set()
-# Only a fraction of the stored lines evict-last (createpolicy.fractional's fraction; the rest
-# evict-normal): fewer dirty lines held into the next call, and less of what evict-last gained
+# Only a fraction of the stored lines evict-last: fewer dirty lines held into the next call, and
+# less of what evict-last gained
 for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_l2_policy(f"@{_percent}", f"""
-        return tma_stores_evict_last(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
-                                                  "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
-        """)
+    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_fraction("stores", _percent)
     KV_TILE_STORE_POLICY_VARIANTS.add(f"kv_tile_el_fraction{_percent}")
 
 
@@ -956,12 +963,11 @@ KV_TILE_LOAD_POLICY_VARIANTS: set[str] = set()
 # Only a fraction of the state's loaded lines evict-last (NOTES.md, forty-eighth session): at 64 MB
 # of state a call (fp32 B*HV 1024, bf16 2048; about the L2) the whole state evict-last was level or
 # lost 0.2-0.6 points, where from 128 MB it gains 1.5-3; a fraction keeps some of a tile's lines
-# until its store without holding a whole call's state against the next call's reads.
+# until its store without holding a whole call's state against the next call's reads. Measured
+# (call 5, lelf_*_35def64.json): every fraction lost, 0.7-1.9 points at bf16 B=128 against the whole
+# state evict-last and at fp32 B=32 more than it (-2.2..-2.4 against the plain loads sorting).
 for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_lel_fraction{_percent}"] = _kv_tile_l2_policy(f"@{_percent}", f"""
-        return tma_state_loads_evict_last(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
-                                                       "L2::evict_last.b64 %gdn_l2_evict_last, {_percent / 100};")
-        """, copies="loads")
+    KV_TILE_VARIANTS[f"kv_tile_lel_fraction{_percent}"] = _kv_tile_fraction("loads", _percent)
     KV_TILE_LOAD_POLICY_VARIANTS.add(f"kv_tile_lel_fraction{_percent}")
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
