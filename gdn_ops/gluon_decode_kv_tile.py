@@ -6,9 +6,9 @@ buffers. Moving the same bytes with one program per head, many of them resident 
 is that structure with the step in it. Each program:
 
 1. loads its tile ``[K, BV]`` (with its q and k) into shared memory by ``PARTS`` TMA copies of
-   ``K / PARTS`` key rows, issued at once, each on its own barrier; from the rule's
-   load thresholds (``TileRule.loads_evict_last``) with an evict-last L2 policy, so that the tile's lines are still in
-   L2 when step 5 writes them (Gluon cannot express it: see step 5);
+   ``K / PARTS`` key rows, issued at once, each on its own barrier; from the rule's thresholds
+   (``TileRule.loads_evict_last``) with an evict-last L2 policy, so that the tile's lines are
+   still in L2 when step 5 writes them (Gluon cannot express it: see step 5);
 2. reads it in steps of ``ROWS`` key rows to sum ``S^T k`` and ``S^T q``, each step as soon as its
    part has landed (so the sums start while later parts are still arriving). Every thread
    accumulates only its own elements, and one in-warp reduction at the end finishes both sums;
