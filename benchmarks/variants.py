@@ -1243,7 +1243,9 @@ VK_TILE_VARIANTS["vk_tile_prefetch_at_end"] = [
 # were evicted before its stores met them. The vk tile's rows leave by register stores (evict-last
 # from 4096 by the rule, so a spec's ``el``), and it paid 0.6 us for the previous call's dirty lines
 # where the kv tile paid 3.3, so less to gain. Compiled through the same PTX rewrite, inside the
-# launch; the unread LOAD_EVICTION constexpr keys the binary apart from the shipped one.
+# launch; the unread LOAD_EVICTION constexpr keys the binary apart from the shipped one. Measured
+# (NOTES.md, forty-eighth session, vlel_*_3d11214.json): level to -0.6 points at TP=1 bf16 B=128,
+# TP=4 bf16 B=512 and fp32 B=256; not shipped.
 VK_TILE_VARIANTS["vk_tile_loads_evict_last"] = [
     ("STORE_EVICTION: gl.constexpr,", "STORE_EVICTION: gl.constexpr, LOAD_EVICTION: gl.constexpr,"),
     ("        STORE_EVICTION=config.store_eviction,\n",

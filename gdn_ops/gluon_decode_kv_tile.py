@@ -15,9 +15,9 @@ is that structure with the step in it. Each program:
 3. computes ``u = beta (v - d S^T k)`` and ``o = d S^T q + u (k . q)``, with ``d = exp(g)``
    (the same step as ``triton_step.delta_rule_step``, with ``o`` taken from the old state);
 4. reads the rows again and writes ``d S + k u^T`` back in place;
-5. sends the tile home by TMA stores, one per part; with ``store_eviction`` (no rule picks it
-   now) with an evict-last L2 policy. Gluon cannot give a TMA copy a policy, so the launcher
-   compiles such a binary with its PTX rewritten (``gdn_ops.ptx_rewrite``).
+5. sends the tile home by TMA stores, one per part, with an evict-last L2 policy where
+   ``store_eviction`` asks for it (no rule does now). Gluon cannot give a TMA copy a policy, so
+   the launcher compiles such a binary with its PTX rewritten (``gdn_ops.ptx_rewrite``).
 
 Only a few rows are in registers at a time, so the register file does not limit how many
 programs share an SM: shared memory does, about 6 whole bf16 heads or 6 half fp32 ones.

@@ -396,8 +396,8 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         # thresholds (the "large" cases on the H200), and with its grid's end in pieces where the rule says
         expected = rule_config(gluon, case.state_dtype.itemsize, row_heads)
         assert launched == [expected]
-        start = gluon.fp32_loads_evict_last_from if case.state_dtype == torch.float32 else gluon.loads_evict_last_from
-        assert expected.load_eviction == ("evict_last" if start is not None and row_heads >= start else "")
+        evict_last = gluon.loads_evict_last(case.state_dtype.itemsize, row_heads)
+        assert expected.load_eviction == ("evict_last" if evict_last else "")
         assert expected._replace(parts=1, tail_split=1, tail_per_sm=0, load_eviction="") == (
             KV_4B_TILE_CONFIG if case.state_dtype == torch.float32
             else KV_2B_TILE_CONFIG if row_heads >= gluon.large_from else KV_2B_TILE_SMALL_CONFIG)

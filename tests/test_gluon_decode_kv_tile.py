@@ -303,10 +303,9 @@ def test_the_h200_rule_loads_evict_last_from_its_threshold(state, rows_x_heads, 
     the state's TMA loads (one per part, and one per part of the tail's pieces) carries the L2 hint
     of one evict-last policy and the stores none; below it nothing is hinted. (Hinted, the tile's
     registers and stack are checked by test_compiles_the_h200_rule_with_tails_for_sm90.)"""
-    rule = TILE_RULES["H200"]
-    config = rule_config(rule, {"bf16": 2, "fp32": 4}[state], rows_x_heads)
-    start = rule.fp32_loads_evict_last_from if state == "fp32" else rule.loads_evict_last_from
-    assert (config.load_eviction == "evict_last") == (rows_x_heads >= start)
+    rule, itemsize = TILE_RULES["H200"], {"bf16": 2, "fp32": 4}[state]
+    config = rule_config(rule, itemsize, rows_x_heads)
+    assert (config.load_eviction == "evict_last") == rule.loads_evict_last(itemsize, rows_x_heads)
     assert config.store_eviction == ""
     assert run_in_child("test_gluon_decode_kv_tile", f"t.tma_hints(t.{config!r}, {state!r})").strip() == expected
 
