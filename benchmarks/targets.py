@@ -1,0 +1,282 @@
+"""Where the performance issue's targets stand, read from committed sweeps of ``benchmarks.run``.
+
+Command (no GPU needed; reads JSON only)::
+
+    python -m benchmarks.targets [--sources benchmarks/results/h200/targets_sources.txt]
+    python -m benchmarks.targets --tables             # every provider's table instead
+    python -m benchmarks.targets --update README.md   # rewrite the README's blocks from the sweeps
+    python -m benchmarks.targets --check README.md    # exit 1 where they differ (a test runs this)
+
+The targets are in % of the copy bandwidth measured in the same run: at least 95% from B=128, 90%
+at B=32 and 80% at B=8, and at most 3.0 us a call at B=1, for both state dtypes and layouts, and
+gdn_ops faster than SGLang's kernel everywhere. A point is *out of reach* on its card when
+PyTorch's copy of the same bytes in the same graphs (the run's ``copy`` provider) reads under the
+target: no kernel that moves those bytes is expected to pass it.
+
+The sources file lists sweep JSONs, oldest first, one a line (``#`` starts a comment). A later
+file's point replaces an earlier file's point of the same (TP, state dtype, layout, B), with all of
+its providers, so that a figure and the copy it is measured against come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCES = REPO / "benchmarks" / "results" / "h200" / "targets_sources.txt"
+TARGET_PCT = {8: 80.0, 32: 90.0, 128: 95.0, 256: 95.0, 512: 95.0, 1024: 95.0}
+TARGET_US_B1 = 3.0
+COLUMNS = (("float32", "vk"), ("bfloat16", "vk"), ("float32", "kv"), ("bfloat16", "kv"))
+SHORT = {"float32": "fp32", "bfloat16": "bf16"}
+PROVIDER_HEADINGS = {"gdn_ops": "gdn_ops", "gdn_ops_step_order": "step order", "gdn_ops_no_pdl": "no PDL",
+                     "sglang": "SGLang", "fla": "FLA", "torch_compile": "torch.compile", "eager": "eager",
+                     "copy": "copy"}
+WITH_PCT = ("gdn_ops", "gdn_ops_step_order")  # cells that also give % of copy bandwidth
+Key = tuple[int, str, str, int]  # (tp, state dtype, layout, B)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One grid point's figures, all from one run (``source``, the sweep's file stem)."""
+
+    tp: int
+    dtype: str
+    layout: str
+    B: int
+    source: str
+    timed: dict[str, tuple[float, float]]  # provider -> (median us a call, % of copy bandwidth)
+
+    def _fig(self, provider: str, i: int) -> float | None:
+        t = self.timed.get(provider)
+        return None if t is None else t[i]
+
+    us = property(lambda self: self._fig("gdn_ops", 0), doc="gdn_ops, median us a call")
+    pct = property(lambda self: self._fig("gdn_ops", 1), doc="gdn_ops, % of copy bandwidth")
+    us_given_order = property(lambda self: self._fig("gdn_ops_step_order", 0),
+                              doc="the same op given ``initial_state_order``")
+    pct_given_order = property(lambda self: self._fig("gdn_ops_step_order", 1))
+    copy_pct = property(lambda self: self._fig("copy", 1), doc="PyTorch's copy of the same bytes")
+    sglang_us = property(lambda self: self._fig("sglang", 0), doc="SGLang's kernel (vk only)")
+
+    def meets(self, pct: float | None, us: float | None) -> bool | None:
+        """Whether one figure (% of copy, or us at B=1) meets this point's target; None without one."""
+        if self.B == 1:
+            return None if us is None else us <= TARGET_US_B1
+        target = TARGET_PCT.get(self.B)
+        return None if target is None or pct is None else pct >= target
+
+    @property
+    def out_of_reach(self) -> bool:
+        """The copy of the same bytes reads under the target (only for % targets)."""
+        target = TARGET_PCT.get(self.B)
+        return target is not None and self.copy_pct is not None and self.copy_pct < target
+
+    @property
+    def status(self) -> str:
+        """``met`` (both figures), ``met given the order`` or ``met without it`` (one of them),
+        ``out of reach``, ``open`` or ``no target``."""
+        plain = self.meets(self.pct, self.us)
+        given = self.meets(self.pct_given_order, self.us_given_order)
+        if plain is None:
+            return "no target"
+        if plain and given is not False:
+            return "met"
+        if plain or given:
+            return "met without the order" if plain else "met given the order"
+        return "out of reach" if self.out_of_reach else "open"
+
+
+def read_sources(path: Path) -> list[Path]:
+    """The sweep files a sources file names, oldest first (relative names: beside the sources file)."""
+    files = []
+    for line in path.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            files.append(path.parent / name)
+    if not files:
+        raise ValueError(f"{path}: names no sweep file")
+    return files
+
+
+def points_of(sweep: dict, source: str) -> dict[Key, Point]:
+    """Every grid point of one sweep where gdn_ops was timed, keyed by (tp, dtype, layout, B)."""
+    timed: dict[Key, dict[str, tuple[float, float]]] = {}
+    for r in sweep["records"]:
+        if r.get("status") == "ok":
+            key = (r["tp"], r["state_dtype"], r["layout"], r["B"])
+            timed.setdefault(key, {})[r["provider"]] = (r["p50_us"], r["pct_of_copy_bw"])
+    return {key: Point(*key, source=source, timed=t) for key, t in timed.items() if "gdn_ops" in t}
+
+
+def merge(files: list[Path]) -> tuple[dict[Key, Point], dict[str, dict]]:
+    """The points of the files, later files replacing earlier ones; and each used file's header."""
+    points: dict[Key, Point] = {}
+    headers = {}
+    for f in files:
+        sweep = json.loads(f.read_text())
+        headers[f.stem] = sweep["header"]
+        points.update(points_of(sweep, f.stem))
+    used = {p.source for p in points.values()}
+    return points, {k: v for k, v in headers.items() if k in used}
+
+
+def _cell(p: Point | None) -> str:
+    """gdn_ops without / given the order: us at B=1, % of copy elsewhere; bold where met, † out of reach."""
+    if p is None:
+        return "-"
+    pairs = [(p.us, p.us_given_order)] if p.B == 1 else [(p.pct, p.pct_given_order)]
+    figs = [(v, p.meets(v, v)) for v in pairs[0] if v is not None]
+    text = " / ".join(f"**{v:.2f}**" if ok else f"{v:.2f}" for v, ok in figs)
+    return text + (" us" if p.B == 1 else "") + (" †" if p.status == "out of reach" else "")
+
+
+def table(points: dict[Key, Point], tp: int) -> str:
+    """Markdown: one row per targeted B, one column per (state dtype, layout)."""
+    head = f"| B (TP={tp}) | " + " | ".join(f"{SHORT[d]} {lay}" for d, lay in COLUMNS) + " |"
+    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
+    for B in (1, *TARGET_PCT):
+        cells = [_cell(points.get((tp, d, lay, B))) for d, lay in COLUMNS]
+        lines.append(f"| {B} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sglang_line(points: dict[Key, Point]) -> str:
+    """gdn_ops against SGLang over every point both ran (the targets' grid and the rest)."""
+    pairs = [(p.sglang_us / p.us, p) for p in points.values() if p.sglang_us is not None]
+    if not pairs:
+        return "SGLang: not in these sweeps."
+    slower = [p for ratio, p in pairs if ratio <= 1.0]
+    lo, hi = min(r for r, _ in pairs), max(r for r, _ in pairs)
+    text = f"SGLang is slower than gdn_ops at {len(pairs) - len(slower)} of {len(pairs)} points ({lo:.2f}x-{hi:.2f}x)"
+    if slower:
+        text += "; not at " + ", ".join(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}" for p in slower)
+    return text + "."
+
+
+def _run_args(argv: list[str]) -> list[str]:
+    """A run's arguments less where it wrote and when it stopped, which do not change its figures."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--tag", "--time-budget-s"):
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def sources_lines(points: dict[Key, Point], headers: dict[str, dict]) -> str:
+    """Which run each table's figures come from: file, the tables it feeds, commit, copy bandwidth, card."""
+    batches: dict[tuple[str, str], set[int]] = {}
+    for p in points.values():
+        batches.setdefault((p.source, f"TP={p.tp} {SHORT[p.dtype]} {p.layout}"), set()).add(p.B)
+    whole = {}
+    for (_, name), bs in batches.items():
+        whole.setdefault(name, set()).update(bs)
+    fed: dict[str, list[str]] = {}
+    for (stem, name), bs in sorted(batches.items()):
+        part = "" if bs == whole[name] else f" B={min(bs)}" + (f"-{max(bs)}" if len(bs) > 1 else "")
+        fed.setdefault(stem, []).append(name + part)
+    lines = []
+    for stem, h in headers.items():
+        args = " ".join(_run_args(h.get("argv", [])))
+        lines.append(f"- `{stem}` (`{args}`): {', '.join(fed[stem])} (gdn_ops {h['gdn_ops_commit'][:7]}, "
+                     f"copy {h['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, {h['gpu']}, torch {h['torch']}, "
+                     f"Triton {h['triton']}, {h['date_utc'][:10]})")
+    return "\n".join(lines)
+
+
+def report(points: dict[Key, Point], headers: dict[str, dict]) -> str:
+    """The targets block: a table per TP, the SGLang comparison and the sources."""
+    tps = sorted({k[0] for k in points})
+    blocks = [table(points, tp) for tp in tps]
+    sources = "Sources (`python -m benchmarks.run` with the arguments shown):\n" + sources_lines(points, headers)
+    return "\n\n".join([*blocks, sglang_line(points), sources])
+
+
+def provider_table(points: dict[Key, Point], tp: int, dtype: str, layout: str) -> str:
+    """Markdown: every B of one (TP, state dtype, layout), every provider's median us a call."""
+    pts = sorted((p for p in points.values() if (p.tp, p.dtype, p.layout) == (tp, dtype, layout)),
+                 key=lambda p: p.B)
+    names = [n for n in PROVIDER_HEADINGS if any(n in p.timed for p in pts)]
+    sources = ", ".join(dict.fromkeys(f"`{p.source}`" for p in pts))
+    lines = [f"TP={tp}, {SHORT[dtype]} state, {layout} layout ({sources}):", "",
+             "| B | " + " | ".join(PROVIDER_HEADINGS[n] for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for p in pts:
+        cells = []
+        for n in names:
+            t = p.timed.get(n)
+            cells.append("-" if t is None else f"{t[0]:.1f} ({t[1]:.1f}%)" if n in WITH_PCT else f"{t[0]:.1f}")
+        lines.append(f"| {p.B} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables_report(points: dict[Key, Point]) -> str:
+    """The tables block: one provider table per (TP, state dtype, layout) in the points."""
+    groups = sorted({k[:3] for k in points}, key=lambda g: (g[0], COLUMNS.index(g[1:])))
+    return "\n\n".join(provider_table(points, *g) for g in groups)
+
+
+BLOCKS = {"targets": report, "tables": lambda points, headers: tables_report(points)}
+
+
+def readme_block(text: str, name: str = "targets") -> tuple[int, int]:
+    """Where the block ``name`` lies in ``text``, between its markers: (start, end) offsets."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    try:
+        start = text.index(begin) + len(begin)
+        return start, text.index(end, start)
+    except ValueError:
+        raise ValueError(f"no {begin} ... {end} block") from None
+
+
+def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict]) -> str:
+    """``text`` with every block's content replaced by what the points say."""
+    for name, make in BLOCKS.items():
+        start, end = readme_block(text, name)
+        text = text[:start] + "\n" + make(points, headers) + "\n" + text[end:]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sources", type=Path, default=DEFAULT_SOURCES, help="the sweep files, oldest first")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--check", type=Path, metavar="README", help="exit 1 unless its blocks say what the sweeps do")
+    what.add_argument("--update", type=Path, metavar="README", help="rewrite its blocks from the sweeps")
+    what.add_argument("--tables", action="store_true", help="print every provider's table instead")
+    what.add_argument("--status", action="store_true", help="print every targeted point's verdict instead")
+    args = ap.parse_args(argv)
+    points, headers = merge(read_sources(args.sources))
+    if args.check or args.update:
+        path = args.check or args.update
+        text = path.read_text()
+        filled = fill_readme(text, points, headers)
+        if args.update:
+            path.write_text(filled)
+            print(f"{path}: blocks {', '.join(BLOCKS)} rewritten from {args.sources}")
+        elif filled != text:
+            print(f"{path}: its blocks differ from the sweeps in {args.sources}; "
+                  f"`python -m benchmarks.targets --update {path}` rewrites them")
+            return 1
+        else:
+            print(f"{path}: its blocks match {args.sources}")
+    elif args.tables:
+        print(tables_report(points))
+    elif args.status:
+        for key in sorted(points):
+            p = points[key]
+            if p.status != "no target":
+                print(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}: {p.status} ({p.source})")
+    else:
+        print(report(points, headers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The targets report: its verdicts on made-up sweeps, and the README's tables against the committed sweeps."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks import targets
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _rec(provider, B, pct, us=10.0, tp=1, dtype="bfloat16", layout="vk", status="ok"):
+    return {"provider": provider, "status": status, "tp": tp, "B": B, "state_dtype": dtype, "layout": layout,
+            "pct_of_copy_bw": pct, "p50_us": us}
+
+
+def _sweep(records, commit="abc1234", argv=("--tp", "1", "--out", "/tmp/r", "--tag", "t")):
+    return {"header": {"gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "gdn_ops_commit": commit,
+                       "date_utc": "2026-12-04T00:00:00+00:00", "copy_bandwidth_Bps": 4.28e12, "argv": list(argv)},
+            "records": records}
+
+
+def _point(B, pct, given=None, copy=None, us=10.0, us_given=None):
+    timed = {"gdn_ops": (us, pct)}
+    if given is not None:
+        timed["gdn_ops_step_order"] = (us if us_given is None else us_given, given)
+    if copy is not None:
+        timed["copy"] = (us, copy)
+    return targets.Point(1, "bfloat16", "vk", B, "s", timed)
+
+
+def test_the_readme_carries_what_the_committed_sweeps_say(capsys):
+    assert targets.main(["--check", str(README)]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("point, status", [
+    (_point(128, 95.0, 95.0, 97.0), "met"),
+    (_point(128, 95.0, None, 97.0), "met"),
+    (_point(128, 94.99, 95.1, 97.0), "met given the order"),
+    (_point(128, 94.0, 94.5, 97.0), "open"),
+    (_point(128, 94.0, 94.5, 94.9), "out of reach"),
+    (_point(8, 81.0, 79.0, 78.0), "met without the order"),
+    (_point(32, 89.9, 89.9, None), "open"),
+    (_point(64, 50.0, 50.0, 99.0), "no target"),
+    (_point(1, 30.0, None, 90.0, us=3.0), "met"),
+    (_point(1, 30.0, 30.0, 90.0, us=3.1, us_given=2.9), "met given the order"),
+    (_point(1, 30.0, 30.0, 10.0, us=3.1, us_given=3.2), "open"),  # a us target has no copy verdict
+])
+def test_status(point, status):
+    assert point.status == status
+
+
+@given(pct=st.floats(0, 120), copy=st.floats(0, 120), B=st.sampled_from(sorted(targets.TARGET_PCT)))
+def test_out_of_reach_only_where_the_copy_falls_under_the_target(pct, copy, B):
+    p = _point(B, pct, None, copy)
+    target = targets.TARGET_PCT[B]
+    assert (p.status == "out of reach") == (pct < target and copy < target)
+    assert (p.status == "met") == (pct >= target)
+    cell = targets._cell(p)
+    assert cell.endswith("†") == (p.status == "out of reach")
+    assert cell.startswith("**") == (pct >= target)
+
+
+def test_a_later_sweep_replaces_a_point_with_its_own_copy(tmp_path):
+    old = _sweep([_rec("gdn_ops", 128, 90.0), _rec("copy", 128, 99.0), _rec("gdn_ops", 256, 96.0),
+                  _rec("copy", 256, 99.0), _rec("sglang", 256, 0.0, us=20.0)], commit="1111111")
+    new = _sweep([_rec("gdn_ops", 128, 94.0, us=9.0), _rec("copy", 128, 93.0),
+                  _rec("gdn_ops_step_order", 128, 96.0), _rec("fla", 128, 20.0, status="failed")],
+                 commit="2222222", argv=("--tp", "1", "--batches", "128", "--time-budget-s", "9"))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "sources.txt").write_text("# oldest first\nold.json\n\nnew.json  # B=128 again\n")
+    points, headers = targets.merge(targets.read_sources(tmp_path / "sources.txt"))
+    p128, p256 = points[(1, "bfloat16", "vk", 128)], points[(1, "bfloat16", "vk", 256)]
+    assert (p128.source, p128.pct, p128.pct_given_order, p128.copy_pct) == ("new", 94.0, 96.0, 93.0)
+    assert p128.status == "met given the order"
+    assert (p256.source, p256.copy_pct, p256.sglang_us) == ("old", 99.0, 20.0)
+    text = targets.report(points, headers)
+    assert "| 128 | - | 94.00 / **96.00** | - | - |" in text
+    assert "| 256 | - | **96.00** | - | - |" in text
+    assert "`new` (`--tp 1 --batches 128`): TP=1 bf16 vk B=128 (gdn_ops 2222222" in text
+    assert "`old` (`--tp 1`): TP=1 bf16 vk B=256 (gdn_ops 1111111" in text
+    assert "slower than gdn_ops at 1 of 1 points (2.00x-2.00x)" in text
+
+
+def test_sglang_faster_somewhere_is_named():
+    fast = targets.Point(4, "float32", "vk", 512, "s", {"gdn_ops": (10.0, 90.0), "sglang": (9.5, 94.7)})
+    assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; not at TP=4 fp32 vk B=512.")
+
+
+def test_a_readme_without_a_block_and_an_empty_sources_file_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="targets:begin"):
+        targets.readme_block("# no tables here\n")
+    with pytest.raises(ValueError, match="tables:begin"):
+        targets.readme_block("<!-- targets:begin -->\n<!-- targets:end -->\n", "tables")
+    (tmp_path / "sources.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no sweep file"):
+        targets.read_sources(tmp_path / "sources.txt")
+
+
+def test_update_fills_the_blocks_and_check_then_passes_until_a_figure_changes(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- targets:begin -->\nold\n<!-- targets:end -->\ntext\n"
+                      "<!-- tables:begin --><!-- tables:end -->\n")
+    assert targets.main(["--check", str(readme)]) == 1
+    assert targets.main(["--update", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n<!-- targets:begin -->\n| B (TP=1) | fp32 vk | bf16 vk | fp32 kv | bf16 kv |")
+    assert "\ntext\n<!-- tables:begin -->\nTP=1, fp32 state, vk layout (" in text
+    assert "old" not in text
+    assert targets.main(["--check", str(readme)]) == 0
+    start, end = targets.readme_block(text, "tables")
+    row = text.index("| 128 |", start)
+    readme.write_text(text[:row] + text[row:end].replace("%", "", 1) + text[end:])
+    assert targets.main(["--check", str(readme)]) == 1
+    assert "--update" in capsys.readouterr().out
+
+
+def test_the_tables_name_every_provider_the_benchmark_times():
+    from benchmarks import providers
+
+    assert tuple(targets.PROVIDER_HEADINGS) == providers.PROVIDER_NAMES
