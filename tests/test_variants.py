@@ -216,11 +216,13 @@ def test_tile_variant_compiles_for_sm90(name):
     ("kv_tile_loads_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
                                    "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1, 1),
     ("kv_tile_lel_fraction50", ["evict_last.b64 %gdn_l2_evict_last, 0.5;"], 1, 0),
+    ("kv_tile_lel_stores_evict_first", ["evict_last.b64 %gdn_l2_evict_last, 1.0;",
+                                        "evict_first.b64 %gdn_l2_evict_first, 1.0;"], 1, 1),
 ])
 def test_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads, hinted_stores):
     """The policy variants' binaries carry their L2 policies: stores evict-last on a fraction of the
-    lines, the state's TMA load (not q's and k's) evict-first beside them, or that load evict-last
-    on a fraction of its lines and the stores plain."""
+    lines, the state's TMA load (not q's and k's) evict-first beside them, that load evict-last on a
+    fraction of its lines and the stores plain, or that load evict-last and the stores evict-first."""
     from sm90_compile import run_in_child
 
     assert name in KV_TILE_STORE_POLICY_VARIANTS | KV_TILE_LOAD_POLICY_VARIANTS
@@ -229,6 +231,10 @@ def test_policy_variants_rewrite_the_ptx_they_name(name, policies, hinted_loads,
     assert ptx.count("mbarrier::complete_tx::bytes.L2::cache_hint") == hinted_loads
     assert ptx.count("bulk_group.L2::cache_hint") == hinted_stores
     assert ptx.count("cp.async.bulk.tensor.5d.global.shared::cta.bulk_group") == 1  # the store, either way
+    if "evict_first" in name:  # the copies named evict-first carry that policy, the others evict-last
+        first = "bulk_group" if "stores" in name else "complete_tx::bytes"
+        assert [line for line in ptx.splitlines() if "%gdn_l2_evict_first;" in line and "cache_hint" in line]
+        assert all(first in line for line in ptx.splitlines() if "%gdn_l2_evict_first;" in line and "cache_hint" in line)
 
 
 def test_the_vk_loads_variant_hints_the_state_loads_only():
