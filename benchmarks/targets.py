@@ -62,12 +62,19 @@ class Point:
     copy_pct = property(lambda self: self._fig("copy", 1), doc="PyTorch's copy of the same bytes")
     sglang_us = property(lambda self: self._fig("sglang", 0), doc="SGLang's kernel (vk only)")
 
-    def meets(self, pct: float | None, us: float | None) -> bool | None:
-        """Whether one figure (% of copy, or us at B=1) meets this point's target; None without one."""
+    @property
+    def figures(self) -> tuple[float | None, float | None]:
+        """gdn_ops without / given the order, in the unit of this point's target (us at B=1, else %)."""
+        return (self.us, self.us_given_order) if self.B == 1 else (self.pct, self.pct_given_order)
+
+    def meets(self, figure: float | None) -> bool | None:
+        """Whether ``figure`` (in :attr:`figures`' unit) meets this point's target; None without one."""
+        if figure is None:
+            return None
         if self.B == 1:
-            return None if us is None else us <= TARGET_US_B1
+            return figure <= TARGET_US_B1
         target = TARGET_PCT.get(self.B)
-        return None if target is None or pct is None else pct >= target
+        return None if target is None else figure >= target
 
     @property
     def out_of_reach(self) -> bool:
@@ -79,8 +86,7 @@ class Point:
     def status(self) -> str:
         """``met`` (both figures), ``met given the order`` or ``met without it`` (one of them),
         ``out of reach``, ``open`` or ``no target``."""
-        plain = self.meets(self.pct, self.us)
-        given = self.meets(self.pct_given_order, self.us_given_order)
+        plain, given = map(self.meets, self.figures)
         if plain is None:
             return "no target"
         if plain and given is not False:
@@ -128,9 +134,7 @@ def _cell(p: Point | None) -> str:
     """gdn_ops without / given the order: us at B=1, % of copy elsewhere; bold where met, † out of reach."""
     if p is None:
         return "-"
-    pairs = [(p.us, p.us_given_order)] if p.B == 1 else [(p.pct, p.pct_given_order)]
-    figs = [(v, p.meets(v, v)) for v in pairs[0] if v is not None]
-    text = " / ".join(f"**{v:.2f}**" if ok else f"{v:.2f}" for v, ok in figs)
+    text = " / ".join(f"**{v:.2f}**" if p.meets(v) else f"{v:.2f}" for v in p.figures if v is not None)
     return text + (" us" if p.B == 1 else "") + (" †" if p.status == "out of reach" else "")
 
 

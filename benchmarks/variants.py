@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -901,18 +900,6 @@ KV_TILE_VARIANTS["kv_tile_stagger2000"] = _kv_tile_stagger(2000)
 KV_TILE_VARIANTS["kv_tile_stagger2000_timeline"] = KV_TILE_VARIANTS["kv_tile_timeline"] + _kv_tile_stagger(2000)
 
 
-def hint_evict_first(ptx: str, pattern: re.Pattern, what: str) -> str:
-    """``ptx`` after a shipped evict-last rewrite (its policy made) with each ``pattern`` instruction
-    (a TMA copy, as :mod:`gdn_ops.ptx_rewrite` matches them) carrying an evict-first L2 policy, made
-    beside the evict-last one; raises where nothing matches. The policy variants' rewrites call it."""
-    ptx, count = pattern.subn(r"\1.L2::cache_hint \2, %gdn_l2_evict_first;", ptx)
-    if not count:
-        raise ValueError(f"no {what} in the PTX")
-    policy = "createpolicy.fractional.L2::evict_last.b64 %gdn_l2_evict_last, 1.0;"
-    return ptx.replace(policy, policy + "\n\t.reg .b64 %gdn_l2_evict_first;"
-                       "\n\tcreatepolicy.fractional.L2::evict_first.b64 %gdn_l2_evict_first, 1.0;")
-
-
 def _kv_tile_l2_policy(key: str, body: str, copies: str = "stores") -> list[tuple[str, str]]:
     """The kv tile's binary whose ``copies`` ("stores": a spec with ``el``, "loads": one with
     ``lel``, not both) the launcher hints evict-last, compiled through a function of the PTX ``ptx``
@@ -932,43 +919,49 @@ def _kv_tile_l2_policy(key: str, body: str, copies: str = "stores") -> list[tupl
             (f"{constexpr},", f"{constexpr} + {key!r},")]
 
 
+# the shipped rewrite (gdn_ops.ptx_rewrite) that hints the kv tile's stores or its state's loads
+# evict-last, and the pattern it finds them by
+_KV_TILE_COPIES = {"stores": ("tma_stores_evict_last", "_TMA_STORE"),
+                   "loads": ("tma_state_loads_evict_last", "_TMA_STATE_LOAD")}
+
+
 def _kv_tile_fraction(copies: str, percent: int) -> list[tuple[str, str]]:
     """The kv tile's evict-last ``copies`` ("stores" or "loads", as :func:`_kv_tile_l2_policy`) on
     ``percent``% of their lines (``createpolicy.fractional``'s fraction; the rest evict-normal)."""
-    rewrite = {"stores": "tma_stores_evict_last", "loads": "tma_state_loads_evict_last"}[copies]
+    rewrite = _KV_TILE_COPIES[copies][0]
     return _kv_tile_l2_policy(f"@{percent}", f"""
         return {rewrite}(ptx).replace("L2::evict_last.b64 %gdn_l2_evict_last, 1.0;",
                                       "L2::evict_last.b64 %gdn_l2_evict_last, {percent / 100};")
         """, copies)
 
 
-# the variants that change the evict-last stores' PTX rewrite: they act only at a spec with ``el``
-# and without ``lel`` (the launcher's rewrite for the loads and the stores is the shipped one)
+def _kv_tile_evict_first(copies: str) -> list[tuple[str, str]]:
+    """The kv tile's ``copies`` ("stores" or "loads") evict-first beside the other copies evict-last
+    by the shipped rewrite (so at a spec with ``lel`` for the stores, ``el`` for the loads)."""
+    held = "loads" if copies == "stores" else "stores"
+    rewrite, pattern = _KV_TILE_COPIES[held][0], _KV_TILE_COPIES[copies][1]
+    return _kv_tile_l2_policy(f"@{copies}_evict_first", f"""
+        from gdn_ops.ptx_rewrite import {pattern}, _hinted
+
+        return _hinted({rewrite}(ptx), {pattern}, "kv tile {copies[:-1]} to hint evict-first", "evict_first")
+        """, held)
+
+
+# The variants that change the shipped PTX rewrite of the kv tile's evict-last stores act only at a
+# spec with ``el`` and without ``lel``; those that change the rewrite of its evict-last loads, only at
+# a spec with ``lel`` and without ``el`` (the launcher's rewrite for both is the shipped one).
 KV_TILE_STORE_POLICY_VARIANTS: set[str] = set()
-# Only a fraction of the stored lines evict-last: fewer dirty lines held into the next call, and
-# less of what evict-last gained
-for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_el_fraction{_percent}"] = _kv_tile_fraction("stores", _percent)
-    KV_TILE_STORE_POLICY_VARIANTS.add(f"kv_tile_el_fraction{_percent}")
-
-
-# The state's TMA loads (5-d: the pool; q and k are 3-d) evict-first beside the evict-last stores:
-# a line read is dead once in shared memory, the update rewriting it whole, so L2 might drop it
-# before any dirty line. Measured (call 5): 4-7 points lost, and the loads evict-last gained (now
-# GluonTileConfig.load_eviction, tune spec word ``lel``). (Call 3 ran it under Triton 3.6, which
-# writes these loads shared::cluster where 3.7 writes shared::cta, before the pattern took both:
-# unhinted.) The rewrite raises where it hints no load.
-KV_TILE_VARIANTS["kv_tile_loads_evict_first"] = _kv_tile_l2_policy("@loads_evict_first", r"""
-    from benchmarks.variants import hint_evict_first
-    from gdn_ops.ptx_rewrite import _TMA_STATE_LOAD  # the shipped rewrite's pattern of the state's loads
-
-    return hint_evict_first(tma_stores_evict_last(ptx), _TMA_STATE_LOAD, "TMA load of the state")
-    """)
-KV_TILE_STORE_POLICY_VARIANTS.add("kv_tile_loads_evict_first")
-
-# the variants that change the evict-last loads' PTX rewrite: they act only at a spec with ``lel``
-# and without ``el``
 KV_TILE_LOAD_POLICY_VARIANTS: set[str] = set()
+
+
+def _add_policy_variant(name: str, held: str, patches: list[tuple[str, str]]) -> None:
+    """Register kv tile variant ``name`` as one that rewrites the PTX of the ``held`` copies' policy."""
+    KV_TILE_VARIANTS[name] = patches
+    (KV_TILE_STORE_POLICY_VARIANTS if held == "stores" else KV_TILE_LOAD_POLICY_VARIANTS).add(name)
+
+
+# Only a fraction of the stored lines evict-last: fewer dirty lines held into the next call, and
+# less of what evict-last gained.
 # Only a fraction of the state's loaded lines evict-last (NOTES.md, forty-eighth session): at 64 MB
 # of state a call (fp32 B*HV 1024, bf16 2048; about the L2) the whole state evict-last was level or
 # lost 0.2-0.6 points, where from 128 MB it gains 1.5-3; a fraction keeps some of a tile's lines
@@ -976,21 +969,23 @@ KV_TILE_LOAD_POLICY_VARIANTS: set[str] = set()
 # (call 5, lelf_*_35def64.json): every fraction lost, 0.7-1.9 points at bf16 B=128 against the whole
 # state evict-last and at fp32 B=32 more than it (-2.2..-2.4 against the plain loads sorting).
 for _percent in (25, 50, 75):
-    KV_TILE_VARIANTS[f"kv_tile_lel_fraction{_percent}"] = _kv_tile_fraction("loads", _percent)
-    KV_TILE_LOAD_POLICY_VARIANTS.add(f"kv_tile_lel_fraction{_percent}")
+    _add_policy_variant(f"kv_tile_el_fraction{_percent}", "stores", _kv_tile_fraction("stores", _percent))
+    _add_policy_variant(f"kv_tile_lel_fraction{_percent}", "loads", _kv_tile_fraction("loads", _percent))
+
+# The state's TMA loads (5-d: the pool; q and k are 3-d) evict-first beside the evict-last stores:
+# a line read is dead once in shared memory, the update rewriting it whole, so L2 might drop it
+# before any dirty line. Measured (call 5): 4-7 points lost, and the loads evict-last gained (now
+# GluonTileConfig.load_eviction, tune spec word ``lel``). (Call 3 ran it under Triton 3.6, which
+# writes these loads shared::cluster where 3.7 writes shared::cta, before the pattern took both:
+# unhinted.) The rewrite raises where it hints no load.
+_add_policy_variant("kv_tile_loads_evict_first", "stores", _kv_tile_evict_first("loads"))
 
 # The state's loads evict-last (the rule from 128 MB of state a call) and the tile's TMA stores
 # evict-first: a stored line is dead to this call, and left evict-normal it stays dirty in L2 into
 # the next call, whose kv tile paid about 3 us a launch for such lines before its loads took the
 # policy (NOTES.md, forty-seventh session); evict-first it should be written back within the call,
 # leaving L2 to the held read lines. Not measured yet (prepared in the forty-ninth session).
-KV_TILE_VARIANTS["kv_tile_lel_stores_evict_first"] = _kv_tile_l2_policy("@stores_evict_first", r"""
-    from benchmarks.variants import hint_evict_first
-    from gdn_ops.ptx_rewrite import _TMA_STORE
-
-    return hint_evict_first(tma_state_loads_evict_last(ptx), _TMA_STORE, "TMA store")
-    """, "loads")
-KV_TILE_LOAD_POLICY_VARIANTS.add("kv_tile_lel_stores_evict_first")
+_add_policy_variant("kv_tile_lel_stores_evict_first", "loads", _kv_tile_evict_first("stores"))
 
 # (kv_tile_two_tiles: two whole tiles a program through the same shared buffer, each on its own
 # barriers, the tail's pieces one a program, to halve the slots' turnovers; kv_tile_two_tiles_strided:

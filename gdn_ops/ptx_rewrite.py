@@ -30,22 +30,24 @@ _TMA_STORE = re.compile(r"(cp\.async\.bulk\.tensor\.\dd\.global\.shared::cta\.bu
 # tile's 4-d); Triton 3.6 writes the destination shared::cluster, 3.7 shared::cta
 _TMA_STATE_LOAD = re.compile(
     r"(cp\.async\.bulk\.tensor\.5d\.shared::\w+\.global\.mbarrier::complete_tx::bytes) (\[[^;]*\]);")
-_L2_POLICY = "%gdn_l2_evict_last"
 
 
-def _hinted(ptx: str, pattern: re.Pattern, what: str) -> str:
-    """``ptx`` (one kernel) with each ``pattern`` instruction carrying the evict-last L2 policy,
-    made once at the kernel's first instruction (after its declarations) unless already made."""
-    ptx, count = pattern.subn(rf"\1.L2::cache_hint \2, {_L2_POLICY};", ptx)
+def _hinted(ptx: str, pattern: re.Pattern, what: str, level: str = "evict_last") -> str:
+    """``ptx`` (one kernel) with each ``pattern`` instruction carrying an L2 policy of this
+    ``level`` (``evict_last``; the benchmark's variants try others), held in ``%gdn_l2_<level>`` and
+    made once, unless already made, at the kernel's first instruction after its declarations and
+    any policies made before."""
+    policy = f"%gdn_l2_{level}"
+    ptx, count = pattern.subn(rf"\1.L2::cache_hint \2, {policy};", ptx)
     if not count:
         raise ValueError(f"no {what} in the PTX")
-    if f".reg .b64 {_L2_POLICY};" in ptx:
+    if f".reg .b64 {policy};" in ptx:
         return ptx
     body = ptx.index("{", ptx.index(".entry"))
     lines = ptx[body + 1:].split("\n")
-    first = next(i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith((".", "//", "$")))
-    lines[first:first] = [f"\t.reg .b64 {_L2_POLICY};",
-                          f"\tcreatepolicy.fractional.L2::evict_last.b64 {_L2_POLICY}, 1.0;"]
+    first = next(i for i, line in enumerate(lines)
+                 if line.strip() and not line.strip().startswith((".", "//", "$", "createpolicy")))
+    lines[first:first] = [f"\t.reg .b64 {policy};", f"\tcreatepolicy.fractional.L2::{level}.b64 {policy}, 1.0;"]
     return ptx[:body + 1] + "\n".join(lines)
 
 
