@@ -1,0 +1,136 @@
+"""Each implementation's time a call split into a fixed cost and a rate, fitted over batch sizes.
+
+Command (no GPU needed; reads JSON only)::
+
+    python -m benchmarks.fit_sweeps FILE.json [FILE.json ...] [--min-batch 128] [--names gdn_ops copy]
+
+For every table of a file (TP or HV, state dtype, layout) and every implementation timed at two
+batch sizes or more from ``--min-batch``, a least-squares line through its medians:
+``us a call = fixed + bytes / rate``. ``fixed`` is what a call costs whatever its size (the ends
+of a launch: its start, its drain, the L2 it inherits), ``rate`` the pace of its body, given in %
+of the run's copy bandwidth. A % of copy figure at one batch mixes the two; the line says which one
+a gap lies in, and where a point misses its target, how small the fixed cost would have to be at
+the fitted rate. Files are ``benchmarks.run`` sweeps (records with a ``provider``) or
+``tune_tma`` / ``tune_decode`` / probe runs (records with ``results`` by name).
+
+A line fits only where the kernel's choices do not change across the batches fitted (a rule that
+turns on between two batches bends it): the largest residual is printed beside each line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.targets import SHORT, TARGET_PCT
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """One implementation's line over one table's batches."""
+
+    table: str  # "TP=1 bf16 kv" (a sweep) or "HV=32 bf16 kv" (a tuning run); "" if a file says none
+    name: str  # the provider, or the tuning run's configuration name
+    batches: tuple[int, ...]
+    fixed_us: float
+    seconds_per_byte: float
+    worst_residual_us: float
+    copy_bandwidth_Bps: float
+
+    @property
+    def rate_pct(self) -> float:
+        """The body's pace, in % of the run's copy bandwidth."""
+        return 100.0 / (self.seconds_per_byte * self.copy_bandwidth_Bps)
+
+    def fixed_for(self, n_bytes: int, target_pct: float) -> float:
+        """The fixed cost (us) at which a call of ``n_bytes`` would read ``target_pct``% of copy
+        bandwidth at this line's rate (negative: the rate alone misses it)."""
+        return 1e6 * (n_bytes / (target_pct / 100.0 * self.copy_bandwidth_Bps) - n_bytes * self.seconds_per_byte)
+
+    def line(self) -> str:
+        bs = f"B={self.batches[0]}-{self.batches[-1]} ({len(self.batches)})"
+        res = "exact, 2 points" if len(self.batches) == 2 else f"worst residual {self.worst_residual_us:.2f} us"
+        return (f"{self.table:13s} fixed {self.fixed_us:5.2f} us  rate {self.rate_pct:5.1f}% of copy  "
+                f"{bs:18s} {self.name}  ({res})")
+
+
+def _timings(doc: dict) -> Iterator[tuple[str, str, int, int, float]]:
+    """(table, name, B, bytes, median us) of every timed figure in a file of either kind."""
+    for r in doc["records"]:
+        if "provider" in r:
+            if r.get("status") == "ok" and r.get("p50_us") is not None:
+                yield (f"TP={r['tp']} {SHORT.get(r['state_dtype'], r['state_dtype'])} {r['layout']}",
+                       r["provider"], r["B"], r["bytes"], r["p50_us"])
+            continue
+        dtype = r.get("state")
+        parts = [f"HV={r['HV']}" if "HV" in r else "", SHORT.get(dtype, dtype or ""), r.get("layout", "")]
+        for name, figure in r.get("results", {}).items():
+            if isinstance(figure, dict) and figure.get("us") is not None:
+                yield " ".join(p for p in parts if p), name, r["B"], r["bytes"], figure["us"]
+
+
+def fits(doc: dict, min_batch: int = 128, names: list[str] | None = None) -> list[Fit]:
+    """The lines of one file (``{"header", "records"}``), one per table and name with two batch
+    sizes or more from ``min_batch``; in the file's order of tables, then names."""
+    points: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
+    for table, name, B, n_bytes, us in _timings(doc):
+        if B >= min_batch and (names is None or name in names):
+            points.setdefault((table, name), {})[B] = (n_bytes, us)
+    bw = doc["header"]["copy_bandwidth_Bps"]
+    out = []
+    for (table, name), by_batch in points.items():
+        if len(by_batch) < 2:
+            continue
+        batches = tuple(sorted(by_batch))
+        xs = [float(by_batch[b][0]) for b in batches]
+        ys = [by_batch[b][1] for b in batches]
+        slope, fixed = statistics.linear_regression(xs, ys)
+        worst = max(abs(fixed + slope * x - y) for x, y in zip(xs, ys))
+        out.append(Fit(table, name, batches, fixed, slope * 1e-6, worst, bw))
+    return out
+
+
+def shortfalls(doc: dict, lines: list[Fit]) -> list[str]:
+    """For each sweep point under its % target (gdn_ops, with and without the order) that the copy
+    of its bytes meets, the fixed cost its own line would need to meet it."""
+    by_key = {(f.table, f.name): f for f in lines}
+    timings = list(_timings(doc))
+    copy_us = {(table, B): us for table, name, B, _, us in timings if name == "copy"}
+    out = []
+    for table, name, B, n_bytes, us in timings:
+        fit = by_key.get((table, name))
+        target = TARGET_PCT.get(B)
+        if fit is None or target is None or B not in fit.batches or name not in ("gdn_ops", "gdn_ops_step_order"):
+            continue
+        pct, copy_pct = (100.0 * n_bytes / (t * 1e-6) / fit.copy_bandwidth_Bps
+                         for t in (us, copy_us.get((table, B), float("inf"))))
+        if pct < target <= copy_pct:
+            out.append(f"{table} B={B} {name}: {pct:.2f}% against {target:.0f}; at its rate "
+                       f"({fit.rate_pct:.1f}%) that needs a fixed cost of {fit.fixed_for(n_bytes, target):.2f} us "
+                       f"(fitted {fit.fixed_us:.2f})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fit_sweeps", description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--min-batch", type=int, default=128, help="leave out smaller batches (default 128)")
+    ap.add_argument("--names", nargs="+", help="only these providers / configurations")
+    args = ap.parse_args(argv)
+    for path in args.files:
+        doc = json.loads(path.read_text())
+        lines = fits(doc, args.min_batch, args.names)
+        print(f"{path.name} (copy {doc['header']['copy_bandwidth_Bps'] / 1e12:.3f} TB/s)")
+        print("\n".join("  " + f.line() for f in lines) or "  no name timed at two batch sizes")
+        for text in shortfalls(doc, lines):
+            print("  " + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
