@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.targets import SHORT, TARGET_PCT
+from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,40 @@ def shortfalls(doc: dict, lines: list[Fit]) -> list[str]:
                        f"({fit.rate_pct:.1f}%) that needs a fixed cost of {fit.fixed_for(n_bytes, target):.2f} us "
                        f"(fitted {fit.fixed_us:.2f})")
     return out
+
+
+LINE_NAMES = ("gdn_ops", "gdn_ops_step_order", "copy")
+
+
+def latest_lines(files: list[Path], min_batch: int = 128) -> dict[str, tuple[str, dict[str, Fit]]]:
+    """For each table, the lines of the last of ``files`` (oldest first, as ``benchmarks.targets``
+    reads them) whose gdn_ops line has three batch sizes or more: table -> (file stem, name -> line)."""
+    out = {}
+    for path in files:
+        by_table: dict[str, dict[str, Fit]] = {}
+        for line in fits(json.loads(path.read_text()), min_batch, list(LINE_NAMES)):
+            by_table.setdefault(line.table, {})[line.name] = line
+        for table, named in by_table.items():
+            if "gdn_ops" in named and len(named["gdn_ops"].batches) >= 3:
+                out[table] = (path.stem, named)
+    return out
+
+
+def lines_table(files: list[Path], min_batch: int = 128) -> str:
+    """Markdown: each table's latest lines (:func:`latest_lines`), fixed us and rate % of copy."""
+    rows = ["| table | run | B | gdn_ops | given the order | copy | worst residual, us |", "|---" * 7 + "|"]
+    columns = [f"{SHORT[dtype]} {layout}" for dtype, layout in COLUMNS]
+
+    def order(table: str) -> tuple[str, int]:  # by TP, then the targets tables' column order
+        tp, _, rest = table.partition(" ")
+        return tp, columns.index(rest) if rest in columns else len(columns)
+
+    for table, (stem, named) in sorted(latest_lines(files, min_batch).items(), key=lambda item: order(item[0])):
+        cells = [f"{named[n].fixed_us:.2f} us, {named[n].rate_pct:.1f}%" if n in named else "-" for n in LINE_NAMES]
+        batches = named["gdn_ops"].batches
+        residuals = " / ".join(f"{named[n].worst_residual_us:.2f}" for n in LINE_NAMES if n in named)
+        rows.append(f"| {table} | `{stem}` | {batches[0]}-{batches[-1]} | " + " | ".join(cells) + f" | {residuals} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

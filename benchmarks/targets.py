@@ -226,7 +226,17 @@ def tables_report(points: dict[Key, Point]) -> str:
     return "\n\n".join(provider_table(points, *g) for g in groups)
 
 
-BLOCKS = {"targets": report, "tables": lambda points, headers: tables_report(points)}
+def fits_report(files: list[Path]) -> str:
+    """The fits block: each table's time a call as a fixed cost and a rate (``benchmarks.fit_sweeps``)."""
+    from benchmarks import fit_sweeps  # it imports this module
+
+    return fit_sweeps.lines_table(files)
+
+
+# each README block from the merged points, their runs' headers and the source files
+BLOCKS = {"targets": lambda points, headers, files: report(points, headers),
+          "tables": lambda points, headers, files: tables_report(points),
+          "fits": lambda points, headers, files: fits_report(files)}
 
 
 def readme_block(text: str, name: str = "targets") -> tuple[int, int]:
@@ -239,11 +249,11 @@ def readme_block(text: str, name: str = "targets") -> tuple[int, int]:
         raise ValueError(f"no {begin} ... {end} block") from None
 
 
-def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict]) -> str:
-    """``text`` with every block's content replaced by what the points say."""
+def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict], files: list[Path]) -> str:
+    """``text`` with every block's content replaced by what the sweeps say."""
     for name, make in BLOCKS.items():
         start, end = readme_block(text, name)
-        text = text[:start] + "\n" + make(points, headers) + "\n" + text[end:]
+        text = text[:start] + "\n" + make(points, headers, files) + "\n" + text[end:]
     return text
 
 
@@ -256,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--tables", action="store_true", help="print every provider's table instead")
     what.add_argument("--status", action="store_true", help="print every targeted point's verdict instead")
     args = ap.parse_args(argv)
-    points, headers = merge(read_sources(args.sources))
+    files = read_sources(args.sources)
+    points, headers = merge(files)
     if args.check or args.update:
         path = args.check or args.update
         text = path.read_text()
-        filled = fill_readme(text, points, headers)
+        filled = fill_readme(text, points, headers, files)
         if args.update:
             path.write_text(filled)
             print(f"{path}: blocks {', '.join(BLOCKS)} rewritten from {args.sources}")

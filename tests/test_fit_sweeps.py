@@ -1,5 +1,6 @@
 """benchmarks.fit_sweeps: lines through made-up timings of both file kinds, and through a committed sweep."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def test_the_kv_rule_as_a_fixed_cost_and_a_rate(capsys):
     assert "TP=1 bf16 kv  fixed  6.36 us  rate 100.9% of copy  B=128-1024 (4)     gdn_ops" in out
     assert "TP=1 bf16 kv  fixed  2.47 us  rate 100.0% of copy  B=128-1024 (4)     copy" in out
     assert "TP=1 bf16 kv B=128 gdn_ops: 92.25% against 95; at its rate (100.9%) that needs a fixed cost of 3.92 us" in out
+
+
+def test_the_latest_run_with_three_batches_gives_a_tables_line(tmp_path):
+    def run(name, fixed, batches, layout="kv"):
+        records = [dict(_sweep_record(p, B, _us(fixed, B * 2**21, 100.0)), layout=layout)
+                   for p in ("gdn_ops", "copy") for B in batches]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"header": {"copy_bandwidth_Bps": BW}, "records": records}))
+        return tmp_path / f"{name}.json"
+
+    files = [run("old", 5.0, (128, 256, 512)), run("vk", 3.0, (128, 256, 512), "vk"),
+             run("new", 4.0, (128, 256, 512, 1024)), run("two_points", 1.0, (128, 256))]
+    latest = fit_sweeps.latest_lines(files)
+    assert {table: stem for table, (stem, _) in latest.items()} == {"TP=1 bf16 kv": "new", "TP=1 bf16 vk": "vk"}
+    rows = fit_sweeps.lines_table(files).splitlines()[2:]
+    assert rows[0].startswith("| TP=1 bf16 vk | `vk` | 128-512 | 3.00 us, 100.0% | - | 3.00 us, 100.0% |")
+    assert rows[1].startswith("| TP=1 bf16 kv | `new` | 128-1024 | 4.00 us, 100.0% | - |")

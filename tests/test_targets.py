@@ -104,12 +104,13 @@ def test_a_readme_without_a_block_and_an_empty_sources_file_are_errors(tmp_path)
 def test_update_fills_the_blocks_and_check_then_passes_until_a_figure_changes(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- targets:begin -->\nold\n<!-- targets:end -->\ntext\n"
-                      "<!-- tables:begin --><!-- tables:end -->\n")
+                      "<!-- tables:begin --><!-- tables:end -->\n<!-- fits:begin --><!-- fits:end -->\n")
     assert targets.main(["--check", str(readme)]) == 1
     assert targets.main(["--update", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# x\n<!-- targets:begin -->\n| B (TP=1) | fp32 vk | bf16 vk | fp32 kv | bf16 kv |")
     assert "\ntext\n<!-- tables:begin -->\nTP=1, fp32 state, vk layout (" in text
+    assert "<!-- fits:begin -->\n| table | run | B | gdn_ops | given the order | copy |" in text
     assert "old" not in text
     assert targets.main(["--check", str(readme)]) == 0
     start, end = targets.readme_block(text, "tables")
