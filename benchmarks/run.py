@@ -357,8 +357,10 @@ def format_table(head: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, head: dict, records: list[dict]) -> str | None:
-    """PNG of % of copy bandwidth vs batch; returns a note instead when matplotlib is missing."""
+def plot(path: Path, head: dict, records: list[dict], title: str | None = None) -> str | None:
+    """PNG of % of copy bandwidth vs batch, a panel per (TP, state dtype, layout) in the records'
+    order; returns a note instead when matplotlib is missing. ``title`` replaces the one made from
+    ``head`` (the card and its copy bandwidth)."""
     try:
         import matplotlib
 
@@ -401,7 +403,7 @@ def plot(path: Path, head: dict, records: list[dict]) -> str | None:
     shown = [n for n in P.PROVIDER_NAMES if any(r["provider"] == n and r["status"] == "ok" for r in records)]
     handles = [plt.Line2D([], [], color=colors[n], marker="o", lw=2.2 if n == "gdn_ops" else 1.2) for n in shown]
     fig.legend(handles, shown, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
-    fig.suptitle(f"Gated DeltaNet decode step, {head['gpu']}, copy {head['copy_bandwidth_Bps'] / 1e12:.2f} TB/s",
+    fig.suptitle(title or f"Gated DeltaNet decode step, {head['gpu']}, copy {head['copy_bandwidth_Bps'] / 1e12:.2f} TB/s",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)

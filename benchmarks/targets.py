@@ -6,6 +6,7 @@ Command (no GPU needed; reads JSON only)::
     python -m benchmarks.targets --tables             # every provider's table instead
     python -m benchmarks.targets --update README.md   # rewrite the README's blocks from the sweeps
     python -m benchmarks.targets --check README.md    # exit 1 where they differ (a test runs this)
+    python -m benchmarks.targets --plot benchmarks/results/h200/targets.png   # every table, drawn
 
 The targets are in % of the copy bandwidth measured in the same run: at least 95% from B=128, 90%
 at B=32 and 80% at B=8, and at most 3.0 us a call at B=1, for both state dtypes and layouts, and
@@ -226,6 +227,22 @@ def tables_report(points: dict[Key, Point]) -> str:
     return "\n\n".join(provider_table(points, *g) for g in groups)
 
 
+def plot_points(path: Path, points: dict[Key, Point], headers: dict[str, dict]) -> str | None:
+    """A PNG of every table's % of copy bandwidth against B, each provider a line (``benchmarks.run``'s
+    plot), from the merged sweeps; returns a note instead where matplotlib is missing."""
+    from benchmarks.run import plot
+
+    order = sorted(points, key=lambda k: (k[0], COLUMNS.index(k[1:3]), k[3]))
+    records = [{"tp": p.tp, "state_dtype": p.dtype, "layout": p.layout, "B": p.B, "provider": name, "status": "ok",
+                "pct_of_copy_bw": pct} for p in (points[k] for k in order) for name, (_, pct) in p.timed.items()]
+    bw = sorted(h["copy_bandwidth_Bps"] / 1e12 for h in headers.values())
+    gpus = ", ".join(sorted({h["gpu"] for h in headers.values()}))
+    dates = sorted({h["date_utc"][:10] for h in headers.values()})
+    title = (f"Gated DeltaNet decode step, {gpus}, copy {bw[0]:.3f}-{bw[-1]:.3f} TB/s; "
+             f"{len(headers)} runs of {' to '.join(dict.fromkeys((dates[0], dates[-1])))}")
+    return plot(path, {}, records, title=title)
+
+
 def fits_report(files: list[Path]) -> str:
     """The fits block: each table's time a call as a fixed cost and a rate (``benchmarks.fit_sweeps``)."""
     from benchmarks import fit_sweeps  # it imports this module
@@ -265,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--update", type=Path, metavar="README", help="rewrite its blocks from the sweeps")
     what.add_argument("--tables", action="store_true", help="print every provider's table instead")
     what.add_argument("--status", action="store_true", help="print every targeted point's verdict instead")
+    what.add_argument("--plot", type=Path, metavar="PNG", help="draw every table's %% of copy bandwidth against B")
     args = ap.parse_args(argv)
     files = read_sources(args.sources)
     points, headers = merge(files)
@@ -281,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         else:
             print(f"{path}: its blocks match {args.sources}")
+    elif args.plot:
+        note = plot_points(args.plot, points, headers)
+        print(note or f"{args.plot}: written")
     elif args.tables:
         print(tables_report(points))
     elif args.status:

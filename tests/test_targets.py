@@ -124,3 +124,23 @@ def test_the_tables_name_every_provider_the_benchmark_times():
     from benchmarks import providers
 
     assert tuple(targets.PROVIDER_HEADINGS) == providers.PROVIDER_NAMES
+
+
+def test_the_plot_draws_every_table_in_the_targets_order(monkeypatch, tmp_path):
+    from benchmarks import run
+
+    drawn = {}
+    monkeypatch.setattr(run, "plot", lambda path, head, records, title=None: drawn.update(records=records, title=title))
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    files[0].write_text(json.dumps(_sweep([_rec("gdn_ops", 128, 90.0, layout="kv"), _rec("copy", 128, 97.0, layout="kv"),
+                                           _rec("gdn_ops", 32, 80.0, tp=4)])))
+    later = _sweep([_rec("gdn_ops", 8, 70.0, dtype="float32"), _rec("sglang", 8, 60.0, dtype="float32")], commit="def5678")
+    later["header"].update(copy_bandwidth_Bps=4.25e12, date_utc="2026-12-05T00:00:00+00:00")
+    files[1].write_text(json.dumps(later))
+    points, headers = targets.merge(files)
+    assert targets.plot_points(tmp_path / "p.png", points, headers) is None
+    panels = [(r["tp"], r["state_dtype"], r["layout"], r["B"], r["provider"], r["pct_of_copy_bw"]) for r in drawn["records"]]
+    assert panels == [(1, "float32", "vk", 8, "gdn_ops", 70.0), (1, "float32", "vk", 8, "sglang", 60.0),
+                      (1, "bfloat16", "kv", 128, "gdn_ops", 90.0), (1, "bfloat16", "kv", 128, "copy", 97.0),
+                      (4, "bfloat16", "vk", 32, "gdn_ops", 80.0)]
+    assert drawn["title"].endswith("copy 4.250-4.280 TB/s; 2 runs of 2026-12-04 to 2026-12-05")
