@@ -114,6 +114,7 @@ def check_recurrence(
         _check_shape("initial_state_indices", idx, (B,), "[B]")
 
     if out is not None:
+        _check_dtype("out", out, ACTIVATION_DTYPES)  # before out_dtype, which the op takes from it
         expected_dtype = resolve_out_dtype(v, out_dtype)
         _check_shape("out", out, (B, T, HV, V), "[B, T, HV, V]")
         _check_device("out", out, device)

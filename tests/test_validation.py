@@ -81,6 +81,9 @@ FUSED_CASES = {
                                                                          device=kw["q"].device))),
     "out_dtype_mismatch": ("out", TypeError, lambda kw: dict(kw, out_dtype=torch.float32, out=torch.empty(
         B, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device))),
+    # out_dtype not given: the op takes out's dtype, and the message names the argument passed
+    "out_int": ("out'", TypeError, lambda kw: dict(kw, out=torch.empty(B, T, HV, V, dtype=torch.int32,
+                                                                       device=kw["q"].device))),
 }
 
 UNFUSED_CASES = {
