@@ -63,6 +63,8 @@ from benchmarks.tuning_results import write_results
 from benchmarks.variants import (
     CEILING_VARIANTS,
     GLUON_VARIANTS,
+    KV_TILE_LOAD_POLICY_VARIANTS,
+    KV_TILE_STORE_POLICY_VARIANTS,
     KV_TILE_VARIANTS,
     SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
@@ -155,7 +157,17 @@ def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvS
         return {}
     if isinstance(config, GluonTileConfig):
         # the rank kernel's variants where the tile sorts its rows
-        return (VK_TILE_VARIANTS if layout == "vk" else KV_TILE_VARIANTS) | (SLOT_ORDER_VARIANTS if config.sort_rows else {})
+        ranks = SLOT_ORDER_VARIANTS if config.sort_rows else {}
+        if layout == "vk":
+            return VK_TILE_VARIANTS | ranks
+        # a variant of the kv tile's PTX rewrite of one copy's L2 policy acts only where the
+        # launcher runs that rewrite alone; elsewhere it would time the spec under its name
+        void = set()
+        if not (config.store_eviction and not config.load_eviction):
+            void |= KV_TILE_STORE_POLICY_VARIANTS
+        if not (config.load_eviction and not config.store_eviction):
+            void |= KV_TILE_LOAD_POLICY_VARIANTS
+        return {name: patches for name, patches in KV_TILE_VARIANTS.items() if name not in void} | ranks
     return GLUON_VARIANTS if isinstance(config, GluonKVConfig) else TMA_VARIANTS
 
 

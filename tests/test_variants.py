@@ -92,7 +92,17 @@ def test_tune_tma_applies_each_family_of_variants_to_its_kernel():
 
     tile = GluonTileConfig(128, 4, 16, 6, 8)
     assert variants_of(tile, "vk") == VK_TILE_VARIANTS
-    assert variants_of(tile, "kv") == KV_TILE_VARIANTS
+    # the kv tile's policy variants only where the launcher runs the one rewrite they replace
+    policy = KV_TILE_LOAD_POLICY_VARIANTS | KV_TILE_STORE_POLICY_VARIANTS
+    assert "kv_tile_lel_stores_evict_first" in KV_TILE_LOAD_POLICY_VARIANTS
+    assert "kv_tile_loads_evict_first" in KV_TILE_STORE_POLICY_VARIANTS
+    assert set(variants_of(tile, "kv")) == set(KV_TILE_VARIANTS) - policy
+    assert set(variants_of(tile._replace(load_eviction="evict_last"), "kv")) == (
+        set(KV_TILE_VARIANTS) - KV_TILE_STORE_POLICY_VARIANTS)
+    assert set(variants_of(tile._replace(store_eviction="evict_last"), "kv")) == (
+        set(KV_TILE_VARIANTS) - KV_TILE_LOAD_POLICY_VARIANTS)
+    assert set(variants_of(tile._replace(load_eviction="evict_last", store_eviction="evict_last"), "kv")) == (
+        set(KV_TILE_VARIANTS) - policy)
     # the rank kernel's variants where the tile sorts
     assert variants_of(tile._replace(sort_rows=True), "vk") == VK_TILE_VARIANTS | SLOT_ORDER_VARIANTS
     assert variants_of(GluonKVConfig(128, 4, 2, 2), "kv") is GLUON_VARIANTS
