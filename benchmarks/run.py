@@ -300,6 +300,18 @@ def write_json(path: Path, head: dict, records: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def fit_lines(head: dict, records: list[dict]) -> list[str]:
+    """The run's lines ``us a call = fixed + bytes / rate`` over B >= 128 (``benchmarks.fit_sweeps``)
+    for gdn_ops, given the order, and the copy, where a table has two such batch sizes or more."""
+    from benchmarks.fit_sweeps import LINE_NAMES, fits
+
+    lines = fits({"header": head, "records": records}, names=list(LINE_NAMES))
+    if not lines:
+        return []
+    return ["", "a call's time as fixed + bytes / rate over B >= 128 (python -m benchmarks.fit_sweeps):",
+            *("  " + line.line() for line in lines)]
+
+
 def format_table(head: dict, records: list[dict]) -> str:
     """One block per (layout, TP, dtype): us per call (p50) and % of copy bandwidth; gdn_ops speed-ups."""
     bw = head["copy_bandwidth_Bps"]
@@ -339,6 +351,7 @@ def format_table(head: dict, records: list[dict]) -> str:
                     else:
                         row.append(f"{'-':>10s}")
             lines.append(" ".join(row))
+    lines += fit_lines(head, records)
     problems: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         if r["status"] in ("failed", "error"):

@@ -83,3 +83,15 @@ def test_the_latest_run_with_three_batches_gives_a_tables_line(tmp_path):
     rows = fit_sweeps.lines_table(files).splitlines()[2:]
     assert rows[0].startswith("| TP=1 bf16 vk | `vk` | 128-512 | 3.00 us, 100.0% | - | 3.00 us, 100.0% |")
     assert rows[1].startswith("| TP=1 bf16 kv | `new` | 128-1024 | 4.00 us, 100.0% | - |")
+
+
+def test_a_runs_table_ends_with_its_lines():
+    from benchmarks.run import fit_lines
+
+    doc = json.loads((RESULTS / "sweep8_tp1kv_4e66ab7.json").read_text())
+    lines = fit_lines(doc["header"], doc["records"])
+    assert lines[1].startswith("a call's time as fixed + bytes / rate over B >= 128")
+    assert len(lines) == 2 + 6  # two tables, three names each
+    assert any(line.startswith("  TP=1 bf16 kv  fixed  5.79 us  rate 101.1%") for line in lines)
+    small = [r for r in doc["records"] if r["B"] < 256]  # B=128 alone: no line
+    assert fit_lines(doc["header"], small) == []
