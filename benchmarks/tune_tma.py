@@ -160,13 +160,12 @@ def variants_of(config: PersistentConfig | GluonKVConfig | GluonTileConfig | KvS
         ranks = SLOT_ORDER_VARIANTS if config.sort_rows else {}
         if layout == "vk":
             return VK_TILE_VARIANTS | ranks
-        # a variant of the kv tile's PTX rewrite of one copy's L2 policy acts only where the
-        # launcher runs that rewrite alone; elsewhere it would time the spec under its name
-        void = set()
-        if not (config.store_eviction and not config.load_eviction):
-            void |= KV_TILE_STORE_POLICY_VARIANTS
-        if not (config.load_eviction and not config.store_eviction):
-            void |= KV_TILE_LOAD_POLICY_VARIANTS
+        # a variant of the kv tile's PTX rewrite of one copy's L2 policy acts only at the
+        # (load_eviction, store_eviction) whose rewrite it replaces; elsewhere it would time the
+        # spec under its name
+        acting = {("", "evict_last"): KV_TILE_STORE_POLICY_VARIANTS,
+                  ("evict_last", ""): KV_TILE_LOAD_POLICY_VARIANTS}.get((config.load_eviction, config.store_eviction), set())
+        void = (KV_TILE_STORE_POLICY_VARIANTS | KV_TILE_LOAD_POLICY_VARIANTS) - acting
         return {name: patches for name, patches in KV_TILE_VARIANTS.items() if name not in void} | ranks
     return GLUON_VARIANTS if isinstance(config, GluonKVConfig) else TMA_VARIANTS
 
