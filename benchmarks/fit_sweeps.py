@@ -77,6 +77,9 @@ def _timings(doc: dict) -> Iterator[tuple[str, str, int, int, float]]:
 def fits(doc: dict, min_batch: int = 128, names: list[str] | None = None) -> list[Fit]:
     """The lines of one file (``{"header", "records"}``), one per table and name with two batch
     sizes or more from ``min_batch``; in the file's order of tables, then names."""
+    if not isinstance(doc.get("records"), list) or "copy_bandwidth_Bps" not in doc.get("header", {}):
+        raise ValueError("expected a benchmarks.run sweep or a tuning / probe run: a JSON object with "
+                         "'records' and a 'header' giving copy_bandwidth_Bps")
     points: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
     for table, name, B, n_bytes, us in _timings(doc):
         if B >= min_batch and (names is None or name in names):
@@ -158,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for path in args.files:
         doc = json.loads(path.read_text())
-        lines = fits(doc, args.min_batch, args.names)
+        try:
+            lines = fits(doc, args.min_batch, args.names)
+        except ValueError as e:
+            ap.error(f"{path}: {e}")
         print(f"{path.name} (copy {doc['header']['copy_bandwidth_Bps'] / 1e12:.3f} TB/s)")
         print("\n".join("  " + f.line() for f in lines) or "  no name timed at two batch sizes")
         for text in shortfalls(doc, lines):

@@ -232,6 +232,8 @@ def plot_points(path: Path, points: dict[Key, Point], headers: dict[str, dict]) 
     plot), from the merged sweeps; returns a note instead where matplotlib is missing."""
     from benchmarks.run import plot
 
+    if not points:
+        return "nothing to plot: no point where gdn_ops was timed"
     order = sorted(points, key=lambda k: (k[0], COLUMNS.index(k[1:3]), k[3]))
     records = [{"tp": p.tp, "state_dtype": p.dtype, "layout": p.layout, "B": p.B, "provider": name, "status": "ok",
                 "pct_of_copy_bw": pct} for p in (points[k] for k in order) for name, (_, pct) in p.timed.items()]

@@ -95,3 +95,15 @@ def test_a_runs_table_ends_with_its_lines():
     assert any(line.startswith("  TP=1 bf16 kv  fixed  5.79 us  rate 101.1%") for line in lines)
     small = [r for r in doc["records"] if r["B"] < 256]  # B=128 alone: no line
     assert fit_lines(doc["header"], small) == []
+
+
+def test_a_file_that_is_no_run_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(ValueError, match="copy_bandwidth_Bps"):
+        fit_sweeps.fits({"records": []})
+    with pytest.raises(ValueError, match="'records'"):
+        fit_sweeps.fits({"header": {"copy_bandwidth_Bps": BW}})
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"header": {}}))
+    with pytest.raises(SystemExit):
+        fit_sweeps.main([str(path)])
+    assert f"{path}: expected a benchmarks.run sweep" in capsys.readouterr().err

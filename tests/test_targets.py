@@ -144,3 +144,4 @@ def test_the_plot_draws_every_table_in_the_targets_order(monkeypatch, tmp_path):
                       (1, "bfloat16", "kv", 128, "gdn_ops", 90.0), (1, "bfloat16", "kv", 128, "copy", 97.0),
                       (4, "bfloat16", "vk", 32, "gdn_ops", 80.0)]
     assert drawn["title"].endswith("copy 4.250-4.280 TB/s; 2 runs of 2026-12-04 to 2026-12-05")
+    assert targets.plot_points(tmp_path / "p.png", {}, {}).startswith("nothing to plot")
