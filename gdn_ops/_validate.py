@@ -21,6 +21,60 @@ def _fail(name: str, expected: str, got: object) -> None:
     raise ValueError(f"gdn_ops: argument '{name}' must be {expected}; got {got}")
 
 
+def check_tensor(name: str, t: object) -> None:
+    """A required tensor argument: torch's op schema lets ``None`` through to the kernels."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"gdn_ops: argument '{name}' must be a torch.Tensor; got {type(t).__name__}")
+
+
+def _check_distinct_elements(name: str, t: torch.Tensor) -> None:
+    """A tensor the kernels write: no two of its elements may share memory (an expanded dim, or a
+    slot stride shorter than a slot). Every stride, in increasing order, must be at least the span
+    of the dims with smaller strides, a rule every slicing, permutation or page stride keeps."""
+    if t.is_contiguous():
+        return
+    span = 1
+    for size, stride in sorted(((n, s) for n, s in zip(t.shape, t.stride()) if n > 1), key=lambda d: d[1]):
+        if stride < span:
+            _fail(name, "free of elements that share memory (each stride, smallest first, at least the span "
+                  "of the dims with smaller strides)", f"shape {list(t.shape)} with strides {list(t.stride())}")
+        span += stride * (size - 1)
+
+
+# plain tensors only: fake and functional tensors (tracing) have no addresses, meta ones all 0
+_REAL = (torch.Tensor, torch.nn.Parameter)
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[first, after the last)`` of ``t``'s storage that its elements span."""
+    size, first = t.element_size(), t.storage_offset()
+    last = first + sum(stride * (n - 1) for n, stride in zip(t.shape, t.stride()))
+    return first * size, (last + 1) * size
+
+
+def check_disjoint(written: dict[str, torch.Tensor | None], read: dict[str, torch.Tensor | None]) -> None:
+    """The tensors a kernel writes must not share memory with each other or with what it reads.
+
+    Compared by the span of each tensor's elements in its storage (pointers only: no sync), so two
+    views interleaved in one buffer count as sharing it; only tensors of one storage are spanned."""
+    named = [(n, t) for n, t in (*written.items(), *read.items()) if type(t) in _REAL and not t.is_meta]
+    storages = [t.untyped_storage().data_ptr() for _, t in named]
+    for i, (name, t) in enumerate(named):
+        if name not in written:
+            break  # the written tensors come first
+        if storages.count(storages[i]) == 1 or not t.numel():
+            continue  # the common case: a storage of its own
+        for j in range(i + 1, len(named)):
+            other, u = named[j]
+            if storages[j] != storages[i] or not u.numel():
+                continue
+            (lo, hi), (other_lo, other_hi) = _byte_span(t), _byte_span(u)
+            if lo < other_hi and other_lo < hi:
+                raise ValueError(
+                    f"gdn_ops: argument '{name}' must not share memory with '{other}' (the op writes '{name}'); "
+                    f"got views of one storage spanning bytes [{lo}, {hi}) and [{other_lo}, {other_hi})")
+
+
 def _check_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
     if t.dtype not in allowed:
         raise TypeError(f"gdn_ops: argument '{name}' must have dtype in {list(allowed)}; got {t.dtype}")
@@ -68,6 +122,11 @@ def check_recurrence(
     out_dtype: torch.dtype | None = None,
 ) -> tuple[int, int, int, int, int, int]:
     """Check the tensors common to both recurrence ops; return ``(B, T, HK, HV, K, V)``."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("initial_state_source", initial_state_source)):
+        check_tensor(name, t)
+    for name, t in (("initial_state_indices", initial_state_indices), ("out", out)):
+        if t is not None:
+            check_tensor(name, t)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             _fail(name, "a 4-D tensor [B, T, heads, head_dim]", f"{t.dim()}-D shape {list(t.shape)}")
@@ -102,6 +161,7 @@ def check_recurrence(
     if (inner[1] > 1 and pool.stride(3) != 1) or (inner[0] > 1 and pool.stride(2) != inner[1]):
         _fail("initial_state_source", f"contiguous in its two inner dims (strides [.., .., {inner[1]}, 1])",
               f"strides {list(pool.stride())}")
+    _check_distinct_elements("initial_state_source", pool)
 
     if initial_state_indices is None:
         if pool.shape[0] != B:
@@ -118,6 +178,7 @@ def check_recurrence(
         expected_dtype = resolve_out_dtype(v, out_dtype)
         _check_shape("out", out, (B, T, HV, V), "[B, T, HV, V]")
         _check_device("out", out, device)
+        _check_distinct_elements("out", out)
         if out.dtype != expected_dtype:
             raise TypeError(f"gdn_ops: argument 'out' must have dtype {expected_dtype} (out_dtype); got {out.dtype}")
     return B, T, HK, HV, K, V
@@ -125,6 +186,7 @@ def check_recurrence(
 
 def check_slot_indices(indices: torch.Tensor) -> None:
     """The indices ``slot_order`` sorts: ``[B]`` int32 or int64, any values and strides."""
+    check_tensor("initial_state_indices", indices)
     _check_dtype("initial_state_indices", indices, INDEX_DTYPES)
     if indices.dim() != 1:
         _fail("initial_state_indices", "a 1-D tensor [B]", f"shape {list(indices.shape)}")
@@ -136,6 +198,7 @@ def check_order(order: torch.Tensor | None, indices: torch.Tensor | None, B: int
     if order is None:
         return
     name = "initial_state_order"
+    check_tensor(name, order)
     if indices is None:
         _fail(name, "None when initial_state_indices is None (it is the order of those indices)", "a tensor")
     if order.dtype != indices.dtype:
@@ -152,6 +215,7 @@ def check_gates(
 ) -> None:
     """Per-token gate inputs ``[B, T, HV]`` (a/b of the fused op, or g/beta of the unfused one)."""
     for name, t in ((name_a, a), (name_b, b)):
+        check_tensor(name, t)
         _check_dtype(name, t, ACTIVATION_DTYPES)
         _check_shape(name, t, (B, T, HV), "[B, T, HV]")
         _check_device(name, t, device)
@@ -160,6 +224,7 @@ def check_gates(
 def check_head_params(A_log: torch.Tensor, dt_bias: torch.Tensor, HV: int, device: torch.device) -> None:
     """Per-value-head gating parameters ``A_log, dt_bias [HV]``."""
     for name, t in (("A_log", A_log), ("dt_bias", dt_bias)):
+        check_tensor(name, t)
         _check_dtype(name, t, ACTIVATION_DTYPES)
         _check_shape(name, t, (HV,), "[HV]")
         _check_device(name, t, device)

@@ -9,6 +9,7 @@ from gdn_ops import ops as _ops  # noqa: F401  (registers torch.ops.gdn_ops.*)
 
 
 def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
+    _validate.check_tensor("v", v)
     dtype = _validate.resolve_out_dtype(v, out_dtype)
     if out is None:
         return torch.empty(v.shape, dtype=dtype, device=v.device)

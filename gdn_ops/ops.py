@@ -83,6 +83,9 @@ def _check_recurrent(q, k, v, g, beta, pool, indices, scale, state_layout, out, 
     _validate.check_order(order, indices, B, q.device)
     _validate.check_gates("g", g, "beta", beta, B, T, HV, q.device)
     _validate.check_scalars(scale)
+    _validate.check_disjoint({"out": out, "initial_state_source": pool},
+                             {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state_indices": indices,
+                              "initial_state_order": order})
 
 
 @torch.library.custom_op("gdn_ops::recurrent_gated_delta_rule_update", mutates_args=_MUTATED)
@@ -144,6 +147,9 @@ def _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, 
     _validate.check_gates("a", a, "b", b, B, T, HV, q.device)
     _validate.check_head_params(A_log, dt_bias, HV, q.device)
     _validate.check_scalars(scale, softplus_beta, softplus_threshold)
+    _validate.check_disjoint({"out": out, "initial_state_source": pool},
+                             {"q": q, "k": k, "v": v, "a": a, "b": b, "A_log": A_log, "dt_bias": dt_bias,
+                              "initial_state_indices": indices, "initial_state_order": order})
 
 
 @torch.library.custom_op("gdn_ops::fused_sigmoid_gating_delta_rule_update", mutates_args=_MUTATED)
@@ -207,6 +213,8 @@ _forbid_autograd(_fused_op)
 
 
 def _check_gating(A_log, a, dt_bias, b, softplus_beta, softplus_threshold) -> None:
+    _validate.check_tensor("a", a)
+    _validate.check_tensor("b", b)
     if a.dim() < 1:
         raise ValueError(f"gdn_ops: argument 'a' must be a tensor [..., HV]; got shape {list(a.shape)}")
     if b.shape != a.shape:
@@ -230,7 +238,9 @@ def _gating_op(
     softplus_threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_gating(A_log, a, dt_bias, b, softplus_beta, softplus_threshold)
-    return gdn_gating_reference(A_log, a, dt_bias, b, softplus_beta, softplus_threshold)
+    g, beta = gdn_gating_reference(A_log, a, dt_bias, b, softplus_beta, softplus_threshold)
+    # dense, as the CUDA and fake kernels make them (elementwise math keeps a's strides)
+    return g.contiguous(), beta.contiguous()
 
 
 @_gating_op.register_kernel("cuda")
@@ -263,7 +273,10 @@ def _gating_backward(ctx, grad_g, grad_beta):
     wanted = [t for t in leaves if t.requires_grad]
     with torch.enable_grad():
         g, beta = gdn_gating_reference(*leaves, *ctx.softplus)
-        grads = iter(torch.autograd.grad((g, beta), wanted, (grad_g, grad_beta), allow_unused=True))
+        # beta depends on b alone and g on the rest: an output none of the wanted inputs reach has no graph
+        reached = [(out, grad) for out, grad in ((g, grad_g), (beta, grad_beta)) if out.requires_grad]
+        grads = iter(torch.autograd.grad([out for out, _ in reached], wanted, [grad for _, grad in reached],
+                                         allow_unused=True))
     return (*(next(grads) if t.requires_grad else None for t in leaves), None, None)
 
 

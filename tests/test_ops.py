@@ -66,8 +66,19 @@ def test_opcheck_gating_op(device):
     args = (torch.randn(HV, device=device), torch.randn(4, 3, HV, device=device, dtype=torch.bfloat16),
             torch.randn(HV, device=device), torch.randn(4, 3, HV, device=device, dtype=torch.bfloat16), 1.0, 20.0)
     torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, args)
-    grad_args = tuple(a.float().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
+    grad_args = tuple(a.float().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, grad_args)
+    # a and b as [T, B, HV] buffers seen as [B, T, HV]: the gates still come back dense, as the fake
+    # kernel says (the CPU kernel returned a's strides)
+    permuted = (args[0], args[1].transpose(0, 1).contiguous().transpose(0, 1), args[2],
+                args[3].transpose(0, 1).contiguous().transpose(0, 1), 1.0, 20.0)
+    torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, permuted)
+    assert all(t.is_contiguous() for t in gdn_ops.gdn_gating(*permuted[:4]))
+    # the head parameters alone needing grad (a and b from a frozen projection): beta reaches none
+    # of them, and the backward asked autograd for a graph it had not
+    params = (grad_args[0], args[1], grad_args[2], args[3], 1.0, 20.0)
+    torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, params)
+    torch.library.opcheck(torch.ops.gdn_ops.gdn_gating.default, (args[0], args[1], args[2], grad_args[3], 1.0, 20.0))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -84,21 +84,46 @@ FUSED_CASES = {
     # out_dtype not given: the op takes out's dtype, and the message names the argument passed
     "out_int": ("out'", TypeError, lambda kw: dict(kw, out=torch.empty(B, T, HV, V, dtype=torch.int32,
                                                                        device=kw["q"].device))),
+    # tensors the op writes: no element of them may share memory with another element or an input
+    "pool_slots_overlap": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: (
+        x.new_empty(x.numel()).as_strided(x.shape, (x.stride(1), *x.stride()[1:])).copy_(x[0])))),
+    "pool_expanded": ("initial_state_source", ValueError, lambda kw: _t(
+        kw, "initial_state_source", lambda x: x[:1].expand(x.shape))),
+    "out_expanded": ("out", ValueError, lambda kw: dict(kw, out=torch.empty(
+        1, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device).expand(B, T, HV, V))),
+    "out_is_v": ("out' must not share memory with 'v", ValueError, lambda kw: dict(kw, out=kw["v"])),
+    # q written over by out: the CPU kernel cleared out before reading q
+    "out_over_q": ("out' must not share memory with 'q", ValueError, lambda kw: (lambda buf: dict(
+        kw, q=buf.view(-1)[:kw["q"].numel()].view(kw["q"].shape).copy_(kw["q"]), out=buf))(
+        torch.empty(B, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device))),
+    "pool_over_b": ("initial_state_source' must not share memory with 'b", ValueError, lambda kw: (lambda pool: dict(
+        kw, initial_state_source=pool, b=pool.view(-1)[:kw["b"].numel()].view(kw["b"].shape).copy_(kw["b"])))(
+        kw["initial_state_source"].clone())),
+    # torch's op schema lets None through where a tensor is required
+    "q_none": ("q", TypeError, lambda kw: dict(kw, q=None)),
+    "v_none": ("v", TypeError, lambda kw: dict(kw, v=None)),
+    "a_none": ("a", TypeError, lambda kw: dict(kw, a=None)),
+    "A_log_none": ("A_log", TypeError, lambda kw: dict(kw, A_log=None)),
 }
 
 UNFUSED_CASES = {
     "g_shape": ("g", ValueError, lambda kw: _t(kw, "g", lambda x: x[:, :1])),
     "beta_dtype": ("beta", TypeError, lambda kw: _t(kw, "beta", lambda x: x.double())),
     "pool_shape": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: x[..., :8])),
+    "pool_none": ("initial_state_source", TypeError, lambda kw: dict(kw, initial_state_source=None)),
+    "g_none": ("g", TypeError, lambda kw: dict(kw, g=None)),
+    "out_is_beta_storage": ("out' must not share memory with 'beta", ValueError, lambda kw: (lambda buf: dict(
+        kw, beta=buf.view(-1)[:kw["beta"].numel()].view(kw["beta"].shape).copy_(kw["beta"]), out=buf))(
+        torch.empty(B, T, HV, V, dtype=torch.float32, device=kw["q"].device))),
 }
 
 
 def _assert_rejected(fn, kwargs, name, exc_type):
     pool = kwargs["initial_state_source"]
-    before = pool.clone()
+    before = pool.clone() if pool is not None else None
     with pytest.raises(exc_type, match=f"argument.*{name}"):
         fn(**kwargs)
-    if pool.device.type != "meta":
+    if pool is not None and pool.device.type != "meta":
         assert torch.equal(pool, before), "the pool changed although the call was rejected"
 
 
@@ -155,3 +180,26 @@ def test_slot_order_rejects_what_is_not_a_vector_of_slots(device):
         gdn_ops.slot_order(torch.zeros(4, device=device))
     with pytest.raises(ValueError, match="argument 'initial_state_indices'"):
         gdn_ops.slot_order(torch.zeros(2, 3, dtype=torch.int32, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_views_of_one_buffer_apart_are_accepted(device):
+    """What the memory checks must let through: a head-major pool, a pool of slots a page apart,
+    and out beside q, k and v in one buffer; each updates what the reference does."""
+    kw = _fused_kwargs(device)
+    pool = kw["initial_state_source"]
+    q, k, v = kw["q"], kw["k"], kw["v"]
+    packed = torch.empty(4 * q.numel(), dtype=q.dtype, device=device)  # [q | k | v | out]
+    views = [packed[i * q.numel():(i + 1) * q.numel()].view(q.shape) for i in range(4)]
+    views[0].copy_(q), views[1].copy_(k), views[2].view(v.shape).copy_(v)
+    for given in (pool.transpose(0, 1).contiguous().transpose(0, 1),
+                  torch.empty(pool.shape[0], 3 * pool[0].numel(), device=device)[:, :pool[0].numel()]
+                  .unflatten(1, pool.shape[1:]).copy_(pool)):
+        expected_pool = pool.clone()
+        expected = gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(kw, initial_state_source=expected_pool))
+        o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(
+            kw, q=views[0], k=views[1], v=views[2].view(v.shape), initial_state_source=given,
+            out=views[3].view(v.shape)))
+        assert o.data_ptr() == views[3].data_ptr()
+        torch.testing.assert_close(o, expected, rtol=0, atol=0)
+        torch.testing.assert_close(given, expected_pool, rtol=0, atol=0)
