@@ -33,6 +33,12 @@ def _t(kw, name, fn):
     return dict(kw, **{name: fn(kw[name])})
 
 
+def _inside(kw, name, holder, buffer):
+    """``kw`` with input ``name`` copied to the start of ``buffer``, which is passed as ``holder``."""
+    view = buffer.view(-1)[:kw[name].numel()].view(kw[name].shape).copy_(kw[name])
+    return dict(kw, **{name: view, holder: buffer})
+
+
 # (argument named in the message, exception type, how to break the fused op's valid kwargs)
 FUSED_CASES = {
     "q_not_4d": ("q", ValueError, lambda kw: _t(kw, "q", lambda x: x.flatten(2))),
@@ -93,12 +99,10 @@ FUSED_CASES = {
         1, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device).expand(B, T, HV, V))),
     "out_is_v": ("out' must not share memory with 'v", ValueError, lambda kw: dict(kw, out=kw["v"])),
     # q written over by out: the CPU kernel cleared out before reading q
-    "out_over_q": ("out' must not share memory with 'q", ValueError, lambda kw: (lambda buf: dict(
-        kw, q=buf.view(-1)[:kw["q"].numel()].view(kw["q"].shape).copy_(kw["q"]), out=buf))(
-        torch.empty(B, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device))),
-    "pool_over_b": ("initial_state_source' must not share memory with 'b", ValueError, lambda kw: (lambda pool: dict(
-        kw, initial_state_source=pool, b=pool.view(-1)[:kw["b"].numel()].view(kw["b"].shape).copy_(kw["b"])))(
-        kw["initial_state_source"].clone())),
+    "out_over_q": ("out' must not share memory with 'q", ValueError, lambda kw: _inside(
+        kw, "q", "out", torch.empty(B, T, HV, V, dtype=torch.bfloat16, device=kw["q"].device))),
+    "pool_over_b": ("initial_state_source' must not share memory with 'b", ValueError, lambda kw: _inside(
+        kw, "b", "initial_state_source", kw["initial_state_source"].clone())),
     # torch's op schema lets None through where a tensor is required
     "q_none": ("q", TypeError, lambda kw: dict(kw, q=None)),
     "v_none": ("v", TypeError, lambda kw: dict(kw, v=None)),
@@ -112,9 +116,8 @@ UNFUSED_CASES = {
     "pool_shape": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: x[..., :8])),
     "pool_none": ("initial_state_source", TypeError, lambda kw: dict(kw, initial_state_source=None)),
     "g_none": ("g", TypeError, lambda kw: dict(kw, g=None)),
-    "out_is_beta_storage": ("out' must not share memory with 'beta", ValueError, lambda kw: (lambda buf: dict(
-        kw, beta=buf.view(-1)[:kw["beta"].numel()].view(kw["beta"].shape).copy_(kw["beta"]), out=buf))(
-        torch.empty(B, T, HV, V, dtype=torch.float32, device=kw["q"].device))),
+    "out_over_beta": ("out' must not share memory with 'beta", ValueError, lambda kw: _inside(
+        kw, "beta", "out", torch.empty(B, T, HV, V, dtype=torch.float32, device=kw["q"].device))),
 }
 
 
