@@ -207,6 +207,9 @@ class GDNFusionPass(_Base):
             counters.record({r.name: 0 for r in _rewrites()})
             return
         counters.record(run_rewrites(graph))
+        from fx_passes.reinplace_guard import guard_reinplacing
+
+        guard_reinplacing(graph)
 
     def uuid(self) -> Any:
         parts = [fingerprint()]
