@@ -157,6 +157,11 @@ def sink_input_copies(graph: torch.fx.Graph) -> int:
     return moved
 
 
+# Each round removes PyTorch code from the graph, so rounds end; the bound only guards against a
+# rewrite that matched its own output.
+_MAX_ROUNDS = 4
+
+
 def run_rewrites(graph: torch.fx.Graph) -> dict[str, int]:
     """Apply every available rewrite to ``graph`` in order; return the matches of each."""
     counts = {r.name: 0 for r in _rewrites()}
@@ -169,12 +174,20 @@ def run_rewrites(graph: torch.fx.Graph) -> dict[str, int]:
     graph.eliminate_dead_code()
     if sink_input_copies(graph):
         pm.compute_mutation_region_ids(graph)
-    for rewrite in rewrites:
-        counts[rewrite.name] = rewrite.apply(graph)
-        if counts[rewrite.name]:
-            # The pattern matcher inserts a replacement before the match's first output, which
-            # may precede inputs that Inductor's locality reordering placed later.
-            pm.stable_topological_sort(graph)
+    # One rewrite can expose another's pattern to a rewrite that ran before it (a q/k norm in front of
+    # repeated key heads meets the op only once the repeat is gone): rounds until one matches nothing.
+    for _ in range(_MAX_ROUNDS):
+        matched = 0
+        for rewrite in rewrites:
+            n = rewrite.apply(graph)
+            if n:
+                counts[rewrite.name] += n
+                matched += n
+                # The pattern matcher inserts a replacement before the match's first output, which
+                # may precede inputs that Inductor's locality reordering placed later.
+                pm.stable_topological_sort(graph)
+        if not matched:
+            break
     if any(counts.values()):
         graph.eliminate_dead_code()
         graph.lint()

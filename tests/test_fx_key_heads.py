@@ -12,6 +12,7 @@ from fx_models import (
     assert_qk_read_in_place,
     assert_state_written_only_by,
     decode_inputs,
+    l2norm_rsqrt,
     op_calls,
     run_both,
 )
@@ -95,3 +96,24 @@ def test_a_repeat_read_before_its_input_is_written_keeps_the_old_values():
     assert_close(actual, expected, torch.float32)
     assert_close(comp["pool"], eager["pool"], torch.float32)
     assert_close(comp["q"], eager["q"], torch.float32)
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["norm_then_repeat", "repeat_then_norm"])
+def test_a_norm_on_either_side_of_the_repeat_folds_too(norm_first):
+    """Normalising each key head commutes with repeating it: either order leaves the op with the key
+    heads and its own norm. Norm first, the norm meets the op only once the repeat is gone, so the
+    pass runs its rewrites again (one round saw a repeat in front of the op, and kept the norm)."""
+
+    def decode(q, k, v, a, b, A_log, dt_bias, pool, idx):
+        groups = v.shape[2] // q.shape[2]
+        if norm_first:
+            q, k = l2norm_rsqrt(q).repeat_interleave(groups, dim=2), l2norm_rsqrt(k).repeat_interleave(groups, dim=2)
+        else:
+            q, k = l2norm_rsqrt(q.repeat_interleave(groups, dim=2)), l2norm_rsqrt(k.repeat_interleave(groups, dim=2))
+        return gdn_ops.fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, 1.0, 20.0, q, k, v, b, pool, idx)
+
+    actual, expected, comp, eager, code, counts = run_both(decode, decode_inputs(dtype=torch.float32, HK=2, HV=4))
+    assert counts == {"key_heads": 1, "qk_l2norm": 1}
+    assert_qk_read_in_place(code)
+    assert_close(actual, expected, torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)

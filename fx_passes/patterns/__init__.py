@@ -1,4 +1,5 @@
-"""The rewrites, one module each, named after the graph they match; listed in the order they run.
+"""The rewrites, one module each, named after the graph they match; listed in the order they run
+(in rounds, until a round matches nothing: a later rewrite can expose an earlier one's pattern).
 
 1. :mod:`.hf_torch_recurrent_gated_delta_rule` turns transformers' plain-PyTorch decode step into
    the unfused op (its gating stays PyTorch, for rewrite 3 to take).
