@@ -11,12 +11,15 @@ from fx_models import (
     assert_close,
     assert_qk_read_in_place,
     assert_state_written_only_by,
+    clone_inputs,
     decode_inputs,
     l2norm_rsqrt,
     op_calls,
+    pass_compile_context,
     run_both,
 )
 
+import fx_passes
 import gdn_ops
 from fx_passes.patterns import repeated_key_heads_into_decode_op as key_heads_module
 
@@ -117,3 +120,23 @@ def test_a_norm_on_either_side_of_the_repeat_folds_too(norm_first):
     assert_qk_read_in_place(code)
     assert_close(actual, expected, torch.float32)
     assert_close(comp["pool"], eager["pool"], torch.float32)
+
+
+def test_a_repeat_by_a_symbolic_group_folds_under_dynamic_shapes():
+    """``dynamic=True`` makes the head counts symbols, and ``HV // HK`` with them."""
+
+    def decode(q, k, v, a, b, A_log, dt_bias, pool, idx):
+        groups = v.shape[2] // q.shape[2]
+        return gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            A_log, a, dt_bias, 1.0, 20.0, q.repeat_interleave(groups, dim=2), k.repeat_interleave(groups, dim=2),
+            v, b, pool, idx, use_qk_l2norm_in_kernel=True)
+
+    inputs = decode_inputs(dtype=torch.float32, HK=2, HV=4)
+    eager = clone_inputs(inputs)
+    with torch.no_grad():
+        expected = decode(**eager)
+    with pass_compile_context():
+        actual = torch.compile(decode, dynamic=True)(**inputs)
+    assert fx_passes.total_counts() == {"key_heads": 1}
+    assert_close(actual, expected, torch.float32)
+    assert_close(inputs["pool"], eager["pool"], torch.float32)

@@ -64,9 +64,7 @@ def _repeated_heads(op_input):
     if unsqueeze.args[1] not in (3, -2):  # a new axis after the heads: each head repeated in place
         return None
     B, T, HK, K = xv.shape
-    G = ev.shape[3]
-    if not isinstance(G, int):
-        return None
+    G = ev.shape[3]  # symbolic under dynamic=True (HV // HK of symbolic head counts)
     if not all(known_equal(a, b) for a, b in zip(ev.shape, (B, T, HK, G, K))):
         return None
     if not all(known_equal(a, b) for a, b in zip(rv.shape, (B, T, HK * G, K))):
@@ -88,7 +86,7 @@ class RepeatedKeyHeadsIntoDecodeOp(Rewrite):
             if any(f is None for f in found):
                 continue
             (xq, gq, q_nodes), (xk, gk, k_nodes) = found
-            if gq != gk or not same_shape(val(xq), val(xk)):
+            if not (known_equal(gq, gk) and same_shape(val(xq), val(xk))):
                 log.debug("key_heads: left %s alone: q and k are repeated differently", node.name)
                 continue
             regions = regions if regions is not None else mutation_regions(graph)
@@ -96,7 +94,7 @@ class RepeatedKeyHeadsIntoDecodeOp(Rewrite):
                 log.debug("key_heads: left %s alone: a mutation lies between the repeat and the op", node.name)
                 continue
             set_decode_kwargs(node, q=xq, k=xk)
-            log.info("key_heads: %s reads q and k's %d key heads, not their %d-fold repeat", node.name,
+            log.info("key_heads: %s reads q and k's %s key heads, not their %s-fold repeat", node.name,
                      val(xq).shape[2], gq)
             count += 1
         return count
