@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unittest
 from collections.abc import Callable
 from typing import Any
 
@@ -209,6 +210,18 @@ def assert_close(actual, expected, dtype) -> None:
 # --------------------------------------------------------------------------------------------
 # post-pass graph snapshots
 # --------------------------------------------------------------------------------------------
+
+try:
+    import expecttest
+
+    SnapshotCase: type = expecttest.TestCase
+except ImportError:  # the GPU machines may lack it
+    expecttest = None
+    SnapshotCase = unittest.TestCase
+
+#: skips a snapshot test class where expecttest is missing
+needs_expecttest = unittest.skipIf(expecttest is None, "expecttest is not installed")
+
 
 
 class CapturePostPassGraph(CustomGraphPass):

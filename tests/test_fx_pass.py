@@ -11,32 +11,25 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import unittest
 
 import pytest
 import torch
 import torch._inductor.config as inductor_config
 from fx_models import (
     CapturePostPassGraph,
+    SnapshotCase,
     assert_close,
     clone_inputs,
     decode_inputs,
     gating_hf,
     l2norm_fp32,
+    needs_expecttest,
 )
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import fx_passes
 import gdn_ops
 from fx_passes import gdn_pass
-
-try:
-    import expecttest
-
-    _SnapshotCase = expecttest.TestCase
-except ImportError:  # the GPU machines may lack it
-    expecttest = None
-    _SnapshotCase = unittest.TestCase
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -265,8 +258,8 @@ def test_dynamic_batch_compiles_once_for_batch_1_to_9():
 # --------------------------------------------------------------------------------------------
 
 
-@unittest.skipIf(expecttest is None, "expecttest is not installed")
-class TestPostPassGraph(_SnapshotCase):
+@needs_expecttest
+class TestPostPassGraph(SnapshotCase):
     def capture(self, fn, **inputs):
         capture = CapturePostPassGraph()
         torch._dynamo.reset()

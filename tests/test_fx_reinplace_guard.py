@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import unittest
 
 import pytest
 import torch
@@ -13,19 +12,13 @@ import torch._inductor.config as inductor_config
 from fx_models import (
     DEVICE,
     CapturePostPassGraph,
+    SnapshotCase,
+    needs_expecttest,
     pass_compile_context,
     tiny_qwen3_next,
 )
 
 import gdn_ops
-
-try:
-    import expecttest
-
-    _SnapshotCase = expecttest.TestCase
-except ImportError:  # the GPU machines may lack it
-    expecttest = None
-    _SnapshotCase = unittest.TestCase
 
 B, HK, HV, K, V = 2, 1, 2, 8, 8
 
@@ -113,8 +106,8 @@ def test_model_checkpoint_between_two_decode_tokens():
                                rtol=1e-5, atol=1e-6)
 
 
-@unittest.skipIf(expecttest is None, "expecttest is not installed")
-class TestGuardedGraph(_SnapshotCase):
+@needs_expecttest
+class TestGuardedGraph(SnapshotCase):
     def test_the_first_step_runs_on_a_copy(self):
         capture = CapturePostPassGraph()
         torch._dynamo.reset()
