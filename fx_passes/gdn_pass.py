@@ -110,7 +110,8 @@ def _call(p: Any, graph: torch.fx.Graph, is_inference: bool) -> None:
         p(graph)
 
 
-def _storage(node: Any) -> Any:
+def node_storage(node: Any) -> Any:
+    """The storage a node's (fake) tensor value lives in, to tell aliases apart; None without one."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
     v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
@@ -141,7 +142,7 @@ def sink_input_copies(graph: torch.fx.Graph) -> int:
         if n is output:
             continue
         for a in (*n.all_input_nodes, n):
-            storage = _storage(a)
+            storage = node_storage(a)
             if storage is not None:
                 last_touch[storage] = i
     moved = 0
@@ -149,7 +150,7 @@ def sink_input_copies(graph: torch.fx.Graph) -> int:
         dst = node.args[0]
         if not (isinstance(dst, torch.fx.Node) and dst.op == "placeholder") or node.next is output:
             continue
-        storage = _storage(dst)
+        storage = node_storage(dst)
         if storage is None or last_touch.get(storage, -1) > order[node]:
             continue  # no storage to reason about, or a later node reads or writes it
         output.prepend(node)

@@ -25,15 +25,10 @@ from typing import Any
 import torch
 
 from fx_passes.counters import log
+from fx_passes.gdn_pass import node_storage
 from fx_passes.patterns._common import DECODE_OPS
 
 _AUTO_FUNCTIONALIZED_V2 = torch.ops.higher_order.auto_functionalized_v2
-
-
-def _storage(node: Any) -> Any:
-    from fx_passes.gdn_pass import _storage as storage
-
-    return storage(node)
 
 
 def _new_values(node: torch.fx.Node) -> dict[int, torch.fx.Node]:
@@ -44,9 +39,10 @@ def _new_values(node: torch.fx.Node) -> dict[int, torch.fx.Node]:
             if user.target is operator.getitem and user.args[1] >= first}
 
 
-def _decode_ops(graph: torch.fx.Graph) -> list[torch.fx.Node]:
-    return [n for n in graph.find_nodes(op="call_function", target=_AUTO_FUNCTIONALIZED_V2)
-            if n.args and n.args[0] in DECODE_OPS and "val" in n.meta]
+def _decode_ops(graph: torch.fx.Graph, order: dict[torch.fx.Node, int]) -> list[torch.fx.Node]:
+    """The functionalized decode calls in graph order (``find_nodes`` gives insertion order)."""
+    return sorted((n for n in graph.find_nodes(op="call_function", target=_AUTO_FUNCTIONALIZED_V2)
+                   if n.args and n.args[0] in DECODE_OPS and "val" in n.meta), key=order.__getitem__)
 
 
 def guard_reinplacing(graph: torch.fx.Graph) -> int:
@@ -55,7 +51,7 @@ def guard_reinplacing(graph: torch.fx.Graph) -> int:
     order = {n: i for i, n in enumerate(graph.nodes)}
     by_storage: dict[Any, list[torch.fx.Node]] = {}
     for n in graph.nodes:
-        storage = _storage(n)
+        storage = node_storage(n)
         if storage is not None:
             by_storage.setdefault(storage, []).append(n)
     # the first write-back into each graph input
@@ -68,14 +64,14 @@ def guard_reinplacing(graph: torch.fx.Graph) -> int:
     # the graph input each decode op's base comes from, through earlier decode ops' results
     root: dict[torch.fx.Node, torch.fx.Node] = {}
     inserted = 0
-    for op in _decode_ops(graph):
+    for op in _decode_ops(graph, order):
         bases = list(op.kwargs["_all_bases"])
         changed = False
         for i, new in _new_values(op).items():
             base = bases[i]
             origin = root[new] = root.get(base, base)
             write_back = first_copy.get(origin)
-            storage = _storage(new)
+            storage = node_storage(new)
             if write_back is None or storage is None:
                 continue
             late = [user for view in by_storage.get(storage, [new]) for user in view.users

@@ -50,6 +50,15 @@ def snapshot_copied(pool, snapshot, q, k, v, g, beta):
     return _step(pool, q, k, v, g, beta)
 
 
+def snapshot_after_the_second(pool, snapshot, q, k, v, g, beta):
+    """Three steps, the state after the second taken: its input came from the first step's result."""
+    _step(pool, q, k, v, g, beta)
+    _step(pool, q, k, v, g, beta)
+    taken = pool.clone()
+    _step(pool, q, k, v, g, beta)
+    return taken
+
+
 def two_steps(pool, snapshot, q, k, v, g, beta):
     """Two steps and nothing read between them: no copy is needed."""
     _step(pool, q, k, v, g, beta)
@@ -60,8 +69,9 @@ def one_step(pool, snapshot, q, k, v, g, beta):
     return _step(pool, q, k, v, g, beta)
 
 
-@pytest.mark.parametrize(("fn", "copies"), [(snapshot_returned, 1), (snapshot_copied, 1), (two_steps, 0),
-                                            (one_step, 0)], ids=lambda x: getattr(x, "__name__", str(x)))
+@pytest.mark.parametrize(("fn", "copies"), [(snapshot_returned, 1), (snapshot_copied, 1), (snapshot_after_the_second, 1),
+                                            (two_steps, 0), (one_step, 0)],
+                         ids=lambda x: getattr(x, "__name__", str(x)))
 def test_compiled_steps_match_eager(fn, copies, caplog):
     """Without the guard PyTorch 2.13 runs the first step in the pool's memory and the snapshot
     reads the second step's state."""
