@@ -88,6 +88,11 @@ def gating_scaled_commuted(A_log, a, dt_bias, b):
     return g, torch.sigmoid(b.float())
 
 
+def gating_other_orders(A_log, a, dt_bias, b):
+    """The sum written bias first and the minus sign on the product."""
+    return -(A_log.float().exp() * F.softplus(dt_bias + a.float())), b.sigmoid()
+
+
 def gating_op(A_log, a, dt_bias, b):
     return gdn_ops.gdn_gating(A_log, a, dt_bias, b)
 
@@ -104,6 +109,11 @@ def l2norm_rsqrt(x, eps=1e-6):
 
 def l2norm_div(x, eps=1e-6):
     return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def l2norm_rsqrt_first(x, eps=1e-6):
+    """The factor first and the last dim of the 4-D q/k named by its index."""
+    return torch.rsqrt((x * x).sum(3, keepdim=True) + eps) * x
 
 
 def l2norm_fp32(x, eps=1e-6):

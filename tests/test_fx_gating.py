@@ -12,6 +12,7 @@ from fx_models import (
     decode_inputs,
     gating_hf,
     gating_op,
+    gating_other_orders,
     gating_reference,
     gating_same_dtype,
     gating_scaled_commuted,
@@ -39,6 +40,7 @@ def decode_step(gating, layout="vk"):
         pytest.param(gating_reference, torch.float16, "vk", id="explicit-casts-fp16"),
         pytest.param(gating_scaled_commuted, torch.bfloat16, "kv", id="softplus-beta2-threshold15-commuted"),
         pytest.param(gating_same_dtype, torch.float32, "vk", id="no-casts-fp32"),
+        pytest.param(gating_other_orders, torch.bfloat16, "vk", id="bias-first-sign-outside"),
         pytest.param(gating_op, torch.bfloat16, "vk", id="gdn_gating-op"),
     ],
 )

@@ -16,6 +16,7 @@ from fx_models import (
     l2norm_div,
     l2norm_fp32,
     l2norm_rsqrt,
+    l2norm_rsqrt_first,
     op_calls,
     run_both,
 )
@@ -29,6 +30,7 @@ from fx_passes.patterns import torch_l2norm_into_decode_op as l2norm_module
     [
         pytest.param(l2norm_rsqrt, torch.float32, id="x*rsqrt-fp32"),
         pytest.param(l2norm_div, torch.float16, id="x/sqrt(pow)-fp16"),
+        pytest.param(l2norm_rsqrt_first, torch.bfloat16, id="rsqrt*x-dim3-bf16"),
         pytest.param(l2norm_fp32, torch.bfloat16, id="fp32-norm-cast-back-bf16"),
     ],
 )

@@ -6,7 +6,8 @@ Matches, in front of the unfused op's ``g`` and ``beta`` inputs::
     beta = b.sigmoid()            # or b.float().sigmoid()
 
 with or without each ``.float()`` (the parameters may already be fp32, or everything may run in
-one dtype), the product in either order, softplus with default or explicit ``beta`` and
+one dtype), the sum and the product in either order, the minus sign on the rate or on the
+product, softplus with default or explicit ``beta`` and
 ``threshold``, and fp32/bf16/fp16 casts after ``g``/``beta``. ``g, beta`` from :func:`gdn_ops.gdn_gating` match
 too. The call becomes ``fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, sb, st, ...)``.
 
@@ -56,7 +57,7 @@ _TRACE_SOFTPLUS_THRESHOLD = 17.25
 _DEFAULT_SOFTPLUS_THRESHOLD = 20
 
 
-def _g_search(scaled_softplus: bool, decay_first: bool):
+def _g_search(scaled_softplus: bool, decay_first: bool, bias_first: bool, sign_outside: bool):
     # Only an all-default softplus decomposes without scaling; an explicit beta=1 traces a
     # multiply and divide by 1 that Inductor's joint-graph passes remove from the user's graph.
     # So the unscaled family is traced with the defaults (threshold 20, read back by value).
@@ -65,9 +66,13 @@ def _g_search(scaled_softplus: bool, decay_first: bool):
         softplus_kwargs = {"beta": _TRACE_SOFTPLUS_BETA, "threshold": _TRACE_SOFTPLUS_THRESHOLD}
 
     def g_search(A_log, a, dt_bias):
-        sp = F.softplus(a.float() + dt_bias.float(), **softplus_kwargs)
-        decay = -A_log.float().exp()
-        return decay * sp if decay_first else sp * decay
+        # the pattern matcher takes operands in the order written: each order is a pattern
+        sp = F.softplus(dt_bias.float() + a.float() if bias_first else a.float() + dt_bias.float(),
+                        **softplus_kwargs)
+        rate = A_log.float().exp()
+        if sign_outside:
+            return -(rate * sp if decay_first else sp * rate)
+        return -rate * sp if decay_first else sp * -rate
 
     return g_search
 
@@ -92,11 +97,11 @@ class TorchGatingIntoRecurrentOp(Rewrite):
         # the match afterwards (the kernel upcasts itself).
         HV = 4
         A_log, a, dt_bias, b = torch.randn(HV), torch.randn(2, 1, HV), torch.randn(HV), torch.randn(2, 1, HV)
-        for scaled, decay_first in itertools.product((False, True), repeat=2):
+        for scaled, *order in itertools.product((False, True), repeat=4):
             scalars = {"softplus_threshold": _TRACE_SOFTPLUS_THRESHOLD if scaled else _DEFAULT_SOFTPLUS_THRESHOLD}
             if scaled:
                 scalars["softplus_beta"] = _TRACE_SOFTPLUS_BETA
-            pattern, _ = sub_pattern(_g_search(scaled, decay_first), (A_log, a, dt_bias), scalar_workaround=scalars)
+            pattern, _ = sub_pattern(_g_search(scaled, *order), (A_log, a, dt_bias), scalar_workaround=scalars)
             self.g_patterns.append((pattern, scaled))
         self.beta_patterns.append(sub_pattern(beta_search, (b,))[0])
         return True
@@ -111,6 +116,9 @@ class TorchGatingIntoRecurrentOp(Rewrite):
                 kw = m.kwargs
                 softplus_beta = kw["softplus_beta"] if scaled else 1.0
                 A_log, a, dt_bias = (strip_upcast(kw[n]) for n in ("A_log", "a", "dt_bias"))
+                a_v, g_v = val(a), val(node)
+                if isinstance(a_v, torch.Tensor) and isinstance(g_v, torch.Tensor) and a_v.dim() != g_v.dim():
+                    continue  # the sum's other order, read with a and dt_bias swapped: its own pattern follows
                 return A_log, a, dt_bias, softplus_beta, kw["softplus_threshold"], m.nodes
         return None
 

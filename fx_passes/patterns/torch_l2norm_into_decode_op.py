@@ -5,7 +5,8 @@ Matches, on both the ``q`` and the ``k`` input of either decode op called with
 
     x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)      # FLA / transformers ``l2norm``
     x / torch.sqrt((x * x).sum(-1, keepdim=True) + eps)
-    (the same with x.pow(2), x ** 2 or x.square())
+    (the same with x.pow(2), x ** 2 or x.square(), the product in either order, and the last
+    dim of the 4-D q/k written 3)
 
 optionally computed in fp32 and cast back (``f(x.float()).to(x.dtype)``). It folds only when
 ``eps`` equals the kernel's :data:`gdn_ops.reference.L2NORM_EPS` exactly and both q and k match:
@@ -43,11 +44,15 @@ from gdn_ops.reference import L2NORM_EPS
 _TRACE_EPS = 2.0**-15
 
 
-def _l2norm_search(divide: bool, square_with_pow: bool):
+def _l2norm_search(divide: bool, square_with_pow: bool, norm_first: bool, dim: int):
     def l2norm_search(x):
+        # the pattern matcher takes operands in the order written, and the dim as written (-1 or
+        # 3 for the op's 4-D q and k): each spelling is a pattern
         sq = x.pow(2) if square_with_pow else x * x
-        ss = sq.sum(-1, keepdim=True) + _TRACE_EPS
-        return x / torch.sqrt(ss) if divide else x * torch.rsqrt(ss)
+        ss = sq.sum(dim, keepdim=True) + _TRACE_EPS
+        if divide:
+            return x / torch.sqrt(ss)
+        return torch.rsqrt(ss) * x if norm_first else x * torch.rsqrt(ss)
 
     return l2norm_search
 
@@ -66,8 +71,11 @@ class TorchL2NormIntoDecodeOp(Rewrite):
         # Casts are not part of the patterns: the op's input is followed back through casts
         # among fp32/bf16/fp16 before matching, and an upcast in front of the norm is stripped.
         x = torch.randn(2, 1, 2, 8)
-        for divide, use_pow in itertools.product((False, True), repeat=2):
-            self.patterns.append(sub_pattern(_l2norm_search(divide, use_pow), (x,), scalar_workaround={"eps": _TRACE_EPS})[0])
+        for divide, use_pow, norm_first, dim in itertools.product((False, True), (False, True), (False, True), (-1, 3)):
+            if divide and norm_first:
+                continue  # a quotient has one order
+            search = _l2norm_search(divide, use_pow, norm_first, dim)
+            self.patterns.append(sub_pattern(search, (x,), scalar_workaround={"eps": _TRACE_EPS})[0])
         return True
 
     def _match(self, op_input):
