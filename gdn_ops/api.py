@@ -18,6 +18,42 @@ def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor 
     return out
 
 
+def _unpack(name: str, x: torch.Tensor, N: int, T: int, packed_dims: int) -> torch.Tensor:
+    """``x`` of SGLang's packed tokens, ``[1, N * T, ...]`` or ``[N * T, ...]`` (``packed_dims``
+    dims), seen as ``[N, T, ...]`` (a view)."""
+    _validate.check_tensor(name, x)
+    if x.dim() == packed_dims + 1 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != packed_dims or x.shape[0] != N * T:
+        raise ValueError(f"gdn_ops: argument '{name}' must hold the {N * T} packed tokens of cu_seqlens' {N} "
+                         f"sequences, [1, {N * T}, ...] or [{N * T}, ...] with {packed_dims} dims; got shape "
+                         f"{list(x.shape)}")
+    return x.unflatten(0, (N, T))
+
+
+def _sequences(cu_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[int, int]:
+    """``(N, T)``: ``cu_seqlens [N + 1]`` offsets of N sequences of T tokens each, packed in ``q [1, N * T, HK, K]``.
+
+    Only shapes are read (the offsets stay on the device): each sequence must hold ``T`` tokens."""
+    _validate.check_tensor("cu_seqlens", cu_seqlens)
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1 or cu_seqlens.dtype not in _validate.INDEX_DTYPES:
+        raise ValueError(f"gdn_ops: argument 'cu_seqlens' must be [N + 1] int32/int64 sequence offsets; got "
+                         f"{cu_seqlens.dtype} shape {list(cu_seqlens.shape)}")
+    _validate.check_tensor("q", q)
+    if q.dim() != 4 or q.shape[0] != 1:
+        raise ValueError(f"gdn_ops: argument 'q' must be [1, total_tokens, HK, K] with cu_seqlens; got shape "
+                         f"{list(q.shape)}")
+    N, total = cu_seqlens.shape[0] - 1, q.shape[1]
+    if N == 0:
+        if total:
+            raise ValueError(f"gdn_ops: argument 'cu_seqlens' names no sequence, but q holds {total} tokens")
+        return 0, 1
+    if total % N:
+        raise ValueError(f"gdn_ops: argument 'cu_seqlens' must split q's {total} tokens into its {N} sequences "
+                         f"of equal length; {total} is not a multiple of {N}")
+    return N, total // N
+
+
 def fused_sigmoid_gating_delta_rule_update(
     A_log: torch.Tensor,
     a: torch.Tensor,
@@ -32,6 +68,7 @@ def fused_sigmoid_gating_delta_rule_update(
     initial_state_indices: torch.Tensor | None,
     scale: float | None = None,
     use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     *,
     state_layout: str = "vk",
     out_dtype: torch.dtype | None = None,
@@ -57,6 +94,11 @@ def fused_sigmoid_gating_delta_rule_update(
             the pool. ``None``: the pool has exactly ``B`` slots in batch order.
         scale: query scale, ``K ** -0.5`` when ``None``.
         use_qk_l2norm_in_kernel: L2-normalise q and k (``x / sqrt(sum(x*x) + 1e-6)``) before use.
+        cu_seqlens: SGLang's packed form: ``[N + 1]`` offsets of N sequences, their tokens packed in
+            ``q, k [1, N*T, HK, K]``, ``v [1, N*T, HV, V]``, ``a, b [N*T, HV]`` (or ``[1, N*T, HV]``);
+            ``o`` comes back ``[1, N*T, HV, V]``, ``out`` is given so. The sequences must all hold T
+            tokens (a decode step: ``T = 1``, ``cu_seqlens = arange(N + 1)``): only the shapes are
+            read, so that nothing synchronises; offsets of unequal sequences give wrong results.
         state_layout: ``"vk"`` or ``"kv"`` (keyword-only).
         out_dtype: output dtype, v's dtype by default; ``torch.float32`` avoids fp16 overflow.
         out: optional ``[B, T, HV, V]`` buffer of ``out_dtype`` to write into (CUDA-graph reuse).
@@ -72,13 +114,18 @@ def fused_sigmoid_gating_delta_rule_update(
     Returns:
         ``o [B, T, HV, V]``: ``out`` when given. T tokens run in order; the final state is written once.
     """
-    out = _make_out(v, out_dtype, out)
+    if cu_seqlens is not None:
+        N, T = _sequences(cu_seqlens, q)
+        q, k, v, a, b = (_unpack(n, x, N, T, d) for n, x, d in (("q", q, 3), ("k", k, 3), ("v", v, 3), ("a", a, 2),
+                                                                  ("b", b, 2)))
+        out = None if out is None else _unpack("out", out, N, T, 3)
+    o = _make_out(v, out_dtype, out)
     torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
         A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
-        initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, out,
+        initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, o,
         initial_state_order,
     )
-    return out
+    return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 
 def recurrent_gated_delta_rule_update(
@@ -91,6 +138,7 @@ def recurrent_gated_delta_rule_update(
     initial_state_indices: torch.Tensor | None,
     scale: float | None = None,
     use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     *,
     state_layout: str = "vk",
     out_dtype: torch.dtype | None = None,
@@ -102,14 +150,20 @@ def recurrent_gated_delta_rule_update(
     ``g`` is the log decay (the state is multiplied by ``exp(g)``), ``beta`` the delta-rule step size.
     Everything else is as in :func:`fused_sigmoid_gating_delta_rule_update`: the pool is updated in
     place, padding rows leave it untouched and get a zero output, ``initial_state_order`` is the
-    optional per-step slot order, and ``o [B, T, HV, V]`` is returned.
+    optional per-step slot order, ``cu_seqlens`` takes the packed form (``g, beta`` packed as ``a, b``),
+    and ``o [B, T, HV, V]`` is returned.
     """
-    out = _make_out(v, out_dtype, out)
+    if cu_seqlens is not None:
+        N, T = _sequences(cu_seqlens, q)
+        q, k, v, g, beta = (_unpack(n, x, N, T, d) for n, x, d in (("q", q, 3), ("k", k, 3), ("v", v, 3),
+                                                                     ("g", g, 2), ("beta", beta, 2)))
+        out = None if out is None else _unpack("out", out, N, T, 3)
+    o = _make_out(v, out_dtype, out)
     torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
         q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
-        bool(use_qk_l2norm_in_kernel), state_layout, out, initial_state_order,
+        bool(use_qk_l2norm_in_kernel), state_layout, o, initial_state_order,
     )
-    return out
+    return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 
 def gdn_gating(

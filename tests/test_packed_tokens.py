@@ -1,0 +1,78 @@
+"""SGLang's call convention: tokens packed ``[1, N*T, ...]`` with ``cu_seqlens`` offsets, as its decode
+backend calls ``fused_sigmoid_gating_delta_rule_update``; the same step as the batched form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gdn_ops
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+HK, HV, K, V, SLOTS = 2, 4, 16, 8, 9
+
+
+def _batched(device, N, T, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    return {"A_log": r(HV), "a": r(N, T, HV), "dt_bias": r(HV), "softplus_beta": 1.0, "softplus_threshold": 20.0,
+            "q": r(N, T, HK, K), "k": r(N, T, HK, K), "v": r(N, T, HV, V), "b": r(N, T, HV),
+            "initial_state_source": r(SLOTS, HV, V, K),
+            "initial_state_indices": torch.randperm(SLOTS, generator=gen)[:N].to(device, torch.int32)}
+
+
+def _packed(kw, gates_dims):
+    """The same tensors as SGLang passes them: q, k, v [1, N*T, ...], the gates [N*T, HV] or [1, N*T, HV]."""
+    N, T = kw["q"].shape[:2]
+    packed = dict(kw, initial_state_source=kw["initial_state_source"].clone(),
+                  cu_seqlens=torch.arange(0, N * T + 1, T, dtype=torch.int32, device=kw["q"].device))
+    for name in ("q", "k", "v"):
+        packed[name] = kw[name].flatten(0, 1)[None]
+    for name in ("a", "b"):
+        packed[name] = kw[name].flatten(0, 1) if gates_dims == 2 else kw[name].flatten(0, 1)[None]
+    return packed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("N", "T"), [(5, 1), (3, 2), (1, 1), (0, 1)])
+@pytest.mark.parametrize("gates_dims", [2, 3])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_packed_tokens_give_the_batched_step(device, N, T, gates_dims, fused):
+    kw = _batched(device, N, T)
+    pool = kw["initial_state_source"].clone()
+    packed = _packed(kw, gates_dims)
+    if not fused:
+        g, beta = gdn_ops.gdn_gating(kw["A_log"], kw["a"], kw["dt_bias"], kw["b"])
+        for d in (kw, packed):
+            for name in ("A_log", "dt_bias", "softplus_beta", "softplus_threshold"):
+                del d[name]
+            d.pop("a"), d.pop("b")
+        kw.update(g=g, beta=beta)
+        packed.update(g=g.flatten(0, 1) if gates_dims == 2 else g.flatten(0, 1)[None],
+                      beta=beta.flatten(0, 1) if gates_dims == 2 else beta.flatten(0, 1)[None])
+    step = gdn_ops.fused_sigmoid_gating_delta_rule_update if fused else gdn_ops.recurrent_gated_delta_rule_update
+    expected = step(**kw)
+    got = step(**packed)
+    assert got.shape == (1, N * T, HV, V)
+    torch.testing.assert_close(got[0], expected.flatten(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(packed["initial_state_source"], kw["initial_state_source"], rtol=0, atol=0)
+    # and into a given packed buffer
+    out = torch.full((1, N * T, HV, V), float("nan"), device=device)
+    packed["initial_state_source"] = pool
+    written = step(**packed, out=out)
+    assert written.data_ptr() == out.data_ptr() or N == 0
+    torch.testing.assert_close(out[0], expected.flatten(0, 1).float(), rtol=0, atol=0)
+    torch.testing.assert_close(pool, kw["initial_state_source"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("change", "name"), [
+    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"][:-1]), "cu_seqlens"),  # 9 tokens in 2 sequences
+    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"].float()), "cu_seqlens"),
+    (lambda p: dict(p, q=p["q"][0]), "q"),  # not [1, tokens, HK, K]
+    (lambda p: dict(p, a=p["a"][:-1]), "a"),
+    (lambda p: dict(p, v=p["v"].unflatten(1, (3, 3))), "v"),
+])
+def test_packed_tokens_reject_what_they_cannot_split(change, name):
+    packed = change(_packed(_batched("cpu", 3, 3), 2))
+    with pytest.raises(ValueError, match=f"argument '{name}'"):
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(**packed)
