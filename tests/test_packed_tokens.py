@@ -76,3 +76,16 @@ def test_packed_tokens_reject_what_they_cannot_split(change, name):
     packed = change(_packed(_batched("cpu", 3, 3), 2))
     with pytest.raises(ValueError, match=f"argument '{name}'"):
         gdn_ops.fused_sigmoid_gating_delta_rule_update(**packed)
+
+
+def test_packed_tokens_compile_fullgraph_with_a_dynamic_token_count():
+    """The unpacking is shape arithmetic and views: no graph break, the count of tokens symbolic."""
+    kw = _batched("cpu", 4, 1)
+    packed = _packed(kw, 2)
+    expected = gdn_ops.fused_sigmoid_gating_delta_rule_update(**kw)
+    torch._dynamo.reset()
+    step = torch.compile(gdn_ops.fused_sigmoid_gating_delta_rule_update, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        got = step(**packed)
+    torch.testing.assert_close(got[0], expected.flatten(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(packed["initial_state_source"], kw["initial_state_source"], rtol=0, atol=0)
