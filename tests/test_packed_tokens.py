@@ -89,3 +89,42 @@ def test_packed_tokens_compile_fullgraph_with_a_dynamic_token_count():
         got = step(**packed)
     torch.testing.assert_close(got[0], expected.flatten(0, 1), rtol=0, atol=0)
     torch.testing.assert_close(packed["initial_state_source"], kw["initial_state_source"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("indices_2d", [False, True])
+def test_vllm_call_convention_gives_the_batched_step(device, indices_2d):
+    """vLLM's names and order (a before b, softplus as beta/threshold, initial_state, ssm_state_indices)."""
+    from gdn_ops import vllm_api
+
+    kw = _batched(device, 5, 1)
+    packed = _packed(kw, 2)
+    expected = gdn_ops.fused_sigmoid_gating_delta_rule_update(**kw)
+    slots = packed["initial_state_indices"]
+    o, state = vllm_api.fused_sigmoid_gating_delta_rule_update(
+        packed["A_log"], packed["a"], packed["b"], packed["dt_bias"], packed["q"], packed["k"], packed["v"],
+        initial_state=packed["initial_state_source"], inplace_final_state=True, cu_seqlens=packed["cu_seqlens"],
+        ssm_state_indices=slots[:, None] if indices_2d else slots)
+    assert state is packed["initial_state_source"]
+    torch.testing.assert_close(o[0], expected.flatten(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(state, kw["initial_state_source"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("change", "name"), [
+    ({"inplace_final_state": False}, "inplace_final_state"),
+    ({"initial_state": None}, "initial_state"),
+    ({"is_kda": True}, "is_kda"),
+    ({"num_accepted_tokens": torch.ones(3, dtype=torch.int32)}, "num_accepted_tokens"),
+    ({"ssm_state_indices": torch.zeros(3, 2, dtype=torch.int32)}, "ssm_state_indices"),
+])
+def test_vllm_call_convention_refuses_what_is_not_the_decode_step(change, name):
+    from gdn_ops import vllm_api
+
+    packed = _packed(_batched("cpu", 3, 1), 2)
+    args = {"A_log": packed["A_log"], "a": packed["a"], "b": packed["b"], "dt_bias": packed["dt_bias"],
+            "q": packed["q"], "k": packed["k"], "v": packed["v"], "initial_state": packed["initial_state_source"],
+            "cu_seqlens": packed["cu_seqlens"], "ssm_state_indices": packed["initial_state_indices"]}
+    before = packed["initial_state_source"].clone()
+    with pytest.raises(NotImplementedError, match=f"argument '{name}'"):
+        vllm_api.fused_sigmoid_gating_delta_rule_update(**{**args, **change})
+    torch.testing.assert_close(packed["initial_state_source"], before, rtol=0, atol=0)
