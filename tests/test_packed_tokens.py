@@ -128,3 +128,23 @@ def test_vllm_call_convention_refuses_what_is_not_the_decode_step(change, name):
     with pytest.raises(NotImplementedError, match=f"argument '{name}'"):
         vllm_api.fused_sigmoid_gating_delta_rule_update(**{**args, **change})
     torch.testing.assert_close(packed["initial_state_source"], before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_sharing_a_null_slot_leave_every_other_slot_right(device):
+    """vLLM's padding: padded rows all at slot 0. The live rows' slots get their own results and the
+    slots no row names stay as they were, whatever slot 0 ends up holding."""
+    kw = _batched(device, 6, 1)
+    slots = torch.tensor([3, 0, 5, 0, 0, 8], dtype=torch.int32, device=device)
+    pool = kw["initial_state_source"]
+    before = pool.clone()
+    live = torch.tensor([0, 2, 5], device=device)
+    expected_pool = before.clone()
+    expected_o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**{
+        **kw, **{n: kw[n][live] for n in ("q", "k", "v", "a", "b")},
+        "initial_state_source": expected_pool, "initial_state_indices": slots[live]})
+    o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(kw, initial_state_indices=slots))
+    torch.testing.assert_close(o[live], expected_o, rtol=0, atol=0)
+    others = [s for s in range(SLOTS) if s != 0]
+    torch.testing.assert_close(pool[others], expected_pool[others], rtol=0, atol=0)
+    assert torch.equal(pool[[1, 2, 4, 6, 7]], before[[1, 2, 4, 6, 7]])
