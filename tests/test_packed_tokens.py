@@ -144,7 +144,8 @@ def test_rows_sharing_a_null_slot_leave_every_other_slot_right(device):
         **kw, **{n: kw[n][live] for n in ("q", "k", "v", "a", "b")},
         "initial_state_source": expected_pool, "initial_state_indices": slots[live]})
     o = gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(kw, initial_state_indices=slots))
-    torch.testing.assert_close(o[live], expected_o, rtol=0, atol=0)
+    # (a batch of 6 against one of 3: the GPU may pick another tile, so not bit for bit)
+    torch.testing.assert_close(o[live], expected_o, rtol=1e-5, atol=1e-5)
     others = [s for s in range(SLOTS) if s != 0]
-    torch.testing.assert_close(pool[others], expected_pool[others], rtol=0, atol=0)
+    torch.testing.assert_close(pool[others], expected_pool[others], rtol=1e-5, atol=1e-5)
     assert torch.equal(pool[[1, 2, 4, 6, 7]], before[[1, 2, 4, 6, 7]])
