@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:  ./dev.sh demo | ./dev.sh test [pytest args...] | ./dev.sh gpu
 # Uses the python3 that already has torch (e.g. a GPU machine's image, offline); otherwise makes
-# .venv with a CPU build of torch and the test tools.
+# .venv with torch (from the configured package index) and the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TORCH_PIN="torch==2.13.0"      # the CPU build CI uses
+TORCH_PIN="torch==2.13.0"      # the version CI uses
 TRITON_PIN="triton==3.7.1"     # the release torch 2.13 pins; runs kernels in its interpreter on CPU
 TEST_DEPS=(pytest pytest-xdist hypothesis expecttest "transformers==5.24.0")  # the release the pass tests were written against
 
