@@ -61,7 +61,8 @@ def guard_reinplacing(graph: torch.fx.Graph) -> int:
         if (isinstance(dst, torch.fx.Node) and dst.op in ("placeholder", "get_attr")
                 and (dst not in first_copy or order[n] < order[first_copy[dst]])):
             first_copy[dst] = n
-    # the graph input each decode op's base comes from, through earlier decode ops' results
+    # the graph input each decode op's base comes from, through earlier decode ops' results (a clone
+    # inserted below is not in ``order``: it reads before the op, never late)
     root: dict[torch.fx.Node, torch.fx.Node] = {}
     inserted = 0
     for op in _decode_ops(graph, order):
@@ -75,7 +76,7 @@ def guard_reinplacing(graph: torch.fx.Graph) -> int:
             if write_back is None or storage is None:
                 continue
             late = [user for view in by_storage.get(storage, [new]) for user in view.users
-                    if order[user] >= order[write_back] and not (user is write_back and view is new)]
+                    if order.get(user, -1) >= order[write_back] and not (user is write_back and view is new)]
             if not late:
                 continue
             with graph.inserting_before(op):

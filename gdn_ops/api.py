@@ -36,9 +36,12 @@ def _sequences(cu_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[int, int]:
 
     Only shapes are read (the offsets stay on the device): each sequence must hold ``T`` tokens."""
     _validate.check_tensor("cu_seqlens", cu_seqlens)
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1 or cu_seqlens.dtype not in _validate.INDEX_DTYPES:
-        raise ValueError(f"gdn_ops: argument 'cu_seqlens' must be [N + 1] int32/int64 sequence offsets; got "
-                         f"{cu_seqlens.dtype} shape {list(cu_seqlens.shape)}")
+    if cu_seqlens.dtype not in _validate.INDEX_DTYPES:
+        raise TypeError(f"gdn_ops: argument 'cu_seqlens' must have dtype in {list(_validate.INDEX_DTYPES)}; got "
+                        f"{cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
+        raise ValueError(f"gdn_ops: argument 'cu_seqlens' must be [N + 1] sequence offsets; got shape "
+                         f"{list(cu_seqlens.shape)}")
     _validate.check_tensor("q", q)
     if q.dim() != 4 or q.shape[0] != 1:
         raise ValueError(f"gdn_ops: argument 'q' must be [1, total_tokens, HK, K] with cu_seqlens; got shape "

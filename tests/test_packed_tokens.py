@@ -65,16 +65,17 @@ def test_packed_tokens_give_the_batched_step(device, N, T, gates_dims, fused):
     torch.testing.assert_close(pool, kw["initial_state_source"], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("change", "name"), [
-    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"][:-1]), "cu_seqlens"),  # 9 tokens in 2 sequences
-    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"].float()), "cu_seqlens"),
-    (lambda p: dict(p, q=p["q"][0]), "q"),  # not [1, tokens, HK, K]
-    (lambda p: dict(p, a=p["a"][:-1]), "a"),
-    (lambda p: dict(p, v=p["v"].unflatten(1, (3, 3))), "v"),
+@pytest.mark.parametrize(("change", "name", "error"), [
+    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"][:-1]), "cu_seqlens", ValueError),  # 9 tokens in 2 sequences
+    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"].float()), "cu_seqlens", TypeError),
+    (lambda p: dict(p, cu_seqlens=p["cu_seqlens"][None]), "cu_seqlens", ValueError),
+    (lambda p: dict(p, q=p["q"][0]), "q", ValueError),  # not [1, tokens, HK, K]
+    (lambda p: dict(p, a=p["a"][:-1]), "a", ValueError),
+    (lambda p: dict(p, v=p["v"].unflatten(1, (3, 3))), "v", ValueError),
 ])
-def test_packed_tokens_reject_what_they_cannot_split(change, name):
+def test_packed_tokens_reject_what_they_cannot_split(change, name, error):
     packed = change(_packed(_batched("cpu", 3, 3), 2))
-    with pytest.raises(ValueError, match=f"argument '{name}'"):
+    with pytest.raises(error, match=f"argument '{name}'"):
         gdn_ops.fused_sigmoid_gating_delta_rule_update(**packed)
 
 
