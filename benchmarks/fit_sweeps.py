@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT
+from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT, WITH_PCT, points_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +59,16 @@ class Fit:
                 f"{bs:18s} {self.name}  ({res})")
 
 
+def _sweep_table(tp: int, state_dtype: str, layout: str) -> str:
+    return f"TP={tp} {SHORT.get(state_dtype, state_dtype)} {layout}"
+
+
 def _timings(doc: dict) -> Iterator[tuple[str, str, int, int, float]]:
     """(table, name, B, bytes, median us) of every timed figure in a file of either kind."""
     for r in doc["records"]:
         if "provider" in r:
             if r.get("status") == "ok" and r.get("p50_us") is not None:
-                yield (f"TP={r['tp']} {SHORT.get(r['state_dtype'], r['state_dtype'])} {r['layout']}",
-                       r["provider"], r["B"], r["bytes"], r["p50_us"])
+                yield _sweep_table(r["tp"], r["state_dtype"], r["layout"]), r["provider"], r["B"], r["bytes"], r["p50_us"]
             continue
         dtype = r.get("state")
         parts = [f"HV={r['HV']}" if "HV" in r else "", SHORT.get(dtype, dtype or ""), r.get("layout", "")]
@@ -100,22 +103,23 @@ def fits(doc: dict, min_batch: int = 128, names: list[str] | None = None) -> lis
 
 def shortfalls(doc: dict, lines: list[Fit]) -> list[str]:
     """For each sweep point under its % target (gdn_ops, with and without the order) that the copy
-    of its bytes meets, the fixed cost its own line would need to meet it."""
+    of its bytes meets (``benchmarks.targets.Point``), the fixed cost its own line would need."""
+    if not any("provider" in r for r in doc["records"]):
+        return []  # a tuning or probe run times configurations, not the sweep's providers
     by_key = {(f.table, f.name): f for f in lines}
-    timings = list(_timings(doc))
-    copy_us = {(table, B): us for table, name, B, _, us in timings if name == "copy"}
+    n_bytes = {(table, B): size for table, _, B, size, _ in _timings(doc)}
     out = []
-    for table, name, B, n_bytes, us in timings:
-        fit = by_key.get((table, name))
-        target = TARGET_PCT.get(B)
-        if fit is None or target is None or B not in fit.batches or name not in ("gdn_ops", "gdn_ops_step_order"):
+    for (tp, dtype, layout, B), point in points_of(doc, "").items():
+        table, target = _sweep_table(tp, dtype, layout), TARGET_PCT.get(B)
+        if target is None or point.out_of_reach:
             continue
-        pct, copy_pct = (100.0 * n_bytes / (t * 1e-6) / fit.copy_bandwidth_Bps
-                         for t in (us, copy_us.get((table, B), float("inf"))))
-        if pct < target <= copy_pct:
-            out.append(f"{table} B={B} {name}: {pct:.2f}% against {target:.0f}; at its rate "
-                       f"({fit.rate_pct:.1f}%) that needs a fixed cost of {fit.fixed_for(n_bytes, target):.2f} us "
-                       f"(fitted {fit.fixed_us:.2f})")
+        for name in WITH_PCT:
+            fit, timed = by_key.get((table, name)), point.timed.get(name)
+            if fit is None or timed is None or B not in fit.batches or timed[1] >= target:
+                continue
+            out.append(f"{table} B={B} {name}: {timed[1]:.2f}% against {target:.0f}; at its rate "
+                       f"({fit.rate_pct:.1f}%) that needs a fixed cost of "
+                       f"{fit.fixed_for(n_bytes[table, B], target):.2f} us (fitted {fit.fixed_us:.2f})")
     return out
 
 

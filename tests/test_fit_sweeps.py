@@ -16,8 +16,9 @@ def _us(fixed_us, n_bytes, rate_pct):
 
 
 def _sweep_record(provider, B, us, status="ok"):
+    n = B * 2**21
     return {"provider": provider, "status": status, "tp": 1, "B": B, "state_dtype": "bfloat16", "layout": "kv",
-            "bytes": B * 2**21, "p50_us": us}
+            "bytes": n, "p50_us": us, "pct_of_copy_bw": 100 * n / (us * 1e-6) / BW}
 
 
 def test_a_sweep_line_its_rate_and_what_its_shortfall_needs():
