@@ -31,6 +31,15 @@ def _unpack(name: str, x: torch.Tensor, N: int, T: int, packed_dims: int) -> tor
     return x.unflatten(0, (N, T))
 
 
+def _unpacked(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              gates: dict[str, torch.Tensor], out: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``q, k, v``, the two ``gates`` (by name) and ``out`` of SGLang's packed form as ``[N, T, ...]`` views."""
+    N, T = _sequences(cu_seqlens, q)
+    q, k, v = (_unpack(name, x, N, T, 3) for name, x in (("q", q), ("k", k), ("v", v)))
+    first, second = (_unpack(name, x, N, T, 2) for name, x in gates.items())
+    return q, k, v, first, second, None if out is None else _unpack("out", out, N, T, 3)
+
+
 def _sequences(cu_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[int, int]:
     """``(N, T)``: ``cu_seqlens [N + 1]`` offsets of N sequences of T tokens each, packed in ``q [1, N * T, HK, K]``.
 
@@ -118,10 +127,7 @@ def fused_sigmoid_gating_delta_rule_update(
         ``o [B, T, HV, V]``: ``out`` when given. T tokens run in order; the final state is written once.
     """
     if cu_seqlens is not None:
-        N, T = _sequences(cu_seqlens, q)
-        q, k, v, a, b = (_unpack(n, x, N, T, d) for n, x, d in (("q", q, 3), ("k", k, 3), ("v", v, 3), ("a", a, 2),
-                                                                  ("b", b, 2)))
-        out = None if out is None else _unpack("out", out, N, T, 3)
+        q, k, v, a, b, out = _unpacked(cu_seqlens, q, k, v, {"a": a, "b": b}, out)
     o = _make_out(v, out_dtype, out)
     torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
         A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
@@ -157,10 +163,7 @@ def recurrent_gated_delta_rule_update(
     and ``o [B, T, HV, V]`` is returned.
     """
     if cu_seqlens is not None:
-        N, T = _sequences(cu_seqlens, q)
-        q, k, v, g, beta = (_unpack(n, x, N, T, d) for n, x, d in (("q", q, 3), ("k", k, 3), ("v", v, 3),
-                                                                     ("g", g, 2), ("beta", beta, 2)))
-        out = None if out is None else _unpack("out", out, N, T, 3)
+        q, k, v, g, beta, out = _unpacked(cu_seqlens, q, k, v, {"g": g, "beta": beta}, out)
     o = _make_out(v, out_dtype, out)
     torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
         q, k, v, g, beta, initial_state_source, initial_state_indices, scale,

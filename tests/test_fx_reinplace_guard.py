@@ -35,28 +35,30 @@ def _step(pool, q, k, v, g, beta):
     return gdn_ops.recurrent_gated_delta_rule_update(q, k, v, g, beta, pool, None, state_layout="kv")
 
 
-def snapshot_returned(pool, snapshot, q, k, v, g, beta):
-    """Two steps with the state cloned between them (a rollback point), the clone returned."""
-    _step(pool, q, k, v, g, beta)
-    taken = pool.clone()
-    _step(pool, q, k, v, g, beta)
-    return taken
+def _snapshot_after(steps: int, name: str):
+    """``steps`` steps, the state cloned (a rollback point), one more step; the clone returned."""
+
+    def fn(pool, snapshot, q, k, v, g, beta):
+        for _ in range(steps):
+            _step(pool, q, k, v, g, beta)
+        taken = pool.clone()
+        _step(pool, q, k, v, g, beta)
+        return taken
+
+    fn.__name__ = name
+    return fn
+
+
+snapshot_returned = _snapshot_after(1, "snapshot_returned")
+# its input came from the first step's result
+snapshot_after_the_second = _snapshot_after(2, "snapshot_after_the_second")
 
 
 def snapshot_copied(pool, snapshot, q, k, v, g, beta):
-    """The same, the state copied into another input instead."""
+    """One step, the state copied into another input (not returned), one more step."""
     _step(pool, q, k, v, g, beta)
     snapshot.copy_(pool)
     return _step(pool, q, k, v, g, beta)
-
-
-def snapshot_after_the_second(pool, snapshot, q, k, v, g, beta):
-    """Three steps, the state after the second taken: its input came from the first step's result."""
-    _step(pool, q, k, v, g, beta)
-    _step(pool, q, k, v, g, beta)
-    taken = pool.clone()
-    _step(pool, q, k, v, g, beta)
-    return taken
 
 
 def two_steps(pool, snapshot, q, k, v, g, beta):
