@@ -1115,8 +1115,8 @@ _KV_FIRST_COPIES = ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, 
                     "                NV, HV, GROUP, NC, PART, PARTS)\n\n    hv = tile // NV % HV\n")
 KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
     (_GLUON_WAIT, ""),
-    ("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
-     "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n",
+    (("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
+      "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"),
      "    if PDL:\n        pass\n"),
     (_KV_FIRST_COPIES, "    _gdc_wait()\n    _gdc_launch_dependents()\n" + _KV_FIRST_COPIES),
 ]
