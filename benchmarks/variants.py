@@ -1120,6 +1120,64 @@ KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
      "    if PDL:\n        pass\n"),
     (_KV_FIRST_COPIES, "    _gdc_wait()\n    _gdc_launch_dependents()\n" + _KV_FIRST_COPIES),
 ]
+# Its safe form: the row and slot read before the wait and the state's copies issued from them just
+# after it; then the row and slot read again (volatile, so not merged with the early reads) with v
+# and the gates, and where either changed, the stale copies awaited and the tile copied again, as
+# CHECK_SLOTS does for the snapshot order. Right whatever the kernel before it writes; without the
+# order the rank kernel writes the rows just before, so most tiles copy twice there.
+_KV_NOW_HELPERS = """@gluon.jit
+def _tile_row_now(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SORTED_ROWS: gl.constexpr):
+    row = tile // NV // HV
+    if SORTED_ROWS:
+        row = gl.load(rows_ptr + row, mask=tile < num_tiles, other=0, volatile=True)
+        in_batch = (row >= 0) & (row < num_tiles // (NV * HV))
+        row = gl.where(in_batch, row, 0).to(gl.int32)
+    else:
+        in_batch = tile < num_tiles
+    return row, in_batch
+
+
+@gluon.jit
+def _tile_slot_now(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl.constexpr,
+                   HAS_INDICES: gl.constexpr):
+    row = tile // NV // HV
+    if HAS_INDICES:
+        slot = _in_pool(gl.load(indices_ptr + row, mask=tile < num_tiles, other=-1, volatile=True), num_slots)
+    else:
+        slot = row
+    return slot
+
+
+"""
+_KV_ROW_READ = "    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n"
+_KV_SLOT_PADDED = "    slot = gl.where(in_batch, slot, num_slots)\n"
+_KV_FIRST_WAIT = "    mbarrier.wait(bars.index(0), 0)\n    phase = 0\n"
+KV_TILE_VARIANTS["kv_tile_slots_before_wait_checked"] = [
+    *KV_TILE_VARIANTS["kv_tile_slots_before_wait"][:2],
+    ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+    ("@gluon.jit\ndef _kv_tile(", _KV_NOW_HELPERS + "@gluon.jit\ndef _kv_tile("),
+    (_KV_ROW_READ,
+     ("    early_row, early_in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n"
+      "    early_slot = gl.where(early_in_batch, _tile_slot(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES),\n"
+      "                          num_slots)\n"
+      "    _gdc_wait()\n    _gdc_launch_dependents()\n"
+      "    _issue_tile(tile, early_slot, early_row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
+      "                NV, HV, GROUP, NC, PART, PARTS)\n"
+      "    row, in_batch = _tile_row_now(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n")),
+    (_KV_SLOT_PADDED,
+     "    slot = gl.where(in_batch, _tile_slot_now(tile, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES), num_slots)\n"),
+    (_KV_FIRST_COPIES, "    hv = tile // NV % HV\n"),
+    (_KV_FIRST_WAIT,
+     ("    mbarrier.wait(bars.index(0), 0)\n"
+      "    stale = (slot != early_slot) | (row != early_row)\n"
+      "    if stale:\n"
+      "        for j in gl.static_range(1, PARTS):\n"
+      "            mbarrier.wait(bars.index(j), 0)\n"
+      "        _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
+      "                    NV, HV, GROUP, NC, PART, PARTS)\n"
+      "        mbarrier.wait(bars.index(0), 1)\n"
+      "    phase = stale.to(gl.int32)\n")),
+]
 
 
 # The tile kernels prefetching into L2 the state of the tile `ahead` tiles per SM later in the grid
