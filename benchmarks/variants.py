@@ -1125,30 +1125,20 @@ KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
 # and the gates, and where either changed, the stale copies awaited and the tile copied again, as
 # CHECK_SLOTS does for the snapshot order. Right whatever the kernel before it writes; without the
 # order the rank kernel writes the rows just before, so most tiles copy twice there.
-_KV_NOW_HELPERS = """@gluon.jit
-def _tile_row_now(tile, num_tiles, rows_ptr, NV: gl.constexpr, HV: gl.constexpr, SORTED_ROWS: gl.constexpr):
-    row = tile // NV // HV
-    if SORTED_ROWS:
-        row = gl.load(rows_ptr + row, mask=tile < num_tiles, other=0, volatile=True)
-        in_batch = (row >= 0) & (row < num_tiles // (NV * HV))
-        row = gl.where(in_batch, row, 0).to(gl.int32)
-    else:
-        in_batch = tile < num_tiles
-    return row, in_batch
+_GLUON_KV_SOURCE = Path(shipped_gluon.__file__).read_text()
 
 
-@gluon.jit
-def _tile_slot_now(tile, num_tiles, indices_ptr, num_slots, NV: gl.constexpr, HV: gl.constexpr,
-                   HAS_INDICES: gl.constexpr):
-    row = tile // NV // HV
-    if HAS_INDICES:
-        slot = _in_pool(gl.load(indices_ptr + row, mask=tile < num_tiles, other=-1, volatile=True), num_slots)
-    else:
-        slot = row
-    return slot
+def _volatile_copy(helper: str, load: str) -> str:
+    """The shipped ``gluon_decode_kv`` helper ``helper``, renamed ``{helper}_now``, its ``load`` (the
+    text of its one gl.load's closing arguments) made volatile."""
+    start = _GLUON_KV_SOURCE.index(f"@gluon.jit\ndef {helper}(")
+    source = _GLUON_KV_SOURCE[start:_GLUON_KV_SOURCE.index("@gluon.jit\n", start + 1)]
+    assert source.count(load) == 1, (helper, load)
+    return source.replace(f"def {helper}(", f"def {helper}_now(").replace(load, load[:-1] + ", volatile=True)")
 
 
-"""
+_KV_NOW_HELPERS = (_volatile_copy("_tile_row", "mask=tile < num_tiles, other=0)")
+                   + _volatile_copy("_tile_slot", "mask=tile < num_tiles, other=-1)"))
 _KV_ROW_READ = "    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n"
 _KV_SLOT_PADDED = "    slot = gl.where(in_batch, slot, num_slots)\n"
 _KV_FIRST_WAIT = "    mbarrier.wait(bars.index(0), 0)\n    phase = 0\n"
