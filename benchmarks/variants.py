@@ -1115,11 +1115,12 @@ KV_TILE_VARIANTS["kv_tile_snapshot_unchecked"] = VK_TILE_VARIANTS["vk_tile_snaps
 # NOTES.md, fifty-second session).
 _KV_FIRST_COPIES = ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
                     "                NV, HV, GROUP, NC, PART, PARTS)\n\n    hv = tile // NV % HV\n")
+# (The moved wait and trigger are unconditional: launched without PDL they do nothing.)
+_KV_PROLOGUE_WAIT = ("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
+                     "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"
+                     + _GLUON_WAIT)
 KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
-    (_GLUON_WAIT, ""),
-    (("    if PDL:\n        # nothing is read before the previous kernel has finished; the next launch may start then,\n"
-      "        # its programs taking the SM slots this launch's last wave frees (NOTES.md, eighteenth session)\n"),
-     "    if PDL:\n        pass\n"),
+    (_KV_PROLOGUE_WAIT, ""),
     (_KV_FIRST_COPIES, "    _gdc_wait()\n    _gdc_launch_dependents()\n" + _KV_FIRST_COPIES),
 ]
 # Its safe form: the row and slot read before the wait and the state's copies issued from them just
@@ -1146,7 +1147,7 @@ _KV_ROW_READ = "    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV,
 _KV_SLOT_PADDED = "    slot = gl.where(in_batch, slot, num_slots)\n"
 _KV_FIRST_WAIT = "    mbarrier.wait(bars.index(0), 0)\n    phase = 0\n"
 KV_TILE_VARIANTS["kv_tile_slots_before_wait_checked"] = [
-    *KV_TILE_VARIANTS["kv_tile_slots_before_wait"][:2],
+    (_KV_PROLOGUE_WAIT, ""),
     ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
     ("@gluon.jit\ndef _kv_tile(", _KV_NOW_HELPERS + "@gluon.jit\ndef _kv_tile("),
     (_KV_ROW_READ,
