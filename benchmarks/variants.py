@@ -1129,14 +1129,17 @@ KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
 # CHECK_SLOTS does for the snapshot order. Right whatever the kernel before it writes; without the
 # order the rank kernel writes the rows just before, so most tiles copy twice there. H200: 2.2-3.3 us
 # slower than the shipped tile given the order, 4.8-6.1 without; not shipped.
-_GLUON_KV_SOURCE = Path(shipped_gluon.__file__).read_text()
+def _jit_function_source(module: ModuleType, name: str) -> str:
+    """The source of ``module``'s ``@gluon.jit`` function ``name``, up to the next such function."""
+    source = Path(module.__file__).read_text()
+    start = source.index(f"@gluon.jit\ndef {name}(")
+    return source[start:source.index("@gluon.jit\n", start + 1)]
 
 
 def _volatile_copy(helper: str, load: str) -> str:
     """The shipped ``gluon_decode_kv`` helper ``helper``, renamed ``{helper}_now``, its ``load`` (the
     text of its one gl.load's closing arguments) made volatile."""
-    start = _GLUON_KV_SOURCE.index(f"@gluon.jit\ndef {helper}(")
-    source = _GLUON_KV_SOURCE[start:_GLUON_KV_SOURCE.index("@gluon.jit\n", start + 1)]
+    source = _jit_function_source(shipped_gluon, helper)
     assert source.count(load) == 1, (helper, load)
     return source.replace(f"def {helper}(", f"def {helper}_now(").replace(load, load[:-1] + ", volatile=True)")
 
@@ -1196,8 +1199,7 @@ _VK_SOURCE = Path(shipped_vk_tile.__file__).read_text()
 def _prefetch_helper(name: str, instruction: str = _PREFETCH_ROW) -> str:
     """The vk tile's ``_prefetch_rows_l2`` (one instruction a thread, up to ``NROWS`` threads),
     renamed ``name``, with ``instruction`` (it may name a 64-bit ``pol`` register) instead."""
-    start = _VK_SOURCE.index("@gluon.jit\ndef _prefetch_rows_l2(")
-    helper = _VK_SOURCE[start:_VK_SOURCE.index("@gluon.jit\n", start + 1)]
+    helper = _jit_function_source(shipped_vk_tile, "_prefetch_rows_l2")
     return (helper.replace("def _prefetch_rows_l2(", f"def {name}(").replace(_PREFETCH_ROW, instruction)
             .replace("{ .reg .pred p;", "{ .reg .pred p; .reg .b64 pol;"))
 

@@ -110,19 +110,6 @@ def _call(p: Any, graph: torch.fx.Graph, is_inference: bool) -> None:
         p(graph)
 
 
-def node_storage(node: Any) -> Any:
-    """The storage a node's (fake) tensor value lives in, to tell aliases apart; None without one."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    if isinstance(v, torch.Tensor):
-        try:
-            return StorageWeakRef(v.untyped_storage())
-        except Exception:  # noqa: BLE001 - e.g. tensors without storage
-            return None
-    return None
-
-
 def sink_input_copies(graph: torch.fx.Graph) -> int:
     """Move ``copy_(graph_input, new_value)`` epilogue nodes to the end of the graph.
 
@@ -132,6 +119,8 @@ def sink_input_copies(graph: torch.fx.Graph) -> int:
     from its own output. Moving the copy later changes nothing as long as no later node reads
     the input (or a view of it) -- only such copies are moved.
     """
+    from fx_passes.patterns._common import node_storage
+
     aten = torch.ops.aten
     output = next(iter(reversed(graph.nodes)))
     order = {n: i for i, n in enumerate(graph.nodes)}

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 
 from fx_passes.counters import log
-from fx_passes.gdn_pass import node_storage
-from fx_passes.patterns._common import DECODE_OPS
+from fx_passes.patterns._common import decode_op_nodes, node_storage
 
 _AUTO_FUNCTIONALIZED_V2 = torch.ops.higher_order.auto_functionalized_v2
 
@@ -37,12 +36,6 @@ def _new_values(node: torch.fx.Node) -> dict[int, torch.fx.Node]:
     first = len(node.meta["val"]) - len(bases)  # the op's own returns come first
     return {user.args[1] - first: user for user in node.users
             if user.target is operator.getitem and user.args[1] >= first}
-
-
-def _decode_ops(graph: torch.fx.Graph, order: dict[torch.fx.Node, int]) -> list[torch.fx.Node]:
-    """The functionalized decode calls in graph order (``find_nodes`` gives insertion order)."""
-    return sorted((n for n in graph.find_nodes(op="call_function", target=_AUTO_FUNCTIONALIZED_V2)
-                   if n.args and n.args[0] in DECODE_OPS and "val" in n.meta), key=order.__getitem__)
 
 
 def guard_reinplacing(graph: torch.fx.Graph) -> int:
@@ -56,16 +49,18 @@ def guard_reinplacing(graph: torch.fx.Graph) -> int:
             by_storage.setdefault(storage, []).append(n)
     # the first write-back into each graph input
     first_copy: dict[torch.fx.Node, torch.fx.Node] = {}
-    for n in graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default):
+    for n in graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default):  # in graph order
         dst = n.args[0]
-        if (isinstance(dst, torch.fx.Node) and dst.op in ("placeholder", "get_attr")
-                and (dst not in first_copy or order[n] < order[first_copy[dst]])):
-            first_copy[dst] = n
+        if isinstance(dst, torch.fx.Node) and dst.op in ("placeholder", "get_attr"):
+            first_copy.setdefault(dst, n)
     # the graph input each decode op's base comes from, through earlier decode ops' results (a clone
     # inserted below is not in ``order``: it reads before the op, never late)
     root: dict[torch.fx.Node, torch.fx.Node] = {}
     inserted = 0
-    for op in _decode_ops(graph, order):
+    # only auto_functionalized_v2 calls carry their bases, the form Inductor reinplaces
+    for op in decode_op_nodes(graph):
+        if op.target is not _AUTO_FUNCTIONALIZED_V2 or "val" not in op.meta:
+            continue
         bases = list(op.kwargs["_all_bases"])
         changed = False
         for i, new in _new_values(op).items():

@@ -58,6 +58,19 @@ def val(node: Any) -> Any:
     return node
 
 
+def node_storage(node: Any) -> Any:
+    """The storage a node's (fake) tensor value lives in, to tell aliases apart; None without one."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    v = val(node) if isinstance(node, torch.fx.Node) else None
+    if isinstance(v, torch.Tensor):
+        try:
+            return StorageWeakRef(v.untyped_storage())
+        except Exception:  # noqa: BLE001 - e.g. tensors without storage
+            return None
+    return None
+
+
 def decode_op_nodes(graph: torch.fx.Graph, ops: Iterable[Any] = DECODE_OPS) -> list[torch.fx.Node]:
     """The functionalized calls of the given decode ops, in graph order."""
     ops = tuple(ops)
