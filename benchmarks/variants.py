@@ -1123,12 +1123,6 @@ KV_TILE_VARIANTS["kv_tile_slots_before_wait"] = [
     (_KV_PROLOGUE_WAIT, ""),
     (_KV_FIRST_COPIES, "    _gdc_wait()\n    _gdc_launch_dependents()\n" + _KV_FIRST_COPIES),
 ]
-# Its safe form: the row and slot read before the wait and the state's copies issued from them just
-# after it; then the row and slot read again (volatile, so not merged with the early reads) with v
-# and the gates, and where either changed, the stale copies awaited and the tile copied again, as
-# CHECK_SLOTS does for the snapshot order. Right whatever the kernel before it writes; without the
-# order the rank kernel writes the rows just before, so most tiles copy twice there. H200: 2.2-3.3 us
-# slower than the shipped tile given the order, 4.8-6.1 without; not shipped.
 def _jit_function_source(module: ModuleType, name: str) -> str:
     """The source of ``module``'s ``@gluon.jit`` function ``name``, up to the next such function."""
     source = Path(module.__file__).read_text()
@@ -1144,6 +1138,13 @@ def _volatile_copy(helper: str, load: str) -> str:
     return source.replace(f"def {helper}(", f"def {helper}_now(").replace(load, load[:-1] + ", volatile=True)")
 
 
+# The safe form of kv_tile_slots_before_wait: the row and slot read before the wait and the state's
+# copies issued from them just after it; then the row and slot read again (volatile, so not merged
+# with the early reads) with v and the gates, and where either changed, the stale copies awaited and
+# the tile copied again, as CHECK_SLOTS does for the snapshot order. Right whatever the kernel
+# before it writes; without the order the rank kernel writes the rows just before, so most tiles
+# copy twice there. H200: 2.2-3.3 us slower than the shipped tile given the order, 4.8-6.1 without;
+# not shipped.
 _KV_NOW_HELPERS = (_volatile_copy("_tile_row", "mask=tile < num_tiles, other=0)")
                    + _volatile_copy("_tile_slot", "mask=tile < num_tiles, other=-1)"))
 _KV_ROW_READ = "    row, in_batch = _tile_row(tile, num_tiles, rows_ptr, NV, HV, SORTED_ROWS)\n"
