@@ -72,7 +72,8 @@ def node_storage(node: Any) -> Any:
 
 
 def decode_op_nodes(graph: torch.fx.Graph, ops: Iterable[Any] = DECODE_OPS) -> list[torch.fx.Node]:
-    """The functionalized calls of the given decode ops, in graph order."""
+    """The functionalized calls of the given decode ops: the ``auto_functionalized`` calls, then the
+    ``auto_functionalized_v2`` ones, each in graph order."""
     ops = tuple(ops)
     return [
         n
