@@ -40,7 +40,7 @@ from benchmarks.variants import (
 )
 from gdn_ops.gluon_decode_kv import KV_2B_GLUON_CONFIG, GluonKVConfig
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
-from gdn_ops.triton_decode import DecodeConfig, decode_config, default_config
+from gdn_ops.triton_decode import DecodeConfig, decode_config, default_config, gpu_name
 from gdn_ops.triton_decode_tma import KV_2B_CONFIG, PersistentConfig
 
 TILE_VARIANTS = VK_TILE_VARIANTS | KV_TILE_VARIANTS
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         # a patch of the per-tile kernel: always give it a tile, or the launcher may pick another kernel
         launch = load_variant(args.variant).launch_decode
         if not isinstance(config, DecodeConfig):
-            gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+            gpu = gpu_name(torch.device("cuda")) if torch.cuda.is_available() else ""
             config = decode_config(args.batch * HV, HEAD_DIM, HEAD_DIM, cfg.state_dtype, cfg.layout, gpu)
     elif args.variant:
         launch = variant_launch(args.variant)

@@ -48,6 +48,8 @@ import torch
 
 from benchmarks import providers as P
 from benchmarks import timing
+from benchmarks.targets import tuning_note
+from gdn_ops.triton_decode_tma import tuning_gpu_name
 
 GEOMETRY = {1: (16, 32), 2: (8, 16), 4: (4, 8), 8: (2, 4)}  # tp -> (HK, HV), Qwen3-Next
 HEAD_DIM = 128
@@ -135,6 +137,8 @@ def header(args, copy_bw: float, provider_sources: dict, notes: dict) -> dict:
     return {
         "benchmark": "gdn_ops decode step (Gated DeltaNet, Qwen3-Next shapes)",
         "gpu": props.name,
+        # the name gdn_ops looks its tuning tables up by (GDN_OPS_TUNING_GPU, else the GPU's own)
+        "tuning_gpu": tuning_gpu_name(0),
         "compute_capability": f"{props.major}.{props.minor}",
         "sm_count": props.multi_processor_count,
         "l2_cache_bytes": timing.l2_cache_bytes(0),
@@ -317,7 +321,8 @@ def format_table(head: dict, records: list[dict]) -> str:
     bw = head["copy_bandwidth_Bps"]
     lines = [
         (f"{head['gpu']}  copy bandwidth {bw / 1e12:.2f} TB/s (read+write)  L2 {head['l2_cache_bytes'] / 2**20:.0f} MiB  "
-         f"torch {head['torch']}  triton {head['triton']}  gdn_ops {head['gdn_ops_commit'][:12]}"),
+         f"torch {head['torch']}  triton {head['triton']}  gdn_ops {head['gdn_ops_commit'][:12]}"
+         + tuning_note(head)),
         "cells: median us per call (% of copy bandwidth); speed-up = peer p50 / gdn_ops p50",
     ]
     panels: dict[tuple, list[dict]] = {}

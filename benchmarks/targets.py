@@ -175,6 +175,13 @@ def _run_args(argv: list[str]) -> list[str]:
     return out
 
 
+def tuning_note(head: dict) -> str:
+    """What a sweep's description adds when gdn_ops ran another GPU's tuning tables
+    (``GDN_OPS_TUNING_GPU``; the header's ``tuning_gpu``); empty where it ran its own."""
+    tuning = head.get("tuning_gpu", head["gpu"])
+    return "" if tuning == head["gpu"] else f", tuning tables of {tuning!r} (GDN_OPS_TUNING_GPU)"
+
+
 def sources_lines(points: dict[Key, Point], headers: dict[str, dict]) -> str:
     """Which run each table's figures come from: file, the tables it feeds, commit, copy bandwidth, card."""
     batches: dict[tuple[str, str], set[int]] = {}
@@ -192,7 +199,7 @@ def sources_lines(points: dict[Key, Point], headers: dict[str, dict]) -> str:
         args = " ".join(_run_args(h.get("argv", [])))
         lines.append(f"- `{stem}` (`{args}`): {', '.join(fed[stem])} (gdn_ops {h['gdn_ops_commit'][:7]}, "
                      f"copy {h['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, {h['gpu']}, torch {h['torch']}, "
-                     f"Triton {h['triton']}, {h['date_utc'][:10]})")
+                     f"Triton {h['triton']}, {h['date_utc'][:10]}{tuning_note(h)})")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ from benchmarks.timing import (
 )
 from benchmarks.tuning_results import write_results
 from benchmarks.variants import load_variant
-from gdn_ops.triton_decode import DecodeConfig, decode_config
+from gdn_ops.triton_decode import DecodeConfig, decode_config, gpu_name
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BVS = (4, 8, 16, 32, 64, 128)
@@ -208,7 +208,7 @@ def main() -> None:
     records = []
     for cfg in tuning_grid(args):
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
-        chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name(),
+        chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, gpu_name(torch.device("cuda")),
                                cfg.act_dtype.itemsize, args.step_order)
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)

@@ -74,7 +74,7 @@ from benchmarks.variants import (
 from gdn_ops.gluon_decode_kv import GluonKVConfig
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.reference import L2NORM_EPS
-from gdn_ops.triton_decode import decode_config, default_pdl
+from gdn_ops.triton_decode import decode_config, default_pdl, gpu_name
 from gdn_ops.triton_decode_tma import PersistentConfig
 
 
@@ -272,7 +272,7 @@ def main() -> None:
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
-        per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, torch.cuda.get_device_name(),
+        per_tile = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, gpu_name(torch.device("cuda")),
                                  cfg.act_dtype.itemsize)
         unchecked: set[str] = set()  # names of the prototypes' ceilings (not decode steps)
         providers = [launcher_provider("per_tile", config=per_tile), launcher_provider("default"),

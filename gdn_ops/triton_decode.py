@@ -51,6 +51,7 @@ from gdn_ops.triton_decode_tma import (
     PersistentConfig,
     launch_decode_kv_tma,
     persistent_config,
+    tuning_gpu_name,
     unsupported_reason,
 )
 from gdn_ops.triton_gating import decode_gates, head_gate_params
@@ -448,9 +449,12 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
 
 @functools.cache
 def gpu_name(device: torch.device) -> str:
-    """The CUDA device's name, which the tile tables are keyed by; empty off the GPU. Cached: the
+    """The name the tile tables are keyed by (``triton_decode_tma.tuning_gpu_name``: the CUDA
+    device's own unless ``GDN_OPS_TUNING_GPU`` names another); empty off the GPU. Cached: the
     launcher asks on every call."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    if device.type != "cuda":
+        return ""
+    return tuning_gpu_name(device.index)
 
 
 def default_pdl(device: torch.device) -> bool:

@@ -16,6 +16,7 @@ slot ``num_slots``, one past the pool: TMA zero-fills that load, and the state s
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
@@ -205,12 +206,25 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
     return None if unsupported_reason(q, k, state, state_layout, config) else config
 
 
+# GDN_OPS_TUNING_GPU=H200 looks every tuning table up as if the GPU's name were "H200": for measuring
+# one card's tables on another of the same chip (the H100 and H200 SXM are both GH100 with 132 SMs,
+# though the driver reports 50 and 60 MiB of L2); unset, the GPU's own name.
+TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
+
+
+def tuning_gpu_name(device_index: int | None) -> str:
+    """The name the per-GPU tuning tables are looked up by on CUDA device ``device_index`` (None:
+    the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another. Its callers cache what they
+    look up, so the variable is read once per table and device in a process."""
+    return os.environ.get(TUNING_GPU_ENV) or torch.cuda.get_device_name(device_index)
+
+
 def sm90_gpu_rule(rules: dict[str, Rule], device_index: int, default: Rule | None = None) -> Rule | None:
-    """The entry of ``rules`` (keyed by a part of the GPU's name) for this GPU, else ``default``;
-    ``None`` before sm_90 (no TMA). Shared by the TMA kernels' per-GPU rules."""
+    """The entry of ``rules`` (keyed by a part of the GPU's name, :func:`tuning_gpu_name`) for this
+    GPU, else ``default``; ``None`` before sm_90 (no TMA). Shared by the TMA kernels' per-GPU rules."""
     if torch.cuda.get_device_capability(device_index)[0] < 9:
         return None
-    name = torch.cuda.get_device_name(device_index)
+    name = tuning_gpu_name(device_index)
     return next((rule for gpu, rule in rules.items() if gpu in name), default)
 
 

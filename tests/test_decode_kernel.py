@@ -384,9 +384,10 @@ def test_large_batch_kernel_choice_and_result(changes, persistent):
         persistent = persistent and fp32_from is not None and row_heads >= fp32_from
     if type(launched[0]).__name__ == "GluonTileConfig":
         # the rows go in slot order from this GPU's sort threshold (the "large" case on the H200)
+        from gdn_ops.triton_decode import gpu_name
         from gdn_ops.triton_slot_order import sorts_rows
 
-        assert launched[0].sort_rows == sorts_rows(torch.cuda.get_device_name(), "kv", case.state_dtype.itemsize,
+        assert launched[0].sort_rows == sorts_rows(gpu_name(torch.device("cuda")), "kv", case.state_dtype.itemsize,
                                                    row_heads, heads=32)
         launched = [launched[0]._replace(sort_rows=False)]
     if not persistent:

@@ -233,6 +233,25 @@ def test_gpu_rules_are_found_by_name_from_sm90(monkeypatch, capability, name, ex
     assert sm90_gpu_rule({"H200": "h200", "H100": "h100"}, 0, "default") == expected
 
 
+@pytest.mark.parametrize(("tuning_gpu", "expected"), [("H200", "h200"), ("NVIDIA H20", "default"), ("", "h100")])
+def test_gdn_ops_tuning_gpu_names_the_tables_looked_up(monkeypatch, tuning_gpu, expected):
+    """On an H100, ``GDN_OPS_TUNING_GPU`` picks another GPU's entry of every per-GPU table (empty:
+    the GPU's own), and the launcher's tile tables see the same name."""
+    from gdn_ops.triton_decode import gpu_name
+    from gdn_ops.triton_decode_tma import sm90_gpu_rule
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("GDN_OPS_TUNING_GPU", tuning_gpu)
+    gpu_name.cache_clear()
+    try:
+        assert sm90_gpu_rule({"H200": "h200", "H100": "h100"}, 0, "default") == expected
+        assert gpu_name(torch.device("cuda", 0)) == (tuning_gpu or "NVIDIA H100 80GB HBM3")
+        assert gpu_name(torch.device("cpu")) == ""
+    finally:
+        gpu_name.cache_clear()  # the real GPU's name for the tests after this one
+
+
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
 def test_model_configurations_fit(config):
     q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")

@@ -40,6 +40,7 @@ from gdn_ops.gluon_decode_vk_tile import (
     vk_tile_reason,
     vk_tile_rule,
 )
+from gdn_ops.triton_decode import gpu_name
 from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS, slot_order, sorts_rows
 
 # K = 32: one 64-byte chunk per row, 4 lanes per row at vec 8, so a warp covers 8 rows
@@ -177,9 +178,9 @@ def test_default_kernel_choice_and_result(changes, tile):
     TMA can address every operand (with the rows in slot order where ``sorts_rows`` says, for the
     case's heads a row); every case matches the reference with guards and padding rows."""
     rule = vk_tile_rule(torch.cuda.current_device())
+    gpu = gpu_name(torch.device("cuda"))
     if rule is None:
-        pytest.skip(f"no rule for this kernel on {torch.cuda.get_device_name()}")
-    gpu = torch.cuda.get_device_name()
+        pytest.skip(f"no rule for this kernel on {gpu}")
     state_dtype = changes.get("state_dtype", torch.bfloat16)
     start = rule.two_byte_from if state_dtype.itemsize == 2 else rule.four_byte_from
     large_from = rule.four_byte_large_from

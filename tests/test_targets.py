@@ -86,6 +86,17 @@ def test_a_later_sweep_replaces_a_point_with_its_own_copy(tmp_path):
     assert "slower than gdn_ops at 1 of 1 points (2.00x-2.00x)" in text
 
 
+def test_a_sweep_on_another_gpus_tuning_tables_says_so(tmp_path):
+    own, other = _sweep([_rec("gdn_ops", 128, 94.0)]), _sweep([_rec("gdn_ops", 128, 95.0)], commit="2222222")
+    own["header"]["tuning_gpu"] = "NVIDIA H200"
+    other["header"].update(gpu="NVIDIA H100 80GB HBM3", tuning_gpu="H200")
+    assert targets.tuning_note(own["header"]) == targets.tuning_note(_sweep([])["header"]) == ""
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    line = targets.sources_lines(*targets.merge([tmp_path / "other.json"]))
+    assert line.endswith("NVIDIA H100 80GB HBM3, torch 2.11.0, Triton 3.6.0, 2026-12-04, "
+                         "tuning tables of 'H200' (GDN_OPS_TUNING_GPU))")
+
+
 def test_sglang_faster_somewhere_is_named():
     fast = targets.Point(4, "float32", "vk", 512, "s", {"gdn_ops": (10.0, 90.0), "sglang": (9.5, 94.7)})
     assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; not at TP=4 fp32 vk B=512.")
