@@ -7,6 +7,7 @@ Command (no GPU needed; reads JSON only)::
     python -m benchmarks.targets --update README.md   # rewrite the README's blocks from the sweeps
     python -m benchmarks.targets --check README.md    # exit 1 where they differ (a test runs this)
     python -m benchmarks.targets --plot benchmarks/results/h200/targets.png   # every table, drawn
+    python -m benchmarks.targets --project 3.02       # the verdicts modelled at another copy bandwidth
 
 The targets are in % of the copy bandwidth measured in the same run: at least 95% from B=128, 90%
 at B=32 and 80% at B=8, and at most 3.0 us a call at B=1, for both state dtypes and layouts, and
@@ -95,6 +96,19 @@ class Point:
         if plain or given:
             return "met without the order" if plain else "met given the order"
         return "out of reach" if self.out_of_reach else "open"
+
+
+def projected(point: Point, copy_bw: float, to_copy_bw: float) -> Point:
+    """``point`` (measured where the copy ran at ``copy_bw`` bytes/s) as it would read on a card
+    whose copy runs at ``to_copy_bw``, if each timed call kept the time it spends beyond moving
+    its bytes at the copy's rate: a model for predictions (say, an H200's sweep on an H100), not
+    a measurement."""
+    timed = {}
+    for provider, (us, pct) in point.timed.items():
+        moved_us = pct / 100 * us  # the call's bytes at copy_bw
+        new_us = us + moved_us * (copy_bw / to_copy_bw - 1)
+        timed[provider] = (new_us, 100 * moved_us * copy_bw / to_copy_bw / new_us)
+    return dataclasses.replace(point, timed=timed)
 
 
 def read_sources(path: Path) -> list[Path]:
@@ -292,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--tables", action="store_true", help="print every provider's table instead")
     what.add_argument("--status", action="store_true", help="print every targeted point's verdict instead")
     what.add_argument("--plot", type=Path, metavar="PNG", help="draw every table's %% of copy bandwidth against B")
+    what.add_argument("--project", type=float, metavar="TBPS",
+                      help="every targeted point's verdict as it would read on a card copying at TBPS TB/s, "
+                           "each call keeping its time beyond the copy's rate (a model, not a measurement)")
     args = ap.parse_args(argv)
     files = read_sources(args.sources)
     points, headers = merge(files)
@@ -313,6 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         print(note or f"{args.plot}: written")
     elif args.tables:
         print(tables_report(points))
+    elif args.project:
+        print(f"on a card copying at {args.project:.2f} TB/s: gdn_ops without / given the order, copy; "
+              "verdict there (verdict in the sweeps)")
+        for key in sorted(points):
+            p = points[key]
+            q = projected(p, headers[p.source]["copy_bandwidth_Bps"], args.project * 1e12)
+            if p.status != "no target":
+                figs = " / ".join("-" if f is None else f"{f:.2f}" for f in q.figures)
+                copy = "-" if q.copy_pct is None else f"{q.copy_pct:.2f}"
+                print(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}: {figs}, copy {copy}: {q.status} ({p.status})")
     elif args.status:
         for key in sorted(points):
             p = points[key]

@@ -97,6 +97,27 @@ def test_a_sweep_on_another_gpus_tuning_tables_says_so(tmp_path):
                          "tuning tables of 'H200' (GDN_OPS_TUNING_GPU))")
 
 
+@given(us=st.floats(1.0, 1e4), pct=st.floats(1.0, 101.0), bw=st.floats(1e12, 1e13))
+def test_a_projection_to_the_same_card_changes_nothing(us, pct, bw):
+    q = targets.projected(_point(128, pct, copy=pct, us=us), bw, bw)
+    assert q.us == pytest.approx(us) and q.pct == pytest.approx(pct) and q.copy_pct == pytest.approx(pct)
+
+
+def test_a_projection_keeps_the_time_beyond_the_copys_rate():
+    # 10 us at 50% of a 4 TB/s copy: 5 us of bytes, 5 beyond; at 2 TB/s the bytes take 10 us
+    q = targets.projected(_point(128, 50.0, copy=100.0, us=10.0), 4e12, 2e12)
+    assert q.us == pytest.approx(15.0) and q.pct == pytest.approx(100 * 10 / 15)
+    assert q.timed["copy"] == pytest.approx((20.0, 100.0))
+
+
+def test_project_prints_each_targeted_points_verdict_there(capsys):
+    assert targets.main(["--project", "3.0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("on a card copying at 3.00 TB/s")
+    points, _ = targets.merge(targets.read_sources(targets.DEFAULT_SOURCES))
+    assert len(out) - 1 == sum(p.status != "no target" for p in points.values())
+
+
 def test_sglang_faster_somewhere_is_named():
     fast = targets.Point(4, "float32", "vk", 512, "s", {"gdn_ops": (10.0, 90.0), "sglang": (9.5, 94.7)})
     assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; not at TP=4 fp32 vk B=512.")
