@@ -214,8 +214,9 @@ TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
 
 def tuning_gpu_name(device_index: int | None) -> str:
     """The name the per-GPU tuning tables are looked up by on CUDA device ``device_index`` (None:
-    the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another. Its callers cache what they
-    look up, so the variable is read once per table and device in a process."""
+    the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another. Its
+    callers cache what they look up, so the variable is read once per table and device in a
+    process."""
     return os.environ.get(TUNING_GPU_ENV) or torch.cuda.get_device_name(device_index)
 
 

@@ -118,6 +118,7 @@ def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, mon
     from benchmarks.tuning_results import write_results
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H200")
+    monkeypatch.delenv("GDN_OPS_TUNING_GPU", raising=False)
     path = write_results(tmp_path / "out", "tune", [{"B": 8}], 4.25e12, host="node")
     assert path == tmp_path / "out" / "tune.json"
     written = json.loads(path.read_text())
