@@ -214,10 +214,19 @@ TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
 
 def tuning_gpu_name(device_index: int | None) -> str:
     """The name the per-GPU tuning tables are looked up by on CUDA device ``device_index`` (None:
-    the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another. Its
-    callers cache what they look up, so the variable is read once per table and device in a
-    process."""
-    return os.environ.get(TUNING_GPU_ENV) or torch.cuda.get_device_name(device_index)
+    the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another, which
+    only an sm_90 device may (the tables' kernels and shared-memory budgets are sm_90's; elsewhere
+    ``ValueError``). Its callers cache what they look up, so the variable is read once per table
+    and device in a process."""
+    name = torch.cuda.get_device_name(device_index)
+    tuning = os.environ.get(TUNING_GPU_ENV)
+    if not tuning:
+        return name
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major != 9:
+        raise ValueError(f"{TUNING_GPU_ENV}={tuning!r} looks up another card's tuning tables, which are "
+                         f"for sm_90 GPUs; {name} is sm_{major}{minor}: unset it")
+    return tuning
 
 
 def sm90_gpu_rule(rules: dict[str, Rule], device_index: int, default: Rule | None = None) -> Rule | None:

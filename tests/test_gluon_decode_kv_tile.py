@@ -253,6 +253,20 @@ def test_gdn_ops_tuning_gpu_names_the_tables_looked_up(monkeypatch, tuning_gpu, 
         gpu_name.cache_clear()  # the real GPU's name for the tests after this one
 
 
+def test_gdn_ops_tuning_gpu_is_refused_off_sm90(monkeypatch):
+    """Another card's tables hold sm_90 kernels and budgets: on any other GPU the variable is an
+    error that names it, before any table is read."""
+    from gdn_ops.triton_decode_tma import sm90_gpu_rule, tuning_gpu_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (10, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA B200")
+    monkeypatch.setenv("GDN_OPS_TUNING_GPU", "H200")
+    with pytest.raises(ValueError, match=r"GDN_OPS_TUNING_GPU='H200' .* sm_90 GPUs; NVIDIA B200 is sm_100"):
+        sm90_gpu_rule({"H200": "h200"}, 0, "default")
+    monkeypatch.delenv("GDN_OPS_TUNING_GPU")
+    assert tuning_gpu_name(0) == "NVIDIA B200" and sm90_gpu_rule({"H200": "h200"}, 0, "default") == "default"
+
+
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
 def test_model_configurations_fit(config):
     q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")

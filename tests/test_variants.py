@@ -127,6 +127,7 @@ def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, mon
     assert (header["device"], header["torch"], header["triton"]) == ("NVIDIA H200", torch.__version__, triton.__version__)
     assert header["tuning_gpu"] == "NVIDIA H200"
     assert header["copy_bandwidth_Bps"] == 4.25e12 and header["host"] == "node" and header["date"].startswith("20")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (9, 0))
     monkeypatch.setenv("GDN_OPS_TUNING_GPU", "H100")  # another card's tables: the header says which
     assert json.loads(write_results(tmp_path, "again", [], 4.25e12).read_text())["header"]["tuning_gpu"] == "H100"
 
