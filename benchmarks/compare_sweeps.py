@@ -18,13 +18,11 @@ checks the model. Either file may be gzipped.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.targets import SHORT, points_of, projected
+from benchmarks.targets import SHORT, points_of, projected, read_sweep
 
 
 def compare(old: dict, new: dict, providers: list[str], min_batch: int = 1, project: bool = False) -> list[str]:
@@ -66,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-batch", type=int, default=1, help="leave out smaller batches")
     ap.add_argument("--project", action="store_true", help="model OLD at NEW's copy bandwidth first")
     args = ap.parse_args(argv)
-    old, new = (json.loads(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_text())
-                for p in (args.old, args.new))
+    old, new = read_sweep(args.old), read_sweep(args.new)
     print("\n".join(compare(old, new, args.providers, args.min_batch, args.project)))
     return 0
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT, WITH_PCT, points_of
+from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT, WITH_PCT, points_of, read_sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +131,7 @@ def latest_lines(files: list[Path], min_batch: int = 128) -> dict[str, tuple[str
     out = {}
     for path in files:
         by_table: dict[str, dict[str, Fit]] = {}
-        for line in fits(json.loads(path.read_text()), min_batch, list(LINE_NAMES)):
+        for line in fits(read_sweep(path), min_batch, list(LINE_NAMES)):
             by_table.setdefault(line.table, {})[line.name] = line
         for table, named in by_table.items():
             if "gdn_ops" in named and len(named["gdn_ops"].batches) >= 3:
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", nargs="+", help="only these providers / configurations")
     args = ap.parse_args(argv)
     for path in args.files:
-        doc = json.loads(path.read_text())
+        doc = read_sweep(path)
         try:
             lines = fits(doc, args.min_batch, args.names)
         except ValueError as e:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -111,6 +112,11 @@ def projected(point: Point, copy_bw: float, to_copy_bw: float) -> Point:
     return dataclasses.replace(point, timed=timed)
 
 
+def read_sweep(path: Path) -> dict:
+    """A ``benchmarks.run`` JSON file (``{"header", "records"}``), gzipped where it ends in ``.gz``."""
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+
+
 def read_sources(path: Path) -> list[Path]:
     """The sweep files a sources file names, oldest first (relative names: beside the sources file)."""
     files = []
@@ -138,7 +144,7 @@ def merge(files: list[Path]) -> tuple[dict[Key, Point], dict[str, dict]]:
     points: dict[Key, Point] = {}
     headers = {}
     for f in files:
-        sweep = json.loads(f.read_text())
+        sweep = read_sweep(f)
         headers[f.stem] = sweep["header"]
         points.update(points_of(sweep, f.stem))
     used = {p.source for p in points.values()}
@@ -335,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
               "verdict there (verdict in the sweeps)")
         for key in sorted(points):
             p = points[key]
-            q = projected(p, headers[p.source]["copy_bandwidth_Bps"], args.project * 1e12)
             if p.status != "no target":
+                q = projected(p, headers[p.source]["copy_bandwidth_Bps"], args.project * 1e12)
                 figs = " / ".join("-" if f is None else f"{f:.2f}" for f in q.figures)
                 copy = "-" if q.copy_pct is None else f"{q.copy_pct:.2f}"
                 print(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}: {figs}, copy {copy}: {q.status} ({p.status})")
