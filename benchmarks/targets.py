@@ -104,6 +104,8 @@ def projected(point: Point, copy_bw: float, to_copy_bw: float) -> Point:
     whose copy runs at ``to_copy_bw``, if each timed call kept the time it spends beyond moving
     its bytes at the copy's rate: a model for predictions (say, an H200's sweep on an H100), not
     a measurement."""
+    if copy_bw <= 0 or to_copy_bw <= 0:
+        raise ValueError(f"copy bandwidths above zero (got copy_bw={copy_bw}, to_copy_bw={to_copy_bw})")
     timed = {}
     for provider, (us, pct) in point.timed.items():
         moved_us = pct / 100 * us  # the call's bytes at copy_bw
@@ -303,6 +305,14 @@ def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict], f
     return text
 
 
+def _positive_tbps(text: str) -> float:
+    """``--project``'s copy bandwidth in TB/s, above zero."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a copy bandwidth in TB/s above zero (got {text})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", type=Path, default=DEFAULT_SOURCES, help="the sweep files, oldest first")
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--tables", action="store_true", help="print every provider's table instead")
     what.add_argument("--status", action="store_true", help="print every targeted point's verdict instead")
     what.add_argument("--plot", type=Path, metavar="PNG", help="draw every table's %% of copy bandwidth against B")
-    what.add_argument("--project", type=float, metavar="TBPS",
+    what.add_argument("--project", type=_positive_tbps, metavar="TBPS",
                       help="every targeted point's verdict as it would read on a card copying at TBPS TB/s, "
                            "each call keeping its time beyond the copy's rate (a model, not a measurement)")
     args = ap.parse_args(argv)

@@ -110,6 +110,14 @@ def test_a_projection_keeps_the_time_beyond_the_copys_rate():
     assert q.timed["copy"] == pytest.approx((20.0, 100.0))
 
 
+def test_a_projection_needs_bandwidths_above_zero(capsys):
+    with pytest.raises(ValueError, match=r"copy bandwidths above zero \(got copy_bw=4000000000000.0, to_copy_bw=0.0\)"):
+        targets.projected(_point(128, 50.0), 4e12, 0.0)
+    with pytest.raises(SystemExit):
+        targets.main(["--project", "0"])
+    assert "--project: a copy bandwidth in TB/s above zero (got 0)" in capsys.readouterr().err
+
+
 def test_project_prints_each_targeted_points_verdict_there(capsys):
     assert targets.main(["--project", "3.0"]) == 0
     out = capsys.readouterr().out.splitlines()
