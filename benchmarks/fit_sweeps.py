@@ -26,7 +26,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.targets import COLUMNS, SHORT, TARGET_PCT, WITH_PCT, points_of, read_sweep
+from benchmarks.targets import (
+    COLUMNS,
+    SHORT,
+    TARGET_PCT,
+    WITH_PCT,
+    points_of,
+    read_sweep,
+)
 
 
 @dataclasses.dataclass(frozen=True)
