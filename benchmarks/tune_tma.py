@@ -61,6 +61,7 @@ from benchmarks.tune_decode import (
 )
 from benchmarks.tuning_results import write_results
 from benchmarks.variants import (
+    ALL_VARIANTS,
     CEILING_VARIANTS,
     GLUON_VARIANTS,
     KV_TILE_LOAD_POLICY_VARIANTS,
@@ -266,6 +267,11 @@ def main() -> None:
     ap.add_argument("--without-pdl", action="store_true",
                     help="also time each spec launched without programmatic dependent launch (name+no_pdl)")
     args = ap.parse_args()
+    # a spec's kernel takes only its own family's variants (the rest are passed over); a name of no
+    # family is a typo, and would otherwise time nothing without a word
+    unknown = sorted(set(args.variants) - set(ALL_VARIANTS))
+    if unknown:
+        ap.error(f"argument --variants: not in benchmarks/variants.py: {', '.join(unknown)}")
     bw = copy_bandwidth()
     records = []
     for cfg in tuning_grid(args):

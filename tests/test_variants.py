@@ -109,6 +109,18 @@ def test_tune_tma_applies_each_family_of_variants_to_its_kernel():
     assert variants_of(PersistentConfig(64, 4, 3, 4), "kv") is TMA_VARIANTS
 
 
+
+def test_tune_tma_refuses_a_variant_of_no_family(monkeypatch, capsys):
+    """A spec's kernel passes over the other families' variants, so a misspelt name would time
+    nothing and say nothing; it is refused before anything runs (no GPU needed to see it)."""
+    from benchmarks import tune_tma
+
+    monkeypatch.setattr("sys.argv", ["tune_tma", "--variants", "kv_tile_drain_prefetch2", "kv_tile_drain_prefech3"])
+    monkeypatch.setattr(tune_tma, "copy_bandwidth", lambda: pytest.fail("ran past the argument check"))
+    with pytest.raises(SystemExit):
+        tune_tma.main()
+    assert "--variants: not in benchmarks/variants.py: kv_tile_drain_prefech3" in capsys.readouterr().err
+
 def test_tuning_results_carry_gpu_versions_date_and_copy_bandwidth(tmp_path, monkeypatch):
     import json
 
