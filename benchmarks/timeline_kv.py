@@ -18,13 +18,16 @@ For each launch after the first it reports, in us:
 - ``fill`` / ``drain``: from the first program running until the SMs run 90% of their slots, and
   from the last moment they run 90% to the end;
 - ``slots``: the mean share of the SMs' program slots (``programs_per_sm`` each) running over the span;
+- ``drain_moved_us`` / ``drain_lost_us``: the drain's share of the call's bytes, at the copy's pace
+  (each program's bytes spread evenly over its run; a piece of the grid's tail holds
+  ``1 / tail_split`` of a whole tile's), and what the drain takes beyond that;
 - ``idle_body`` / ``idle_drain``: slot-us not running before and after the drain starts;
 - ``turnover``: median and 10th / 90th percentiles of the time from a program's end to the next
   program's start on the same SM (each SM's k-th end paired with its k-th start after the launch
   began running), and ``run``, the same of a program's run.
 
 ``--read PATH`` reports from a JSON this script wrote (``.json.gz``, or ``.json`` uncompressed),
-without a GPU.
+without a GPU (``ideal`` at ``--copy-tbps`` where an older JSON does not hold it).
 
 A measurement of the launch's shape, not a timing: the clock reads and stores add a little to each
 program. By default the launches are eager: where a call is shorter than the host takes to launch
@@ -76,20 +79,48 @@ def _percentiles_us(values: np.ndarray) -> list[float] | None:
     return [round(float(v) / 1e3, 3) for v in np.percentile(values, [50, 10, 90])] if values.size else None
 
 
-def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, ideal_us: float) -> dict:
-    """The figures of one launch (see the module's docstring); times in us."""
+def program_shares(config, programs: int, sms: int) -> np.ndarray:
+    """Each program's share of a launch's bytes, in program order: the kv tile's grid ends in
+    pieces of ``tail_split`` to a whole tile (``gluon_decode_kv_tile.split_grid``: up to
+    ``tail_per_sm`` whole tiles an SM, cut last), every other program one tile."""
+    weights = np.ones(programs)
+    split = getattr(config, "tail_split", 1)
+    if split > 1:
+        weights[programs - min(programs, config.tail_per_sm * sms * split):] = 1 / split
+    return weights / weights.sum()
+
+
+def drain_moved(records: np.ndarray, shares: np.ndarray, drain_from_ns: int) -> float:
+    """The share of the launch's bytes moved from ``drain_from_ns`` on, each program's share spread
+    evenly over its run (wait returned to end)."""
+    run = np.maximum(records[:, 2] - records[:, 1], 1)
+    after = np.clip(records[:, 2] - np.maximum(records[:, 1], drain_from_ns), 0, None)
+    return float((shares * after / run).sum())
+
+
+def launch_shape(records: np.ndarray, previous_end: int | None, slots: int, ideal_us: float,
+                 shares: np.ndarray | None = None) -> dict:
+    """The figures of one launch (see the module's docstring); times in us. ``shares``: each
+    program's share of the bytes (:func:`program_shares`), for the drain's; even if not given."""
     first, last = int(records[:, 1].min()), int(records[:, 2].max())
     grid_ns = np.arange(first, last, 50)
     running = running_slots(records, grid_ns)
     full = np.nonzero(running >= 0.9 * slots)[0]
     idle = np.clip(slots - running, 0, None) * 50 / slots / 1e3
     drain_from = full[-1] if full.size else 0
+    drain_us = float((len(grid_ns) - 1 - full[-1]) * 50 / 1e3) if full.size else None
+    if shares is None:
+        shares = np.full(len(records), 1 / len(records))
+    moved_us = (drain_moved(records, shares, int(grid_ns[drain_from])) * ideal_us
+                if full.size and ideal_us else None)
     return {
         "span_us": (last - first) / 1e3,
         "gap_us": None if previous_end is None else (first - previous_end) / 1e3,
         "ideal_us": ideal_us,
         "fill_us": float(full[0] * 50 / 1e3) if full.size else None,
-        "drain_us": float((len(grid_ns) - 1 - full[-1]) * 50 / 1e3) if full.size else None,
+        "drain_us": drain_us,
+        "drain_moved_us": moved_us,
+        "drain_lost_us": None if moved_us is None else drain_us - moved_us,
         "slots": float(running.mean() / slots),
         "idle_body_slot_us": float(idle[:drain_from].sum()),
         "idle_drain_slot_us": float(idle[drain_from:].sum()),
@@ -135,17 +166,19 @@ def main(argv=None) -> None:
         records = [np.array(launch) for launch in saved["records"]]
         # the SMs the programs ran on, where an older JSON does not say
         sms = saved.get("sms") or len(np.unique(np.concatenate([launch[:, 3] for launch in records])))
-        report(saved.get("label", args.read.name.split(".")[0]), records, parse_spec(saved["spec"]).programs_per_sm * sms,
-               saved.get("ideal_us", 0.0))
+        config = parse_spec(saved["spec"])
+        ideal_us = saved.get("ideal_us") or (
+            call_bytes(saved["tp"], saved["B"], saved["state_dtype"], saved.get("variant", TIMELINE_VARIANTS[0]))
+            / (args.copy_tbps * 1e6) if {"tp", "B", "state_dtype"} <= saved.keys() else 0.0)
+        report(saved.get("label", args.read.name.split(".")[0]), records, config.programs_per_sm * sms, ideal_us,
+               config, sms)
         return
     if args.batch is None or args.spec is None:
         ap.error("--batch and --spec are needed to launch (or --read a JSON)")
     if not torch.cuda.is_available():
         ap.error("needs a GPU (the tile kernels are Gluon, sm_90+)")
     config = parse_spec(args.spec)
-    HK, HV = GEOMETRY[args.tp]
-    cfg = Config(tp=args.tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=args.batch,
-                 state_dtype=DTYPES[args.state_dtype], layout="vk" if args.variant in VK_TILE_VARIANTS else "kv")
+    cfg = problem_config(args.tp, args.batch, args.state_dtype, args.variant)
     provider = launcher_provider("timeline", variant_launch(args.variant), config, pdl=True,
                                  step_order=config.sort_rows)
     steps = []
@@ -171,7 +204,7 @@ def main(argv=None) -> None:
     records = [t.cpu().numpy() for t in timelines]
     ideal_us = cfg.bytes_per_call() / (args.copy_tbps * 1e12) * 1e6
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us)
+    shapes = report(cfg.label(), records, config.programs_per_sm * sms, ideal_us, config, sms)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.tag}.json.gz"  # a record a program: megabytes a run as plain text
     with gzip.open(path, "wt") as f:
@@ -186,11 +219,26 @@ def main(argv=None) -> None:
     print(f"wrote {path}")
 
 
-def report(label: str, records: list[np.ndarray], slots: int, ideal_us: float) -> list[dict]:
-    """Print and return :func:`launch_shape` of each launch in turn."""
+def problem_config(tp: int, batch: int, state_dtype: str, variant: str) -> Config:
+    """The benchmark's problem that ``variant``'s kernel times (a vk pool for the vk tile's)."""
+    HK, HV = GEOMETRY[tp]
+    return Config(tp=tp, HK=HK, HV=HV, K=HEAD_DIM, V=HEAD_DIM, B=batch, state_dtype=DTYPES[state_dtype],
+                  layout="vk" if variant in VK_TILE_VARIANTS else "kv")
+
+
+def call_bytes(tp: int, batch: int, state_dtype: str, variant: str) -> int:
+    """The bytes a call moves (``Config.bytes_per_call``) for a run's saved shape."""
+    return problem_config(tp, batch, state_dtype, variant).bytes_per_call()
+
+
+def report(label: str, records: list[np.ndarray], slots: int, ideal_us: float, config=None,
+           sms: int | None = None) -> list[dict]:
+    """Print and return :func:`launch_shape` of each launch in turn (the bytes spread by
+    :func:`program_shares` of ``config`` on ``sms`` SMs where given, else evenly)."""
     shapes, previous_end = [], None
     for launch in records:
-        shapes.append(launch_shape(launch, previous_end, slots, ideal_us))
+        shares = program_shares(config, len(launch), sms) if config is not None and sms else None
+        shapes.append(launch_shape(launch, previous_end, slots, ideal_us, shares))
         previous_end = int(launch[:, 2].max())
     for i, shape in enumerate(shapes):
         print(f"{label} launch {i}: " + ", ".join(

@@ -10,7 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.timeline_kv import launch_shape, running_slots, slot_turnovers
+from benchmarks.timeline_kv import (
+    launch_shape,
+    program_shares,
+    running_slots,
+    slot_turnovers,
+)
 
 
 def test_running_counts_programs_between_their_wait_and_their_end():
@@ -26,6 +31,35 @@ def test_a_launch_that_fills_late_and_drains_early_reads_so():
     assert shape["fill_us"] == 2.0 and shape["drain_us"] == pytest.approx(2.0, abs=0.06)
     assert shape["slots"] == pytest.approx(0.8, abs=0.01)
     assert (shape["programs"], shape["sms"]) == (2, 1)
+
+
+def test_the_drain_is_charged_what_it_takes_beyond_its_share_of_the_bytes():
+    # two slots and an ideal call of 10 us: one program runs 0-10 us, the other 0-6 us, so the
+    # drain runs from 6 us to the end; the first program's share is spread evenly over its run
+    records = np.array([[0, 0, 10_000, 0], [0, 0, 6_000, 1]])
+    even = launch_shape(records, None, slots=2, ideal_us=10.0)
+    assert even["drain_us"] == pytest.approx(4.0, abs=0.06)
+    assert even["drain_moved_us"] == pytest.approx(0.5 * 0.4 * 10.0, abs=0.1)  # half the bytes, 40% of its run (50 ns steps)
+    assert even["drain_lost_us"] == pytest.approx(2.0, abs=0.1)
+    # a whole tile on the long program and a quarter piece on the short one: the drain moves more
+    weighted = launch_shape(records, None, slots=2, ideal_us=10.0, shares=np.array([0.8, 0.2]))
+    assert weighted["drain_moved_us"] == pytest.approx(0.8 * 0.4 * 10.0, abs=0.1)
+    assert launch_shape(records, None, slots=2, ideal_us=0.0)["drain_moved_us"] is None  # no ideal, no share
+
+
+def test_a_tiles_share_follows_the_grid_split_into_its_tail():
+    from gdn_ops.gluon_decode_kv_tile import GluonTileConfig, split_grid
+
+    config = GluonTileConfig(BV=128, num_warps=4, rows=8, programs_per_sm=6, vec=8, tail_split=4, tail_per_sm=2)
+    for num_tiles in (3, 10):  # a grid all pieces, and 6 whole tiles then 4 cut in 16 pieces, on 2 SMs
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("gdn_ops.gluon_decode_kv_tile.sm_count", lambda index: 2)
+            whole, grid = split_grid(config, num_tiles, 0)
+        shares = program_shares(config, grid, sms=2)
+        assert shares[:whole] == pytest.approx(np.full(whole, 1 / num_tiles))
+        assert shares[whole:] == pytest.approx(np.full(grid - whole, 1 / num_tiles / 4))
+    plain = program_shares(config._replace(tail_split=1), 5, sms=2)
+    assert plain == pytest.approx(np.full(5, 0.2))
 
 
 def test_turnovers_pair_each_sms_ends_with_its_later_starts():
