@@ -1250,14 +1250,21 @@ def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, s
     return [*_vk_tile_prefetch(ahead), (_VK_PREFETCH_TEST, _VK_PREFETCH_TEST.replace("):", ") & (s_sv == K):")), *call]
 
 
-def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, span: str = "") -> list[tuple[str, str]]:
+def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, span: str = "",
+                      drain: bool = False) -> list[tuple[str, str]]:
     """The kv tile's programs prefetching the state of the tile ``ahead`` a SM further on: its key rows
     (``rows`` form), or with ``span`` (``_prefetch_rows_l2``'s piece elements, pieces and bytes)
-    the whole head from the program of its first columns."""
+    the whole head from the program of its first columns. With ``drain`` (and ``span``), only the
+    heads of the whole tiles that the grid's tail cuts into pieces, by whole-tile programs."""
     helper = (_prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last
               else "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n")
+    # the kernel's whole_tiles reaches _kv_tile only where the drain's test reads it
+    passed = "state_ptr, s_sb, s_sh, s_sk, whole_tiles," if drain else "state_ptr, s_sb, s_sh, s_sk,"
     if span:
         condition = f"{_prefetch_condition(ahead, tail)} & (ahead % NV == 0) & (s_sk == V)"
+        if drain:
+            # a piece program's tile is numbered past whole_tiles (TAIL_SPLIT of them a whole tile)
+            condition += " & (tile < whole_tiles) & (ahead >= whole_tiles)"
         call = (f"_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh, {span},\n"
                 "                          WARPS)\n")
     else:
@@ -1267,7 +1274,7 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, 
     return [
         ("@gluon.jit\ndef _kv_tile(", helper + "@gluon.jit\ndef _kv_tile("),
         ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
-        ("s_A, s_dt, rows_ptr, batch_indices_ptr,\n", "s_A, s_dt, rows_ptr, batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n"),
+        ("s_A, s_dt, rows_ptr, batch_indices_ptr,\n", f"s_A, s_dt, rows_ptr, batch_indices_ptr, {passed}\n"),
         ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
         ("batch_indices if batch_indices is not None else state,\n",
          ("batch_indices if batch_indices is not None else state,\n"
@@ -1346,6 +1353,18 @@ _KV_HEAD_PIECES = f"16384 // {_ELEM}, K * V * {_ELEM} // 16384, 16384"  # a head
 for _ahead in (1, 2, 3):
     KV_TILE_VARIANTS[f"kv_tile_prefetch_span{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES)
 KV_TILE_VARIANTS["kv_tile_prefetch_span2_whole"] = _kv_tile_prefetch(2, span=f"K * V, 1, K * V * {_ELEM}")
+# The drain's heads only. In the committed graph timelines (bf16 kv B=256, fp32 kv B=32; NOTES.md,
+# fifty-sixth session) a launch's last ~4.4 us move ~5.5 MB, 1.3 us of the copy's pace, so the
+# drain loses ~3 us a launch at every size; no program starts in its last ~4 us, and the tail's
+# pieces that start last still live 3.6-3.8 us (p50) on a machine that is emptying. Here only the
+# whole-tile programs whose tile `ahead` SMs on is one the tail cuts into pieces prefetch that
+# head (16 KB spans): about 8 MB (tail4x2) asked of L2 2-4 us a SM ahead, not the whole launch's
+# heads that the span forms above asked for. The first pieces' tiles are numbered from
+# whole_tiles, so `ahead` >= 2 covers every tail head of a tail4x2 grid.
+for _ahead in (2, 3, 4):
+    KV_TILE_VARIANTS[f"kv_tile_drain_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES, drain=True)
+KV_TILE_VARIANTS["kv_tile_drain_prefetch3_evict_last"] = _kv_tile_prefetch(3, evict_last=True, span=_KV_HEAD_PIECES,
+                                                                           drain=True)
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS
 # The module each family of variants patches.
