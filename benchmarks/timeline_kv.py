@@ -54,7 +54,8 @@ from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
 from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
-TIMELINE_VARIANTS = ("kv_tile_timeline", "vk_tile_timeline", "kv_tile_stagger2000_timeline")
+TIMELINE_VARIANTS = ("kv_tile_timeline", "vk_tile_timeline", "kv_tile_stagger2000_timeline",
+                     "kv_tile_drain_prefetch3_timeline")
 
 
 def running_slots(records: np.ndarray, grid_ns: np.ndarray) -> np.ndarray:

@@ -1365,6 +1365,9 @@ for _ahead in (2, 3, 4):
     KV_TILE_VARIANTS[f"kv_tile_drain_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES, drain=True)
 KV_TILE_VARIANTS["kv_tile_drain_prefetch3_evict_last"] = _kv_tile_prefetch(3, evict_last=True, span=_KV_HEAD_PIECES,
                                                                            drain=True)
+# the same with the timeline's records (benchmarks/timeline_kv.py --variant): do the tail's pieces live shorter?
+KV_TILE_VARIANTS["kv_tile_drain_prefetch3_timeline"] = (KV_TILE_VARIANTS["kv_tile_timeline"]
+                                                        + KV_TILE_VARIANTS["kv_tile_drain_prefetch3"])
 
 ALL_VARIANTS = VARIANTS | TMA_VARIANTS | GLUON_VARIANTS | VK_TILE_VARIANTS | KV_TILE_VARIANTS | SLOT_ORDER_VARIANTS
 # The module each family of variants patches.
