@@ -1258,13 +1258,11 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, 
     heads of the whole tiles that the grid's tail cuts into pieces, by whole-tile programs."""
     helper = (_prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last
               else "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n")
-    # the kernel's whole_tiles reaches _kv_tile only where the drain's test reads it
+    # the kernel's whole_tiles reaches _kv_tile only where the drain's test reads it: a whole tile's
+    # program (a piece program's tile is numbered past whole_tiles) asks for a tail head
     passed = "state_ptr, s_sb, s_sh, s_sk, whole_tiles," if drain else "state_ptr, s_sb, s_sh, s_sk,"
     if span:
         condition = f"{_prefetch_condition(ahead, tail)} & (ahead % NV == 0) & (s_sk == V)"
-        if drain:
-            # a piece program's tile is numbered past whole_tiles (TAIL_SPLIT of them a whole tile)
-            condition += " & (tile < whole_tiles) & (ahead >= whole_tiles)"
         call = (f"_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh, {span},\n"
                 "                          WARPS)\n")
     else:
@@ -1284,7 +1282,9 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, 
          ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
           "                NV, HV, GROUP, NC, PART, PARTS)\n"
           f"    ahead = tile + {ahead * 132}\n"
-          "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n\n")),
+          # the drain's: past the grid (no index read, no prefetch) but for the tail's heads
+          + ("    ahead = gl.where((tile < whole_tiles) & (ahead >= whole_tiles), ahead, num_tiles)\n" if drain else "")
+          + "    ahead_slot = _tile_slot(ahead, num_tiles, indices_ptr, num_slots, NV, HV, HAS_INDICES)\n\n")),
         ("    decay = gl.exp(g)\n    mbarrier.wait(bars.index(0), 0)\n",
          ("    decay = gl.exp(g)\n"
           f"    if {condition}:\n"
