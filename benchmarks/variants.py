@@ -1365,6 +1365,40 @@ for _ahead in (2, 3, 4):
     KV_TILE_VARIANTS[f"kv_tile_drain_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES, drain=True)
 KV_TILE_VARIANTS["kv_tile_drain_prefetch3_evict_last"] = _kv_tile_prefetch(3, evict_last=True, span=_KV_HEAD_PIECES,
                                                                            drain=True)
+def _kv_tile_drain_lead(lead: int) -> list[tuple[str, str]]:
+    """The tail's heads prefetched (16 KB spans) by the program ``lead`` program ids before each
+    head's first piece, whole-tile program or piece, as soon as it has passed its PDL wait."""
+    block = (
+        "    pid = gl.program_id(0)\n"
+        "    if TAIL_SPLIT > 1:\n"
+        "        NV_WHOLE: gl.constexpr = V // BV\n"
+        f"        first_piece = pid + {lead} - whole_tiles\n"
+        "        drained = whole_tiles + first_piece // TAIL_SPLIT\n"
+        "        if ((first_piece >= 0) & (drained < num_tiles) & (first_piece % TAIL_SPLIT == 0)\n"
+        "                & (drained % NV_WHOLE == 0) & (s_sk == V)):\n"
+        "            drained_slot = _tile_slot(drained, num_tiles, indices_ptr, num_slots, NV_WHOLE, HV, HAS_INDICES)\n"
+        "            if drained_slot < num_slots:\n"
+        "                _prefetch_rows_l2(state_ptr + drained_slot.to(gl.int64) * s_sb + (drained // NV_WHOLE % HV) * s_sh,\n"
+        f"                                  {_KV_HEAD_PIECES}, WARPS)\n"
+    )
+    return [
+        ("@gluon.jit\ndef _kv_tile(",
+         "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n@gluon.jit\ndef _kv_tile("),
+        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+        ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
+        ("batch_indices if batch_indices is not None else state,\n",
+         ("batch_indices if batch_indices is not None else state,\n"
+          "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
+        ("    pid = gl.program_id(0)\n", block),
+    ]
+
+
+# The same heads, each asked for a constant lead ahead of its first piece (in program ids: 264 and
+# 528 are about 4 and 8 us of whole programs starting), where the forms above ask from the whole
+# tile 132 x `ahead` before the head's, which is 132 x `ahead` program ids before the tail's first
+# pieces but about 800 more before its last.
+for _lead in (264, 528):
+    KV_TILE_VARIANTS[f"kv_tile_drain_lead{_lead}"] = _kv_tile_drain_lead(_lead)
 # the same with the timeline's records (benchmarks/timeline_kv.py --variant): do the tail's pieces live shorter?
 KV_TILE_VARIANTS["kv_tile_drain_prefetch3_timeline"] = (KV_TILE_VARIANTS["kv_tile_timeline"]
                                                         + KV_TILE_VARIANTS["kv_tile_drain_prefetch3"])
