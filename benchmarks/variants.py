@@ -1358,9 +1358,9 @@ KV_TILE_VARIANTS["kv_tile_prefetch_span2_whole"] = _kv_tile_prefetch(2, span=f"K
 # drain loses ~3 us a launch at every size; no program starts in its last ~4 us, and the tail's
 # pieces that start last still live 3.6-3.8 us (p50) on a machine that is emptying. Here only the
 # whole-tile programs whose tile `ahead` SMs on is one the tail cuts into pieces prefetch that
-# head (16 KB spans): about 8 MB (tail4x2) asked of L2 2-4 us a SM ahead, not the whole launch's
-# heads that the span forms above asked for. The first pieces' tiles are numbered from
-# whole_tiles, so `ahead` >= 2 covers every tail head of a tail4x2 grid.
+# head (16 KB spans): about 8 MB (tail4x2) asked of L2 2-4 tiles an SM ahead, not the whole
+# launch's heads that the span forms above asked for. The tail's 264 whole tiles (tail4x2) are
+# numbered from whole_tiles, so from `ahead` = 2 every one is asked for.
 for _ahead in (2, 3, 4):
     KV_TILE_VARIANTS[f"kv_tile_drain_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES, drain=True)
 KV_TILE_VARIANTS["kv_tile_drain_prefetch3_evict_last"] = _kv_tile_prefetch(3, evict_last=True, span=_KV_HEAD_PIECES,
@@ -1393,10 +1393,11 @@ def _kv_tile_drain_lead(lead: int) -> list[tuple[str, str]]:
     ]
 
 
-# The same heads, each asked for a constant lead ahead of its first piece (in program ids: 264 and
-# 528 are about 4 and 8 us of whole programs starting), where the forms above ask from the whole
-# tile 132 x `ahead` before the head's, which is 132 x `ahead` program ids before the tail's first
-# pieces but about 800 more before its last.
+# The same heads, each asked a constant lead of program ids ahead of its first piece (264 and 528:
+# about 4 and 8 us where whole programs start, 1.6 and 3.3 us among the pieces, which start about
+# 2.5 times as fast), where the forms above ask from the whole tile 132 x `ahead` before the
+# head's, 132 x `ahead` program ids before the tail's first pieces but about 800 more before its
+# last (pieces are numbered four to a whole tile): 4-8 us ahead of the first, 7-11 of the last.
 for _lead in (264, 528):
     KV_TILE_VARIANTS[f"kv_tile_drain_lead{_lead}"] = _kv_tile_drain_lead(_lead)
 # the same with the timeline's records (benchmarks/timeline_kv.py --variant): do the tail's pieces live shorter?
