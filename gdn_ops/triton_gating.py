@@ -16,8 +16,14 @@ import triton.language as tl
 def gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold):
     """fp32 gates from raw ``a, b`` and the head's ``-exp(A_log)``, ``dt_bias``."""
     x = (a + dt_bias) * softplus_beta
-    # softplus(x) = log(1 + exp(beta*x)) / beta, linear above the threshold like torch's F.softplus
-    softplus = tl.where(x <= softplus_threshold, tl.log(1.0 + tl.exp(tl.minimum(x, softplus_threshold))), x)
+    # softplus(x) = log(1 + exp(beta*x)) / beta, linear above the threshold like torch's F.softplus.
+    # log(1 + y) as log(u) * y / (u - 1), u = 1 + y rounded (Goldberg's log1p): for a very negative x
+    # the plain form loses y in 1 + y (g came out 0 where it is -exp(A) * exp(x); 5e-5 off from -6)
+    y = tl.exp(tl.minimum(x, softplus_threshold))
+    u = 1.0 + y
+    rounded = u == 1.0
+    log1p_y = tl.where(rounded, y, tl.log(u) * (y / tl.where(rounded, 1.0, u - 1.0)))
+    softplus = tl.where(x <= softplus_threshold, log1p_y, x)
     g = neg_exp_A * (softplus / softplus_beta)
     # beta stays fp32: rounding it to the activation dtype compounds over tokens
     beta = 1.0 / (1.0 + tl.exp(-b))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TRITON_INTERPRET
 from decode_case import DecodeCase, build, check, run_op
 
 import gdn_ops
@@ -99,6 +100,26 @@ def test_gating_matches_reference_and_its_gradients(device, threshold):
     grads_ref = torch.autograd.grad((g_ref, beta_ref), leaves64, (cot_g, cot_beta))
     for got, want in zip(grads, grads_ref):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.skipif(
+    not TRITON_INTERPRET, reason="Triton interpreter off (TRITON_INTERPRET!=1)")), pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(("low", "high"), [(-30.0, -17.0), (-12.0, -6.0), (-6.0, 6.0), (6.0, 30.0)])
+def test_the_triton_gates_keep_fp32_precision_over_the_softplus_range(device, low, high):
+    """The Triton gating (``gdn_gating``'s CUDA kernel, and every decode kernel's fused gating)
+    against the float64 reference, relatively: written as log(1 + exp(x)) it lost exp(x) from
+    about x = -16 (g came out 0) and was 5e-5 off from x = -6."""
+    from gdn_ops.triton_gating import launch_gating
+
+    HV = 8
+    a = torch.empty(64, HV, device=device).uniform_(low, high)
+    b, A_log, dt_bias = torch.randn(64, HV, device=device), torch.randn(HV, device=device), torch.randn(HV, device=device)
+    g, beta = torch.empty_like(a), torch.empty_like(a)
+    launch_gating(A_log, a - dt_bias, dt_bias, b, g, beta, 1.0, 20.0)
+    g_ref, beta_ref = gdn_ops.gdn_gating_reference(A_log.double(), (a - dt_bias).double(), dt_bias.double(),
+                                                   b.double(), 1.0, 20.0, compute_dtype=torch.float64)
+    torch.testing.assert_close(g.double(), g_ref, rtol=2e-6, atol=0.0)
+    torch.testing.assert_close(beta.double(), beta_ref, rtol=2e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
