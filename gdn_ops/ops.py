@@ -79,6 +79,7 @@ def _resolve_scale(scale: float | None, K: int) -> float:
 
 
 def _check_recurrent(q, k, v, g, beta, pool, indices, scale, state_layout, out, order) -> None:
+    _validate.check_tensor("out", out)  # the op's out is required; its dtype is read next
     B, T, _, HV, _, _ = _validate.check_recurrence(q, k, v, pool, indices, state_layout, out, out.dtype)
     _validate.check_order(order, indices, B, q.device)
     _validate.check_gates("g", g, "beta", beta, B, T, HV, q.device)
@@ -142,6 +143,7 @@ _forbid_autograd(_recurrent_op)
 
 def _check_fused(A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v, b, pool, indices,
                  scale, state_layout, out, order) -> None:
+    _validate.check_tensor("out", out)
     B, T, _, HV, _, _ = _validate.check_recurrence(q, k, v, pool, indices, state_layout, out, out.dtype)
     _validate.check_order(order, indices, B, q.device)
     _validate.check_gates("a", a, "b", b, B, T, HV, q.device)
