@@ -7,6 +7,8 @@ handled by the kernels themselves: an index outside ``[0, num_slots)`` is a padd
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -73,6 +75,16 @@ def check_disjoint(written: dict[str, torch.Tensor | None], read: dict[str, torc
                 raise ValueError(
                     f"gdn_ops: argument '{name}' must not share memory with '{other}' (the op writes '{name}'); "
                     f"got views of one storage spanning bytes [{lo}, {hi}) and [{other_lo}, {other_hi})")
+
+
+def check_float(name: str, value: object, optional: bool = False) -> None:
+    """A Python number argument (``None`` too where ``optional``). A tensor is refused: turning it
+    into a float reads its value, which synchronises the host (and fails inside CUDA-graph capture)."""
+    if value is None and optional:
+        return
+    if isinstance(value, torch.Tensor) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
+        expected = "a Python float" + (" or None" if optional else "")
+        raise TypeError(f"gdn_ops: argument '{name}' must be {expected}; got {type(value).__name__}")
 
 
 def _check_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from gdn_ops import _validate
@@ -13,6 +16,7 @@ def _make_out(v: torch.Tensor, out_dtype: torch.dtype | None, out: torch.Tensor 
     dtype = _validate.resolve_out_dtype(v, out_dtype)
     if out is None:
         return torch.empty(v.shape, dtype=dtype, device=v.device)
+    _validate.check_tensor("out", out)
     if out_dtype is not None and out.dtype != out_dtype:
         raise TypeError(f"gdn_ops: argument 'out' must have dtype out_dtype={out_dtype}; got {out.dtype}")
     return out
@@ -22,13 +26,28 @@ def _unpack(name: str, x: torch.Tensor, N: int, T: int, packed_dims: int) -> tor
     """``x`` of SGLang's packed tokens, ``[1, N * T, ...]`` or ``[N * T, ...]`` (``packed_dims``
     dims), seen as ``[N, T, ...]`` (a view)."""
     _validate.check_tensor(name, x)
+    given = list(x.shape)
     if x.dim() == packed_dims + 1 and x.shape[0] == 1:
         x = x[0]
     if x.dim() != packed_dims or x.shape[0] != N * T:
         raise ValueError(f"gdn_ops: argument '{name}' must hold the {N * T} packed tokens of cu_seqlens' {N} "
                          f"sequences, [1, {N * T}, ...] or [{N * T}, ...] with {packed_dims} dims; got shape "
-                         f"{list(x.shape)}")
+                         f"{given}")
     return x.unflatten(0, (N, T))
+
+
+@contextlib.contextmanager
+def _checked_as_sequences(packed: bool, q: torch.Tensor) -> Iterator[None]:
+    """With ``cu_seqlens`` the ops check the packed tensors as their ``[N, T, ...]`` views (``q``'s
+    first two dims): their errors say so, as the shapes they name are not the ones passed."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if not packed:
+            raise
+        N, T = q.shape[:2]
+        raise type(error)(f"{error} (with cu_seqlens, the packed [{N * T}, ...] tensors are checked as their "
+                          f"[N, T, ...] = [{N}, {T}, ...] views)") from None
 
 
 def _unpacked(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -52,6 +71,8 @@ def _sequences(cu_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"gdn_ops: argument 'cu_seqlens' must be [N + 1] sequence offsets; got shape "
                          f"{list(cu_seqlens.shape)}")
     _validate.check_tensor("q", q)
+    if cu_seqlens.device != q.device:  # never read, but the op's tensors share one device
+        raise ValueError(f"gdn_ops: argument 'cu_seqlens' must be on device {q.device} like q; got {cu_seqlens.device}")
     if q.dim() != 4 or q.shape[0] != 1:
         raise ValueError(f"gdn_ops: argument 'q' must be [1, total_tokens, HK, K] with cu_seqlens; got shape "
                          f"{list(q.shape)}")
@@ -126,14 +147,18 @@ def fused_sigmoid_gating_delta_rule_update(
     Returns:
         ``o [B, T, HV, V]``: ``out`` when given. T tokens run in order; the final state is written once.
     """
+    _validate.check_float("softplus_beta", softplus_beta)
+    _validate.check_float("softplus_threshold", softplus_threshold)
+    _validate.check_float("scale", scale, optional=True)
     if cu_seqlens is not None:
         q, k, v, a, b, out = _unpacked(cu_seqlens, q, k, v, {"a": a, "b": b}, out)
-    o = _make_out(v, out_dtype, out)
-    torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
-        A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
-        initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, o,
-        initial_state_order,
-    )
+    with _checked_as_sequences(cu_seqlens is not None, q):
+        o = _make_out(v, out_dtype, out)
+        torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
+            A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
+            initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, o,
+            initial_state_order,
+        )
     return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 
@@ -162,13 +187,15 @@ def recurrent_gated_delta_rule_update(
     optional per-step slot order, ``cu_seqlens`` takes the packed form (``g, beta`` packed as ``a, b``),
     and ``o [B, T, HV, V]`` is returned.
     """
+    _validate.check_float("scale", scale, optional=True)
     if cu_seqlens is not None:
         q, k, v, g, beta, out = _unpacked(cu_seqlens, q, k, v, {"g": g, "beta": beta}, out)
-    o = _make_out(v, out_dtype, out)
-    torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
-        q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
-        bool(use_qk_l2norm_in_kernel), state_layout, o, initial_state_order,
-    )
+    with _checked_as_sequences(cu_seqlens is not None, q):
+        o = _make_out(v, out_dtype, out)
+        torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
+            q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
+            bool(use_qk_l2norm_in_kernel), state_layout, o, initial_state_order,
+        )
     return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 
@@ -185,6 +212,8 @@ def gdn_gating(
     ``A_log, dt_bias [HV]``; ``a, b [..., HV]`` (same shape). Returns ``g, beta`` of that shape,
     fp32. Differentiable.
     """
+    _validate.check_float("softplus_beta", softplus_beta)
+    _validate.check_float("softplus_threshold", softplus_threshold)
     return torch.ops.gdn_ops.gdn_gating(A_log, a, dt_bias, b, float(softplus_beta), float(softplus_threshold))
 
 

@@ -79,6 +79,19 @@ def test_packed_tokens_reject_what_they_cannot_split(change, name, error):
         gdn_ops.fused_sigmoid_gating_delta_rule_update(**packed)
 
 
+def test_packed_tokens_errors_name_the_shapes_passed():
+    """A packed tensor's error names the shape passed; the checks that run on the [N, T, ...]
+    views say that they did; cu_seqlens on another device than q is refused though never read."""
+    packed = _packed(_batched("cpu", 3, 1), 2)
+    with pytest.raises(ValueError, match=r"argument 'v' must hold the 3 packed tokens.*got shape \[1, 4, 4, 8\]"):
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(packed, v=torch.randn(1, 4, HV, V)))
+    with pytest.raises(ValueError, match=r"argument 'a'.*\(with cu_seqlens, the packed \[3, \.\.\.\] tensors are "
+                                         r"checked as their \[N, T, \.\.\.\] = \[3, 1, \.\.\.\] views\)"):
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(packed, a=packed["a"][:, :-1]))
+    with pytest.raises(ValueError, match="argument 'cu_seqlens' must be on device cpu like q; got meta"):
+        gdn_ops.fused_sigmoid_gating_delta_rule_update(**dict(packed, cu_seqlens=packed["cu_seqlens"].to("meta")))
+
+
 def test_packed_tokens_compile_fullgraph_with_a_dynamic_token_count():
     """The unpacking is shape arithmetic and views: no graph break, the count of tokens symbolic."""
     kw = _batched("cpu", 4, 1)

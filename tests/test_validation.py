@@ -108,6 +108,13 @@ FUSED_CASES = {
     "v_none": ("v", TypeError, lambda kw: dict(kw, v=None)),
     "a_none": ("a", TypeError, lambda kw: dict(kw, a=None)),
     "A_log_none": ("A_log", TypeError, lambda kw: dict(kw, A_log=None)),
+    "out_not_tensor": ("out", TypeError, lambda kw: dict(kw, out=[0.0], out_dtype=torch.float32)),
+    # scalars: a tensor would be read on the host (a sync), None cannot be a float
+    "softplus_beta_none": ("softplus_beta", TypeError, lambda kw: dict(kw, softplus_beta=None)),
+    "softplus_threshold_tensor": ("softplus_threshold", TypeError, lambda kw: dict(
+        kw, softplus_threshold=torch.tensor(20.0, device=kw["q"].device))),
+    "scale_tensor": ("scale", TypeError, lambda kw: dict(kw, scale=torch.tensor(0.5, device=kw["q"].device))),
+    "scale_text": ("scale", TypeError, lambda kw: dict(kw, scale="0.5")),
 }
 
 UNFUSED_CASES = {
@@ -116,6 +123,7 @@ UNFUSED_CASES = {
     "pool_shape": ("initial_state_source", ValueError, lambda kw: _t(kw, "initial_state_source", lambda x: x[..., :8])),
     "pool_none": ("initial_state_source", TypeError, lambda kw: dict(kw, initial_state_source=None)),
     "g_none": ("g", TypeError, lambda kw: dict(kw, g=None)),
+    "scale_tensor": ("scale", TypeError, lambda kw: dict(kw, scale=torch.tensor(0.5, device=kw["q"].device))),
     "out_over_beta": ("out' must not share memory with 'beta", ValueError, lambda kw: _inside(
         kw, "beta", "out", torch.empty(B, T, HV, V, dtype=torch.float32, device=kw["q"].device))),
 }
@@ -158,6 +166,26 @@ def test_fake_kernels_run_the_same_checks(device):
                 *[fake[n] for n in ("A_log", "a", "dt_bias", "softplus_beta", "softplus_threshold", "q", "k", "v",
                                     "b", "initial_state_source", "initial_state_indices")],
                 None, False, "vk", mode.from_tensor(out))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_the_ops_name_a_missing_out(fused):
+    """The registered ops take ``out`` as a tensor; torch's schema lets None through to them."""
+    kw = _fused_kwargs("cpu") if fused else _unfused_kwargs("cpu")
+    names = (["A_log", "a", "dt_bias", "softplus_beta", "softplus_threshold", "q", "k", "v", "b"] if fused
+             else ["q", "k", "v", "g", "beta"]) + ["initial_state_source", "initial_state_indices"]
+    op = (torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update if fused
+          else torch.ops.gdn_ops.recurrent_gated_delta_rule_update)
+    with pytest.raises(TypeError, match="argument 'out' must be a torch.Tensor; got NoneType"):
+        op(*[kw[n] for n in names], None, False, "vk", None)
+
+
+def test_gating_rejects_scalars_that_are_not_numbers():
+    args = torch.randn(4), torch.randn(2, 4), torch.randn(4), torch.randn(2, 4)
+    with pytest.raises(TypeError, match="argument 'softplus_beta' must be a Python float; got NoneType"):
+        gdn_ops.gdn_gating(*args, None)
+    with pytest.raises(TypeError, match="argument 'softplus_threshold' must be a Python float; got Tensor"):
+        gdn_ops.gdn_gating(*args, 1.0, torch.tensor(20.0))
 
 
 def test_gating_rejects_mismatched_a_and_b():
