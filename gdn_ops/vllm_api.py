@@ -49,8 +49,8 @@ def fused_sigmoid_gating_delta_rule_update(
     rule's beta, which is ``sigmoid(b)``).
 
     Padded rows of a CUDA graph: a negative slot skips the row (zero output, pool untouched); where
-    vLLM points them all at its reserved null slot 0 instead, they all write that slot (which then
-    holds a mix of their results, as with vLLM's own kernel) and no other.
+    vLLM points them all at its reserved null slot 0 instead, they all write that slot (which is then
+    undefined, as with vLLM's own kernel) and no other.
 
     What vLLM's kernel does besides the decode step is refused with ``NotImplementedError``: a
     final state returned apart from the pool (``inplace_final_state=False``, ``initial_state=None``),
