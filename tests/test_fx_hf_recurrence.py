@@ -118,6 +118,29 @@ def test_fp64_decode_step_is_left_alone():
     torch.testing.assert_close(inputs["state"], eager["state"])
 
 
+@pytest.mark.parametrize("rows", [slice(2, 5), slice(0, 3)], ids=["offset", "leading"])
+def test_a_state_that_is_a_view_into_a_larger_pool_is_left_alone(rows):
+    """The op is handed the state as its own base. A slice of a larger pool must not be: Inductor
+    clones such a base as if it began its storage, and rows 2-4 of 5 came out NaN and garbage in
+    the second of two steps. Left alone, the steps run as written."""
+    x = hf_inputs(torch.float32, 2, 4)
+    state = x.pop("state")  # [3, HV, K, V]: a pool of 5 slots around it
+    x["pool"] = torch.cat([state, torch.randn(2, *state.shape[1:], device=state.device) * 0.1])
+
+    def two_steps(q, k, v, a, b, A_log, dt_bias, pool):
+        step = hf_layer()
+        return step(q, k, v, a, b, A_log, dt_bias, pool[rows]), step(q, k, v, a, b, A_log, dt_bias, pool[rows])
+
+    eager = {k: v.clone() for k, v in x.items()}
+    with torch.no_grad():
+        expected = two_steps(**eager)
+    actual, code, counts = compile_and_run(two_steps, **x)
+    for got, want in zip(actual, expected):
+        assert_close(got, want, torch.float32)
+    assert_close(x["pool"], eager["pool"], torch.float32)
+    assert counts == {}
+
+
 def test_missing_transformers_skips_the_pattern_with_a_debug_line(monkeypatch, caplog):
     rewrite = hf_module.HFTorchRecurrentGatedDeltaRule()
     monkeypatch.setattr(hf_module.importlib.util, "find_spec", lambda name, *a: None)

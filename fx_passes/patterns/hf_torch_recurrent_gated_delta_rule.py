@@ -127,6 +127,16 @@ def _qkv(B, HK, HV, K, V, dtype, packed):
     return q.reshape(B, 1, HK, K), k.reshape(B, 1, HK, K), v.reshape(B, 1, HV, V)
 
 
+def _whole_storage(t: torch.Tensor) -> bool:
+    """``t`` starts its storage and spans all of it (what ``auto_functionalized_v2`` takes as a base)."""
+    try:
+        nbytes = t.untyped_storage().nbytes()
+    except Exception:  # noqa: BLE001 - a tensor without storage: nothing to tell
+        return False
+    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return known_equal(t.storage_offset(), 0) and known_equal(nbytes, extent * t.element_size())
+
+
 def _supported(match: pm.Match) -> str | None:
     q, k, v, g, beta, state = (val(match.kwargs.get(n)) for n in ("query", "key", "value", "g", "beta", "state"))
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v, g, beta, state)):
@@ -147,6 +157,10 @@ def _supported(match: pm.Match) -> str | None:
         return f"state shape {list(state.shape)}"
     if not ((known_equal(V, 1) or known_equal(state.stride(3), 1)) and (known_equal(K, 1) or known_equal(state.stride(2), V))):
         return f"state strides {state.stride()} (inner dims must be dense)"
+    if not _whole_storage(state):
+        # the op is handed the state as its own base (_all_bases): a view into more (an offset,
+        # a stacked or larger buffer) would be cloned by Inductor as if it began its storage
+        return "state is a view into a larger buffer (an offset or more storage than its elements)"
     if not (K <= 256 and known_equal(HV % HK, 0)):
         return f"head geometry HK={HK} HV={HV} K={K}"
     if not all(t.device == q.device for t in (k, v, g, beta, state)):
