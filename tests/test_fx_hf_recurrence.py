@@ -141,6 +141,29 @@ def test_a_state_that_is_a_view_into_a_larger_pool_is_left_alone(rows):
     assert counts == {}
 
 
+@pytest.mark.parametrize("gate_shapes", [((1, 1, 4), (3, 1, 4)), ((3, 1, 4), (3, 1, 1))], ids=["g", "beta"])
+def test_gates_that_broadcast_are_left_alone(gate_shapes):
+    """transformers' step broadcasts g and beta (a decay shared by the batch, a beta per row); the op
+    takes them [B, T, HV] only, and compiling failed in its shape check."""
+    x = hf_inputs(torch.float32, 4, 4)  # as many key heads as value heads: any release's function takes them
+    x = {"q": x["q"], "k": x["k"], "v": x["v"], "state": x["state"],
+         "g": -torch.rand(gate_shapes[0], device=DEVICE), "beta": torch.rand(gate_shapes[1], device=DEVICE)}
+
+    def step(q, k, v, g, beta, state):
+        o, last = HF_STEP(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                          use_qk_l2norm_in_kernel=True)
+        state.copy_(last)
+        return o
+
+    eager = {k: v.clone() for k, v in x.items()}
+    with torch.no_grad():
+        expected = step(**eager)
+    actual, code, counts = compile_and_run(step, **x)
+    assert_close(actual, expected, torch.float32)
+    assert_close(x["state"], eager["state"], torch.float32)
+    assert counts == {}
+
+
 def test_missing_transformers_skips_the_pattern_with_a_debug_line(monkeypatch, caplog):
     rewrite = hf_module.HFTorchRecurrentGatedDeltaRule()
     monkeypatch.setattr(hf_module.importlib.util, "find_spec", lambda name, *a: None)

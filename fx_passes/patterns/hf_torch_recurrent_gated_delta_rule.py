@@ -151,6 +151,9 @@ def _supported(match: pm.Match) -> str | None:
         return f"q/k/v dtypes {q.dtype}, {k.dtype}, {v.dtype}"
     if not (is_activation(g) and is_activation(beta)):
         return f"g/beta dtypes {g.dtype}, {beta.dtype}"
+    if not all(t.dim() == 3 and all(known_equal(a, b) for a, b in zip(t.shape, (B, T, HV))) for t in (g, beta)):
+        # transformers broadcasts them (a decay shared by the batch, say); the op takes [B, T, HV]
+        return f"g/beta shapes {list(g.shape)}, {list(beta.shape)} (the op takes [B, T, HV])"
     if state.dtype != torch.float32:
         return f"state dtype {state.dtype} (transformers keeps the recurrent state in fp32)"
     if state.dim() != 4 or not all(known_equal(a, b) for a, b in zip(state.shape, (B, HV, K, V))):
