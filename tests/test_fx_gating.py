@@ -111,3 +111,27 @@ def test_gating_the_fused_op_cannot_take_is_left_alone():
     assert len(op_calls(code, RECURRENT)) == 3
     assert_close(actual, expected, torch.float32)
     assert_close(comp["pool"], eager["pool"], torch.float32)
+
+
+def test_gating_inputs_in_the_buffer_the_op_writes_are_left_alone():
+    """a and b sliced from the workspace that out= is also a slice of (interleaved rows): the
+    unfused op read fresh g and beta, but the fused one would read a and b there, and the op
+    refuses inputs that share memory with what it writes (the compiled step raised at run time)."""
+    base = decode_inputs(dtype=torch.float32)
+    B, _, HV, V = base["v"].shape
+    workspace = torch.randn(B, 1, HV * V + 2 * HV)
+
+    def step(q, k, v, A_log, dt_bias, pool, idx, ws):
+        a, b = ws[..., HV * V:HV * V + HV], ws[..., HV * V + HV:]
+        g, beta = gating_hf(A_log, a, dt_bias, b)
+        out = ws[..., :HV * V].unflatten(-1, (HV, V))
+        gdn_ops.recurrent_gated_delta_rule_update(q, k, v, g, beta, pool, idx, out=out)
+        return ws.sum()
+
+    inputs = {n: base[n] for n in ("q", "k", "v", "A_log", "dt_bias", "pool", "idx")}
+    actual, expected, comp, eager, code, counts = run_both(step, {**inputs, "ws": workspace})
+    assert counts == {}
+    assert op_calls(code, FUSED) == []
+    assert_close(comp["ws"], eager["ws"], torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)
+    assert_close(actual, expected, torch.float32)

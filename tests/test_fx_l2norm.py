@@ -115,3 +115,23 @@ def test_norms_the_kernel_does_not_compute_are_left_alone():
     assert all(call[L2NORM_ARG[FUSED]] == "False" for call in calls)
     assert_close(actual, expected, torch.float32)
     assert_close(comp["pool"], eager["pool"], torch.float32)
+
+
+def test_q_and_k_in_the_buffer_the_op_writes_keep_their_norm():
+    """The second layer reads q and k from the first one's output buffer and writes its own output
+    there: normalised, they were fresh tensors; folded, the op would read the buffer it writes
+    (and refuses to). Only the first layer's norm folds."""
+    base = decode_inputs(dtype=torch.float32, HK=2, HV=4, K=8, V=8)
+    B, _, HV, V = base["v"].shape
+
+    def two_layers(q, k, v, A_log, a, dt_bias, b, pool, idx, buf):
+        g, beta = -A_log.exp() * F.softplus(a + dt_bias), b.sigmoid()
+        gdn_ops.recurrent_gated_delta_rule_update(l2norm_rsqrt(q), l2norm_rsqrt(k), v, g, beta, pool, idx, out=buf)
+        q2, k2 = buf[:, :, :2], buf[:, :, 2:]
+        gdn_ops.recurrent_gated_delta_rule_update(l2norm_rsqrt(q2), l2norm_rsqrt(k2), v, g, beta, pool, idx, out=buf)
+        return buf.sum()
+
+    actual, expected, comp, eager, code, counts = run_both(two_layers, {**base, "buf": torch.zeros(B, 1, HV, V)})
+    assert counts.get("qk_l2norm") == 1
+    assert_close(comp["buf"], eager["buf"], torch.float32)
+    assert_close(comp["pool"], eager["pool"], torch.float32)

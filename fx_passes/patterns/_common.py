@@ -71,6 +71,20 @@ def node_storage(node: Any) -> Any:
     return None
 
 
+def shares_written_storage(node: torch.fx.Node, inputs: dict[str, Any]) -> str | None:
+    """Why the decode call ``node`` cannot be handed ``inputs`` (name -> node) to read: one of them
+    lives in the storage of a tensor the call writes (its pool or out, or with v2 their bases).
+    The op refuses inputs that overlap what it writes; the values a rewrite replaces were fresh,
+    the ones it moves into the op may not be (a, b or raw q, k in the workspace that out is part of)."""
+    written = [node.kwargs.get(name) for name in ("initial_state_source", "out")]
+    written += list(node.kwargs.get("_all_bases") or [])
+    storages = [s for s in (node_storage(w) for w in written) if s is not None]
+    for name, x in inputs.items():
+        if node_storage(x) is not None and node_storage(x) in storages:
+            return f"'{name}' shares a storage with a tensor the op writes"
+    return None
+
+
 def decode_op_nodes(graph: torch.fx.Graph, ops: Iterable[Any] = DECODE_OPS) -> list[torch.fx.Node]:
     """The functionalized calls of the given decode ops: the ``auto_functionalized`` calls, then the
     ``auto_functionalized_v2`` ones, each in graph order."""

@@ -31,6 +31,7 @@ from fx_passes.patterns._common import (
     same_region,
     same_shape,
     set_decode_kwargs,
+    shares_written_storage,
     val,
 )
 
@@ -88,6 +89,10 @@ class RepeatedKeyHeadsIntoDecodeOp(Rewrite):
             (xq, gq, q_nodes), (xk, gk, k_nodes) = found
             if not (known_equal(gq, gk) and same_shape(val(xq), val(xk))):
                 log.debug("key_heads: left %s alone: q and k are repeated differently", node.name)
+                continue
+            why = shares_written_storage(node, {"q": xq, "k": xk})
+            if why is not None:
+                log.debug("key_heads: left %s alone: %s", node.name, why)
                 continue
             regions = regions if regions is not None else mutation_regions(graph)
             if not same_region(regions, [node, *q_nodes, *k_nodes]):

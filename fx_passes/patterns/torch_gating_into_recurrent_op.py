@@ -44,6 +44,7 @@ from fx_passes.patterns._common import (
     mutation_regions,
     same_region,
     same_shape,
+    shares_written_storage,
     strip_casts,
     strip_upcast,
     swap_decode_op,
@@ -175,7 +176,7 @@ class TorchGatingIntoRecurrentOp(Rewrite):
                 return f"{name} {t.dtype}{list(t.shape)} stride {t.stride()} is not a unit-stride [HV] vector"
         if not (finite(softplus_beta) and softplus_beta > 0 and finite(softplus_threshold)):
             return f"softplus beta={softplus_beta!r} threshold={softplus_threshold!r}"
-        return None
+        return shares_written_storage(node, {"a": a, "b": b, "A_log": A_log, "dt_bias": dt_bias})
 
     # -- rewriting -----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from fx_passes.patterns._common import (
     same_region,
     same_shape,
     set_decode_kwargs,
+    shares_written_storage,
     strip_casts,
     strip_upcast,
     val,
@@ -106,6 +107,8 @@ class TorchL2NormIntoDecodeOp(Rewrite):
             if any(f is None for f in found):
                 continue
             why = next((f for f in found if isinstance(f, str)), None)
+            if why is None:
+                why = shares_written_storage(node, {"q": found[0][0], "k": found[1][0]})
             if why is None:
                 regions = regions if regions is not None else mutation_regions(graph)
                 if not same_region(regions, [node, *found[0][1], *found[1][1]]):
