@@ -19,8 +19,9 @@ computes in the module's forward is then fused by the ``gating`` rewrite, which 
 Patterns are registered for the model modules already imported when a graph is compiled (a
 graph can only hold this code if its module was imported). Unavailable (skipped, with a debug
 log) when transformers is not installed, defines no such function, or its function does not
-trace. Left alone: T != 1, a state that is not fp32 with dense inner dims, or inputs whose dtype
-or shape the op refuses (e.g. fp64). Where a release repeats the key heads in the module (before
+trace. Left alone: T != 1, a state that is not fp32 with dense inner dims or that is a view into a
+larger buffer (the op is handed it as its own base), gates that broadcast, or inputs whose dtype or
+shape the op refuses (e.g. fp64). Where a release repeats the key heads in the module (before
 the function), this rewrite gives the op the repeated q/k (HK == HV), and
 :mod:`.repeated_key_heads_into_decode_op` then hands it the key heads themselves.
 """
