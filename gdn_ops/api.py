@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
 from gdn_ops import _validate
@@ -36,18 +33,12 @@ def _unpack(name: str, x: torch.Tensor, N: int, T: int, packed_dims: int) -> tor
     return x.unflatten(0, (N, T))
 
 
-@contextlib.contextmanager
-def _checked_as_sequences(packed: bool, q: torch.Tensor) -> Iterator[None]:
+def _as_sequences(error: ValueError | TypeError, q: torch.Tensor) -> ValueError | TypeError:
     """With ``cu_seqlens`` the ops check the packed tensors as their ``[N, T, ...]`` views (``q``'s
     first two dims): their errors say so, as the shapes they name are not the ones passed."""
-    try:
-        yield
-    except (ValueError, TypeError) as error:
-        if not packed:
-            raise
-        N, T = q.shape[:2]
-        raise type(error)(f"{error} (with cu_seqlens, the packed [{N * T}, ...] tensors are checked as their "
-                          f"[N, T, ...] = [{N}, {T}, ...] views)") from None
+    N, T = q.shape[:2]
+    return type(error)(f"{error} (with cu_seqlens, the packed [{N * T}, ...] tensors are checked as their "
+                       f"[N, T, ...] = [{N}, {T}, ...] views)")
 
 
 def _unpacked(cu_seqlens: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -152,13 +143,17 @@ def fused_sigmoid_gating_delta_rule_update(
     _validate.check_float("scale", scale, optional=True)
     if cu_seqlens is not None:
         q, k, v, a, b, out = _unpacked(cu_seqlens, q, k, v, {"a": a, "b": b}, out)
-    with _checked_as_sequences(cu_seqlens is not None, q):
+    try:
         o = _make_out(v, out_dtype, out)
         torch.ops.gdn_ops.fused_sigmoid_gating_delta_rule_update(
             A_log, a, dt_bias, float(softplus_beta), float(softplus_threshold), q, k, v, b,
             initial_state_source, initial_state_indices, scale, bool(use_qk_l2norm_in_kernel), state_layout, o,
             initial_state_order,
         )
+    except (ValueError, TypeError) as error:
+        if cu_seqlens is None:
+            raise
+        raise _as_sequences(error, q) from None
     return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 
@@ -190,12 +185,16 @@ def recurrent_gated_delta_rule_update(
     _validate.check_float("scale", scale, optional=True)
     if cu_seqlens is not None:
         q, k, v, g, beta, out = _unpacked(cu_seqlens, q, k, v, {"g": g, "beta": beta}, out)
-    with _checked_as_sequences(cu_seqlens is not None, q):
+    try:
         o = _make_out(v, out_dtype, out)
         torch.ops.gdn_ops.recurrent_gated_delta_rule_update(
             q, k, v, g, beta, initial_state_source, initial_state_indices, scale,
             bool(use_qk_l2norm_in_kernel), state_layout, o, initial_state_order,
         )
+    except (ValueError, TypeError) as error:
+        if cu_seqlens is None:
+            raise
+        raise _as_sequences(error, q) from None
     return o if cu_seqlens is None else o.flatten(0, 1)[None]
 
 

@@ -80,7 +80,8 @@ def shares_written_storage(node: torch.fx.Node, inputs: dict[str, Any]) -> str |
     written += list(node.kwargs.get("_all_bases") or [])
     storages = [s for s in (node_storage(w) for w in written) if s is not None]
     for name, x in inputs.items():
-        if node_storage(x) is not None and node_storage(x) in storages:
+        storage = node_storage(x)
+        if storage is not None and storage in storages:
             return f"'{name}' shares a storage with a tensor the op writes"
     return None
 
