@@ -44,8 +44,9 @@ def fused_sigmoid_gating_delta_rule_update(
     Shapes as vLLM passes them: with ``cu_seqlens`` (``[N + 1]``, N sequences of T tokens each) q, k
     ``[1, N*T, HK, K]``, v ``[1, N*T, HV, V]``, a, b ``[N*T, HV]``, and ``o [1, N*T, HV, V]``;
     without, ``[B, T, ...]`` as :func:`gdn_ops.fused_sigmoid_gating_delta_rule_update` takes them.
-    ``ssm_state_indices [N]`` (or ``[N, 1]``) the slot of each sequence; ``None``: the pool holds
-    exactly the N sequences in order. ``beta`` and ``threshold`` are softplus's (not the delta
+    ``ssm_state_indices [N]`` (or ``[N, 1]``) the slot of each sequence, or longer with the first N
+    read (vLLM passes the whole batch's slots where it decodes the first N apart from the prefills
+    that follow); ``None``: the pool holds exactly the N sequences in order. ``beta`` and ``threshold`` are softplus's (not the delta
     rule's beta, which is ``sigmoid(b)``).
 
     Padded rows of a CUDA graph: a negative slot skips the row (zero output, pool untouched); where
@@ -68,6 +69,11 @@ def fused_sigmoid_gating_delta_rule_update(
         if ssm_state_indices.shape[1] != 1:
             _refuse("ssm_state_indices", "one slot a sequence, [N] or [N, 1]", f"shape {list(ssm_state_indices.shape)}")
         ssm_state_indices = ssm_state_indices[:, 0]
+    rows = cu_seqlens.shape[0] - 1 if isinstance(cu_seqlens, torch.Tensor) else q.shape[0]
+    if isinstance(ssm_state_indices, torch.Tensor) and ssm_state_indices.dim() == 1 and ssm_state_indices.shape[0] > rows:
+        # vLLM hands its decode call the slots of the whole batch (decodes first, then the
+        # prefills it runs apart), and its kernel reads the first N
+        ssm_state_indices = ssm_state_indices[:rows]
     o = _fused(A_log, a, dt_bias, beta, threshold, q, k, v, b, initial_state, ssm_state_indices, scale,
                use_qk_l2norm_in_kernel, cu_seqlens)
     return o, initial_state

@@ -124,6 +124,23 @@ def test_vllm_call_convention_gives_the_batched_step(device, indices_2d):
     torch.testing.assert_close(state, kw["initial_state_source"], rtol=0, atol=0)
 
 
+def test_vllm_call_convention_reads_the_first_slots_of_a_longer_index_vector():
+    """vLLM decodes the first N rows of a mixed batch apart from its prefills and passes the slots
+    of the whole batch; its kernel reads the first N (the call was refused here: [B] expected)."""
+    from gdn_ops import vllm_api
+
+    kw = _batched("cpu", 3, 1)
+    packed = _packed(kw, 2)
+    expected = gdn_ops.fused_sigmoid_gating_delta_rule_update(**kw)
+    prefills = torch.tensor([SLOTS - 1, -1], dtype=torch.int32)  # slots the decode call must not touch
+    o, state = vllm_api.fused_sigmoid_gating_delta_rule_update(
+        packed["A_log"], packed["a"], packed["b"], packed["dt_bias"], packed["q"], packed["k"], packed["v"],
+        initial_state=packed["initial_state_source"], cu_seqlens=packed["cu_seqlens"],
+        ssm_state_indices=torch.cat([packed["initial_state_indices"], prefills]))
+    torch.testing.assert_close(o[0], expected.flatten(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(state, kw["initial_state_source"], rtol=0, atol=0)  # every other slot as it was
+
+
 @pytest.mark.parametrize(("change", "name"), [
     ({"inplace_final_state": False}, "inplace_final_state"),
     ({"initial_state": None}, "initial_state"),
