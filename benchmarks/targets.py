@@ -63,6 +63,9 @@ class Point:
                               doc="the same op given ``initial_state_order``")
     pct_given_order = property(lambda self: self._fig("gdn_ops_step_order", 1))
     copy_pct = property(lambda self: self._fig("copy", 1), doc="PyTorch's copy of the same bytes")
+    us_no_pdl = property(lambda self: self._fig("gdn_ops_no_pdl", 0),
+                         doc="gdn_ops launched without PDL (sorting by itself): no overlap with the call before")
+    pct_no_pdl = property(lambda self: self._fig("gdn_ops_no_pdl", 1))
     sglang_us = property(lambda self: self._fig("sglang", 0), doc="SGLang's kernel (vk only)")
 
     @property
@@ -84,6 +87,18 @@ class Point:
         """The copy of the same bytes reads under the target (only for % targets)."""
         target = TARGET_PCT.get(self.B)
         return target is not None and self.copy_pct is not None and self.copy_pct < target
+
+    @property
+    def figure_no_pdl(self) -> float | None:
+        """gdn_ops without PDL, in the unit of this point's target."""
+        return self.us_no_pdl if self.B == 1 else self.pct_no_pdl
+
+    @property
+    def met_only_with_pdl(self) -> bool:
+        """Met without the order as timed (calls back to back, each overlapping the one before
+        under PDL), but not by gdn_ops launched without PDL (which sorts by itself too), as after a
+        kernel that lets nothing start early."""
+        return self.status in ("met", "met without the order") and self.meets(self.figure_no_pdl) is False
 
     @property
     def status(self) -> str:
@@ -184,6 +199,31 @@ def sglang_line(points: dict[Key, Point]) -> str:
     return text + "."
 
 
+def _named(p: Point, figure: float | None) -> str:
+    unit = " us" if p.B == 1 else "%"
+    return f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}" + ("" if figure is None else f" ({figure:.2f}{unit})")
+
+
+def pdl_lines(points: dict[Key, Point]) -> str:
+    """The verdicts that rest on PDL between consecutive decode calls, which the benchmark's graph
+    runs back to back and an engine's step does not (another kernel runs before each decode call);
+    and the points out of reach where gdn_ops reads above its copy only with that overlap."""
+    keyed = [points[k] for k in sorted(points)]
+    if not any(p.figure_no_pdl is not None for p in keyed):
+        return ""
+    needs = [p for p in keyed if p.met_only_with_pdl]
+    text = ("Met only with PDL between consecutive decode calls (each call starting under the one before): "
+            f"{len(needs)} points that meet their target without the order miss it launched without PDL "
+            "(the `no PDL` column): " + (", ".join(_named(p, p.figure_no_pdl) for p in needs) or "none") + ".")
+    above = [p for p in keyed if p.status == "out of reach" and p.pct is not None and p.copy_pct is not None
+             and p.pct > p.copy_pct]
+    if above:
+        under = all(p.pct_no_pdl is not None and p.pct_no_pdl < p.copy_pct for p in above)
+        text += (f" Out of reach (†) where gdn_ops reads above its copy, with PDL only ({'under it' if under else 'not all under it'}"
+                 " without): " + ", ".join(_named(p, None) for p in above) + ".")
+    return text
+
+
 def _run_args(argv: list[str]) -> list[str]:
     """A run's arguments less where it wrote and when it stopped, which do not change its figures."""
     out, skip = [], False
@@ -230,7 +270,7 @@ def report(points: dict[Key, Point], headers: dict[str, dict]) -> str:
     tps = sorted({k[0] for k in points})
     blocks = [table(points, tp) for tp in tps]
     sources = "Sources (`python -m benchmarks.run` with the arguments shown):\n" + sources_lines(points, headers)
-    return "\n\n".join([*blocks, sglang_line(points), sources])
+    return "\n\n".join([*blocks, sglang_line(points), *filter(None, [pdl_lines(points)]), sources])
 
 
 def provider_table(points: dict[Key, Point], tp: int, dtype: str, layout: str) -> str:
@@ -360,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in sorted(points):
             p = points[key]
             if p.status != "no target":
-                print(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}: {p.status} ({p.source})")
+                note = "; missed without PDL" if p.met_only_with_pdl else ""
+                print(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}: {p.status}{note} ({p.source})")
     else:
         print(report(points, headers))
     return 0

@@ -126,6 +126,34 @@ def test_project_prints_each_targeted_points_verdict_there(capsys):
     assert len(out) - 1 == sum(p.status != "no target" for p in points.values())
 
 
+def _with_no_pdl(point, us, pct):
+    return targets.Point(point.tp, point.dtype, point.layout, point.B, point.source,
+                         {**point.timed, "gdn_ops_no_pdl": (us, pct)})
+
+
+@pytest.mark.parametrize("point, no_pdl, needs_pdl", [
+    (_point(128, 95.5, 96.0, 97.0), (11.0, 94.0), True),
+    (_point(128, 95.5, 96.0, 97.0), (10.5, 95.1), False),
+    (_point(128, 94.5, 95.5, 97.0), (11.0, 93.0), False),  # met given the order only: not comparable
+    (_point(1, 30.0, None, 90.0, us=2.8), (3.4, 25.0), True),
+    (_point(1, 30.0, None, 90.0, us=2.8), (2.9, 29.0), False),
+    (_point(128, 94.0, 94.5, 94.9), (11.0, 93.0), False),  # out of reach
+])
+def test_a_verdict_met_only_with_pdl_between_calls_is_told(point, no_pdl, needs_pdl):
+    p = _with_no_pdl(point, *no_pdl)
+    assert p.met_only_with_pdl is needs_pdl
+    assert (targets._named(p, p.figure_no_pdl) in targets.pdl_lines({(1, "bfloat16", "vk", p.B): p})) is needs_pdl
+
+
+def test_pdl_lines_name_the_out_of_reach_points_above_their_copy_and_are_empty_without_the_column():
+    above = _with_no_pdl(_point(8, 79.0, None, 78.0), 12.0, 74.0)
+    under = _with_no_pdl(_point(32, 70.0, None, 80.0), 12.0, 68.0)
+    text = targets.pdl_lines({(1, "bfloat16", "vk", 8): above, (1, "bfloat16", "vk", 32): under})
+    assert text.startswith("Met only with PDL between consecutive decode calls") and ": none." in text
+    assert text.endswith("(under it without): TP=1 bf16 vk B=8.")
+    assert targets.pdl_lines({(1, "bfloat16", "vk", 8): _point(8, 79.0, None, 78.0)}) == ""
+
+
 def test_sglang_faster_somewhere_is_named():
     fast = targets.Point(4, "float32", "vk", 512, "s", {"gdn_ops": (10.0, 90.0), "sglang": (9.5, 94.7)})
     assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; not at TP=4 fp32 vk B=512.")
