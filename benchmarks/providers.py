@@ -419,7 +419,8 @@ def _make_copy(cfg: Config, pool: torch.Tensor, indices: torch.Tensor, inputs: d
 
 
 def _copy_provider() -> Provider:
-    return Provider("copy", _make_copy, source=f"torch.Tensor.copy_ {torch.__version__}", yardstick=True)
+    return Provider("copy", _make_copy, source=f"torch.add(src, 0.0, out=dst), fp32 (torch {torch.__version__})",
+                    yardstick=True)
 
 
 PROVIDER_NAMES = ("gdn_ops", "gdn_ops_step_order", "gdn_ops_no_pdl", "sglang", "fla", "torch_compile", "eager",

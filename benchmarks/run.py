@@ -17,8 +17,8 @@ token (T=1) of bf16 activations:
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
-   provider's graph once, the starting provider rotating), so drifts of clock or power hit all
-   alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
+   provider's graph once, in an order of its own drawn from ``--seed``), so drifts of clock or
+   power hit all alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
    per-replay samples are kept in the JSON), and % of copy bandwidth = bytes / p50 / copy bandwidth, where bytes =
    state read + written plus q, k, v, a, b, indices read and o written.
 
@@ -219,6 +219,11 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
 
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # the state is read and written in place
     n = timing.pools_for_cold_l2(footprint, l2, int(args.mem_budget_gb * 2**30), min_pools=args.min_pools)
+    short = timing.cold_l2_shortfall(n, footprint, l2)
+    if short is not None:
+        print(f"warning: {cfg.label()}: {n} calls a graph total {short:.2f}x the L2, under the "
+              f"{timing.COLD_L2_FACTOR}x the method asks (memory budget or cap on calls): calls may meet a warm L2",
+              file=sys.stderr)
     pools = [P.make_problem(cfg, DEVICE) for _ in range(n)]
     # Capture every provider's graph first, then time them all in interleaved rounds: a provider
     # timed alone and first at a point was seen to run ~10% slower in part of its replays.
@@ -243,6 +248,7 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     for name, t in timings.items():
         records.append(_record(cfg, name, "ok", copy_bw, p20_us=t.p20_us, p50_us=t.p50_us, p80_us=t.p80_us,
                                calls_per_replay=t.calls_per_replay, replays=t.replays,
+                               l2_multiple=round(n * footprint / l2, 2),
                                err_o=errs[name].err_o, err_state=errs[name].err_state,
                                samples_us=[round(x, 3) for x in t.samples_us]))
     order = {n: i for i, n in enumerate(P.PROVIDER_NAMES)}

@@ -98,6 +98,14 @@ def pools_for_cold_l2(
     return max(min_pools, min(wanted, affordable, max_pools))
 
 
+def cold_l2_shortfall(pools: int, bytes_per_call: int, l2_bytes: int, factor: int = COLD_L2_FACTOR) -> float | None:
+    """The multiple of the L2 that ``pools`` calls of ``bytes_per_call`` total where it falls short of
+    ``factor`` (the memory budget or the cap on calls a graph bounded them), else None: a call of
+    such a graph may meet lines the replay before left in L2."""
+    multiple = pools * bytes_per_call / max(1, l2_bytes)
+    return multiple if multiple < factor else None
+
+
 @dataclass
 class Timing:
     """Per-call times in microseconds (one replay's time / calls per replay), over replays."""

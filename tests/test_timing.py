@@ -82,6 +82,12 @@ def test_pools_for_cold_l2(bytes_per_call, budget, min_pools, expected):
     assert timing.pools_for_cold_l2(bytes_per_call, 100, budget, factor=4, min_pools=min_pools) == expected
 
 
+@pytest.mark.parametrize(("pools", "expected"), [(40, None), (39, 3.9), (1024, None)])
+def test_a_graph_short_of_the_cold_l2_multiple_is_told(pools, expected):
+    """40 calls of 10 bytes fill 4 x 100 bytes of L2; one fewer is short of it."""
+    assert timing.cold_l2_shortfall(pools, 10, 100, factor=4) == expected
+
+
 def test_one_pool_a_graph_is_refused():
     with pytest.raises(ValueError, match="min_pools must be at least 2"):
         timing.pools_for_cold_l2(1_000, 100, 10_000, min_pools=1)
