@@ -134,7 +134,7 @@ def test_a_state_that_is_a_view_into_a_larger_pool_is_left_alone(rows):
     eager = {k: v.clone() for k, v in x.items()}
     with torch.no_grad():
         expected = two_steps(**eager)
-    actual, code, counts = compile_and_run(two_steps, **x)
+    actual, _code, counts = compile_and_run(two_steps, **x)
     for got, want in zip(actual, expected):
         assert_close(got, want, torch.float32)
     assert_close(x["pool"], eager["pool"], torch.float32)
@@ -158,7 +158,7 @@ def test_gates_that_broadcast_are_left_alone(gate_shapes):
     eager = {k: v.clone() for k, v in x.items()}
     with torch.no_grad():
         expected = step(**eager)
-    actual, code, counts = compile_and_run(step, **x)
+    actual, _code, counts = compile_and_run(step, **x)
     assert_close(actual, expected, torch.float32)
     assert_close(x["state"], eager["state"], torch.float32)
     assert counts == {}
