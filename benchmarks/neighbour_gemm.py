@@ -8,7 +8,10 @@ as ``tune_decode`` does, graphs whose every call is a decode on its own pool fol
 default is the size of Qwen3-Next's linear-attention input projection, 2048 x 12288), beside the
 same decodes alone and the GEMMs alone. ``(decode + GEMM) - decode`` is what the GEMM costs after
 that decode; a kernel change that moves cost into its neighbour shows there and not in the
-benchmark.
+benchmark. ``(decode + GEMM) - GEMM`` is what a decode costs in a model's order, each one after a
+GEMM rather than after another decode (the benchmark's graphs chain decodes, each starting under
+the one before with PDL): printed and recorded with its % of the copy bandwidth, as the targets
+read it.
 
     python -m benchmarks.neighbour_gemm --dtypes bfloat16 --layouts vk --batches 256 \\
         --specs t16:1:16:24:8:sort t16:1:16:24:8:el:sort --variants vk_tile_cs_store --step-order
@@ -83,6 +86,16 @@ def gemm_only(K: int, N: int) -> Provider:
     return Provider(GEMM_ONLY, lambda cfg, pool, indices, inputs: gemm(cfg, inputs), yardstick=True)
 
 
+def decode_after_gemm(times: dict[str, float], names: list[str], nbytes: int, copy_bw: float) -> dict[str, list[float]]:
+    """Each decode's ``[us, % of copy bandwidth]`` in a model's order: its graph of decode + GEMM
+    pairs less the GEMMs' graph, both timed in the same rounds (us a call)."""
+    out = {}
+    for name in names:
+        us = times[name + "+gemm"] - times[GEMM_ONLY]
+        out[name] = [us, 100 * nbytes / (us * 1e-6) / copy_bw if us > 0 else float("nan")]
+    return out
+
+
 def decode_providers(specs: list[str], variants: list[str], layout: str, step_order: bool) -> list[Provider]:
     """The launcher's default and each spec (``tune_tma``'s syntax) with each variant of its
     kernel that ``variants`` names, given the slot order when ``step_order``."""
@@ -128,11 +141,14 @@ def main() -> None:
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
         times = time_as_asked(cfg, runnable, args)
         after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
+        model_order = decode_after_gemm(times, [p.name for p in decodes], cfg.bytes_per_call(), bw)
         records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
                         "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],
-                        "errors": failed, "us": times, "gemm_after_decode_us": after})
+                        "errors": failed, "us": times, "gemm_after_decode_us": after,
+                        "decode_after_gemm_us_pct": model_order})
         print(f"{dtype_name(cfg.state_dtype):8s} {cfg.layout} B={cfg.B:5d}  gemm alone {times[GEMM_ONLY]:.1f} us  "
-              + "  ".join(f"{n} {times[n]:.1f} us, +gemm {times[n + '+gemm']:.1f} (gemm after it {after[n]:.1f})"
+              + "  ".join(f"{n} {times[n]:.1f} us, +gemm {times[n + '+gemm']:.1f} (gemm after it {after[n]:.1f}; "
+                          f"it after a gemm {model_order[n][0]:.2f} us, {model_order[n][1]:.2f}% of copy)"
                           for n in after), failed or "", flush=True)
     write_results(args.out, args.tag, records, bw, **timing_options(args))
 

@@ -59,3 +59,12 @@ def test_the_gemm_shape_is_two_positive_integers():
     for bad, why in (("2048", "two integers"), ("2048:x", "two integers"), ("0:16", "both positive")):
         with pytest.raises(argparse.ArgumentTypeError, match=f"--gemm expects K:N, {why}"):
             gemm_shape(bad)
+
+
+def test_a_decode_after_a_gemm_is_the_pair_less_the_gemm_alone():
+    from benchmarks.neighbour_gemm import GEMM_ONLY, decode_after_gemm
+
+    times = {"default": 60.0, "default+gemm": 80.0, GEMM_ONLY: 15.0, "x": 1.0, "x+gemm": 15.0}
+    got = decode_after_gemm(times, ["default", "x"], nbytes=260_000_000, copy_bw=4.0e12)
+    assert got["default"] == pytest.approx([65.0, 100.0])  # 260 MB in 65 us at 4 TB/s
+    assert got["x"][0] == 0.0 and got["x"][1] != got["x"][1]  # no time left: no percentage
