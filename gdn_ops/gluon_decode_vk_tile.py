@@ -408,6 +408,11 @@ def vk_tile_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     reason = tma_step_reason(q, state, state.shape[-2], config.BV, (("q", q), ("k", k), ("v", v)))
     if reason is not None:
         return reason
+    # the kernel addresses a head's rows at hv * (head stride) in 32 bits: a head-major pool of more
+    # than about 4200 Qwen3-Next slots puts that past 2**31 (its rows went below the pool)
+    head_span = (state.shape[1] - 1) * state.stride(1)
+    if head_span > 2**31 - 1:
+        return f"head offsets within 32 bits: (HV - 1) x the pool's head stride is {head_span}"
     if config.rank_in_program and q.shape[0] > RANK_IN_PROGRAM_MAX_ROWS:
         return f"at most {RANK_IN_PROGRAM_MAX_ROWS} rows to rank them in the program (got B={q.shape[0]})"
     reason = snapshot_order_reason(q, config)

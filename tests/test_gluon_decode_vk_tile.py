@@ -245,6 +245,25 @@ def test_refuses_operands_it_cannot_run(changes, config, needs):
         run_triton(build(case, "cuda" if torch.cuda.is_available() else "cpu"), config)
 
 
+def test_a_head_major_pool_past_32_bit_head_offsets_is_refused():
+    """The kernel stores a head's rows at hv x the pool's head stride in 32 bits (a 64-bit product
+    spilled the one-warp tiles): a head-major pool of 4300 Qwen3-Next slots puts head 31 past 2**31,
+    and its rows were stored below the pool. Refused there (the launcher then takes another
+    kernel), taken at 4000 slots and from a dense pool of any size (meta tensors: shapes only)."""
+    HV, K, V, B = 32, 128, 128, 64
+    q = torch.empty(B, 1, 16, K, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(B, 1, HV, V, dtype=torch.bfloat16, device="meta")
+
+    def head_major(slots):
+        return torch.empty(HV, slots, V, K, dtype=torch.bfloat16, device="meta").transpose(0, 1)
+
+    for config in (VK_2B_TILE_CONFIG, VK_2B_TILE_TWO_WARP_CONFIG):
+        assert "head offsets within 32 bits" in vk_tile_reason(q, q, v, head_major(4300), "vk", config)
+        assert vk_tile_reason(q, q, v, head_major(4000), "vk", config) is None
+        assert vk_tile_reason(q, q, v, torch.empty(9000, HV, V, K, dtype=torch.bfloat16, device="meta"), "vk",
+                              config) is None
+
+
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
 def test_model_configurations_fit(config):
     q = torch.empty(1, 1, 16, 128, dtype=torch.bfloat16, device="meta")
