@@ -1263,11 +1263,11 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, 
     passed = "state_ptr, s_sb, s_sh, s_sk, whole_tiles," if drain else "state_ptr, s_sb, s_sh, s_sk,"
     if span:
         condition = f"{_prefetch_condition(ahead, tail)} & (ahead % NV == 0) & (s_sk == V)"
-        call = (f"_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh, {span},\n"
+        call = (f"_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV).to(gl.int64) * s_sh, {span},\n"
                 "                          WARPS)\n")
     else:
         condition = _prefetch_condition(ahead, tail)
-        call = ("_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV) * s_sh\n"
+        call = ("_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV).to(gl.int64) * s_sh\n"
                 f"                          + (ahead % NV) * BV, s_sk, K, BV * {_ELEM}, WARPS)\n")
     return [
         ("@gluon.jit\ndef _kv_tile(", helper + "@gluon.jit\ndef _kv_tile("),
@@ -1378,7 +1378,7 @@ def _kv_tile_drain_lead(lead: int) -> list[tuple[str, str]]:
         "                & (drained % NV_WHOLE == 0) & (s_sk == V)):\n"
         "            drained_slot = _tile_slot(drained, num_tiles, indices_ptr, num_slots, NV_WHOLE, HV, HAS_INDICES)\n"
         "            if drained_slot < num_slots:\n"
-        "                _prefetch_rows_l2(state_ptr + drained_slot.to(gl.int64) * s_sb + (drained // NV_WHOLE % HV) * s_sh,\n"
+        "                _prefetch_rows_l2(state_ptr + drained_slot.to(gl.int64) * s_sb + (drained // NV_WHOLE % HV).to(gl.int64) * s_sh,\n"
         f"                                  {_KV_HEAD_PIECES}, WARPS)\n"
     )
     return [
