@@ -29,6 +29,7 @@ from tile_kernel_checks import (
     record_launch,
 )
 
+import gdn_ops
 from gdn_ops.gluon_decode_kv_tile import GluonTileConfig
 from gdn_ops.gluon_decode_vk_tile import (
     RANK_IN_PROGRAM_MAX_ROWS,
@@ -262,6 +263,37 @@ def test_a_head_major_pool_past_32_bit_head_offsets_is_refused():
         assert vk_tile_reason(q, q, v, head_major(4000), "vk", config) is None
         assert vk_tile_reason(q, q, v, torch.empty(9000, HV, V, K, dtype=torch.bfloat16, device="meta"), "vk",
                               config) is None
+
+
+@pytest.mark.gpu
+def test_a_head_major_pool_past_32_bit_head_offsets_decodes_in_place():
+    """Whatever kernel the GPU's rule takes for it: a bf16 head-major pool of 4300 Qwen3-Next slots
+    (about 4.5 GB, a 4.4 GB NaN guard below it, where the vk tile's 32-bit head offsets stored head
+    31's rows) updates its addressed slots as the reference does and writes nothing else."""
+    from gdn_ops.reference import fused_sigmoid_gating_delta_rule_reference
+
+    B, HK, HV, K, V, slots, guard = 16, 16, 32, 128, 128, 4300, 2_200_000_000
+    dev, bf16 = "cuda", torch.bfloat16
+    buffer = torch.full((guard + HV * slots * V * K,), float("nan"), dtype=bf16, device=dev)
+    pool = buffer[guard:].view(HV, slots, V, K).transpose(0, 1)
+    idx = torch.randperm(slots, device=dev)[:B].to(torch.int32)
+    idx[0] = slots - 1  # the last slot: the farthest offsets
+    pool[idx.long()] = (torch.randn(B, HV, V, K, device=dev) * 0.1).to(bf16)
+    before = pool[idx.long()].clone()
+    r = lambda *shape: torch.randn(*shape, device=dev).to(bf16)
+    q, k, v, a, b = r(B, 1, HK, K), r(B, 1, HK, K), r(B, 1, HV, V), r(B, 1, HV), r(B, 1, HV)
+    A_log, dt_bias = torch.randn(HV, device=dev), torch.randn(HV, device=dev)
+    o = gdn_ops.fused_sigmoid_gating_delta_rule_update(A_log, a, dt_bias, 1.0, 20.0, q, k, v, b, pool, idx,
+                                                       use_qk_l2norm_in_kernel=True)
+    o_ref, states_ref = fused_sigmoid_gating_delta_rule_reference(
+        A_log.double(), a.double(), dt_bias.double(), 1.0, 20.0, q.double(), k.double(), v.double(), b.double(),
+        before.double(), None, use_qk_l2norm_in_kernel=True)
+    torch.testing.assert_close(o.double(), o_ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(pool[idx.long()].double(), states_ref, rtol=2e-2, atol=2e-2)
+    assert bool(torch.isnan(buffer[:guard]).all()), "the guard below the pool was written"
+    untouched = torch.ones(slots, dtype=torch.bool, device=dev)
+    untouched[idx.long()] = False
+    assert bool(torch.isnan(pool[untouched]).all()), "a slot no row names was written"
 
 
 @pytest.mark.parametrize("config", list(MODEL_CONFIGS.values()), ids=list(MODEL_CONFIGS))
