@@ -176,8 +176,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, st
 def tma_step_reason(q: torch.Tensor, state: torch.Tensor, V: int, BV: int,
                     activations: tuple[tuple[str, torch.Tensor], ...]) -> str | None:
     """What every TMA decode kernel needs, whatever its layout: T == 1, K a power of two in 16..256,
-    V a multiple of the tile's ``BV`` values, 32-bit slot and tile indices, and a TMA-addressable
-    pool and ``activations`` (named ``[B, 1, H, D]`` tensors); ``None`` if these operands have it."""
+    V a multiple of the tile's ``BV`` values, 32-bit slot and tile indices, a pool of one slot or more
+    and a TMA-addressable pool and ``activations`` (named ``[B, 1, H, D]`` tensors); ``None`` if these operands have it."""
     B, T, _, K = q.shape
     if T != 1:
         return f"one token per call (got T={T})"
@@ -186,6 +186,8 @@ def tma_step_reason(q: torch.Tensor, state: torch.Tensor, V: int, BV: int,
     # tile and row indices and TMA coordinates are 32-bit in the kernel
     if state.shape[0] >= 2**31 - 1 or B * state.shape[1] * (V // BV) >= 2**31:
         return "fewer than 2**31 slots and tiles"
+    if state.shape[0] == 0:  # every row is padding; a TMA descriptor takes no empty dimension
+        return "a pool of at least one slot"
     for name, t, dims in (("initial_state_source", state, 4), *((name, t[:, 0], 3) for name, t in activations)):
         if not _tma_ready(t, dims):
             return f"{name} with a 16-byte aligned base and strides and a unit inner stride (TMA)"

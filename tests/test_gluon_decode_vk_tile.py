@@ -265,6 +265,24 @@ def test_a_head_major_pool_past_32_bit_head_offsets_is_refused():
                               config) is None
 
 
+def test_a_pool_of_no_slots_goes_to_a_kernel_without_tma():
+    """Every row padding and no slot at all: legal, but a TMA descriptor takes no empty dimension
+    (Triton asserted while building it), so the TMA kernels refuse it and the per-tile kernel runs."""
+    from gdn_ops.gluon_decode_kv_tile import KV_2B_TILE_CONFIG
+    from gdn_ops.triton_decode_tma import KV_2B_CONFIG, unsupported_reason
+
+    HV, K, V, B = 32, 128, 128, 16
+    q = torch.empty(B, 1, 16, K, dtype=torch.bfloat16, device="meta")
+    v = torch.empty(B, 1, HV, V, dtype=torch.bfloat16, device="meta")
+    for slots, refused in ((0, True), (1, False)):
+        vk_pool = torch.empty(slots, HV, V, K, dtype=torch.bfloat16, device="meta")
+        kv_pool = torch.empty(slots, HV, K, V, dtype=torch.bfloat16, device="meta")
+        reasons = [vk_tile_reason(q, q, v, vk_pool, "vk", VK_2B_TILE_CONFIG),
+                   unsupported_reason(q, q, kv_pool, "kv", KV_2B_CONFIG),
+                   unsupported_reason(q, q, kv_pool, "kv", KV_2B_TILE_CONFIG)]
+        assert [r == "a pool of at least one slot" for r in reasons] == [refused] * 3, reasons
+
+
 @pytest.mark.gpu
 def test_a_head_major_pool_past_32_bit_head_offsets_decodes_in_place():
     """Whatever kernel the GPU's rule takes for it: a bf16 head-major pool of 4300 Qwen3-Next slots
