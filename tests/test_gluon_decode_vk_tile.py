@@ -294,8 +294,8 @@ def test_a_head_major_pool_past_32_bit_head_offsets_decodes_in_place():
     dev, bf16 = "cuda", torch.bfloat16
     buffer = torch.full((guard + HV * slots * V * K,), float("nan"), dtype=bf16, device=dev)
     pool = buffer[guard:].view(HV, slots, V, K).transpose(0, 1)
-    idx = torch.randperm(slots, device=dev)[:B].to(torch.int32)
-    idx[0] = slots - 1  # the last slot: the farthest offsets
+    # distinct slots, the last one (the farthest offsets) among them
+    idx = torch.cat([torch.randperm(slots - 1, device=dev)[:B - 1], torch.tensor([slots - 1], device=dev)]).to(torch.int32)
     pool[idx.long()] = (torch.randn(B, HV, V, K, device=dev) * 0.1).to(bf16)
     before = pool[idx.long()].clone()
     r = lambda *shape: torch.randn(*shape, device=dev).to(bf16)
