@@ -47,6 +47,7 @@ from fx_passes.patterns._common import (
     known_equal,
     val,
 )
+from gdn_ops import _validate
 
 #: transformers modules whose ``torch_recurrent_gated_delta_rule`` the pattern traces (the
 #: later ones carry a copy of Qwen3-Next's function; identical copies are traced once)
@@ -134,8 +135,8 @@ def _whole_storage(t: torch.Tensor) -> bool:
         nbytes = t.untyped_storage().nbytes()
     except Exception:  # noqa: BLE001 - a tensor without storage: nothing to tell
         return False
-    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return known_equal(t.storage_offset(), 0) and known_equal(nbytes, extent * t.element_size())
+    first, after = _validate._byte_span(t)  # the bytes its elements span, as the op's overlap check reads them
+    return known_equal(first, 0) and known_equal(after, nbytes)
 
 
 def _supported(match: pm.Match) -> str | None:
