@@ -130,7 +130,8 @@ def projected(point: Point, copy_bw: float, to_copy_bw: float) -> Point:
 
 
 def read_sweep(path: Path) -> dict:
-    """A ``benchmarks.run`` JSON file (``{"header", "records"}``), gzipped where it ends in ``.gz``."""
+    """A JSON file the benchmarks wrote (a ``benchmarks.run`` sweep's ``{"header", "records"}``, or
+    a timeline of ``benchmarks.timeline_kv``), gzipped where it ends in ``.gz``."""
     return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
 
 

@@ -51,6 +51,7 @@ import triton
 
 from benchmarks.providers import Config, launcher_provider, make_problem
 from benchmarks.run import DTYPES, GEOMETRY, HEAD_DIM
+from benchmarks.targets import read_sweep
 from benchmarks.tune_tma import parse_spec, variant_launch
 from benchmarks.variants import VK_TILE_VARIANTS, load_variant
 
@@ -162,8 +163,7 @@ def main(argv=None) -> None:
     ap.add_argument("--read", type=Path, help="report from this JSON of an earlier run instead (no GPU)")
     args = ap.parse_args(argv)
     if args.read:
-        with (gzip.open if args.read.suffix == ".gz" else open)(args.read, "rt") as f:
-            saved = json.load(f)
+        saved = read_sweep(args.read)
         records = [np.array(launch) for launch in saved["records"]]
         # the SMs the programs ran on, where an older JSON does not say
         sms = saved.get("sms") or len(np.unique(np.concatenate([launch[:, 3] for launch in records])))
