@@ -1250,14 +1250,30 @@ def _vk_tile_prefetch_span(ahead: int, lines: bool = False) -> list[tuple[str, s
     return [*_vk_tile_prefetch(ahead), (_VK_PREFETCH_TEST, _VK_PREFETCH_TEST.replace("):", ") & (s_sv == K):")), *call]
 
 
+# What every kv prefetch variant adds to the kernel: the vk tile's prefetch helper (``helper``'s
+# source, or its import), _tile_slot, and the state's pointer and strides from the launcher to the
+# kernel (the kernel reads them as state_ptr, s_sb, s_sh, s_sk).
+def _kv_state_pointer_patches(helper: str) -> list[tuple[str, str]]:
+    return [
+        ("@gluon.jit\ndef _kv_tile(", helper + "@gluon.jit\ndef _kv_tile("),
+        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+        ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
+        ("batch_indices if batch_indices is not None else state,\n",
+         ("batch_indices if batch_indices is not None else state,\n"
+          "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
+    ]
+
+
+_PREFETCH_IMPORT = "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n"
+
+
 def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, span: str = "",
                       drain: bool = False) -> list[tuple[str, str]]:
     """The kv tile's programs prefetching the state of the tile ``ahead`` a SM further on: its key rows
     (``rows`` form), or with ``span`` (``_prefetch_rows_l2``'s piece elements, pieces and bytes)
     the whole head from the program of its first columns. With ``drain`` (and ``span``), only the
     heads of the whole tiles that the grid's tail cuts into pieces, by whole-tile programs."""
-    helper = (_prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last
-              else "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n")
+    helper = _prefetch_helper("_prefetch_rows_l2", _EVICT_LAST_ROW) if evict_last else _PREFETCH_IMPORT
     # the kernel's whole_tiles reaches _kv_tile only where the drain's test reads it: a whole tile's
     # program (a piece program's tile is numbered past whole_tiles) asks for a tail head
     passed = "state_ptr, s_sb, s_sh, s_sk, whole_tiles," if drain else "state_ptr, s_sb, s_sh, s_sk,"
@@ -1270,13 +1286,8 @@ def _kv_tile_prefetch(ahead: int, tail: bool = False, evict_last: bool = False, 
         call = ("_prefetch_rows_l2(state_ptr + ahead_slot.to(gl.int64) * s_sb + (ahead // NV % HV).to(gl.int64) * s_sh\n"
                 f"                          + (ahead % NV) * BV, s_sk, K, BV * {_ELEM}, WARPS)\n")
     return [
-        ("@gluon.jit\ndef _kv_tile(", helper + "@gluon.jit\ndef _kv_tile("),
-        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
+        *_kv_state_pointer_patches(helper),
         ("s_A, s_dt, rows_ptr, batch_indices_ptr,\n", f"s_A, s_dt, rows_ptr, batch_indices_ptr, {passed}\n"),
-        ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
-        ("batch_indices if batch_indices is not None else state,\n",
-         ("batch_indices if batch_indices is not None else state,\n"
-          "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
         (("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
           "                NV, HV, GROUP, NC, PART, PARTS)\n\n"),
          ("    _issue_tile(tile, slot, row, True, state_desc, q_desc, k_desc, tile_smem, q_smem, k_smem, bars, 0,\n"
@@ -1365,6 +1376,8 @@ for _ahead in (2, 3, 4):
     KV_TILE_VARIANTS[f"kv_tile_drain_prefetch{_ahead}"] = _kv_tile_prefetch(_ahead, span=_KV_HEAD_PIECES, drain=True)
 KV_TILE_VARIANTS["kv_tile_drain_prefetch3_evict_last"] = _kv_tile_prefetch(3, evict_last=True, span=_KV_HEAD_PIECES,
                                                                            drain=True)
+
+
 def _kv_tile_drain_lead(lead: int) -> list[tuple[str, str]]:
     """The tail's heads prefetched (16 KB spans) by the program ``lead`` program ids before each
     head's first piece, whole-tile program or piece, as soon as it has passed its PDL wait."""
@@ -1381,16 +1394,7 @@ def _kv_tile_drain_lead(lead: int) -> list[tuple[str, str]]:
         "                _prefetch_rows_l2(state_ptr + drained_slot.to(gl.int64) * s_sb + (drained // NV_WHOLE % HV).to(gl.int64) * s_sh,\n"
         f"                                  {_KV_HEAD_PIECES}, WARPS)\n"
     )
-    return [
-        ("@gluon.jit\ndef _kv_tile(",
-         "from gdn_ops.gluon_decode_vk_tile import _prefetch_rows_l2  # noqa: E402\n\n\n@gluon.jit\ndef _kv_tile("),
-        ("    _tile_row,\n    chunk_columns,\n", "    _tile_row,\n    _tile_slot,\n    chunk_columns,\n"),
-        ("    batch_indices_ptr,\n    HV: gl.constexpr", "    batch_indices_ptr, state_ptr, s_sb, s_sh, s_sk,\n    HV: gl.constexpr"),
-        ("batch_indices if batch_indices is not None else state,\n",
-         ("batch_indices if batch_indices is not None else state,\n"
-          "                                        state, state.stride(0), state.stride(1), state.stride(2),\n")),
-        ("    pid = gl.program_id(0)\n", block),
-    ]
+    return [*_kv_state_pointer_patches(_PREFETCH_IMPORT), ("    pid = gl.program_id(0)\n", block)]
 
 
 # The same heads, each asked a constant lead of program ids ahead of its first piece (264 and 528:
