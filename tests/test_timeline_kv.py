@@ -98,3 +98,16 @@ def test_a_pairs_records_split_into_its_first_tile_its_switch_and_its_second():
     records = np.array([[0, 0, 21_500, 0, 10_000, 10_500], [0, 0, 4_000, 0, 0, 0]])
     shape = launch_shape(records, None, 2, 0.0)
     assert shape["first_tile_us"][0] == 10.0 and shape["switch_us"][0] == 0.5 and shape["second_tile_us"][0] == 11.0
+
+
+def test_an_older_saved_run_gets_its_ideal_from_its_shape(tmp_path, capsys):
+    """A JSON from before the script saved ``ideal_us``: the bytes of its shape at ``--copy-tbps``."""
+    from benchmarks.timeline_kv import call_bytes, main
+
+    saved = {"spec": "t128:4:8:3:8", "tp": 1, "B": 4, "state_dtype": "bf16",
+             "records": [[[0, 0, 10_000, 0], [0, 0, 10_000, 1]]]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(saved))
+    main(["--read", str(path), "--copy-tbps", "2.0"])
+    ideal = call_bytes(1, 4, "bf16", "kv_tile_timeline") / 2.0e6
+    assert ideal > 0 and f"ideal_us {ideal:.2f}" in capsys.readouterr().out
