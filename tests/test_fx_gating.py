@@ -119,7 +119,7 @@ def test_gating_inputs_in_the_buffer_the_op_writes_are_left_alone():
     refuses inputs that share memory with what it writes (the compiled step raised at run time)."""
     base = decode_inputs(dtype=torch.float32)
     B, _, HV, V = base["v"].shape
-    workspace = torch.randn(B, 1, HV * V + 2 * HV)
+    workspace = torch.randn(B, 1, HV * V + 2 * HV, device=base["v"].device)
 
     def step(q, k, v, A_log, dt_bias, pool, idx, ws):
         a, b = ws[..., HV * V:HV * V + HV], ws[..., HV * V + HV:]

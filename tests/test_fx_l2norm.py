@@ -131,7 +131,7 @@ def test_q_and_k_in_the_buffer_the_op_writes_keep_their_norm():
         gdn_ops.recurrent_gated_delta_rule_update(l2norm_rsqrt(q2), l2norm_rsqrt(k2), v, g, beta, pool, idx, out=buf)
         return buf.sum()
 
-    _actual, _expected, comp, eager, _code, counts = run_both(two_layers, {**base, "buf": torch.zeros(B, 1, HV, V)})
+    _actual, _expected, comp, eager, _code, counts = run_both(two_layers, {**base, "buf": torch.zeros(B, 1, HV, V, device=base["v"].device)})
     assert counts.get("qk_l2norm") == 1
     assert_close(comp["buf"], eager["buf"], torch.float32)
     assert_close(comp["pool"], eager["pool"], torch.float32)

@@ -118,7 +118,14 @@ def test_the_triton_gates_keep_fp32_precision_over_the_softplus_range(device, lo
     launch_gating(A_log, a - dt_bias, dt_bias, b, g, beta, 1.0, 20.0)
     g_ref, beta_ref = gdn_ops.gdn_gating_reference(A_log.double(), (a - dt_bias).double(), dt_bias.double(),
                                                    b.double(), 1.0, 20.0, compute_dtype=torch.float64)
-    torch.testing.assert_close(g.double(), g_ref, rtol=2e-6, atol=0.0)
+    # The kernel rounds x = a + dt_bias to fp32 and a GPU's exp rounds x * log2(e) before ex2: each is
+    # 2^-24 |x| absolute in the exponent, so |x| * sigmoid(x) / softplus(x) (softplus's condition
+    # number, |x| for x << 0) times 2 * 2^-24 comes on top of a few ulps (2.4e-6 seen on an H200 at x = -30).
+    x = a.double()
+    condition = x.abs() * torch.sigmoid(x) / torch.nn.functional.softplus(x)
+    bound = 2e-6 + 2 * condition * 2.0**-24
+    rel_err = (g.double() - g_ref).abs() / g_ref.abs()
+    assert bool((rel_err <= bound).all()), f"g's relative error reaches {(rel_err / bound).max():.2f} times its bound"
     torch.testing.assert_close(beta.double(), beta_ref, rtol=2e-6, atol=0.0)
 
 
