@@ -496,6 +496,13 @@ class CheckResult:
     message: str = ""
 
 
+def _within_tolerance(cfg: Config, err_o: float, err_state: float) -> CheckResult:
+    state_tol = STATE_TOL[cfg.state_dtype]
+    ok = err_o <= OUT_TOL and err_state <= state_tol  # NaN compares False
+    msg = "" if ok else f"rel err o {err_o:.2e} (tol {OUT_TOL:.0e}), state {err_state:.2e} (tol {state_tol:.0e})"
+    return CheckResult(ok, err_o, err_state, msg)
+
+
 def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> CheckResult:
     """Run one step on a copy of ``problem``'s pool (with its strides) and compare output and pool
     with ``ref``."""
@@ -510,10 +517,34 @@ def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> 
     if tuple(o.shape) != tuple(ref.o.shape):
         return CheckResult(False, float("nan"), float("nan"), f"output shape {list(o.shape)} != {list(ref.o.shape)}")
     err_o, err_state = rel_err(o, ref.o), rel_err(pool, ref.pool)
-    state_tol = STATE_TOL[cfg.state_dtype]
-    ok = err_o <= OUT_TOL and err_state <= state_tol  # NaN compares False
-    msg = "" if ok else f"rel err o {err_o:.2e} (tol {OUT_TOL:.0e}), state {err_state:.2e} (tol {state_tol:.0e})"
-    return CheckResult(ok, err_o, err_state, msg)
+    return _within_tolerance(cfg, err_o, err_state)
+
+
+ROW_INPUTS = ("q", "k", "v", "a", "b")  # the inputs with a batch row each (A_log, dt_bias are per head)
+
+
+def check_after(cfg: Config, problem: Problem, run: Callable[[], object], output: Callable[[], torch.Tensor],
+                rows: int = 16) -> CheckResult:
+    """Whether ``run()`` steps ``problem`` once: for up to ``rows`` of its batch rows (spread over
+    the batch), the slots ``run()`` leaves in ``problem.pool`` and the rows of ``output()``
+    (``[B, T, HV, V]``, read after the run) against the float64 reference of one step from the pool
+    as it is before the run. For a captured graph whose last call updates ``problem``: ``run``
+    replays the graph, ``output`` gives the tensor that call returned under capture. Only the
+    picked slots are copied (not the whole pool, which the graph's other pools crowd)."""
+    B = problem.indices.shape[0]
+    device = problem.indices.device
+    pick = torch.linspace(0, B - 1, min(B, rows), device=device).round().long().unique()
+    slots = problem.indices[pick].long()
+    inputs = {n: (t[pick] if n in ROW_INPUTS else t) for n, t in problem.inputs.items()}
+    before = Problem(problem.pool[slots], torch.arange(pick.numel(), device=device, dtype=torch.int32), inputs)
+    ref = reference(cfg, before)
+    output().fill_(float("nan"))  # rows the run leaves unwritten fail
+    run()
+    o = output()
+    if tuple(o.shape[1:]) != tuple(ref.o.shape[1:]) or o.shape[0] != B:
+        return CheckResult(False, float("nan"), float("nan"), f"output shape {list(o.shape)}, not [{B}, {list(ref.o.shape[1:])}]")
+    err_o, err_state = rel_err(o[pick], ref.o), rel_err(problem.pool[slots], ref.pool)
+    return _within_tolerance(cfg, err_o, err_state)
 
 
 def passing(cfg: Config, providers: list[Provider], problem: Problem, ref: Reference) -> tuple[list[Provider], dict[str, str]]:

@@ -16,6 +16,9 @@ token (T=1) of bf16 activations:
 2. N independent calls, each with its own pool addressed through shuffled int32 slot indices, are
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
+   one replay of the graph is checked again on its last call, which runs after all the others
+   (``providers.check_after``: 16 rows of its output and slots, against the reference of one step
+   from its pool as it was before the replay), and a graph that fails is not timed;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, in an order of its own drawn from ``--seed``), so drifts of clock or
    power hit all alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
@@ -42,6 +45,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -194,6 +198,18 @@ def _free() -> None:
     torch.cuda.empty_cache()
 
 
+class _LastOutput:
+    """A call that keeps what it last returned (``output``): once captured, the tensor that the
+    graph's replays write."""
+
+    def __init__(self, call: Callable[[], torch.Tensor]) -> None:
+        self.call, self.output = call, None
+
+    def __call__(self) -> torch.Tensor:
+        self.output = self.call()
+        return self.output
+
+
 def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> list[dict]:
     """Check then time every provider at one config."""
     records, passed = [], []
@@ -227,16 +243,27 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     pools = [P.make_problem(cfg, DEVICE) for _ in range(n)]
     # Capture every provider's graph first, then time them all in interleaved rounds: a provider
     # timed alone and first at a point was seen to run ~10% slower in part of its replays.
-    graphs, keep = {}, []
+    graphs, keep, replay_errs = {}, [], {}
     for name, prov, res in passed:
         try:
             calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in pools]
-            graphs[name] = (timing.capture_graph(calls), len(calls))
+            calls[-1] = last = _LastOutput(calls[-1])
+            graph = timing.capture_graph(calls)
             keep.append(calls)
         except Exception as exc:  # report and go on: one broken peer must not sink the sweep
             records.append(_record(cfg, name, "error", copy_bw, err_o=res.err_o, err_state=res.err_state,
                                    note=f"capture raised {type(exc).__name__}: {str(exc)[:300]}"))
             _free()
+            continue
+        if not prov.yardstick:
+            # The graph's last call, which runs after the others under PDL, checked again on a replay.
+            after = P.check_after(cfg, pools[-1], graph.replay, lambda last=last: last.output)
+            if not after.ok:
+                records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
+                                       note=f"replayed graph's last call failed the check: {after.message}"))
+                continue
+            replay_errs[name] = after
+        graphs[name] = (graph, len(calls))
     errs = {name: res for name, _, res in passed}
     try:
         timings = timing.time_graphs_interleaved(graphs, replays=args.replays, seed=args.seed) if graphs else {}
@@ -250,6 +277,8 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
                                calls_per_replay=t.calls_per_replay, replays=t.replays,
                                l2_multiple=round(n * footprint / l2, 2),
                                err_o=errs[name].err_o, err_state=errs[name].err_state,
+                               **({"replay_err_o": replay_errs[name].err_o, "replay_err_state": replay_errs[name].err_state}
+                                  if name in replay_errs else {}),
                                samples_us=[round(x, 3) for x in t.samples_us]))
     order = {n: i for i, n in enumerate(P.PROVIDER_NAMES)}
     records.sort(key=lambda r: order.get(r["provider"], len(order)))

@@ -1,0 +1,113 @@
+"""benchmarks.providers.check_after, the check benchmarks.run gives a captured graph's last call on a
+replay: a run that steps the problem once passes; one that skips, repeats or half-does the step
+fails. Here the run is a plain call of the public op on the CPU, not a graph replay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.providers import Config, check_after, load_providers, make_problem
+
+
+def _problem_and_step(layout: str, state_dtype: torch.dtype, B: int, slot_pad: int = 0):
+    torch.manual_seed(B)
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=B, state_dtype=state_dtype, layout=layout, slot_pad=slot_pad)
+    problem = make_problem(cfg, "cpu")
+    providers, _ = load_providers(["gdn_ops"])
+    step = providers["gdn_ops"].make(cfg, problem.pool, problem.indices, problem.inputs)
+    return cfg, problem, step
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+@pytest.mark.parametrize(("B", "slot_pad"), [(1, 0), (5, 0), (40, 0), (40, 24)])
+def test_one_step_passes(layout, state_dtype, B, slot_pad):
+    cfg, problem, step = _problem_and_step(layout, state_dtype, B, slot_pad)
+    result = check_after(cfg, problem, step, lambda: problem.inputs["out"])
+    assert result.ok, result.message
+
+
+def test_a_run_that_does_nothing_fails():
+    cfg, problem, _ = _problem_and_step("vk", torch.float32, 5)
+    result = check_after(cfg, problem, lambda: None, lambda: problem.inputs["out"])
+    assert not result.ok  # the output is left NaN and the pool unchanged
+
+
+def test_two_steps_fail():
+    cfg, problem, step = _problem_and_step("kv", torch.float32, 5)
+    result = check_after(cfg, problem, lambda: (step(), step()), lambda: problem.inputs["out"])
+    assert not result.ok and result.err_state > 1e-4
+
+
+def test_a_checked_slot_left_as_it_was_fails():
+    """The output is right and every slot but one picked row's is stepped."""
+    cfg, problem, step = _problem_and_step("vk", torch.float32, 40)
+    last_slot = int(problem.indices[-1])  # row B-1 is always among the rows checked
+    kept = problem.pool[last_slot].clone()
+
+    def step_but_one_slot():
+        step()
+        problem.pool[last_slot] = kept
+
+    result = check_after(cfg, problem, step_but_one_slot, lambda: problem.inputs["out"])
+    assert not result.ok and result.err_o < 1e-2 and result.err_state > 1e-4
+
+
+def test_an_unwritten_output_row_fails():
+    cfg, problem, step = _problem_and_step("kv", torch.bfloat16, 40)
+
+    def step_but_row_0():
+        step()
+        problem.inputs["out"][0] = float("nan")
+
+    result = check_after(cfg, problem, step_but_row_0, lambda: problem.inputs["out"])
+    assert not result.ok
+
+
+def test_the_sweep_times_a_graph_only_if_its_replay_passes(monkeypatch):
+    """benchmarks.run's wiring, with a stand-in graph that replays its calls on the CPU: a provider
+    right in the eager check and under capture, whose later calls leave the pool alone, is reported
+    as failing and not timed; gdn_ops is timed, with the replay's errors in its record."""
+    import argparse
+
+    from benchmarks import run, timing
+    from benchmarks.providers import Provider
+
+    class ReplayedCalls:
+        def __init__(self, calls):
+            self.calls = calls
+
+        def replay(self):
+            for call in self.calls:
+                call()
+
+    def capture(calls, warmup=2):
+        for call in calls:
+            call()
+        return ReplayedCalls(calls)
+
+    def timed(graphs, **_):
+        return {name: timing.Timing(1.0, 1.0, 1.0, n, 1, [1.0]) for name, (_, n) in graphs.items()}
+
+    monkeypatch.setattr(run, "DEVICE", "cpu")
+    monkeypatch.setattr(run, "_free", lambda: None)
+    monkeypatch.setattr(timing, "capture_graph", capture)
+    monkeypatch.setattr(timing, "time_graphs_interleaved", timed)
+    good = load_providers(["gdn_ops"])[0]["gdn_ops"]
+
+    def make_stale(cfg, pool, indices, inputs):
+        step, calls = good.make(cfg, pool, indices, inputs), []
+
+        def first_call_only():
+            calls.append(1)
+            return step() if len(calls) == 1 else inputs["out"]
+
+        return first_call_only
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=6, state_dtype=torch.float32, layout="kv")
+    args = argparse.Namespace(seed=0, mem_budget_gb=1e-3, min_pools=3, replays=1)
+    records = run.run_point(cfg, {"gdn_ops": good, "stale": Provider("stale", make_stale)}, args, 1e12, 1 << 10)
+    by_name = {r["provider"]: r for r in records}
+    assert by_name["gdn_ops"]["status"] == "ok" and by_name["gdn_ops"]["replay_err_state"] < 1e-4
+    assert by_name["stale"]["status"] == "failed" and "replayed graph" in by_name["stale"]["note"]
