@@ -17,7 +17,7 @@ token (T=1) of bf16 activations:
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
    one replay of the graph is checked again on its last call, which runs after all the others
-   (``providers.check_after``: 16 rows of its output and slots, against the reference of one step
+   (``providers.check_after``: up to 16 rows of its output and slots, against the reference of one step
    from its pool as it was before the replay), and a graph that fails is not timed;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, in an order of its own drawn from ``--seed``), so drifts of clock or
