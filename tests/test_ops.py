@@ -120,7 +120,7 @@ def test_the_triton_gates_keep_fp32_precision_over_the_softplus_range(device, lo
                                                    b.double(), 1.0, 20.0, compute_dtype=torch.float64)
     # The kernel rounds x = a + dt_bias to fp32 and a GPU's exp rounds x * log2(e) before ex2: each is
     # 2^-24 |x| absolute in the exponent, so |x| * sigmoid(x) / softplus(x) (softplus's condition
-    # number, |x| for x << 0) times 2 * 2^-24 comes on top of a few ulps (2.4e-6 seen on an H200 at x = -30).
+    # number, |x| for x << 0) times 2 * 2^-24 comes on top of a few ulps (2.4e-6 seen on an H200 with x in [-30, -17]).
     x = a.double()
     condition = x.abs() * torch.sigmoid(x) / torch.nn.functional.softplus(x)
     bound = 2e-6 + 2 * condition * 2.0**-24
