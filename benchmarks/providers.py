@@ -541,8 +541,9 @@ def check_after(cfg: Config, problem: Problem, run: Callable[[], object], output
     output().fill_(float("nan"))  # rows the run leaves unwritten fail
     run()
     o = output()
-    if tuple(o.shape[1:]) != tuple(ref.o.shape[1:]) or o.shape[0] != B:
-        return CheckResult(False, float("nan"), float("nan"), f"output shape {list(o.shape)}, not [{B}, {list(ref.o.shape[1:])}]")
+    expected = (B, *ref.o.shape[1:])
+    if tuple(o.shape) != expected:
+        return CheckResult(False, float("nan"), float("nan"), f"output shape {list(o.shape)} != {list(expected)}")
     err_o, err_state = rel_err(o[pick], ref.o), rel_err(problem.pool[slots], ref.pool)
     return _within_tolerance(cfg, err_o, err_state)
 
