@@ -213,3 +213,13 @@ def test_the_plot_draws_every_table_in_the_targets_order(monkeypatch, tmp_path):
                       (4, "bfloat16", "vk", 32, "gdn_ops", 80.0)]
     assert drawn["title"].endswith("copy 4.250-4.280 TB/s; 2 runs of 2026-12-04 to 2026-12-05")
     assert targets.plot_points(tmp_path / "p.png", {}, {}).startswith("nothing to plot")
+
+
+@pytest.mark.parametrize("sources", sorted((README.parent / "benchmarks" / "results").glob("*/targets_sources.txt")),
+                         ids=lambda p: p.parent.name)
+def test_each_cards_sources_give_every_targeted_point(sources):
+    """Each card's sources file names committed sweeps that between them hold every targeted point."""
+    points, _ = targets.merge(targets.read_sources(sources))
+    wanted = {(tp, dtype, layout, B) for tp in (1, 4) for dtype, layout in targets.COLUMNS
+              for B in (1, *targets.TARGET_PCT)}
+    assert not wanted - set(points), sorted(wanted - set(points))
