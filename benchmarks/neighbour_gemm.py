@@ -139,9 +139,11 @@ def main() -> None:
         decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
                                   problem, reference(cfg, problem))
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
-        times = time_as_asked(cfg, runnable, args)
-        after = {p.name: times[p.name + "+gemm"] - times[p.name] for p in decodes}
-        model_order = decode_after_gemm(times, [p.name for p in decodes], cfg.bytes_per_call(), bw)
+        times, replay_failed = time_as_asked(cfg, runnable, args, checked=[p.name for p in runnable if not p.yardstick])
+        failed.update(replay_failed)
+        paired = [p.name for p in decodes if p.name in times and p.name + "+gemm" in times]  # both checked on a replay
+        after = {n: times[n + "+gemm"] - times[n] for n in paired}
+        model_order = decode_after_gemm(times, paired, cfg.bytes_per_call(), bw)
         records.append({"B": cfg.B, "HK": cfg.HK, "HV": cfg.HV, "state": dtype_name(cfg.state_dtype),
                         "layout": cfg.layout, "bytes": cfg.bytes_per_call(), "gemm": [K, N],
                         "errors": failed, "us": times, "gemm_after_decode_us": after,

@@ -318,8 +318,9 @@ def main() -> None:
             print(f"checking {p.name}", flush=True)
             errors[p.name] = check_stream(cfg, p)
         runnable = [p for p in streams if errors[p.name] is None] + [peers["copy"]]
-        runnable += [decode_provider(tuple(spec.split(":")[1:])) for spec in args.decode]
-        times = time_as_asked(cfg, runnable, args)
+        decodes = [decode_provider(tuple(spec.split(":")[1:])) for spec in args.decode]
+        times, replay_failed = time_as_asked(cfg, runnable + decodes, args, checked=[p.name for p in decodes])
+        errors.update(replay_failed)
         row = {"B": B, "bytes": cfg.bytes_per_call(), "state_bytes": 2 * cfg.state_bytes,
                "errors": {n: e for n, e in errors.items() if e}, "results": {}}
         for name, us in times.items():

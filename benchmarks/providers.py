@@ -548,6 +548,31 @@ def check_after(cfg: Config, problem: Problem, run: Callable[[], object], output
     return _within_tolerance(cfg, err_o, err_state)
 
 
+class LastOutput:
+    """A call that keeps what it last returned (``output``): once captured, the tensor that the
+    graph's replays write."""
+
+    def __init__(self, call: Callable[[], torch.Tensor]) -> None:
+        self.call, self.output = call, None
+
+    def __call__(self) -> torch.Tensor:
+        self.output = self.call()
+        return self.output
+
+
+def capture_checked(cfg: Config, provider: Provider, problems: list[Problem], capture: Callable,
+                    check: bool = True) -> tuple[object, list[Callable], CheckResult | None]:
+    """``provider``'s call on each of ``problems``, captured by ``capture`` (``timing.capture_graph``)
+    into one graph; with ``check``, one replay of the graph checked on its last call, which runs
+    after all the others (:func:`check_after`). The graph, its calls (whatever they allocated must
+    outlive the replays) and the check's result (None unchecked)."""
+    calls = [provider.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
+    calls[-1] = last = LastOutput(calls[-1])
+    graph = capture(calls)
+    result = check_after(cfg, problems[-1], graph.replay, lambda: last.output) if check else None
+    return graph, calls, result
+
+
 def passing(cfg: Config, providers: list[Provider], problem: Problem, ref: Reference) -> tuple[list[Provider], dict[str, str]]:
     """:func:`check` each provider: those that pass, and the failure message of each that does not."""
     passed, failed = [], {}

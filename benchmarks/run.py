@@ -45,7 +45,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -198,18 +197,6 @@ def _free() -> None:
     torch.cuda.empty_cache()
 
 
-class _LastOutput:
-    """A call that keeps what it last returned (``output``): once captured, the tensor that the
-    graph's replays write."""
-
-    def __init__(self, call: Callable[[], torch.Tensor]) -> None:
-        self.call, self.output = call, None
-
-    def __call__(self) -> torch.Tensor:
-        self.output = self.call()
-        return self.output
-
-
 def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> list[dict]:
     """Check then time every provider at one config."""
     records, passed = [], []
@@ -246,22 +233,20 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     graphs, keep, replay_errs = {}, [], {}
     for name, prov, res in passed:
         try:
-            calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in pools]
-            calls[-1] = last = _LastOutput(calls[-1])
-            graph = timing.capture_graph(calls)
+            # a yardstick is no decode step; the others' last call, which runs after the rest under
+            # PDL, is checked again on a replay
+            graph, calls, after = P.capture_checked(cfg, prov, pools, timing.capture_graph, check=not prov.yardstick)
             keep.append(calls)
         except Exception as exc:  # report and go on: one broken peer must not sink the sweep
             records.append(_record(cfg, name, "error", copy_bw, err_o=res.err_o, err_state=res.err_state,
                                    note=f"capture raised {type(exc).__name__}: {str(exc)[:300]}"))
             _free()
             continue
-        if not prov.yardstick:
-            # The graph's last call, which runs after the others under PDL, checked again on a replay.
-            after = P.check_after(cfg, pools[-1], graph.replay, lambda last=last: last.output)
-            if not after.ok:
-                records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
-                                       note=f"replayed graph's last call failed the check: {after.message}"))
-                continue
+        if after is not None and not after.ok:
+            records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
+                                   note=f"replayed graph's last call failed the check: {after.message}"))
+            continue
+        if after is not None:
             replay_errs[name] = after
         graphs[name] = (graph, len(calls))
     errs = {name: res for name, _, res in passed}

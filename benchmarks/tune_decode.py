@@ -2,7 +2,7 @@
 
 For each batch size, state dtype and layout of the Qwen3-Next TP=1 shape it times every candidate
 tile under cold-L2 CUDA-graph replay (``benchmarks.timing``) after checking its output against the
-float64 reference, and prints the best tile per point next to what ``decode_config`` picks now.
+float64 reference (eagerly, then on a replay of its graph's last call), and prints the best tile per point next to what ``decode_config`` picks now.
 The table in ``gdn_ops/triton_decode.py`` is written from this script's JSON.
 
     python -m benchmarks.tune_decode [--batches 1 8 64 512] [--out DIR]
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from benchmarks.providers import (
     PROVIDER_NAMES,
     Config,
     Provider,
+    capture_checked,
     launcher_provider,
     load_providers,
     make_problem,
@@ -146,10 +148,14 @@ def variant_providers(names: list[str], chosen: DecodeConfig, extra: list[Decode
 
 
 def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replays: int = 15,
-                     seed: int = 0, min_pools: int = MIN_POOLS) -> dict[str, float]:
+                     seed: int = 0, min_pools: int = MIN_POOLS, checked: Collection[str] = ()
+                     ) -> tuple[dict[str, float], dict[str, str]]:
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow), in the
-    rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`).
+    rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`); and, for each
+    provider named in ``checked`` whose graph's last call fails the check on a replay
+    (:func:`benchmarks.providers.capture_checked`: a decode that races its neighbours under PDL,
+    say), why, in place of a time.
 
     Every provider's graph rotates through the same pools (each updated in place by whichever
     provider runs): the pools alone total the cold-L2 multiple, so sharing them keeps each call
@@ -159,21 +165,25 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
     footprint = cfg.bytes_per_call() - cfg.state_bytes  # distinct bytes: the state is updated in place
     n = pools_for_cold_l2(footprint, l2_cache_bytes(), budget, min_pools=min_pools)
     problems = [make_problem(cfg, "cuda") for _ in range(n)]
-    graphs, keep = {}, []
+    graphs, keep, failed = {}, [], {}
     for prov in providers:
-        calls = [prov.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
-        graphs[prov.name] = (capture_graph(calls), len(calls))
+        graph, calls, after = capture_checked(cfg, prov, problems, capture_graph, check=prov.name in checked)
         # a graph replays raw addresses: whatever a call allocated for itself must outlive the replays
         keep.append(calls)
+        if after is not None and not after.ok:
+            failed[prov.name] = f"replayed graph's last call failed the check: {after.message}"
+        else:
+            graphs[prov.name] = (graph, len(calls))
     timings = time_graphs_interleaved(graphs, replays=replays, seed=seed)
     del graphs, problems, keep
-    return {name: t.p50_us for name, t in timings.items()}
+    return {name: t.p50_us for name, t in timings.items()}, failed
 
 
-def time_as_asked(cfg: Config, providers: list[Provider], args: argparse.Namespace) -> dict[str, float]:
+def time_as_asked(cfg: Config, providers: list[Provider], args: argparse.Namespace, checked: Collection[str] = ()
+                  ) -> tuple[dict[str, float], dict[str, str]]:
     """:func:`time_interleaved` under a script's options: its pools within ``--mem-budget-gb`` (GiB)
     and the options of :func:`add_timing_arguments`."""
-    return time_interleaved(cfg, providers, int(args.mem_budget_gb * 2**30), **timing_options(args))
+    return time_interleaved(cfg, providers, int(args.mem_budget_gb * 2**30), checked=checked, **timing_options(args))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -220,11 +230,13 @@ def main() -> None:
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra, args.step_order)
         runnable, failed = passing(cfg, providers, problem, ref)
-        row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
-        times = time_as_asked(cfg, runnable + peers_here, args)
+        times, replay_failed = time_as_asked(cfg, runnable + peers_here, args, checked=[p.name for p in runnable])
+        failed.update(replay_failed)
+        row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         for prov in runnable:
-            row["tiles"][prov.name] = {"us": times[prov.name]}
+            if prov.name in times:
+                row["tiles"][prov.name] = {"us": times[prov.name]}
         for peer in peers_here:
             row[peer.name + "_us"] = times[peer.name]
         timed = {n: t for n, t in row["tiles"].items() if "us" in t and ":" not in n}

@@ -23,7 +23,8 @@ all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is i
 the exchange, timed unchecked).
 Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
-cold L2 (the method of ``tune_decode``); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
+cold L2 (the method of ``tune_decode``), each graph's last call checked again on a replay (one that
+fails has its reason in the JSON in place of a time); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL; ``--sort-default``'s ``default:sort``:
 what it would pick if its rule sorted the rows at that shape); ``--variants`` adds patched
 copies of the kernels (``TMA_VARIANTS`` at each Triton spec, ``GLUON_VARIANTS`` at each persistent
@@ -307,12 +308,11 @@ def main() -> None:
                     or p.name in unchecked]
         row["unchecked"] = [p.name for p in ceilings]
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
-        runnable += ceilings
+        times, replay_failed = time_as_asked(cfg, runnable + ceilings, args, checked=[p.name for p in runnable])
+        failed.update(replay_failed)
         row["results"].update({name: {"error": message} for name, message in failed.items()})
-        times = time_as_asked(cfg, runnable, args)
-        for prov in runnable:
-            us = times[prov.name]
-            row["results"][prov.name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
+        for name, us in times.items():
+            row["results"][name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}
         summary = "  ".join(f"{n} {r['us']:.1f} us ({r['pct_of_copy']:.1f}%)" if "us" in r else f"{n} {r['error']}"
                             for n, r in row["results"].items())
         print(f"{state:8s} {layout} B={B:5d}  {summary}", flush=True)

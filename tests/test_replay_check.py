@@ -65,35 +65,28 @@ def test_an_unwritten_output_row_fails():
     assert not result.ok
 
 
-def test_the_sweep_times_a_graph_only_if_its_replay_passes(monkeypatch):
-    """benchmarks.run's wiring, with a stand-in graph that replays its calls on the CPU: a provider
-    right in the eager check and under capture, whose later calls leave the pool alone, is reported
-    as failing and not timed; gdn_ops is timed, with the replay's errors in its record."""
-    import argparse
+class ReplayedCalls:
+    """A stand-in for a captured graph on the CPU: a replay runs the calls again."""
 
-    from benchmarks import run, timing
+    def __init__(self, calls):
+        self.calls = calls
+
+    def replay(self):
+        for call in self.calls:
+            call()
+
+
+def capture(calls, warmup=2):
+    for call in calls:
+        call()
+    return ReplayedCalls(calls)
+
+
+def _good_and_stale():
+    """gdn_ops, and a provider whose calls are right the first time each (the eager check, the
+    capture) and leave the pool alone after (as a race under PDL in a graph might)."""
     from benchmarks.providers import Provider
 
-    class ReplayedCalls:
-        def __init__(self, calls):
-            self.calls = calls
-
-        def replay(self):
-            for call in self.calls:
-                call()
-
-    def capture(calls, warmup=2):
-        for call in calls:
-            call()
-        return ReplayedCalls(calls)
-
-    def timed(graphs, **_):
-        return {name: timing.Timing(1.0, 1.0, 1.0, n, 1, [1.0]) for name, (_, n) in graphs.items()}
-
-    monkeypatch.setattr(run, "DEVICE", "cpu")
-    monkeypatch.setattr(run, "_free", lambda: None)
-    monkeypatch.setattr(timing, "capture_graph", capture)
-    monkeypatch.setattr(timing, "time_graphs_interleaved", timed)
     good = load_providers(["gdn_ops"])[0]["gdn_ops"]
 
     def make_stale(cfg, pool, indices, inputs):
@@ -105,9 +98,52 @@ def test_the_sweep_times_a_graph_only_if_its_replay_passes(monkeypatch):
 
         return first_call_only
 
-    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=6, state_dtype=torch.float32, layout="kv")
+    return good, Provider("stale", make_stale)
+
+
+CFG = Config(tp=1, HK=2, HV=4, K=16, V=32, B=6, state_dtype=torch.float32, layout="kv")
+
+
+def test_the_sweep_times_a_graph_only_if_its_replay_passes(monkeypatch):
+    """benchmarks.run's wiring: the stale provider is reported as failing and not timed; gdn_ops is
+    timed, with the replay's errors in its record."""
+    import argparse
+
+    from benchmarks import run, timing
+
+    def timed(graphs, **_):
+        return {name: timing.Timing(1.0, 1.0, 1.0, n, 1, [1.0]) for name, (_, n) in graphs.items()}
+
+    monkeypatch.setattr(run, "DEVICE", "cpu")
+    monkeypatch.setattr(run, "_free", lambda: None)
+    monkeypatch.setattr(timing, "capture_graph", capture)
+    monkeypatch.setattr(timing, "time_graphs_interleaved", timed)
+    good, stale = _good_and_stale()
     args = argparse.Namespace(seed=0, mem_budget_gb=1e-3, min_pools=3, replays=1)
-    records = run.run_point(cfg, {"gdn_ops": good, "stale": Provider("stale", make_stale)}, args, 1e12, 1 << 10)
+    records = run.run_point(CFG, {"gdn_ops": good, "stale": stale}, args, 1e12, 1 << 10)
     by_name = {r["provider"]: r for r in records}
     assert by_name["gdn_ops"]["status"] == "ok" and by_name["gdn_ops"]["replay_err_state"] < 1e-4
     assert by_name["stale"]["status"] == "failed" and "replayed graph" in by_name["stale"]["note"]
+
+
+@pytest.mark.parametrize("checked", [("gdn_ops", "stale"), ("gdn_ops",)])
+def test_the_tuning_timer_times_a_checked_graph_only_if_its_replay_passes(monkeypatch, checked):
+    """tune_decode.time_interleaved (tune_tma's, neighbour_gemm's and probe_stream's timer): the
+    stale provider, when checked, has a reason in place of a time; unchecked (a ceiling, say), it is
+    timed."""
+    from types import SimpleNamespace
+
+    from benchmarks import tune_decode
+
+    monkeypatch.setattr(tune_decode, "l2_cache_bytes", lambda: 1 << 10)
+    monkeypatch.setattr(tune_decode, "make_problem", lambda cfg, device: make_problem(cfg, "cpu"))
+    monkeypatch.setattr(tune_decode, "capture_graph", capture)
+    monkeypatch.setattr(tune_decode, "time_graphs_interleaved", lambda graphs, replays, seed: {
+        name: SimpleNamespace(p50_us=1.0) for name in graphs})
+    times, failed = tune_decode.time_interleaved(CFG, list(_good_and_stale()), budget=10**9, min_pools=3,
+                                                 checked=checked)
+    assert "gdn_ops" in times
+    if "stale" in checked:
+        assert "stale" not in times and "replayed graph" in failed["stale"]
+    else:
+        assert "stale" in times and not failed

@@ -119,7 +119,7 @@ def test_the_tuning_timer_holds_at_least_min_pools_calls(monkeypatch, min_pools)
         name: SimpleNamespace(p50_us=float(calls)) for name, (graph, calls) in graphs.items()})
     cfg = SimpleNamespace(bytes_per_call=lambda: 2_000, state_bytes=1_000)  # 1000 distinct bytes a call
     provider = SimpleNamespace(name="p", make=lambda cfg, pool, indices, inputs: (lambda: None))
-    assert tune_decode.time_interleaved(cfg, [provider], budget=10**9, min_pools=min_pools) == {"p": float(min_pools)}
+    assert tune_decode.time_interleaved(cfg, [provider], budget=10**9, min_pools=min_pools) == ({"p": float(min_pools)}, {})
 
 
 def test_the_tuning_scripts_share_the_timers_options():
@@ -150,10 +150,10 @@ def test_every_tuning_script_times_as_asked(monkeypatch):
 
     asked = {}
     monkeypatch.setattr(tune_decode, "time_interleaved",
-                        lambda cfg, providers, budget, **options: asked.update(budget=budget, **options) or {"p": 1.0})
+                        lambda cfg, providers, budget, **options: asked.update(budget=budget, **options) or ({"p": 1.0}, {}))
     args = argparse.Namespace(mem_budget_gb=1.5, seed=3, replays=7, min_pools=4)
-    assert tune_decode.time_as_asked(None, [], args) == {"p": 1.0}
-    assert asked == {"budget": 3 * 2**29, "seed": 3, "replays": 7, "min_pools": 4}
+    assert tune_decode.time_as_asked(None, [], args, checked=["p"]) == ({"p": 1.0}, {})
+    assert asked == {"budget": 3 * 2**29, "seed": 3, "replays": 7, "min_pools": 4, "checked": ["p"]}
     assert tune_decode.timing_options(args) == {"seed": 3, "replays": 7, "min_pools": 4}
     parsed = tune_decode.parser().parse_args(["--seed", "2", "--min-pools", "8"])
     assert tune_decode.timing_options(parsed) == {"seed": 2, "replays": 15, "min_pools": 8}
