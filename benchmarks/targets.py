@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCES = REPO / "benchmarks" / "results" / "h200" / "targets_sources.txt"
 TARGET_PCT = {8: 80.0, 32: 90.0, 128: 95.0, 256: 95.0, 512: 95.0, 1024: 95.0}
 TARGET_US_B1 = 3.0
+SGLANG_LEVEL = 0.01  # medians within 1% of each other: level, neither faster
 COLUMNS = (("float32", "vk"), ("bfloat16", "vk"), ("float32", "kv"), ("bfloat16", "kv"))
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 PROVIDER_HEADINGS = {"gdn_ops": "gdn_ops", "gdn_ops_step_order": "step order", "gdn_ops_no_pdl": "no PDL",
@@ -52,6 +53,7 @@ class Point:
     B: int
     source: str
     timed: dict[str, tuple[float, float]]  # provider -> (median us a call, % of copy bandwidth)
+    failed: str | None = None  # gdn_ops failed its check or raised in this run: why (the record's note)
 
     def _fig(self, provider: str, i: int) -> float | None:
         t = self.timed.get(provider)
@@ -103,7 +105,9 @@ class Point:
     @property
     def status(self) -> str:
         """``met`` (both figures), ``met given the order`` or ``met without it`` (one of them),
-        ``out of reach``, ``open`` or ``no target``."""
+        ``out of reach``, ``open``, ``no target``, or ``failed`` where gdn_ops failed in the run."""
+        if self.failed is not None:
+            return "failed"
         plain, given = map(self.meets, self.figures)
         if plain is None:
             return "no target"
@@ -148,13 +152,18 @@ def read_sources(path: Path) -> list[Path]:
 
 
 def points_of(sweep: dict, source: str) -> dict[Key, Point]:
-    """Every grid point of one sweep where gdn_ops was timed, keyed by (tp, dtype, layout, B)."""
+    """Every grid point of one sweep where gdn_ops was timed or failed (its check, or with an
+    error), keyed by (tp, dtype, layout, B): a failure replaces an earlier run's figures too."""
     timed: dict[Key, dict[str, tuple[float, float]]] = {}
+    failed: dict[Key, str] = {}
     for r in sweep["records"]:
+        key = (r["tp"], r["state_dtype"], r["layout"], r["B"])
         if r.get("status") == "ok":
-            key = (r["tp"], r["state_dtype"], r["layout"], r["B"])
             timed.setdefault(key, {})[r["provider"]] = (r["p50_us"], r["pct_of_copy_bw"])
-    return {key: Point(*key, source=source, timed=t) for key, t in timed.items() if "gdn_ops" in t}
+        elif r["provider"] == "gdn_ops" and r.get("status") in ("failed", "error"):
+            failed[key] = r.get("note") or r["status"]
+    return {key: Point(*key, source=source, timed=timed.get(key, {}), failed=failed.get(key))
+            for key in {*timed, *failed} if key in failed or "gdn_ops" in timed[key]}
 
 
 def merge(files: list[Path]) -> tuple[dict[Key, Point], dict[str, dict]]:
@@ -162,6 +171,8 @@ def merge(files: list[Path]) -> tuple[dict[Key, Point], dict[str, dict]]:
     points: dict[Key, Point] = {}
     headers = {}
     for f in files:
+        if f.stem in headers:  # points and headers are keyed by it
+            raise ValueError(f"{f}: another source has the same file name ({f.stem})")
         sweep = read_sweep(f)
         headers[f.stem] = sweep["header"]
         points.update(points_of(sweep, f.stem))
@@ -173,6 +184,8 @@ def _cell(p: Point | None) -> str:
     """gdn_ops without / given the order: us at B=1, % of copy elsewhere; bold where met, † out of reach."""
     if p is None:
         return "-"
+    if p.failed is not None:
+        return "failed"
     text = " / ".join(f"**{v:.2f}**" if p.meets(v) else f"{v:.2f}" for v in p.figures if v is not None)
     return text + (" us" if p.B == 1 else "") + (" †" if p.status == "out of reach" else "")
 
@@ -188,15 +201,21 @@ def table(points: dict[Key, Point], tp: int) -> str:
 
 
 def sglang_line(points: dict[Key, Point]) -> str:
-    """gdn_ops against SGLang over every point both ran (the targets' grid and the rest)."""
-    pairs = [(p.sglang_us / p.us, p) for p in points.values() if p.sglang_us is not None]
+    """gdn_ops against SGLang over every point both ran (the targets' grid and the rest). A point
+    where their medians lie within :data:`SGLANG_LEVEL` of each other is level, not a win: replays
+    of one graph spread about that much."""
+    pairs = [(p.sglang_us / p.us, p) for p in points.values() if p.sglang_us is not None and p.us is not None]
     if not pairs:
         return "SGLang: not in these sweeps."
-    slower = [p for ratio, p in pairs if ratio <= 1.0]
+    level = [p for ratio, p in pairs if 1 / (1 + SGLANG_LEVEL) < ratio < 1 + SGLANG_LEVEL]
+    slower = [p for ratio, p in pairs if ratio <= 1 / (1 + SGLANG_LEVEL)]
     lo, hi = min(r for r, _ in pairs), max(r for r, _ in pairs)
-    text = f"SGLang is slower than gdn_ops at {len(pairs) - len(slower)} of {len(pairs)} points ({lo:.2f}x-{hi:.2f}x)"
+    wins = len(pairs) - len(level) - len(slower)
+    text = f"SGLang is slower than gdn_ops at {wins} of {len(pairs)} points ({lo:.2f}x-{hi:.2f}x)"
+    if level:
+        text += f"; level (within {SGLANG_LEVEL:.0%}) at " + ", ".join(_named(p, None) for p in level)
     if slower:
-        text += "; not at " + ", ".join(f"TP={p.tp} {SHORT[p.dtype]} {p.layout} B={p.B}" for p in slower)
+        text += "; faster at " + ", ".join(_named(p, None) for p in slower)
     return text + "."
 
 

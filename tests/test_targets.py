@@ -156,7 +156,39 @@ def test_pdl_lines_name_the_out_of_reach_points_above_their_copy_and_are_empty_w
 
 def test_sglang_faster_somewhere_is_named():
     fast = targets.Point(4, "float32", "vk", 512, "s", {"gdn_ops": (10.0, 90.0), "sglang": (9.5, 94.7)})
-    assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; not at TP=4 fp32 vk B=512.")
+    assert targets.sglang_line({(4, "float32", "vk", 512): fast}).endswith("; faster at TP=4 fp32 vk B=512.")
+
+
+@pytest.mark.parametrize(("sglang_us", "verdict"), [(10.08, "level"), (9.95, "level"), (10.11, "slower"), (9.89, "faster")])
+def test_sglang_within_one_percent_is_level_not_slower(sglang_us, verdict):
+    """Medians 0.08% apart (the H100's TP=1 fp32 vk B=1024) are no win for either."""
+    point = targets.Point(1, "float32", "vk", 1024, "s", {"gdn_ops": (10.0, 98.0), "sglang": (sglang_us, 97.0)})
+    line = targets.sglang_line({(1, "float32", "vk", 1024): point})
+    assert line.startswith(f"SGLang is slower than gdn_ops at {int(verdict == 'slower')} of 1 points")
+    assert ("level (within 1%) at TP=1 fp32 vk B=1024" in line) == (verdict == "level")
+    assert ("faster at TP=1 fp32 vk B=1024" in line) == (verdict == "faster")
+
+
+def test_a_later_run_where_gdn_ops_failed_replaces_the_point(tmp_path):
+    """An earlier run's verdict must not stand where the latest run's gdn_ops failed its check."""
+    old = _sweep([_rec("gdn_ops", 128, 96.0), _rec("copy", 128, 98.0), _rec("sglang", 128, 80.0, us=20.0)])
+    new = _sweep([{**_rec("gdn_ops", 128, None, us=None, status="failed"), "note": "correctness check failed"},
+                  _rec("copy", 128, 98.0)], commit="def5678")
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    points, _ = targets.merge([tmp_path / "old.json", tmp_path / "new.json"])
+    point = points[(1, "bfloat16", "vk", 128)]
+    assert (point.source, point.status, point.failed) == ("new", "failed", "correctness check failed")
+    assert targets.sglang_line(points) == "SGLang: not in these sweeps."
+    assert "| 128 | - | failed | - | - |" in targets.table(points, 1)
+
+
+def test_two_sources_of_one_file_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sweep.json").write_text(json.dumps(_sweep([_rec("gdn_ops", 128, 96.0)])))
+    with pytest.raises(ValueError, match="same file name"):
+        targets.merge([tmp_path / "a" / "sweep.json", tmp_path / "b" / "sweep.json"])
 
 
 def test_a_readme_without_a_block_and_an_empty_sources_file_are_errors(tmp_path):
