@@ -17,8 +17,9 @@ token (T=1) of bf16 activations:
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
    one replay of the graph is checked again on its last call, which runs after all the others
-   (``providers.check_after``: up to 16 rows of its output and slots, against the reference of one step
-   from its pool as it was before the replay), and a graph that fails is not timed;
+   (``providers.check_after``: every row of its output, NaN-filled first, and its slots, against the
+   reference of one step from its pool as it was before the replay), and a graph that fails is not
+   timed; both checks take the worst (row, head) slice's relative error;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, in an order of its own drawn from ``--seed``), so drifts of clock or
    power hit all alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the

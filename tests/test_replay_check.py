@@ -147,3 +147,36 @@ def test_the_tuning_timer_times_a_checked_graph_only_if_its_replay_passes(monkey
         assert "stale" not in times and "replayed graph" in failed["stale"]
     else:
         assert "stale" in times and not failed
+
+
+def test_one_stale_head_fails_the_check_at_a_large_batch():
+    """One (slot, head) of a bf16 pool left as it was, among 2048: over the whole pool its error
+    was under the 1e-2 tolerance; the check takes the worst (slot, head)."""
+    from benchmarks.providers import Provider, check, reference
+
+    cfg, problem, _ = _problem_and_step("vk", torch.bfloat16, 512)
+    good = load_providers(["gdn_ops"])[0]["gdn_ops"]
+
+    def make_one_head_stale(cfg, pool, indices, inputs):
+        step = good.make(cfg, pool, indices, inputs)
+        slot = int(indices[7])
+
+        def stepped():
+            kept = pool[slot, 2].clone()
+            out = step()
+            pool[slot, 2] = kept
+            return out
+
+        return stepped
+
+    result = check(cfg, Provider("stale_head", make_one_head_stale), problem, reference(cfg, problem))
+    assert not result.ok and result.err_state > 1e-2 and result.err_o < 1e-2
+
+
+def test_sglang_is_not_offered_a_page_strided_pool():
+    from benchmarks.providers import Provider
+
+    sglang_like = Provider("sglang", lambda *a: None, layouts=("vk",), dense_pools_only=True)
+    padded = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="vk", slot_pad=8)
+    assert "dense pools only" in sglang_like.supports(padded)
+    assert sglang_like.supports(Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="vk")) is None
