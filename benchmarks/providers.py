@@ -529,32 +529,30 @@ def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> 
     return _within_tolerance(cfg, err_o, err_state)
 
 
-ROW_INPUTS = ("q", "k", "v", "a", "b")  # the inputs with a batch row each (A_log, dt_bias are per head)
-
-
-def check_after(cfg: Config, problem: Problem, run: Callable[[], object], output: Callable[[], torch.Tensor],
-                rows: int | None = None) -> CheckResult:
-    """Whether ``run()`` steps ``problem`` once: for its batch rows (or ``rows`` of them, spread
-    over the batch), the slots ``run()`` leaves in ``problem.pool`` and the rows of ``output()``
-    (``[B, T, HV, V]``, NaN-filled before the run and read after it) against the float64 reference
-    of one step from the pool as it is before the run. For a captured graph whose last call
-    updates ``problem``: ``run`` replays the graph, ``output`` gives the tensor that call returned
-    under capture."""
-    B = problem.indices.shape[0]
-    device = problem.indices.device
-    pick = torch.linspace(0, B - 1, min(B, rows or B), device=device).round().long().unique()
-    slots = problem.indices[pick].long()
-    inputs = {n: (t[pick] if n in ROW_INPUTS else t) for n, t in problem.inputs.items()}
-    before = Problem(problem.pool[slots], torch.arange(pick.numel(), device=device, dtype=torch.int32), inputs)
-    ref = reference(cfg, before)
-    output().fill_(float("nan"))  # rows the run leaves unwritten fail
+def check_after(cfg: Config, problems: list[Problem], run: Callable[[], object],
+                outputs: list[Callable[[], torch.Tensor]]) -> CheckResult:
+    """Whether ``run()`` steps each of ``problems`` once: the slots it leaves in each pool and the
+    output ``outputs[i]()`` gives for problem ``i`` (``[B, T, HV, V]``, NaN-filled before the run
+    and read after it) against the float64 reference of one step from that pool as it is before
+    the run; the worst error over the problems. For a captured graph of one call a problem:
+    ``run`` replays it, ``outputs`` give the tensors its calls returned under capture. Every call
+    is checked, since a race under PDL may hit any call after the first."""
+    befores = [Problem(p.pool[p.indices.long()], torch.arange(p.indices.numel(), device=p.indices.device,
+                                                             dtype=torch.int32), p.inputs) for p in problems]
+    for output in outputs:
+        output().fill_(float("nan"))  # rows the run leaves unwritten fail
     run()
-    o = output()
-    expected = (B, *ref.o.shape[1:])
-    if tuple(o.shape) != expected:
-        return CheckResult(False, float("nan"), float("nan"), f"output shape {list(o.shape)} != {list(expected)}")
-    err_o, err_state = rel_err(o[pick], ref.o, lead=3), rel_err(problem.pool[slots], ref.pool)
-    return _within_tolerance(cfg, err_o, err_state)
+    err_o = err_state = 0.0
+    for i, (problem, before, output) in enumerate(zip(problems, befores, outputs)):
+        ref, o = reference(cfg, before), output()
+        if tuple(o.shape) != tuple(ref.o.shape):
+            return CheckResult(False, float("nan"), float("nan"),
+                               f"call {i}: output shape {list(o.shape)} != {list(ref.o.shape)}")
+        result = _within_tolerance(cfg, rel_err(o, ref.o, lead=3), rel_err(problem.pool[problem.indices.long()], ref.pool))
+        if not result.ok:
+            return CheckResult(False, result.err_o, result.err_state, f"call {i} of {len(problems)}: {result.message}")
+        err_o, err_state = max(err_o, result.err_o), max(err_state, result.err_state)
+    return CheckResult(True, err_o, err_state)
 
 
 class LastOutput:
@@ -572,13 +570,12 @@ class LastOutput:
 def capture_checked(cfg: Config, provider: Provider, problems: list[Problem], capture: Callable,
                     check: bool = True) -> tuple[object, list[Callable], CheckResult | None]:
     """``provider``'s call on each of ``problems``, captured by ``capture`` (``timing.capture_graph``)
-    into one graph; with ``check``, one replay of the graph checked on its last call, which runs
-    after all the others (:func:`check_after`). The graph, its calls (whatever they allocated must
-    outlive the replays) and the check's result (None unchecked)."""
-    calls = [provider.make(cfg, p.pool, p.indices, p.inputs) for p in problems]
-    calls[-1] = last = LastOutput(calls[-1])
+    into one graph; with ``check``, one replay of the graph checked on every call
+    (:func:`check_after`). The graph, its calls (whatever they allocated must outlive the
+    replays) and the check's result (None unchecked)."""
+    calls = [LastOutput(provider.make(cfg, p.pool, p.indices, p.inputs)) for p in problems]
     graph = capture(calls)
-    result = check_after(cfg, problems[-1], graph.replay, lambda: last.output) if check else None
+    result = check_after(cfg, problems, graph.replay, [lambda call=call: call.output for call in calls]) if check else None
     return graph, calls, result
 
 

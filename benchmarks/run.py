@@ -16,10 +16,9 @@ token (T=1) of bf16 activations:
 2. N independent calls, each with its own pool addressed through shuffled int32 slot indices, are
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
-   one replay of the graph is checked again on its last call, which runs after all the others
-   (``providers.check_after``: every row of its output, NaN-filled first, and its slots, against the
-   reference of one step from its pool as it was before the replay), and a graph that fails is not
-   timed; both checks take the worst (row, head) slice's relative error;
+   one replay of the graph is checked again, every call (``providers.check_after``: each output,
+   NaN-filled first, and each pool's slots, against the reference of one step from the pool as it
+   was before the replay), and a graph that fails is not timed; both checks take the worst (row, head) slice's relative error;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
    provider's graph once, in an order of its own drawn from ``--seed``), so drifts of clock or
    power hit all alike; a call's time is one replay's time / N; p20/p50/p80 over replays are reported (the
@@ -234,8 +233,8 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     graphs, keep, replay_errs = {}, [], {}
     for name, prov, res in passed:
         try:
-            # a yardstick is no decode step; the others' last call, which runs after the rest under
-            # PDL, is checked again on a replay
+            # a yardstick is no decode step; the others' calls (each but the first overlapping the one
+            # before it under PDL) are checked again on a replay
             graph, calls, after = P.capture_checked(cfg, prov, pools, timing.capture_graph, check=not prov.yardstick)
             keep.append(calls)
         except Exception as exc:  # report and go on: one broken peer must not sink the sweep
@@ -245,7 +244,7 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
             continue
         if after is not None and not after.ok:
             records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
-                                   note=f"replayed graph's last call failed the check: {after.message}"))
+                                   note=f"replayed graph failed the check: {after.message}"))
             continue
         if after is not None:
             replay_errs[name] = after

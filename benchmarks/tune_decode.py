@@ -2,7 +2,7 @@
 
 For each batch size, state dtype and layout of the Qwen3-Next TP=1 shape it times every candidate
 tile under cold-L2 CUDA-graph replay (``benchmarks.timing``) after checking its output against the
-float64 reference (eagerly, then on a replay of its graph's last call), and prints the best tile per point next to what ``decode_config`` picks now.
+float64 reference (eagerly, then every call of its graph on a replay), and prints the best tile per point next to what ``decode_config`` picks now.
 The table in ``gdn_ops/triton_decode.py`` is written from this script's JSON.
 
     python -m benchmarks.tune_decode [--batches 1 8 64 512] [--out DIR]
@@ -153,7 +153,7 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
     """Median per-call time of each provider, all captured first and then replayed interleaved
     (timing one provider after another let the first one timed at a point read ~10% slow), in the
     rounds' orders of ``seed`` (:func:`benchmarks.timing.time_graphs_interleaved`); and, for each
-    provider named in ``checked`` whose graph's last call fails the check on a replay
+    provider named in ``checked`` whose graph fails the check on a replay
     (:func:`benchmarks.providers.capture_checked`: a decode that races its neighbours under PDL,
     say), why, in place of a time.
 
@@ -171,7 +171,7 @@ def time_interleaved(cfg: Config, providers: list[Provider], budget: int, replay
         # a graph replays raw addresses: whatever a call allocated for itself must outlive the replays
         keep.append(calls)
         if after is not None and not after.ok:
-            failed[prov.name] = f"replayed graph's last call failed the check: {after.message}"
+            failed[prov.name] = f"replayed graph failed the check: {after.message}"
         else:
             graphs[prov.name] = (graph, len(calls))
     timings = time_graphs_interleaved(graphs, replays=replays, seed=seed)

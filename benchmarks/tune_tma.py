@@ -23,7 +23,7 @@ all or with ``scatter`` by a reduce-scatter and an all-gather; ``skipsums`` is i
 the exchange, timed unchecked).
 Every configuration is
 checked against the float64 reference first, then all are timed interleaved in CUDA graphs with
-cold L2 (the method of ``tune_decode``), each graph's last call checked again on a replay (one that
+cold L2 (the method of ``tune_decode``), each graph checked again on a replay, every call (one that
 fails has its reason in the JSON in place of a time); ``per_tile`` is the per-tile kernel with its table's tile, ``default`` whatever
 ``launch_decode`` picks by itself (``default_no_pdl``: without PDL; ``--sort-default``'s ``default:sort``:
 what it would pick if its rule sorted the rows at that shape); ``--variants`` adds patched

@@ -1,6 +1,7 @@
-"""benchmarks.providers.check_after, the check benchmarks.run gives a captured graph's last call on a
-replay: a run that steps the problem once passes; one that skips, repeats or half-does the step
-fails. Here the run is a plain call of the public op on the CPU, not a graph replay."""
+"""benchmarks.providers.check_after, the check benchmarks.run and the tuning timer give every call of
+a captured graph on a replay: a run that steps each problem once passes; one that skips, repeats
+or half-does a step fails. Here the run is plain calls of the public op on the CPU, or a stand-in
+graph that replays them."""
 
 from __future__ import annotations
 
@@ -24,33 +25,50 @@ def _problem_and_step(layout: str, state_dtype: torch.dtype, B: int, slot_pad: i
 @pytest.mark.parametrize(("B", "slot_pad"), [(1, 0), (5, 0), (40, 0), (40, 24)])
 def test_one_step_passes(layout, state_dtype, B, slot_pad):
     cfg, problem, step = _problem_and_step(layout, state_dtype, B, slot_pad)
-    result = check_after(cfg, problem, step, lambda: problem.inputs["out"])
+    result = check_after(cfg, [problem], step, [lambda: problem.inputs["out"]])
     assert result.ok, result.message
+
+
+def test_an_earlier_call_gone_wrong_fails():
+    """Two calls, the first one's pool left as it was (a race under PDL may hit any call)."""
+    cfg, first, step_first = _problem_and_step("kv", torch.float32, 5)
+    _, second, step_second = _problem_and_step("kv", torch.float32, 7)
+    outputs = [lambda: first.inputs["out"], lambda: second.inputs["out"]]
+    assert check_after(cfg, [first, second], lambda: (step_first(), step_second()), outputs).ok
+    kept = first.pool.clone()
+
+    def second_only():
+        step_first()
+        first.pool.copy_(kept)
+        step_second()
+
+    result = check_after(cfg, [first, second], second_only, outputs)
+    assert not result.ok and result.message.startswith("call 0 of 2")
 
 
 def test_a_run_that_does_nothing_fails():
     cfg, problem, _ = _problem_and_step("vk", torch.float32, 5)
-    result = check_after(cfg, problem, lambda: None, lambda: problem.inputs["out"])
+    result = check_after(cfg, [problem], lambda: None, [lambda: problem.inputs["out"]])
     assert not result.ok  # the output is left NaN and the pool unchanged
 
 
 def test_two_steps_fail():
     cfg, problem, step = _problem_and_step("kv", torch.float32, 5)
-    result = check_after(cfg, problem, lambda: (step(), step()), lambda: problem.inputs["out"])
+    result = check_after(cfg, [problem], lambda: (step(), step()), [lambda: problem.inputs["out"]])
     assert not result.ok and result.err_state > 1e-4
 
 
 def test_a_checked_slot_left_as_it_was_fails():
     """The output is right and every slot but one picked row's is stepped."""
     cfg, problem, step = _problem_and_step("vk", torch.float32, 40)
-    last_slot = int(problem.indices[-1])  # row B-1 is always among the rows checked
+    last_slot = int(problem.indices[-1])
     kept = problem.pool[last_slot].clone()
 
     def step_but_one_slot():
         step()
         problem.pool[last_slot] = kept
 
-    result = check_after(cfg, problem, step_but_one_slot, lambda: problem.inputs["out"])
+    result = check_after(cfg, [problem], step_but_one_slot, [lambda: problem.inputs["out"]])
     assert not result.ok and result.err_o < 1e-2 and result.err_state > 1e-4
 
 
@@ -61,7 +79,7 @@ def test_an_unwritten_output_row_fails():
         step()
         problem.inputs["out"][0] = float("nan")
 
-    result = check_after(cfg, problem, step_but_row_0, lambda: problem.inputs["out"])
+    result = check_after(cfg, [problem], step_but_row_0, [lambda: problem.inputs["out"]])
     assert not result.ok
 
 
