@@ -530,13 +530,15 @@ def check(cfg: Config, provider: Provider, problem: Problem, ref: Reference) -> 
 
 
 def check_after(cfg: Config, problems: list[Problem], run: Callable[[], object],
-                outputs: list[Callable[[], torch.Tensor]]) -> CheckResult:
+                outputs: list[Callable[[], torch.Tensor]], numbers: list[int] | None = None) -> CheckResult:
     """Whether ``run()`` steps each of ``problems`` once: the slots it leaves in each pool and the
     output ``outputs[i]()`` gives for problem ``i`` (``[B, T, HV, V]``, NaN-filled before the run
     and read after it) against the float64 reference of one step from that pool as it is before
     the run; the worst error over the problems. For a captured graph of one call a problem:
     ``run`` replays it, ``outputs`` give the tensors its calls returned under capture. Every call
-    is checked, since a race under PDL may hit any call after the first."""
+    is checked, since a race under PDL may hit any call after the first. ``numbers``: the calls'
+    numbers in the graph, for the message (their positions in ``problems`` by default)."""
+    numbers = list(range(len(problems))) if numbers is None else numbers
     befores = [Problem(p.pool[p.indices.long()], torch.arange(p.indices.numel(), device=p.indices.device,
                                                              dtype=torch.int32), p.inputs) for p in problems]
     for output in outputs:
@@ -547,10 +549,10 @@ def check_after(cfg: Config, problems: list[Problem], run: Callable[[], object],
         ref, o = reference(cfg, before), output()
         if tuple(o.shape) != tuple(ref.o.shape):
             return CheckResult(False, float("nan"), float("nan"),
-                               f"call {i}: output shape {list(o.shape)} != {list(ref.o.shape)}")
+                               f"call {numbers[i]}: output shape {list(o.shape)} != {list(ref.o.shape)}")
         result = _within_tolerance(cfg, rel_err(o, ref.o, lead=3), rel_err(problem.pool[problem.indices.long()], ref.pool))
         if not result.ok:
-            return CheckResult(False, result.err_o, result.err_state, f"call {i} of {len(problems)}: {result.message}")
+            return CheckResult(False, result.err_o, result.err_state, f"call {numbers[i]}: {result.message}")
         err_o, err_state = max(err_o, result.err_o), max(err_state, result.err_state)
     return CheckResult(True, err_o, err_state)
 
@@ -567,15 +569,26 @@ class LastOutput:
         return self.output
 
 
+# The pools' copies a replay check holds at once: past this, it checks the first two calls and the
+# last (a 2 GB pool a call at B=1024, 8 calls, beside every peer's graph, would crowd an 80 GB card).
+CHECK_SNAPSHOT_BYTES = 4 << 30
+
+
 def capture_checked(cfg: Config, provider: Provider, problems: list[Problem], capture: Callable,
                     check: bool = True) -> tuple[object, list[Callable], CheckResult | None]:
     """``provider``'s call on each of ``problems``, captured by ``capture`` (``timing.capture_graph``)
-    into one graph; with ``check``, one replay of the graph checked on every call
-    (:func:`check_after`). The graph, its calls (whatever they allocated must outlive the
+    into one graph; with ``check``, one replay of the graph checked (:func:`check_after`) on every
+    call, or on the first two and the last where the pools' copies would pass
+    :data:`CHECK_SNAPSHOT_BYTES`. The graph, its calls (whatever they allocated must outlive the
     replays) and the check's result (None unchecked)."""
     calls = [LastOutput(provider.make(cfg, p.pool, p.indices, p.inputs)) for p in problems]
     graph = capture(calls)
-    result = check_after(cfg, problems, graph.replay, [lambda call=call: call.output for call in calls]) if check else None
+    if not check:
+        return graph, calls, None
+    n = len(problems)
+    which = list(range(n)) if n * cfg.state_bytes <= CHECK_SNAPSHOT_BYTES else sorted({0, min(1, n - 1), n - 1})
+    result = check_after(cfg, [problems[i] for i in which], graph.replay,
+                         [lambda call=calls[i]: call.output for i in which], numbers=which)
     return graph, calls, result
 
 

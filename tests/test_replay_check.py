@@ -43,7 +43,7 @@ def test_an_earlier_call_gone_wrong_fails():
         step_second()
 
     result = check_after(cfg, [first, second], second_only, outputs)
-    assert not result.ok and result.message.startswith("call 0 of 2")
+    assert not result.ok and result.message.startswith("call 0:")
 
 
 def test_a_run_that_does_nothing_fails():
@@ -198,3 +198,17 @@ def test_sglang_is_not_offered_a_page_strided_pool():
     padded = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="vk", slot_pad=8)
     assert "dense pools only" in sglang_like.supports(padded)
     assert sglang_like.supports(Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="vk")) is None
+
+
+@pytest.mark.parametrize(("allowance", "checked"), [(1 << 40, [0, 1, 2, 3, 4]), (1, [0, 1, 4])])
+def test_the_replay_check_holds_copies_of_all_pools_or_checks_three_calls(monkeypatch, allowance, checked):
+    """Every call while the pools' copies fit the allowance; else the first two and the last."""
+    from benchmarks import providers
+
+    monkeypatch.setattr(providers, "CHECK_SNAPSHOT_BYTES", allowance)
+    seen = []
+    monkeypatch.setattr(providers, "check_after", lambda cfg, problems, run, outputs, numbers: seen.append(numbers))
+    good = load_providers(["gdn_ops"])[0]["gdn_ops"]
+    problems = [make_problem(CFG, "cpu") for _ in range(5)]
+    providers.capture_checked(CFG, good, problems, capture)
+    assert seen == [checked]
