@@ -16,7 +16,8 @@ token (T=1) of bf16 activations:
 2. N independent calls, each with its own pool addressed through shuffled int32 slot indices, are
    captured in one CUDA graph, N chosen so that the pools total at least 4x the L2 cache (within
    a memory budget; at least ``--min-pools``, 8 by default), so every call starts with a cold L2;
-   one replay of the graph is checked again, every call (``providers.check_after``: each output,
+   one replay of the graph is checked again, every call (the first two and the last where copies of
+   all its pools would pass 4 GiB; ``providers.check_after``: each output,
    NaN-filled first, and each pool's slots, against the reference of one step from the pool as it
    was before the replay), and a graph that fails is not timed; both checks take the worst (row, head) slice's relative error;
 3. the providers' graphs are replayed in ~30 interleaved rounds (each round replays every
