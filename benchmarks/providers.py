@@ -577,13 +577,13 @@ CHECK_SNAPSHOT_BYTES = 4 << 30
 def capture_checked(cfg: Config, provider: Provider, problems: list[Problem], capture: Callable,
                     check: bool = True) -> tuple[object, list[Callable], CheckResult | None]:
     """``provider``'s call on each of ``problems``, captured by ``capture`` (``timing.capture_graph``)
-    into one graph; with ``check``, one replay of the graph checked (:func:`check_after`) on every
-    call, or on the first two and the last where the pools' copies would pass
-    :data:`CHECK_SNAPSHOT_BYTES`. The graph, its calls (whatever they allocated must outlive the
-    replays) and the check's result (None unchecked)."""
+    into one graph; with ``check``, unless the provider is a yardstick (no decode step), one replay
+    of the graph checked (:func:`check_after`) on every call, or on the first two and the last where
+    the pools' copies would pass :data:`CHECK_SNAPSHOT_BYTES`. The graph, its calls (whatever they
+    allocated must outlive the replays) and the check's result (None unchecked)."""
     calls = [LastOutput(provider.make(cfg, p.pool, p.indices, p.inputs)) for p in problems]
     graph = capture(calls)
-    if not check:
+    if not check or provider.yardstick:
         return graph, calls, None
     n = len(problems)
     which = list(range(n)) if n * cfg.state_bytes <= CHECK_SNAPSHOT_BYTES else sorted({0, min(1, n - 1), n - 1})

@@ -234,20 +234,19 @@ def run_point(cfg: P.Config, providers: dict, args, copy_bw: float, l2: int) -> 
     graphs, keep, replay_errs = {}, [], {}
     for name, prov, res in passed:
         try:
-            # a yardstick is no decode step; the others' calls (each but the first overlapping the one
-            # before it under PDL) are checked again on a replay
-            graph, calls, after = P.capture_checked(cfg, prov, pools, timing.capture_graph, check=not prov.yardstick)
+            # the calls (each but the first overlapping the one before it under PDL) checked again on a replay
+            graph, calls, after = P.capture_checked(cfg, prov, pools, timing.capture_graph)
             keep.append(calls)
         except Exception as exc:  # report and go on: one broken peer must not sink the sweep
             records.append(_record(cfg, name, "error", copy_bw, err_o=res.err_o, err_state=res.err_state,
                                    note=f"capture raised {type(exc).__name__}: {str(exc)[:300]}"))
             _free()
             continue
-        if after is not None and not after.ok:
-            records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
-                                   note=f"replayed graph failed the check: {after.message}"))
-            continue
         if after is not None:
+            if not after.ok:
+                records.append(_record(cfg, name, "failed", copy_bw, err_o=res.err_o, err_state=res.err_state,
+                                       note=f"replayed graph failed the check: {after.message}"))
+                continue
             replay_errs[name] = after
         graphs[name] = (graph, len(calls))
     errs = {name: res for name, _, res in passed}

@@ -212,3 +212,12 @@ def test_the_replay_check_holds_copies_of_all_pools_or_checks_three_calls(monkey
     problems = [make_problem(CFG, "cpu") for _ in range(5)]
     providers.capture_checked(CFG, good, problems, capture)
     assert seen == [checked]
+
+
+def test_a_yardstick_is_never_checked():
+    """The copy is no decode step: its graph is captured and timed, never checked."""
+    from benchmarks import providers
+
+    copy = load_providers(["copy"])[0]["copy"]
+    graph, calls, result = providers.capture_checked(CFG, copy, [make_problem(CFG, "cpu") for _ in range(2)], capture)
+    assert result is None and len(calls) == 2
