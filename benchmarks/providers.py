@@ -539,6 +539,9 @@ def check_after(cfg: Config, problems: list[Problem], run: Callable[[], object],
     is checked, since a race under PDL may hit any call after the first. ``numbers``: the calls'
     numbers in the graph, for the message (their positions in ``problems`` by default)."""
     numbers = list(range(len(problems))) if numbers is None else numbers
+    if not len(problems) == len(outputs) == len(numbers):
+        raise ValueError(f"check_after: one output and number a problem (got {len(problems)} problems, "
+                         f"{len(outputs)} outputs, {len(numbers)} numbers)")
     befores = [Problem(p.pool[p.indices.long()], torch.arange(p.indices.numel(), device=p.indices.device,
                                                              dtype=torch.int32), p.inputs) for p in problems]
     for output in outputs:

@@ -221,3 +221,11 @@ def test_a_yardstick_is_never_checked():
     copy = load_providers(["copy"])[0]["copy"]
     graph, calls, result = providers.capture_checked(CFG, copy, [make_problem(CFG, "cpu") for _ in range(2)], capture)
     assert result is None and len(calls) == 2
+
+
+def test_an_output_missing_for_a_problem_is_refused_before_the_run():
+    cfg, problem, _ = _problem_and_step("vk", torch.float32, 3)
+    ran = []
+    with pytest.raises(ValueError, match="one output and number a problem"):
+        check_after(cfg, [problem, problem], lambda: ran.append(1), [lambda: problem.inputs["out"]])
+    assert not ran
