@@ -219,7 +219,7 @@ def test_a_yardstick_is_never_checked():
     from benchmarks import providers
 
     copy = load_providers(["copy"])[0]["copy"]
-    graph, calls, result = providers.capture_checked(CFG, copy, [make_problem(CFG, "cpu") for _ in range(2)], capture)
+    _graph, calls, result = providers.capture_checked(CFG, copy, [make_problem(CFG, "cpu") for _ in range(2)], capture)
     assert result is None and len(calls) == 2
 
 
