@@ -319,18 +319,18 @@ class VkTileRule(NamedTuple):
     rows are sorted and from ``four_byte_from`` in batch order too. A 2-byte pool takes the one-warp
     prefetching tile; a 4-byte pool its prefetching tile from ``four_byte_large_from``, whatever its
     heads a row. A 4-byte pool of at most ``four_byte_ranked_rows`` rows takes them in slot order, each
-    program ranking them itself (``rank_in_program``). From ``evict_last_from`` the updated rows are
-    stored evict-last in L2."""
+    program ranking them itself (``rank_in_program``). From ``evict_last_from`` (None: never) the
+    updated rows are stored evict-last in L2."""
 
     two_byte_from: int
     two_byte_sorted_from: int
     four_byte_from: int
     four_byte_large_from: int
-    evict_last_from: int
+    evict_last_from: int | None
     four_byte_ranked_rows: int = 0
 
 
-# By GPU name; other GPUs keep the Triton kernel (the H100 was not measured with this kernel).
+# By GPU name; other GPUs keep the Triton kernel (not measured there).
 # Rows stored evict-last from B*HV 4096 on the H200 (results/h200/tune_vk_store_evict_last_*_dab202c.json;
 # NOTES.md, twenty-seventh session): +0.3..+0.9 points of copy bandwidth at fp32 B=128 and bf16
 # B=256-512 (TP=1), sorting or given the order, in two runs, and the GEMM of a layer's input
@@ -342,8 +342,13 @@ class VkTileRule(NamedTuple):
 # 90.09 / 90.25% of copy bandwidth against 89.08 / 89.10 sorted by the rank kernel and 88.84 / 88.65
 # in batch order (given the order 90.6-90.8). A 2-byte pool lost there (78.7 against 79.0-79.4 with
 # the rank kernel and 80.5-81.0 in batch order), so it keeps batch order.
-VK_TILE_RULES = {"H200": VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
-                                    four_byte_large_from=2048, evict_last_from=4096, four_byte_ranked_rows=32)}
+H200_VK_TILE_RULE = VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, four_byte_from=1024,
+                               four_byte_large_from=2048, evict_last_from=4096, four_byte_ranked_rows=32)
+# The H100 takes the H200's rule (triton_decode_tma.H200_TABLE_CARDS) with its rows stored plainly: at
+# TP=1 fp32 B=256 and 1024 (results/h100/vk_h100_1077935.json, sorting / given the order) the rule's
+# tile stored evict-last read 97.1 / 97.4 and 98.0 / 98.1% of copy bandwidth, stored plainly 98.7 /
+# 99.1 and 99.6 / 99.7, where SGLang's kernel reads 97.5-98 (ot_own_h100_1077935.json).
+VK_TILE_RULES = {"H200": H200_VK_TILE_RULE, "H100": H200_VK_TILE_RULE._replace(evict_last_from=None)}
 
 
 @functools.cache
@@ -379,7 +384,7 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
             config = config._replace(sort_rows=True, rank_in_program=True)
     else:
         config = None
-    if config is not None and rows_x_heads >= rule.evict_last_from:
+    if config is not None and rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
         config = config._replace(store_eviction="evict_last")
     return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
 

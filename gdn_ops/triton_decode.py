@@ -11,11 +11,11 @@ with ``o`` computed from the old tile on most tiles (``DecodeConfig.from_old_sta
 The launcher is the only place that turns arguments into constexpr flags and tile sizes; the
 kernel and tile choice is a pure function of shape, dtype, layout, strides and GPU (no
 autotuning), so a launch inside a CUDA-graph capture is the same launch as the warm-up's. On the
-GPUs they were measured on, it hands over to a Gluon kernel of one program per tile: in the kv
-layout for a 2-byte state (``gluon_decode_kv_tile.py``, from B*HV = 512; H100 and H200) and for an
-fp32 one (the same kernel from B*HV = 512; H200), in the vk layout for a 2-byte state
-(``gluon_decode_vk_tile.py``, from B*HV = 4096; H200). On other sm_90+ GPUs a 2-byte kv state goes
-to the persistent Triton kernel (``triton_decode_tma.py``, from B*HV = 16384). The persistent
+GPUs they were measured on (the H200, and the H100 with the H200's tables), it hands over to a
+Gluon kernel of one program per tile: in the kv layout (``gluon_decode_kv_tile.py``, from B*HV =
+512) and in the vk layout (``gluon_decode_vk_tile.py``, from B*HV = 1024, or smaller grids of an
+fp32 pool in slot order). On other sm_90+ GPUs a 2-byte kv state goes to the persistent Triton
+kernel (``triton_decode_tma.py``, from B*HV = 16384). The persistent
 Gluon kernel (``gluon_decode_kv.py``) runs when its configuration is passed.
 """
 
@@ -48,6 +48,7 @@ from gdn_ops.gluon_decode_vk_tile import (
 )
 from gdn_ops.reference import L2NORM_EPS
 from gdn_ops.triton_decode_tma import (
+    H200_TABLE_CARDS,
     PersistentConfig,
     launch_decode_kv_tma,
     persistent_config,
@@ -258,7 +259,8 @@ KV_TILES = {
 # fp32 vk state with 2-byte activations over this B*HV range, by GPU name, which keep o from the
 # updated state: there the old-state step was 1.5-1.8% slower at B*HV = 256 (three runs), and
 # 1.1-1.9 points faster at 1024 and 2048 (results/h200/tune_sort_fp32_vk*.json, TP=1 and 4).
-VK_4B_NEW_STATE_ROWS = {"H200": (256, 511)}
+# The H100 too: at TP=4 fp32 vk B=32 (B*HV 256) +1.7 points (results/h100/ot_*_1077935.json).
+VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 
 
 @functools.cache

@@ -213,6 +213,14 @@ def persistent_config(q: torch.Tensor, k: torch.Tensor, state: torch.Tensor, sta
 # though the driver reports 50 and 60 MiB of L2); unset, the GPU's own name.
 TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
 
+# The cards whose entries in the tile and sort tables are the H200's (each table says where a card
+# differs). On the H100, one call each (results/h100/ot_own_h100_1077935.json against
+# ot_h200t_h100_1077935.json; NOTES.md, fifty-eighth session): the H200's tables against the H100's
+# own older ones at TP=1 and 4, B = 1, 32, 128, 512, every layout and dtype, read -0.2..+3.6 points
+# of copy bandwidth without the order and -0.0..+4.2 given it: level at B=1, faster from B*HV 1024
+# and at TP=4 fp32 vk B=32 (o from the updated state, +1.7).
+H200_TABLE_CARDS = ("H200", "H100")
+
 
 def tuning_gpu_name(device_index: int | None) -> str:
     """The name the per-GPU tuning tables are looked up by on CUDA device ``device_index`` (None:

@@ -181,6 +181,16 @@ def test_rules_switch_from_the_small_to_the_whole_head_tiles():
     assert all(0 < rule.small_from <= rule.large_from for rule in TILE_RULES.values())
 
 
+def test_the_h100_takes_the_h200s_tile_rules_with_its_vk_rows_stored_plainly():
+    """Measured on the H100 (results/h100/ot_*_1077935.json, vk_h100_1077935.json): the H200's rules
+    read faster or level, but for its vk rows' evict-last stores, 1.6 points slower there."""
+    from gdn_ops.gluon_decode_vk_tile import VK_TILE_RULES
+
+    assert TILE_RULES["H100"] == TILE_RULES["H200"]
+    assert VK_TILE_RULES["H200"].evict_last_from is not None
+    assert VK_TILE_RULES["H100"] == VK_TILE_RULES["H200"]._replace(evict_last_from=None)
+
+
 def _tail(config: GluonTileConfig, per_sm: int, split: int = 4) -> GluonTileConfig:
     return config._replace(tail_split=split, tail_per_sm=per_sm)
 

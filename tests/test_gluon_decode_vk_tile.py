@@ -204,7 +204,7 @@ def test_default_kernel_choice_and_result(changes, tile):
         large = B * heads >= large_from
         shipped = (VK_2B_TILE_CONFIG if case.state_dtype != torch.float32
                    else VK_4B_TILE_LARGE_CONFIG if large else VK_4B_TILE_CONFIG)
-        eviction = "evict_last" if B * heads >= rule.evict_last_from else ""
+        eviction = "evict_last" if rule.evict_last_from is not None and B * heads >= rule.evict_last_from else ""
         ranked = case.state_dtype == torch.float32 and B <= rule.four_byte_ranked_rows
         assert launched == [shipped._replace(sort_rows=sort_rows or ranked, store_eviction=eviction,
                                              rank_in_program=ranked)]

@@ -106,8 +106,8 @@ def test_rows_outside_the_batch_in_a_given_order_are_dropped(kernel):
 
 @pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", ""])
 def test_a_given_order_sorts_from_its_own_measured_grid(gpu):
-    """With the order given the H200 sorts from :data:`SORT_ROWS_GIVEN_ORDER_FROM` (no rank kernel
-    to pay for), without it from :data:`SORT_ROWS_FROM`; other GPUs never."""
+    """With the order given the H200 and the H100 sort from :data:`SORT_ROWS_GIVEN_ORDER_FROM` (no
+    rank kernel to pay for), without it from :data:`SORT_ROWS_FROM`; other GPUs never."""
     from gdn_ops.triton_decode import decode_config
     from gdn_ops.triton_slot_order import (
         SORT_ROWS_FROM,
@@ -115,8 +115,13 @@ def test_a_given_order_sorts_from_its_own_measured_grid(gpu):
         sorts_rows,
     )
 
+    cards = [card for card in ("H200", "H100") if card in gpu]
     for order_given, table in ((False, SORT_ROWS_FROM), (True, SORT_ROWS_GIVEN_ORDER_FROM)):
+        assert {key[1:]: start for key, start in table.items() if key[0] == "H100"} == {
+            key[1:]: start for key, start in table.items() if key[0] == "H200"}
         for (name, layout, itemsize), start in table.items():
+            if cards and name not in cards:
+                continue  # the other card's entry, the same
             dtype = torch.float32 if itemsize == 4 else torch.bfloat16
             for rows_x_heads in (start - 1, start, 4 * start):
                 expected = name in gpu and rows_x_heads >= start
@@ -128,8 +133,9 @@ def test_a_given_order_sorts_from_its_own_measured_grid(gpu):
 @pytest.mark.parametrize("gpu", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", ""])
 def test_rows_of_few_heads_sort_by_themselves_from_smaller_grids(gpu):
     """Without the order, a pool of at most :data:`SORT_ROWS_FEW_HEADS_FROM`'s heads a row sorts from
-    its smaller B*HV on the H200 (only where the caller says how many heads); more heads a row, or
-    no heads given, keep :data:`SORT_ROWS_FROM`; the order given sorts from its own table as before."""
+    its smaller B*HV on the H200 and the H100 (only where the caller says how many heads); more heads
+    a row, or no heads given, keep :data:`SORT_ROWS_FROM`; the order given sorts from its own table
+    as before."""
     from gdn_ops.triton_decode import decode_config
     from gdn_ops.triton_slot_order import (
         SORT_ROWS_FEW_HEADS_FROM,
@@ -138,7 +144,11 @@ def test_rows_of_few_heads_sort_by_themselves_from_smaller_grids(gpu):
         sorts_rows,
     )
 
+    cards = [card for card in ("H200", "H100") if card in gpu]
     for (name, layout, itemsize), (most_heads, start) in SORT_ROWS_FEW_HEADS_FROM.items():
+        if cards and name not in cards:
+            continue  # the other card's entry, the same
+        assert SORT_ROWS_FEW_HEADS_FROM[("H100" if name == "H200" else "H200"), layout, itemsize] == (most_heads, start)
         assert SORT_ROWS_GIVEN_ORDER_FROM[name, layout, itemsize] <= start < SORT_ROWS_FROM[name, layout, itemsize]
         dtype = torch.float32 if itemsize == 4 else torch.bfloat16
         for heads, rows_x_heads, expected in ((most_heads, start, True), (most_heads // 2, start, True),
