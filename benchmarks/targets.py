@@ -8,6 +8,7 @@ Command (no GPU needed; reads JSON only)::
     python -m benchmarks.targets --check README.md    # exit 1 where they differ (a test runs this)
     python -m benchmarks.targets --plot benchmarks/results/h200/targets.png   # every table, drawn
     python -m benchmarks.targets --project 3.02       # the verdicts modelled at another copy bandwidth
+    python -m benchmarks.targets --card h100 --update README.md   # the H100's sweeps and blocks
 
 The targets are in % of the copy bandwidth measured in the same run: at least 95% from B=128, 90%
 at B=32 and 80% at B=8, and at most 3.0 us a call at B=1, for both state dtypes and layouts, and
@@ -30,7 +31,23 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCES = REPO / "benchmarks" / "results" / "h200" / "targets_sources.txt"
+# Each card's sweeps are listed in its results folder; the H200's are the README's main blocks, another
+# card's blocks carry its name (``targets-h100``) and leave its tables to its committed run's text.
+CARD_BLOCKS = {"h200": ("targets", "tables", "fits"), "h100": ("targets", "fits")}
+DEFAULT_CARD = "h200"
+
+
+def card_sources(card: str) -> Path:
+    """The sources file of ``card``'s sweeps."""
+    return REPO / "benchmarks" / "results" / card / "targets_sources.txt"
+
+
+def card_block(name: str, card: str) -> str:
+    """The README marker name of block ``name`` for ``card``."""
+    return name if card == DEFAULT_CARD else f"{name}-{card}"
+
+
+DEFAULT_SOURCES = card_sources(DEFAULT_CARD)
 TARGET_PCT = {8: 80.0, 32: 90.0, 128: 95.0, 256: 95.0, 512: 95.0, 1024: 95.0}
 TARGET_US_B1 = 3.0
 SGLANG_LEVEL = 0.01  # medians within 1% of each other: level, neither faster
@@ -357,11 +374,12 @@ def readme_block(text: str, name: str = "targets") -> tuple[int, int]:
         raise ValueError(f"no {begin} ... {end} block") from None
 
 
-def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict], files: list[Path]) -> str:
-    """``text`` with every block's content replaced by what the sweeps say."""
-    for name, make in BLOCKS.items():
-        start, end = readme_block(text, name)
-        text = text[:start] + "\n" + make(points, headers, files) + "\n" + text[end:]
+def fill_readme(text: str, points: dict[Key, Point], headers: dict[str, dict], files: list[Path],
+                card: str = DEFAULT_CARD) -> str:
+    """``text`` with each of ``card``'s blocks (:data:`CARD_BLOCKS`) replaced by what the sweeps say."""
+    for name in CARD_BLOCKS[card]:
+        start, end = readme_block(text, card_block(name, card))
+        text = text[:start] + "\n" + BLOCKS[name](points, headers, files) + "\n" + text[end:]
     return text
 
 
@@ -375,7 +393,9 @@ def _positive_tbps(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sources", type=Path, default=DEFAULT_SOURCES, help="the sweep files, oldest first")
+    ap.add_argument("--card", choices=sorted(CARD_BLOCKS), default=DEFAULT_CARD,
+                    help="whose sweeps (its results folder's targets_sources.txt) and README blocks")
+    ap.add_argument("--sources", type=Path, help="the sweep files, oldest first (default: the card's)")
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--check", type=Path, metavar="README", help="exit 1 unless its blocks say what the sweeps do")
     what.add_argument("--update", type=Path, metavar="README", help="rewrite its blocks from the sweeps")
@@ -386,18 +406,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="every targeted point's verdict as it would read on a card copying at TBPS TB/s, "
                            "each call keeping its time beyond the copy's rate (a model, not a measurement)")
     args = ap.parse_args(argv)
+    args.sources = args.sources or card_sources(args.card)
     files = read_sources(args.sources)
     points, headers = merge(files)
     if args.check or args.update:
         path = args.check or args.update
         text = path.read_text()
-        filled = fill_readme(text, points, headers, files)
+        filled = fill_readme(text, points, headers, files, args.card)
+        card = "" if args.card == DEFAULT_CARD else f" --card {args.card}"
         if args.update:
             path.write_text(filled)
-            print(f"{path}: blocks {', '.join(BLOCKS)} rewritten from {args.sources}")
+            names = ", ".join(card_block(name, args.card) for name in CARD_BLOCKS[args.card])
+            print(f"{path}: blocks {names} rewritten from {args.sources}")
         elif filled != text:
             print(f"{path}: its blocks differ from the sweeps in {args.sources}; "
-                  f"`python -m benchmarks.targets --update {path}` rewrites them")
+                  f"`python -m benchmarks.targets{card} --update {path}` rewrites them")
             return 1
         else:
             print(f"{path}: its blocks match {args.sources}")

@@ -32,8 +32,9 @@ def _point(B, pct, given=None, copy=None, us=10.0, us_given=None):
     return targets.Point(1, "bfloat16", "vk", B, "s", timed)
 
 
-def test_the_readme_carries_what_the_committed_sweeps_say(capsys):
-    assert targets.main(["--check", str(README)]) == 0, capsys.readouterr().out
+@pytest.mark.parametrize("card", sorted(targets.CARD_BLOCKS))
+def test_the_readme_carries_what_the_committed_sweeps_say(capsys, card):
+    assert targets.main(["--card", card, "--check", str(README)]) == 0, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("point, status", [
@@ -218,6 +219,23 @@ def test_update_fills_the_blocks_and_check_then_passes_until_a_figure_changes(tm
     readme.write_text(text[:row] + text[row:end].replace("%", "", 1) + text[end:])
     assert targets.main(["--check", str(readme)]) == 1
     assert "--update" in capsys.readouterr().out
+
+
+def test_another_cards_blocks_carry_its_name_and_leave_the_h200s_alone(tmp_path, capsys):
+    h200_blocks = "<!-- targets:begin -->\nH200\n<!-- targets:end -->\n<!-- fits:begin -->\nH200\n<!-- fits:end -->\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(h200_blocks + "<!-- targets-h100:begin -->\n<!-- targets-h100:end -->\n"
+                      "<!-- fits-h100:begin -->\n<!-- fits-h100:end -->\n")
+    assert targets.main(["--card", "h100", "--check", str(readme)]) == 1
+    assert "--card h100 --update" in capsys.readouterr().out
+    assert targets.main(["--card", "h100", "--update", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(h200_blocks)
+    start, end = targets.readme_block(text, "targets-h100")
+    assert "NVIDIA H100 80GB HBM3" in text[start:end]
+    assert targets.main(["--card", "h100", "--check", str(readme)]) == 0
+    with pytest.raises(ValueError, match="tables:begin"):
+        targets.main(["--check", str(readme)])  # the H200's blocks include its tables
 
 
 def test_the_tables_name_every_provider_the_benchmark_times():
