@@ -74,7 +74,12 @@ from gdn_ops.ptx_rewrite import (
     tma_state_loads_evict_last,
     tma_stores_evict_last,
 )
-from gdn_ops.triton_decode_tma import H200_TABLE_CARDS, sm90_gpu_rule, sm_count, unsupported_reason
+from gdn_ops.triton_decode_tma import (
+    H200_TABLE_CARDS,
+    sm90_gpu_rule,
+    sm_count,
+    unsupported_reason,
+)
 from gdn_ops.triton_gating import decode_gates
 from gdn_ops.triton_slot_order import SNAPSHOT_MAX_ROWS
 
