@@ -407,7 +407,7 @@ TILE_PARTS = 8
 
 # By GPU name; other GPUs keep the Triton kernels (not measured there). Tuned on the H200; the H100
 # takes the same rule (triton_decode_tma.H200_TABLE_CARDS). At TP=1 bf16 B=32 (B*HV 1024) on the
-# H100, of seven tile specs given the order the rule's was the best (88.6% of copy; no tail 87.0,
+# H100, of eight tile specs given the order the rule's was the best (88.6% of copy; no tail 87.0,
 # tail4x2 86.7, evict-last loads 82.6; results/h100/kv32_h100_1077935.json).
 H200_TILE_RULE = TileRule(small_from=512, large_from=1024, fp32_from=512, parts_from=8192, fp32_parts_from=4096,
                           tail_steps=((1024, 4, 1), (2048, 4, 2), (8192, 4, 1)), small_tail_steps=((512, 2, 2),),

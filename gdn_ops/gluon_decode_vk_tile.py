@@ -347,7 +347,7 @@ H200_VK_TILE_RULE = VkTileRule(two_byte_from=1024, two_byte_sorted_from=1024, fo
 # The H100 takes the H200's rule (triton_decode_tma.H200_TABLE_CARDS) with its rows stored plainly: at
 # TP=1 fp32 B=256 and 1024 (results/h100/vk_h100_1077935.json, sorting / given the order) the rule's
 # tile stored evict-last read 97.1 / 97.4 and 98.0 / 98.1% of copy bandwidth, stored plainly 98.7 /
-# 99.1 and 99.6 / 99.7, where SGLang's kernel reads 97.5-98 (ot_own_h100_1077935.json).
+# 99.1 and 99.6 / 99.7, where SGLang's kernel reads 96.7-97.9 (grid_h100_96345f7.json).
 VK_TILE_RULES = {"H200": H200_VK_TILE_RULE, "H100": H200_VK_TILE_RULE._replace(evict_last_from=None)}
 
 
@@ -372,21 +372,28 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     if state_layout != "vk" or state.device.type != "cuda" or state.element_size() not in (2, 4):
         return None
     rule = vk_tile_rule(state.device.index or 0)
-    if rule is None:
-        return None
-    if state.element_size() == 2:
+    config = None if rule is None else vk_rule_config(rule, state.element_size(), rows_x_heads, q.shape[0], sorted_rows)
+    return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
+
+
+def vk_rule_config(rule: VkTileRule, itemsize: int, rows_x_heads: int, rows: int,
+                   sorted_rows: bool = False) -> GluonTileConfig | None:
+    """The configuration ``rule`` picks for a pool of ``itemsize``-byte elements at this B*HV and
+    ``rows`` (B), its rows in slot order or not, ``None`` where it leaves the grid to the Triton
+    kernel (:func:`vk_tile_config`'s choice before it asks whether the operands allow it)."""
+    if itemsize == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
         config = None if rows_x_heads < start else VK_2B_TILE_CONFIG
     elif sorted_rows or rows_x_heads >= rule.four_byte_from:
         config = VK_4B_TILE_LARGE_CONFIG if rows_x_heads >= rule.four_byte_large_from else VK_4B_TILE_CONFIG
-        if q.shape[0] <= rule.four_byte_ranked_rows:
+        if rows <= rule.four_byte_ranked_rows:
             # (given the order, the launcher reads it instead)
             config = config._replace(sort_rows=True, rank_in_program=True)
     else:
-        config = None
-    if config is not None and rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
+        return None
+    if rule.evict_last_from is not None and rows_x_heads >= rule.evict_last_from:
         config = config._replace(store_eviction="evict_last")
-    return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
+    return config
 
 
 def lanes_along_values(K: int, itemsize: int, vec: int) -> int | None:

@@ -259,7 +259,7 @@ KV_TILES = {
 # fp32 vk state with 2-byte activations over this B*HV range, by GPU name, which keep o from the
 # updated state: there the old-state step was 1.5-1.8% slower at B*HV = 256 (three runs), and
 # 1.1-1.9 points faster at 1024 and 2048 (results/h200/tune_sort_fp32_vk*.json, TP=1 and 4).
-# The H100 too: at TP=4 fp32 vk B=32 (B*HV 256) +1.7 points (results/h100/ot_*_1077935.json).
+# The H100 too: at TP=4 fp32 vk B=32 (B*HV 256) +1.8 / +1.7 points (results/h100/ot_*_1077935.json).
 VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 
 

@@ -217,8 +217,9 @@ TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
 # differs). On the H100, one call each (results/h100/ot_own_h100_1077935.json against
 # ot_h200t_h100_1077935.json; NOTES.md, fifty-eighth session): the H200's tables against the H100's
 # own older ones at TP=1 and 4, B = 1, 32, 128, 512, every layout and dtype, read -0.2..+3.6 points
-# of copy bandwidth without the order and -0.0..+4.2 given it: level at B=1, faster from B*HV 1024
-# and at TP=4 fp32 vk B=32 (o from the updated state, +1.7).
+# of copy bandwidth without the order and -0.1..+4.2 given it: level at B=1, faster from B*HV 1024
+# and at TP=4 fp32 vk B=32 (o from the updated state, +1.8 / +1.7). The names match by part, so an
+# H100 PCIe or NVL takes them too, unmeasured.
 H200_TABLE_CARDS = ("H200", "H100")
 
 

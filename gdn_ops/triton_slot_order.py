@@ -57,7 +57,8 @@ MAX_COLUMNS = 2048
 # +0.7, +0.9 (at HV=8 rows had sorted from 2048 already, below).
 # These tables are the H200's, and the H100's (triton_decode_tma.H200_TABLE_CARDS).
 SORT_ROWS_FROM = {(card, layout, size): start for card in H200_TABLE_CARDS
-                  for (layout, size), start in {("vk", 4): 2048, ("kv", 4): 4096, ("vk", 2): 2048, ("kv", 2): 4096}.items()}
+                  for (layout, size), start in {("vk", 4): 2048, ("kv", 4): 4096, ("vk", 2): 2048,
+                                                ("kv", 2): 4096}.items()}
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
 # the H200 (results/h200/probe_given_order_*.json, probe_plan_*.json; NOTES.md, fourteenth
 # session), sorted against unsorted: fp32 vk +2.0-2.4 points at B*HV 1024-4096 in the probe,

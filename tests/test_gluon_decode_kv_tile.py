@@ -184,11 +184,21 @@ def test_rules_switch_from_the_small_to_the_whole_head_tiles():
 def test_the_h100_takes_the_h200s_tile_rules_with_its_vk_rows_stored_plainly():
     """Measured on the H100 (results/h100/ot_*_1077935.json, vk_h100_1077935.json): the H200's rules
     read faster or level, but for its vk rows' evict-last stores, 1.6 points slower there."""
-    from gdn_ops.gluon_decode_vk_tile import VK_TILE_RULES
+    from gdn_ops.gluon_decode_vk_tile import VK_TILE_RULES, vk_rule_config
 
     assert TILE_RULES["H100"] == TILE_RULES["H200"]
     assert VK_TILE_RULES["H200"].evict_last_from is not None
     assert VK_TILE_RULES["H100"] == VK_TILE_RULES["H200"]._replace(evict_last_from=None)
+    for itemsize in (2, 4):
+        for heads in (8, 32):
+            for rows in (32, 128, 512, 1024):
+                h200, h100 = (vk_rule_config(VK_TILE_RULES[card], itemsize, rows * heads, rows, sorted_rows=True)
+                              for card in ("H200", "H100"))
+                if h200 is None:  # a 2-byte pool's tile starts at 1024
+                    assert h100 is None and itemsize == 2 and rows * heads < 1024
+                    continue
+                assert h100 == h200._replace(store_eviction="")
+                assert h200.store_eviction == ("evict_last" if rows * heads >= 4096 else "")
 
 
 def _tail(config: GluonTileConfig, per_sm: int, split: int = 4) -> GluonTileConfig:
