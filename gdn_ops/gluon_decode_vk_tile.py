@@ -376,11 +376,13 @@ def vk_tile_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     return None if config is None or vk_tile_reason(q, k, v, state, state_layout, config) else config
 
 
+@functools.cache
 def vk_rule_config(rule: VkTileRule, itemsize: int, rows_x_heads: int, rows: int,
                    sorted_rows: bool = False) -> GluonTileConfig | None:
     """The configuration ``rule`` picks for a pool of ``itemsize``-byte elements at this B*HV and
     ``rows`` (B), its rows in slot order or not, ``None`` where it leaves the grid to the Triton
-    kernel (:func:`vk_tile_config`'s choice before it asks whether the operands allow it)."""
+    kernel (:func:`vk_tile_config`'s choice before it asks whether the operands allow it). Cached:
+    the launcher asks on every call."""
     if itemsize == 2:
         start = rule.two_byte_sorted_from if sorted_rows else rule.two_byte_from
         config = None if rows_x_heads < start else VK_2B_TILE_CONFIG

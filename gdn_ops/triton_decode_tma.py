@@ -223,6 +223,12 @@ TUNING_GPU_ENV = "GDN_OPS_TUNING_GPU"
 H200_TABLE_CARDS = ("H200", "H100")
 
 
+def h200_table_entries(entries: dict[tuple, Rule]) -> dict[tuple, Rule]:
+    """A table keyed by (GPU name part, *key) holding ``entries`` (keyed by the rest) for each of
+    :data:`H200_TABLE_CARDS`."""
+    return {(card, *key): value for card in H200_TABLE_CARDS for key, value in entries.items()}
+
+
 def tuning_gpu_name(device_index: int | None) -> str:
     """The name the per-GPU tuning tables are looked up by on CUDA device ``device_index`` (None:
     the current one): the device's own name unless ``GDN_OPS_TUNING_GPU`` names another, which

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_ops.triton_decode_tma import H200_TABLE_CARDS
+from gdn_ops.triton_decode_tma import h200_table_entries
 
 # Elements of the [rows, slots] comparison one program holds at once (16 per thread of 4 warps),
 # and the most slots compared in one step: up to MAX_COLUMNS rows, one step. With 8192 (64 a
@@ -55,10 +55,8 @@ MAX_COLUMNS = 2048
 # with the state on its own barrier (results/h200/g_bf16_small_*_76d4a1f.json; NOTES.md, fortieth
 # session): that tile sorting, rank kernel included, against it in batch order at HV=32, B*HV 2048:
 # +0.7, +0.9 (at HV=8 rows had sorted from 2048 already, below).
-# These tables are the H200's, and the H100's (triton_decode_tma.H200_TABLE_CARDS).
-SORT_ROWS_FROM = {(card, layout, size): start for card in H200_TABLE_CARDS
-                  for (layout, size), start in {("vk", 4): 2048, ("kv", 4): 4096, ("vk", 2): 2048,
-                                                ("kv", 2): 4096}.items()}
+# These tables are the H200's, and the H100's (triton_decode_tma.h200_table_entries).
+SORT_ROWS_FROM = h200_table_entries({("vk", 4): 2048, ("kv", 4): 4096, ("vk", 2): 2048, ("kv", 2): 4096})
 # The same where the caller gives the order, so the decode launches no rank kernel of its own. On
 # the H200 (results/h200/probe_given_order_*.json, probe_plan_*.json; NOTES.md, fourteenth
 # session), sorted against unsorted: fp32 vk +2.0-2.4 points at B*HV 1024-4096 in the probe,
@@ -73,9 +71,7 @@ SORT_ROWS_FROM = {(card, layout, size): start for card in H200_TABLE_CARDS
 # +0.1..+1.8 points at HV = 8, 16 and 32 in ten readings of one seed of the rounds' order (+1.05 on
 # average) and +0.25..+1.0 under three others (+0.48 at HV=32, +0.81 at HV=8 on average), 2-byte
 # kv +1.5..+3.2 in six; fp32 kv and 2-byte vk were level there.
-SORT_ROWS_GIVEN_ORDER_FROM = {(card, layout, size): start for card in H200_TABLE_CARDS
-                              for (layout, size), start in {("vk", 4): 512, ("kv", 4): 1024, ("vk", 2): 1024,
-                                                            ("kv", 2): 512}.items()}
+SORT_ROWS_GIVEN_ORDER_FROM = h200_table_entries({("vk", 4): 512, ("kv", 4): 1024, ("vk", 2): 1024, ("kv", 2): 512})
 # Rows of few heads sort by themselves from smaller grids, by (GPU name part, pool layout, state
 # element size): (most heads a row, from which B*HV). A row's slot holds its heads' states, so
 # with fewer heads a row a wave of programs in batch order spans more slots (at HV=8 an fp32 slot is
@@ -85,8 +81,7 @@ SORT_ROWS_GIVEN_ORDER_FROM = {(card, layout, size): start for card in H200_TABLE
 # +0.6, at 32 level); fp32 kv at 2048 +0.9..+1.4 at HV = 8 and 16 (at 32 -0.9 / -0.2); 2-byte vk at
 # 2048 +0.9 / +1.4 at HV=8 (HV=16 +0.3 / +0.6, HV=32 -0.5 / -0.4), now in SORT_ROWS_FROM for every
 # HV. 2-byte kv had no such gain.
-SORT_ROWS_FEW_HEADS_FROM = {(card, layout, size): rule for card in H200_TABLE_CARDS
-                            for (layout, size), rule in {("vk", 4): (8, 1024), ("kv", 4): (16, 2048)}.items()}
+SORT_ROWS_FEW_HEADS_FROM = h200_table_entries({("vk", 4): (8, 1024), ("kv", 4): (16, 2048)})
 
 
 @functools.cache
