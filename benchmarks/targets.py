@@ -47,7 +47,6 @@ def card_block(name: str, card: str) -> str:
     return name if card == DEFAULT_CARD else f"{name}-{card}"
 
 
-DEFAULT_SOURCES = card_sources(DEFAULT_CARD)
 TARGET_PCT = {8: 80.0, 32: 90.0, 128: 95.0, 256: 95.0, 512: 95.0, 1024: 95.0}
 TARGET_US_B1 = 3.0
 SGLANG_LEVEL = 0.01  # medians within 1% of each other: level, neither faster

@@ -123,7 +123,7 @@ def test_project_prints_each_targeted_points_verdict_there(capsys):
     assert targets.main(["--project", "3.0"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("on a card copying at 3.00 TB/s")
-    points, _ = targets.merge(targets.read_sources(targets.DEFAULT_SOURCES))
+    points, _ = targets.merge(targets.read_sources(targets.card_sources(targets.DEFAULT_CARD)))
     assert len(out) - 1 == sum(p.status != "no target" for p in points.values())
 
 
