@@ -48,6 +48,21 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
         ("        o = tl.where(valid, o, 0.0)\n",
          "        o = tl.where(valid, o, 0.0)\n        if PDL:\n            tl.extra.cuda.gdc_wait()\n"),
     ],
+    # Ceilings of the per-tile kernel, not decode steps (fifty-ninth session): where a kv call at
+    # B=1 spends its time. ``step_out`` keeps the loads of the state, v and the gates and the
+    # stores, with no arithmetic on the tile (the state leaves unchanged, o = beta * g * v; q and k,
+    # then unused, are not read: 1% of the bytes); ``sums_only`` keeps the two sums over the keys
+    # (S k and S q, with the norms of q and k) and the state leaves unchanged, o from the sums.
+    "step_out": [
+        ("            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
+         "            o = beta * g * v\n"),
+    ],
+    "sums_only": [
+        ("from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state\n",
+         "from gdn_ops.triton_step import delta_rule_step, delta_rule_step_from_old_state, old_state_sums\n"),
+        ("            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
+         "            o = old_state_sums(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)[3]\n"),
+    ],
     # PDL with the L2 prefetch at every size
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
@@ -1414,7 +1429,7 @@ _PATCHED_MODULES = ((VARIANTS, shipped), (TMA_VARIANTS, shipped_tma), (GLUON_VAR
                     (VK_TILE_VARIANTS, shipped_vk_tile), (KV_TILE_VARIANTS, shipped_kv_tile),
                     (SLOT_ORDER_VARIANTS, shipped_slot_order))
 # Variants whose output is not the decode step's: timed without the check against the reference.
-CEILING_VARIANTS = {"gluon_copy_only", "gluon_dma_only", "vk_tile_rows_unchanged", "vk_tile_register_loads_no_gates",
+CEILING_VARIANTS = {"step_out", "sums_only", "gluon_copy_only", "gluon_dma_only", "vk_tile_rows_unchanged", "vk_tile_register_loads_no_gates",
                     "vk_tile_register_loads_light", "vk_tile_register_loads_bare", "vk_tile_register_loads_stream",
                     "kv_tile_rows_unchanged", "kv_tile_copy_only",
                     "kv_tile_slots_before_wait"}
