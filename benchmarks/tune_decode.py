@@ -230,7 +230,7 @@ def main() -> None:
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra, args.step_order)
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS]
+        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1].split("+")[0] in CEILING_VARIANTS]
         row["unchecked"] = [p.name for p in ceilings]
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
