@@ -39,7 +39,7 @@ from benchmarks.timing import (
     time_graphs_interleaved,
 )
 from benchmarks.tuning_results import write_results
-from benchmarks.variants import CEILING_VARIANTS, load_variant
+from benchmarks.variants import is_ceiling, load_variant
 from gdn_ops.triton_decode import DecodeConfig, decode_config, gpu_name
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -230,7 +230,7 @@ def main() -> None:
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra, args.step_order)
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1].split("+")[0] in CEILING_VARIANTS]
+        ceilings = [p for p in providers if is_ceiling(p.name)]
         row["unchecked"] = [p.name for p in ceilings]
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]

@@ -63,7 +63,6 @@ from benchmarks.tune_decode import (
 from benchmarks.tuning_results import write_results
 from benchmarks.variants import (
     ALL_VARIANTS,
-    CEILING_VARIANTS,
     GLUON_VARIANTS,
     KV_TILE_LOAD_POLICY_VARIANTS,
     KV_TILE_STORE_POLICY_VARIANTS,
@@ -71,6 +70,7 @@ from benchmarks.variants import (
     SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
     VK_TILE_VARIANTS,
+    is_ceiling,
     load_variant,
 )
 from gdn_ops.gluon_decode_kv import GluonKVConfig
@@ -304,8 +304,7 @@ def main() -> None:
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                "slot_pad": cfg.slot_pad, "per_tile": list(per_tile), "results": {}}
         # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if p.name.startswith("variant:") and p.name.split(":")[1] in CEILING_VARIANTS
-                    or p.name in unchecked]
+        ceilings = [p for p in providers if is_ceiling(p.name) or p.name in unchecked]
         row["unchecked"] = [p.name for p in ceilings]
         runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         times, replay_failed = time_as_asked(cfg, runnable + ceilings, args, checked=[p.name for p in runnable])

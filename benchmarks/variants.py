@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -69,7 +70,7 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     # are cold, and after the wait their loads from DRAM run beside the state's from L2.
     "operand_prefetch": [
         ("    if PDL:\n        # Launched beside",
-         "    if PREFETCH and not SORTED_ROWS:\n"
+         ("    if PREFETCH and not SORTED_ROWS:\n"
          "        offs_k_lines = tl.arange(0, BK // 32) * 32\n"
          "        offs_k_lines = tl.where(offs_k_lines < K, offs_k_lines, 0)\n"
          "        _prefetch_l2(q_ptr + rank * s_qb + h * s_qh + offs_k_lines * s_qk)\n"
@@ -78,7 +79,7 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "        _prefetch_l2(v_ptr + rank * s_vb + hv * s_vh + (v_block * BV) * s_vv + one)\n"
          "        _prefetch_l2(gate_a_ptr + rank * s_ab + hv * s_ah + one)\n"
          "        _prefetch_l2(gate_b_ptr + rank * s_bb + hv * s_bh + one)\n"
-         "    if PDL:\n        # Launched beside"),
+         "    if PDL:\n        # Launched beside")),
     ],
     # PDL with the L2 prefetch at every size
     "prefetch_always": [
@@ -1450,6 +1451,14 @@ CEILING_VARIANTS = {"step_out", "sums_only", "gluon_copy_only", "gluon_dma_only"
                     "vk_tile_register_loads_light", "vk_tile_register_loads_bare", "vk_tile_register_loads_stream",
                     "kv_tile_rows_unchanged", "kv_tile_copy_only",
                     "kv_tile_slots_before_wait"}
+
+
+def is_ceiling(provider_name: str) -> bool:
+    """Whether a tuning script's provider times a ceiling variant: ``variant:<name>`` then a spec or
+    tile after ``:`` and launch suffixes after ``+`` (``variant:step_out+pdl``,
+    ``variant:kv_tile_copy_only:t128:4:8:6:8:sort+order``)."""
+    kind, _, rest = provider_name.partition(":")
+    return kind == "variant" and re.split(r"[:+]", rest, maxsplit=1)[0] in CEILING_VARIANTS
 
 
 @functools.cache

@@ -382,3 +382,43 @@ def test_a_rank_kernel_variant_runs_inside_the_shipped_decode(monkeypatch):
     assert len(launched) == 2
     # outside the block the shipped decode has its own rank kernel again
     assert shipped.slot_order is slot_order
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_the_per_tile_ceilings_do_what_they_leave_out(layout):
+    """``sums_only`` gives the step's ``o`` (taken from the old state's sums) and leaves the pool as
+    it was; ``step_out`` leaves the pool too, and its ``o`` is not the step's. Either would pass the
+    reference check only by mistake, so the tuning scripts time them unchecked (``is_ceiling``)."""
+    import torch
+
+    from gdn_ops.triton_decode import DecodeConfig, launch_decode
+
+    problem = _tiny_problem(layout, "cpu")
+    x = problem.inputs
+
+    def launch(launcher):
+        launcher(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], problem.pool, problem.indices,
+                 x["out"], scale=0.25, use_qk_l2norm_in_kernel=True, state_layout=layout,
+                 config=DecodeConfig(BV=8, BK=16, num_warps=1), pdl=False)
+
+    before = problem.pool.clone()
+    launch(launch_decode)
+    o_step, updated = problem.inputs["out"].clone(), problem.pool.clone()
+    assert not torch.equal(updated, before)
+    for name in ("sums_only", "step_out"):
+        problem.pool.copy_(before)
+        problem.inputs["out"].fill_(float("nan"))
+        launch(load_variant(name).launch_decode)
+        assert torch.equal(problem.pool, before), name
+        close = torch.allclose(problem.inputs["out"], o_step, rtol=1e-5, atol=1e-6)
+        assert close == (name == "sums_only"), name
+
+
+def test_a_ceiling_is_named_by_its_variant_whatever_the_suffixes():
+    from benchmarks.variants import CEILING_VARIANTS, is_ceiling
+
+    assert {"step_out", "sums_only", "kv_tile_copy_only"} <= CEILING_VARIANTS
+    assert is_ceiling("variant:step_out+pdl") and is_ceiling("variant:sums_only+pdl+order")
+    assert is_ceiling("variant:kv_tile_copy_only:t128:4:8:6:8:tail4x1:sort+order")
+    assert not is_ceiling("variant:pdl_no_prefetch+pdl") and not is_ceiling("variant:operand_prefetch:BV32w2+pdl")
+    assert not is_ceiling("step_out") and not is_ceiling("BV16w1+pdl") and not is_ceiling("t128:4:8:6:8:sort")
