@@ -96,11 +96,16 @@ def decode_after_gemm(times: dict[str, float], names: list[str], nbytes: int, co
     return out
 
 
-def decode_providers(specs: list[str], variants: list[str], layout: str, step_order: bool) -> list[Provider]:
+def decode_providers(specs: list[str], variants: list[str], layout: str, step_order: bool,
+                     without_pdl: bool = False) -> list[Provider]:
     """The launcher's default and each spec (``tune_tma``'s syntax) with each variant of its
-    kernel that ``variants`` names, given the slot order when ``step_order``."""
+    kernel that ``variants`` names, given the slot order when ``step_order``; with ``without_pdl``
+    also the default launched without programmatic dependent launch (``+no_pdl``): after a GEMM,
+    what the PDL launch itself costs or saves."""
     suffix = "+order" if step_order else ""
     providers = [launcher_provider("default" + suffix, step_order=step_order)]
+    if without_pdl:
+        providers.append(launcher_provider("default" + suffix + "+no_pdl", pdl=False, step_order=step_order))
     for spec in specs:
         config = parse_spec(spec)
         providers.append(launcher_provider(spec + suffix, config=config, step_order=step_order))
@@ -125,6 +130,7 @@ def main() -> None:
     ap.add_argument("--specs", nargs="*", default=[], metavar="tune_tma's spec")
     ap.add_argument("--variants", nargs="*", default=[], help="variants of benchmarks/variants.py, at each spec")
     ap.add_argument("--step-order", action="store_true", help="give each decode the step's slot order")
+    ap.add_argument("--without-pdl", action="store_true", help="also the default launched without PDL")
     ap.add_argument("--gemm", type=gemm_shape, default=(2048, 12288), metavar="K:N", help="the GEMM after each decode")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="neighbour_gemm")
@@ -136,7 +142,8 @@ def main() -> None:
     records = []
     for cfg in tuning_grid(args):
         problem = make_problem(cfg, "cuda")
-        decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order),
+        decodes, failed = passing(cfg, decode_providers(args.specs, args.variants, cfg.layout, args.step_order,
+                                                   args.without_pdl),
                                   problem, reference(cfg, problem))
         runnable = decodes + [with_gemm(p, K, N) for p in decodes] + [gemm_only(K, N)]
         times, replay_failed = time_as_asked(cfg, runnable, args, checked=[p.name for p in runnable])

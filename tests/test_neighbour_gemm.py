@@ -48,6 +48,25 @@ def test_the_decodes_are_the_default_each_spec_and_its_variants():
                                               ["vk_tile_cs_store", "kv_tile_row_stores"], "vk", True)]
     assert names == ["default+order", "t16:1:16:24:8:sort+order",
                      "variant:vk_tile_cs_store:t16:1:16:24:8:sort+order", "64:4:3:4+order"]
+    no_pdl = decode_providers([], [], "kv", False, without_pdl=True)
+    assert [p.name for p in no_pdl] == ["default", "default+no_pdl"]
+
+
+@needs_interpreter_or_gpu
+def test_the_decode_without_pdl_is_launched_without_it(monkeypatch):
+    import gdn_ops.triton_decode as launcher
+    from benchmarks.neighbour_gemm import decode_providers
+    from benchmarks.providers import Config, make_problem
+
+    cfg = Config(tp=1, HK=2, HV=4, K=16, V=32, B=3, state_dtype=torch.float32, layout="kv")
+    problem = make_problem(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    asked = []
+    real = launcher.launch_decode
+    monkeypatch.setattr(launcher, "launch_decode", lambda *args, pdl=None, **kwargs: asked.append(pdl) or real(
+        *args, pdl=pdl if torch.cuda.is_available() else False, **kwargs))
+    for provider in decode_providers([], [], "kv", False, without_pdl=True):
+        provider.make(cfg, problem.pool, problem.indices, problem.inputs)()
+    assert asked == [None, False]
 
 
 def test_the_gemm_shape_is_two_positive_integers():
