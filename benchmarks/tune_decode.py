@@ -186,6 +186,22 @@ def time_as_asked(cfg: Config, providers: list[Provider], args: argparse.Namespa
     return time_interleaved(cfg, providers, int(args.mem_budget_gb * 2**30), checked=checked, **timing_options(args))
 
 
+def check_then_time(cfg: Config, providers: list[Provider], problem, ref, args: argparse.Namespace,
+                    unchecked: Collection[str] = (), peers: list[Provider] = ()
+                    ) -> tuple[list[Provider], list[Provider], dict[str, float], dict[str, str]]:
+    """The tuning scripts' round at one point: each of ``providers`` checked against ``ref`` on
+    ``problem`` but its ceilings (``variants.is_ceiling``, or named in ``unchecked``: not decode
+    steps), then the passing ones timed (:func:`time_as_asked`, each graph checked again on a
+    replay) beside the ceilings and ``peers`` (both unchecked). Returns the passing providers, the
+    ceilings, the times and why each failing provider failed."""
+    ceilings = [p for p in providers if is_ceiling(p.name) or p.name in unchecked]
+    runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
+    times, replay_failed = time_as_asked(cfg, runnable + ceilings + list(peers), args,
+                                         checked=[p.name for p in runnable])
+    failed.update(replay_failed)
+    return runnable, ceilings, times, failed
+
+
 def parser() -> argparse.ArgumentParser:
     """The script's options."""
     ap = argparse.ArgumentParser()
@@ -229,14 +245,9 @@ def main() -> None:
         pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra, args.step_order)
-        # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if is_ceiling(p.name)]
-        row["unchecked"] = [p.name for p in ceilings]
-        runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
         peers_here = [peer for peer in peers.values() if peer.supports(cfg) is None]
-        times, replay_failed = time_as_asked(cfg, runnable + ceilings + peers_here, args,
-                                             checked=[p.name for p in runnable])
-        failed.update(replay_failed)
+        runnable, ceilings, times, failed = check_then_time(cfg, providers, problem, ref, args, peers=peers_here)
+        row["unchecked"] = [p.name for p in ceilings]  # ceilings: timed, not decode steps
         row["tiles"].update({name: {"error": message} for name, message in failed.items()})
         for prov in runnable + ceilings:
             if prov.name in times:

@@ -48,15 +48,14 @@ from benchmarks.providers import (
     Provider,
     launcher_provider,
     make_problem,
-    passing,
     reference,
 )
 from benchmarks.timing import copy_bandwidth
 from benchmarks.tune_decode import (
     add_grid_arguments,
     add_timing_arguments,
+    check_then_time,
     dtype_name,
-    time_as_asked,
     timing_options,
     tuning_grid,
 )
@@ -70,7 +69,6 @@ from benchmarks.variants import (
     SLOT_ORDER_VARIANTS,
     TMA_VARIANTS,
     VK_TILE_VARIANTS,
-    is_ceiling,
     load_variant,
 )
 from gdn_ops.gluon_decode_kv import GluonKVConfig
@@ -303,12 +301,8 @@ def main() -> None:
                 providers += spec_variant_providers(spec, config, args.variants, layout, step_order)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout, "bytes": cfg.bytes_per_call(),
                "slot_pad": cfg.slot_pad, "per_tile": list(per_tile), "results": {}}
-        # ceilings are not decode steps: timed beside the rest, unchecked, and named so in the JSON
-        ceilings = [p for p in providers if is_ceiling(p.name) or p.name in unchecked]
-        row["unchecked"] = [p.name for p in ceilings]
-        runnable, failed = passing(cfg, [p for p in providers if p not in ceilings], problem, ref)
-        times, replay_failed = time_as_asked(cfg, runnable + ceilings, args, checked=[p.name for p in runnable])
-        failed.update(replay_failed)
+        _, ceilings, times, failed = check_then_time(cfg, providers, problem, ref, args, unchecked)
+        row["unchecked"] = [p.name for p in ceilings]  # ceilings: timed, not decode steps
         row["results"].update({name: {"error": message} for name, message in failed.items()})
         for name, us in times.items():
             row["results"][name] = {"us": us, "pct_of_copy": 100 * cfg.bytes_per_call() / (us * 1e-6) / bw}

@@ -159,3 +159,31 @@ def test_every_tuning_script_times_as_asked(monkeypatch):
     assert tune_decode.timing_options(parsed) == {"seed": 2, "replays": 15, "min_pools": 8}
     with pytest.raises(SystemExit):
         tune_decode.parser().parse_args(["--min-pools", "1"])
+
+
+def test_the_tuning_round_checks_the_decodes_and_times_the_ceilings_and_peers_unchecked(monkeypatch):
+    """``tune_decode.check_then_time``: only decode steps meet the reference check and the replay
+    check; a ceiling (by variant name or named unchecked) and a peer are timed without either."""
+    import argparse
+    from types import SimpleNamespace
+
+    from benchmarks import tune_decode
+
+    names = ["BV16w1+pdl", "variant:step_out+pdl", "variant:pdl_no_prefetch+pdl", "c8:128:1:16:1:4:skipsums",
+             "bad+pdl"]
+    providers = [SimpleNamespace(name=n) for n in names]
+    peer = SimpleNamespace(name="copy")
+    checked_eagerly, timed = [], {}
+    monkeypatch.setattr(tune_decode, "passing", lambda cfg, provs, problem, ref: (
+        checked_eagerly.extend(p.name for p in provs) or [p for p in provs if p.name != "bad+pdl"],
+        {"bad+pdl": "rel err"}))
+    monkeypatch.setattr(tune_decode, "time_as_asked", lambda cfg, provs, args, checked: timed.update(
+        timed=[p.name for p in provs], checked=list(checked)) or ({p.name: 1.0 for p in provs}, {}))
+    runnable, ceilings, times, failed = tune_decode.check_then_time(
+        None, providers, None, None, argparse.Namespace(), unchecked={"c8:128:1:16:1:4:skipsums"}, peers=[peer])
+    assert checked_eagerly == ["BV16w1+pdl", "variant:pdl_no_prefetch+pdl", "bad+pdl"]
+    assert [p.name for p in runnable] == ["BV16w1+pdl", "variant:pdl_no_prefetch+pdl"]
+    assert [p.name for p in ceilings] == ["variant:step_out+pdl", "c8:128:1:16:1:4:skipsums"]
+    assert timed["checked"] == ["BV16w1+pdl", "variant:pdl_no_prefetch+pdl"]
+    assert set(timed["timed"]) == set(times) == {*timed["checked"], *(p.name for p in ceilings), "copy"}
+    assert failed == {"bad+pdl": "rel err"}
