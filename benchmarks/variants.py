@@ -168,6 +168,46 @@ VARIANTS["packed_state"] = [
 ]
 
 
+# The sums over the keys taken with q and k as loaded, their norms and the scale applied to the sums
+# afterwards (as the Gluon kv tile does): the norms' reduction and square roots then run beside the
+# tile's sums instead of before them, one reduction chain fewer between the operands' arrival and
+# the stores, which is what a latency-bound call (B=1) waits on. The arithmetic is the shipped
+# step's: u = beta (v - d rk S k), o = d rq s S q + u rk rq s (k . q), S = d S + (rk u) k^T.
+_NORM_FACTOR_STEP = """@triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
+def _add3(a0, b0, c0, a1, b1, c1):
+    return a0 + a1, b0 + b1, c0 + c1
+
+
+@triton.jit
+def _norm_factor_step(S, q, k, v, g, beta, scale, USE_L2NORM: tl.constexpr, L2_EPS: tl.constexpr):
+    Sk, Sq = tl.reduce((S * k[None, :], S * q[None, :]), 1, _add2)
+    qq, kk, kq = tl.reduce((q * q, k * k, k * q), 0, _add3)
+    if USE_L2NORM:
+        rq = 1.0 / tl.sqrt(qq + L2_EPS)
+        rk = 1.0 / tl.sqrt(kk + L2_EPS)
+    else:
+        rq = 1.0
+        rk = 1.0
+    decay = tl.exp(g)
+    u = beta * (v - (decay * rk) * Sk)
+    o = (decay * rq * scale) * Sq + u * (kq * rk * rq * scale)
+    S = S * decay + (u * rk)[:, None] * k[None, :]
+    return S, o
+
+
+"""
+VARIANTS["norm_factors"] = [
+    ("            S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n",
+     "            S, o = _norm_factor_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)\n"),
+    ("@triton.jit\ndef _decode_kernel(", _NORM_FACTOR_STEP + "@triton.jit\ndef _decode_kernel("),
+]
+
+
 # The same aim by another route: the update reads the tile again (a volatile load, which the
 # compiler may not merge with the first; it should hit L1 or L2) instead of keeping it in registers
 # across the sums. Decode steps of one token only (T = 1): a second token would read the old tile.

@@ -172,6 +172,31 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
     check(build(case, device), run)
 
 
+@pytest.mark.parametrize(("layout", "state_dtype", "l2norm"), [
+    ("kv", "float32", True), ("vk", "bfloat16", True), ("kv", "bfloat16", False)])
+def test_norm_factors_is_the_decode_step(layout, state_dtype, l2norm):
+    """``norm_factors`` (the key sums taken with q and k as loaded, their norms applied to the sums
+    after) is a decode step, checked against the float64 reference before it is timed; with and
+    without the norms, through Triton's interpreter on CPU."""
+    import torch
+    from decode_case import DecodeCase, build, check
+
+    from gdn_ops.triton_decode import DecodeConfig
+
+    module = load_variant("norm_factors")
+    case = DecodeCase(B=3, T=1, HK=2, group=2, K=16, V=32, state_layout=layout,
+                      state_dtype=getattr(torch, state_dtype), l2norm=l2norm, padding_rows=(1,), out_given=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run(inp):
+        module.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                             inp.out.view, scale=case.K**-0.5, use_qk_l2norm_in_kernel=l2norm, state_layout=layout,
+                             config=DecodeConfig(BV=8, BK=16, num_warps=1))
+        return inp.out.view
+
+    check(build(case, device), run)
+
+
 def _policy_config(name: str, config):
     """``config`` with the evict-last copies that kv tile policy variant ``name`` rewrites: its
     state's loads (``KV_TILE_LOAD_POLICY_VARIANTS``) or its stores."""
