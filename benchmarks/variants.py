@@ -208,6 +208,104 @@ VARIANTS["norm_factors"] = [
 ]
 
 
+# Speculation on the slot read before the PDL wait (kept for the L2 prefetch's address): the tile
+# at that slot is loaded as soon as the wait returns, beside the index's re-read instead of after
+# it, and kept only where the re-read finds the same slot; otherwise the tile at the re-read slot
+# is loaded (the loads are predicated on the mismatch, so a match costs no second read). Every
+# byte used is read after the wait, so it is as safe as the shipped order. At B=1 this takes one
+# L2 round trip (the index's) off the path from the wait to the stores.
+VARIANTS["early_slot_load"] = [
+    ("    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n",
+     ("    if PREFETCH and HAS_INDICES:\n"
+      "        early_ok = (early_slot >= 0) & (early_slot < num_slots)\n"
+      "        early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)\n"
+      "        S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,\n"
+      "                          other=0.0)\n"
+      "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n")),
+    ("        slot = tl.load(indices_ptr + rank).to(tl.int64)\n",
+     "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n        raw_slot = slot\n"),
+    ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
+     ("    if PREFETCH and HAS_INDICES:\n"
+      "        S = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=S_early).to(tl.float32)\n"
+      "    else:\n"
+      "        S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n")),
+]
+
+
+# One token in slot order as given (T == 1, rows not sorted): q, k, v and the gates loaded right
+# after the PDL wait, before the slot, as volatile loads (``ld.volatile``) so that ptxas keeps them
+# ahead of the slot's load instead of issuing some after the slot has come back, as it does in
+# the shipped kernel (v among them at TP=1 B=1 kv, SASS); A_log and dt_bias too. The state's loads
+# still wait on the slot.
+_OPERANDS_BEFORE_SLOT = """    if not SORTED_ROWS:
+        if T == 1:
+            q = tl.load(q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, volatile=True)
+            k = tl.load(k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, volatile=True)
+            v = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0, volatile=True)
+            gate_a = tl.load(gate_a_ptr + rank * s_ab + hv * s_ah, volatile=True).to(tl.float32)
+            gate_b = tl.load(gate_b_ptr + rank * s_bb + hv * s_bh, volatile=True).to(tl.float32)
+            if FUSED_GATING:
+                neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))
+                dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)
+            else:
+                neg_exp_A = 0.0
+                dt_bias = 0.0
+            if HAS_INDICES:
+                slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)
+                valid = (slot >= 0) & (slot < num_slots)
+                slot = tl.where(valid, slot, 0)
+            else:
+                slot = rank
+                valid = rank >= 0
+            state_ptrs = state_ptr + tl.multiple_of(slot * s_slot + head_offset, STATE_ALIGN) + tile
+            state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
+            S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+            g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold,
+                                   FUSED_GATING)
+            q = q.to(tl.float32)
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+            if FROM_OLD_STATE:
+                S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+            else:
+                S, o = delta_rule_step(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
+            o = tl.where(valid, o, 0.0)
+            tl.store(o_ptr + rank * s_ob + hv * s_oh + offs_v * s_ov, o.to(o_ptr.dtype.element_ty), mask=mask_v)
+            tl.store(state_ptrs, S.to(state_ptr.dtype.element_ty), mask=state_mask, cache_modifier=".cs")
+            return
+"""
+# With ``early``, also the tile at the slot read before the wait (as ``early_slot_load``), loaded
+# after the operands and before the slot's re-read, and kept where the re-read finds that slot.
+_EARLY_TILE = """            if PREFETCH and HAS_INDICES:
+                early_ok = (early_slot >= 0) & (early_slot < num_slots)
+                early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)
+                S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,
+                                  other=0.0)
+"""
+_TILE_AT_SLOT = "            S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+_TILE_AT_SLOT_OR_EARLY = """            if PREFETCH and HAS_INDICES:
+                S = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=S_early).to(tl.float32)
+            else:
+                S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+"""
+
+
+def _operands_before_slot(early: bool) -> list[tuple[str, str]]:
+    block = _OPERANDS_BEFORE_SLOT
+    if early:
+        block = block.replace("            if HAS_INDICES:\n", _EARLY_TILE + "            if HAS_INDICES:\n", 1)
+        block = block.replace("                slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)\n",
+                              "                slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)\n"
+                              "                raw_slot = slot\n")
+        block = block.replace(_TILE_AT_SLOT, _TILE_AT_SLOT_OR_EARLY)
+    anchor = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
+    return [(anchor, block + anchor)]
+
+
+VARIANTS["operands_before_slot"] = _operands_before_slot(early=False)
+VARIANTS["operands_before_slot_early"] = _operands_before_slot(early=True)
+
+
 # The same aim by another route: the update reads the tile again (a volatile load, which the
 # compiler may not merge with the first; it should hit L1 or L2) instead of keeping it in registers
 # across the sums. Decode steps of one token only (T = 1): a second token would read the old tile.

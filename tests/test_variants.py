@@ -172,19 +172,23 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
     check(build(case, device), run)
 
 
-@pytest.mark.parametrize(("layout", "state_dtype", "l2norm"), [
-    ("kv", "float32", True), ("vk", "bfloat16", True), ("kv", "bfloat16", False)])
-def test_norm_factors_is_the_decode_step(layout, state_dtype, l2norm):
-    """``norm_factors`` (the key sums taken with q and k as loaded, their norms applied to the sums
-    after) is a decode step, checked against the float64 reference before it is timed; with and
-    without the norms, through Triton's interpreter on CPU."""
+@pytest.mark.parametrize("name", ["norm_factors", "early_slot_load", "operands_before_slot",
+                                  "operands_before_slot_early"])
+@pytest.mark.parametrize(("layout", "state_dtype", "l2norm", "T"), [
+    ("kv", "float32", True, 1), ("vk", "bfloat16", True, 1), ("kv", "bfloat16", False, 1), ("vk", "float32", True, 2)])
+def test_step_variants_are_the_decode_step(name, layout, state_dtype, l2norm, T):
+    """The per-tile kernel's step and load-order variants of the sixtieth session are decode steps,
+    checked against the float64 reference before they are timed: with and without the norms, one
+    token (their own path) and two (the shipped one), padding rows, through Triton's interpreter on
+    CPU (without PDL, so the variants that read the slot before the wait run their shipped order
+    here; on a GPU the tuning scripts check them the same way under PDL)."""
     import torch
     from decode_case import DecodeCase, build, check
 
     from gdn_ops.triton_decode import DecodeConfig
 
-    module = load_variant("norm_factors")
-    case = DecodeCase(B=3, T=1, HK=2, group=2, K=16, V=32, state_layout=layout,
+    module = load_variant(name)
+    case = DecodeCase(B=3, T=T, HK=2, group=2, K=16, V=32, state_layout=layout,
                       state_dtype=getattr(torch, state_dtype), l2norm=l2norm, padding_rows=(1,), out_given=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
