@@ -303,7 +303,12 @@ def _operands_before_slot(early: bool) -> list[tuple[str, str]]:
 
 
 VARIANTS["operands_before_slot"] = _operands_before_slot(early=False)
+# the same order asked for with the ".cv" cache operator (fetch again, no L1) instead of volatile
+VARIANTS["operands_before_slot_cv"] = [(old, new.replace("volatile=True", 'cache_modifier=".cv"'))
+                                       for old, new in _operands_before_slot(early=False)]
 VARIANTS["operands_before_slot_early"] = _operands_before_slot(early=True)
+# the operands before the slot and the norms as factors
+VARIANTS["operands_before_slot_norm_factors"] = _operands_before_slot(early=False) + VARIANTS["norm_factors"]
 
 
 # The same aim by another route: the update reads the tile again (a volatile load, which the
