@@ -24,6 +24,10 @@ import gdn_ops.triton_decode as shipped
 import gdn_ops.triton_decode_tma as shipped_tma
 import gdn_ops.triton_slot_order as shipped_slot_order
 
+# The launcher's operands-first order turned off (variants written against the slot-first order)
+_OPERANDS_FIRST_OFF = ("OPERANDS_FIRST=config.operands_first and T == 1 and rows is None",
+                       "OPERANDS_FIRST=False")
+
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     # PDL without the early L2 prefetch of the state tile (launch overlap alone)
     "pdl_no_prefetch": [
@@ -85,6 +89,9 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "        _prefetch_l2(gate_b_ptr + rank * s_bb + hv * s_bh + one)\n"
          "    if PDL:\n        # Launched beside")),
     ],
+    # The slot (and the state) before one token's operands, the order shipped until the sixtieth
+    # session, where ``DecodeConfig.operands_first`` asks for the operands first
+    "slot_first": [_OPERANDS_FIRST_OFF],
     # PDL with the L2 prefetch at every size
     "prefetch_always": [
         ("PREFETCH_MAX_STATE_BYTES = 4 << 20", "PREFETCH_MAX_STATE_BYTES = 1 << 62"),
@@ -122,10 +129,10 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
           "    if PDL:\n        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n")),
     ],
     "evict_last_qk": [
-        ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
-         "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
-        ("k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)",
-         "k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+        ("q = tl.load(q_ptrs, mask=mask_k, other=0.0)",
+         "q = tl.load(q_ptrs, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+        ("k = tl.load(k_ptrs, mask=mask_k, other=0.0)",
+         "k = tl.load(k_ptrs, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
     ],
 }
 
@@ -215,6 +222,7 @@ VARIANTS["norm_factors"] = [
 # byte used is read after the wait, so it is as safe as the shipped order. At B=1 this takes one
 # L2 round trip (the index's) off the path from the wait to the stores.
 VARIANTS["early_slot_load"] = [
+    _OPERANDS_FIRST_OFF,
     ("    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n",
      ("    if PREFETCH and HAS_INDICES:\n"
       "        early_ok = (early_slot >= 0) & (early_slot < num_slots)\n"
@@ -299,11 +307,14 @@ def _operands_before_slot(early: bool) -> list[tuple[str, str]]:
                               "                raw_slot = slot\n")
         block = block.replace(_TILE_AT_SLOT, _TILE_AT_SLOT_OR_EARLY)
     anchor = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
-    return [(anchor, block + anchor)]
+    return [_OPERANDS_FIRST_OFF, (anchor, block + anchor)]
 
 
 VARIANTS["operands_before_slot"] = _operands_before_slot(early=False)
-# the same order asked for with the ".cv" cache operator (fetch again, no L1) instead of volatile
+# the same order asked for with the ".cv" cache operator instead of volatile: ptxas (Triton 3.6)
+# compiles it as the same order with plain loads, which issues q, k, a gate and A_log before the
+# slot's first use (v and the rest after it); as fast as the volatile order at TP=1 kv B=1 and 2
+# (H100, results/h100/lo2_tp1_h100_77f12c6.json). Shipped as ``DecodeConfig.operands_first``.
 VARIANTS["operands_before_slot_cv"] = [(old, new.replace("volatile=True", 'cache_modifier=".cv"'))
                                        for old, new in _operands_before_slot(early=False)]
 VARIANTS["operands_before_slot_early"] = _operands_before_slot(early=True)
@@ -471,6 +482,7 @@ def _persistent(programs_per_sm: int, ahead: bool) -> list[tuple[str, str]]:
           "    grid = (min(num_tiles, programs),)\n")),
         ("        T, state.shape[0], float(scale),", "        T, num_tiles, state.shape[0], float(scale),"),
         ("    persistent_config,\n", "    persistent_config,\n    sm_count,\n"),
+        _OPERANDS_FIRST_OFF,
     ]
 
 

@@ -75,6 +75,15 @@ def _prefetch_l2(ptrs):
 
 
 @triton.jit
+def _token_operands(q_ptrs, k_ptrs, v_ptrs, gate_a_ptr, gate_b_ptr, mask_k, mask_v):
+    """One token's ``q, k [BK]``, ``v [BV]`` and its two gate scalars, in fp32."""
+    q = tl.load(q_ptrs, mask=mask_k, other=0.0).to(tl.float32)
+    k = tl.load(k_ptrs, mask=mask_k, other=0.0).to(tl.float32)
+    v = tl.load(v_ptrs, mask=mask_v, other=0.0).to(tl.float32)
+    return q, k, v, tl.load(gate_a_ptr).to(tl.float32), tl.load(gate_b_ptr).to(tl.float32)
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -95,6 +104,7 @@ def _decode_kernel(
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
     FROM_OLD_STATE: tl.constexpr, SORTED_ROWS: tl.constexpr, STATE_ALIGN: tl.constexpr,
+    OPERANDS_FIRST: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -144,6 +154,16 @@ def _decode_kernel(
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
 
+    if OPERANDS_FIRST:
+        # One token, rows as given (the launcher's promise): its operands are asked for before the
+        # slot, so that their loads from DRAM do not wait behind the slot's round trip. In the
+        # other order ptxas issued some of them only once the slot was back (the state's address
+        # needs it), which at B=1 cost a kv call ~0.1 us on the H100 (NOTES.md, sixtieth session).
+        q, k, v, gate_a, gate_b = _token_operands(
+            q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk,
+            v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, gate_a_ptr + rank * s_ab + hv * s_ah,
+            gate_b_ptr + rank * s_bb + hv * s_bh, mask_k, mask_v)
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     if SORTED_ROWS:
         row = tl.load(rows_ptr + rank).to(tl.int64)
         # the order may come from the caller: a row outside the batch is dropped, nothing read or
@@ -168,17 +188,20 @@ def _decode_kernel(
     # 16-byte vectors
     state_ptrs = state_ptr + tl.multiple_of(slot * s_slot + head_offset, STATE_ALIGN) + tile
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
-    # Issue the state load first: it is ~99% of the bytes and everything else hides under it.
+    # Otherwise the state load is issued first: it is ~99% of the bytes and everything else hides
+    # under it.
     S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
-    neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+    if not OPERANDS_FIRST:
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
 
     for t in range(T):
-        q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
-        gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
-        gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
+        if not OPERANDS_FIRST:
+            q, k, v, gate_a, gate_b = _token_operands(
+                q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk,
+                k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk,
+                v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, gate_a_ptr + row * s_ab + t * s_at + hv * s_ah,
+                gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh, mask_k, mask_v)
         g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
         if FROM_OLD_STATE:
             S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
@@ -202,7 +225,8 @@ class DecodeConfig(NamedTuple):
     runs the rows in ascending slot order (``triton_slot_order``; only with ``indices``), at the
     cost of one more small launch unless the caller gives the order. ``maxnreg`` caps registers
     per thread (ptxas ``.maxnreg``), for tuning experiments: the tables leave it unset, as caps
-    measured slower (NOTES.md).
+    measured slower (NOTES.md). ``operands_first`` loads a one-token step's q, k, v and gates
+    before the slot, then the state (the launcher applies it at T = 1 with the rows as given).
     """
 
     BV: int
@@ -211,6 +235,7 @@ class DecodeConfig(NamedTuple):
     maxnreg: int | None = None
     from_old_state: bool = True
     sort_rows: bool = False
+    operands_first: bool = False
 
 
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
@@ -261,6 +286,11 @@ KV_TILES = {
 # 1.1-1.9 points faster at 1024 and 2048 (results/h200/tune_sort_fp32_vk*.json, TP=1 and 4).
 # The H100 too: at TP=4 fp32 vk B=32 (B*HV 256) +1.8 / +1.7 points (results/h100/ot_*_1077935.json).
 VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
+# One token's q, k, v and gates loaded before the slot (``DecodeConfig.operands_first``) in the kv
+# layout up to this B*HV, by GPU name. H100 (results/h100/lo*_h100_{23ca339,77f12c6}.json, against
+# the slot first, 2-4 runs): TP=1 B=1 fp32 -0.08..-0.10 us, bf16 -0.11; B=2 -0.11..-0.19 / -0.22..-0.24;
+# TP=4 (B*HV 8-64) -0.02..-0.33. The vk layout lost 0.12-0.15 us at TP=1 B=1 with the operands first.
+OPERANDS_FIRST_ROW_HEADS = {"H100": 64}
 
 
 @functools.cache
@@ -285,8 +315,11 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         num_warps = tile.num_warps
         new_state = not tile.from_old_state or (state_dtype.itemsize == 4 and act_itemsize == 2 and any(
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
+    operands_first = state_layout == "kv" and any(
+        name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
-                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads))
+                        sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads),
+                        operands_first=operands_first)
 
 
 def launch_decode(
@@ -403,6 +436,8 @@ def launch_decode(
         PREFETCH=bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
         FROM_OLD_STATE=config.from_old_state, STATE_ALIGN=state_alignment(state),
+        # the operands-first order loads one token's operands (and the row as given)
+        OPERANDS_FIRST=config.operands_first and T == 1 and rows is None,
         num_warps=config.num_warps, **launch_options,
     )
     return config

@@ -70,6 +70,37 @@ def test_triton_step_orders_match_reference(layout, from_old_state):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("changes", [
+    {}, {"fused_gating": False}, {"index_dtype": None, "padding_rows": ()},
+    {"index_dtype": torch.int64, "padding_value": 1000}, {"state_dtype": torch.bfloat16, "l2norm": True},
+    {"T": 2}], ids=["fused", "unfused", "no-indices", "past-pool-int64", "bf16-l2norm", "two-tokens"])
+@pytest.mark.parametrize("sort_rows", [False, True], ids=["batch-order", "slot-order"])
+def test_triton_operands_first_matches_reference(changes, sort_rows):
+    """The one-token order that loads q, k, v and the gates before the slot (the launcher takes it
+    at T = 1 with the rows as given, and the slot-first order otherwise: two tokens, rows in slot
+    order), with padding rows and a partial key tile, in both layouts' kv rule (kv here)."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = dataclasses.replace(DecodeCase(B=3, T=1, HK=2, group=2, K=24, V=32, state_layout="kv",
+                                          padding_rows=(1,), slot_pad=2, out_given=True, seed=11), **changes)
+    config = DecodeConfig(BV=16, BK=32, num_warps=1, operands_first=True, sort_rows=sort_rows)
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config))
+
+
+@pytest.mark.parametrize(("rows_x_heads", "layout", "gpu", "expected"), [
+    (32, "kv", "NVIDIA H100 80GB HBM3", True), (64, "kv", "NVIDIA H100 80GB HBM3", True),
+    (65, "kv", "NVIDIA H100 80GB HBM3", False), (32, "vk", "NVIDIA H100 80GB HBM3", False),
+    (32, "kv", "NVIDIA H200", False), (32, "kv", "", False)])
+def test_operands_first_where_measured(rows_x_heads, layout, gpu, expected):
+    """The operands-first order on the H100's kv grids up to B*HV = 64, both state dtypes; not in
+    the vk layout (slower there) nor on cards it was not measured on."""
+    from gdn_ops.triton_decode import decode_config
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert decode_config(rows_x_heads, 128, 128, dtype, layout, gpu).operands_first == expected
+
+
+@needs_interpreter
 @pytest.mark.parametrize("sort_rows", [False, True], ids=["batch-order", "slot-order"])
 def test_triton_reads_strided_indices(sort_rows):
     """Indices that are every third element of a larger buffer (a column of a 2-D tensor): the
