@@ -325,6 +325,22 @@ def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
 
 
 @pytest.mark.gpu
+@settings(max_examples=25)
+@given(decode_cases(), st.sampled_from([(16, 32), (4, 8)]), st.sampled_from([1, 2, 3]), st.sampled_from([16, 32]))
+def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV):
+    """The operands-first order compiled for the GPU on every card (the H100's rule takes it for kv
+    grids up to B*HV = 64), one token, as the launcher launches it (PDL on sm_90), kv and vk,
+    every activation layout, a padding row."""
+    from gdn_ops.triton_decode import DecodeConfig
+
+    HK, HV = heads
+    case = dataclasses.replace(case, B=batch, T=1, HK=HK, group=HV // HK, K=128, V=128,
+                               padding_rows=(0,) if case.index_dtype is not None and batch > 1 else ())
+    config = DecodeConfig(BV=BV, BK=128, num_warps=1, operands_first=True)
+    check(build(case, "cuda"), lambda inp: run_triton(inp, config))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 def test_pool_beyond_4096_slots_addressed_at_its_end(state_dtype):
     """64-bit offsets: slot * slot_stride overflows int32 past ~4096 slots of the TP=1 shape."""
