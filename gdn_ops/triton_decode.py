@@ -287,10 +287,12 @@ KV_TILES = {
 # The H100 too: at TP=4 fp32 vk B=32 (B*HV 256) +1.8 / +1.7 points (results/h100/ot_*_1077935.json).
 VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 # One token's q, k, v and gates loaded before the slot (``DecodeConfig.operands_first``) in the kv
-# layout up to this B*HV, by GPU name. H100 (results/h100/lo*_h100_{23ca339,77f12c6}.json, against
-# the slot first, 2-4 runs): TP=1 B=1 fp32 -0.08..-0.10 us, bf16 -0.11; B=2 -0.11..-0.19 / -0.22..-0.24;
-# TP=4 (B*HV 8-64) -0.02..-0.33. The vk layout lost 0.12-0.15 us at TP=1 B=1 with the operands first.
-OPERANDS_FIRST_ROW_HEADS = {"H100": 64}
+# layout up to this B*HV, by GPU name; against the slot first (NOTES.md, sixtieth session):
+# - H100 (results/h100/lo*_h100_{23ca339,77f12c6}.json, 2-4 runs): TP=1 B=1 fp32 -0.08..-0.10 us,
+#   bf16 -0.11; B=2 -0.11..-0.19 / -0.22..-0.24; TP=4 (B*HV 8-64) -0.02..-0.33;
+# - H200 (results/h200/sfh_*_h200_94ec832.json): TP=1 B=1 -0.12 / -0.10, B=2 -0.32 / -0.23; TP=4 B*HV
+#   8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs); vk level (-0.06..+0.04).
+OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 
 
 @functools.cache

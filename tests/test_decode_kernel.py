@@ -90,10 +90,11 @@ def test_triton_operands_first_matches_reference(changes, sort_rows):
 @pytest.mark.parametrize(("rows_x_heads", "layout", "gpu", "expected"), [
     (32, "kv", "NVIDIA H100 80GB HBM3", True), (64, "kv", "NVIDIA H100 80GB HBM3", True),
     (65, "kv", "NVIDIA H100 80GB HBM3", False), (32, "vk", "NVIDIA H100 80GB HBM3", False),
-    (32, "kv", "NVIDIA H200", False), (32, "kv", "", False)])
+    (8, "kv", "NVIDIA H200", True), (128, "kv", "NVIDIA H200", False), (32, "vk", "NVIDIA H200", False),
+    (32, "kv", "NVIDIA A100-SXM4-80GB", False), (32, "kv", "", False)])
 def test_operands_first_where_measured(rows_x_heads, layout, gpu, expected):
-    """The operands-first order on the H100's kv grids up to B*HV = 64, both state dtypes; not in
-    the vk layout (slower there) nor on cards it was not measured on."""
+    """The operands-first order on the H100's and the H200's kv grids up to B*HV = 64, both state
+    dtypes; not in the vk layout (no gain there) nor on cards it was not measured on."""
     from gdn_ops.triton_decode import decode_config
 
     for dtype in (torch.float32, torch.bfloat16):
@@ -328,8 +329,8 @@ def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
 @settings(max_examples=25)
 @given(decode_cases(), st.sampled_from([(16, 32), (4, 8)]), st.sampled_from([1, 2, 3]), st.sampled_from([16, 32]))
 def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV):
-    """The operands-first order compiled for the GPU on every card (the H100's rule takes it for kv
-    grids up to B*HV = 64), one token, as the launcher launches it (PDL on sm_90), kv and vk,
+    """The operands-first order compiled for the GPU on every card (the H100's and H200's rule takes
+    it for kv grids up to B*HV = 64), one token, as the launcher launches it (PDL on sm_90), kv and vk,
     every activation layout, a padding row."""
     from gdn_ops.triton_decode import DecodeConfig
 

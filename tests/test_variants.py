@@ -423,7 +423,7 @@ def test_the_per_tile_ceilings_do_what_they_leave_out(layout):
 
     from gdn_ops.triton_decode import DecodeConfig, launch_decode
 
-    problem = _tiny_problem(layout, "cpu")
+    problem = _tiny_problem(layout)  # on the GPU where there is one: no interpreter there
     x = problem.inputs
 
     def launch(launcher):
