@@ -129,10 +129,10 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
           "    if PDL:\n        tl.extra.cuda.gdc_wait()\n        tl.extra.cuda.gdc_launch_dependents()\n")),
     ],
     "evict_last_qk": [
-        ("q = tl.load(q_ptrs, mask=mask_k, other=0.0)",
-         "q = tl.load(q_ptrs, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
-        ("k = tl.load(k_ptrs, mask=mask_k, other=0.0)",
-         "k = tl.load(k_ptrs, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+        ("q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)",
+         "q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
+        ("k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)",
+         "k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, eviction_policy=\"evict_last\")"),
     ],
 }
 

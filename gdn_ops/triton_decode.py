@@ -75,15 +75,6 @@ def _prefetch_l2(ptrs):
 
 
 @triton.jit
-def _token_operands(q_ptrs, k_ptrs, v_ptrs, gate_a_ptr, gate_b_ptr, mask_k, mask_v):
-    """One token's ``q, k [BK]``, ``v [BV]`` and its two gate scalars, in fp32."""
-    q = tl.load(q_ptrs, mask=mask_k, other=0.0).to(tl.float32)
-    k = tl.load(k_ptrs, mask=mask_k, other=0.0).to(tl.float32)
-    v = tl.load(v_ptrs, mask=mask_v, other=0.0).to(tl.float32)
-    return q, k, v, tl.load(gate_a_ptr).to(tl.float32), tl.load(gate_b_ptr).to(tl.float32)
-
-
-@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr,
     gate_a_ptr, gate_b_ptr,  # a, b (FUSED_GATING) or g, beta
@@ -159,10 +150,12 @@ def _decode_kernel(
         # slot, so that their loads from DRAM do not wait behind the slot's round trip. In the
         # other order ptxas issued some of them only once the slot was back (the state's address
         # needs it), which at B=1 cost a kv call ~0.1 us on the H100 (NOTES.md, sixtieth session).
-        q, k, v, gate_a, gate_b = _token_operands(
-            q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk,
-            v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, gate_a_ptr + rank * s_ab + hv * s_ah,
-            gate_b_ptr + rank * s_bb + hv * s_bh, mask_k, mask_v)
+        # (as stored: the loop widens them)
+        q_first = tl.load(q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)
+        k_first = tl.load(k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)
+        v_first = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0)
+        gate_a_first = tl.load(gate_a_ptr + rank * s_ab + hv * s_ah)
+        gate_b_first = tl.load(gate_b_ptr + rank * s_bb + hv * s_bh)
         neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
     if SORTED_ROWS:
         row = tl.load(rows_ptr + rank).to(tl.int64)
@@ -197,11 +190,16 @@ def _decode_kernel(
 
     for t in range(T):
         if not OPERANDS_FIRST:
-            q, k, v, gate_a, gate_b = _token_operands(
-                q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk,
-                k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk,
-                v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, gate_a_ptr + row * s_ab + t * s_at + hv * s_ah,
-                gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh, mask_k, mask_v)
+            q = tl.load(q_ptr + row * s_qb + t * s_qt + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0).to(tl.float32)
+            k = tl.load(k_ptr + row * s_kb + t * s_kt + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + row * s_vb + t * s_vt + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0).to(tl.float32)
+            gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
+            gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
+        else:
+            # widened where used: widened as loaded, the move of q and k into the tile's layout (a
+            # barrier that waits for their loads) came ahead of the slot's load
+            q, k, v = q_first.to(tl.float32), k_first.to(tl.float32), v_first.to(tl.float32)
+            gate_a, gate_b = gate_a_first.to(tl.float32), gate_b_first.to(tl.float32)
         g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
         if FROM_OLD_STATE:
             S, o = delta_rule_step_from_old_state(S, q, k, v, g, beta, scale, USE_L2NORM, L2_EPS)
