@@ -180,14 +180,7 @@ VARIANTS["packed_state"] = [
 # tile's sums instead of before them, one reduction chain fewer between the operands' arrival and
 # the stores, which is what a latency-bound call (B=1) waits on. The arithmetic is the shipped
 # step's: u = beta (v - d rk S k), o = d rq s S q + u rk rq s (k . q), S = d S + (rk u) k^T.
-_NORM_FACTOR_STEP = """@triton.jit
-def _add2(a0, b0, a1, b1):
-    return a0 + a1, b0 + b1
-
-
-@triton.jit
-def _add3(a0, b0, c0, a1, b1, c1):
-    return a0 + a1, b0 + b1, c0 + c1
+_NORM_FACTOR_STEP = """from gdn_ops.triton_step import _add2, _add3
 
 
 @triton.jit
