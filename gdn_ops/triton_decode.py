@@ -150,7 +150,7 @@ def _decode_kernel(
         # slot, so that their loads from DRAM do not wait behind the slot's round trip. In the
         # other order ptxas issued some of them only once the slot was back (the state's address
         # needs it), which at B=1 cost a kv call ~0.1 us on the H100 (NOTES.md, sixtieth session).
-        # (as stored: the loop widens them)
+        # Kept as stored until the step (see the token loop).
         q_first = tl.load(q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)
         k_first = tl.load(k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)
         v_first = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0)
@@ -196,8 +196,9 @@ def _decode_kernel(
             gate_a = tl.load(gate_a_ptr + row * s_ab + t * s_at + hv * s_ah).to(tl.float32)
             gate_b = tl.load(gate_b_ptr + row * s_bb + t * s_bt + hv * s_bh).to(tl.float32)
         else:
-            # widened where used: widened as loaded, the move of q and k into the tile's layout (a
-            # barrier that waits for their loads) came ahead of the slot's load
+            # Widened here, where they are used: widened as loaded, q and k's move into the tile's
+            # layout (through shared memory, behind a barrier that waits for their loads) came
+            # ahead of the slot's load
             q, k, v = q_first.to(tl.float32), k_first.to(tl.float32), v_first.to(tl.float32)
             gate_a, gate_b = gate_a_first.to(tl.float32), gate_b_first.to(tl.float32)
         g, beta = decode_gates(gate_a, gate_b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold, FUSED_GATING)
@@ -286,10 +287,10 @@ KV_TILES = {
 VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 # One token's q, k, v and gates loaded before the slot (``DecodeConfig.operands_first``) in the kv
 # layout up to this B*HV, by GPU name; against the slot first (NOTES.md, sixtieth session):
-# - H100 (results/h100/lo*_h100_{23ca339,77f12c6}.json, 2-4 runs): TP=1 B=1 fp32 -0.08..-0.10 us,
-#   bf16 -0.11; B=2 -0.11..-0.19 / -0.22..-0.24; TP=4 (B*HV 8-64) -0.02..-0.33;
-# - H200 (results/h200/sfh_*_h200_94ec832.json): TP=1 B=1 -0.12 / -0.10, B=2 -0.32 / -0.23; TP=4 B*HV
-#   8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs); vk level (-0.06..+0.04).
+# - H100, the grid (results/h100/gridkv_h100_7ce25a0 against grid_h100_96345f7): TP=1 B=1 fp32
+#   -0.06..-0.09 us, bf16 -0.15; B=2 -0.22 / -0.24; TP=4 B=1-8 (B*HV 8-64) -0.05..-0.37;
+# - H200, the same order as a variant (results/h200/sfh_*_h200_94ec832.json): TP=1 B=1 -0.12 / -0.10,
+#   B=2 -0.32 / -0.23; TP=4 B*HV 8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs); vk level.
 OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 
 

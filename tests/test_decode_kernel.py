@@ -78,7 +78,7 @@ def test_triton_step_orders_match_reference(layout, from_old_state):
 def test_triton_operands_first_matches_reference(changes, sort_rows):
     """The one-token order that loads q, k, v and the gates before the slot (the launcher takes it
     at T = 1 with the rows as given, and the slot-first order otherwise: two tokens, rows in slot
-    order), with padding rows and a partial key tile, in both layouts' kv rule (kv here)."""
+    order), with padding rows and a partial key tile, in the kv layout that the rule serves."""
     from gdn_ops.triton_decode import DecodeConfig
 
     case = dataclasses.replace(DecodeCase(B=3, T=1, HK=2, group=2, K=24, V=32, state_layout="kv",
