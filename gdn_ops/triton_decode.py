@@ -290,7 +290,8 @@ VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 # - H100, the grid (results/h100/gridkv_h100_7ce25a0 against grid_h100_96345f7): TP=1 B=1 fp32
 #   -0.06..-0.09 us, bf16 -0.15; B=2 -0.22 / -0.24; TP=4 B=1-8 (B*HV 8-64) -0.05..-0.37;
 # - H200, the same order as a variant (results/h200/sfh_*_h200_94ec832.json): TP=1 B=1 -0.12 / -0.10,
-#   B=2 -0.32 / -0.23; TP=4 B*HV 8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs); vk level.
+#   B=2 -0.32 / -0.23; TP=4 B*HV 8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs), within that
+#   run's lean against the variant (its round order; NOTES.md); vk level.
 OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 
 
