@@ -377,7 +377,9 @@ def _shipped_tile_tail() -> str:
     return source[start:source.index(_SHIPPED_TILE_TAIL_END, start) + len(_SHIPPED_TILE_TAIL_END)]
 
 
-VARIANTS["row_halves"] = [(_shipped_tile_tail(), _ROW_HALVES_TAIL)]
+# (its tail loads the token's operands itself, so the launcher's operands-first order, which
+# would load them a second time before the slot, stays off)
+VARIANTS["row_halves"] = [(_shipped_tile_tail(), _ROW_HALVES_TAIL), _OPERANDS_FIRST_OFF]
 
 
 # A persistent per-tile kernel: P programs per SM, each working tiles pid, pid + grid, ... in grid
