@@ -102,22 +102,24 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
 
 
 def parse_tile(spec: str, BK: int) -> DecodeConfig:
-    """``"BV:WARPS[:MAXNREG][:new][:sort]"``: ``new`` takes o from the updated state, ``sort`` runs the
-    rows in slot order (see :class:`DecodeConfig`)."""
+    """``"BV:WARPS[:MAXNREG][:new][:sort][:of]"``: ``new`` takes o from the updated state, ``sort`` runs
+    the rows in slot order, ``of`` loads one token's operands before the slot (see :class:`DecodeConfig`)."""
     BV, warps, *rest = spec.split(":")
     cap = next((int(r) for r in rest if r.isdigit()), None)
-    unknown = set(rest) - {"new", "sort", str(cap)}
+    unknown = set(rest) - {"new", "sort", "of", str(cap)}
     if unknown:
-        raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; expected BV:WARPS[:MAXNREG][:new][:sort]")
+        raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; "
+                         "expected BV:WARPS[:MAXNREG][:new][:sort][:of]")
     return DecodeConfig(BV=int(BV), BK=BK, num_warps=int(warps), maxnreg=cap, from_old_state="new" not in rest,
-                        sort_rows="sort" in rest)
+                        sort_rows="sort" in rest, operands_first="of" in rest)
 
 
 def tile_name(tile: DecodeConfig) -> str:
-    """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state and ``sort``
-    for rows in slot order (the options of :func:`parse_tile`)."""
+    """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state, ``sort``
+    for rows in slot order and ``of`` for the operands first (the options of :func:`parse_tile`)."""
     return (f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
-            + ("" if tile.from_old_state else "new") + ("sort" if tile.sort_rows else ""))
+            + ("" if tile.from_old_state else "new") + ("sort" if tile.sort_rows else "")
+            + ("of" if tile.operands_first else ""))
 
 
 def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False,
@@ -211,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
-    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort]",
+    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort][:of]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
     ap.add_argument("--step-order", action="store_true",

@@ -233,6 +233,72 @@ VARIANTS["early_slot_load"] = [
 ]
 
 
+# The same speculation in the operands-first order (sixty-first session), with the second load kept
+# off the first one's registers: the tile at the early slot is loaded after the operands, and the
+# tile at the re-read slot only where the two differ, either in a branch taken only on a mismatch
+# (``_branch``; a match runs no second load) or as its own predicated loads and a select
+# (``_select``). The early variant's loss came from its second loads writing the first ones'
+# registers, which made them wait for the first to land (NOTES.md, sixtieth session).
+_GATE_PARAMS = "        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)\n"
+_EARLY_TILE = (
+    "        if PREFETCH and HAS_INDICES:\n"
+    "            early_ok = (early_slot >= 0) & (early_slot < num_slots)\n"
+    "            early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)\n"
+    "            S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,\n"
+    "                              other=0.0)\n")
+_SLOT_LOAD = "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n"
+_SHIPPED_TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+
+
+def _early_tile(second_load: str, volatile: bool = False) -> list[tuple[str, str]]:
+    """The early tile after the operands, the slot's re-read kept as ``raw_slot``, and ``second_load``
+    (the tile at the re-read slot where it differs) in place of the shipped tile load; ``volatile``
+    asks for the early tile and the slot with volatile loads."""
+    early, slot = _EARLY_TILE, _SLOT_LOAD + "        raw_slot = slot\n"
+    if volatile:
+        early = early.replace("other=0.0)", "other=0.0, volatile=True)")
+        slot = slot.replace("rank)", "rank, volatile=True)")
+    guarded = ("    if OPERANDS_FIRST and PREFETCH and HAS_INDICES:\n" + second_load
+               + "    else:\n    " + _SHIPPED_TILE_LOAD)
+    return [(_GATE_PARAMS + "    if SORTED_ROWS:\n", _GATE_PARAMS + early + "    if SORTED_ROWS:\n"),
+            (_SLOT_LOAD, slot), (_SHIPPED_TILE_LOAD, guarded)]
+
+
+_TILE_ON_MISMATCH_BRANCH = (
+    "        S = S_early\n"
+    "        if raw_slot != early_slot:\n"
+    "            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n"
+    "        S = S.to(tl.float32)\n")
+_TILE_ON_MISMATCH_SELECT = (
+    "        S_late = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=0.0)\n"
+    "        S = tl.where(raw_slot != early_slot, S_late, S_early).to(tl.float32)\n")
+# One token's operand loads (the operands-first block) made volatile, A_log and dt_bias with them
+_VOLATILE_OPERANDS = [(f"        {name}_first = tl.load({rest})\n", f"        {name}_first = tl.load({rest}, volatile=True)\n")
+                      for name, rest in (
+                          ("q", "q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0"),
+                          ("k", "k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0"),
+                          ("v", "v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0"),
+                          ("gate_a", "gate_a_ptr + rank * s_ab + hv * s_ah"),
+                          ("gate_b", "gate_b_ptr + rank * s_bb + hv * s_bh"))]
+_VOLATILE_GATE_PARAMS = (_GATE_PARAMS, (
+    "        if FUSED_GATING:\n"
+    "            neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))\n"
+    "            dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)\n"
+    "        else:\n"
+    "            neg_exp_A = 0.0\n"
+    "            dt_bias = 0.0\n"))
+VARIANTS["early_tile_branch"] = _early_tile(_TILE_ON_MISMATCH_BRANCH)
+VARIANTS["early_tile_select"] = _early_tile(_TILE_ON_MISMATCH_SELECT)
+# ptxas (Triton 3.6) hoists the slot's first use above the early tile's loads, so ``_branch`` still
+# waits for the slot before asking for the tile; volatile loads keep their program order, the early
+# tile's and then the slot's.
+VARIANTS["early_tile_branch_volatile"] = _early_tile(_TILE_ON_MISMATCH_BRANCH, volatile=True)
+# ... and that hoist put two of the operands' loads after the slot's first use too: every load up to
+# the slot's made volatile (the operands, A_log and dt_bias, the early tile, the slot), so that all
+# of them are asked for before the first wait.
+VARIANTS["early_tile_volatile"] = (_early_tile(_TILE_ON_MISMATCH_BRANCH, volatile=True) + _VOLATILE_OPERANDS
+                                   + [_VOLATILE_GATE_PARAMS])
+
 # One token in slot order as given (T == 1, rows not sorted): q, k, v and the gates loaded right
 # after the PDL wait, before the slot, as volatile loads (``ld.volatile``) so that ptxas keeps them
 # ahead of the slot's load instead of issuing some after the slot has come back, as it does in

@@ -337,6 +337,9 @@ def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV):
     HK, HV = heads
     case = dataclasses.replace(case, B=batch, T=1, HK=HK, group=HV // HK, K=128, V=128,
                                padding_rows=(0,) if case.index_dtype is not None and batch > 1 else ())
+    if 0 <= case.padding_value < case.num_slots:
+        # drawn as "num_slots" of the drawn batch: past the resized pool, it stays a pad
+        case = dataclasses.replace(case, padding_value=case.num_slots)
     config = DecodeConfig(BV=BV, BK=128, num_warps=1, operands_first=True)
     check(build(case, "cuda"), lambda inp: run_triton(inp, config))
 

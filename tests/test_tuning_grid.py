@@ -88,6 +88,8 @@ def test_tile_specs_round_trip_through_their_names():
     assert parse_tile("8:1:sort", 128).sort_rows and tile_name(parse_tile("8:1:new:sort", 128)) == "BV8w1newsort"
     assert tile_name(parse_tile("8:1:new", 128)) == "BV8w1new"
     assert tile_name(parse_tile("8:1:64", 128)) == "BV8w1r64"
+    assert parse_tile("16:1:of", 128) == DecodeConfig(BV=16, BK=128, num_warps=1, operands_first=True)
+    assert tile_name(parse_tile("16:1:of", 128)) == "BV16w1of"
     with pytest.raises(ValueError, match="unknown options \\['old'\\]"):
         parse_tile("8:1:old", 128)
 

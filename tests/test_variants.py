@@ -174,11 +174,12 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
 
 @pytest.mark.parametrize("name", ["norm_factors", "early_slot_load", "operands_before_slot",
                                   "operands_before_slot_early", "operands_before_slot_cv",
-                                  "operands_before_slot_norm_factors"])
+                                  "operands_before_slot_norm_factors", "early_tile_branch", "early_tile_branch_volatile",
+                                  "early_tile_volatile", "early_tile_select"])
 @pytest.mark.parametrize(("layout", "state_dtype", "l2norm", "T"), [
     ("kv", "float32", True, 1), ("vk", "bfloat16", True, 1), ("kv", "bfloat16", False, 1), ("vk", "float32", True, 2)])
 def test_step_variants_are_the_decode_step(name, layout, state_dtype, l2norm, T):
-    """The per-tile kernel's step and load-order variants of the sixtieth session are decode steps,
+    """The per-tile kernel's step and load-order variants of the sixtieth and sixty-first sessions are decode steps,
     checked against the float64 reference before they are timed: with and without the norms, one
     token (their own path) and two (the shipped one), padding rows, through Triton's interpreter on
     CPU (without PDL, so the variants that read the slot before the wait run their shipped order
