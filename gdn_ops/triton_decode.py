@@ -293,6 +293,14 @@ VK_4B_NEW_STATE_ROWS = dict.fromkeys(H200_TABLE_CARDS, (256, 511))
 #   B=2 -0.32 / -0.23; TP=4 B*HV 8-64 -0.08..-0.30; at B*HV 128 +0.06..+0.30 (both TPs), within that
 #   run's lean against the variant (its round order; NOTES.md); vk level.
 OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
+# In the operands-first order a kv tile of 32 value rows and one warp (16 KB of fp32 state, 8 KB of
+# bf16) beats KV_TILES' 16 rows from B*HV = 17: half as many programs, each waiting once on the
+# same operands and slot. By GPU name, {state element size: (first B*HV, last B*HV, BV, warps)},
+# within OPERANDS_FIRST_ROW_HEADS. H100, seeds 0 and 1 (results/h100/k32_*_h100_f24e9eb.json), us
+# against BV16: fp32 B*HV 32 -0.16 (TP=1) / -0.10 (TP=4), 64 -0.31 / -0.33, but 8 and 16 +0.21 /
+# +0.11 (32 and 64 programs); bf16 B*HV 32 -0.07 / -0.14 (from 33 KV_TILES has it already).
+# Not measured on the H200, which keeps KV_TILES.
+KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 1)}}
 
 
 @functools.cache
@@ -319,6 +327,11 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     operands_first = state_layout == "kv" and any(
         name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
+    if operands_first:
+        for name, tiles in KV_OPERANDS_FIRST_TILES.items():
+            first, last, bv, w = tiles.get(min(4, max(2, state_dtype.itemsize)), (1, 0, BV, num_warps))
+            if name in gpu and first <= rows_x_heads <= last:
+                BV, num_warps = bv, w
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
                         sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads),
                         operands_first=operands_first)

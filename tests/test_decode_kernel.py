@@ -87,6 +87,22 @@ def test_triton_operands_first_matches_reference(changes, sort_rows):
     check(build(case, "cpu"), lambda inp: run_triton(inp, config))
 
 
+@pytest.mark.parametrize(("rows_x_heads", "dtype", "gpu", "expected"), [
+    (8, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (16, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)),
+    (17, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)), (64, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)),
+    (65, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
+    (16, torch.bfloat16, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.float32, "NVIDIA H200", (16, 1)),
+    (32, torch.bfloat16, "NVIDIA H200", (16, 1)), (32, torch.float32, "", (16, 1))])
+def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expected):
+    """The H100's kv tiles in the operands-first order: 32 value rows on one warp from B*HV = 17 (to
+    64 fp32, to 32 bf16, where KV_TILES takes over with the same tile); KV_TILES elsewhere."""
+    from gdn_ops.triton_decode import decode_config
+
+    config = decode_config(rows_x_heads, 128, 128, dtype, "kv", gpu)
+    assert (config.BV, config.num_warps) == expected
+    assert config.operands_first == (rows_x_heads <= 64 and gpu != "")
+
+
 @pytest.mark.parametrize(("rows_x_heads", "layout", "gpu", "expected"), [
     (32, "kv", "NVIDIA H100 80GB HBM3", True), (64, "kv", "NVIDIA H100 80GB HBM3", True),
     (65, "kv", "NVIDIA H100 80GB HBM3", False), (32, "vk", "NVIDIA H100 80GB HBM3", False),
