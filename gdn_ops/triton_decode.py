@@ -299,6 +299,8 @@ OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 # within OPERANDS_FIRST_ROW_HEADS. H100, seeds 0 and 1 (results/h100/k32_*_h100_f24e9eb.json), us
 # against BV16: fp32 B*HV 32 -0.16 (TP=1) / -0.10 (TP=4), 64 -0.31 / -0.33, but 8 and 16 +0.21 /
 # +0.11 (32 and 64 programs); bf16 B*HV 32 -0.07 / -0.14 (from 33 KV_TILES has it already).
+# Only under PDL, whose L2 prefetch before the wait the larger tile leans on: launched without it,
+# BV32 took 0.8-0.9 us more than BV16 at fp32 B*HV 32-64 (results/h100/gridkv_h100_1858da2.json).
 # Not measured on the H200, which keeps KV_TILES.
 KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 1)}}
 
@@ -306,11 +308,12 @@ KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 1)}}
 @functools.cache
 def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, state_layout: str,
                   gpu: str = "", act_itemsize: int = 2, given_order: bool = False,
-                  heads: int | None = None) -> DecodeConfig:
+                  heads: int | None = None, pdl: bool = True) -> DecodeConfig:
     """Deterministic tile choice from shape, dtype, layout, GPU name (``gpu``, e.g.
     ``torch.cuda.get_device_name()``; empty: the default tables), the bytes of an activation
     element (q's), whether the caller gives the slot order and the heads a row (HV; None: the sort
-    rules for any number of heads only); never autotuned. Cached: the launcher asks on every call."""
+    rules for any number of heads only) and whether the call is launched with PDL (``pdl``); never
+    autotuned. Cached: the launcher asks on every call."""
     BK = triton.next_power_of_2(K)
     if state_layout == "kv":
         table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
@@ -327,7 +330,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     operands_first = state_layout == "kv" and any(
         name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
-    if operands_first:
+    if operands_first and pdl:
         for name, tiles in KV_OPERANDS_FIRST_TILES.items():
             first, last, bv, w = tiles.get(min(4, max(2, state_dtype.itemsize)), (1, 0, BV, num_warps))
             if name in gpu and first <= rows_x_heads <= last:
@@ -389,7 +392,7 @@ def launch_decode(
     if pdl is None:
         pdl = default_pdl(state.device)
     if config is None:
-        config = default_config(q, k, v, state, state_layout, given_order=order is not None)
+        config = default_config(q, k, v, state, state_layout, given_order=order is not None, pdl=bool(pdl))
     elif isinstance(config, (PersistentConfig, GluonKVConfig, GluonTileConfig)):
         reason = tma_config_reason(q, k, v, state, state_layout, config)
         if reason is not None:
@@ -481,12 +484,14 @@ def tma_config_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: 
 
 
 def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
-                   state_layout: str, given_order: bool = False) -> DecodeConfig | PersistentConfig | GluonTileConfig:
+                   state_layout: str, given_order: bool = False,
+                   pdl: bool = True) -> DecodeConfig | PersistentConfig | GluonTileConfig:
     """What :func:`launch_decode` launches when given no ``config``: :func:`tile_config` (kv) or
     :func:`vk_tile_config` (vk), with the rows in slot order where ``triton_slot_order.sorts_rows``
     says (from smaller grids when the caller gives the order, ``given_order``), else
     :func:`persistent_config` (each returns only a configuration these operands can run on this
-    GPU), else :func:`decode_config`. Reads shapes, strides and the device only."""
+    GPU), else :func:`decode_config` (for a launch with PDL or without, ``pdl``). Reads shapes,
+    strides and the device only."""
     B, _, _, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     gpu = gpu_name(state.device)
@@ -496,7 +501,8 @@ def default_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: tor
     if tile is not None:
         return tile._replace(sort_rows=True) if sort else tile
     return (persistent_config(q, k, state, state_layout, B * HV)
-            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order, HV))
+            or decode_config(B * HV, K, V, state.dtype, state_layout, gpu, q.element_size(), given_order, HV,
+                             pdl))
 
 
 @functools.cache

@@ -94,13 +94,18 @@ def test_triton_operands_first_matches_reference(changes, sort_rows):
     (16, torch.bfloat16, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.float32, "NVIDIA H200", (16, 1)),
     (32, torch.bfloat16, "NVIDIA H200", (16, 1)), (32, torch.float32, "", (16, 1))])
 def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expected):
-    """The H100's kv tiles in the operands-first order: 32 value rows on one warp from B*HV = 17 (to
-    64 fp32, to 32 bf16, where KV_TILES takes over with the same tile); KV_TILES elsewhere."""
+    """The H100's kv tiles in the operands-first order under PDL: 32 value rows on one warp from
+    B*HV = 17 (to 64 fp32, to 32 bf16, where KV_TILES takes over with the same tile); KV_TILES
+    elsewhere and without PDL."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, dtype, "kv", gpu)
     assert (config.BV, config.num_warps) == expected
     assert config.operands_first == (rows_x_heads <= 64 and gpu != "")
+    # launched without PDL, KV_TILES' tile (no prefetch before the wait for the larger tile to lean on)
+    without_pdl = decode_config(rows_x_heads, 128, 128, dtype, "kv", gpu, pdl=False)
+    assert without_pdl == decode_config(rows_x_heads, 128, 128, dtype, "kv", "", pdl=False)._replace(
+        operands_first=config.operands_first)
 
 
 @pytest.mark.parametrize(("rows_x_heads", "layout", "gpu", "expected"), [
