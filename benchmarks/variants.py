@@ -298,6 +298,9 @@ VARIANTS["early_tile_branch_volatile"] = _early_tile(_TILE_ON_MISMATCH_BRANCH, v
 # of them are asked for before the first wait.
 VARIANTS["early_tile_volatile"] = (_early_tile(_TILE_ON_MISMATCH_BRANCH, volatile=True) + _VOLATILE_OPERANDS
                                    + [_VOLATILE_GATE_PARAMS])
+# A deliberate bug, for tests/test_pdl.py to show that its test of the early tile reaches the
+# mismatch: the tile at the early slot is kept whatever the slot's re-read says.
+VARIANTS["mutant_early_tile_unchecked"] = _early_tile("        S = S_early.to(tl.float32)\n")
 
 # One token in slot order as given (T == 1, rows not sorted): q, k, v and the gates loaded right
 # after the PDL wait, before the slot, as volatile loads (``ld.volatile``) so that ptxas keeps them
