@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     problems = [make_problem(cfg, device) for _ in range(args.pools)]
     x = problems[0].inputs
-    config = default_config(x["q"], x["k"], x["v"], problems[0].pool, cfg.layout)
+    config = default_config(x["q"], x["k"], x["v"], problems[0].pool, cfg.layout, pdl=not args.no_pdl)
     launch = None
     if args.spec:
         config = parse_spec(args.spec)
@@ -82,7 +82,8 @@ def main(argv=None) -> None:
         launch = load_variant(args.variant).launch_decode
         if not isinstance(config, DecodeConfig):
             gpu = gpu_name(torch.device("cuda")) if torch.cuda.is_available() else ""
-            config = decode_config(args.batch * HV, HEAD_DIM, HEAD_DIM, cfg.state_dtype, cfg.layout, gpu)
+            config = decode_config(args.batch * HV, HEAD_DIM, HEAD_DIM, cfg.state_dtype, cfg.layout, gpu,
+                                   pdl=not args.no_pdl)
     elif args.variant:
         launch = variant_launch(args.variant)
         if args.variant in GLUON_VARIANTS and not isinstance(config, GluonKVConfig):

@@ -237,7 +237,7 @@ def main() -> None:
     for cfg in tuning_grid(args):
         state, layout, B, HK, HV = dtype_name(cfg.state_dtype), cfg.layout, cfg.B, cfg.HK, cfg.HV
         chosen = decode_config(B * HV, cfg.K, cfg.V, cfg.state_dtype, layout, gpu_name(torch.device("cuda")),
-                               cfg.act_dtype.itemsize, args.step_order)
+                               cfg.act_dtype.itemsize, args.step_order, pdl=args.pdl != "off")
         problem = make_problem(cfg, "cuda")
         ref = reference(cfg, problem)
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,

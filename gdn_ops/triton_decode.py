@@ -332,9 +332,9 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
     if operands_first and pdl:
         for name, tiles in KV_OPERANDS_FIRST_TILES.items():
-            first, last, bv, w = tiles.get(min(4, max(2, state_dtype.itemsize)), (1, 0, BV, num_warps))
-            if name in gpu and first <= rows_x_heads <= last:
-                BV, num_warps = bv, w
+            tile = tiles.get(min(4, max(2, state_dtype.itemsize)))
+            if name in gpu and tile is not None and tile[0] <= rows_x_heads <= tile[1]:
+                BV, num_warps = tile[2], tile[3]
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
                         sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads),
                         operands_first=operands_first)
