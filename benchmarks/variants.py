@@ -214,22 +214,30 @@ VARIANTS["norm_factors"] = [
 # is loaded (the loads are predicated on the mismatch, so a match costs no second read). Every
 # byte used is read after the wait, so it is as safe as the shipped order. At B=1 this takes one
 # L2 round trip (the index's) off the path from the wait to the stores.
+# The tile at the slot read before the wait, and the tile at the re-read slot where the two differ,
+# loaded into the early tile's registers (``other``); unindented, for each variant to indent where
+# it puts them.
+_EARLY_TILE = textwrap.dedent("""\
+    if PREFETCH and HAS_INDICES:
+        early_ok = (early_slot >= 0) & (early_slot < num_slots)
+        early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)
+        S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,
+                          other=0.0)
+""")
+_TILE_AT_SLOT_OR_EARLY = textwrap.dedent("""\
+    if PREFETCH and HAS_INDICES:
+        S = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=S_early).to(tl.float32)
+    else:
+        S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+""")
+_SLOT_LOAD = "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n"
+_SHIPPED_TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+_SORTED_ROWS_START = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
 VARIANTS["early_slot_load"] = [
     _OPERANDS_FIRST_OFF,
-    ("    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n",
-     ("    if PREFETCH and HAS_INDICES:\n"
-      "        early_ok = (early_slot >= 0) & (early_slot < num_slots)\n"
-      "        early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)\n"
-      "        S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,\n"
-      "                          other=0.0)\n"
-      "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n")),
-    ("        slot = tl.load(indices_ptr + rank).to(tl.int64)\n",
-     "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n        raw_slot = slot\n"),
-    ("    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n",
-     ("    if PREFETCH and HAS_INDICES:\n"
-      "        S = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=S_early).to(tl.float32)\n"
-      "    else:\n"
-      "        S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n")),
+    (_SORTED_ROWS_START, textwrap.indent(_EARLY_TILE, " " * 4) + _SORTED_ROWS_START),
+    (_SLOT_LOAD, _SLOT_LOAD + "        raw_slot = slot\n"),
+    (_SHIPPED_TILE_LOAD, textwrap.indent(_TILE_AT_SLOT_OR_EARLY, " " * 4)),
 ]
 
 
@@ -240,21 +248,13 @@ VARIANTS["early_slot_load"] = [
 # (``_select``). The early variant's loss came from its second loads writing the first ones'
 # registers, which made them wait for the first to land (NOTES.md, sixtieth session).
 _GATE_PARAMS = "        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)\n"
-_EARLY_TILE = (
-    "        if PREFETCH and HAS_INDICES:\n"
-    "            early_ok = (early_slot >= 0) & (early_slot < num_slots)\n"
-    "            early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)\n"
-    "            S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,\n"
-    "                              other=0.0)\n")
-_SLOT_LOAD = "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n"
-_SHIPPED_TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
 
 
 def _early_tile(second_load: str, volatile: bool = False) -> list[tuple[str, str]]:
     """The early tile after the operands, the slot's re-read kept as ``raw_slot``, and ``second_load``
     (the tile at the re-read slot where it differs) in place of the shipped tile load; ``volatile``
     asks for the early tile and the slot with volatile loads."""
-    early, slot = _EARLY_TILE, _SLOT_LOAD + "        raw_slot = slot\n"
+    early, slot = textwrap.indent(_EARLY_TILE, " " * 8), _SLOT_LOAD + "        raw_slot = slot\n"
     if volatile:
         early = early.replace("other=0.0)", "other=0.0, volatile=True)")
         slot = slot.replace("rank)", "rank, volatile=True)")
@@ -280,13 +280,16 @@ _VOLATILE_OPERANDS = [(f"        {name}_first = tl.load({rest})\n", f"        {n
                           ("v", "v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0"),
                           ("gate_a", "gate_a_ptr + rank * s_ab + hv * s_ah"),
                           ("gate_b", "gate_b_ptr + rank * s_bb + hv * s_bh"))]
-_VOLATILE_GATE_PARAMS = (_GATE_PARAMS, (
-    "        if FUSED_GATING:\n"
-    "            neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))\n"
-    "            dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)\n"
-    "        else:\n"
-    "            neg_exp_A = 0.0\n"
-    "            dt_bias = 0.0\n"))
+# ``head_gate_params`` with volatile loads, unindented
+_VOLATILE_HEAD_GATE_PARAMS = textwrap.dedent("""\
+    if FUSED_GATING:
+        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))
+        dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)
+    else:
+        neg_exp_A = 0.0
+        dt_bias = 0.0
+""")
+_VOLATILE_GATE_PARAMS = (_GATE_PARAMS, textwrap.indent(_VOLATILE_HEAD_GATE_PARAMS, " " * 8))
 VARIANTS["early_tile_branch"] = _early_tile(_TILE_ON_MISMATCH_BRANCH)
 VARIANTS["early_tile_select"] = _early_tile(_TILE_ON_MISMATCH_SELECT)
 # ptxas (Triton 3.6) hoists the slot's first use above the early tile's loads, so ``_branch`` still
@@ -314,12 +317,7 @@ _OPERANDS_BEFORE_SLOT = """    if not SORTED_ROWS:
             v = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0, volatile=True)
             gate_a = tl.load(gate_a_ptr + rank * s_ab + hv * s_ah, volatile=True).to(tl.float32)
             gate_b = tl.load(gate_b_ptr + rank * s_bb + hv * s_bh, volatile=True).to(tl.float32)
-            if FUSED_GATING:
-                neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))
-                dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)
-            else:
-                neg_exp_A = 0.0
-                dt_bias = 0.0
+""" + textwrap.indent(_VOLATILE_HEAD_GATE_PARAMS, " " * 12) + """\
             if HAS_INDICES:
                 slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)
                 valid = (slot >= 0) & (slot < num_slots)
@@ -346,30 +344,19 @@ _OPERANDS_BEFORE_SLOT = """    if not SORTED_ROWS:
 """
 # With ``early``, also the tile at the slot read before the wait (as ``early_slot_load``), loaded
 # after the operands and before the slot's re-read, and kept where the re-read finds that slot.
-_EARLY_TILE = """            if PREFETCH and HAS_INDICES:
-                early_ok = (early_slot >= 0) & (early_slot < num_slots)
-                early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)
-                S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,
-                                  other=0.0)
-"""
-_TILE_AT_SLOT = "            S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
-_TILE_AT_SLOT_OR_EARLY = """            if PREFETCH and HAS_INDICES:
-                S = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=S_early).to(tl.float32)
-            else:
-                S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
-"""
+_TILE_AT_SLOT = textwrap.indent(_SHIPPED_TILE_LOAD, " " * 8)
 
 
 def _operands_before_slot(early: bool) -> list[tuple[str, str]]:
     block = _OPERANDS_BEFORE_SLOT
     if early:
-        block = block.replace("            if HAS_INDICES:\n", _EARLY_TILE + "            if HAS_INDICES:\n", 1)
+        block = block.replace("            if HAS_INDICES:\n", textwrap.indent(_EARLY_TILE, " " * 12)
+                              + "            if HAS_INDICES:\n", 1)
         block = block.replace("                slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)\n",
                               "                slot = tl.load(indices_ptr + rank, volatile=True).to(tl.int64)\n"
                               "                raw_slot = slot\n")
-        block = block.replace(_TILE_AT_SLOT, _TILE_AT_SLOT_OR_EARLY)
-    anchor = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
-    return [_OPERANDS_FIRST_OFF, (anchor, block + anchor)]
+        block = block.replace(_TILE_AT_SLOT, textwrap.indent(_TILE_AT_SLOT_OR_EARLY, " " * 12))
+    return [_OPERANDS_FIRST_OFF, (_SORTED_ROWS_START, block + _SORTED_ROWS_START)]
 
 
 VARIANTS["operands_before_slot"] = _operands_before_slot(early=False)

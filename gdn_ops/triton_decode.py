@@ -315,9 +315,16 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
     rules for any number of heads only) and whether the call is launched with PDL (``pdl``); never
     autotuned. Cached: the launcher asks on every call."""
     BK = triton.next_power_of_2(K)
+    operands_first = state_layout == "kv" and any(
+        name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
     if state_layout == "kv":
-        table = KV_TILES[min(4, max(2, state_dtype.itemsize))]
-        BV, num_warps = next((bv, w) for limit, bv, w in table if limit is None or rows_x_heads <= limit)
+        itemsize = min(4, max(2, state_dtype.itemsize))
+        BV, num_warps = next((bv, w) for limit, bv, w in KV_TILES[itemsize] if limit is None or rows_x_heads <= limit)
+        if operands_first and pdl:
+            for name, tiles in KV_OPERANDS_FIRST_TILES.items():
+                tile = tiles.get(itemsize)
+                if name in gpu and tile is not None and tile[0] <= rows_x_heads <= tile[1]:
+                    BV, num_warps = tile[2], tile[3]
         new_state = False
     else:
         tile = LargeGridTile(0, VK_TILE_BYTES, 1)
@@ -328,13 +335,6 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
         num_warps = tile.num_warps
         new_state = not tile.from_old_state or (state_dtype.itemsize == 4 and act_itemsize == 2 and any(
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
-    operands_first = state_layout == "kv" and any(
-        name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
-    if operands_first and pdl:
-        for name, tiles in KV_OPERANDS_FIRST_TILES.items():
-            tile = tiles.get(min(4, max(2, state_dtype.itemsize)))
-            if name in gpu and tile is not None and tile[0] <= rows_x_heads <= tile[1]:
-                BV, num_warps = tile[2], tile[3]
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
                         sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads),
                         operands_first=operands_first)
