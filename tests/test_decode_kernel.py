@@ -108,6 +108,27 @@ def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expect
         operands_first=config.operands_first)
 
 
+@needs_interpreter
+def test_launcher_takes_the_kv_tile_of_its_pdl():
+    """The launcher asks for the tile of the launch it makes: on an H100 (its name patched in) a kv
+    grid of B*HV = 32 takes 32 value rows under PDL and KV_TILES' 16 without (the interpreter's
+    launch)."""
+    from unittest import mock
+
+    import gdn_ops.triton_decode as triton_decode
+
+    case = DecodeCase(B=4, T=1, HK=4, group=2, K=32, V=32, state_layout="kv", state_dtype=torch.float32,
+                      padding_rows=(1,), seed=3)
+    inp = build(case, "cpu")
+    launched = []
+    with mock.patch.object(triton_decode, "gpu_name", lambda device: "NVIDIA H100 80GB HBM3"):
+        with_pdl, without_pdl = (triton_decode.default_config(inp.q, inp.k, inp.v, inp.pool.view, "kv", pdl=pdl)
+                                 for pdl in (True, False))
+        check(inp, lambda i: run_triton(i, None, launched))
+    assert (with_pdl.BV, without_pdl.BV) == (32, 16)
+    assert launched == [without_pdl]
+
+
 @pytest.mark.parametrize(("rows_x_heads", "layout", "gpu", "expected"), [
     (32, "kv", "NVIDIA H100 80GB HBM3", True), (64, "kv", "NVIDIA H100 80GB HBM3", True),
     (65, "kv", "NVIDIA H100 80GB HBM3", False), (32, "vk", "NVIDIA H100 80GB HBM3", False),
