@@ -299,10 +299,13 @@ OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 # within OPERANDS_FIRST_ROW_HEADS. H100, seeds 0 and 1 (results/h100/k32_*_h100_f24e9eb.json), us
 # against BV16: fp32 B*HV 32 -0.16 (TP=1) / -0.10 (TP=4), 64 -0.31 / -0.33, but 8 and 16 +0.21 /
 # +0.11 (32 and 64 programs); bf16 B*HV 32 -0.07 / -0.14 (from 33 KV_TILES has it already).
+# bf16 at B*HV 17-32 on two warps (the key sums through shared memory): against one warp, seeds 0
+# and 1 (results/h100/w2_*_h100_dc068ca.json), B*HV 32 -0.12 (TP=1) / -0.06 (TP=4) us; at 64 -0.02,
+# left to one warp; fp32 +0.07 / +0.01..+0.04 on two warps.
 # Only under PDL, whose L2 prefetch before the wait the larger tile leans on: launched without it,
 # BV32 took 0.8-0.9 us more than BV16 at fp32 B*HV 32-64 (results/h100/gridkv_h100_1858da2.json).
 # Not measured on the H200, which keeps KV_TILES.
-KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 1)}}
+KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 2)}}
 
 
 @functools.cache

@@ -90,13 +90,14 @@ def test_triton_operands_first_matches_reference(changes, sort_rows):
 @pytest.mark.parametrize(("rows_x_heads", "dtype", "gpu", "expected"), [
     (8, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (16, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)),
     (17, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)), (64, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)),
-    (65, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
+    (65, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 2)),
+    (17, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 2)), (33, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
     (16, torch.bfloat16, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.float32, "NVIDIA H200", (16, 1)),
     (32, torch.bfloat16, "NVIDIA H200", (16, 1)), (32, torch.float32, "", (16, 1))])
 def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expected):
-    """The H100's kv tiles in the operands-first order under PDL: 32 value rows on one warp from
-    B*HV = 17 (to 64 fp32, to 32 bf16, where KV_TILES takes over with the same tile); KV_TILES
-    elsewhere and without PDL."""
+    """The H100's kv tiles in the operands-first order under PDL: 32 value rows from B*HV = 17, on
+    one warp to 64 with an fp32 state, on two warps to 32 with bf16 (where KV_TILES takes over with
+    32 rows on one warp); KV_TILES elsewhere and without PDL."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, dtype, "kv", gpu)
