@@ -102,24 +102,26 @@ def candidates(K: int, V: int) -> list[DecodeConfig]:
 
 
 def parse_tile(spec: str, BK: int) -> DecodeConfig:
-    """``"BV:WARPS[:MAXNREG][:new][:sort][:of]"``: ``new`` takes o from the updated state, ``sort`` runs
-    the rows in slot order, ``of`` loads one token's operands before the slot (see :class:`DecodeConfig`)."""
+    """``"BV:WARPS[:MAXNREG][:new][:sort][:of][:et]"``: ``new`` takes o from the updated state, ``sort``
+    runs the rows in slot order, ``of`` loads one token's operands before the slot, ``et`` adds the
+    early tile to that order (see :class:`DecodeConfig`)."""
     BV, warps, *rest = spec.split(":")
     cap = next((int(r) for r in rest if r.isdigit()), None)
-    unknown = set(rest) - {"new", "sort", "of", str(cap)}
+    unknown = set(rest) - {"new", "sort", "of", "et", str(cap)}
     if unknown:
         raise ValueError(f"tile {spec!r}: unknown options {sorted(unknown)}; "
-                         "expected BV:WARPS[:MAXNREG][:new][:sort][:of]")
+                         "expected BV:WARPS[:MAXNREG][:new][:sort][:of][:et]")
     return DecodeConfig(BV=int(BV), BK=BK, num_warps=int(warps), maxnreg=cap, from_old_state="new" not in rest,
-                        sort_rows="sort" in rest, operands_first="of" in rest)
+                        sort_rows="sort" in rest, operands_first="of" in rest, early_tile="et" in rest)
 
 
 def tile_name(tile: DecodeConfig) -> str:
     """``BV8w1``, with ``r64`` for a register cap, ``new`` for o from the updated state, ``sort``
-    for rows in slot order and ``of`` for the operands first (the options of :func:`parse_tile`)."""
+    for rows in slot order, ``of`` for the operands first and ``et`` for the early tile (the options
+    of :func:`parse_tile`)."""
     return (f"BV{tile.BV}w{tile.num_warps}" + (f"r{tile.maxnreg}" if tile.maxnreg else "")
             + ("" if tile.from_old_state else "new") + ("sort" if tile.sort_rows else "")
-            + ("of" if tile.operands_first else ""))
+            + ("of" if tile.operands_first else "") + ("et" if tile.early_tile else ""))
 
 
 def tile_provider(tile: DecodeConfig | None, launch=None, name: str = "", pdl: bool = False,
@@ -213,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mem-budget-gb", type=float, default=40.0, help="pools of one point (shared by all providers)")
     ap.add_argument("--variants", nargs="*", default=[], help="kernel experiments from benchmarks/variants.py")
     ap.add_argument("--tiles", choices=["all", "chosen"], default="all", help="sweep every tile or time the shipped choice")
-    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort][:of]",
+    ap.add_argument("--extra-tiles", nargs="*", default=[], metavar="BV:WARPS[:MAXNREG][:new][:sort][:of][:et]",
                     help="tiles to time beside the sweep or the chosen one")
     ap.add_argument("--pdl", choices=["off", "on", "both"], default="off", help="programmatic dependent launch")
     ap.add_argument("--step-order", action="store_true",

@@ -25,8 +25,8 @@ import gdn_ops.triton_decode_tma as shipped_tma
 import gdn_ops.triton_slot_order as shipped_slot_order
 
 # The launcher's operands-first order turned off (variants written against the slot-first order)
-_OPERANDS_FIRST_OFF = ("OPERANDS_FIRST=config.operands_first and T == 1 and rows is None",
-                       "OPERANDS_FIRST=False")
+_OPERANDS_FIRST_OFF = ("    operands_first = config.operands_first and T == 1 and rows is None\n",
+                       "    operands_first = False\n")
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     # PDL without the early L2 prefetch of the state tile (launch overlap alone)
@@ -230,8 +230,18 @@ _TILE_AT_SLOT_OR_EARLY = textwrap.dedent("""\
     else:
         S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 """)
-_SLOT_LOAD = "        slot = tl.load(indices_ptr + rank).to(tl.int64)\n"
-_SHIPPED_TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+_SLOT_LOAD = "        slot = tl.load(indices_ptr + rank, volatile=EARLY_TILE).to(tl.int64)\n"
+_TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
+# the shipped tile load, with the early tile (``DecodeConfig.early_tile``) before it
+_SHIPPED_TILE_LOAD = textwrap.indent(textwrap.dedent("""\
+    if EARLY_TILE:
+        # the slot changed under the wait (the kernel before rewrote the indices): its own tile
+        S = S_early
+        if read_slot != early_slot:
+            S = tl.load(state_ptrs, mask=state_mask, other=0.0)
+        S = S.to(tl.float32)
+    else:
+    """), "    ") + "    " + _TILE_LOAD
 _SORTED_ROWS_START = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
 VARIANTS["early_slot_load"] = [
     _OPERANDS_FIRST_OFF,
@@ -241,45 +251,15 @@ VARIANTS["early_slot_load"] = [
 ]
 
 
-# The same speculation in the operands-first order (sixty-first session), with the second load kept
-# off the first one's registers: the tile at the early slot is loaded after the operands, and the
-# tile at the re-read slot only where the two differ, either in a branch taken only on a mismatch
-# (``_branch``; a match runs no second load) or as its own predicated loads and a select
-# (``_select``). The early variant's loss came from its second loads writing the first ones'
-# registers, which made them wait for the first to land (NOTES.md, sixtieth session).
-_GATE_PARAMS = "        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)\n"
+# The same speculation in the operands-first order (sixty-first session) was measured as four
+# variants here (``early_tile_branch``, ``_select``, ``_branch_volatile``, ``_volatile``; results/
+# h100/sp_*_h100_d94786c.json, k32_*_h100_f24e9eb.json). The fastest, ``early_tile_volatile``,
+# ships as ``DecodeConfig.early_tile`` (sixty-second session); the four are in git up to dc068ca.
+# A deliberate bug, for tests/test_pdl.py to show that its test of the early tile reaches the
+# mismatch: the tile at the early slot is kept whatever the slot's read after the wait says.
+VARIANTS["mutant_early_tile_unchecked"] = [
+    ("        if read_slot != early_slot:\n            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n", "")]
 
-
-def _early_tile(second_load: str, volatile: bool = False) -> list[tuple[str, str]]:
-    """The early tile after the operands, the slot's re-read kept as ``raw_slot``, and ``second_load``
-    (the tile at the re-read slot where it differs) in place of the shipped tile load; ``volatile``
-    asks for the early tile and the slot with volatile loads."""
-    early, slot = textwrap.indent(_EARLY_TILE, " " * 8), _SLOT_LOAD + "        raw_slot = slot\n"
-    if volatile:
-        early = early.replace("other=0.0)", "other=0.0, volatile=True)")
-        slot = slot.replace("rank)", "rank, volatile=True)")
-    guarded = ("    if OPERANDS_FIRST and PREFETCH and HAS_INDICES:\n" + second_load
-               + "    else:\n    " + _SHIPPED_TILE_LOAD)
-    return [(_GATE_PARAMS + "    if SORTED_ROWS:\n", _GATE_PARAMS + early + "    if SORTED_ROWS:\n"),
-            (_SLOT_LOAD, slot), (_SHIPPED_TILE_LOAD, guarded)]
-
-
-_TILE_ON_MISMATCH_BRANCH = (
-    "        S = S_early\n"
-    "        if raw_slot != early_slot:\n"
-    "            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n"
-    "        S = S.to(tl.float32)\n")
-_TILE_ON_MISMATCH_SELECT = (
-    "        S_late = tl.load(state_ptrs, mask=state_mask & (raw_slot != early_slot), other=0.0)\n"
-    "        S = tl.where(raw_slot != early_slot, S_late, S_early).to(tl.float32)\n")
-# One token's operand loads (the operands-first block) made volatile, A_log and dt_bias with them
-_VOLATILE_OPERANDS = [(f"        {name}_first = tl.load({rest})\n", f"        {name}_first = tl.load({rest}, volatile=True)\n")
-                      for name, rest in (
-                          ("q", "q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0"),
-                          ("k", "k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0"),
-                          ("v", "v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0"),
-                          ("gate_a", "gate_a_ptr + rank * s_ab + hv * s_ah"),
-                          ("gate_b", "gate_b_ptr + rank * s_bb + hv * s_bh"))]
 # ``head_gate_params`` with volatile loads, unindented
 _VOLATILE_HEAD_GATE_PARAMS = textwrap.dedent("""\
     if FUSED_GATING:
@@ -289,22 +269,6 @@ _VOLATILE_HEAD_GATE_PARAMS = textwrap.dedent("""\
         neg_exp_A = 0.0
         dt_bias = 0.0
 """)
-_VOLATILE_GATE_PARAMS = (_GATE_PARAMS, textwrap.indent(_VOLATILE_HEAD_GATE_PARAMS, " " * 8))
-VARIANTS["early_tile_branch"] = _early_tile(_TILE_ON_MISMATCH_BRANCH)
-VARIANTS["early_tile_select"] = _early_tile(_TILE_ON_MISMATCH_SELECT)
-# ptxas (Triton 3.6) hoists the slot's first use above the early tile's loads, so ``_branch`` still
-# waits for the slot before asking for the tile; volatile loads keep their program order, the early
-# tile's and then the slot's.
-VARIANTS["early_tile_branch_volatile"] = _early_tile(_TILE_ON_MISMATCH_BRANCH, volatile=True)
-# ... and that hoist put two of the operands' loads after the slot's first use too: every load up to
-# the slot's made volatile (the operands, A_log and dt_bias, the early tile, the slot), so that all
-# of them are asked for before the first wait.
-VARIANTS["early_tile_volatile"] = (_early_tile(_TILE_ON_MISMATCH_BRANCH, volatile=True) + _VOLATILE_OPERANDS
-                                   + [_VOLATILE_GATE_PARAMS])
-# A deliberate bug, for tests/test_pdl.py to show that its test of the early tile reaches the
-# mismatch: the tile at the early slot is kept whatever the slot's re-read says.
-VARIANTS["mutant_early_tile_unchecked"] = _early_tile("        S = S_early.to(tl.float32)\n")
-
 # One token in slot order as given (T == 1, rows not sorted): q, k, v and the gates loaded right
 # after the PDL wait, before the slot, as volatile loads (``ld.volatile``) so that ptxas keeps them
 # ahead of the slot's load instead of issuing some after the slot has come back, as it does in
@@ -344,7 +308,7 @@ _OPERANDS_BEFORE_SLOT = """    if not SORTED_ROWS:
 """
 # With ``early``, also the tile at the slot read before the wait (as ``early_slot_load``), loaded
 # after the operands and before the slot's re-read, and kept where the re-read finds that slot.
-_TILE_AT_SLOT = textwrap.indent(_SHIPPED_TILE_LOAD, " " * 8)
+_TILE_AT_SLOT = textwrap.indent(_TILE_LOAD, " " * 8)
 
 
 def _operands_before_slot(early: bool) -> list[tuple[str, str]]:
@@ -514,8 +478,10 @@ def _persistent(programs_per_sm: int, ahead: bool) -> list[tuple[str, str]]:
     # the shipped kernel's row and slot of a place in the grid, for any tile of a persistent program
     place_start = source.index("    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank)", start)
     place_end = source.index("        valid = row >= 0\n", place_start) + len("        valid = row >= 0\n")
+    # (without the early tile's volatile slot read, which a persistent program does not take)
     helpers = _PLACE_HELPERS.replace("ROW_AND_SLOT\n", source[place_start:place_end].replace(
-        "tl.num_programs(0) // (NV * HV)", "num_tiles // (NV * HV)"))
+        "tl.num_programs(0) // (NV * HV)", "num_tiles // (NV * HV)").replace(", volatile=EARLY_TILE", "").replace(
+        "        read_slot = slot\n", ""))
     loop_start = source.index("    for t in range(T):\n", start)
     loop_end = source.index("mask=mask_v & in_batch)\n", loop_start) + len("mask=mask_v & in_batch)\n")
     body = (_PERSISTENT_BODY.replace("FIRST_LOAD\n", first_load)

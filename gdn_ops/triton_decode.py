@@ -95,7 +95,7 @@ def _decode_kernel(
     HAS_INDICES: tl.constexpr, L2_EPS: tl.constexpr,
     PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
     FROM_OLD_STATE: tl.constexpr, SORTED_ROWS: tl.constexpr, STATE_ALIGN: tl.constexpr,
-    OPERANDS_FIRST: tl.constexpr,
+    OPERANDS_FIRST: tl.constexpr, EARLY_TILE: tl.constexpr,
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
@@ -150,13 +150,25 @@ def _decode_kernel(
         # slot, so that their loads from DRAM do not wait behind the slot's round trip. In the
         # other order ptxas issued some of them only once the slot was back (the state's address
         # needs it), which at B=1 cost a kv call ~0.1 us on the H100 (NOTES.md, sixtieth session).
-        # Kept as stored until the step (see the token loop).
-        q_first = tl.load(q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0)
-        k_first = tl.load(k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0)
-        v_first = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0)
-        gate_a_first = tl.load(gate_a_ptr + rank * s_ab + hv * s_ah)
-        gate_b_first = tl.load(gate_b_ptr + rank * s_bb + hv * s_bh)
-        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
+        # Kept as stored until the step (see the token loop). Volatile with EARLY_TILE (below).
+        q_first = tl.load(q_ptr + rank * s_qb + h * s_qh + offs_k * s_qk, mask=mask_k, other=0.0, volatile=EARLY_TILE)
+        k_first = tl.load(k_ptr + rank * s_kb + h * s_kh + offs_k * s_kk, mask=mask_k, other=0.0, volatile=EARLY_TILE)
+        v_first = tl.load(v_ptr + rank * s_vb + hv * s_vh + offs_v * s_vv, mask=mask_v, other=0.0, volatile=EARLY_TILE)
+        gate_a_first = tl.load(gate_a_ptr + rank * s_ab + hv * s_ah, volatile=EARLY_TILE)
+        gate_b_first = tl.load(gate_b_ptr + rank * s_bb + hv * s_bh, volatile=EARLY_TILE)
+        neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING, EARLY_TILE)
+        if EARLY_TILE:
+            # Speculation on the slot read before the wait (PREFETCH, HAS_INDICES: the launcher's
+            # promise): the tile at that slot is asked for now, beside the operands, and kept below
+            # only where the slot's read after the wait agrees. Every byte kept is read after the
+            # wait. Volatile loads keep their program order, so every one of them is asked for
+            # before the first wait on any (ptxas otherwise hoisted the slot's compare above the
+            # tile's loads); this takes the slot's round trip off the path to the state at small
+            # grids (NOTES.md, sixty-first and sixty-second sessions).
+            early_ok = (early_slot >= 0) & (early_slot < num_slots)
+            early_base = tl.multiple_of(tl.where(early_ok, early_slot, 0) * s_slot + head_offset, STATE_ALIGN)
+            S_early = tl.load(state_ptr + early_base + tile, mask=(mask_v[:, None] & mask_k[None, :]) & early_ok,
+                              other=0.0, volatile=True)
     if SORTED_ROWS:
         row = tl.load(rows_ptr + rank).to(tl.int64)
         # the order may come from the caller: a row outside the batch is dropped, nothing read or
@@ -167,7 +179,8 @@ def _decode_kernel(
         row = rank
         in_batch = True
     if HAS_INDICES:
-        slot = tl.load(indices_ptr + rank).to(tl.int64)
+        slot = tl.load(indices_ptr + rank, volatile=EARLY_TILE).to(tl.int64)
+        read_slot = slot
         # Out-of-range indices (-1 padding, a stale vLLM null slot past the pool) are padding rows:
         # the pool is never read or written for them, and their output is zero.
         valid = (slot >= 0) & (slot < num_slots) & in_batch
@@ -183,7 +196,14 @@ def _decode_kernel(
     state_mask = (mask_v[:, None] & mask_k[None, :]) & valid
     # Otherwise the state load is issued first: it is ~99% of the bytes and everything else hides
     # under it.
-    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
+    if EARLY_TILE:
+        # the slot changed under the wait (the kernel before rewrote the indices): its own tile
+        S = S_early
+        if read_slot != early_slot:
+            S = tl.load(state_ptrs, mask=state_mask, other=0.0)
+        S = S.to(tl.float32)
+    else:
+        S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)
 
     if not OPERANDS_FIRST:
         neg_exp_A, dt_bias = head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING)
@@ -226,6 +246,9 @@ class DecodeConfig(NamedTuple):
     per thread (ptxas ``.maxnreg``), for tuning experiments: the tables leave it unset, as caps
     measured slower (NOTES.md). ``operands_first`` loads a one-token step's q, k, v and gates
     before the slot, then the state (the launcher applies it at T = 1 with the rows as given).
+    ``early_tile`` adds to that order the tile at the slot read before the PDL wait, kept where the
+    slot's read after the wait agrees (the launcher applies it where the call prefetches and has
+    slot indices; otherwise it changes nothing).
     """
 
     BV: int
@@ -235,6 +258,7 @@ class DecodeConfig(NamedTuple):
     from_old_state: bool = True
     sort_rows: bool = False
     operands_first: bool = False
+    early_tile: bool = False
 
 
 # Tiles tuned on an H200 (benchmarks/tune_decode.py; NOTES.md has the sweeps).
@@ -306,6 +330,12 @@ OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 # BV32 took 0.8-0.9 us more than BV16 at fp32 B*HV 32-64 (results/h100/gridkv_h100_1858da2.json).
 # Not measured on the H200, which keeps KV_TILES.
 KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 2)}}
+# The early tile (``DecodeConfig.early_tile``) in the operands-first order under PDL, by GPU name,
+# {state element size: last B*HV}. H100, as benchmarks/variants.py's ``early_tile_volatile``
+# (results/h100/sp_tp4_h100_d94786c.json, k32_tp4_h100_f24e9eb.json), us, on the 16-row tiles:
+# fp32 B*HV 8 -0.19 / -0.19, 16 -0.21 / -0.20; bf16 8 -0.15 / -0.16, 16 -0.22 / -0.21. From 17,
+# on the 32-row tiles above, it lost 0.02-0.08 us (fp32 one warp, bf16 two warps; k32_*).
+KV_EARLY_TILE_ROW_HEADS = {"H100": {4: 16, 2: 16}}
 
 
 @functools.cache
@@ -318,6 +348,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
     rules for any number of heads only) and whether the call is launched with PDL (``pdl``); never
     autotuned. Cached: the launcher asks on every call."""
     BK = triton.next_power_of_2(K)
+    early_tile = False
     operands_first = state_layout == "kv" and any(
         name in gpu and rows_x_heads <= limit for name, limit in OPERANDS_FIRST_ROW_HEADS.items())
     if state_layout == "kv":
@@ -328,6 +359,8 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
                 tile = tiles.get(itemsize)
                 if name in gpu and tile is not None and tile[0] <= rows_x_heads <= tile[1]:
                     BV, num_warps = tile[2], tile[3]
+            early_tile = any(name in gpu and rows_x_heads <= limits.get(itemsize, 0)
+                             for name, limits in KV_EARLY_TILE_ROW_HEADS.items())
         new_state = False
     else:
         tile = LargeGridTile(0, VK_TILE_BYTES, 1)
@@ -340,7 +373,7 @@ def decode_config(rows_x_heads: int, K: int, V: int, state_dtype: torch.dtype, s
             name in gpu and first <= rows_x_heads <= last for name, (first, last) in VK_4B_NEW_STATE_ROWS.items()))
     return DecodeConfig(BV=min(BV, triton.next_power_of_2(V)), BK=BK, num_warps=num_warps, from_old_state=not new_state,
                         sort_rows=sorts_rows(gpu, state_layout, state_dtype.itemsize, rows_x_heads, given_order, heads),
-                        operands_first=operands_first)
+                        operands_first=operands_first, early_tile=early_tile)
 
 
 def launch_decode(
@@ -440,6 +473,9 @@ def launch_decode(
     if grid[0] == 0:
         return config
     launch_options = {"launch_pdl": True} if pdl else {}
+    prefetch = bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES
+    # the operands-first order loads one token's operands (and the row as given)
+    operands_first = config.operands_first and T == 1 and rows is None
     if config.maxnreg is not None:
         launch_options["maxnreg"] = config.maxnreg
     _decode_kernel[grid](
@@ -454,11 +490,12 @@ def launch_decode(
         FUSED_GATING=fused_gating, USE_L2NORM=bool(use_qk_l2norm_in_kernel),
         STATE_VK=state_layout == "vk", HAS_INDICES=indices is not None, L2_EPS=L2NORM_EPS,
         PDL=bool(pdl), SORTED_ROWS=rows is not None,
-        PREFETCH=bool(pdl) and rows is None and B * HV * K * V * state.element_size() <= PREFETCH_MAX_STATE_BYTES,
+        PREFETCH=prefetch,
         LINE=min(128 // state.element_size(), config.BK if state_layout == "vk" else config.BV),
         FROM_OLD_STATE=config.from_old_state, STATE_ALIGN=state_alignment(state),
-        # the operands-first order loads one token's operands (and the row as given)
-        OPERANDS_FIRST=config.operands_first and T == 1 and rows is None,
+        OPERANDS_FIRST=operands_first,
+        # the early tile needs the slot read before the wait (the prefetch's) and the order above
+        EARLY_TILE=config.early_tile and operands_first and prefetch and indices is not None,
         num_warps=config.num_warps, **launch_options,
     )
     return config

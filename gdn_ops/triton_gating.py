@@ -31,11 +31,13 @@ def gdn_gates(a, b, neg_exp_A, dt_bias, softplus_beta, softplus_threshold):
 
 
 @triton.jit
-def head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING: tl.constexpr):
-    """``(-exp(A_log[hv]), dt_bias[hv])`` in fp32 for a decode kernel that fuses gating; unused zeros otherwise."""
+def head_gate_params(A_log_ptr, dt_bias_ptr, hv, s_A, s_dt, FUSED_GATING: tl.constexpr,
+                     VOLATILE: tl.constexpr = False):
+    """``(-exp(A_log[hv]), dt_bias[hv])`` in fp32 for a decode kernel that fuses gating; unused zeros otherwise.
+    ``VOLATILE`` loads them as volatile (kept in program order among the caller's volatile loads)."""
     if FUSED_GATING:
-        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A).to(tl.float32))
-        dt_bias = tl.load(dt_bias_ptr + hv * s_dt).to(tl.float32)
+        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=VOLATILE).to(tl.float32))
+        dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=VOLATILE).to(tl.float32)
     else:
         neg_exp_A = 0.0
         dt_bias = 0.0

@@ -109,6 +109,25 @@ def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expect
         operands_first=config.operands_first)
 
 
+@pytest.mark.parametrize(("rows_x_heads", "dtype", "layout", "gpu", "pdl", "expected"), [
+    (8, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, True),
+    (16, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, True),
+    (1, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, True),
+    (17, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, False),
+    (17, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, False),
+    (8, torch.float32, "kv", "NVIDIA H100 80GB HBM3", False, False),
+    (8, torch.float32, "vk", "NVIDIA H100 80GB HBM3", True, False),
+    (8, torch.float32, "kv", "NVIDIA H200", True, False), (8, torch.float32, "kv", "", True, False)])
+def test_early_tile_where_measured(rows_x_heads, dtype, layout, gpu, pdl, expected):
+    """The early tile on the H100's kv grids up to B*HV = 16 under PDL (its 16-row tiles), always in
+    the operands-first order; nowhere else."""
+    from gdn_ops.triton_decode import decode_config
+
+    config = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, pdl=pdl)
+    assert config.early_tile == expected
+    assert not config.early_tile or (config.operands_first and config.BV == 16)
+
+
 @needs_interpreter
 def test_launcher_takes_the_kv_tile_of_its_pdl():
     """The launcher asks for the tile of the launch it makes: on an H100 (its name patched in) a kv
@@ -370,11 +389,12 @@ def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
 
 @pytest.mark.gpu
 @settings(max_examples=25)
-@given(decode_cases(), st.sampled_from([(16, 32), (4, 8)]), st.sampled_from([1, 2, 3]), st.sampled_from([16, 32]))
-def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV):
+@given(decode_cases(), st.sampled_from([(16, 32), (4, 8)]), st.sampled_from([1, 2, 3]), st.sampled_from([16, 32]),
+       st.booleans())
+def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV, early_tile):
     """The operands-first order compiled for the GPU on every card (the H100's and H200's rule takes
-    it for kv grids up to B*HV = 64), one token, as the launcher launches it (PDL on sm_90), kv and vk,
-    every activation layout, a padding row."""
+    it for kv grids up to B*HV = 64), with the early tile or without, one token, as the launcher
+    launches it (PDL on sm_90), kv and vk, every activation layout, a padding row."""
     from gdn_ops.triton_decode import DecodeConfig
 
     HK, HV = heads
@@ -383,7 +403,7 @@ def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV):
     if 0 <= case.padding_value < case.num_slots:
         # drawn as "num_slots" of the drawn batch: past the resized pool, it stays a pad
         case = dataclasses.replace(case, padding_value=case.num_slots)
-    config = DecodeConfig(BV=BV, BK=128, num_warps=1, operands_first=True)
+    config = DecodeConfig(BV=BV, BK=128, num_warps=1, operands_first=True, early_tile=early_tile)
     check(build(case, "cuda"), lambda inp: run_triton(inp, config))
 
 

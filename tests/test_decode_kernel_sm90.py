@@ -89,3 +89,36 @@ def test_page_strided_pool_still_stores_16_byte_vectors(layout, state, slot_pad,
     config = decode_config(32 * 32, 128, 128, getattr(torch, state), layout, "NVIDIA H200", 2)
     stores = config.BV * config.BK * getattr(torch, state).itemsize // (vector_bytes * 32 * config.num_warps)
     assert (vector_stores, other_stores) == ((stores, 0) if vector_bytes == 16 else (0, stores))
+
+
+def early_tile_loads(state: str, BV: int) -> str:
+    """The launch's EARLY_TILE, then the global loads after the PDL wait, in PTX order, as
+    ``volatile``/``plain`` and the vector width (``v4``, ``v2`` or ``1``), one a line, then the ptxas
+    report: the per-tile kernel with the early tile (``operands_first``, ``early_tile``, ``BV`` rows
+    on one warp) at TP=1 B=1 kv under PDL, compiled for sm_90."""
+    kernel, _, args, kwargs = recorded_launch("kv", getattr(torch, state), torch.bfloat16, 1, BV=BV, num_warps=1,
+                                              operands_first=True, early_tile=True)
+    ptx = compile_launch_sm90(kernel, list(args), kwargs).asm["ptx"]
+    after_wait = ptx[ptx.index("griddepcontrol.wait"):]
+    loads = [("volatile" if volatile else "plain") + " " + (width or "1")
+             for volatile, width in re.findall(r"ld(\.volatile)?\.global(?:\.\w+)*?\.(v[24])?\.?[bsu]\d+", after_wait)]
+    return "\n".join([str(kwargs["EARLY_TILE"]), *loads, "--", ptxas_report(ptx)])
+
+
+@pytest.mark.parametrize(("state", "BV"), [("float32", 16), ("bfloat16", 16), ("float32", 32)])
+def test_early_tile_asks_for_every_load_before_the_slot_comes_back(state, BV):
+    """The early tile as the H100's rule launches it: after the PDL wait, the operands, the tile at
+    the slot read before the wait and then the slot's own read are all volatile loads, which ptxas
+    keeps in program order, so none waits behind the slot; the tile at the later slot is a plain
+    load of the same vectors (taken only on a mismatch); nothing spills."""
+    stdout = run_in_child("test_decode_kernel_sm90", f"t.early_tile_loads({state!r}, {BV})")
+    head, report = stdout.split("\n--\n", 1)
+    launched, *loads = head.split("\n")
+    vectors = BV * 128 * getattr(torch, state).itemsize // (16 * 32)
+    volatile = [load for load in loads if load.startswith("volatile")]
+    assert launched == "True"
+    # q, k, v, the two gates, A_log and dt_bias; then the tile; the slot last
+    assert volatile[-vectors - 1:] == ["volatile v4"] * vectors + ["volatile 1"]
+    assert loads[:len(volatile)] == volatile
+    assert loads[len(volatile):] == ["plain v4"] * vectors
+    assert_no_spills(report)

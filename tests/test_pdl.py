@@ -143,31 +143,29 @@ def test_a_kernel_that_reads_before_the_wait_is_caught(target):
         run_after_slow_writer(1, "vk", target, launch=mutant)
 
 
-EARLY_TILE_VARIANTS = ["early_tile_branch", "early_tile_select", "early_tile_branch_volatile", "early_tile_volatile"]
-
-
-def _early_tile_launch(name: str):
-    """The variant's launcher with the operands-first tile forced (the order the variants patch)."""
+def _early_tile_launch(BV: int, variant: str | None = None):
+    """The launcher (or ``variant``'s) with the early tile forced: the operands-first order, ``BV``
+    value rows on one warp."""
     from benchmarks.variants import load_variant
     from gdn_ops.triton_decode import DecodeConfig
 
-    config = DecodeConfig(BV=16, BK=K, num_warps=1, operands_first=True)
-    return functools.partial(load_variant(name).launch_decode, config=config)
+    config = DecodeConfig(BV=BV, BK=K, num_warps=1, operands_first=True, early_tile=True)
+    return functools.partial(load_variant(variant).launch_decode if variant else launch_decode, config=config)
 
 
 # B=8 at HV=4: a state small enough for the L2 prefetch before the wait (the early slot read), and
 # enough rows that the writer's new slots differ from the old somewhere in every step.
 @needs_pdl
 @pytest.mark.parametrize("target", ["indices", "pool"])
-@pytest.mark.parametrize("name", EARLY_TILE_VARIANTS)
-def test_early_tile_variants_take_the_slot_read_after_the_wait(name, target):
-    """The early-tile variants (sixty-first session) load the tile at the slot read before the PDL
-    wait and keep it only where the slot's re-read after the wait agrees: with the indices rewritten
-    late by the kernel before, the re-read must win."""
-    run_after_slow_writer(8, "kv", target, launch=_early_tile_launch(name))
+@pytest.mark.parametrize("BV", [16, 32])
+def test_early_tile_takes_the_slot_read_after_the_wait(BV, target):
+    """The early tile (``DecodeConfig.early_tile``) loads the tile at the slot read before the PDL
+    wait and keeps it only where the slot's read after the wait agrees: with the indices rewritten
+    late by the kernel before, the later read must win."""
+    run_after_slow_writer(8, "kv", target, launch=_early_tile_launch(BV))
 
 
 @needs_pdl
 def test_an_early_tile_that_ignores_the_slot_read_after_the_wait_is_caught():
     with pytest.raises(AssertionError):
-        run_after_slow_writer(8, "kv", "indices", launch=_early_tile_launch("mutant_early_tile_unchecked"))
+        run_after_slow_writer(8, "kv", "indices", launch=_early_tile_launch(16, "mutant_early_tile_unchecked"))

@@ -174,8 +174,7 @@ def test_persistent_variants_match_the_reference(name, layout, sort_rows, T, ind
 
 @pytest.mark.parametrize("name", ["norm_factors", "early_slot_load", "operands_before_slot",
                                   "operands_before_slot_early", "operands_before_slot_cv",
-                                  "operands_before_slot_norm_factors", "early_tile_branch", "early_tile_branch_volatile",
-                                  "early_tile_volatile", "early_tile_select"])
+                                  "operands_before_slot_norm_factors"])
 @pytest.mark.parametrize(("layout", "state_dtype", "l2norm", "T"), [
     ("kv", "float32", True, 1), ("vk", "bfloat16", True, 1), ("kv", "bfloat16", False, 1), ("vk", "float32", True, 2)])
 def test_step_variants_are_the_decode_step(name, layout, state_dtype, l2norm, T):
