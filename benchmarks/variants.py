@@ -232,16 +232,17 @@ _TILE_AT_SLOT_OR_EARLY = textwrap.dedent("""\
 """)
 _SLOT_LOAD = "        slot = tl.load(indices_ptr + rank, volatile=EARLY_TILE).to(tl.int64)\n"
 _TILE_LOAD = "    S = tl.load(state_ptrs, mask=state_mask, other=0.0).to(tl.float32)\n"
-# the shipped tile load, with the early tile (``DecodeConfig.early_tile``) before it
-_SHIPPED_TILE_LOAD = textwrap.indent(textwrap.dedent("""\
-    if EARLY_TILE:
-        # the slot changed under the wait (the kernel before rewrote the indices): its own tile
-        S = S_early
-        if read_slot != early_slot:
-            S = tl.load(state_ptrs, mask=state_mask, other=0.0)
-        S = S.to(tl.float32)
-    else:
-    """), "    ") + "    " + _TILE_LOAD
+
+
+def _shipped_tile_load() -> str:
+    """The per-tile kernel's tile load as shipped: the early tile's path (``EARLY_TILE``), else the
+    plain load."""
+    source = Path(shipped.__file__).read_text()
+    start = source.index("    if EARLY_TILE:\n        # the slot changed under the wait")
+    return source[start:source.index(_TILE_LOAD, start) + len(_TILE_LOAD)]
+
+
+_SHIPPED_TILE_LOAD = _shipped_tile_load()
 _SORTED_ROWS_START = "    if SORTED_ROWS:\n        row = tl.load(rows_ptr + rank).to(tl.int64)\n"
 VARIANTS["early_slot_load"] = [
     _OPERANDS_FIRST_OFF,
