@@ -17,7 +17,7 @@ needs_interpreter_or_gpu = pytest.mark.skipif(not TRITON_INTERPRET and not torch
     ([], "DecodeConfig(BV=4"),
     (["--stream", "1:c1024"], "reg:w1:c1024"),
     (["--tile", "8:1:sort"], ("DecodeConfig(BV=8, BK=128, num_warps=1, maxnreg=None, from_old_state=True, "
-                              "sort_rows=True, operands_first=False)")),
+                              "sort_rows=True, operands_first=False, early_tile=False)")),
     (["--variant", "plain_store"], "plain_store DecodeConfig(BV=4"),  # a per-tile variant gets the table's tile
 ])
 def test_profile_launches_the_decode_or_the_stream(capsys, extra, launched):
