@@ -398,11 +398,12 @@ def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
 @pytest.mark.gpu
 @settings(max_examples=25)
 @given(decode_cases(), st.sampled_from([(16, 32), (4, 8)]), st.sampled_from([1, 2, 3]), st.sampled_from([16, 32]),
-       st.booleans())
-def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV, early_tile):
+       st.sampled_from([1, 2]), st.booleans())
+def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV, num_warps, early_tile):
     """The operands-first order compiled for the GPU on every card (the H100's and H200's rule takes
-    it for kv grids up to B*HV = 64), with the early tile or without, one token, as the launcher
-    launches it (PDL on sm_90), kv and vk, every activation layout, a padding row."""
+    it for kv grids up to B*HV = 64), on one warp or two (the H100's bf16 tile at B*HV 17-32), with
+    the early tile or without, one token, as the launcher launches it (PDL on sm_90), kv and vk,
+    every activation layout, a padding row."""
     from gdn_ops.triton_decode import DecodeConfig
 
     HK, HV = heads
@@ -411,7 +412,7 @@ def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV, early_tile)
     if 0 <= case.padding_value < case.num_slots:
         # drawn as "num_slots" of the drawn batch: past the resized pool, it stays a pad
         case = dataclasses.replace(case, padding_value=case.num_slots)
-    config = DecodeConfig(BV=BV, BK=128, num_warps=1, operands_first=True, early_tile=early_tile)
+    config = DecodeConfig(BV=BV, BK=128, num_warps=num_warps, operands_first=True, early_tile=early_tile)
     check(build(case, "cuda"), lambda inp: run_triton(inp, config))
 
 
