@@ -118,20 +118,12 @@ def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expect
     (8, torch.float32, "kv", "NVIDIA H100 80GB HBM3", False, False),
     (8, torch.float32, "vk", "NVIDIA H100 80GB HBM3", True, False),
     (8, torch.float32, "kv", "NVIDIA H200", True, False), (8, torch.float32, "kv", "", True, False)])
-def test_early_tile_rule(rows_x_heads, dtype, layout, gpu, pdl, expected):
-    """The early tile's rule with the H100 entry its measurements support (the shipped table holds
-    it back until the path's GPU tests run): the H100's kv grids up to B*HV = 16 under PDL (its
-    16-row tiles), always in the operands-first order; nowhere else."""
-    from unittest import mock
+def test_early_tile_where_measured(rows_x_heads, dtype, layout, gpu, pdl, expected):
+    """The early tile on the H100's kv grids up to B*HV = 16 under PDL (its 16-row tiles), always in
+    the operands-first order; nowhere else."""
+    from gdn_ops.triton_decode import decode_config
 
-    import gdn_ops.triton_decode as triton_decode
-
-    triton_decode.decode_config.cache_clear()
-    try:
-        with mock.patch.dict(triton_decode.KV_EARLY_TILE_ROW_HEADS, {"H100": {4: 16, 2: 16}}):
-            config = triton_decode.decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, pdl=pdl)
-    finally:
-        triton_decode.decode_config.cache_clear()
+    config = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, pdl=pdl)
     assert config.early_tile == expected
     assert not config.early_tile or (config.operands_first and config.BV == 16)
 
