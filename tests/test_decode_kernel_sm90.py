@@ -122,3 +122,22 @@ def test_early_tile_asks_for_every_load_before_the_slot_comes_back(state, BV):
     assert loads[:len(volatile)] == volatile
     assert loads[len(volatile):] == ["plain v4"] * vectors
     assert_no_spills(report)
+
+
+@pytest.mark.parametrize(("state", "BV"), [("fp32", 16), ("bf16", 32)])
+def test_early_tile_sass_asks_for_the_tile_before_the_slot_comes_back(state, BV):
+    """The same in the machine code (``benchmarks/sass_of_launch.py``): after the PDL wait
+    (ACQBULK) every global load up to the slot's is a strong (volatile) one, the tile's vectors
+    last before the slot, so none waits behind the slot; the tile at a changed slot is plain loads
+    after them. Without the early tile, no load is strong."""
+    expression = "'\\n'.join(t.main(['--tile', '{}:1:of{}', '--state', '" + state + "']))"
+    early, plain = (run_in_child("benchmarks.sass_of_launch", expression.format(BV, et)).splitlines()
+                    for et in (":et", ""))
+    loads = [line for line in early[early.index("ACQBULK ;"):] if re.search(r"\bLDG\.", line)]
+    strong = next(i for i, line in enumerate(loads) if "STRONG.SYS" not in line)
+    vectors = BV * 128 * {"fp32": 4, "bf16": 2}[state] // (16 * 32)
+    assert all("STRONG.SYS" in line for line in loads[:strong])
+    assert all("LDG.E.128.STRONG.SYS" in line for line in loads[strong - 1 - vectors:strong - 1])
+    assert ".128" not in loads[strong - 1]  # the slot
+    assert all(re.search(r"LDG\.E\.128 ", line) for line in loads[strong:strong + vectors])
+    assert not any("STRONG.SYS" in line for line in plain)

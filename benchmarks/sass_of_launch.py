@@ -1,0 +1,94 @@
+"""The SASS of the per-tile Triton decode kernel as the launcher specialises one launch, compiled for
+sm_90 on the CPU with the installed Triton's ptxas and cuobjdump, one instruction a line without
+addresses: to show without a GPU that a change leaves the machine code as it was, or makes it the
+code of a variant that was measured and tested on a GPU (NOTES.md, sixty-second session).
+
+    python benchmarks/sass_of_launch.py --tile 16:1:of:et > shipped.sass
+    git worktree add /tmp/old dc068ca
+    python benchmarks/sass_of_launch.py --tree /tmp/old --variant early_tile_volatile --tile 16:1:of > old.sass
+    diff old.sass shipped.sass
+
+Run as a file, not with ``-m``: ``--tree`` puts another checkout's ``gdn_ops``, ``benchmarks`` and
+test helpers first on the path before anything of them is imported. Prints the instruction and
+register counts to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tree", type=Path, default=REPO, help="the checkout whose kernel (and variants) to compile")
+    ap.add_argument("--variant", default="", help="a variant of benchmarks/variants.py in that checkout")
+    ap.add_argument("--tile", default="16:1:of", metavar="BV:WARPS[:of][:et]",
+                    help="the DecodeConfig launched: value rows, warps, operands first, early tile")
+    ap.add_argument("--layout", choices=["kv", "vk"], default="kv")
+    ap.add_argument("--state", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tp", type=int, choices=[1, 4], default=1, help="Qwen3-Next's heads at this TP (16/32 or 4/8)")
+    ap.add_argument("--no-pdl", action="store_true", help="record the launch without PDL")
+    return ap
+
+
+def sass_lines(cubin: bytes) -> list[str]:
+    """The instructions of ``cubin``, one a line, as cuobjdump prints them without the addresses."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    cuobjdump = Path(get_ptxas(90).path).with_name("cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(cuobjdump), "-sass", f.name], check=True, capture_output=True, text=True).stdout
+    return [re.sub(r"\s*/\*\s*0x[0-9a-f]+\s*\*/\s*$", "", m.group(1)).strip()
+            for m in re.finditer(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*)$", text, re.MULTILINE)]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    args = parser().parse_args(argv)
+    tree = args.tree.resolve()
+    sys.path[:0] = [str(tree / "tests"), str(tree)]
+    import torch
+    from decode_case import DecodeCase, build
+    from sm90_compile import compile_launch_sm90, ptxas_report
+    from tile_kernel_checks import kernel_calls
+
+    import gdn_ops.triton_decode as shipped
+
+    module = shipped
+    if args.variant:
+        from benchmarks.variants import load_variant
+
+        module = load_variant(args.variant)
+    BV, warps, *options = args.tile.split(":")
+    if set(options) - {"of", "et"}:
+        raise SystemExit(f"--tile {args.tile}: options are of and et")
+    config = shipped.DecodeConfig(BV=int(BV), BK=128, num_warps=int(warps), operands_first="of" in options,
+                                  **({"early_tile": True} if "et" in options else {}))
+    HK, HV = (16, 32) if args.tp == 1 else (4, 8)
+    state_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.state]
+    case = DecodeCase(B=args.batch, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout=args.layout,
+                      state_dtype=state_dtype, act_dtype=torch.bfloat16, out_given=True, pool_guard=0)
+    inp = build(case, "cpu")
+    with kernel_calls(module, "_decode_kernel") as calls:
+        module.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                             inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=args.layout,
+                             config=config, pdl=not args.no_pdl)
+    (_, kernel_args, kwargs), = calls
+    compiled = compile_launch_sm90(module._decode_kernel, list(kernel_args), kwargs)
+    lines = sass_lines(compiled.asm["cubin"])
+    registers = re.search(r"Used (\d+) registers", ptxas_report(compiled.asm["ptx"])).group(1)
+    print(f"{len(lines)} instructions, {registers} registers", file=sys.stderr)
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(main()))
