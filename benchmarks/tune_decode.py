@@ -245,7 +245,8 @@ def main() -> None:
         row = {"B": B, "HK": HK, "HV": HV, "state": state, "act": args.act_dtype, "layout": layout,
                "bytes": cfg.bytes_per_call(), "slot_pad": cfg.slot_pad, "chosen": list(chosen), "tiles": {}}
         extra = [parse_tile(spec, chosen.BK) for spec in args.extra_tiles]
-        tiles = (candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra
+        # an extra tile that is the chosen one (or repeats) is timed once
+        tiles = list(dict.fromkeys((candidates(cfg.K, cfg.V) if args.tiles == "all" else [chosen]) + extra))
         pdls = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
         providers = [tile_provider(t, pdl=p, step_order=args.step_order) for t in tiles for p in pdls]
         providers += variant_providers(args.variants, chosen, extra, args.step_order)
