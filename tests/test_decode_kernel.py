@@ -128,6 +128,30 @@ def test_early_tile_where_measured(rows_x_heads, dtype, layout, gpu, pdl, expect
     assert not config.early_tile or (config.operands_first and config.BV == 16)
 
 
+@pytest.mark.parametrize(("changes", "pdl", "expected"), [
+    ({}, True, True), ({}, False, False), ({"index_dtype": None, "padding_rows": ()}, True, False),
+    ({"T": 2}, True, False), ({"B": 64}, True, False)])
+def test_launcher_applies_the_early_tile_only_where_it_can(changes, pdl, expected):
+    """A config asking for the early tile gets it (``EARLY_TILE``) only where the launch has what it
+    speculates on: PDL with the state prefetched before the wait (not past PREFETCH_MAX_STATE_BYTES:
+    64 rows of 8 fp32 heads is 32 MiB), slot indices, one token (the operands-first order). The
+    launch is recorded on CPU, not run."""
+    import gdn_ops.triton_decode as launcher
+    from gdn_ops.triton_decode import DecodeConfig
+    from tile_kernel_checks import kernel_calls
+
+    case = dataclasses.replace(DecodeCase(B=2, T=1, HK=4, group=2, K=128, V=128, state_layout="kv",
+                                          state_dtype=torch.float32, pool_guard=0, out_given=True), **changes)
+    inp = build(case, "cpu")
+    config = DecodeConfig(BV=16, BK=128, num_warps=1, operands_first=True, early_tile=True)
+    with kernel_calls(launcher, "_decode_kernel") as calls:
+        launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                               inp.out.view, scale=case.K**-0.5, use_qk_l2norm_in_kernel=True, state_layout="kv",
+                               config=config, pdl=pdl)
+    (_, _, kwargs), = calls
+    assert kwargs["EARLY_TILE"] is expected
+
+
 @needs_interpreter
 def test_launcher_takes_the_kv_tile_of_its_pdl():
     """The launcher asks for the tile of the launch it makes: on an H100 (its name patched in) a kv

@@ -158,11 +158,12 @@ def _early_tile_launch(BV: int, variant: str | None = None):
 @needs_pdl
 @pytest.mark.parametrize("target", ["indices", "pool"])
 @pytest.mark.parametrize("BV", [16, 32])
-def test_early_tile_takes_the_slot_read_after_the_wait(BV, target):
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_early_tile_takes_the_slot_read_after_the_wait(state_dtype, BV, target):
     """The early tile (``DecodeConfig.early_tile``) loads the tile at the slot read before the PDL
-    wait and keeps it only where the slot's read after the wait agrees: with the indices rewritten
-    late by the kernel before, the later read must win."""
-    run_after_slow_writer(8, "kv", target, launch=_early_tile_launch(BV))
+    wait and keeps it only where the slot's read after the wait agrees: with the indices (or the
+    pool) rewritten late by the kernel before, the later read must win."""
+    run_after_slow_writer(8, "kv", target, launch=_early_tile_launch(BV), state_dtype=state_dtype)
 
 
 @needs_pdl
