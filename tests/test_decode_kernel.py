@@ -136,9 +136,10 @@ def test_launcher_applies_the_early_tile_only_where_it_can(changes, pdl, expecte
     speculates on: PDL with the state prefetched before the wait (not past PREFETCH_MAX_STATE_BYTES:
     64 rows of 8 fp32 heads is 32 MiB), slot indices, one token (the operands-first order). The
     launch is recorded on CPU, not run."""
+    from tile_kernel_checks import kernel_calls
+
     import gdn_ops.triton_decode as launcher
     from gdn_ops.triton_decode import DecodeConfig
-    from tile_kernel_checks import kernel_calls
 
     case = dataclasses.replace(DecodeCase(B=2, T=1, HK=4, group=2, K=128, V=128, state_layout="kv",
                                           state_dtype=torch.float32, pool_guard=0, out_given=True), **changes)
