@@ -22,6 +22,7 @@ import gdn_ops.gluon_decode_kv_tile as shipped_kv_tile
 import gdn_ops.gluon_decode_vk_tile as shipped_vk_tile
 import gdn_ops.triton_decode as shipped
 import gdn_ops.triton_decode_tma as shipped_tma
+import gdn_ops.triton_gating as shipped_gating
 import gdn_ops.triton_slot_order as shipped_slot_order
 
 # The launcher's operands-first order turned off (variants written against the slot-first order)
@@ -261,15 +262,18 @@ VARIANTS["early_slot_load"] = [
 VARIANTS["mutant_early_tile_unchecked"] = [
     ("        if read_slot != early_slot:\n            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n", "")]
 
-# ``head_gate_params`` with volatile loads, unindented
-_VOLATILE_HEAD_GATE_PARAMS = textwrap.dedent("""\
-    if FUSED_GATING:
-        neg_exp_A = -tl.exp(tl.load(A_log_ptr + hv * s_A, volatile=True).to(tl.float32))
-        dt_bias = tl.load(dt_bias_ptr + hv * s_dt, volatile=True).to(tl.float32)
-    else:
-        neg_exp_A = 0.0
-        dt_bias = 0.0
-""")
+
+
+def _volatile_head_gate_params() -> str:
+    """``head_gate_params``' body (up to its return) with its loads volatile, unindented, for a
+    variant to inline where a ``.replace`` may rewrite them (``operands_before_slot_cv``)."""
+    source = Path(shipped_gating.__file__).read_text()
+    start = source.index("    if FUSED_GATING:\n", source.index("def head_gate_params("))
+    body = source[start:source.index("    return neg_exp_A, dt_bias\n", start)]
+    return textwrap.dedent(body.replace("volatile=VOLATILE", "volatile=True"))
+
+
+_VOLATILE_HEAD_GATE_PARAMS = _volatile_head_gate_params()
 # One token in slot order as given (T == 1, rows not sorted): q, k, v and the gates loaded right
 # after the PDL wait, before the slot, as volatile loads (``ld.volatile``) so that ptxas keeps them
 # ahead of the slot's load instead of issuing some after the slot has come back, as it does in
