@@ -29,8 +29,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", type=Path, default=REPO, help="the checkout whose kernel (and variants) to compile")
     ap.add_argument("--variant", default="", help="a variant of benchmarks/variants.py in that checkout")
-    ap.add_argument("--tile", default="16:1:of", metavar="BV:WARPS[:of][:et]",
-                    help="the DecodeConfig launched: value rows, warps, operands first, early tile")
+    ap.add_argument("--tile", default="16:1:of", metavar="BV:WARPS[:MAXNREG][:new][:sort][:of][:et]",
+                    help="the DecodeConfig launched, as tune_decode's tile specs (that checkout's parse_tile)")
     ap.add_argument("--layout", choices=["kv", "vk"], default="kv")
     ap.add_argument("--state", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--batch", type=int, default=1)
@@ -52,37 +52,49 @@ def sass_lines(cubin: bytes) -> list[str]:
             for m in re.finditer(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*)$", text, re.MULTILINE)]
 
 
+def record_decode_launch(module, layout: str, state_dtype, act_dtype, B: int, heads: tuple[int, int], config,
+                         slot_pad: int = 0, pdl: bool = True) -> tuple[tuple, dict]:
+    """The positional arguments and keywords that ``module.launch_decode`` (the per-tile launcher
+    or a variant of it) passes its ``_decode_kernel`` for ``config`` on a one-token case on CPU:
+    ``heads`` (HK, HV) of K = V = 128, contiguous operands, a pool with slots ``slot_pad`` elements
+    further apart than dense. The kernel (and the slot-order kernel a sorting tile runs first) is
+    replaced by a recorder; nothing runs. Needs the checkout's ``tests/`` on the path."""
+    from decode_case import DecodeCase, build
+    from tile_kernel_checks import kernel_calls
+
+    import gdn_ops.triton_slot_order as slot_order
+
+    HK, HV = heads
+    case = DecodeCase(B=B, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
+                      act_dtype=act_dtype, slot_pad=slot_pad, pool_guard=0, out_given=True)
+    inp = build(case, "cpu")
+    with kernel_calls(module, "_decode_kernel") as calls, kernel_calls(slot_order, "_slot_order_kernel"):
+        module.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
+                             inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=layout,
+                             config=config, pdl=pdl)
+    (_, args, kwargs), = calls
+    return args, kwargs
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     args = parser().parse_args(argv)
     tree = args.tree.resolve()
     sys.path[:0] = [str(tree / "tests"), str(tree)]
     import torch
-    from decode_case import DecodeCase, build
     from sm90_compile import compile_launch_sm90, ptxas_report
-    from tile_kernel_checks import kernel_calls
 
     import gdn_ops.triton_decode as shipped
+    from benchmarks.tune_decode import parse_tile
 
     module = shipped
     if args.variant:
         from benchmarks.variants import load_variant
 
         module = load_variant(args.variant)
-    BV, warps, *options = args.tile.split(":")
-    if set(options) - {"of", "et"}:
-        raise SystemExit(f"--tile {args.tile}: options are of and et")
-    config = shipped.DecodeConfig(BV=int(BV), BK=128, num_warps=int(warps), operands_first="of" in options,
-                                  **({"early_tile": True} if "et" in options else {}))
-    HK, HV = (16, 32) if args.tp == 1 else (4, 8)
+    config = parse_tile(args.tile, 128)
     state_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.state]
-    case = DecodeCase(B=args.batch, T=1, HK=HK, group=HV // HK, K=128, V=128, state_layout=args.layout,
-                      state_dtype=state_dtype, act_dtype=torch.bfloat16, out_given=True, pool_guard=0)
-    inp = build(case, "cpu")
-    with kernel_calls(module, "_decode_kernel") as calls:
-        module.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
-                             inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=args.layout,
-                             config=config, pdl=not args.no_pdl)
-    (_, kernel_args, kwargs), = calls
+    kernel_args, kwargs = record_decode_launch(module, args.layout, state_dtype, torch.bfloat16, args.batch,
+                                               (16, 32) if args.tp == 1 else (4, 8), config, pdl=not args.no_pdl)
     compiled = compile_launch_sm90(module._decode_kernel, list(kernel_args), kwargs)
     lines = sass_lines(compiled.asm["cubin"])
     registers = re.search(r"Used (\d+) registers", ptxas_report(compiled.asm["ptx"])).group(1)

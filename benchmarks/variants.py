@@ -263,7 +263,6 @@ VARIANTS["mutant_early_tile_unchecked"] = [
     ("        if read_slot != early_slot:\n            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n", "")]
 
 
-
 def _volatile_head_gate_params() -> str:
     """``head_gate_params``' body (up to its return) with its loads volatile, unindented, for a
     variant to inline where a ``.replace`` may rewrite them (``operands_before_slot_cv``)."""

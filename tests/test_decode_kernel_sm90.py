@@ -8,14 +8,12 @@ import re
 
 import pytest
 import torch
-from decode_case import DecodeCase, build
 from sm90_compile import (
     assert_no_spills,
     compile_launch_sm90,
     ptxas_report,
     run_in_child,
 )
-from tile_kernel_checks import kernel_calls
 
 from gdn_ops.triton_decode import decode_config
 
@@ -34,18 +32,11 @@ def recorded_launch(layout: str, state_dtype: torch.dtype, act_dtype: torch.dtyp
     operands contiguous but for pool slots ``slot_pad`` elements further apart than dense, the
     kernel (and the slot-order kernel before it, for a tile that sorts) replaced by a recorder."""
     import gdn_ops.triton_decode as launcher
-    import gdn_ops.triton_slot_order as slot_order
+    from benchmarks.sass_of_launch import record_decode_launch
 
     config = launcher.decode_config(B * 32, 128, 128, state_dtype, layout, "NVIDIA H200", act_dtype.itemsize)
     config = config._replace(**options)
-    case = DecodeCase(B=B, T=1, HK=16, group=2, K=128, V=128, state_layout=layout, state_dtype=state_dtype,
-                      act_dtype=act_dtype, slot_pad=slot_pad, pool_guard=0, out_given=True)
-    inp = build(case, "cpu")
-    with kernel_calls(launcher, "_decode_kernel") as calls, kernel_calls(slot_order, "_slot_order_kernel"):
-        launcher.launch_decode(inp.q, inp.k, inp.v, inp.a, inp.b, inp.A_log, inp.dt_bias, inp.pool.view, inp.indices,
-                               inp.out.view, scale=0.125, use_qk_l2norm_in_kernel=True, state_layout=layout,
-                               config=config, pdl=True)
-    (_, args, kwargs), = calls
+    args, kwargs = record_decode_launch(launcher, layout, state_dtype, act_dtype, B, (16, 32), config, slot_pad)
     return launcher._decode_kernel, config, args, kwargs
 
 
