@@ -79,6 +79,8 @@ def record_decode_launch(module, layout: str, state_dtype, act_dtype, B: int, he
 def main(argv: list[str] | None = None) -> list[str]:
     args = parser().parse_args(argv)
     tree = args.tree.resolve()
+    if not (tree / "gdn_ops").is_dir() or not (tree / "tests" / "decode_case.py").is_file():
+        raise SystemExit(f"--tree {args.tree}: expected a gdn-ops checkout (gdn_ops/ and tests/decode_case.py)")
     sys.path[:0] = [str(tree / "tests"), str(tree)]
     import torch
     from sm90_compile import compile_launch_sm90, ptxas_report

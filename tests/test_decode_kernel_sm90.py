@@ -132,3 +132,10 @@ def test_early_tile_sass_asks_for_the_tile_before_the_slot_comes_back(state, BV)
     assert ".128" not in loads[strong - 1]  # the slot
     assert all(re.search(r"LDG\.E\.128 ", line) for line in loads[strong:strong + vectors])
     assert not any("STRONG.SYS" in line for line in plain)
+
+
+def test_sass_of_launch_names_a_tree_that_is_not_a_checkout(tmp_path):
+    from benchmarks.sass_of_launch import main
+
+    with pytest.raises(SystemExit, match="--tree .*expected a gdn-ops checkout"):
+        main(["--tree", str(tmp_path)])
