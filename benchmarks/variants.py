@@ -261,6 +261,19 @@ VARIANTS["early_slot_load"] = [
 # mismatch: the tile at the early slot is kept whatever the slot's read after the wait says.
 VARIANTS["mutant_early_tile_unchecked"] = [
     ("        if read_slot != early_slot:\n            S = tl.load(state_ptrs, mask=state_mask, other=0.0)\n", "")]
+# The early tile where Triton's interpreter can run it (no PDL, no prefetch instruction: the
+# launcher takes the slot read before the wait without them) and with that read stale at odd rows:
+# there it gives the next row's slot, as if the kernel before had rewritten the indices after it.
+# For the CPU test of the choice between the early tile and its reload (tests/test_decode_kernel.py).
+VARIANTS["early_tile_stale_slot"] = [
+    ("            early_slot = tl.load(indices_ptr + rank, cache_modifier=\".cg\").to(tl.int64)\n",
+     ("            early_rank = tl.where(rank % 2 == 1, (rank + 1) % (tl.num_programs(0) // (NV * HV)), rank)\n"
+      "            early_slot = tl.load(indices_ptr + early_rank, cache_modifier=\".cg\").to(tl.int64)\n")),
+    ("            _prefetch_l2(tl.where(line_mask, head_ptr + line_tile, head_ptr))\n", ""),
+    ("    prefetch = bool(pdl) and rows is None and", "    prefetch = rows is None and"),
+]
+VARIANTS["mutant_early_tile_unchecked_stale_slot"] = (VARIANTS["early_tile_stale_slot"]
+                                                      + VARIANTS["mutant_early_tile_unchecked"])
 
 
 def _volatile_head_gate_params() -> str:

@@ -222,11 +222,13 @@ def run_op(inp: DecodeInputs) -> torch.Tensor:
     )
 
 
-def run_triton(inp: DecodeInputs, config=None, launched: list | None = None, order: torch.Tensor | None = None
-               ) -> torch.Tensor:
+def run_triton(inp: DecodeInputs, config=None, launched: list | None = None, order: torch.Tensor | None = None,
+               launch_decode: Callable | None = None) -> torch.Tensor:
     """The Triton launcher directly (in the interpreter on CPU tensors), optionally with a fixed
-    configuration and a given slot ``order``; appends the configuration it launched to ``launched``."""
-    from gdn_ops.triton_decode import launch_decode
+    configuration, a given slot ``order`` and another module's ``launch_decode`` (a variant's);
+    appends the configuration it launched to ``launched``."""
+    if launch_decode is None:
+        from gdn_ops.triton_decode import launch_decode
 
     c = inp.case
     out = inp.out.view if inp.out is not None else torch.empty(inp.v.shape, dtype=c.result_dtype, device=inp.v.device)

@@ -153,6 +153,42 @@ def test_launcher_applies_the_early_tile_only_where_it_can(changes, pdl, expecte
     assert kwargs["EARLY_TILE"] is expected
 
 
+# Rows 2 and 3 are padding, so the stale read at odd rows (the next row's slot) covers every case:
+# row 1 a padding slot early and its own after, row 3 the reverse, row 5 another row's live slot
+# (wrapping to row 0); the even rows read the same slot twice, row 2 a padding one.
+_STALE_SLOT_CASE = DecodeCase(B=6, T=1, HK=2, group=2, K=32, V=32, state_layout="kv", padding_rows=(2, 3),
+                              spare_slots=3, slot_pad=4, out_given=True)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("BV", [16, 32])
+def test_early_tile_is_reloaded_where_the_slot_changed(state_dtype, BV):
+    """The early tile's choice (``DecodeConfig.early_tile``) in the interpreter, through the variant
+    ``early_tile_stale_slot`` whose slot read before the wait is stale at odd rows: each row must
+    step its own slot's state whichever read it kept, and no other slot may change. The GPU test
+    of the real race is tests/test_pdl.py's."""
+    from benchmarks.variants import load_variant
+    from gdn_ops.triton_decode import DecodeConfig
+
+    case = dataclasses.replace(_STALE_SLOT_CASE, state_dtype=state_dtype, seed=BV)
+    config = DecodeConfig(BV=BV, BK=32, num_warps=1, operands_first=True, early_tile=True)
+    stale = load_variant("early_tile_stale_slot").launch_decode
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config, launch_decode=stale))
+
+
+@needs_interpreter
+def test_an_early_tile_kept_whatever_the_slot_is_caught_in_the_interpreter():
+    """The test above reaches the reload: the early tile kept at every row fails it."""
+    from benchmarks.variants import load_variant
+    from gdn_ops.triton_decode import DecodeConfig
+
+    config = DecodeConfig(BV=16, BK=32, num_warps=1, operands_first=True, early_tile=True)
+    mutant = load_variant("mutant_early_tile_unchecked_stale_slot").launch_decode
+    with pytest.raises(AssertionError):
+        check(build(_STALE_SLOT_CASE, "cpu"), lambda inp: run_triton(inp, config, launch_decode=mutant))
+
+
 @needs_interpreter
 def test_launcher_takes_the_kv_tile_of_its_pdl():
     """The launcher asks for the tile of the launch it makes: on an H100 (its name patched in) a kv
