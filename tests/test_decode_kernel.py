@@ -196,7 +196,7 @@ def test_launcher_takes_the_kv_tile_of_its_pdl():
     launch)."""
     from unittest import mock
 
-    import gdn_ops.triton_decode as triton_decode
+    from gdn_ops import triton_decode
 
     case = DecodeCase(B=4, T=1, HK=4, group=2, K=32, V=32, state_layout="kv", state_dtype=torch.float32,
                       padding_rows=(1,), seed=3)
