@@ -160,6 +160,16 @@ _STALE_SLOT_CASE = DecodeCase(B=6, T=1, HK=2, group=2, K=32, V=32, state_layout=
                               spare_slots=3, slot_pad=4, out_given=True)
 
 
+def _check_stale_slot(case: DecodeCase, BV: int, variant: str) -> None:
+    """``case`` through ``variant``'s launcher with the early tile forced (``BV`` rows, one warp)."""
+    from benchmarks.variants import load_variant
+    from gdn_ops.triton_decode import DecodeConfig
+
+    config = DecodeConfig(BV=BV, BK=32, num_warps=1, operands_first=True, early_tile=True)
+    launch = load_variant(variant).launch_decode
+    check(build(case, "cpu"), lambda inp: run_triton(inp, config, launch_decode=launch))
+
+
 @needs_interpreter
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("BV", [16, 32])
@@ -168,25 +178,15 @@ def test_early_tile_is_reloaded_where_the_slot_changed(state_dtype, BV):
     ``early_tile_stale_slot`` whose slot read before the wait is stale at odd rows: each row must
     step its own slot's state whichever read it kept, and no other slot may change. The GPU test
     of the real race is tests/test_pdl.py's."""
-    from benchmarks.variants import load_variant
-    from gdn_ops.triton_decode import DecodeConfig
-
-    case = dataclasses.replace(_STALE_SLOT_CASE, state_dtype=state_dtype, seed=BV)
-    config = DecodeConfig(BV=BV, BK=32, num_warps=1, operands_first=True, early_tile=True)
-    stale = load_variant("early_tile_stale_slot").launch_decode
-    check(build(case, "cpu"), lambda inp: run_triton(inp, config, launch_decode=stale))
+    _check_stale_slot(dataclasses.replace(_STALE_SLOT_CASE, state_dtype=state_dtype, seed=BV), BV,
+                      "early_tile_stale_slot")
 
 
 @needs_interpreter
 def test_an_early_tile_kept_whatever_the_slot_is_caught_in_the_interpreter():
     """The test above reaches the reload: the early tile kept at every row fails it."""
-    from benchmarks.variants import load_variant
-    from gdn_ops.triton_decode import DecodeConfig
-
-    config = DecodeConfig(BV=16, BK=32, num_warps=1, operands_first=True, early_tile=True)
-    mutant = load_variant("mutant_early_tile_unchecked_stale_slot").launch_decode
     with pytest.raises(AssertionError):
-        check(build(_STALE_SLOT_CASE, "cpu"), lambda inp: run_triton(inp, config, launch_decode=mutant))
+        _check_stale_slot(_STALE_SLOT_CASE, 16, "mutant_early_tile_unchecked_stale_slot")
 
 
 @needs_interpreter
