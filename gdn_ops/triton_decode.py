@@ -323,22 +323,27 @@ OPERANDS_FIRST_ROW_HEADS = dict.fromkeys(H200_TABLE_CARDS, 64)
 # within OPERANDS_FIRST_ROW_HEADS. H100, seeds 0 and 1 (results/h100/k32_*_h100_f24e9eb.json), us
 # against BV16: fp32 B*HV 32 -0.16 (TP=1) / -0.10 (TP=4), 64 -0.31 / -0.33, but 8 and 16 +0.21 /
 # +0.11 (32 and 64 programs); bf16 B*HV 32 -0.07 / -0.14 (from 33 KV_TILES has it already).
-# bf16 at B*HV 17-32 on two warps (the key sums through shared memory): against one warp, seeds 0
-# and 1 (results/h100/w2_*_h100_dc068ca.json), B*HV 32 -0.12 (TP=1) / -0.06 (TP=4) us; at 64 -0.02,
-# left to one warp; fp32 +0.07 / +0.01..+0.04 on two warps.
+# Two warps (the key sums through shared memory) beat one at bf16 B*HV 32 without the early tile
+# (results/h100/w2_*_h100_dc068ca.json: -0.12 us TP=1, -0.06 TP=4), but one warp with the early
+# tile (below) beats both: against two warps, seeds 0 and 1 (results/h100/et_*_h100_c7b99b8.json),
+# -0.016 / -0.017 us at TP=1 B=1, -0.099 / -0.105 at TP=4 B=4. fp32 +0.07 / +0.01..+0.04 on two warps.
 # Only under PDL, whose L2 prefetch before the wait the larger tile leans on: launched without it,
 # BV32 took 0.8-0.9 us more than BV16 at fp32 B*HV 32-64 (results/h100/gridkv_h100_1858da2.json).
 # Not measured on the H200, which keeps KV_TILES.
-KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 2)}}
+KV_OPERANDS_FIRST_TILES = {"H100": {4: (17, 64, 32, 1), 2: (17, 32, 32, 1)}}
 # The early tile (``DecodeConfig.early_tile``) in the operands-first order under PDL, by GPU name,
 # {state element size: last B*HV}. H100, as benchmarks/variants.py's ``early_tile_volatile``
 # (results/h100/sp_tp4_h100_d94786c.json, k32_tp4_h100_f24e9eb.json), us, on the 16-row tiles:
-# fp32 B*HV 8 -0.19 / -0.19, 16 -0.21 / -0.20; bf16 8 -0.15 / -0.16, 16 -0.22 / -0.21. From 17,
-# on the 32-row tiles above, it lost 0.02-0.08 us (fp32 one warp, bf16 two warps; k32_*).
+# fp32 B*HV 8 -0.19 / -0.19, 16 -0.21 / -0.20; bf16 8 -0.15 / -0.16, 16 -0.22 / -0.21; the shipped
+# path again (results/h100/et_tp4*_h100_c7b99b8.json): fp32 8 -0.18, 16 -0.20; bf16 8 -0.15, 16
+# -0.21 (two seeds each). On the 32-row tiles above, fp32 (one warp) lost 0.02-0.08 us at B*HV 32
+# and 64 (k32_*, et_tp4*); bf16 on one warp gained: against BV32 one warp without it, B*HV 32
+# -0.13 / -0.13 (TP=1, et_tp1*) and -0.16 / -0.16 (TP=4), 64 -0.04 / -0.05 (TP=1 B=2, k32_tp1*) and
+# -0.06 (TP=4 B=8, one seed).
 # The path compiles (Triton 3.6, sm_90) to the very SASS of that variant (BV16 and BV32, fp32 and
-# bf16), which passed its PDL tests on the H100 (fp32 BV16, the indices and the pool rewritten late)
-# and the tuning runs' reference checks (NOTES.md, sixty-second session).
-KV_EARLY_TILE_ROW_HEADS = {"H100": {4: 16, 2: 16}}
+# bf16; NOTES.md, sixty-second session), and passed its own PDL tests on the H100 (BV16 and BV32,
+# fp32 and bf16, the indices and the pool rewritten late; sixty-third session).
+KV_EARLY_TILE_ROW_HEADS = {"H100": {4: 16, 2: 64}}
 
 
 @functools.cache

@@ -90,14 +90,14 @@ def test_triton_operands_first_matches_reference(changes, sort_rows):
 @pytest.mark.parametrize(("rows_x_heads", "dtype", "gpu", "expected"), [
     (8, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (16, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)),
     (17, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)), (64, torch.float32, "NVIDIA H100 80GB HBM3", (32, 1)),
-    (65, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 2)),
-    (17, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 2)), (33, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
+    (65, torch.float32, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
+    (17, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)), (33, torch.bfloat16, "NVIDIA H100 80GB HBM3", (32, 1)),
     (16, torch.bfloat16, "NVIDIA H100 80GB HBM3", (16, 1)), (32, torch.float32, "NVIDIA H200", (16, 1)),
     (32, torch.bfloat16, "NVIDIA H200", (16, 1)), (32, torch.float32, "", (16, 1))])
 def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expected):
-    """The H100's kv tiles in the operands-first order under PDL: 32 value rows from B*HV = 17, on
-    one warp to 64 with an fp32 state, on two warps to 32 with bf16 (where KV_TILES takes over with
-    32 rows on one warp); KV_TILES elsewhere and without PDL."""
+    """The H100's kv tiles in the operands-first order under PDL: 32 value rows on one warp from
+    B*HV = 17, to 64 with an fp32 state, to 32 with bf16 (where KV_TILES takes over with the same
+    tile); KV_TILES elsewhere and without PDL."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, dtype, "kv", gpu)
@@ -114,18 +114,24 @@ def test_operands_first_kv_tiles_where_measured(rows_x_heads, dtype, gpu, expect
     (16, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, True),
     (1, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, True),
     (17, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, False),
-    (17, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, False),
+    (64, torch.float32, "kv", "NVIDIA H100 80GB HBM3", True, False),
+    (17, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, True),
+    (64, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, True),
+    (65, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", True, False),
+    (32, torch.bfloat16, "kv", "NVIDIA H100 80GB HBM3", False, False),
     (8, torch.float32, "kv", "NVIDIA H100 80GB HBM3", False, False),
     (8, torch.float32, "vk", "NVIDIA H100 80GB HBM3", True, False),
     (8, torch.float32, "kv", "NVIDIA H200", True, False), (8, torch.float32, "kv", "", True, False)])
 def test_early_tile_where_measured(rows_x_heads, dtype, layout, gpu, pdl, expected):
-    """The early tile on the H100's kv grids up to B*HV = 16 under PDL (its 16-row tiles), always in
-    the operands-first order; nowhere else."""
+    """The early tile on the H100's kv grids under PDL up to B*HV = 16 with an fp32 state (its
+    16-row tiles) and up to 64 with bf16 (on one warp from 17), always in the operands-first order;
+    nowhere else."""
     from gdn_ops.triton_decode import decode_config
 
     config = decode_config(rows_x_heads, 128, 128, dtype, layout, gpu, pdl=pdl)
     assert config.early_tile == expected
-    assert not config.early_tile or (config.operands_first and config.BV == 16)
+    assert not config.early_tile or (config.operands_first and config.num_warps == 1
+                                     and config.BV == (16 if rows_x_heads <= 16 else 32))
 
 
 @pytest.mark.parametrize(("changes", "pdl", "expected"), [
@@ -454,9 +460,9 @@ def test_cuda_op_matches_reference_at_model_shapes(case, heads, batch):
        st.sampled_from([1, 2]), st.booleans())
 def test_cuda_operands_first_at_model_shapes(case, heads, batch, BV, num_warps, early_tile):
     """The operands-first order compiled for the GPU on every card (the H100's and H200's rule takes
-    it for kv grids up to B*HV = 64), on one warp or two (the H100's bf16 tile at B*HV 17-32), with
-    the early tile or without, one token, as the launcher launches it (PDL on sm_90), kv and vk,
-    every activation layout, a padding row."""
+    it for kv grids up to B*HV = 64), on one warp or two, with the early tile or without, one
+    token, as the launcher launches it (PDL on sm_90), kv and vk, every activation layout, a
+    padding row."""
     from gdn_ops.triton_decode import DecodeConfig
 
     HK, HV = heads
